@@ -1,0 +1,41 @@
+# Two commands do all the set-up on a fresh Debian machine: `make demo` and `make test`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export MUJOCO_GL ?= egl
+DEMO_OUT ?= outputs/demo
+
+.PHONY: setup demo test test-slow interop bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/ensure_gl.sh
+	@scripts/ensure_gl.sh
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found; set PY=/path/to/python3.11" >&2; exit 1; }
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+# The main job on the embedded MetaWorld default: collect rendered expert demonstrations.
+demo: $(STAMP)
+	$(BIN)/vla-distill collect --tasks reach-v3,push-v3 --episodes 4 --out $(DEMO_OUT)/dataset
+	$(BIN)/vla-distill inspect $(DEMO_OUT)/dataset
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -q -m slow
+
+# Checks compatibility with lerobot's own LeRobotDataset code in a separate environment
+# (lerobot needs an older torch and torchvision, which must never enter .venv).
+interop: $(STAMP)
+	scripts/lerobot_interop.sh
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_collect.py
+	$(BIN)/python benchmarks/bench_dataloader.py
+
+clean:
+	rm -rf $(VENV) .venv-lerobot outputs .pytest_cache

@@ -1,0 +1,154 @@
+"""The LeRobotDataset on-disk format: path templates, feature declarations, arrow types.
+
+Follows lerobot's `datasets/utils.py` (v3.0) and v0.3.3 (v2.1); see shared/FORMATS.md section 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from vla_distill.errors import DatasetError
+from vla_distill.types import DEFAULT_FEATURES
+
+CODEBASE_VERSION = "v3.0"
+CHUNK_FILE_PATTERN = "chunk-{chunk_index:03d}/file-{file_index:03d}"
+DATA_PATH = "data/" + CHUNK_FILE_PATTERN + ".parquet"
+VIDEO_PATH = "videos/{video_key}/" + CHUNK_FILE_PATTERN + ".mp4"
+EPISODES_PATH = "meta/episodes/" + CHUNK_FILE_PATTERN + ".parquet"
+TASKS_PATH = "meta/tasks.parquet"
+INFO_PATH = "meta/info.json"
+STATS_PATH = "meta/stats.json"
+CHUNKS_SIZE = 1000
+DATA_FILE_SIZE_MB = 100
+VIDEO_FILE_SIZE_MB = 200
+QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
+QUANTILE_KEYS = tuple(f"q{int(q * 100):02d}" for q in QUANTILES)
+VISUAL_DTYPES = ("image", "video")
+# lerobot's default frame-lookup tolerance between a requested timestamp and a decoded pts.
+TOLERANCE_S = 1e-4
+
+
+def is_visual(feature: dict) -> bool:
+    return feature["dtype"] in VISUAL_DTYPES
+
+
+def feature_shape(feature: dict) -> tuple[int, ...]:
+    """The per-frame array shape; `[1]` means a scalar column, as in lerobot."""
+    return tuple(int(d) for d in feature["shape"])
+
+
+def image_hwc(feature: dict) -> tuple[int, int, int]:
+    """(H, W, C) of an image/video feature, accepting the CHW variant some ported datasets declare."""
+    shape = feature_shape(feature)
+    names = feature.get("names")
+    if isinstance(names, list) and len(names) == 3 and names[0] in ("channel", "channels"):
+        return shape[1], shape[2], shape[0]
+    return shape[0], shape[1], shape[2]
+
+
+def arrow_type(feature: dict) -> pa.DataType:
+    """The parquet column type lerobot (through HF datasets) gives a feature."""
+    dtype = feature["dtype"]
+    if dtype == "image":
+        return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    if dtype == "string":
+        return pa.string()
+    scalar = pa.from_numpy_dtype(np.dtype(dtype))
+    shape = feature_shape(feature)
+    if shape == (1,):
+        return scalar
+    inner = scalar
+    for dim in reversed(shape):
+        inner = pa.list_(inner, dim)
+    return inner
+
+
+def validate_features(features: dict[str, dict]) -> None:
+    for key, ft in features.items():
+        if "/" in key:
+            raise DatasetError("feature names must not contain '/'", field=key)
+        for required in ("dtype", "shape"):
+            if required not in ft:
+                raise DatasetError(f"feature declaration lacks '{required}'", field=key)
+        if is_visual(ft) and len(ft["shape"]) != 3:
+            raise DatasetError(f"image/video features need a 3-d shape, got {ft['shape']}", field=key)
+
+
+def with_default_features(features: dict[str, dict]) -> dict[str, dict]:
+    out = {k: v for k, v in features.items() if k not in DEFAULT_FEATURES}
+    out.update(DEFAULT_FEATURES)
+    return out
+
+
+def video_feature(height: int, width: int, fps: int, codec: str) -> dict:
+    return {
+        "dtype": "video",
+        "shape": [height, width, 3],
+        "names": ["height", "width", "channels"],
+        "info": {
+            "video.height": height,
+            "video.width": width,
+            "video.codec": {"libsvtav1": "av1", "libx264": "h264"}.get(codec, codec),
+            "video.pix_fmt": "yuv420p",
+            "video.is_depth_map": False,
+            "video.fps": fps,
+            "video.channels": 3,
+            "has_audio": False,
+        },
+    }
+
+
+def new_info(fps: int, features: dict[str, dict], robot_type: str | None) -> dict[str, Any]:
+    has_video = any(ft["dtype"] == "video" for ft in features.values())
+    return {
+        "codebase_version": CODEBASE_VERSION,
+        "robot_type": robot_type,
+        "total_episodes": 0,
+        "total_frames": 0,
+        "total_tasks": 0,
+        "chunks_size": CHUNKS_SIZE,
+        "data_files_size_in_mb": DATA_FILE_SIZE_MB,
+        "video_files_size_in_mb": VIDEO_FILE_SIZE_MB,
+        "fps": int(fps),
+        "splits": {},
+        "data_path": DATA_PATH,
+        "video_path": VIDEO_PATH if has_video else None,
+        "features": features,
+    }
+
+
+def next_chunk_file(chunk_index: int, file_index: int, chunks_size: int = CHUNKS_SIZE) -> tuple[int, int]:
+    file_index += 1
+    if file_index >= chunks_size:
+        return chunk_index + 1, 0
+    return chunk_index, file_index
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=4, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"not JSON serializable: {type(obj)}")
+
+
+def read_json(path: Path) -> Any:
+    if not path.exists():
+        raise DatasetError("file is missing", path=path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"not valid JSON ({e})", path=path) from None

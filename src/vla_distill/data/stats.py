@@ -1,0 +1,106 @@
+"""Per-episode feature statistics and their aggregation, as lerobot's `compute_stats.py` defines them.
+
+Vectors: per-dimension stats over frames. Images/videos: per-channel (3, 1, 1) stats of pixels in [0, 1] over
+sub-sampled frames. Quantiles are exact per episode (np.quantile); across episodes they are count-weighted
+averages, which is lerobot's approximation too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vla_distill.data.format import QUANTILE_KEYS, QUANTILES, is_visual
+
+Stats = dict[str, np.ndarray]
+
+
+def sample_indices(n: int, min_samples: int = 100, max_samples: int = 10_000, power: float = 0.75) -> np.ndarray:
+    """lerobot's image sub-sampling: all frames up to 100, then ~n^0.75 evenly spaced."""
+    k = max(min(min_samples, n), min(int(n**power), max_samples))
+    return np.round(np.linspace(0, n - 1, k)).astype(int)
+
+
+def array_stats(x: np.ndarray, axis: int | tuple[int, ...], keepdims: bool = False) -> Stats:
+    x = x.astype(np.float64, copy=False)
+    n = int(np.prod([x.shape[a] for a in np.atleast_1d(axis)]))
+    out = {
+        "min": x.min(axis=axis, keepdims=keepdims),
+        "max": x.max(axis=axis, keepdims=keepdims),
+        "mean": x.mean(axis=axis, keepdims=keepdims),
+        "std": x.std(axis=axis, keepdims=keepdims),
+    }
+    qs = np.quantile(x, QUANTILES, axis=axis, keepdims=keepdims)
+    out.update({k: qs[i] for i, k in enumerate(QUANTILE_KEYS)})
+    out["count"] = np.array([n], dtype=np.int64)
+    return out
+
+
+def vector_stats(x: np.ndarray) -> Stats:
+    """x: (T, *shape) -> stats of shape `shape` (scalar columns give shape (1,))."""
+    x = np.asarray(x)
+    if x.dtype == bool:
+        x = x.astype(np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    stats = array_stats(x, axis=0)
+    stats["count"] = np.array([x.shape[0]], dtype=np.int64)
+    return stats
+
+
+def image_stats(frames: np.ndarray) -> Stats:
+    """frames: (T, H, W, 3) uint8 -> per-channel stats of shape (3, 1, 1) in [0, 1] over sampled frames."""
+    sampled = frames[sample_indices(len(frames))]
+    h, w = sampled.shape[1:3]
+    if max(h, w) >= 300:  # lerobot's auto_downsample_height_width
+        step = int(max(h, w) / 150)
+        sampled = sampled[:, ::step, ::step]
+    chw = np.moveaxis(sampled, -1, 1).astype(np.float64) / 255.0  # (N, 3, H, W)
+    stats = array_stats(chw, axis=(0, 2, 3), keepdims=True)
+    stats = {k: (v if k == "count" else v[0]) for k, v in stats.items()}  # (1,3,1,1) -> (3,1,1)
+    stats["count"] = np.array([len(sampled)], dtype=np.int64)
+    return stats
+
+
+def episode_stats(columns: dict[str, np.ndarray], features: dict[str, dict]) -> dict[str, Stats]:
+    """Stats for every non-string feature present in `columns` (visual ones as (T, H, W, 3) uint8)."""
+    out = {}
+    for key, values in columns.items():
+        ft = features[key]
+        if ft["dtype"] == "string":
+            continue
+        out[key] = image_stats(values) if is_visual(ft) else vector_stats(values)
+    return out
+
+
+def aggregate(stats_list: list[Stats]) -> Stats:
+    """Merge per-episode stats of one feature: exact min/max/mean/std, count-weighted quantiles."""
+    counts = np.stack([np.asarray(s["count"]).reshape(-1)[:1] for s in stats_list]).astype(np.float64)
+    means = np.stack([s["mean"] for s in stats_list])
+    total = counts.sum()
+    w = counts.reshape((-1,) + (1,) * (means.ndim - 1))
+    mean = (means * w).sum(0) / total
+    var = ((np.stack([s["std"] for s in stats_list]) ** 2 + (means - mean) ** 2) * w).sum(0) / total
+    out = {
+        "min": np.min(np.stack([s["min"] for s in stats_list]), axis=0),
+        "max": np.max(np.stack([s["max"] for s in stats_list]), axis=0),
+        "mean": mean,
+        "std": np.sqrt(var),
+        "count": np.array([int(total)], dtype=np.int64),
+    }
+    for q in QUANTILE_KEYS:
+        if all(q in s for s in stats_list):
+            out[q] = (np.stack([s[q] for s in stats_list]) * w).sum(0) / total
+    return out
+
+
+def aggregate_all(per_episode: list[dict[str, Stats]]) -> dict[str, Stats]:
+    keys = sorted({k for ep in per_episode for k in ep})
+    return {k: aggregate([ep[k] for ep in per_episode if k in ep]) for k in keys}
+
+
+def to_json(stats: dict[str, Stats]) -> dict:
+    return {k: {s: np.asarray(v).tolist() for s, v in st.items()} for k, st in stats.items()}
+
+
+def from_json(obj: dict) -> dict[str, Stats]:
+    return {k: {s: np.asarray(v) for s, v in st.items()} for k, st in obj.items()}

@@ -1,0 +1,24 @@
+"""One exception type for bad input; the CLI prints it as one line and exits non-zero."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class VlaDistillError(Exception):
+    """A user-facing error: names the file and/or field at fault."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None, field: str | None = None):
+        self.path = str(path) if path is not None else None
+        self.field = field
+        self.message = message
+        parts = [p for p in (self.path, f"field '{field}'" if field else None) if p]
+        super().__init__(": ".join(parts + [message]))
+
+
+class DatasetError(VlaDistillError):
+    """A dataset on disk is missing, truncated, inconsistent with its info.json, or holds bad values."""
+
+
+class ConfigError(VlaDistillError):
+    """A configuration value or name is invalid."""
