@@ -1,0 +1,1 @@
+"""Collection: scripted-expert demonstrations rendered into a LeRobotDataset."""

@@ -1,0 +1,294 @@
+"""Collect scripted-expert demonstrations from MetaWorld into a LeRobotDataset v3.0.
+
+Crash safety: every attempt runs in a worker and lands in `<out>/.partial/` atomically (episode directory
+renamed into place, then a one-line marker), so an interrupted run (Ctrl-C or kill -9) resumes from its
+markers. The dataset itself is assembled from `.partial` only when every task is done, in `<out>/.building`,
+and moved into place with `meta/` last; a dataset directory therefore never holds a partial episode.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import multiprocessing.util as mp_util
+import os
+import shutil
+import time
+import warnings
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from vla_distill.collect.config import CollectConfig
+from vla_distill.data import stats as stats_lib
+from vla_distill.data.format import INFO_PATH, video_feature, write_json_atomic
+from vla_distill.data.video import encode_video
+from vla_distill.data.writer import DatasetWriter, EncodedVideo, Episode
+from vla_distill.errors import ConfigError
+from vla_distill.sim.metaworld import ACTION_NAMES, FPS, STATE_NAMES, MetaWorldEnv, expert_policy
+from vla_distill.sim.metaworld_tasks import INSTRUCTIONS, difficulty_of
+from vla_distill.types import ACTION, DONE, OBS_ENV_STATE, OBS_STATE, REWARD, SUCCESS
+
+PARTIAL = ".partial"
+BUILDING = ".building"
+PUBLISHED = ("data", "videos", "images", "meta")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    task: str
+    task_pos: int
+    attempt: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}-{self.attempt:05d}"
+
+
+def dataset_features(cfg: CollectConfig) -> dict[str, dict]:
+    h, w = cfg.cameras.height, cfg.cameras.width
+    image = {"dtype": "image", "shape": [h, w, 3], "names": ["height", "width", "channels"]}
+    cams = {k: (video_feature(h, w, FPS, cfg.video_codec) if cfg.image_format == "video" else dict(image)) for k in cfg.cameras.keys}
+    return {
+        **cams,
+        OBS_STATE: {"dtype": "float32", "shape": [4], "names": STATE_NAMES},
+        OBS_ENV_STATE: {"dtype": "float32", "shape": [39], "names": None},
+        ACTION: {"dtype": "float32", "shape": [4], "names": ACTION_NAMES},
+        REWARD: {"dtype": "float32", "shape": [1], "names": None},
+        SUCCESS: {"dtype": "bool", "shape": [1], "names": None},
+        DONE: {"dtype": "bool", "shape": [1], "names": None},
+    }
+
+
+# ------------------------------------------------------------------------------------------------ worker side
+_ENV: MetaWorldEnv | None = None
+
+
+def _env_for(task: str, cfg: CollectConfig) -> MetaWorldEnv:
+    global _ENV
+    if _ENV is None or _ENV.task != task:
+        if _ENV is not None:
+            _ENV.close()
+        else:  # free the GL context in the worker's own exit hook, while EGL is still loaded
+            mp_util.Finalize(None, _close_env, exitpriority=10)
+        _ENV = MetaWorldEnv(task, cfg.cameras)
+    return _ENV
+
+
+def rollout_expert(env: MetaWorldEnv, seed: int, steps_after_success: int) -> tuple[dict[str, np.ndarray], int | None]:
+    """Runs the task's scripted expert; returns per-frame arrays and the first success frame (None if never)."""
+    policy = expert_policy(env.task)
+    obs = env.reset(seed)
+    frames: dict[str, list] = {k: [] for k in (*obs, ACTION, REWARD, SUCCESS)}
+    first_success = None
+    for t in range(env.max_steps):
+        action = np.clip(policy.get_action(env.raw_obs), -1.0, 1.0).astype(np.float32)
+        for k, v in obs.items():
+            frames[k].append(v)
+        obs, reward, success = env.step(action)
+        frames[ACTION].append(action)
+        frames[REWARD].append(np.float32(reward))
+        frames[SUCCESS].append(success)
+        if success and first_success is None:
+            first_success = t
+        if first_success is not None and t - first_success >= steps_after_success:
+            break
+    out = {k: np.stack(v) for k, v in frames.items()}
+    out[DONE] = np.zeros(len(out[ACTION]), dtype=bool)
+    out[DONE][-1] = True
+    return out, first_success
+
+
+def _close_env() -> None:
+    global _ENV
+    if _ENV is not None:
+        _ENV.close()
+        _ENV = None
+
+
+def run_attempt(att: Attempt, cfg: CollectConfig, partial: Path) -> dict:
+    """Worker job: one expert rollout; a success is stored as an episode directory, then a marker is written."""
+    # The experts' gains exceed the action range on purpose; we clip, so the warning is noise.
+    warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
+    t0 = time.perf_counter()
+    env = _env_for(att.task, cfg)
+    frames, first_success = rollout_expert(env, att.seed, cfg.steps_after_success)
+    n = len(frames[ACTION])
+    marker = {"task": att.task, "attempt": att.attempt, "seed": att.seed, "frames": n, "success_frame": first_success}
+    if first_success is not None:
+        _store_episode(partial / "episodes" / att.name, frames, cfg, marker)
+    marker["seconds"] = round(time.perf_counter() - t0, 3)
+    write_json_atomic(partial / "attempts" / f"{att.name}.json", marker)
+    return marker
+
+
+def _store_episode(final: Path, frames: dict[str, np.ndarray], cfg: CollectConfig, marker: dict) -> None:
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    features = dataset_features(cfg)
+    stats = stats_lib.episode_stats(frames, features)
+    arrays = dict(frames)
+    if cfg.image_format == "video":
+        for key in cfg.cameras.keys:
+            encode_video(arrays.pop(key), tmp / f"{key}.mp4", FPS, cfg.video_codec)
+    np.savez(tmp / "frames.npz", **arrays)
+    (tmp / "episode.json").write_text(json.dumps({"marker": marker, "stats": stats_lib.to_json(stats)}))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+# ------------------------------------------------------------------------------------------------ driver side
+class Collector:
+    def __init__(self, cfg: CollectConfig, out: str | Path):
+        self.cfg = cfg
+        self.out = Path(out)
+        self.partial = self.out / PARTIAL
+
+    def run(self) -> Path:
+        if (self.out / INFO_PATH).exists() and not self.partial.exists():
+            self._check_same_plan(self.out / "meta" / "collection.json", lambda d: d["config"])
+            print(f"{self.out}: already complete")
+            return self.out
+        self._prepare_partial()
+        markers = self._load_markers()
+        if len(markers):
+            print(f"resuming: {len(markers)} attempts already done in {self.partial}")
+        self._collect(markers)
+        return self._publish(self._load_markers())
+
+    def _prepare_partial(self) -> None:
+        if self.out.exists() and not self.partial.exists() and any(self.out.iterdir()):
+            raise ConfigError("output directory exists and is not an unfinished collection; choose another", field=str(self.out))
+        (self.partial / "attempts").mkdir(parents=True, exist_ok=True)
+        (self.partial / "episodes").mkdir(parents=True, exist_ok=True)
+        plan_path = self.partial / "plan.json"
+        if plan_path.exists():
+            self._check_same_plan(plan_path, lambda d: d)
+        else:
+            write_json_atomic(plan_path, self.cfg.plan())
+        for leftover in self.partial.glob("episodes/*.tmp"):  # an attempt killed mid-write
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def _check_same_plan(self, path: Path, select) -> None:
+        earlier = select(json.loads(path.read_text()))
+        if earlier != json.loads(json.dumps(self.cfg.plan())):
+            diff = sorted(k for k in earlier if earlier.get(k) != self.cfg.plan().get(k))
+            raise ConfigError(f"{self.out} was started with different settings ({', '.join(diff)}); use another --out or the same settings", field=diff[0] if diff else None)
+
+    def _load_markers(self) -> dict[str, dict]:
+        out = {}
+        for p in sorted((self.partial / "attempts").glob("*.json")):
+            m = json.loads(p.read_text())
+            if m["success_frame"] is None or (self.partial / "episodes" / p.stem).is_dir():
+                out[p.stem] = m
+        return out
+
+    def _next_attempts(self, done: dict[str, dict], running: set[str]) -> list[Attempt]:
+        """Per task: enough new attempts that finished + running successes could reach the target."""
+        todo = []
+        for pos, task in enumerate(self.cfg.tasks):
+            mine = [m for m in done.values() if m["task"] == task]
+            kept = sum(m["success_frame"] is not None for m in mine)
+            in_flight = sum(r.startswith(task + "-") and r[len(task) + 1 :].isdigit() for r in running)
+            need = self.cfg.episodes - kept - in_flight
+            attempt = 0
+            while need > 0:
+                att = Attempt(task, pos, attempt, self.cfg.attempt_seed(pos, attempt))
+                if attempt >= self.cfg.max_attempts:
+                    break
+                if att.name not in done and att.name not in running:
+                    todo.append(att)
+                    need -= 1
+                attempt += 1
+        return todo
+
+    def _collect(self, done: dict[str, dict]) -> None:
+        total = len(self.cfg.tasks) * self.cfg.episodes
+        kept = lambda: sum(m["success_frame"] is not None for m in done.values())  # noqa: E731
+        bar = tqdm(total=total, initial=min(kept(), total), desc="collect", unit="ep", dynamic_ncols=True)
+        frames, t0 = 0, time.perf_counter()
+        ctx = mp.get_context("spawn")
+        pool = ProcessPoolExecutor(max_workers=self.cfg.num_workers, mp_context=ctx)
+        running: dict[Future, Attempt] = {}
+        try:
+            while True:
+                for att in self._next_attempts(done, {a.name for a in running.values()}):
+                    if len(running) >= 2 * self.cfg.num_workers:
+                        break
+                    running[pool.submit(run_attempt, att, self.cfg, self.partial)] = att
+                if not running:
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    att = running.pop(fut)
+                    marker = fut.result()
+                    done[att.name] = marker
+                    frames += marker["frames"]
+                    bar.update(int(marker["success_frame"] is not None))
+                    tried = len(done)
+                    bar.set_postfix(tried=tried, frames_per_s=f"{frames / (time.perf_counter() - t0):.0f}")
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            bar.close()
+            print(f"\ninterrupted: {kept()} episodes kept in {self.partial}; run the same command again to resume")
+            raise
+        pool.shutdown()
+        bar.close()
+
+    def _publish(self, markers: dict[str, dict]) -> Path:
+        building = self.out / BUILDING
+        shutil.rmtree(building, ignore_errors=True)
+        per_task = self._summary(markers)
+        with DatasetWriter(building, FPS, dataset_features(self.cfg), robot_type="sawyer", video_codec=self.cfg.video_codec) as writer:
+            for task in self.cfg.tasks:
+                for name in per_task[task]["kept_attempts"]:
+                    writer.add_episode(self._load_episode(self.partial / "episodes" / name, task))
+        write_json_atomic(building / "meta" / "collection.json", {"config": self.cfg.plan(), "tasks": per_task})
+        for sub in PUBLISHED:  # meta last: info.json marks the dataset complete
+            shutil.rmtree(self.out / sub, ignore_errors=True)
+        for sub in PUBLISHED:
+            if (building / sub).exists():
+                os.replace(building / sub, self.out / sub)
+        shutil.rmtree(building, ignore_errors=True)
+        shutil.rmtree(self.partial, ignore_errors=True)
+        n = sum(len(t["kept_attempts"]) for t in per_task.values())
+        print(f"wrote {n} episodes to {self.out}")
+        for task, t in per_task.items():
+            note = "" if t["kept"] == self.cfg.episodes else f"  (wanted {self.cfg.episodes}: the expert failed too often)"
+            print(f"  {task:<28} kept {t['kept']:>3} of {t['tried']:>3} tried{note}")
+        return self.out
+
+    def _summary(self, markers: dict[str, dict]) -> dict[str, dict]:
+        out = {}
+        for task in self.cfg.tasks:
+            mine = sorted((m for m in markers.values() if m["task"] == task), key=lambda m: m["attempt"])
+            ok = [f"{task}-{m['attempt']:05d}" for m in mine if m["success_frame"] is not None][: self.cfg.episodes]
+            out[task] = {
+                "instruction": INSTRUCTIONS[task],
+                "difficulty": difficulty_of(task),
+                "tried": len(mine),
+                "kept": len(ok),
+                "failed_seeds": [m["seed"] for m in mine if m["success_frame"] is None],
+                "kept_attempts": ok,
+            }
+        return out
+
+    def _load_episode(self, path: Path, task: str) -> Episode:
+        info = json.loads((path / "episode.json").read_text())
+        with np.load(path / "frames.npz") as z:
+            frames = {k: z[k] for k in z.files}
+        for key in self.cfg.cameras.keys:
+            if self.cfg.image_format == "video":
+                frames[key] = EncodedVideo(path / f"{key}.mp4")
+        m = info["marker"]
+        meta = {"task_name": task, "seed": m["seed"], "attempt": m["attempt"], "success_frame": m["success_frame"]}
+        return Episode(frames, task=INSTRUCTIONS[task], stats=stats_lib.from_json(info["stats"]), meta=meta)
+
+
+def collect(cfg: CollectConfig, out: str | Path) -> Path:
+    return Collector(cfg, out).run()

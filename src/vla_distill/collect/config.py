@@ -1,0 +1,56 @@
+"""Collection configuration (frozen; saved next to the output as meta/collection.json)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+from vla_distill.errors import ConfigError
+from vla_distill.sim.metaworld import CameraConfig
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    tasks: tuple[str, ...]
+    episodes: int = 10  # successful episodes kept per task
+    seed: int = 0
+    steps_after_success: int = 10  # frames recorded after the first success, then the episode stops
+    max_attempts_factor: float = 3.0  # give up on a task after episodes x this many attempts
+    cameras: CameraConfig = field(default_factory=CameraConfig)
+    image_format: str = "video"  # "video" (AV1 mp4, lerobot's default) or "image" (PNG in parquet)
+    video_codec: str = "libsvtav1"
+    workers: int = 0  # 0: one per core
+
+    def __post_init__(self):
+        if not self.tasks:
+            raise ConfigError("no task given", field="tasks")
+        if self.episodes < 1:
+            raise ConfigError("must be >= 1", field="episodes")
+        if self.steps_after_success < 0:
+            raise ConfigError("must be >= 0", field="steps_after_success")
+        if self.max_attempts_factor < 1:
+            raise ConfigError("must be >= 1", field="max_attempts_factor")
+        if self.image_format not in ("video", "image"):
+            raise ConfigError("must be 'video' or 'image'", field="image_format")
+        if self.workers < 0:
+            raise ConfigError("must be >= 0", field="workers")
+
+    @property
+    def num_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    @property
+    def max_attempts(self) -> int:
+        return max(self.episodes, int(round(self.episodes * self.max_attempts_factor)))
+
+    def attempt_seed(self, task_pos: int, attempt: int) -> int:
+        """Deterministic per (task, attempt) so a resumed run collects exactly what an uninterrupted one would."""
+        return self.seed * 1_000_003 + task_pos * 10_007 + attempt
+
+    def plan(self) -> dict:
+        """What must match for a resume to continue an earlier run (workers may differ)."""
+        d = asdict(self)
+        d.pop("workers")
+        d["tasks"] = list(self.tasks)
+        d["cameras"]["names"] = list(self.cameras.names)
+        return d

@@ -1,0 +1,149 @@
+"""The training-side view: temporal windows declared by the consumer, padding flags, split by episode.
+
+A policy declares `deltas = {"observation.state": [-1, 0], "action": range(0, H)}` (frame offsets; or seconds
+through `deltas_from_timestamps`). Sample j is frame r of its episode; each key returns the frames r + d,
+clamped to the episode, with `<key>_is_pad` marking the clamped positions, as lerobot's delta_timestamps do.
+
+Video frames are decoded once into a uint8 memmap cache (`FrameCache`) so random access never waits on the
+codec: decoding per sample would cap the loader near the codec's ~2k frames/s, far below what training needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vla_distill.data.dataset import RobotDataset
+from vla_distill.data.format import INFO_PATH, is_visual
+from vla_distill.errors import ConfigError
+from vla_distill.types import PAD_SUFFIX
+
+
+def deltas_from_timestamps(delta_timestamps: dict[str, Sequence[float]], fps: float, tolerance_s: float = 1e-4) -> dict[str, list[int]]:
+    """lerobot-style seconds -> frame offsets; each must land on a frame."""
+    out = {}
+    for key, ts in delta_timestamps.items():
+        offsets = [round(t * fps) for t in ts]
+        for t, d in zip(ts, offsets):
+            if abs(t - d / fps) > tolerance_s:
+                raise ConfigError(f"{t}s is not a multiple of 1/fps ({1 / fps:.5f}s)", field=f"delta_timestamps.{key}")
+        out[key] = offsets
+    return out
+
+
+def split_episodes(ds: RobotDataset, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Train/validation split by episode, stratified by task so every task with >= 2 episodes has one in each."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError("must be in [0, 1)", field="val_fraction")
+    rng = np.random.default_rng(seed)
+    by_task: dict[str, list[int]] = {}
+    for pos, ep in enumerate(ds.episodes):
+        by_task.setdefault(ep.tasks[0] if ep.tasks else "", []).append(pos)
+    train, val = [], []
+    for task in sorted(by_task):
+        eps = list(rng.permutation(by_task[task]))
+        n_val = int(round(val_fraction * len(eps)))
+        if val_fraction > 0 and n_val == 0 and len(eps) >= 2:
+            n_val = 1
+        val += eps[:n_val]
+        train += eps[n_val:]
+    return sorted(int(e) for e in train), sorted(int(e) for e in val)
+
+
+class FrameCache:
+    """All frames of one camera as a (N, H, W, 3) uint8 memmap, decoded once and reused across runs.
+
+    The cache is keyed by the dataset's path and the size/mtime of its info.json and video files, so a changed
+    dataset never reads stale frames. It is written to a temporary name and renamed when complete."""
+
+    def __init__(self, ds: RobotDataset, key: str, cache_dir: Path | None = None):
+        self.path = self._path(ds, key, cache_dir)
+        if not self.path.exists():
+            self._build(ds, key)
+        self.frames = np.load(self.path, mmap_mode="r")
+
+    @staticmethod
+    def _path(ds: RobotDataset, key: str, cache_dir: Path | None) -> Path:
+        base = Path(cache_dir or os.environ.get("VLA_DISTILL_CACHE", Path.home() / ".cache" / "vla_distill")) / "frames"
+        h = hashlib.sha1(str(ds.root.resolve()).encode())
+        for p in sorted({ds.root / INFO_PATH, *(span.path for ep in ds.episodes for span in ep.videos.values())}):
+            st = p.stat()
+            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return base / h.hexdigest()[:16] / f"{key}.npy"
+
+    def _build(self, ds: RobotDataset, key: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.stem + f".{os.getpid()}.tmp.npy")
+        h, w = ds.frames(key, np.array([0])).shape[1:3]
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(ds.num_frames, h, w, 3))
+        for e in tqdm(range(ds.num_episodes), desc=f"decoding {key} into cache", unit="ep", leave=False):
+            rows = ds.episode_rows(e)
+            out[rows] = ds.frames(key, rows)
+        out.flush()
+        del out
+        os.replace(tmp, self.path)
+
+
+class WindowedDataset(torch.utils.data.Dataset):
+    """Samples = frames of the chosen episodes. Item: {key: (T, ...) tensor, key_is_pad: (T,) bool, "task": str, ...};
+    keys without declared deltas give the current frame without a time axis. Images come as (…, 3, H, W) float32 in [0, 1]."""
+
+    def __init__(
+        self,
+        ds: RobotDataset,
+        deltas: dict[str, Sequence[int]],
+        episodes: Sequence[int] | None = None,
+        keys: Sequence[str] | None = None,
+        cache_dir: Path | None = None,
+        use_cache: bool = True,
+    ):
+        self.ds = ds
+        self.deltas = {k: np.asarray(list(v), dtype=np.int64) for k, v in deltas.items()}
+        for key in self.deltas:
+            if key not in ds.features:
+                raise ConfigError(f"no such feature in {ds.root}", field=f"deltas.{key}")
+        self.keys = list(keys) if keys is not None else [k for k in ds.features if ds.features[k]["dtype"] != "string"]
+        self.episodes = list(range(ds.num_episodes)) if episodes is None else list(episodes)
+        self.rows = np.concatenate([ds.episode_rows(e) for e in self.episodes]) if self.episodes else np.zeros(0, np.int64)
+        starts = np.concatenate([np.full(ds.episodes[e].length, ds.episode_rows(e)[0]) for e in self.episodes]) if self.episodes else self.rows
+        self.ep_start = starts
+        self.ep_end = np.concatenate([np.full(ds.episodes[e].length, ds.episode_rows(e)[-1] + 1) for e in self.episodes]) if self.episodes else self.rows
+        visual = [k for k in self.keys if is_visual(ds.features[k])]
+        self.caches = {k: FrameCache(ds, k, cache_dir).frames for k in visual} if use_cache else {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _window(self, j: int, key: str) -> tuple[np.ndarray, np.ndarray | None]:
+        r = int(self.rows[j])
+        if key not in self.deltas:
+            return np.array([r]), None
+        want = r + self.deltas[key]
+        pad = (want < self.ep_start[j]) | (want >= self.ep_end[j])
+        return np.clip(want, self.ep_start[j], self.ep_end[j] - 1), pad
+
+    def _values(self, key: str, rows: np.ndarray) -> torch.Tensor:
+        if is_visual(self.ds.features[key]):
+            imgs = self.caches[key][rows] if key in self.caches else self.ds.frames(key, rows)
+            return torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).float().div_(255.0)
+        return torch.from_numpy(np.asarray(self.ds.column(key)[rows]))
+
+    def __getitem__(self, j: int) -> dict:
+        item: dict = {}
+        for key in self.keys:
+            rows, pad = self._window(j, key)
+            values = self._values(key, rows)
+            if pad is None:
+                item[key] = values[0]
+            else:
+                item[key] = values
+                item[key + PAD_SUFFIX] = torch.from_numpy(pad)
+        r = int(self.rows[j])
+        item["task"] = self.ds.tasks[int(self.ds.column("task_index")[r])]
+        return item

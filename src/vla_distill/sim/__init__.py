@@ -1,0 +1,1 @@
+"""Simulation adapters behind one small protocol (MetaWorld is the embedded default)."""

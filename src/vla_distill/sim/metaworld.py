@@ -1,0 +1,135 @@
+"""MetaWorld v3 adapter: one task per environment, seeded object/goal placement, two rendered cameras.
+
+Observation dict (one step):
+  "observation.images.<cam>"      (H, W, 3) uint8     cameras from CameraConfig (corner2 rotated 180 degrees)
+  "observation.state"             (4,) float32        hand xyz + gripper opening (proprioception only)
+  "observation.environment_state" (39,) float32       the full MetaWorld observation (objects, goal)
+Action: (4,) float32 in [-1, 1], xyz end-effector delta + gripper effort.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from dataclasses import dataclass
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+
+from vla_distill.errors import ConfigError  # noqa: E402
+from vla_distill.sim.metaworld_tasks import INSTRUCTIONS  # noqa: E402
+from vla_distill.types import OBS_ENV_STATE, OBS_STATE, camera_key  # noqa: E402
+
+FPS = 80  # MetaWorld steps at dt = 0.0025 s x frame_skip 5 = 12.5 ms, as lerobot records it
+MAX_STEPS = 500
+STATE_NAMES = ["hand_x", "hand_y", "hand_z", "gripper_opening"]
+ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
+# Camera aliases -> MuJoCo camera names in metaworld's sawyer scene.
+CAMERAS = {"corner2": "corner2", "gripper": "gripperPOV", "corner": "corner", "corner3": "corner3", "topview": "topview", "behind_gripper": "behindGripper"}
+# lerobot moves corner2 closer to the table (envs/metaworld.py); small targets need the pixels.
+CORNER2_POS = (0.75, 0.075, 0.7)
+# The corner cameras' frames come out upside down: rotate 180 degrees.
+_FLIPPED = {"corner", "corner2", "corner3", "corner4"}
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    names: tuple[str, ...] = ("corner2", "gripper")
+    height: int = 128
+    width: int = 128
+
+    def __post_init__(self):
+        for n in self.names:
+            if n not in CAMERAS:
+                raise ConfigError(f"unknown camera '{n}'; valid: {', '.join(CAMERAS)}", field="cameras")
+        if self.height < 16 or self.width < 16:
+            raise ConfigError("image size must be at least 16 px", field="image_size")
+
+    @property
+    def keys(self) -> list[str]:
+        return [camera_key(n) for n in self.names]
+
+
+class MetaWorldEnv:
+    """A MetaWorld task with our rendering. `reset(seed)` draws the object/goal placement from the seed."""
+
+    def __init__(self, task: str, cameras: CameraConfig = CameraConfig()):
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+        if task not in ALL_V3_ENVIRONMENTS:
+            raise ConfigError(f"unknown MetaWorld task '{task}'", field="task")
+        self.task = task
+        self.instruction = INSTRUCTIONS[task]
+        self.cameras = cameras
+        env = ALL_V3_ENVIRONMENTS[task]()
+        # As metaworld's MT benchmarks do: goal visible in the 39-d observation; placement drawn per reset
+        # from the env's seeded generator (lerobot HEAD's seeded_rand_vec) instead of 50 frozen variations.
+        env._partially_observable = False
+        del env.sawyer_observation_space
+        env._freeze_rand_vec = False
+        env.seeded_rand_vec = True
+        env._set_task_called = True
+        self.env = env
+        self.max_steps = min(MAX_STEPS, env.max_path_length)
+        model = env.model
+        model.vis.quality.shadowsize = 0  # shadows are most of the render cost on a CPU renderer
+        model.vis.quality.offsamples = 0
+        cid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "corner2")
+        model.cam_pos[cid] = CORNER2_POS
+        self._renderer = mujoco.Renderer(model, cameras.height, cameras.width)
+        self._obs: np.ndarray | None = None
+
+    def reset(self, seed: int) -> dict[str, np.ndarray]:
+        self.env.seed(seed)
+        obs, _ = self.env.reset()
+        self._obs = obs
+        return self._observation()
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool]:
+        obs, reward, _, _, info = self.env.step(np.asarray(action, dtype=np.float32))
+        self._obs = obs
+        return self._observation(), float(reward), bool(info["success"])
+
+    @property
+    def raw_obs(self) -> np.ndarray:
+        """The 39-d observation the scripted experts read."""
+        assert self._obs is not None, "reset() first"
+        return self._obs
+
+    def render(self, name: str) -> np.ndarray:
+        r = self._renderer
+        r.update_scene(self.env.data, camera=CAMERAS[name])
+        r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        img = r.render()
+        return img[::-1, ::-1].copy() if CAMERAS[name] in _FLIPPED else img
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        obs = self._obs
+        out = {camera_key(n): self.render(n) for n in self.cameras.names}
+        out[OBS_STATE] = obs[:4].astype(np.float32)
+        out[OBS_ENV_STATE] = obs.astype(np.float32)
+        return out
+
+    def close(self) -> None:
+        # Free the GL context now: a renderer garbage-collected after a newer one exists blanks every later frame.
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        self.env.close()
+        gc.collect()
+
+    def __enter__(self) -> MetaWorldEnv:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def expert_policy(task: str):
+    """metaworld's scripted expert for a task: stateless, `get_action(obs39) -> (4,)`."""
+    from metaworld.policies import ENV_POLICY_MAP
+
+    return ENV_POLICY_MAP[task]()
