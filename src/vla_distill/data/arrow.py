@@ -47,7 +47,8 @@ def to_arrow(values: np.ndarray, feature: dict) -> pa.Array:
 
 
 def from_arrow(column: pa.ChunkedArray | pa.Array, feature: dict, key: str, path: Path | None = None) -> np.ndarray:
-    """Inverse of to_arrow for numeric features; accepts variable-length lists from older writers."""
+    """Inverse of to_arrow for numeric features -> (N, *shape), or (N,) for scalars; accepts the
+    variable-length lists of older writers."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     shape = feature_shape(feature)
@@ -66,7 +67,8 @@ def from_arrow(column: pa.ChunkedArray | pa.Array, feature: dict, key: str, path
         raise DatasetError(
             f"column holds {out.size // max(n, 1)} values per frame, info.json shape is {list(shape)}", path=path, field=key
         )
-    return out.reshape((n,) + shape).astype(np.dtype(feature["dtype"]), copy=False)
+    # Scalar features (shape [1]) come back as (N,), as lerobot returns them per frame as 0-d values.
+    return out.reshape((n,) if shape == (1,) else (n,) + shape).astype(np.dtype(feature["dtype"]), copy=False)
 
 
 def encode_png(img: np.ndarray) -> bytes:

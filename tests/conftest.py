@@ -1,0 +1,79 @@
+"""Fake-data factories shared by the tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from vla_distill.data.format import video_feature  # noqa: E402
+from vla_distill.data.writer import DatasetWriter, Episode  # noqa: E402
+
+FPS = 10
+
+
+def fake_features(video: bool = True, image: bool = True, size: int = 32) -> dict[str, dict]:
+    feats = {
+        "observation.state": {"dtype": "float32", "shape": [3], "names": ["a", "b", "c"]},
+        "action": {"dtype": "float32", "shape": [2], "names": ["x", "y"]},
+    }
+    if video:
+        feats["observation.images.cam"] = video_feature(size, size, FPS, "libsvtav1")
+    if image:
+        feats["observation.images.png"] = {"dtype": "image", "shape": [size, size, 3], "names": ["height", "width", "channels"]}
+    return feats
+
+
+def smooth_frames(n: int, size: int, phase: float) -> np.ndarray:
+    """Frames a video codec keeps close to the original (smooth gradients, moving square) yet all distinct."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    out = np.zeros((n, size, size, 3), dtype=np.uint8)
+    for t in range(n):
+        out[t, ..., 0] = (xx * 255 // size + 7 * t + phase) % 256
+        out[t, ..., 1] = (yy * 255 // size) % 256
+        out[t, ..., 2] = 60
+        c = (3 * t) % (size - 8)
+        out[t, c : c + 8, c : c + 8] = 255
+    return out
+
+
+def fake_episode_frames(n: int, features: dict, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    frames = {
+        "observation.state": rng.normal(size=(n, 3)).astype(np.float32),
+        "action": rng.normal(size=(n, 2)).astype(np.float32),
+    }
+    for key, ft in features.items():
+        if ft["dtype"] == "video":
+            frames[key] = smooth_frames(n, ft["shape"][0], phase=40 * seed)
+        elif ft["dtype"] == "image":
+            frames[key] = rng.integers(0, 256, (n, *ft["shape"]), dtype=np.uint8)
+    return frames
+
+
+def write_fake_dataset(root: Path, lengths=(6, 9, 5, 8), video=True, image=True, **writer_kwargs):
+    """Returns the per-episode frame dicts written, for comparison."""
+    features = fake_features(video, image)
+    episodes = []
+    with DatasetWriter(root, FPS, features, robot_type="fake", **writer_kwargs) as w:
+        for e, n in enumerate(lengths):
+            frames = fake_episode_frames(n, features, seed=e)
+            episodes.append(frames)
+            w.add_episode(Episode(frames, task=f"task {e % 2}", meta={"seed": e}))
+    return episodes
+
+
+@pytest.fixture
+def fake_dataset(tmp_path):
+    root = tmp_path / "ds"
+    episodes = write_fake_dataset(root)
+    return root, episodes
+
+
+@pytest.fixture(autouse=True)
+def _frame_cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLA_DISTILL_CACHE", str(tmp_path / "cache"))

@@ -1,0 +1,101 @@
+"""Each kind of bad input gives a one-line error naming the file and field, and a non-zero exit."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import write_fake_dataset
+from vla_distill.cli import main
+from vla_distill.data.writer import DatasetWriter, Episode
+from vla_distill.errors import DatasetError
+
+DATA = "data/chunk-000/file-000.parquet"
+VIDEO = "videos/observation.images.cam/chunk-000/file-000.mp4"
+
+
+def run_inspect(root, capsys):
+    code = main(["inspect", str(root)])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+@pytest.fixture
+def ds_root(tmp_path):
+    root = tmp_path / "ds"
+    write_fake_dataset(root)
+    return root
+
+
+def test_valid_dataset_passes(ds_root, capsys):
+    assert main(["inspect", str(ds_root)]) == 0
+    assert "4 episodes, 28 frames" in capsys.readouterr().out
+
+
+def test_missing_parquet(ds_root, capsys):
+    (ds_root / DATA).unlink()
+    code, err = run_inspect(ds_root, capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert DATA in err and "missing" in err
+
+
+def test_truncated_parquet(ds_root, capsys):
+    path = ds_root / DATA
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    code, err = run_inspect(ds_root, capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert DATA in err and "truncated" in err
+
+
+def test_undecodable_mp4(ds_root, capsys):
+    path = ds_root / VIDEO
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 3 :] = bytes(len(raw) - len(raw) // 3)  # keep the header, zero the frames
+    path.write_bytes(bytes(raw))
+    code, err = run_inspect(ds_root, capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert VIDEO in err and "observation.images.cam" in err
+
+
+def test_feature_shape_disagrees_with_info(ds_root, capsys):
+    info_path = ds_root / "meta/info.json"
+    info = json.loads(info_path.read_text())
+    info["features"]["action"]["shape"] = [3]
+    info_path.write_text(json.dumps(info))
+    code, err = run_inspect(ds_root, capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert DATA in err and "'action'" in err and "shape" in err
+
+
+def test_nan_in_actions_on_disk(ds_root, capsys):
+    path = ds_root / DATA
+    table = pq.read_table(path)
+    actions = np.stack(table.column("action").to_numpy(zero_copy_only=False)).astype(np.float32)
+    actions[11, 1] = np.nan
+    col = pa.FixedSizeListArray.from_arrays(pa.array(actions.reshape(-1)), 2)
+    table = table.set_column(table.column_names.index("action"), table.schema.field("action"), col)
+    pq.write_table(table, path)
+    code, err = run_inspect(ds_root, capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert DATA in err and "'action'" in err and "NaN" in err and "11" in err
+
+
+def test_writer_refuses_nan_and_bad_shapes(tmp_path):
+    feats = {"action": {"dtype": "float32", "shape": [2], "names": None}}
+    w = DatasetWriter(tmp_path / "w", 10, feats)
+    with pytest.raises(DatasetError, match="'action'.*NaN"):
+        w.add_episode(Episode({"action": np.array([[0.0, np.nan]], np.float32)}, task="t"))
+    with pytest.raises(DatasetError, match="'action'.*shape"):
+        w.add_episode(Episode({"action": np.zeros((3, 5), np.float32)}, task="t"))
+    w.abort()
+    assert not (tmp_path / "w/meta/info.json").exists()
+
+
+def test_missing_dataset_and_info(tmp_path, capsys):
+    code, err = run_inspect(tmp_path / "nope", capsys)
+    assert code == 2 and "nope" in err
+    (tmp_path / "empty").mkdir()
+    code, err = run_inspect(tmp_path / "empty", capsys)
+    assert code == 2 and "meta/info.json" in err

@@ -1,0 +1,102 @@
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import FPS, write_fake_dataset
+from vla_distill.data.dataset import RobotDataset
+from vla_distill.data.format import QUANTILE_KEYS
+
+
+def test_layout_matches_lerobot_v30(fake_dataset):
+    root, episodes = fake_dataset
+    info = json.loads((root / "meta/info.json").read_text())
+    assert info["codebase_version"] == "v3.0"
+    assert info["fps"] == FPS and isinstance(info["fps"], int)
+    assert info["total_episodes"] == 4 and info["total_frames"] == 28 and info["total_tasks"] == 2
+    assert info["splits"] == {"train": "0:4"}
+    assert info["data_path"] == "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+    assert info["video_path"] == "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+    assert "total_chunks" not in info and "total_videos" not in info
+    for key in ("timestamp", "frame_index", "episode_index", "index", "task_index"):
+        assert key in info["features"]
+    assert (root / "videos/observation.images.cam/chunk-000/file-000.mp4").exists()
+    data = pq.read_table(root / "data/chunk-000/file-000.parquet")
+    assert "observation.images.cam" not in data.column_names  # videos are not parquet columns
+    assert str(data.schema.field("observation.state").type) == "fixed_size_list<element: float>[3]"
+    assert str(data.schema.field("observation.images.png").type) == "struct<bytes: binary, path: string>"
+    assert data.column("index").to_pylist() == list(range(28))
+    tasks = pq.read_table(root / "meta/tasks.parquet")
+    assert tasks.column_names == ["task_index", "__index_level_0__"]
+    eps = pq.read_table(root / "meta/episodes/chunk-000/file-000.parquet")
+    for col in ("episode_index", "tasks", "length", "data/chunk_index", "data/file_index", "dataset_from_index",
+                "dataset_to_index", "videos/observation.images.cam/from_timestamp", "videos/observation.images.cam/to_timestamp",
+                "stats/action/mean", "stats/observation.images.cam/q50", "meta/episodes/chunk_index"):
+        assert col in eps.column_names, col
+    starts = eps.column("videos/observation.images.cam/from_timestamp").to_pylist()
+    assert starts == pytest.approx([0.0, 0.6, 1.5, 2.0])
+    stats = json.loads((root / "meta/stats.json").read_text())
+    assert set(stats["action"]) == {"min", "max", "mean", "std", "count", *QUANTILE_KEYS}
+    assert np.asarray(stats["observation.images.cam"]["mean"]).shape == (3, 1, 1)
+
+
+def test_roundtrip_values(fake_dataset):
+    root, episodes = fake_dataset
+    ds = RobotDataset(root)
+    assert ds.num_episodes == 4 and ds.num_frames == 28
+    assert ds.tasks == ["task 0", "task 1"]
+    assert [ep.extra["seed"] for ep in ds.episodes] == [0, 1, 2, 3]
+    for e, frames in enumerate(episodes):
+        rows = ds.episode_rows(e)
+        np.testing.assert_array_equal(ds.column("action")[rows], frames["action"])
+        np.testing.assert_array_equal(ds.column("observation.state")[rows], frames["observation.state"])
+        # PNG in parquet is lossless
+        np.testing.assert_array_equal(ds.frames("observation.images.png", rows), frames["observation.images.png"])
+        # video is within codec tolerance, and frame-exact: each decoded frame is closest to its own original
+        got = ds.frames("observation.images.cam", rows).astype(np.float64)
+        want = frames["observation.images.cam"].astype(np.float64)
+        err = np.abs(got[:, None] - want[None]).mean(axis=(2, 3, 4))
+        assert (err.argmin(axis=1) == np.arange(len(rows))).all()
+        assert err.diagonal().max() < 10.0  # mean abs error on 0..255 at crf 30, 32 px
+    item = ds[7]
+    assert item["task"] == "task 1" and int(item["frame_index"]) == 1 and int(item["episode_index"]) == 1
+    assert item["observation.images.cam"].shape == (32, 32, 3)
+
+
+def test_random_access_across_episodes_and_rollover(tmp_path):
+    # tiny size limits force several data and video files; the reader must follow each episode's indices
+    root = tmp_path / "ds"
+    episodes = write_fake_dataset(root, lengths=(5, 7, 6), image=False, data_file_mb=1e-6, video_file_mb=1e-6)
+    assert len(list((root / "data").rglob("*.parquet"))) == 3
+    assert len(list((root / "videos").rglob("*.mp4"))) == 3
+    ds = RobotDataset(root)
+    rng = np.random.default_rng(0)
+    for r in rng.permutation(ds.num_frames):
+        e = int(ds.column("episode_index")[r])
+        f = int(ds.column("frame_index")[r])
+        got = ds.frames("observation.images.cam", np.array([r]))[0].astype(float)
+        dists = [np.abs(got - x).mean() for x in episodes[e]["observation.images.cam"].astype(float)]
+        assert int(np.argmin(dists)) == f
+
+
+def test_stats_against_numpy(fake_dataset):
+    root, episodes = fake_dataset
+    ds = RobotDataset(root)
+    allv = np.concatenate([e["action"] for e in episodes]).astype(np.float64)
+    st = ds.stats["action"]
+    np.testing.assert_allclose(st["min"], allv.min(0))
+    np.testing.assert_allclose(st["max"], allv.max(0))
+    np.testing.assert_allclose(st["mean"], allv.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(st["std"], allv.std(0), rtol=1e-6)
+    assert int(st["count"][0]) == len(allv)
+    # quantiles: exact per episode, count-weighted across episodes (lerobot's aggregation)
+    lengths = np.array([len(e["action"]) for e in episodes])
+    per_ep = np.stack([np.quantile(e["action"].astype(np.float64), 0.5, axis=0) for e in episodes])
+    np.testing.assert_allclose(st["q50"], (per_ep * lengths[:, None]).sum(0) / lengths.sum(), rtol=1e-6)
+    # image stats are per channel in [0, 1]
+    pixels = np.concatenate([e["observation.images.png"] for e in episodes]).astype(np.float64) / 255
+    np.testing.assert_allclose(ds.stats["observation.images.png"]["mean"].reshape(3), pixels.mean(axis=(0, 1, 2)), rtol=1e-6)
+    # stats over a subset of episodes (a training split) come from the episodes table
+    sub = ds.episode_stats([1, 3])
+    np.testing.assert_allclose(sub["action"]["mean"], np.concatenate([episodes[1]["action"], episodes[3]["action"]]).mean(0), rtol=1e-5)
