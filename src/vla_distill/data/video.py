@@ -131,7 +131,7 @@ class VideoReader:
         if (gap >= tolerance_s).any():
             bad = int(gap.argmax())
             raise self._error(
-                f"no frame within {tolerance_s}s of t={timestamps[bad]:.4f}s (nearest pts {pts_arr[nearest[bad]]:.4f}s)"
+                f"no frame within {tolerance_s}s of t={timestamps[bad]:.4f}s (nearest decodable: {pts_arr[nearest[bad]]:.4f}s; truncated or corrupt file?)"
             )
         return np.stack([imgs[i] for i in nearest])
 

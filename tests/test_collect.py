@@ -1,0 +1,105 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from vla_distill.collect.collect import collect
+from vla_distill.collect.config import CollectConfig
+from vla_distill.data.dataset import RobotDataset
+from vla_distill.errors import ConfigError
+from vla_distill.sim.metaworld import CameraConfig, MetaWorldEnv
+from vla_distill.sim.metaworld_tasks import GROUPS, resolve_tasks
+
+SMALL = CameraConfig(height=64, width=64)
+
+
+def test_resolve_tasks():
+    assert resolve_tasks("reach-v3,push-v3") == ["reach-v3", "push-v3"]
+    assert len(resolve_tasks("mt10")) == 10 and len(resolve_tasks("mt50")) == 50
+    assert [len(GROUPS[g]) for g in ("easy", "medium", "hard", "very_hard")] == [28, 11, 6, 5]
+    assert set(resolve_tasks("easy,medium,hard,very_hard")) == set(resolve_tasks("mt50"))
+    with pytest.raises(ConfigError, match="did you mean push-v3"):
+        resolve_tasks("psh-v3")
+
+
+def test_env_observation_and_cameras():
+    with MetaWorldEnv("push-v3", SMALL) as env:
+        obs = env.reset(seed=3)
+        assert obs["observation.state"].shape == (4,) and obs["observation.environment_state"].shape == (39,)
+        np.testing.assert_array_equal(obs["observation.state"], obs["observation.environment_state"][:4])
+        for key in ("observation.images.corner2", "observation.images.gripper"):
+            img = obs[key]
+            assert img.shape == (64, 64, 3) and img.dtype == np.uint8
+            assert img.std() > 10, f"{key} is blank"
+        # corner2 is rotated upright: the wooden table (reddish) fills the bottom, the grey backdrop the top
+        corner = obs["observation.images.corner2"].astype(float)
+        redness = corner[..., 0] - corner[..., 2]
+        assert redness[-16:].mean() > redness[:16].mean() + 5
+        puck_a = env.raw_obs[4:7].copy()
+    with MetaWorldEnv("push-v3", SMALL) as env:
+        env.reset(seed=4)
+        assert not np.allclose(puck_a, env.raw_obs[4:7])  # a different seed places the puck elsewhere
+        env.reset(seed=3)
+        np.testing.assert_allclose(puck_a, env.raw_obs[4:7])
+
+
+def test_collect_one_episode_two_tasks(tmp_path):
+    cfg = CollectConfig(tasks=("reach-v3", "push-v3"), episodes=1, cameras=SMALL, steps_after_success=3, workers=2)
+    out = collect(cfg, tmp_path / "ds")
+    assert not (out / ".partial").exists() and not (out / ".building").exists()
+    ds = RobotDataset(out)
+    ds.validate()
+    assert ds.num_episodes == 2 and ds.tasks == ["reach the goal position", "push the puck to the goal"]
+    assert ds.fps == 80 and ds.features["action"]["shape"] == [4]
+    for e, ep in enumerate(ds.episodes):
+        rows = ds.episode_rows(e)
+        success = ds.column("next.success")[rows]
+        first = int(np.argmax(success))
+        assert success.any() and ep.extra["success_frame"] == first
+        assert len(rows) == first + 1 + 3  # stops 3 frames after the first success
+        assert ds.column("next.done")[rows].tolist() == [False] * (len(rows) - 1) + [True]
+        np.testing.assert_array_equal(ds.column("observation.state")[rows], ds.column("observation.environment_state")[rows][:, :4])
+        assert np.abs(ds.column("action")[rows]).max() <= 1.0
+        for key in ("observation.images.corner2", "observation.images.gripper"):
+            imgs = ds.frames(key, rows[[0, len(rows) // 2, -1]])
+            assert imgs.shape == (3, 64, 64, 3) and all(img.std() > 10 for img in imgs), f"{key} has blank frames"
+    prov = json.loads((out / "meta/collection.json").read_text())
+    assert prov["tasks"]["push-v3"]["kept"] == 1 and prov["tasks"]["push-v3"]["tried"] >= 1
+    # running the same command again is a no-op; different settings are refused
+    assert collect(cfg, out) == out
+    with pytest.raises(ConfigError, match="episodes"):
+        collect(CollectConfig(tasks=cfg.tasks, episodes=2, cameras=SMALL, steps_after_success=3), out)
+
+
+def _collect_cmd(out):
+    return [sys.executable, "-m", "vla_distill.cli", "collect", "--tasks", "reach-v3", "--episodes", "4",
+            "--image-size", "64", "--steps-after-success", "2", "--workers", "1", "--out", str(out)]
+
+
+def test_resume_after_kill_9(tmp_path):
+    out = tmp_path / "ds"
+    proc = subprocess.Popen(_collect_cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / ".partial/attempts").glob("*.json"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list((out / ".partial/attempts").glob("*.json")))
+    assert 2 <= done_before < 4, "the kill should land mid-collection"
+    assert not (out / "meta/info.json").exists()  # no dataset until every episode is in
+    result = subprocess.run(_collect_cmd(out), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resuming: {done_before} attempts already done" in result.stdout
+    ds = RobotDataset(out)
+    ds.validate()
+    assert ds.num_episodes == 4
+    seeds = [ep.extra["seed"] for ep in ds.episodes]
+    assert len(set(seeds)) == 4  # no duplicated attempt after the resume
+    cfg = CollectConfig(tasks=("reach-v3",), episodes=4)
+    kept = json.loads((out / "meta/collection.json").read_text())["tasks"]["reach-v3"]["kept_attempts"]
+    assert seeds == [cfg.attempt_seed(0, int(name.rsplit("-", 1)[1])) for name in kept]
