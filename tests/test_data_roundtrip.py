@@ -100,3 +100,18 @@ def test_stats_against_numpy(fake_dataset):
     # stats over a subset of episodes (a training split) come from the episodes table
     sub = ds.episode_stats([1, 3])
     np.testing.assert_allclose(sub["action"]["mean"], np.concatenate([episodes[1]["action"], episodes[3]["action"]]).mean(0), rtol=1e-5)
+
+
+def test_image_stats_match_numpy_exactly():
+    from vla_distill.data.stats import image_stats
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (37, 20, 24, 3), dtype=np.uint8)
+    frames[..., 2] //= 7  # a skewed channel
+    st = image_stats(frames)
+    chw = np.moveaxis(frames, -1, 1).astype(np.float64) / 255
+    for key, fn in {"min": np.min, "max": np.max, "mean": np.mean, "std": np.std}.items():
+        np.testing.assert_allclose(st[key].reshape(3), fn(chw, axis=(0, 2, 3)), atol=1e-12)
+    for key, q in (("q01", 0.01), ("q10", 0.1), ("q50", 0.5), ("q90", 0.9), ("q99", 0.99)):
+        np.testing.assert_allclose(st[key].reshape(3), np.quantile(chw, q, axis=(0, 2, 3)), atol=1e-12)
+    assert st["mean"].shape == (3, 1, 1) and st["count"].tolist() == [37]

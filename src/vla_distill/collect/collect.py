@@ -13,6 +13,7 @@ import multiprocessing as mp
 import multiprocessing.util as mp_util
 import os
 import shutil
+import sys
 import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -101,6 +102,11 @@ def rollout_expert(env: MetaWorldEnv, seed: int, steps_after_success: int) -> tu
     out[DONE] = np.zeros(len(out[ACTION]), dtype=bool)
     out[DONE][-1] = True
     return out, first_success
+
+
+def _init_worker() -> None:
+    # Each worker owns a core; llvmpipe's own render threads would only contend with the other workers.
+    os.environ.setdefault("LP_NUM_THREADS", "1")
 
 
 def _close_env() -> None:
@@ -212,8 +218,12 @@ class Collector:
         kept = lambda: sum(m["success_frame"] is not None for m in done.values())  # noqa: E731
         bar = tqdm(total=total, initial=min(kept(), total), desc="collect", unit="ep", dynamic_ncols=True)
         frames, t0 = 0, time.perf_counter()
-        ctx = mp.get_context("spawn")
-        pool = ProcessPoolExecutor(max_workers=self.cfg.num_workers, mp_context=ctx)
+        # forkserver: workers fork from a clean server that has metaworld imported (fast start), never from
+        # the caller, whose GL contexts or OpenMP threads (a test, a notebook) would deadlock a forked child.
+        ctx = mp.get_context("forkserver" if sys.platform == "linux" else "spawn")
+        if sys.platform == "linux":
+            ctx.set_forkserver_preload([__name__])
+        pool = ProcessPoolExecutor(max_workers=self.cfg.num_workers, mp_context=ctx, initializer=_init_worker)
         running: dict[Future, Attempt] = {}
         try:
             while True:

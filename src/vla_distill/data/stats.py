@@ -48,17 +48,39 @@ def vector_stats(x: np.ndarray) -> Stats:
 
 
 def image_stats(frames: np.ndarray) -> Stats:
-    """frames: (T, H, W, 3) uint8 -> per-channel stats of shape (3, 1, 1) in [0, 1] over sampled frames."""
+    """frames: (T, H, W, 3) uint8 -> per-channel stats of shape (3, 1, 1) in [0, 1] over sampled frames.
+
+    Pixels are 8-bit, so a 256-bin histogram per channel gives min/max/mean/std and np.quantile's linear
+    quantiles exactly, at a fraction of the cost of sorting every pixel."""
     sampled = frames[sample_indices(len(frames))]
     h, w = sampled.shape[1:3]
     if max(h, w) >= 300:  # lerobot's auto_downsample_height_width
         step = int(max(h, w) / 150)
         sampled = sampled[:, ::step, ::step]
-    chw = np.moveaxis(sampled, -1, 1).astype(np.float64) / 255.0  # (N, 3, H, W)
-    stats = array_stats(chw, axis=(0, 2, 3), keepdims=True)
-    stats = {k: (v if k == "count" else v[0]) for k, v in stats.items()}  # (1,3,1,1) -> (3,1,1)
-    stats["count"] = np.array([len(sampled)], dtype=np.int64)
-    return stats
+    per_channel = [_uint8_stats(np.bincount(sampled[..., c].reshape(-1), minlength=256)) for c in range(3)]
+    out = {k: np.array([pc[k] for pc in per_channel]).reshape(3, 1, 1) / 255.0 for k in per_channel[0]}
+    out["count"] = np.array([len(sampled)], dtype=np.int64)
+    return out
+
+
+def _uint8_stats(hist: np.ndarray) -> dict[str, float]:
+    values = np.arange(256, dtype=np.float64)
+    n = hist.sum()
+    mean = (hist * values).sum() / n
+    nonzero = np.flatnonzero(hist)
+    out = {
+        "min": float(nonzero[0]),
+        "max": float(nonzero[-1]),
+        "mean": mean,
+        "std": float(np.sqrt((hist * (values - mean) ** 2).sum() / n)),
+    }
+    cum = np.cumsum(hist)
+    for key, q in zip(QUANTILE_KEYS, QUANTILES):
+        pos = q * (n - 1)  # np.quantile's "linear" method on the sorted pixels
+        lo, hi = int(np.floor(pos)), int(np.ceil(pos))
+        v_lo, v_hi = np.searchsorted(cum, lo, side="right"), np.searchsorted(cum, hi, side="right")
+        out[key] = float(v_lo + (v_hi - v_lo) * (pos - lo))
+    return out
 
 
 def episode_stats(columns: dict[str, np.ndarray], features: dict[str, dict]) -> dict[str, Stats]:

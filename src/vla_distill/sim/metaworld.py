@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
+import weakref
 from dataclasses import dataclass
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -79,6 +80,8 @@ class MetaWorldEnv:
         cid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "corner2")
         model.cam_pos[cid] = CORNER2_POS
         self._renderer = mujoco.Renderer(model, cameras.height, cameras.width)
+        # Close the GL context at interpreter exit at the latest, while EGL is still loaded.
+        self._close_renderer = weakref.finalize(self, self._renderer.close)
         self._obs: np.ndarray | None = None
 
     def reset(self, seed: int) -> dict[str, np.ndarray]:
@@ -115,9 +118,7 @@ class MetaWorldEnv:
 
     def close(self) -> None:
         # Free the GL context now: a renderer garbage-collected after a newer one exists blanks every later frame.
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        self._close_renderer()
         self.env.close()
         gc.collect()
 
