@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+from common import RESULTS, write_result
 from vla_distill.collect.collect import collect
 from vla_distill.collect.config import CollectConfig
 from vla_distill.data.dataset import RobotDataset
@@ -42,7 +42,7 @@ def main() -> None:
     p.add_argument("--tasks", default="reach-v3,push-v3,drawer-open-v3")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "collect.json"))
+    p.add_argument("--out", default=str(RESULTS / "collect.json"))
     args = p.parse_args()
     tasks = resolve_tasks(args.tasks)
     rows = [run(tasks, args.episodes, w, args.image_size) for w in (1, os.cpu_count() or 2)]
@@ -53,12 +53,8 @@ def main() -> None:
         print(f"{r['workers']:>8} {r['episodes']:>9} {r['frames']:>7} {r['wall_s']:>7} {r['frames_per_s']:>9}")
     print(f"speed-up with {rows[1]['workers']} workers: {speedup:.2f}x; target >= 100 frames/s: "
           f"{'met' if rows[1]['frames_per_s'] >= 100 else 'NOT met'}")
-    result = {"benchmark": "collect", "tasks": tasks, "episodes_per_task": args.episodes, "image_size": args.image_size,
-              "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(), "rows": rows,
-              "speedup": round(speedup, 2), "target_frames_per_s": 100}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(args.out, {"benchmark": "collect", "tasks": tasks, "episodes_per_task": args.episodes,
+                            "image_size": args.image_size, "rows": rows, "speedup": round(speedup, 2), "target_frames_per_s": 100})
 
 
 if __name__ == "__main__":

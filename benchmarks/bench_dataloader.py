@@ -9,7 +9,6 @@ Writes benchmarks/results/dataloader.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import RESULTS, write_result
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.data.format import video_feature
 from vla_distill.data.windows import WindowedDataset
@@ -59,7 +59,7 @@ def main() -> None:
     p.add_argument("--length", type=int, default=150)
     p.add_argument("--samples", type=int, default=3000)
     p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "dataloader.json"))
+    p.add_argument("--out", default=str(RESULTS / "dataloader.json"))
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-loader-"))
     os.environ["VLA_DISTILL_CACHE"] = str(tmp / "cache")
@@ -81,12 +81,9 @@ def main() -> None:
     ratio = rows["decoded-frame cache"] / rows["decode per sample"]
     print(f"cache speed-up: {ratio:.1f}x (cache built once in {cache_build_s:.1f}s); target >= 2000 samples/s: "
           f"{'met' if rows['decoded-frame cache'] >= 2000 else 'NOT met'}")
-    result = {"benchmark": "dataloader", "frames": ds.num_frames, "image_size": args.image_size,
-              "samples_per_s": {k: round(v, 1) for k, v in rows.items()}, "cache_speedup": round(ratio, 2),
-              "cache_build_s": round(cache_build_s, 2), "target_samples_per_s": 2000}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(args.out, {"benchmark": "dataloader", "frames": ds.num_frames, "image_size": args.image_size,
+                            "samples_per_s": {k: round(v, 1) for k, v in rows.items()}, "cache_speedup": round(ratio, 2),
+                            "cache_build_s": round(cache_build_s, 2), "target_samples_per_s": 2000})
 
 
 if __name__ == "__main__":
