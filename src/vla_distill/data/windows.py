@@ -110,10 +110,11 @@ class WindowedDataset(torch.utils.data.Dataset):
                 raise ConfigError(f"no such feature in {ds.root}", field=f"deltas.{key}")
         self.keys = list(keys) if keys is not None else [k for k in ds.features if ds.features[k]["dtype"] != "string"]
         self.episodes = list(range(ds.num_episodes)) if episodes is None else list(episodes)
-        self.rows = np.concatenate([ds.episode_rows(e) for e in self.episodes]) if self.episodes else np.zeros(0, np.int64)
-        starts = np.concatenate([np.full(ds.episodes[e].length, ds.episode_rows(e)[0]) for e in self.episodes]) if self.episodes else self.rows
-        self.ep_start = starts
-        self.ep_end = np.concatenate([np.full(ds.episodes[e].length, ds.episode_rows(e)[-1] + 1) for e in self.episodes]) if self.episodes else self.rows
+        # Per sample: its row, and the [start, end) rows of its episode that windows are clamped to.
+        spans = [ds.episode_rows(e) for e in self.episodes]
+        self.rows = np.concatenate(spans) if spans else np.zeros(0, np.int64)
+        self.ep_start = np.concatenate([np.full(len(r), r[0]) for r in spans]) if spans else self.rows
+        self.ep_end = np.concatenate([np.full(len(r), r[-1] + 1) for r in spans]) if spans else self.rows
         visual = [k for k in self.keys if is_visual(ds.features[k])]
         self.caches = {k: FrameCache(ds, k, cache_dir).frames for k in visual} if use_cache else {}
 
