@@ -81,14 +81,17 @@ def _collect_cmd(out):
             "--image-size", "64", "--steps-after-success", "2", "--workers", "1", "--out", str(out)]
 
 
-def test_resume_after_kill_9(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_resume_after_interrupt(tmp_path, sig):
     out = tmp_path / "ds"
-    proc = subprocess.Popen(_collect_cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(_collect_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / ".partial/attempts").glob("*.json"))) < 2:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.killpg(proc.pid, sig)
+    stdout, _ = proc.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "run the same command again to resume" in stdout
     done_before = len(list((out / ".partial/attempts").glob("*.json")))
     assert 2 <= done_before < 4, "the kill should land mid-collection"
     assert not (out / "meta/info.json").exists()  # no dataset until every episode is in
