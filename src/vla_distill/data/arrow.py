@@ -23,10 +23,17 @@ def check_values(key: str, values: np.ndarray, feature: dict, num_frames: int, p
         values = values[:, None]
     if values.shape[1:] != shape:
         raise DatasetError(f"shape {list(values.shape[1:])} disagrees with info.json shape {list(shape)}", path=path, field=key)
-    if values.dtype.kind == "f" and not np.isfinite(values).all():
-        bad = int(np.argwhere(~np.isfinite(values.reshape(num_frames, -1)).all(axis=1))[0, 0])
+    bad = first_nonfinite_row(values)
+    if bad is not None:
         raise DatasetError(f"holds NaN/inf (first at frame {bad})", path=path, field=key)
     return values
+
+
+def first_nonfinite_row(values: np.ndarray) -> int | None:
+    """Position of the first row of a float array holding NaN/inf, or None."""
+    if values.dtype.kind != "f" or np.isfinite(values).all():
+        return None
+    return int(np.argwhere(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))[0, 0])
 
 
 def to_arrow(values: np.ndarray, feature: dict) -> pa.Array:

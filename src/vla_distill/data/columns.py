@@ -81,9 +81,10 @@ def _write_meta(ds: RobotDataset, columns: dict[str, np.ndarray], info: dict, tm
     for e in range(ds.num_episodes):
         rows = ds.episode_rows(e)
         per_ep.append(stats_lib.episode_stats({k: v[rows] for k, v in columns.items()}, features))
+    position_of = {ep.index: p for p, ep in enumerate(ds.episodes)}
     for path in sorted((ds.root / "meta/episodes").glob("chunk-*/file-*.parquet")):
         table = read_parquet(path)
-        positions = [next(p for p, ep in enumerate(ds.episodes) if ep.index == int(i)) for i in table.column("episode_index").to_numpy()]
+        positions = [position_of[int(i)] for i in table.column("episode_index").to_numpy()]
         for key in columns:
             for stat in per_ep[0].get(key, {}):
                 name = f"stats/{key}/{stat}"

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vla_distill.data import stats as stats_lib
-from vla_distill.data.arrow import decode_png, from_arrow
+from vla_distill.data.arrow import decode_png, first_nonfinite_row, from_arrow
 from vla_distill.data.format import (
     EPISODES_PATH,
     INFO_PATH,
@@ -245,9 +245,9 @@ class RobotDataset:
                     parts[key].append(np.asarray(col.to_pylist(), dtype=object))
                 else:
                     values = from_arrow(col, ft, key, path)
-                    if values.dtype.kind == "f" and not np.isfinite(values).all():
-                        bad = np.argwhere(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))[0, 0]
-                        frame = int(table.column("index")[int(bad)].as_py())
+                    bad = first_nonfinite_row(values)
+                    if bad is not None:
+                        frame = int(table.column("index")[bad].as_py())
                         raise DatasetError(f"holds NaN/inf (frame index {frame})", path=path, field=key)
                     parts[key].append(values)
         columns: dict[str, Any] = {}

@@ -20,31 +20,16 @@ def sample_indices(n: int, min_samples: int = 100, max_samples: int = 10_000, po
     return np.round(np.linspace(0, n - 1, k)).astype(int)
 
 
-def array_stats(x: np.ndarray, axis: int | tuple[int, ...], keepdims: bool = False) -> Stats:
-    x = x.astype(np.float64, copy=False)
-    n = int(np.prod([x.shape[a] for a in np.atleast_1d(axis)]))
-    out = {
-        "min": x.min(axis=axis, keepdims=keepdims),
-        "max": x.max(axis=axis, keepdims=keepdims),
-        "mean": x.mean(axis=axis, keepdims=keepdims),
-        "std": x.std(axis=axis, keepdims=keepdims),
-    }
-    qs = np.quantile(x, QUANTILES, axis=axis, keepdims=keepdims)
-    out.update({k: qs[i] for i, k in enumerate(QUANTILE_KEYS)})
-    out["count"] = np.array([n], dtype=np.int64)
-    return out
-
-
 def vector_stats(x: np.ndarray) -> Stats:
-    """x: (T, *shape) -> stats of shape `shape` (scalar columns give shape (1,))."""
-    x = np.asarray(x)
-    if x.dtype == bool:
-        x = x.astype(np.float64)
+    """x: (T, *shape) -> per-dimension stats of shape `shape` (scalar columns give shape (1,))."""
+    x = np.asarray(x, dtype=np.float64)
     if x.ndim == 1:
         x = x[:, None]
-    stats = array_stats(x, axis=0)
-    stats["count"] = np.array([x.shape[0]], dtype=np.int64)
-    return stats
+    out = {"min": x.min(axis=0), "max": x.max(axis=0), "mean": x.mean(axis=0), "std": x.std(axis=0)}
+    qs = np.quantile(x, QUANTILES, axis=0)
+    out.update({k: qs[i] for i, k in enumerate(QUANTILE_KEYS)})
+    out["count"] = np.array([x.shape[0]], dtype=np.int64)
+    return out
 
 
 def image_stats(frames: np.ndarray) -> Stats:

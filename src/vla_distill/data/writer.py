@@ -64,7 +64,7 @@ class Episode:
 
     @property
     def length(self) -> int:
-        for key, v in self.frames.items():
+        for v in self.frames.values():
             if not isinstance(v, EncodedVideo):
                 return len(v)
         raise ValueError("an episode needs at least one non-video feature")
