@@ -164,8 +164,8 @@ class Collector:
         markers = self._load_markers()
         if len(markers):
             print(f"resuming: {len(markers)} attempts already done in {self.partial}")
-        self._collect(markers)
-        return self._publish(self._load_markers())
+        self._collect(markers)  # adds each finished attempt's marker to `markers`
+        return self._publish(markers)
 
     def _prepare_partial(self) -> None:
         if self.out.exists() and not self.partial.exists() and any(self.out.iterdir()):
@@ -182,8 +182,9 @@ class Collector:
 
     def _check_same_plan(self, path: Path, select) -> None:
         earlier = select(json.loads(path.read_text()))
-        if earlier != json.loads(json.dumps(self.cfg.plan())):
-            diff = sorted(k for k in earlier if earlier.get(k) != self.cfg.plan().get(k))
+        now = json.loads(json.dumps(self.cfg.plan()))  # as it reads back from JSON (tuples become lists)
+        if earlier != now:
+            diff = sorted(k for k in earlier if earlier.get(k) != now.get(k))
             raise ConfigError(f"{self.out} was started with different settings ({', '.join(diff)}); use another --out or the same settings", field=diff[0] if diff else None)
 
     def _load_markers(self) -> dict[str, dict]:
@@ -194,20 +195,20 @@ class Collector:
                 out[p.stem] = m
         return out
 
-    def _next_attempts(self, done: dict[str, dict], running: set[str]) -> list[Attempt]:
+    def _attempt(self, pos: int, attempt: int) -> Attempt:
+        return Attempt(self.cfg.tasks[pos], pos, attempt, self.cfg.attempt_seed(pos, attempt))
+
+    def _next_attempts(self, done: dict[str, dict], running: list[Attempt]) -> list[Attempt]:
         """Per task: enough new attempts that finished + running successes could reach the target."""
+        busy = {a.name for a in running}
         todo = []
         for pos, task in enumerate(self.cfg.tasks):
-            mine = [m for m in done.values() if m["task"] == task]
-            kept = sum(m["success_frame"] is not None for m in mine)
-            in_flight = sum(r.startswith(task + "-") and r[len(task) + 1 :].isdigit() for r in running)
-            need = self.cfg.episodes - kept - in_flight
+            kept = sum(m["task"] == task and m["success_frame"] is not None for m in done.values())
+            need = self.cfg.episodes - kept - sum(a.task == task for a in running)
             attempt = 0
-            while need > 0:
-                att = Attempt(task, pos, attempt, self.cfg.attempt_seed(pos, attempt))
-                if attempt >= self.cfg.max_attempts:
-                    break
-                if att.name not in done and att.name not in running:
+            while need > 0 and attempt < self.cfg.max_attempts:
+                att = self._attempt(pos, attempt)
+                if att.name not in done and att.name not in busy:
                     todo.append(att)
                     need -= 1
                 attempt += 1
@@ -227,7 +228,7 @@ class Collector:
         running: dict[Future, Attempt] = {}
         try:
             while True:
-                for att in self._next_attempts(done, {a.name for a in running.values()}):
+                for att in self._next_attempts(done, list(running.values())):
                     if len(running) >= 2 * self.cfg.num_workers:
                         break
                     running[pool.submit(run_attempt, att, self.cfg, self.partial)] = att
@@ -240,8 +241,7 @@ class Collector:
                     done[att.name] = marker
                     frames += marker["frames"]
                     bar.update(int(marker["success_frame"] is not None))
-                    tried = len(done)
-                    bar.set_postfix(tried=tried, frames_per_s=f"{frames / (time.perf_counter() - t0):.0f}")
+                    bar.set_postfix(tried=len(done), frames_per_s=f"{frames / (time.perf_counter() - t0):.0f}")
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
             bar.close()
@@ -275,9 +275,9 @@ class Collector:
 
     def _summary(self, markers: dict[str, dict]) -> dict[str, dict]:
         out = {}
-        for task in self.cfg.tasks:
+        for pos, task in enumerate(self.cfg.tasks):
             mine = sorted((m for m in markers.values() if m["task"] == task), key=lambda m: m["attempt"])
-            ok = [f"{task}-{m['attempt']:05d}" for m in mine if m["success_frame"] is not None][: self.cfg.episodes]
+            ok = [self._attempt(pos, m["attempt"]).name for m in mine if m["success_frame"] is not None][: self.cfg.episodes]
             out[task] = {
                 "instruction": INSTRUCTIONS[task],
                 "difficulty": difficulty_of(task),
@@ -292,9 +292,8 @@ class Collector:
         info = json.loads((path / "episode.json").read_text())
         with np.load(path / "frames.npz") as z:
             frames = {k: z[k] for k in z.files}
-        for key in self.cfg.cameras.keys:
-            if self.cfg.image_format == "video":
-                frames[key] = EncodedVideo(path / f"{key}.mp4")
+        if self.cfg.image_format == "video":  # "image" keeps the raw frames in frames.npz
+            frames.update({key: EncodedVideo(path / f"{key}.mp4") for key in self.cfg.cameras.keys})
         m = info["marker"]
         meta = {"task_name": task, "seed": m["seed"], "attempt": m["attempt"], "success_frame": m["success_frame"]}
         return Episode(frames, task=INSTRUCTIONS[task], stats=stats_lib.from_json(info["stats"]), meta=meta)
