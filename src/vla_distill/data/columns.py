@@ -27,8 +27,10 @@ def add_columns(
     features: dict[str, dict],
     out: str | Path | None = None,
     overwrite: bool = False,
+    extra_files: dict[str, bytes] | None = None,
 ) -> Path:
     """columns: key -> (N, *shape) values in global frame order; features: their declarations.
+    extra_files: relative path -> content, written with the dataset (annotation tables under meta/).
     Writes to `out` (a new directory) or, when out is None, replaces `root` in place."""
     ds = RobotDataset(root)
     if not ds.version.startswith("v3"):
@@ -50,6 +52,9 @@ def add_columns(
     info["features"] = {**ds.features, **{k: features[k] for k in columns}}
     _write_data_files(ds, columns, info["features"], tmp)
     _write_meta(ds, columns, info, tmp)
+    for rel, content in (extra_files or {}).items():
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / rel).write_bytes(content)
     if out is None:
         _replace_in_place(tmp, src)
     else:

@@ -7,6 +7,8 @@ frame time = episode's `videos/<key>/from_timestamp` + the row's `timestamp` (v2
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -345,6 +347,13 @@ class RobotDataset:
                 self.frames(key, rows[[0, -1]] if not decode_videos else rows)
         for key in self.image_keys:
             self.frames(key, np.arange(self.num_frames) if decode_videos else np.array([0]))
+
+    def fingerprint(self) -> str:
+        """sha256 over info.json and every data file: identifies the exact frames a result was derived from."""
+        h = hashlib.sha256((self.root / INFO_PATH).read_bytes())
+        for path in sorted(dict.fromkeys(ep.data_path for ep in self.episodes)):
+            h.update(path.read_bytes())
+        return h.hexdigest()[:16]
 
     def close(self) -> None:
         for reader in self._videos.values():

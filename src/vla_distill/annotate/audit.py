@@ -1,0 +1,232 @@
+"""Audit: cross-check every phase label and direction cue against the recorded kinematics.
+
+Phase checks (per episode, labels collapsed to the 4-phase taxonomy, -1 = masked):
+  order     the label sequence goes backwards in a way no real trajectory does (release before any grasp or
+            transport when the object was moved, approach after transport began, anything after release)
+  disagree  a run of frames whose label differs from what the kinematics show, farther than `tolerance`
+            frames from a kinematic phase boundary (boundary shifts, swapped segments)
+  stuck     one label covering most of an episode whose kinematics pass through several phases
+Cue checks (per window): a claimed direction opposite to the window's motion ("left" while moving right), an
+axis claimed where there is no motion (invented), motion while the cue says still, or a gripper claim
+contradicted by the fingers. Embedding spread: windows with near-identical kinematics (same phase, same
+dominant motion) whose cue embeddings are far apart — the symptom of a hallucinating labeller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vla_distill.annotate.directions import DirectionConfig, cue_direction
+from vla_distill.annotate.phases import PHASES_4, TO_4, Kinematics, PhaseConfig, label_phases
+
+APPROACH, GRASP, TRANSPORT, RELEASE = range(4)
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    tolerance: int = 12  # frames around a kinematic boundary where disagreement is expected timing jitter
+    min_run: int = 4  # shortest disagreeing run that is flagged
+    stuck_fraction: float = 0.9
+    opposite_fraction: float = 0.3  # a claimed axis moving the other way by this fraction of the largest motion
+    invented_fraction: float = 0.15  # a claimed axis moving less than this fraction of the largest motion
+    spread_threshold: float = 0.5  # mean cosine distance of cue embeddings within a kinematic group
+
+
+def to_phase4(phases: np.ndarray, taxonomy: tuple[str, ...]) -> np.ndarray:
+    lut = np.array([PHASES_4.index(TO_4.get(n, n)) for n in taxonomy] + [-1])
+    return lut[np.where(phases < 0, len(taxonomy), phases)]
+
+
+def _runs(x: np.ndarray) -> list[tuple[int, int, int]]:
+    """[(value, start, end)] of constant runs."""
+    if len(x) == 0:
+        return []
+    cut = np.flatnonzero(np.diff(x)) + 1
+    starts, ends = np.r_[0, cut], np.r_[cut, len(x)]
+    return [(int(x[s]), int(s), int(e)) for s, e in zip(starts, ends)]
+
+
+def audit_phases(labels4: np.ndarray, kin: Kinematics, cfg: AuditConfig = AuditConfig()) -> list[dict]:
+    """labels4: (T,) 4-phase indices, -1 masked. Returns flags [{type, start, end, detail}]."""
+    flags = []
+    ref = label_phases(kin, PhaseConfig(taxonomy="4"))
+    valid = labels4 >= 0
+    seq = [(v, s, e) for v, s, e in _runs(labels4) if v >= 0]
+    seen: set[int] = set()
+    for v, s, e in seq:
+        if v == RELEASE and not ({GRASP, TRANSPORT} & seen) and (ref == TRANSPORT).any():
+            flags.append({"type": "order", "start": s, "end": e, "detail": "release before any grasp or transport"})
+        if v == APPROACH and TRANSPORT in seen:
+            flags.append({"type": "order", "start": s, "end": e, "detail": "approach after transport began"})
+        if v != RELEASE and RELEASE in seen:
+            flags.append({"type": "order", "start": s, "end": e, "detail": f"{PHASES_4[v]} after release"})
+        if v == GRASP and TRANSPORT not in seen and RELEASE in seen:
+            flags.append({"type": "order", "start": s, "end": e, "detail": "grasp after release"})
+        seen.add(v)
+    boundaries = np.flatnonzero(np.diff(ref)) + 1
+    dist = np.full(len(ref), np.iinfo(np.int64).max)
+    for b in boundaries:
+        dist = np.minimum(dist, np.abs(np.arange(len(ref)) - b))
+    bad = valid & (labels4 != ref) & (dist > cfg.tolerance)
+    for v, s, e in _runs(bad.astype(np.int64)):
+        if v and e - s >= cfg.min_run:
+            flags.append({"type": "disagree", "start": s, "end": e,
+                          "detail": f"labelled {PHASES_4[labels4[s]]}, kinematics show {PHASES_4[ref[s]]}"})
+    if valid.any():
+        counts = np.bincount(labels4[valid], minlength=4)
+        if counts.max() >= cfg.stuck_fraction * valid.sum() and len(set(ref[valid].tolist())) >= 3:
+            flags.append({"type": "stuck", "start": 0, "end": len(labels4),
+                          "detail": f"{PHASES_4[int(counts.argmax())]} for {counts.max()} of {valid.sum()} frames"})
+    return flags
+
+
+def audit_cue(text: str, kin: Kinematics, start: int, end: int, dcfg: DirectionConfig, cfg: AuditConfig = AuditConfig()) -> str | None:
+    """The reason a window's cue contradicts its kinematics, or None."""
+    end = max(end, start + 1)
+    delta = kin.ee[end - 1] - kin.ee[start]
+    dg = float(kin.gripper[end - 1] - kin.gripper[start])
+    largest = float(np.abs(delta).max())
+    moving = np.linalg.norm(delta) >= dcfg.min_move
+    for axis, sign in cue_direction(text).items():
+        if delta[axis] * sign < 0 and abs(delta[axis]) > max(cfg.opposite_fraction * largest, 0.25 * dcfg.min_move):
+            return f"says {text!r} but moves {delta[axis]:+.3f} m on axis {'xyz'[axis]}"
+        if abs(delta[axis]) < cfg.invented_fraction * largest or not moving and abs(delta[axis]) < 0.5 * dcfg.min_move:
+            return f"claims motion on axis {'xyz'[axis]} that is not there ({delta[axis]:+.3f} m)"
+    if "still" in text and np.linalg.norm(delta) > 2 * dcfg.min_move:
+        return f"says still but moves {np.linalg.norm(delta):.3f} m"
+    if "closing" in text and dg > 0.5 * dcfg.gripper_change:
+        return "says closing but the gripper opens"
+    if "opening" in text and dg < -0.5 * dcfg.gripper_change:
+        return "says opening but the gripper closes"
+    return None
+
+
+def embedding_spread(groups: np.ndarray, cue_ids: np.ndarray, embeddings: np.ndarray, cfg: AuditConfig = AuditConfig()) -> list[dict]:
+    """groups: (K,) kinematic group id per window; cue_ids: (K,) direction index (-1 masked).
+    Returns the groups whose cues are spread widely (mean pairwise cosine distance above the threshold)."""
+    out = []
+    for g in np.unique(groups):
+        ids = cue_ids[(groups == g) & (cue_ids >= 0)]
+        if len(ids) < 4 or len(set(ids.tolist())) < 2:
+            continue
+        e = embeddings[ids]
+        sim = e @ e.T
+        spread = float(1.0 - (sim.sum() - len(ids)) / (len(ids) * (len(ids) - 1)))
+        if spread > cfg.spread_threshold:
+            out.append({"group": int(g), "windows": int(len(ids)), "spread": round(spread, 3)})
+    return out
+
+
+def kinematic_group(kin: Kinematics, phases4: np.ndarray, start: int, end: int, dcfg: DirectionConfig) -> int:
+    """Windows with the same phase, dominant axis and sign, and gripper trend share a group."""
+    end = max(end, start + 1)
+    delta = kin.ee[end - 1] - kin.ee[start]
+    axis = int(np.abs(delta).argmax()) if np.linalg.norm(delta) >= dcfg.min_move else 3
+    sign = int(delta[axis] > 0) if axis < 3 else 0
+    dg = float(kin.gripper[end - 1] - kin.gripper[start])
+    grip = 0 if abs(dg) < dcfg.gripper_change else (1 if dg > 0 else 2)
+    phase = int(np.bincount(phases4[start:end][phases4[start:end] >= 0], minlength=4).argmax()) if (phases4[start:end] >= 0).any() else 4
+    return ((phase * 4 + axis) * 2 + sign) * 3 + grip
+
+
+# ---------------------------------------------------------------- the whole dataset
+def audit_dataset(root, mask: bool = False, cfg: AuditConfig = AuditConfig()) -> dict:
+    """Audit an annotated dataset; writes meta/audit.json and meta/audit.md. With mask=True, flagged phase
+    frames and flagged cue windows get index -1 (ignored by the losses) in place."""
+    import json
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from vla_distill.annotate import run as ann
+    from vla_distill.data.dataset import RobotDataset
+    from vla_distill.data.format import write_json_atomic
+    from vla_distill.errors import DatasetError
+
+    ds = RobotDataset(root)
+    if ann.PHASE_KEY not in ds.features:
+        raise DatasetError("not an annotated dataset (run vla-distill annotate first)", path=ds.root, field=ann.PHASE_KEY)
+    taxonomy = tuple(pq.read_table(ds.root / ann.PHASES_PATH).column("phase").to_pylist())
+    meta = json.loads((ds.root / ann.ANNOTATION_PATH).read_text())
+    c = meta["config"]
+    dcfg = DirectionConfig(window=c["window"], stride=c["stride"])
+    phases = ds.column(ann.PHASE_KEY).astype(np.int64)
+    has_cues = ann.DIRECTION_KEY in ds.features
+    if has_cues:
+        texts, emb = ann.read_directions(ds.root)
+        wt = pq.read_table(ds.root / ann.WINDOWS_PATH).to_pydict()
+    new_phases, new_dirs = phases.copy(), ds.column(ann.DIRECTION_KEY).astype(np.int64).copy() if has_cues else None
+    episodes, groups, group_cues = [], [], []
+    w = 0
+    for e in range(ds.num_episodes):
+        ep, rows = ds.episodes[e], ds.episode_rows(e)
+        kin = ann.episode_kinematics(ds, rows)
+        p4 = to_phase4(phases[rows], taxonomy)
+        flags = audit_phases(p4, kin, cfg)
+        cue_flags = []
+        while has_cues and w < len(wt["episode_index"]) and wt["episode_index"][w] == ep.index:
+            s, t, cid = wt["start"][w], wt["end"][w], wt["direction_index"][w]
+            if cid >= 0:
+                reason = audit_cue(texts[cid], kin, s, t, dcfg, cfg)
+                if reason:
+                    cue_flags.append({"window": w, "start": s, "end": t, "text": texts[cid], "reason": reason})
+                    if mask:
+                        new_dirs[rows[s:t]] = np.where(new_dirs[rows[s:t]] == cid, -1, new_dirs[rows[s:t]])
+                groups.append(kinematic_group(kin, p4, s, t, dcfg))
+                group_cues.append(cid)
+            w += 1
+        if mask:
+            for f in flags:
+                new_phases[rows[f["start"] : f["end"]]] = -1
+        episodes.append({"episode_index": ep.index, "task": ep.tasks[0], "frames": len(rows),
+                         "phase_flags": flags, "cue_flags": cue_flags})
+    spread = embedding_spread(np.array(groups), np.array(group_cues), emb, cfg) if has_cues and groups else []
+    n_windows = len(group_cues)
+    report = {
+        "dataset": str(ds.root), "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "summary": {
+            "episodes": ds.num_episodes,
+            "episodes_with_phase_flags": sum(bool(x["phase_flags"]) for x in episodes),
+            "phase_flags": sum(len(x["phase_flags"]) for x in episodes),
+            "cue_windows": n_windows, "cue_windows_flagged": sum(len(x["cue_flags"]) for x in episodes),
+            "spread_groups_flagged": len(spread), "masked": mask,
+        },
+        "spread": spread, "episodes": episodes,
+    }
+    write_json_atomic(ds.root / "meta/audit.json", report)
+    tmp = ds.root / "meta/audit.md.tmp"
+    tmp.write_text(_markdown(report))
+    tmp.replace(ds.root / "meta/audit.md")
+    if mask:
+        from vla_distill.data.columns import add_columns
+
+        cols = {ann.PHASE_KEY: new_phases}
+        if has_cues:
+            cols[ann.DIRECTION_KEY] = new_dirs
+        add_columns(ds.root, cols, {k: ds.features[k] for k in cols}, overwrite=True)
+    return report
+
+
+def _markdown(report: dict) -> str:
+    s = report["summary"]
+    lines = [
+        "# Annotation audit", "",
+        f"Dataset: `{report['dataset']}`", "",
+        f"- episodes: {s['episodes']}, with phase flags: {s['episodes_with_phase_flags']} ({s['phase_flags']} flags)",
+        f"- cue windows: {s['cue_windows']}, flagged: {s['cue_windows_flagged']}",
+        f"- kinematic groups with widely spread cue embeddings: {s['spread_groups_flagged']}",
+        f"- flagged labels masked: {'yes' if s['masked'] else 'no'}", "",
+    ]
+    flagged = [e for e in report["episodes"] if e["phase_flags"] or e["cue_flags"]]
+    if flagged:
+        lines += ["| episode | task | phase flags | cue flags | first problem |", "|---|---|---|---|---|"]
+        for e in flagged:
+            first = (e["phase_flags"] or e["cue_flags"])[0]
+            what = first.get("detail") or first.get("reason")
+            lines.append(f"| {e['episode_index']} | {e['task']} | {len(e['phase_flags'])} | {len(e['cue_flags'])} | "
+                         f"frames {first['start']}-{first['end']}: {what} |")
+    else:
+        lines.append("No label disagrees with the recorded kinematics.")
+    return "\n".join(lines) + "\n"

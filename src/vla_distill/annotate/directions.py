@@ -1,0 +1,107 @@
+"""Direction cues: a short sentence describing the motion over a sliding window of frames.
+
+Axes follow the robot base frame (MetaWorld/LIBERO): +x right, +y forward (away from the robot), +z up.
+Windows: start = 0, S, 2S, ... each covering [start, start + W) clipped to the episode; frame t takes the cue of
+window min(t // S, last), which always contains it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from vla_distill.annotate.phases import PHASES_4, TO_4, Kinematics
+
+AXIS_WORDS = (("left", "right"), ("backward", "forward"), ("down", "up"))
+
+
+@dataclass(frozen=True)
+class DirectionConfig:
+    window: int = 8
+    stride: int = 4
+    min_move: float = 0.01  # m over the window; less is "still"
+    secondary: float = 0.5  # another axis is named when its motion is at least this fraction of the largest
+    gripper_change: float = 0.1  # opening change over the window that counts as opening/closing
+
+    def __post_init__(self):
+        if self.window < 2 or self.stride < 1:
+            raise ValueError("direction cues need window >= 2 and stride >= 1")
+
+
+def windows(length: int, cfg: DirectionConfig) -> np.ndarray:
+    """(K, 2) [start, end) frame ranges covering an episode of `length` frames."""
+    starts = np.arange(0, max(length - 1, 1), cfg.stride)
+    starts = starts[(starts == 0) | (starts + 1 < length)]
+    return np.stack([starts, np.minimum(starts + cfg.window, length)], axis=1)
+
+
+def frame_windows(length: int, cfg: DirectionConfig) -> np.ndarray:
+    """(T,) index of the window each frame takes its cue from."""
+    k = len(windows(length, cfg))
+    return np.minimum(np.arange(length) // cfg.stride, k - 1)
+
+
+def object_noun(instruction: str) -> str:
+    """'pick up the puck and place it ...' -> 'puck': the first object named after 'the' (not the gripper)."""
+    for m in re.finditer(r"\bthe ([a-z]+)", instruction.lower()):
+        if m.group(1) not in ("gripper", "goal", "top", "side", "robot"):
+            return m.group(1)
+    return "object"
+
+
+def axis_phrase(delta: np.ndarray, cfg: DirectionConfig) -> str:
+    """(3,) displacement -> 'left and down' ('' when below min_move)."""
+    mag = np.abs(delta)
+    if np.linalg.norm(delta) < cfg.min_move:
+        return ""
+    order = np.argsort(-mag)
+    words = [AXIS_WORDS[i][int(delta[i] > 0)] for i in order if mag[i] >= cfg.secondary * mag[order[0]]]
+    return " and ".join(words)
+
+
+def describe(kin: Kinematics, phases4: np.ndarray, start: int, end: int, noun: str, cfg: DirectionConfig) -> str:
+    """One window -> one cue. phases4 are indices into PHASES_4 (collapse 9-phase labels first)."""
+    end = max(end, start + 1)
+    delta = kin.ee[end - 1] - kin.ee[start]
+    dg = float(kin.gripper[end - 1] - kin.gripper[start])
+    phase = PHASES_4[int(np.bincount(phases4[start:end], minlength=4).argmax())]
+    dirs = axis_phrase(delta, cfg)
+    if dg < -cfg.gripper_change and not dirs:
+        return f"closing the gripper on the {noun}" if phase in ("grasp", "transport") else "closing the gripper"
+    if dg > cfg.gripper_change and not dirs:
+        return f"opening the gripper to release the {noun}" if phase in ("transport", "release") else "opening the gripper"
+    if not dirs:
+        return "holding the gripper still"
+    if phase == "transport":
+        carrying = kin.gripper[start:end].mean() < kin.gripper.max() - 0.15 and kin.obj is not None and np.linalg.norm(
+            kin.ee[start:end] - kin.obj[start:end], axis=1).mean() < 0.08
+        verb = "carrying" if carrying else "pushing"
+        return f"{verb} the {noun} {dirs}"
+    if phase == "release":
+        return f"moving the gripper {dirs} away from the {noun}"
+    if kin.obj is not None:
+        before = np.linalg.norm(kin.ee[start] - kin.obj[start])
+        after = np.linalg.norm(kin.ee[end - 1] - kin.obj[end - 1])
+        if after < before - 0.5 * cfg.min_move:
+            return f"moving the gripper {dirs} toward the {noun}"
+    return f"moving the gripper {dirs}"
+
+
+def kinematic_cues(kin: Kinematics, phases: np.ndarray, taxonomy: tuple[str, ...], noun: str, cfg: DirectionConfig) -> list[str]:
+    """One cue per window of the episode."""
+    to4 = np.array([PHASES_4.index(TO_4.get(name, name)) for name in taxonomy])
+    phases4 = to4[phases]
+    return [describe(kin, phases4, int(s), int(e), noun, cfg) for s, e in windows(len(kin), cfg)]
+
+
+def cue_direction(text: str) -> dict[int, int]:
+    """Axis -> sign claimed by a cue ('left' -> {0: -1}); used by the audit to check cues against motion."""
+    claims = {}
+    for axis, (neg, pos) in enumerate(AXIS_WORDS):
+        if re.search(rf"\b{neg}\b", text):
+            claims[axis] = -1
+        if re.search(rf"\b{pos}\b", text):
+            claims[axis] = 1
+    return claims

@@ -1,0 +1,163 @@
+"""Phase anchors from kinematics: gripper opening and its rate, end-effector motion, and the object's motion
+relative to the gripper.
+
+Two taxonomies. PHASES_4 is the seed's (approach, grasp, transport, release). PHASES_9 is the finer rule-based
+one (idle ... completed); it collapses onto PHASES_4 through TO_4 so both can be compared with one ground truth.
+All signals are per episode, (T, ...) arrays in the dataset's own units; thresholds are in metres and seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+PHASES_4 = ("approach", "grasp", "transport", "release")
+PHASES_9 = ("idle", "approaching", "grasping", "transporting", "holding", "placing", "operating", "regrasping", "completed")
+TAXONOMIES = {"4": PHASES_4, "9": PHASES_9}
+TO_4 = {
+    "idle": "approach", "approaching": "approach", "grasping": "grasp", "regrasping": "grasp",
+    "transporting": "transport", "holding": "transport", "placing": "transport", "operating": "transport",
+    "completed": "release",
+}
+
+
+@dataclass(frozen=True)
+class Kinematics:
+    """One episode's kinematic signals.
+
+    ee: (T, 3) end-effector position; gripper: (T,) opening, larger = more open; obj: (T, 3) position of the
+    manipulated object, or None where the dataset has no object state; goal: (T, 3) or None;
+    success: (T,) bool or None; fps: frames per second.
+    """
+
+    ee: np.ndarray
+    gripper: np.ndarray
+    fps: float
+    obj: np.ndarray | None = None
+    goal: np.ndarray | None = None
+    success: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ee)
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    taxonomy: str = "4"
+    closing_rate: float = 0.5  # opening units/s below which the fingers count as closing
+    grasp_radius: float = 0.08  # m, object within this of the gripper for a close to be a grasp
+    moving_speed: float = 0.05  # m/s, object speed above which it is being moved
+    contact_radius: float = 0.15  # m, object motion farther than this from the gripper is settling, not manipulation
+    still_speed: float = 0.01  # m/s, end-effector speed below which it is idle / holding
+    min_frames: int = 2  # a phase shorter than this is merged into its neighbours
+
+    def __post_init__(self):
+        if self.taxonomy not in TAXONOMIES:
+            raise ValueError(f"taxonomy: {self.taxonomy!r} is not one of {sorted(TAXONOMIES)}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return TAXONOMIES[self.taxonomy]
+
+
+def _rate(x: np.ndarray, fps: float) -> np.ndarray:
+    """Centered finite difference per second, same length as x."""
+    if len(x) < 2:
+        return np.zeros_like(x)
+    return np.gradient(x, axis=0) * fps
+
+
+def gripper_rate(kin: Kinematics) -> np.ndarray:
+    return _rate(kin.gripper.astype(np.float64), kin.fps)
+
+
+def _speed(x: np.ndarray, fps: float) -> np.ndarray:
+    return np.linalg.norm(_rate(x.astype(np.float64), fps), axis=1)
+
+
+def label_phases(kin: Kinematics, cfg: PhaseConfig = PhaseConfig()) -> np.ndarray:
+    """(T,) phase indices into cfg.names."""
+    phases4 = _label_4(kin, cfg)
+    if cfg.taxonomy == "4":
+        return phases4
+    return _refine_9(kin, phases4, cfg)
+
+
+def _signals(kin: Kinematics, cfg: PhaseConfig) -> dict[str, np.ndarray]:
+    n = len(kin)
+    closing = gripper_rate(kin) < -cfg.closing_rate
+    if kin.obj is not None:
+        dist = np.linalg.norm(kin.ee - kin.obj, axis=1)
+        near = dist < cfg.grasp_radius
+        obj_moving = (_speed(kin.obj, kin.fps) > cfg.moving_speed) & (dist < cfg.contact_radius)
+    else:  # without object state, a close is taken as a grasp and any closed-gripper motion as transport
+        near = np.ones(n, bool)
+        obj_moving = (kin.gripper < kin.gripper[:1] - 0.1) & (_speed(kin.ee, kin.fps) > cfg.moving_speed)
+    done = np.zeros(n, bool)
+    if kin.success is not None and kin.success.any():
+        done[int(np.argmax(kin.success)):] = True
+    return {"closing": closing, "near": near, "obj_moving": obj_moving, "done": done}
+
+
+def _label_4(kin: Kinematics, cfg: PhaseConfig) -> np.ndarray:
+    s = _signals(kin, cfg)
+    approach, grasp, transport, release = range(4)
+    phase = np.full(len(kin), approach, np.int64)
+    phase[s["closing"] & s["near"]] = grasp
+    # Transport starts at the first sustained object motion and never goes back to approach.
+    moving = s["obj_moving"] & np.roll(s["obj_moving"], -1)
+    if moving.any():
+        start = int(np.argmax(moving))
+        phase[start:] = np.where(phase[start:] == grasp, grasp, transport)
+        # After transport started, the fingers closing again is a regrasp; that's a grasp only if the object stops.
+        phase[start:][s["obj_moving"][start:]] = transport
+    phase[s["done"]] = release
+    return _merge_short(phase, cfg.min_frames)
+
+
+def _refine_9(kin: Kinematics, phases4: np.ndarray, cfg: PhaseConfig) -> np.ndarray:
+    idx = {name: i for i, name in enumerate(PHASES_9)}
+    ee_speed = _speed(kin.ee, kin.fps)
+    holding = kin.gripper < (kin.gripper.max() - 0.15) if len(kin) else np.zeros(0, bool)
+    out = np.empty(len(kin), np.int64)
+    seen_transport = np.maximum.accumulate(phases4 == 2) if len(kin) else phases4.astype(bool)
+    out[phases4 == 0] = idx["approaching"]
+    first_move = int(np.argmax(ee_speed > cfg.still_speed)) if (ee_speed > cfg.still_speed).any() else len(kin)
+    out[:first_move][phases4[:first_move] == 0] = idx["idle"]
+    grasp = phases4 == 1
+    out[grasp] = idx["grasping"]
+    out[grasp & np.roll(seen_transport, 1) & (np.arange(len(kin)) > 0)] = idx["regrasping"]
+    tr = phases4 == 2
+    carried = tr & holding
+    out[tr & ~holding] = idx["operating"]
+    out[carried] = idx["transporting"]
+    out[carried & (ee_speed < cfg.still_speed)] = idx["holding"]
+    if kin.goal is not None and kin.obj is not None:
+        near_goal = np.linalg.norm(kin.obj - kin.goal, axis=1) < 0.05
+        out[carried & near_goal] = idx["placing"]
+    out[phases4 == 3] = idx["completed"]
+    return out
+
+
+def _merge_short(phase: np.ndarray, min_frames: int) -> np.ndarray:
+    """Relabel runs shorter than min_frames with the preceding run's label (flicker from noisy thresholds)."""
+    if min_frames <= 1 or len(phase) == 0:
+        return phase
+    change = np.flatnonzero(np.diff(phase)) + 1
+    starts = np.concatenate([[0], change])
+    ends = np.concatenate([change, [len(phase)]])
+    out = phase.copy()
+    for i in range(1, len(starts)):
+        if ends[i] - starts[i] < min_frames and ends[i] != len(phase):
+            out[starts[i] : ends[i]] = out[starts[i] - 1]
+    return out
+
+
+def kinematics_from_metaworld(state: np.ndarray, env_state: np.ndarray, fps: float, success: np.ndarray | None) -> Kinematics:
+    """MetaWorld layout: state (T, 4) = hand xyz + gripper opening; env_state (T, 39) with obj1 at [4:7], goal at [36:39]."""
+    return Kinematics(
+        ee=state[:, :3].astype(np.float64), gripper=state[:, 3].astype(np.float64), fps=fps,
+        obj=env_state[:, 4:7].astype(np.float64), goal=env_state[:, 36:39].astype(np.float64),
+        success=None if success is None else success.astype(bool),
+    )

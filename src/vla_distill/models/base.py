@@ -1,0 +1,58 @@
+"""The policy interface every model in vla-distill implements (lerobot's names).
+
+Batches are dicts of tensors with a leading batch dim B:
+  observation.state           (B, S) float32, raw units (the policy normalizes inside)
+  observation.images.<cam>    (B, 3, H, W) float32 in [0, 1]
+  task                        list[str] of length B
+  action                      (B, H, D) float32, raw units   (training only)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+REGISTRY: dict[str, type["Policy"]] = {}
+
+
+def register(cls: type["Policy"]) -> type["Policy"]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+class Policy(nn.Module):
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self._queue: deque[torch.Tensor] = deque()
+
+    @property
+    def horizon(self) -> int:
+        return self.config.horizon
+
+    @property
+    def action_dim(self) -> int:
+        return self.config.action_dim
+
+    def reset(self) -> None:
+        self._queue.clear()
+
+    def predict_action_chunk(self, batch: dict) -> torch.Tensor:
+        """(B, H, D) actions in raw units."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def select_action(self, batch: dict) -> torch.Tensor:
+        """(B, D): the next action, replanning when the last chunk is used up."""
+        if not self._queue:
+            self._queue.extend(self.predict_action_chunk(batch).transpose(0, 1))
+        return self._queue.popleft()
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError

@@ -1,0 +1,77 @@
+"""Self-describing checkpoints in lerobot's `pretrained_model/` layout.
+
+pretrained_model/config.json      {"type": <registered policy name>, **config fields}
+pretrained_model/model.safetensors  weights and normalization buffers
+pretrained_model/provenance.json  where it came from (dataset fingerprint, teacher, code version)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from vla_distill.errors import ConfigError
+from vla_distill.models.base import REGISTRY, Policy
+
+
+def save_pretrained(policy: Policy, out: str | Path, provenance: dict | None = None) -> Path:
+    """Writes out/ atomically (a temporary sibling, then rename)."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    cfg = {"type": policy.name, **_jsonable(dataclasses.asdict(policy.config))}
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+    save_file({k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items()}, str(tmp / "model.safetensors"))
+    (tmp / "provenance.json").write_text(json.dumps(provenance or {}, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def resolve_pretrained_dir(path: str | Path) -> Path:
+    """Accepts a run dir (uses checkpoints/last), a checkpoint dir, or the pretrained_model dir itself."""
+    p = Path(path)
+    for candidate in (p, p / "pretrained_model", p / "checkpoints" / "last" / "pretrained_model"):
+        if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
+            return candidate
+    raise ConfigError("no policy checkpoint here (expected pretrained_model/config.json and model.safetensors)", path=p)
+
+
+def load_pretrained(path: str | Path, device: str = "cpu") -> Policy:
+    d = resolve_pretrained_dir(path)
+    cfg = json.loads((d / "config.json").read_text())
+    kind = cfg.pop("type", None)
+    if kind not in REGISTRY:
+        raise ConfigError(f"unknown policy type {kind!r} (known: {sorted(REGISTRY)})", path=d / "config.json", field="type")
+    cls = REGISTRY[kind]
+    fields = {f.name: f for f in dataclasses.fields(cls.config_class)}
+    unknown = set(cfg) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown config fields {sorted(unknown)}", path=d / "config.json")
+    config = cls.config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    policy = cls(config)
+    state = load_file(str(d / "model.safetensors"))
+    expected = policy.state_dict()
+    for key, value in expected.items():
+        if key not in state:
+            raise ConfigError("missing tensor", path=d / "model.safetensors", field=key)
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise ConfigError(f"shape {tuple(state[key].shape)} != expected {tuple(value.shape)}", path=d / "model.safetensors", field=key)
+    policy.load_state_dict(state, strict=True)
+    policy.provenance = json.loads((d / "provenance.json").read_text()) if (d / "provenance.json").exists() else {}
+    return policy.to(device).eval()
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj

@@ -1,0 +1,48 @@
+"""`checkpoint:PATH`: any policy checkpoint this toolkit trains (a large student can teach a small one)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vla_distill.models.checkpoint import load_pretrained, resolve_pretrained_dir
+from vla_distill.teachers.base import EpisodeFrames, OnResult
+
+BATCH = 256
+
+
+class CheckpointTeacher:
+    def __init__(self, spec: str, path: str):
+        self.spec, self.path = spec, str(resolve_pretrained_dir(path))
+        self.policy = load_pretrained(path)
+        keys = getattr(self.policy.config, "input_keys", ("observation.state",))
+        self.input_keys = tuple(keys) + tuple(getattr(self.policy.config, "image_keys", ()))
+        self.needs_images = any(k.startswith("observation.images.") for k in self.input_keys)
+        self.horizon, self.action_dim = self.policy.horizon, self.policy.action_dim
+
+    def _batch(self, episode: EpisodeFrames, rows: np.ndarray) -> dict:
+        batch: dict = {"task": [episode.task] * len(rows)}
+        for key in self.input_keys:
+            if key == "observation.state":
+                batch[key] = torch.from_numpy(episode.state[rows])
+            elif key == "observation.environment_state":
+                batch[key] = torch.from_numpy(episode.env_state[rows])
+            else:  # camera: (B, H, W, 3) uint8 -> (B, 3, H, W) float in [0, 1]
+                batch[key] = torch.from_numpy(episode.images[key][rows]).permute(0, 3, 1, 2).float() / 255.0
+        return batch
+
+    @torch.no_grad()
+    def label(self, episode: EpisodeFrames, rows: np.ndarray, on_result: OnResult | None = None) -> np.ndarray:
+        out = np.empty((len(rows), self.horizon, self.action_dim), np.float32)
+        for s in range(0, len(rows), BATCH):
+            out[s : s + BATCH] = self.policy.predict_action_chunk(self._batch(episode, rows[s : s + BATCH])).numpy()
+            if on_result is not None:
+                for i in range(s, min(s + BATCH, len(rows))):
+                    on_result(i, out[i])
+        return out
+
+    def provenance(self) -> dict:
+        return {"kind": "checkpoint", "path": self.path, "type": self.policy.name, "policy_provenance": self.policy.provenance}
+
+    def close(self) -> None:
+        pass
