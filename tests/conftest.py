@@ -77,3 +77,29 @@ def fake_dataset(tmp_path):
 @pytest.fixture(autouse=True)
 def _frame_cache_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("VLA_DISTILL_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def metaworld_dataset(tmp_path_factory):
+    """A small real MetaWorld dataset (reach + pick-place, 2 episodes each, 64 px), collected once per session."""
+    from vla_distill.collect.collect import collect
+    from vla_distill.collect.config import CollectConfig
+    from vla_distill.sim.metaworld import CameraConfig
+
+    root = tmp_path_factory.mktemp("mw") / "ds"
+    cfg = CollectConfig(tasks=("reach-v3", "pick-place-v3"), episodes=2, seed=3, cameras=CameraConfig(height=64, width=64), workers=1)
+    collect(cfg, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def state_policy_dir(tmp_path_factory):
+    """A small torch policy checkpoint (state MLP, random weights) to serve and to teach with."""
+    import torch
+
+    from vla_distill.models.checkpoint import save_pretrained
+    from vla_distill.models.state_mlp import StateMLPConfig, StateMLPPolicy
+
+    torch.manual_seed(0)
+    policy = StateMLPPolicy(StateMLPConfig(hidden=32, depth=2))
+    return save_pretrained(policy, tmp_path_factory.mktemp("policy") / "pretrained_model", {"note": "test policy"})

@@ -49,6 +49,50 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
     print("ok" if not args.quick else "ok (metadata and parquet checked; videos not decoded)")
 
 
+def _key_values(items: list[str], flag: str) -> tuple[tuple[str, str], ...]:
+    from vla_distill.errors import ConfigError
+
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected KEY=VALUE, got {item!r}", field=flag)
+        out.append((key, value))
+    return tuple(out)
+
+
+def _cmd_annotate(args: argparse.Namespace) -> None:
+    from vla_distill.annotate.run import AnnotateConfig, annotate
+    from vla_distill.annotate.vlm import VLMConfig
+
+    vlm = None
+    if args.vlm_url or args.vlm_model:
+        vlm = VLMConfig(url=args.vlm_url, model=args.vlm_model, api_key=args.vlm_api_key, keyframes=args.vlm_keyframes,
+                        contact_sheet=not args.vlm_separate_images, concurrency=args.vlm_concurrency)
+    try:
+        cfg = AnnotateConfig(
+            teacher=args.teacher, teacher_options=_key_values(args.teacher_opt, "--teacher-opt"), phases=args.phases,
+            taxonomy=args.taxonomy, directions=args.directions, window=args.window, stride=args.stride,
+            text_encoder=args.text_encoder, vlm=vlm, vlm_camera=args.vlm_camera, vlm_cache=args.vlm_cache, audit=not args.no_audit,
+        )
+    except ValueError as e:
+        from vla_distill.errors import ConfigError
+
+        raise ConfigError(str(e)) from None
+    annotate(args.dataset, args.out, cfg)
+
+
+def _cmd_audit(args: argparse.Namespace) -> None:
+    from vla_distill.annotate.audit import audit_dataset
+
+    report = audit_dataset(args.dataset, mask=args.mask)
+    s = report["summary"]
+    print(f"{s['episodes_with_phase_flags']} of {s['episodes']} episodes with phase flags ({s['phase_flags']} flags); "
+          f"{s['cue_windows_flagged']} of {s['cue_windows']} cue windows flagged; "
+          f"{s['spread_groups_flagged']} kinematic groups with widely spread cues")
+    print(f"report: {report['dataset']}/meta/audit.md" + (" (flagged labels masked)" if args.mask else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vla-distill", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -65,6 +109,37 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-attempts-factor", type=float, default=3.0, help="attempts per task at most episodes x this")
     c.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
     c.set_defaults(func=_cmd_collect)
+
+    a = sub.add_parser("annotate", help="teacher actions, phase anchors and direction cues for every frame, then an audit")
+    a.add_argument("--dataset", required=True, help="input LeRobot dataset")
+    a.add_argument("--out", required=True, help="new annotated dataset (rerun the same command to resume)")
+    a.add_argument("--teacher", default="scripted",
+                   help="scripted | noisy[std=,toggle=,burst=,stale=,seed=]:KIND | checkpoint:PATH | openpi://HOST:PORT | "
+                        "openvla://HOST:PORT | none (default scripted)")
+    a.add_argument("--teacher-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="remote teacher option, repeatable: obs_map.<server key>=<our key>, image_size, action_dim, horizon, "
+                        "gripper (keep|flip|unit_to_signed|unit_to_signed_flip), concurrency, timeout_s, retries, unnorm_key, api_key")
+    a.add_argument("--phases", default="kinematic", choices=["kinematic", "vlm", "none"])
+    a.add_argument("--taxonomy", default="4", choices=["4", "9"], help="4: approach/grasp/transport/release; 9: idle ... completed")
+    a.add_argument("--directions", default="kinematic", choices=["kinematic", "vlm", "none"])
+    a.add_argument("--window", type=int, default=8, help="frames per direction-cue window (default 8)")
+    a.add_argument("--stride", type=int, default=4, help="frames between window starts (default 4)")
+    a.add_argument("--text-encoder", default="", help="local sentence-transformers model dir (default: bundled all-MiniLM-L6-v2)")
+    a.add_argument("--vlm-url", default="", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    a.add_argument("--vlm-model", default="")
+    a.add_argument("--vlm-api-key", default="")
+    a.add_argument("--vlm-camera", default="", help="camera key shown to the VLM (default: the first)")
+    a.add_argument("--vlm-keyframes", type=int, default=4)
+    a.add_argument("--vlm-separate-images", action="store_true", help="send keyframes as separate images, not one contact sheet")
+    a.add_argument("--vlm-concurrency", type=int, default=4)
+    a.add_argument("--vlm-cache", default="", help="answer cache (default $VLA_DISTILL_CACHE/vlm.sqlite)")
+    a.add_argument("--no-audit", action="store_true")
+    a.set_defaults(func=_cmd_annotate)
+
+    au = sub.add_parser("audit", help="cross-check phase labels and cues against the kinematics; writes meta/audit.{json,md}")
+    au.add_argument("--dataset", required=True)
+    au.add_argument("--mask", action="store_true", help="set flagged phase and cue labels to -1 (ignored in training)")
+    au.set_defaults(func=_cmd_audit)
 
     i = sub.add_parser("inspect", help="validate a LeRobot dataset (v3.0 or v2.1) and print its summary")
     i.add_argument("dataset")

@@ -52,12 +52,12 @@ def object_noun(instruction: str) -> str:
 
 
 def axis_phrase(delta: np.ndarray, cfg: DirectionConfig) -> str:
-    """(3,) displacement -> 'left and down' ('' when below min_move)."""
+    """(3,) displacement -> 'left and down' ('' when below min_move); at most the two largest axes."""
     mag = np.abs(delta)
     if np.linalg.norm(delta) < cfg.min_move:
         return ""
     order = np.argsort(-mag)
-    words = [AXIS_WORDS[i][int(delta[i] > 0)] for i in order if mag[i] >= cfg.secondary * mag[order[0]]]
+    words = [AXIS_WORDS[i][int(delta[i] > 0)] for i in order[:2] if mag[i] >= cfg.secondary * mag[order[0]]]
     return " and ".join(words)
 
 
@@ -75,8 +75,7 @@ def describe(kin: Kinematics, phases4: np.ndarray, start: int, end: int, noun: s
     if not dirs:
         return "holding the gripper still"
     if phase == "transport":
-        carrying = kin.gripper[start:end].mean() < kin.gripper.max() - 0.15 and kin.obj is not None and np.linalg.norm(
-            kin.ee[start:end] - kin.obj[start:end], axis=1).mean() < 0.08
+        carrying = bool((phases4[:start] == PHASES_4.index("grasp")).any())  # grasped earlier: holding, not pushing
         verb = "carrying" if carrying else "pushing"
         return f"{verb} the {noun} {dirs}"
     if phase == "release":

@@ -270,7 +270,10 @@ def annotate(dataset: str | Path, out: str | Path, cfg: AnnotateConfig = Annotat
     timings: dict[str, float] = {}
 
     if cfg.teacher != "none":
-        teacher = make_teacher(cfg.teacher, dict(cfg.teacher_options))
+        options = dict(cfg.teacher_options)
+        if "://" in cfg.teacher and "action" in ds.features:  # keep the dims our robot has unless told otherwise
+            options.setdefault("action_dim", str(ds.features["action"]["shape"][-1]))
+        teacher = make_teacher(cfg.teacher, options)
         journal = Journal(partial / "teacher.sqlite")
         try:
             t = time.perf_counter()

@@ -30,7 +30,8 @@ class OpenPITeacher(RemoteTeacher):
 
     def _connect(self):
         headers = {"Authorization": f"Api-Key {self.cfg.api_key}"} if self.cfg.api_key else None
-        ws = connect(self.uri, compression=None, max_size=None, open_timeout=self.cfg.timeout_s, additional_headers=headers)
+        ws = connect(self.uri, compression=None, max_size=None, open_timeout=self.cfg.timeout_s,
+                     additional_headers=headers, legacy=True)  # a long-lived connection per worker thread
         meta = ws.recv(timeout=self.cfg.timeout_s)
         if isinstance(meta, str):
             ws.close()
