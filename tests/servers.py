@@ -6,7 +6,7 @@
 
 Each prints "PORT <n>" on stdout once listening, and logs one line per request to $SERVER_LOG if set.
 The policy servers serve a small torch policy (a state MLP checkpoint); the VLM stand-in answers from the
-prompt and the number of images, in MODE "good", "flaky" (every other answer malformed) or "garbage".
+prompt and the number of images, in MODE "good", "flaky" (the first ask of each request malformed) or "garbage".
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ def serve_openvla(policy_dir: str) -> None:
 
 def serve_vlm(mode: str) -> None:
     counter = {"n": 0}
+    seen: set[int] = set()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -100,9 +101,11 @@ def serve_vlm(mode: str) -> None:
             with _lock:
                 counter["n"] += 1
                 n = counter["n"]
+                first_ask = hash(json.dumps(content)) not in seen
+                seen.add(hash(json.dumps(content)))
             log(f"chat model={body['model']} images={len(images)}")
             labels = text.split("one of ")[1].split(">")[0].split(", ")
-            if mode == "garbage" or (mode == "flaky" and n % 2 == 1):
+            if mode == "garbage" or (mode == "flaky" and first_ask):
                 answer = "I think the robot is doing something interesting."
             else:
                 answer = json.dumps({"phase": labels[n % len(labels)], "direction": "moving the gripper left"})
