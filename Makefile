@@ -17,10 +17,14 @@ $(STAMP): pyproject.toml scripts/ensure_gl.sh
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
-# The main job on the embedded MetaWorld default: collect rendered expert demonstrations.
+# The main job on the embedded MetaWorld default: collect rendered expert demonstrations, then annotate them
+# (scripted teacher, kinematic phases and direction cues) and audit the labels.
 demo: $(STAMP)
 	$(BIN)/vla-distill collect --tasks reach-v3,push-v3 --episodes 4 --out $(DEMO_OUT)/dataset
-	$(BIN)/vla-distill inspect $(DEMO_OUT)/dataset
+	$(BIN)/vla-distill inspect --quick $(DEMO_OUT)/dataset
+	rm -rf $(DEMO_OUT)/annotated
+	$(BIN)/vla-distill annotate --dataset $(DEMO_OUT)/dataset --out $(DEMO_OUT)/annotated --teacher scripted
+	$(BIN)/vla-distill audit --dataset $(DEMO_OUT)/annotated
 
 test: $(STAMP)
 	$(BIN)/pytest -q
