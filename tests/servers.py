@@ -29,6 +29,20 @@ def log(line: str) -> None:
             f.write(line + "\n")
 
 
+def send_json(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def serve_http(handler: type[BaseHTTPRequestHandler]) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    print(f"PORT {server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
 def serve_openpi(policy_dir: str) -> None:
     from vla_distill.deploy.openpi_server import make_server, policy_infer_fn
     from vla_distill.models.checkpoint import load_pretrained
@@ -71,15 +85,9 @@ def serve_openvla(policy_dir: str) -> None:
                 a = policy.predict_action_chunk({"observation.state": feats})[0, 0].numpy()
             action = np.concatenate([a, np.zeros(3, np.float32)])
             out = json_numpy.dumps(action).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
+            send_json(self, out)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    print(f"PORT {server.server_address[1]}", flush=True)
-    server.serve_forever()
+    serve_http(Handler)
 
 
 def serve_vlm(mode: str) -> None:
@@ -111,15 +119,9 @@ def serve_vlm(mode: str) -> None:
                 answer = json.dumps({"phase": labels[n % len(labels)], "direction": "moving the gripper left"})
             out = json.dumps({"id": f"chatcmpl-{n}", "object": "chat.completion", "model": body["model"],
                               "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
+            send_json(self, out)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    print(f"PORT {server.server_address[1]}", flush=True)
-    server.serve_forever()
+    serve_http(Handler)
 
 
 if __name__ == "__main__":
