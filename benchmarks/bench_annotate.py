@@ -24,9 +24,9 @@ import numpy as np
 
 from common import RESULTS, write_result
 from vla_distill.annotate import directions as dirs
-from vla_distill.annotate.audit import audit_cue, audit_phases, to_phase4
+from vla_distill.annotate.audit import audit_cue, audit_phases
 from vla_distill.annotate.ground_truth import ground_truth_phases
-from vla_distill.annotate.phases import PHASES_4, PHASES_9, PhaseConfig, label_phases
+from vla_distill.annotate.phases import PHASES_4, PHASES_9, PhaseConfig, label_phases, to_phase4
 from vla_distill.annotate.run import episode_kinematics
 from vla_distill.data.dataset import RobotDataset
 

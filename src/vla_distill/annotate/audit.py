@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vla_distill.annotate.directions import DirectionConfig, cue_direction
-from vla_distill.annotate.phases import PHASES_4, TO_4, Kinematics, PhaseConfig, label_phases
+from vla_distill.annotate.directions import DirectionConfig, cue_direction, window_motion
+from vla_distill.annotate.phases import PHASES_4, Kinematics, PhaseConfig, label_phases, runs, to_phase4
 
 APPROACH, GRASP, TRANSPORT, RELEASE = range(4)
 
@@ -35,26 +35,12 @@ class AuditConfig:
     spread_threshold: float = 0.5  # mean cosine distance of cue embeddings within a kinematic group
 
 
-def to_phase4(phases: np.ndarray, taxonomy: tuple[str, ...]) -> np.ndarray:
-    lut = np.array([PHASES_4.index(TO_4.get(n, n)) for n in taxonomy] + [-1])
-    return lut[np.where(phases < 0, len(taxonomy), phases)]
-
-
-def _runs(x: np.ndarray) -> list[tuple[int, int, int]]:
-    """[(value, start, end)] of constant runs."""
-    if len(x) == 0:
-        return []
-    cut = np.flatnonzero(np.diff(x)) + 1
-    starts, ends = np.r_[0, cut], np.r_[cut, len(x)]
-    return [(int(x[s]), int(s), int(e)) for s, e in zip(starts, ends)]
-
-
 def audit_phases(labels4: np.ndarray, kin: Kinematics, cfg: AuditConfig = AuditConfig()) -> list[dict]:
     """labels4: (T,) 4-phase indices, -1 masked. Returns flags [{type, start, end, detail}]."""
     flags = []
     ref = label_phases(kin, PhaseConfig(taxonomy="4"))
     valid = labels4 >= 0
-    seq = [(v, s, e) for v, s, e in _runs(labels4) if v >= 0]
+    seq = [(v, s, e) for v, s, e in runs(labels4) if v >= 0]
     seen: set[int] = set()
     for v, s, e in seq:
         if v == RELEASE and not ({GRASP, TRANSPORT} & seen) and (ref == TRANSPORT).any():
@@ -68,7 +54,7 @@ def audit_phases(labels4: np.ndarray, kin: Kinematics, cfg: AuditConfig = AuditC
         seen.add(v)
     bad = valid & (labels4 != ref)
     exact = kin.success is not None and kin.success.any()  # release is the recorded success, not an estimate
-    for v, s, e in _runs(bad.astype(np.int64)):
+    for v, s, e in runs(bad.astype(np.int64)):
         tol = cfg.release_tolerance if exact and RELEASE in (ref[s], labels4[s]) else cfg.tolerance
         if v and e - s > tol:
             flags.append({"type": "disagree", "start": s, "end": e,
@@ -83,9 +69,7 @@ def audit_phases(labels4: np.ndarray, kin: Kinematics, cfg: AuditConfig = AuditC
 
 def audit_cue(text: str, kin: Kinematics, start: int, end: int, dcfg: DirectionConfig, cfg: AuditConfig = AuditConfig()) -> str | None:
     """The reason a window's cue contradicts its kinematics, or None."""
-    end = max(end, start + 1)
-    delta = kin.ee[end - 1] - kin.ee[start]
-    dg = float(kin.gripper[end - 1] - kin.gripper[start])
+    delta, dg = window_motion(kin, start, end)
     largest = float(np.abs(delta).max())
     moving = np.linalg.norm(delta) >= dcfg.min_move
     for axis, sign in cue_direction(text).items():
@@ -120,11 +104,10 @@ def embedding_spread(groups: np.ndarray, cue_ids: np.ndarray, embeddings: np.nda
 
 def kinematic_group(kin: Kinematics, phases4: np.ndarray, start: int, end: int, dcfg: DirectionConfig) -> int:
     """Windows with the same phase, dominant axis and sign, and gripper trend share a group."""
+    delta, dg = window_motion(kin, start, end)
     end = max(end, start + 1)
-    delta = kin.ee[end - 1] - kin.ee[start]
     axis = int(np.abs(delta).argmax()) if np.linalg.norm(delta) >= dcfg.min_move else 3
     sign = int(delta[axis] > 0) if axis < 3 else 0
-    dg = float(kin.gripper[end - 1] - kin.gripper[start])
     grip = 0 if abs(dg) < dcfg.gripper_change else (1 if dg > 0 else 2)
     phase = int(np.bincount(phases4[start:end][phases4[start:end] >= 0], minlength=4).argmax()) if (phases4[start:end] >= 0).any() else 4
     return ((phase * 4 + axis) * 2 + sign) * 3 + grip
@@ -135,7 +118,6 @@ def audit_dataset(root, mask: bool = False, cfg: AuditConfig = AuditConfig()) ->
     """Audit an annotated dataset; writes meta/audit.json and meta/audit.md. With mask=True, flagged phase
     frames and flagged cue windows get index -1 (ignored by the losses) in place."""
     import json
-    from pathlib import Path
 
     import pyarrow.parquet as pq
 

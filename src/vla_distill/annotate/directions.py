@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vla_distill.annotate.phases import PHASES_4, TO_4, Kinematics
+from vla_distill.annotate.phases import PHASES_4, Kinematics, to_phase4
 
 AXIS_WORDS = (("left", "right"), ("backward", "forward"), ("down", "up"))
 
@@ -61,11 +61,16 @@ def axis_phrase(delta: np.ndarray, cfg: DirectionConfig) -> str:
     return " and ".join(words)
 
 
+def window_motion(kin: Kinematics, start: int, end: int) -> tuple[np.ndarray, float]:
+    """(end-effector displacement (3,), gripper opening change) from the first to the last frame of [start, end)."""
+    end = max(end, start + 1)
+    return kin.ee[end - 1] - kin.ee[start], float(kin.gripper[end - 1] - kin.gripper[start])
+
+
 def describe(kin: Kinematics, phases4: np.ndarray, start: int, end: int, noun: str, cfg: DirectionConfig) -> str:
     """One window -> one cue. phases4 are indices into PHASES_4 (collapse 9-phase labels first)."""
+    delta, dg = window_motion(kin, start, end)
     end = max(end, start + 1)
-    delta = kin.ee[end - 1] - kin.ee[start]
-    dg = float(kin.gripper[end - 1] - kin.gripper[start])
     phase = PHASES_4[int(np.bincount(phases4[start:end], minlength=4).argmax())]
     dirs = axis_phrase(delta, cfg)
     if dg < -cfg.gripper_change and not dirs:
@@ -90,8 +95,7 @@ def describe(kin: Kinematics, phases4: np.ndarray, start: int, end: int, noun: s
 
 def kinematic_cues(kin: Kinematics, phases: np.ndarray, taxonomy: tuple[str, ...], noun: str, cfg: DirectionConfig) -> list[str]:
     """One cue per window of the episode."""
-    to4 = np.array([PHASES_4.index(TO_4.get(name, name)) for name in taxonomy])
-    phases4 = to4[phases]
+    phases4 = to_phase4(phases, taxonomy)
     return [describe(kin, phases4, int(s), int(e), noun, cfg) for s, e in windows(len(kin), cfg)]
 
 

@@ -140,24 +140,26 @@ def _refine_9(kin: Kinematics, phases4: np.ndarray, cfg: PhaseConfig) -> np.ndar
     return out
 
 
+def runs(x: np.ndarray) -> list[tuple[int, int, int]]:
+    """[(value, start, end)] of the constant runs of a label sequence."""
+    if len(x) == 0:
+        return []
+    cut = np.flatnonzero(np.diff(x)) + 1
+    return [(int(x[s]), int(s), int(e)) for s, e in zip(np.r_[0, cut], np.r_[cut, len(x)])]
+
+
+def to_phase4(phases: np.ndarray, taxonomy: tuple[str, ...]) -> np.ndarray:
+    """Indices into `taxonomy` -> indices into PHASES_4 (-1 stays -1)."""
+    lut = np.array([PHASES_4.index(TO_4.get(n, n)) for n in taxonomy] + [-1])
+    return lut[np.where(phases < 0, len(taxonomy), phases)]
+
+
 def _merge_short(phase: np.ndarray, min_frames: int) -> np.ndarray:
     """Relabel runs shorter than min_frames with the preceding run's label (flicker from noisy thresholds)."""
-    if min_frames <= 1 or len(phase) == 0:
+    if min_frames <= 1:
         return phase
-    change = np.flatnonzero(np.diff(phase)) + 1
-    starts = np.concatenate([[0], change])
-    ends = np.concatenate([change, [len(phase)]])
     out = phase.copy()
-    for i in range(1, len(starts)):
-        if ends[i] - starts[i] < min_frames and ends[i] != len(phase):
-            out[starts[i] : ends[i]] = out[starts[i] - 1]
+    for _, s, e in runs(phase)[1:]:
+        if e - s < min_frames and e != len(phase):
+            out[s:e] = out[s - 1]
     return out
-
-
-def kinematics_from_metaworld(state: np.ndarray, env_state: np.ndarray, fps: float, success: np.ndarray | None) -> Kinematics:
-    """MetaWorld layout: state (T, 4) = hand xyz + gripper opening; env_state (T, 39) with obj1 at [4:7], goal at [36:39]."""
-    return Kinematics(
-        ee=state[:, :3].astype(np.float64), gripper=state[:, 3].astype(np.float64), fps=fps,
-        obj=env_state[:, 4:7].astype(np.float64), goal=env_state[:, 36:39].astype(np.float64),
-        success=None if success is None else success.astype(bool),
-    )

@@ -27,10 +27,11 @@ from vla_distill.annotate.phases import TAXONOMIES, Kinematics, PhaseConfig, lab
 from vla_distill.annotate.vlm import VLMConfig
 from vla_distill.data.columns import add_columns
 from vla_distill.data.dataset import RobotDataset
-from vla_distill.data.format import write_json_atomic
+from vla_distill.data.format import cache_root, write_json_atomic
 from vla_distill.errors import ConfigError, DatasetError
 from vla_distill.teachers import make_teacher
 from vla_distill.teachers.noisy import NoisyTeacher, corrupt
+from vla_distill.teachers.remote import RemoteTeacher
 from vla_distill.types import OBS_ENV_STATE, OBS_STATE, SUCCESS
 
 TEACHER_KEY = "action.teacher"
@@ -132,23 +133,23 @@ def episode_frames(ds: RobotDataset, e: int, cameras: list[str]):
 
 def label_with_teacher(ds: RobotDataset, teacher, journal: Journal, progress: tqdm) -> np.ndarray:
     """(N, H, D) teacher actions for every frame, in global row order."""
-    base = teacher.inner if isinstance(teacher, NoisyTeacher) else teacher
-    remote = hasattr(base, "cfg") and hasattr(base, "host")
+    # The journal holds the clean answers; noise is applied per episode afterwards, so it is reproducible on resume.
+    base, noise = (teacher.inner, teacher.cfg) if isinstance(teacher, NoisyTeacher) else (teacher, None)
+    commit_each = isinstance(base, RemoteTeacher)  # a remote answer is costly: keep it the moment it arrives
     out: list[np.ndarray] = []
     index = ds.column("index")
     for e in range(ds.num_episodes):
-        rows = ds.episode_rows(e)
-        known = journal.get(index[rows])
-        missing = np.array([i for i, f in enumerate(index[rows]) if int(f) not in known], np.int64)
+        frame_ids = index[ds.episode_rows(e)]
+        known = journal.get(frame_ids)
+        missing = np.array([i for i, f in enumerate(frame_ids) if int(f) not in known], np.int64)
         if len(missing):
             frames = episode_frames(ds, e, ds.camera_keys if base.needs_images else [])
-            gidx = index[rows]
-            base.label(frames, missing, lambda i, a: (journal.put(gidx[missing[i]], a, commit=remote), progress.update(1)))
+            answers = base.label(frames, missing, lambda i, a: (journal.put(frame_ids[missing[i]], a, commit=commit_each), progress.update(1)))
             journal.db.commit()
-            known = journal.get(index[rows])
-        progress.update(len(rows) - len(missing))
-        clean = np.stack([known[int(f)] for f in index[rows]])
-        out.append(corrupt(clean, ds.episodes[e].index, teacher.cfg) if isinstance(teacher, NoisyTeacher) else clean)
+            known.update((int(frame_ids[i]), a) for i, a in zip(missing, answers))
+        progress.update(len(frame_ids) - len(missing))
+        clean = np.stack([known[int(f)] for f in frame_ids])
+        out.append(corrupt(clean, ds.episodes[e].index, noise) if noise is not None else clean)
     horizons = {a.shape[1:] for a in out}
     if len(horizons) != 1:
         raise DatasetError(f"the teacher answered with different action shapes {sorted(horizons)}", field=TEACHER_KEY)
@@ -159,7 +160,7 @@ def label_with_teacher(ds: RobotDataset, teacher, journal: Journal, progress: tq
 @dataclass
 class Labels:
     phases: np.ndarray  # (N,) int64, -1 = invalid
-    windows: list[tuple[int, int, int, str | None, int]]  # (episode_index, start, end, cue or None, row offset)
+    windows: list[tuple[int, int, int, str | None]]  # (episode_index, start, end, cue or None)
     window_of_frame: np.ndarray  # (N,) position in `windows`
 
 
@@ -170,7 +171,7 @@ def label_episodes(ds: RobotDataset, cfg: AnnotateConfig, dataset_id: str, progr
     if cfg.vlm is not None and "vlm" in (cfg.phases, cfg.directions):
         from vla_distill.annotate.vlm import VLMLabeller
 
-        cache = Path(cfg.vlm_cache) if cfg.vlm_cache else _cache_dir() / "vlm.sqlite"
+        cache = Path(cfg.vlm_cache) if cfg.vlm_cache else cache_root() / "vlm.sqlite"
         vlm = VLMLabeller(cfg.vlm, cache)
         camera = cfg.vlm_camera or (ds.camera_keys[0] if ds.camera_keys else "")
         if camera not in ds.camera_keys:
@@ -198,19 +199,13 @@ def label_episodes(ds: RobotDataset, cfg: AnnotateConfig, dataset_id: str, progr
         else:
             cues = [None] * len(wins)
         window_of_frame[rows] = len(windows) + dirs.frame_windows(len(rows), cfg.cue_config)
-        windows.extend((ep.index, int(s), int(t), c, int(rows[0])) for (s, t), c in zip(wins, cues))
+        windows.extend((ep.index, int(s), int(t), c) for (s, t), c in zip(wins, cues))
         progress.update(len(rows))
     stats = {}
     if vlm is not None:
         stats = {"vlm_requests": vlm.requests, "vlm_invalid_windows": vlm.invalid, "vlm_cache": str(vlm.cache_path)}
         vlm.close()
     return Labels(phases, windows, window_of_frame), stats
-
-
-def _cache_dir() -> Path:
-    import os
-
-    return Path(os.environ.get("VLA_DISTILL_CACHE", Path.home() / ".cache" / "vla_distill"))
 
 
 # ---------------------------------------------------------------- tables

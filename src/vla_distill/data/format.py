@@ -130,6 +130,11 @@ def next_chunk_file(chunk_index: int, file_index: int, chunks_size: int = CHUNKS
     return chunk_index, file_index
 
 
+def cache_root() -> Path:
+    """Where reusable caches live (decoded frames, VLM answers): $VLA_DISTILL_CACHE or ~/.cache/vla_distill."""
+    return Path(os.environ.get("VLA_DISTILL_CACHE", Path.home() / ".cache" / "vla_distill"))
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

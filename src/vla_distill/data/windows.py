@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from vla_distill.data.dataset import RobotDataset
-from vla_distill.data.format import INFO_PATH, is_visual
+from vla_distill.data.format import INFO_PATH, cache_root, is_visual
 from vla_distill.errors import ConfigError
 from vla_distill.types import PAD_SUFFIX
 
@@ -70,7 +70,7 @@ class FrameCache:
 
     @staticmethod
     def _path(ds: RobotDataset, key: str, cache_dir: Path | None) -> Path:
-        base = Path(cache_dir or os.environ.get("VLA_DISTILL_CACHE", Path.home() / ".cache" / "vla_distill")) / "frames"
+        base = Path(cache_dir or cache_root()) / "frames"
         h = hashlib.sha1(str(ds.root.resolve()).encode())
         for p in sorted({ds.root / INFO_PATH, *(span.path for ep in ds.episodes for span in ep.videos.values())}):
             st = p.stat()

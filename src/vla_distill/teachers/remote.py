@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -189,7 +189,7 @@ class RemoteTeacher:
                     pending[pool.submit(self.infer, episode.observation(int(r)))] = i
                     if len(pending) >= self.cfg.concurrency:
                         self._drain(pending, results, on_result, FIRST_COMPLETED)
-                self._drain(pending, results, on_result, None)
+                self._drain(pending, results, on_result, ALL_COMPLETED)
             except BaseException:
                 for f in pending:
                     f.cancel()
@@ -201,7 +201,7 @@ class RemoteTeacher:
 
     @staticmethod
     def _drain(pending: dict, results: dict, on_result: OnResult | None, mode) -> None:
-        done, _ = wait(list(pending), return_when=mode or "ALL_COMPLETED")
+        done, _ = wait(list(pending), return_when=mode)
         for f in done:
             i = pending.pop(f)
             results[i] = f.result()
