@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vla_distill.annotate import directions as dirs
-from vla_distill.annotate.audit import audit_cue, audit_dataset, audit_phases
+from vla_distill.annotate.audit import dropped_episodes, audit_cue, audit_dataset, audit_phases
 from vla_distill.annotate.ground_truth import ground_truth_phases
 from vla_distill.annotate.phases import PHASES_4, PHASES_9, PhaseConfig, label_phases
 from vla_distill.annotate.run import AnnotateConfig, annotate, episode_kinematics, read_directions
@@ -102,10 +102,13 @@ def test_audit_mask_sets_flagged_labels_to_minus_one(annotated, tmp_path):
     rows = ds.episode_rows(0)
     phases[rows] = 3  # everything "release": order + stuck + disagree
     add_columns(root, {"phase_index": phases}, {"phase_index": ds.features["phase_index"]}, overwrite=True)
-    report = audit_dataset(root, mask=True)
+    report = audit_dataset(root, mask=True, drop=True)
     assert report["summary"]["episodes_with_phase_flags"] >= 1
     masked = RobotDataset(root).column("phase_index")
     assert (masked[rows] == -1).any() and (masked[ds.episode_rows(1)] >= 0).all()
+    assert 0 in dropped_episodes(root) and dropped_episodes(root) == report["dropped_episodes"]
+    audit_dataset(root)  # a plain re-audit lifts the drop
+    assert dropped_episodes(root) == []
 
 
 def test_parse_reply_schema():

@@ -85,12 +85,14 @@ def _cmd_annotate(args: argparse.Namespace) -> None:
 def _cmd_audit(args: argparse.Namespace) -> None:
     from vla_distill.annotate.audit import audit_dataset
 
-    report = audit_dataset(args.dataset, mask=args.mask)
+    report = audit_dataset(args.dataset, mask=args.mask, drop=args.drop)
     s = report["summary"]
     print(f"{s['episodes_with_phase_flags']} of {s['episodes']} episodes with phase flags ({s['phase_flags']} flags); "
           f"{s['cue_windows_flagged']} of {s['cue_windows']} cue windows flagged; "
           f"{s['spread_groups_flagged']} kinematic groups with widely spread cues")
-    print(f"report: {report['dataset']}/meta/audit.md" + (" (flagged labels masked)" if args.mask else ""))
+    done = [x for x, on in (("flagged labels masked", args.mask),
+                            (f"{len(report['dropped_episodes'])} flagged episodes dropped from training", args.drop)) if on]
+    print(f"report: {report['dataset']}/meta/audit.md" + (f" ({'; '.join(done)})" if done else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     au = sub.add_parser("audit", help="cross-check phase labels and cues against the kinematics; writes meta/audit.{json,md}")
     au.add_argument("--dataset", required=True)
     au.add_argument("--mask", action="store_true", help="set flagged phase and cue labels to -1 (ignored in training)")
+    au.add_argument("--drop", action="store_true", help="leave every flagged episode out of training (kept on disk, "
+                    "listed in meta/audit.json)")
     au.set_defaults(func=_cmd_audit)
 
     i = sub.add_parser("inspect", help="validate a LeRobot dataset (v3.0 or v2.1) and print its summary")

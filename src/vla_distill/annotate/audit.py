@@ -114,9 +114,10 @@ def kinematic_group(kin: Kinematics, phases4: np.ndarray, start: int, end: int, 
 
 
 # ---------------------------------------------------------------- the whole dataset
-def audit_dataset(root, mask: bool = False, cfg: AuditConfig = AuditConfig()) -> dict:
+def audit_dataset(root, mask: bool = False, drop: bool = False, cfg: AuditConfig = AuditConfig()) -> dict:
     """Audit an annotated dataset; writes meta/audit.json and meta/audit.md. With mask=True, flagged phase
-    frames and flagged cue windows get index -1 (ignored by the losses) in place."""
+    frames and flagged cue windows get index -1 (ignored by the losses) in place. With drop=True, every episode
+    with a flag is listed under "dropped_episodes" and training leaves it out whole (data stays on disk)."""
     import json
 
     import pyarrow.parquet as pq
@@ -174,6 +175,7 @@ def audit_dataset(root, mask: bool = False, cfg: AuditConfig = AuditConfig()) ->
             "cue_windows": n_windows, "cue_windows_flagged": sum(len(x["cue_flags"]) for x in episodes),
             "spread_groups_flagged": len(spread), "masked": mask,
         },
+        "dropped_episodes": [x["episode_index"] for x in episodes if x["phase_flags"] or x["cue_flags"]] if drop else [],
         "spread": spread, "episodes": episodes,
     }
     write_json_atomic(ds.root / "meta/audit.json", report)
@@ -190,6 +192,15 @@ def audit_dataset(root, mask: bool = False, cfg: AuditConfig = AuditConfig()) ->
     return report
 
 
+def dropped_episodes(root) -> list[int]:
+    """Episodes a `vla-distill audit --drop` excluded from training (none when never audited that way)."""
+    import json
+    from pathlib import Path
+
+    path = Path(root) / "meta/audit.json"
+    return list(json.loads(path.read_text()).get("dropped_episodes", [])) if path.exists() else []
+
+
 def _markdown(report: dict) -> str:
     s = report["summary"]
     lines = [
@@ -198,7 +209,8 @@ def _markdown(report: dict) -> str:
         f"- episodes: {s['episodes']}, with phase flags: {s['episodes_with_phase_flags']} ({s['phase_flags']} flags)",
         f"- cue windows: {s['cue_windows']}, flagged: {s['cue_windows_flagged']}",
         f"- kinematic groups with widely spread cue embeddings: {s['spread_groups_flagged']}",
-        f"- flagged labels masked: {'yes' if s['masked'] else 'no'}", "",
+        f"- flagged labels masked: {'yes' if s['masked'] else 'no'}",
+        f"- episodes dropped from training: {len(report['dropped_episodes'])}", "",
     ]
     flagged = [e for e in report["episodes"] if e["phase_flags"] or e["cue_flags"]]
     if flagged:

@@ -48,9 +48,11 @@ class PhaseConfig:
     closing_rate: float = 0.5  # opening units/s below which the fingers count as closing
     grasp_radius: float = 0.08  # m, object within this of the gripper for a close to be a grasp
     moving_speed: float = 0.05  # m/s, object speed above which it is being moved
+    moving_frames: int = 4  # consecutive frames of object motion that start transport (a brushed object jiggles)
     contact_radius: float = 0.15  # m, object motion farther than this from the gripper is settling, not manipulation
     still_speed: float = 0.01  # m/s, end-effector speed below which it is idle / holding
     min_frames: int = 2  # a phase shorter than this is merged into its neighbours
+    push_alignment: float = 0.5  # cosine between hand velocity and object->goal above which a close-in is a push
 
     def __post_init__(self):
         if self.taxonomy not in TAXONOMIES:
@@ -106,14 +108,41 @@ def _label_4(kin: Kinematics, cfg: PhaseConfig) -> np.ndarray:
     phase = np.full(len(kin), approach, np.int64)
     phase[s["closing"] & s["near"]] = grasp
     # Transport starts at the first sustained object motion and never goes back to approach.
-    moving = s["obj_moving"] & np.roll(s["obj_moving"], -1)
+    moving = _sustained(s["obj_moving"], cfg.moving_frames)
     if moving.any():
-        start = int(np.argmax(moving))
+        start = _contact_onset(kin, int(np.argmax(moving)), phase, cfg)
         phase[start:] = np.where(phase[start:] == grasp, grasp, transport)
         # After transport started, the fingers closing again is a regrasp; that's a grasp only if the object stops.
         phase[start:][s["obj_moving"][start:]] = transport
     phase[s["done"]] = release
     return _merge_short(phase, cfg.min_frames)
+
+
+def _sustained(x: np.ndarray, k: int) -> np.ndarray:
+    """x[t] and the k - 1 frames after it all true."""
+    out = x.copy()
+    for i in range(1, k):
+        out[: len(x) - i] &= x[i:]
+        out[len(x) - i :] = False
+    return out
+
+
+def _contact_onset(kin: Kinematics, start: int, phase: np.ndarray, cfg: PhaseConfig) -> int:
+    """Walk the transport start back over the close-in that already pushes toward the goal.
+
+    A pushing hand (door, drawer, button) moves along object->goal for several frames before the object gives;
+    that close-in is the push, not the approach. Needs object and goal state; grasps are never walked over.
+    """
+    if kin.obj is None or kin.goal is None:
+        return start
+    vel = _rate(kin.ee.astype(np.float64), kin.fps)
+    to_goal = kin.goal - kin.obj
+    cos = (vel * to_goal).sum(1) / (np.linalg.norm(vel, axis=1) * np.linalg.norm(to_goal, axis=1) + 1e-9)
+    dist = np.linalg.norm(kin.ee - kin.obj, axis=1)
+    pushing = (cos > cfg.push_alignment) & (dist < cfg.contact_radius) & (np.linalg.norm(vel, axis=1) > cfg.still_speed)
+    while start > 0 and phase[start - 1] == 0 and pushing[start - 1]:
+        start -= 1
+    return start
 
 
 def _refine_9(kin: Kinematics, phases4: np.ndarray, cfg: PhaseConfig) -> np.ndarray:
