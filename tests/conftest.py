@@ -93,6 +93,14 @@ def metaworld_dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def annotated(metaworld_dataset, tmp_path_factory):
+    """metaworld_dataset annotated with the defaults (scripted teacher, kinematic phases and cues, audit)."""
+    from vla_distill.annotate.run import AnnotateConfig, annotate
+
+    return annotate(metaworld_dataset, tmp_path_factory.mktemp("ann") / "ds", AnnotateConfig())
+
+
+@pytest.fixture(scope="session")
 def state_policy_dir(tmp_path_factory):
     """A small torch policy checkpoint (state MLP, random weights) to serve and to teach with."""
     import torch

@@ -10,19 +10,15 @@ import numpy as np
 import pytest
 
 from vla_distill.annotate import directions as dirs
-from vla_distill.annotate.audit import dropped_episodes, audit_cue, audit_dataset, audit_phases
+from vla_distill.annotate.audit import audit_cue, audit_dataset, audit_phases, dropped_episodes
 from vla_distill.annotate.ground_truth import ground_truth_phases
 from vla_distill.annotate.phases import PHASES_4, PHASES_9, PhaseConfig, label_phases
-from vla_distill.annotate.run import AnnotateConfig, annotate, episode_kinematics, read_directions
+from vla_distill.annotate.run import AnnotateConfig, annotate, episode_kinematics, read_directions, read_task_embeddings
 from vla_distill.annotate.vlm import VLMConfig, parse_reply
 from vla_distill.data.dataset import RobotDataset
 
 from test_teachers import server  # noqa: F401  (fixture)
 
-
-@pytest.fixture(scope="module")
-def annotated(metaworld_dataset, tmp_path_factory):
-    return annotate(metaworld_dataset, tmp_path_factory.mktemp("ann") / "ds", AnnotateConfig())
 
 
 def test_annotated_dataset_is_complete_and_valid(annotated):
@@ -32,6 +28,8 @@ def test_annotated_dataset_is_complete_and_valid(annotated):
         assert key in ds.features and len(ds.column(key)) == ds.num_frames
     texts, emb = read_directions(annotated)
     assert emb.shape == (len(texts), 384)
+    tasks, task_emb = read_task_embeddings(annotated)
+    assert tasks == ds.tasks and task_emb.shape == (len(tasks), 384)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
     assert ds.column("direction_index").max() == len(texts) - 1 and ds.column("direction_index").min() >= 0
     assert set(np.unique(ds.column("phase_index"))) <= set(range(4))

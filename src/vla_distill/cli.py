@@ -95,6 +95,32 @@ def _cmd_audit(args: argparse.Namespace) -> None:
     print(f"report: {report['dataset']}/meta/audit.md" + (f" ({'; '.join(done)})" if done else ""))
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from vla_distill.errors import ConfigError
+    from vla_distill.train.config import TrainConfig
+    from vla_distill.train.losses import LossConfig
+    from vla_distill.train.loop import train
+
+    def split(text: str) -> tuple[str, ...]:
+        return tuple(x.strip() for x in text.split(",") if x.strip())
+
+    try:
+        loss = LossConfig(action=args.action_loss, dim_weights=tuple(float(x) for x in split(args.dim_weights)),
+                          phase_weight=0.0 if args.no_phase_loss else args.phase_weight,
+                          direction_weight=0.0 if args.no_direction_loss else args.direction_weight)
+        cfg = TrainConfig(
+            dataset=args.dataset, out=args.out, preset=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+            weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, ema_decay=args.ema,
+            seed=args.seed, horizon=args.horizon, target=args.target, loss=loss, cameras=split(args.cameras),
+            depth_keys=split(args.depth_keys), state_keys=split(args.state_keys), vision=args.vision,
+            val_fraction=args.val_fraction, val_batches=args.val_batches, save_every=args.save_every,
+            log_every=args.log_every, precision=args.precision, device=args.device, drop_audited=not args.keep_dropped)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    last = train(cfg, resume=args.resume)
+    print(f"checkpoint: {last}/pretrained_model")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vla-distill", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -144,6 +170,41 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--drop", action="store_true", help="leave every flagged episode out of training (kept on disk, "
                     "listed in meta/audit.json)")
     au.set_defaults(func=_cmd_audit)
+
+    t = sub.add_parser("train", help="train a student on an annotated dataset (action + phase + direction losses)")
+    t.add_argument("--dataset", required=True, help="annotated dataset (vla-distill annotate)")
+    t.add_argument("--out", required=True, help="run directory: checkpoints/, metrics.jsonl, train_config.json")
+    t.add_argument("--preset", default="tiny", help="tiny (~10M) | small (~37M) | base (~158M, the paper's size)")
+    t.add_argument("--steps", type=int, default=2000)
+    t.add_argument("--resume", action="store_true", help="continue --out from checkpoints/last (--steps may extend it)")
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--warmup-steps", type=int, default=200)
+    t.add_argument("--grad-clip", type=float, default=1.0)
+    t.add_argument("--ema", type=float, default=0.0, help="EMA decay of the shipped weights (0 = off)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--horizon", type=int, default=1, help="action chunk length K (the paper's variant: 5)")
+    t.add_argument("--target", default="teacher", choices=["teacher", "dataset"],
+                   help="train on action.teacher (distillation) or the demonstrations' own actions")
+    t.add_argument("--action-loss", default="mse", choices=["mse", "l1", "smooth_l1", "discrete"])
+    t.add_argument("--dim-weights", default="", help="per action dimension, comma-separated (default all 1)")
+    t.add_argument("--phase-weight", type=float, default=0.1)
+    t.add_argument("--direction-weight", type=float, default=0.05)
+    t.add_argument("--no-phase-loss", action="store_true")
+    t.add_argument("--no-direction-loss", action="store_true")
+    t.add_argument("--cameras", default="", help="camera keys, comma-separated (default: all of the dataset's)")
+    t.add_argument("--depth-keys", default="", help="one depth image key per camera (RGB-D input)")
+    t.add_argument("--state-keys", default="observation.state")
+    t.add_argument("--vision", default="", choices=["", "resnet", "vit"], help="vision encoder (default: the preset's)")
+    t.add_argument("--val-fraction", type=float, default=0.1)
+    t.add_argument("--val-batches", type=int, default=20)
+    t.add_argument("--save-every", type=int, default=500)
+    t.add_argument("--log-every", type=int, default=50)
+    t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    t.add_argument("--device", default="auto")
+    t.add_argument("--keep-dropped", action="store_true", help="train on episodes `audit --drop` excluded")
+    t.set_defaults(func=_cmd_train)
 
     i = sub.add_parser("inspect", help="validate a LeRobot dataset (v3.0 or v2.1) and print its summary")
     i.add_argument("dataset")

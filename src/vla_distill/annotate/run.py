@@ -40,6 +40,7 @@ DIRECTION_KEY = "direction_index"
 PHASES_PATH = "meta/phases.parquet"
 DIRECTIONS_PATH = "meta/directions.parquet"
 WINDOWS_PATH = "meta/direction_windows.parquet"
+TASK_EMBEDDINGS_PATH = "meta/task_embeddings.parquet"
 ANNOTATION_PATH = "meta/annotation.json"
 SOURCES = ("kinematic", "vlm", "none")
 
@@ -221,20 +222,33 @@ def phases_table(taxonomy: str) -> pa.Table:
 
 
 def directions_table(texts: list[str], embeddings: np.ndarray, counts: list[int], source: str) -> pa.Table:
-    dim = embeddings.shape[1]
-    flat = pa.array(embeddings.astype(np.float32).reshape(-1), pa.float32())
     return pa.table({
         "direction_index": pa.array(range(len(texts)), pa.int64()), "text": texts,
-        "embedding": pa.FixedSizeListArray.from_arrays(flat, dim), "count": pa.array(counts, pa.int64()),
+        "embedding": _fixed_list(embeddings), "count": pa.array(counts, pa.int64()),
         "source": [source] * len(texts),
     })
 
 
-def read_directions(root: Path) -> tuple[list[str], np.ndarray]:
-    t = pq.read_table(root / DIRECTIONS_PATH)
+def _fixed_list(emb: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float32).reshape(-1), pa.float32()), emb.shape[1])
+
+
+def _read_embeddings(path: Path, text_column: str) -> tuple[list[str], np.ndarray]:
+    t = pq.read_table(path)
     emb = np.asarray(t.column("embedding").combine_chunks().flatten().to_numpy(), np.float32)
-    texts = t.column("text").to_pylist()
+    texts = t.column(text_column).to_pylist()
     return texts, emb.reshape(len(texts), -1)
+
+
+def read_directions(root: Path) -> tuple[list[str], np.ndarray]:
+    """Distinct cue texts and their (C, E) embeddings, indexed by direction_index."""
+    return _read_embeddings(Path(root) / DIRECTIONS_PATH, "text")
+
+
+def read_task_embeddings(root: Path) -> tuple[list[str], np.ndarray] | None:
+    """Instructions and their (T, E) embeddings by task_index, or None for datasets annotated without cues."""
+    path = Path(root) / TASK_EMBEDDINGS_PATH
+    return _read_embeddings(path, "task") if path.exists() else None
 
 
 # ---------------------------------------------------------------- the command
@@ -296,11 +310,14 @@ def annotate(dataset: str | Path, out: str | Path, cfg: AnnotateConfig = Annotat
             extra[PHASES_PATH] = _parquet_bytes(phases_table(cfg.taxonomy))
         if cfg.directions != "none":
             t = time.perf_counter()
-            cue_ids, texts, counts, encoder_name, emb = _embed(labels.windows, cfg.text_encoder)
+            cue_ids, texts, counts, encoder_name, emb, task_emb = _embed(labels.windows, cfg.text_encoder, ds.tasks)
             timings["embed_s"] = time.perf_counter() - t
             columns[DIRECTION_KEY] = cue_ids[labels.window_of_frame]
             features[DIRECTION_KEY] = {"dtype": "int64", "shape": [1], "names": None}
             extra[DIRECTIONS_PATH] = _parquet_bytes(directions_table(texts, emb, counts, cfg.directions))
+            extra[TASK_EMBEDDINGS_PATH] = _parquet_bytes(pa.table({
+                "task_index": pa.array(range(len(ds.tasks)), pa.int64()), "task": ds.tasks,
+                "embedding": _fixed_list(task_emb)}))
             w = labels.windows
             extra[WINDOWS_PATH] = _parquet_bytes(pa.table({
                 "episode_index": pa.array([x[0] for x in w], pa.int64()), "start": pa.array([x[1] for x in w], pa.int64()),
@@ -320,8 +337,9 @@ def annotate(dataset: str | Path, out: str | Path, cfg: AnnotateConfig = Annotat
     return out
 
 
-def _embed(windows: list, encoder_path: str):
-    """Distinct cues, embedded once. Returns (cue id per window, texts, counts, encoder name, (C, dim) embeddings)."""
+def _embed(windows: list, encoder_path: str, tasks: list[str]):
+    """Distinct cues and the instructions, embedded once. Returns (cue id per window, texts, counts, encoder name,
+    (C, dim) cue embeddings, (T, dim) instruction embeddings)."""
     from vla_distill.annotate.text import TextEncoder
 
     texts = sorted({w[3] for w in windows if w[3] is not None})
@@ -329,4 +347,4 @@ def _embed(windows: list, encoder_path: str):
     cue_ids = np.array([lookup[w[3]] if w[3] is not None else -1 for w in windows], np.int64)
     counts = np.bincount(cue_ids[cue_ids >= 0], minlength=len(texts)).tolist()
     encoder = TextEncoder(encoder_path)
-    return cue_ids, texts, counts, encoder.name, encoder.encode(texts)
+    return cue_ids, texts, counts, encoder.name, encoder.encode(texts), encoder.encode(list(tasks))

@@ -121,30 +121,38 @@ class WindowedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _window(self, j: int, key: str) -> tuple[np.ndarray, np.ndarray | None]:
-        r = int(self.rows[j])
+    def _window(self, js: np.ndarray, key: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """Rows (B, T) clamped to each sample's episode and the (B, T) pad flags; (B,) rows and None without deltas."""
+        r = self.rows[js]
         if key not in self.deltas:
-            return np.array([r]), None
-        want = r + self.deltas[key]
-        pad = (want < self.ep_start[j]) | (want >= self.ep_end[j])
-        return np.clip(want, self.ep_start[j], self.ep_end[j] - 1), pad
+            return r, None
+        want = r[:, None] + self.deltas[key][None]
+        lo, hi = self.ep_start[js][:, None], self.ep_end[js][:, None]
+        return np.clip(want, lo, hi - 1), (want < lo) | (want >= hi)
 
     def _values(self, key: str, rows: np.ndarray) -> torch.Tensor:
         if is_visual(self.ds.features[key]):
-            imgs = self.caches[key][rows] if key in self.caches else self.ds.frames(key, rows)
-            return torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).float().div_(255.0)
+            flat = rows.reshape(-1)
+            imgs = self.caches[key][np.sort(flat)] if key in self.caches else self.ds.frames(key, np.sort(flat))
+            imgs = imgs[np.argsort(np.argsort(flat))]  # memmap fancy indexing is fastest in row order
+            t = torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).float().div_(255.0)
+            return t.reshape(*rows.shape, *t.shape[1:])
         return torch.from_numpy(np.asarray(self.ds.column(key)[rows]))
 
-    def __getitem__(self, j: int) -> dict:
+    def batch(self, js: Sequence[int] | np.ndarray) -> dict:
+        """Samples js stacked: {key: (B, T, ...) or (B, ...), key_is_pad: (B, T), "task": list[str], "task_index": (B,)}."""
+        js = np.asarray(js, dtype=np.int64)
         item: dict = {}
         for key in self.keys:
-            rows, pad = self._window(j, key)
-            values = self._values(key, rows)
-            if pad is None:
-                item[key] = values[0]
-            else:
-                item[key] = values
+            rows, pad = self._window(js, key)
+            item[key] = self._values(key, rows)
+            if pad is not None:
                 item[key + PAD_SUFFIX] = torch.from_numpy(pad)
-        r = int(self.rows[j])
-        item["task"] = self.ds.tasks[int(self.ds.column("task_index")[r])]
+        task_index = np.asarray(self.ds.column("task_index")[self.rows[js]]).reshape(-1)
+        item["task_index"] = torch.from_numpy(task_index)
+        item["task"] = [self.ds.tasks[int(t)] for t in task_index]
         return item
+
+    def __getitem__(self, j: int) -> dict:
+        item = self.batch([j])
+        return {k: v[0] for k, v in item.items()}

@@ -55,7 +55,11 @@ def load_pretrained(path: str | Path, device: str = "cpu") -> Policy:
     unknown = set(cfg) - set(fields)
     if unknown:
         raise ConfigError(f"unknown config fields {sorted(unknown)}", path=d / "config.json")
-    config = cls.config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    try:
+        config = (cls.config_class.from_dict(cfg) if hasattr(cls.config_class, "from_dict")
+                  else cls.config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e), path=d / "config.json") from None
     policy = cls(config)
     state = load_file(str(d / "model.safetensors"))
     expected = policy.state_dict()

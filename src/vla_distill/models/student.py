@@ -1,0 +1,229 @@
+"""The VLA-AD student: cameras (+ optional depth) + proprioception + instruction -> action chunk, with phase and
+direction heads that only shape training and observability.
+
+Shapes (B batch, K chunk, D action dim, P phases, E text-embedding dim, d model width):
+  observation.images.<cam>   (B, 3, H, W) float in [0, 1]; depth key (B, 1|3, H, W) in [0, 1] if configured
+  observation.state          (B, S)
+  task                       list[str] (B); or task_index (B,) into config.tasks
+  -> outputs["action"]       (B, K, D) normalized  (discrete head: logits (B, K, D, n_bins))
+     outputs["phase_logits"] (B, P)
+     outputs["direction"]    (B, E), L2-normalized, in the text encoder's space
+Tokens into the policy transformer: [readout, task, state..., camera tokens (grid² per camera)]; every head reads
+the readout token, so the auxiliary losses shape the same representation the action comes from.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from vla_distill.models.base import Policy, register
+from vla_distill.models.vision import VisionConfig, make_encoder, random_shift
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    image_keys: tuple[str, ...] = ("observation.images.corner2",)
+    image_size: tuple[int, int] = (128, 128)
+    depth_keys: tuple[str, ...] = ()  # empty, or one per camera: a 4th input channel (the seed's RGB-D)
+    state_keys: tuple[str, ...] = ("observation.state",)
+    state_dims: tuple[int, ...] = (4,)
+    action_dim: int = 4
+    horizon: int = 1  # K: actions predicted per call (the paper's variant uses 5)
+    n_phases: int = 4
+    text_dim: int = 384
+    tasks: tuple[str, ...] = ()  # instructions whose embeddings ship in the checkpoint
+    text_encoder: str = ""  # embeds unseen instructions at reset ("" = bundled all-MiniLM-L6-v2)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    d_model: int = 384
+    n_layers: int = 4
+    n_heads: int = 6
+    ff_mult: int = 4
+    dropout: float = 0.1
+    action_head: str = "continuous"  # continuous (MSE / L1 / smooth-L1) | discrete (256-bin cross-entropy)
+    n_bins: int = 256
+    shift_pad: int = 4  # training-time random shift, pixels
+    preset: str = ""
+
+    def __post_init__(self):
+        if len(self.state_keys) != len(self.state_dims):
+            raise ValueError("state_keys and state_dims must have the same length")
+        if self.depth_keys and len(self.depth_keys) != len(self.image_keys):
+            raise ValueError("depth_keys: give one per camera in image_keys, or none")
+        if self.horizon < 1:
+            raise ValueError("horizon: must be >= 1")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.action_head not in ("continuous", "discrete"):
+            raise ValueError(f"action_head: {self.action_head!r} is not one of ['continuous', 'discrete']")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StudentConfig":
+        d = dict(d)
+        d["vision"] = VisionConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.get("vision", {}).items()})
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+# Architecture presets; data-dependent fields (cameras, dims, tasks) are filled from the dataset at train time.
+PRESETS: dict[str, dict] = {
+    # Dropout off in tiny: on a 2-core CPU its mask sampling alone took ~10% of a training step.
+    "tiny": dict(vision=VisionConfig(widths=(32, 64, 128, 384), blocks=(1, 1, 1, 2)), d_model=256, n_layers=6, n_heads=4,
+                 dropout=0.0),
+    "small": dict(vision=VisionConfig(widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2)), d_model=512, n_layers=8, n_heads=8),
+    "base": dict(vision=VisionConfig(widths=(80, 160, 320, 640), blocks=(2, 2, 2, 2)), d_model=1024, n_layers=11, n_heads=16),
+}
+
+
+def preset_config(name: str, **fields) -> StudentConfig:
+    if name not in PRESETS:
+        import difflib
+
+        hint = difflib.get_close_matches(name, PRESETS, n=1)
+        raise ValueError(f"preset: unknown {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else f" (known: {sorted(PRESETS)})"))
+    return StudentConfig(**{**PRESETS[name], "preset": name, **fields})
+
+
+@register
+class StudentPolicy(Policy):
+    name = "vla_ad_student"
+    config_class = StudentConfig
+
+    def __init__(self, config: StudentConfig):
+        super().__init__(config)
+        c, d = config, config.d_model
+        n_cam = len(c.image_keys)
+        self.encoder = make_encoder(4 if c.depth_keys else 3, d, c.vision, c.image_size)
+        n_img_tokens = n_cam * c.vision.grid**2
+        self.state_proj = nn.ModuleList(nn.Linear(s, d) for s in c.state_dims)
+        self.task_proj = nn.Linear(c.text_dim, d)
+        self.readout = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, 2 + len(c.state_dims) + n_img_tokens, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, c.n_heads, c.ff_mult * d, dropout=c.dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, c.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        out = c.horizon * c.action_dim * (c.n_bins if c.action_head == "discrete" else 1)
+        self.action_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, out))
+        self.phase_head = nn.Linear(d, c.n_phases)
+        self.direction_head = nn.Linear(d, c.text_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's learnable temperature
+        # Normalization and instruction embeddings: buffers, so they ship inside model.safetensors.
+        self.register_buffer("state_mean", torch.zeros(sum(c.state_dims)))
+        self.register_buffer("state_std", torch.ones(sum(c.state_dims)))
+        self.register_buffer("action_mean", torch.zeros(c.action_dim))
+        self.register_buffer("action_std", torch.ones(c.action_dim))
+        self.register_buffer("action_min", -torch.ones(c.action_dim))
+        self.register_buffer("action_max", torch.ones(c.action_dim))
+        self.register_buffer("image_mean", torch.full((n_cam, 4 if c.depth_keys else 3, 1, 1), 0.5))
+        self.register_buffer("image_std", torch.full((n_cam, 4 if c.depth_keys else 3, 1, 1), 0.25))
+        self.register_buffer("task_embeddings", torch.zeros(len(c.tasks), c.text_dim))
+        self._task_index = {t: i for i, t in enumerate(c.tasks)}
+        self._new_tasks: dict[str, torch.Tensor] = {}
+        self._text_encoder = None
+
+    # ------------------------------------------------------------------ normalization
+    def set_normalization(self, stats: dict[str, np.ndarray], task_embeddings: np.ndarray) -> None:
+        """stats: state_mean/std (S,), action_mean/std/min/max (D,), image_mean/std (n_cam, C, 1, 1)."""
+        for name, value in stats.items():
+            buf = getattr(self, name)
+            buf.copy_(torch.as_tensor(np.asarray(value, np.float32)).reshape(buf.shape))
+        self.task_embeddings.copy_(torch.tensor(np.asarray(task_embeddings), dtype=torch.float32))
+
+    def normalize_action(self, a: torch.Tensor) -> torch.Tensor:
+        if self.config.action_head == "discrete":  # to [-1, 1] over the data's range, where the bins live
+            return 2 * (a - self.action_min) / (self.action_max - self.action_min).clamp_min(1e-6) - 1
+        return (a - self.action_mean) / self.action_std
+
+    def unnormalize_action(self, a: torch.Tensor) -> torch.Tensor:
+        if self.config.action_head == "discrete":
+            return (a + 1) / 2 * (self.action_max - self.action_min).clamp_min(1e-6) + self.action_min
+        return a * self.action_std + self.action_mean
+
+    # ------------------------------------------------------------------ instructions
+    def reset(self, task: str | None = None) -> None:
+        """Clears the action queue; a new instruction is embedded here, once, never per step."""
+        super().reset()
+        if task is not None:
+            self._embed_new([task])
+
+    def _embed_new(self, tasks: list[str]) -> None:
+        new = sorted({t for t in tasks if t not in self._task_index and t not in self._new_tasks})
+        if not new:
+            return
+        if self._text_encoder is None:
+            from vla_distill.annotate.text import TextEncoder
+
+            self._text_encoder = TextEncoder(self.config.text_encoder)
+        for t, e in zip(new, self._text_encoder.encode(new)):
+            self._new_tasks[t] = torch.from_numpy(e).to(self.task_embeddings.device)
+
+    def _task_tokens(self, batch: dict) -> torch.Tensor:
+        if "task_index" in batch:
+            return self.task_embeddings[batch["task_index"].long().reshape(-1)]
+        tasks = list(batch["task"])
+        self._embed_new(tasks)
+        rows = [self.task_embeddings[self._task_index[t]] if t in self._task_index else self._new_tasks[t] for t in tasks]
+        return torch.stack(rows)
+
+    # ------------------------------------------------------------------ model
+    def _images(self, batch: dict, generator: torch.Generator | None) -> torch.Tensor:
+        c = self.config
+        cams = []
+        for i, key in enumerate(c.image_keys):
+            x = batch[key].float()
+            if c.depth_keys:
+                x = torch.cat([x, batch[c.depth_keys[i]].float()[:, :1]], dim=1)
+            if self.training and c.shift_pad:
+                x = random_shift(x, c.shift_pad, generator)
+            cams.append((x - self.image_mean[i]) / self.image_std[i])
+        return torch.stack(cams, dim=1)  # (B, n_cam, C, H, W)
+
+    def encode(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """All heads; see the module docstring for shapes."""
+        c = self.config
+        imgs = self._images(batch, generator)
+        b, n_cam = imgs.shape[:2]
+        img_tokens = self.encoder(imgs.flatten(0, 1)).reshape(b, -1, c.d_model)
+        state = torch.cat([batch[k].float().reshape(b, -1) for k in c.state_keys], dim=-1)
+        state = (state - self.state_mean) / self.state_std
+        splits = torch.split(state, list(c.state_dims), dim=-1)
+        state_tokens = torch.stack([proj(s) for proj, s in zip(self.state_proj, splits)], dim=1)
+        task_token = self.task_proj(self._task_tokens(batch).to(state.dtype))[:, None]
+        tokens = torch.cat([self.readout.expand(b, -1, -1), task_token, state_tokens, img_tokens], dim=1) + self.pos
+        h = self.norm(self.transformer(tokens)[:, 0])
+        act = self.action_head(h)
+        shape = (b, c.horizon, c.action_dim) + ((c.n_bins,) if c.action_head == "discrete" else ())
+        return {"action": act.reshape(shape), "phase_logits": self.phase_head(h),
+                "direction": nn.functional.normalize(self.direction_head(h), dim=-1)}
+
+    def decode_action(self, action_out: torch.Tensor) -> torch.Tensor:
+        """Head output -> (B, K, D) normalized actions (discrete: the expectation over bin centres)."""
+        if self.config.action_head != "discrete":
+            return action_out
+        centres = torch.linspace(-1, 1, self.config.n_bins, device=action_out.device)
+        return (action_out.float().softmax(-1) * centres).sum(-1)
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict) -> torch.Tensor:
+        return self.unnormalize_action(self.decode_action(self.encode(batch)["action"]).float())
+
+    @torch.no_grad()
+    def predict_phase(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Observability: (B,) phase index and (B, E) direction embedding."""
+        out = self.encode(batch)
+        return out["phase_logits"].argmax(-1), out["direction"]
+
+    def forward(self, batch: dict, loss_cfg=None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        from vla_distill.train.losses import LossConfig, student_losses
+
+        return student_losses(self, batch, loss_cfg or LossConfig(), generator)
+
+    def num_parameters(self, deployed: bool = False) -> int:
+        """All trainable parameters; deployed=True leaves out the phase and direction heads."""
+        skip = ("phase_head", "direction_head", "logit_scale") if deployed else ()
+        return sum(p.numel() for n, p in self.named_parameters() if not n.startswith(skip))
+

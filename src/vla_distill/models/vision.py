@@ -1,0 +1,112 @@
+"""Vision encoders trained from scratch, in plain torch (torchvision cannot be installed here).
+
+Both map (B, C, H, W) images, already normalized, to (B, N, d) tokens for the policy transformer, N = grid².
+GroupNorm instead of BatchNorm: batch statistics mislead at batch 1 in the control loop and across tasks
+(diffusion_policy makes the same swap).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    kind: str = "resnet"  # resnet | vit
+    widths: tuple[int, ...] = (32, 64, 128, 256)  # resnet: channels per stage
+    blocks: tuple[int, ...] = (1, 1, 1, 1)  # resnet: basic blocks per stage
+    patch: int = 16  # vit
+    vit_width: int = 256
+    vit_depth: int = 4
+    vit_heads: int = 4
+    grid: int = 4  # output tokens per side
+
+    def __post_init__(self):
+        if self.kind not in ("resnet", "vit"):
+            raise ValueError(f"vision.kind: {self.kind!r} is not one of ['resnet', 'vit']")
+        if self.kind == "resnet" and len(self.widths) != len(self.blocks):
+            raise ValueError("vision.widths and vision.blocks must have the same length")
+
+
+def _norm(ch: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, ch // 4) or 1, ch)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.n1 = _norm(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.n2 = _norm(c_out)
+        self.skip = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), _norm(c_out))
+                     if stride != 1 or c_in != c_out else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.n1(self.conv1(x)))
+        return torch.relu(self.n2(self.conv2(y)) + self.skip(x))
+
+
+class ResNetEncoder(nn.Module):
+    """ResNet-18-shaped: a stride-4 stem (conv + max-pool) keeps batch-1 FLOPs low at 128 px, then stages that
+    halve the resolution, then average-pooled to a grid x grid token map."""
+
+    def __init__(self, in_ch: int, out_dim: int, cfg: VisionConfig):
+        super().__init__()
+        w = cfg.widths
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, w[0], 5, 2, 2, bias=False), _norm(w[0]), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        layers, c = [], w[0]
+        for i, (width, n) in enumerate(zip(w, cfg.blocks)):
+            for b in range(n):
+                layers.append(BasicBlock(c, width, 2 if (i > 0 and b == 0) else 1))
+                c = width
+        self.stages = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(cfg.grid)
+        self.proj = nn.Linear(c, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.pool(self.stages(self.stem(x)))  # (B, C, g, g)
+        return self.proj(f.flatten(2).transpose(1, 2))  # (B, g², d)
+
+
+class ViTEncoder(nn.Module):
+    """Patchify + pre-norm transformer; the patch grid is average-pooled to grid x grid tokens."""
+
+    def __init__(self, in_ch: int, out_dim: int, cfg: VisionConfig, image_size: tuple[int, int]):
+        super().__init__()
+        h, w = image_size
+        if h % cfg.patch or w % cfg.patch:
+            raise ValueError(f"vision.patch: image size {h}x{w} is not a multiple of {cfg.patch}")
+        self.patch = nn.Conv2d(in_ch, cfg.vit_width, cfg.patch, cfg.patch)
+        self.pos = nn.Parameter(torch.randn(1, (h // cfg.patch) * (w // cfg.patch), cfg.vit_width) * 0.02)
+        layer = nn.TransformerEncoderLayer(cfg.vit_width, cfg.vit_heads, 4 * cfg.vit_width, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, cfg.vit_depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.vit_width)
+        self.pool = nn.AdaptiveAvgPool2d(cfg.grid)
+        self.proj = nn.Linear(cfg.vit_width, out_dim)
+        self.grid_hw = (h // cfg.patch, w // cfg.patch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2) + self.pos  # (B, P, w)
+        t = self.norm(self.blocks(t))
+        g = t.transpose(1, 2).reshape(len(x), -1, *self.grid_hw)
+        return self.proj(self.pool(g).flatten(2).transpose(1, 2))  # (B, grid², d)
+
+
+def make_encoder(in_ch: int, out_dim: int, cfg: VisionConfig, image_size: tuple[int, int]) -> nn.Module:
+    return ResNetEncoder(in_ch, out_dim, cfg) if cfg.kind == "resnet" else ViTEncoder(in_ch, out_dim, cfg, image_size)
+
+
+def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, C, H, W) -> same shape, each image shifted by up to ±pad pixels with edge padding (DrQ-style)."""
+    if pad <= 0:
+        return x
+    b, _, h, w = x.shape
+    padded = nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])

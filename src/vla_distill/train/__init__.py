@@ -1,0 +1,1 @@
+"""Student training: pure losses, the loop, lerobot-layout checkpoints."""

@@ -1,0 +1,106 @@
+"""Training checkpoints in lerobot's layout, written atomically.
+
+RUN/checkpoints/<step:06d>/pretrained_model/   config.json, model.safetensors (weights + normalization buffers),
+                                               stats.json (the same normalization, readable), train_config.json,
+                                               provenance.json
+RUN/checkpoints/<step:06d>/training_state/     optimizer_state.safetensors, optimizer_param_groups.json,
+                                               scheduler_state.json, rng_state.safetensors, training_step.json,
+                                               [ema.safetensors, live_weights.safetensors]
+RUN/checkpoints/last -> <step:06d>             symlink, replaced atomically after the step directory is complete
+
+A step directory is assembled under a temporary name and renamed into place, so a run killed at any moment
+leaves either the previous checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from vla_distill.errors import ConfigError
+from vla_distill.models.base import Policy
+from vla_distill.models.checkpoint import save_pretrained
+
+CHECKPOINTS = "checkpoints"
+LAST = "last"
+PRETRAINED = "pretrained_model"
+TRAINING_STATE = "training_state"
+
+
+def save_checkpoint(run: Path, step: int, policy: Policy, optimizer: torch.optim.Optimizer, ema: dict | None,
+                    train_config: dict, provenance: dict, scheduler_state: dict) -> Path:
+    root = run / CHECKPOINTS
+    final = root / f"{step:06d}"
+    tmp = root / f".{step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    pretrained = tmp / PRETRAINED
+    live = {k: v.detach().clone().contiguous() for k, v in policy.state_dict().items()}
+    if ema is not None:  # ship the EMA weights; the live ones go to training_state
+        policy.load_state_dict({**live, **ema})
+    save_pretrained(policy, pretrained, provenance)
+    policy.load_state_dict(live)
+    (pretrained / "train_config.json").write_text(json.dumps(train_config, indent=2))
+    stats = {k: v.tolist() for k, v in policy.state_dict().items() if k.endswith(("_mean", "_std", "_min", "_max"))}
+    (pretrained / "stats.json").write_text(json.dumps(stats, indent=2))
+    state = tmp / TRAINING_STATE
+    state.mkdir()
+    tensors, groups = _flatten_optimizer(optimizer)
+    save_file(tensors, str(state / "optimizer_state.safetensors"))
+    (state / "optimizer_param_groups.json").write_text(json.dumps(groups, indent=2))
+    (state / "scheduler_state.json").write_text(json.dumps(scheduler_state, indent=2))
+    save_file({"torch": torch.get_rng_state()}, str(state / "rng_state.safetensors"))
+    (state / "training_step.json").write_text(json.dumps({"step": step}))
+    if ema is not None:
+        save_file({k: v.contiguous() for k, v in ema.items()}, str(state / "ema.safetensors"))
+        save_file(live, str(state / "live_weights.safetensors"))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    link = root / f".{LAST}.tmp"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(final.name)
+    os.replace(link, root / LAST)
+    return final
+
+
+def load_training_state(run: Path, policy: Policy, optimizer: torch.optim.Optimizer, ema: dict | None) -> int:
+    """Restores weights, optimizer, EMA and RNG from RUN/checkpoints/last; returns the step to continue from."""
+    last = run / CHECKPOINTS / LAST
+    if not (last / TRAINING_STATE / "training_step.json").is_file():
+        raise ConfigError("nothing to resume: no complete checkpoint (checkpoints/last/training_state)", path=run)
+    state = last / TRAINING_STATE
+    weights = load_file(str(last / PRETRAINED / "model.safetensors"))
+    if ema is not None:
+        ema.update(load_file(str(state / "ema.safetensors")))
+    tensors = load_file(str(state / "optimizer_state.safetensors"))
+    groups = json.loads((state / "optimizer_param_groups.json").read_text())
+    # With EMA on, pretrained_model holds the EMA weights; the live weights are rebuilt from the optimizer's copy.
+    live = load_file(str(state / "live_weights.safetensors")) if (state / "live_weights.safetensors").exists() else weights
+    policy.load_state_dict(live)
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, groups))
+    torch.set_rng_state(load_file(str(state / "rng_state.safetensors"))["torch"])
+    return int(json.loads((state / "training_step.json").read_text())["step"])
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    sd = optimizer.state_dict()
+    tensors = {}
+    for pid, st in sd["state"].items():
+        for name, value in st.items():
+            tensors[f"{pid}.{name}"] = torch.as_tensor(value).detach().clone().contiguous()
+    return tensors, sd["param_groups"]
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    return {"state": state, "param_groups": groups}

@@ -1,0 +1,462 @@
+"""`vla-distill train`: the student on an annotated dataset, three losses, lerobot-layout checkpoints, resumable.
+
+Determinism: the samples of step s and every random draw inside it (augmentation, dropout) are functions of
+(seed, s) only, so a resumed run repeats an uninterrupted one step for step. Under torchrun each rank takes its
+slice of the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vla_distill.annotate import run as ann
+from vla_distill.data.dataset import RobotDataset
+from vla_distill.data.windows import WindowedDataset, split_episodes
+from vla_distill.errors import ConfigError, DatasetError
+from vla_distill.models.student import PRESETS, StudentPolicy, preset_config
+from vla_distill.models.vision import VisionConfig
+from vla_distill.train.checkpoint import CHECKPOINTS, LAST, load_training_state, save_checkpoint
+from vla_distill.train.config import TrainConfig
+from vla_distill.train.losses import student_losses
+from vla_distill.types import ACTION, PAD_SUFFIX
+
+METRICS = "metrics.jsonl"
+
+
+# ---------------------------------------------------------------- what the losses need from the dataset
+def check_dataset(ds: RobotDataset, cfg: TrainConfig) -> str:
+    """The action target's column; a clear error for each loss whose column is missing."""
+    target = ann.TEACHER_KEY if cfg.target == "teacher" else ACTION
+    if target not in ds.features:
+        how = ("annotate it with a teacher (vla-distill annotate --teacher ...), or train on the dataset's own "
+               "actions with --target dataset") if cfg.target == "teacher" else "this dataset has no action column"
+        raise DatasetError(f"the action loss needs column '{target}': {how}", path=ds.root, field=target)
+    if cfg.loss.phase_weight > 0 and ann.PHASE_KEY not in ds.features:
+        raise DatasetError(f"the phase loss needs column '{ann.PHASE_KEY}': annotate with --phases kinematic|vlm, "
+                           "or turn the loss off with --phase-weight 0", path=ds.root, field=ann.PHASE_KEY)
+    if cfg.loss.direction_weight > 0:
+        if ann.DIRECTION_KEY not in ds.features or not (ds.root / ann.DIRECTIONS_PATH).exists():
+            raise DatasetError(f"the direction loss needs column '{ann.DIRECTION_KEY}' and {ann.DIRECTIONS_PATH}: "
+                               "annotate with --directions kinematic|vlm, or turn the loss off with --direction-weight 0",
+                               path=ds.root, field=ann.DIRECTION_KEY)
+    for key in (*cfg.cameras, *cfg.depth_keys, *cfg.state_keys):
+        if key not in ds.features:
+            raise DatasetError(f"no such feature (have: {sorted(k for k in ds.features if k.startswith('observation.'))})",
+                               path=ds.root, field=key)
+    if not (cfg.cameras or ds.camera_keys):
+        raise DatasetError("the student needs at least one camera and this dataset has none", path=ds.root)
+    return target
+
+
+@dataclass
+class Views:
+    train: WindowedDataset
+    val: WindowedDataset | None
+    target_key: str
+    chunked: bool  # the target column already holds (H, D) chunks per frame
+    cue_emb: torch.Tensor | None  # (C, E) text embedding of every distinct cue
+
+
+def build_views(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list[int], val_eps: list[int]) -> Views:
+    cameras = list(cfg.cameras or ds.camera_keys)
+    chunked = len(ds.features[target]["shape"]) == 2
+    if chunked and ds.features[target]["shape"][0] < cfg.horizon:
+        raise ConfigError(f"the teacher answered {ds.features[target]['shape'][0]}-step chunks; --horizon "
+                          f"{cfg.horizon} needs at least that many", field="horizon")
+    keys = [*cameras, *cfg.depth_keys, *cfg.state_keys, target]
+    keys += [k for k, w in ((ann.PHASE_KEY, cfg.loss.phase_weight), (ann.DIRECTION_KEY, cfg.loss.direction_weight)) if w > 0]
+    deltas = {} if chunked else {target: range(cfg.horizon)}
+    train = WindowedDataset(ds, deltas, episodes=train_eps, keys=keys)
+    val = WindowedDataset(ds, deltas, episodes=val_eps, keys=keys) if val_eps else None
+    cue_emb = None
+    if ann.DIRECTION_KEY in keys or (ds.root / ann.DIRECTIONS_PATH).exists():
+        cue_emb = torch.from_numpy(ann.read_directions(ds.root)[1].copy())
+    return Views(train, val, target, chunked, cue_emb)
+
+
+def policy_batch(raw: dict, views: Views, cfg: TrainConfig) -> dict:
+    """Loader item -> the policy's batch (see student_losses for the keys)."""
+    batch = dict(raw)
+    act = batch.pop(views.target_key).float()
+    if views.chunked:  # (B, H, D) per frame -> the first K steps, none of them padding
+        batch[ACTION] = act[:, : cfg.horizon]
+        batch[ACTION + PAD_SUFFIX] = torch.zeros(act.shape[:1] + (cfg.horizon,), dtype=torch.bool)
+    else:
+        batch[ACTION] = act.reshape(len(act), cfg.horizon, -1)
+        batch[ACTION + PAD_SUFFIX] = batch.pop(views.target_key + PAD_SUFFIX)
+    if ann.PHASE_KEY in batch:
+        batch[ann.PHASE_KEY] = batch[ann.PHASE_KEY].reshape(-1)
+    if ann.DIRECTION_KEY in batch:
+        ids = batch[ann.DIRECTION_KEY].reshape(-1)
+        batch[ann.DIRECTION_KEY] = ids
+        batch["direction_embedding"] = views.cue_emb[ids.clamp_min(0)]
+    return batch
+
+
+# ---------------------------------------------------------------- the model
+def normalization(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list[int], cameras: list[str]) -> dict:
+    """Stats of the training split only (validation episodes never leak into normalization)."""
+    rows = np.concatenate([ds.episode_rows(e) for e in train_eps])
+    state = np.concatenate([np.asarray(ds.column(k)[rows], np.float64).reshape(len(rows), -1) for k in cfg.state_keys], 1)
+    act = np.asarray(ds.column(target)[rows], np.float64)
+    act = act.reshape(-1, act.shape[-1])
+    img = ds.episode_stats(train_eps)
+    mean = np.stack([np.asarray(img[k]["mean"], np.float32).reshape(-1)[:3] for k in cameras])
+    std = np.stack([np.asarray(img[k]["std"], np.float32).reshape(-1)[:3] for k in cameras])
+    if cfg.depth_keys:  # the depth channel is the first channel of its key
+        mean = np.concatenate([mean, np.stack([np.asarray(img[k]["mean"]).reshape(-1)[:1] for k in cfg.depth_keys])], 1)
+        std = np.concatenate([std, np.stack([np.asarray(img[k]["std"]).reshape(-1)[:1] for k in cfg.depth_keys])], 1)
+    return {
+        "state_mean": state.mean(0), "state_std": np.maximum(state.std(0), 1e-3),
+        "action_mean": act.mean(0), "action_std": np.maximum(act.std(0), 1e-3),
+        "action_min": act.min(0), "action_max": act.max(0),
+        "image_mean": mean[..., None, None], "image_std": np.maximum(std, 1e-3)[..., None, None],
+    }
+
+
+def task_embeddings(ds: RobotDataset, text_encoder: str) -> np.ndarray:
+    """(T, E) by task_index: stored by annotate, else embedded here once."""
+    stored = ann.read_task_embeddings(ds.root)
+    if stored is not None and stored[0] == list(ds.tasks):
+        return stored[1]
+    from vla_distill.annotate.text import TextEncoder
+
+    return TextEncoder(text_encoder).encode(list(ds.tasks))
+
+
+def build_policy(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list[int]) -> StudentPolicy:
+    annotation = json.loads((ds.root / ann.ANNOTATION_PATH).read_text()) if (ds.root / ann.ANNOTATION_PATH).exists() else {}
+    text_encoder = annotation.get("config", {}).get("text_encoder", "")
+    cameras = list(cfg.cameras or ds.camera_keys)
+    h, w = ds.features[cameras[0]]["shape"][:2]
+    n_phases = 4
+    if (ds.root / ann.PHASES_PATH).exists():
+        import pyarrow.parquet as pq
+
+        n_phases = pq.read_metadata(ds.root / ann.PHASES_PATH).num_rows
+    emb = task_embeddings(ds, text_encoder)
+    vision = PRESETS[cfg.preset]["vision"] if cfg.preset in PRESETS else VisionConfig()
+    if cfg.vision:
+        vision = VisionConfig(**{**vision.__dict__, "kind": cfg.vision})
+    try:
+        config = preset_config(
+            cfg.preset, image_keys=tuple(cameras), image_size=(h, w), depth_keys=tuple(cfg.depth_keys),
+            state_keys=tuple(cfg.state_keys), state_dims=tuple(int(np.prod(ds.features[k]["shape"])) for k in cfg.state_keys),
+            action_dim=int(ds.features[target]["shape"][-1]), horizon=cfg.horizon, n_phases=n_phases,
+            text_dim=int(emb.shape[1]), tasks=tuple(ds.tasks), text_encoder=text_encoder, vision=vision,
+            action_head="discrete" if cfg.loss.action == "discrete" else "continuous")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    torch.manual_seed(cfg.seed)
+    policy = StudentPolicy(config)
+    policy.set_normalization(normalization(ds, cfg, target, train_eps, cameras), emb)
+    return policy
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine down to lr * min_lr_ratio at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+# ---------------------------------------------------------------- data order
+class BatchStream:
+    """The global batch of step s: positions s*B .. s*B+B-1 in a sequence of per-epoch permutations seeded by
+    (seed, epoch). The next step's batch is assembled on a thread while the current one trains."""
+
+    def __init__(self, view: WindowedDataset, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.view, self.b, self.seed, self.rank, self.world = view, batch_size, seed, rank, world
+        self._perms: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(1)
+        self._pending: tuple[int, object] | None = None
+
+    def indices(self, step: int) -> np.ndarray:
+        n = len(self.view)
+        pos = step * self.b + np.arange(self.b)
+        out = np.empty(self.b, np.int64)
+        for epoch in np.unique(pos // n):
+            with self._lock:
+                if epoch not in self._perms:
+                    self._perms = {epoch: np.random.default_rng([self.seed, int(epoch)]).permutation(n)}
+                perm = self._perms[epoch]
+            sel = pos // n == epoch
+            out[sel] = perm[pos[sel] % n]
+        return out[self.rank :: self.world]
+
+    def _load(self, step: int) -> dict:
+        return self.view.batch(self.indices(step))
+
+    def get(self, step: int) -> dict:
+        if self._pending is not None and self._pending[0] == step:
+            batch = self._pending[1].result()
+        else:
+            batch = self._load(step)
+        self._pending = (step + 1, self._pool.submit(self._load, step + 1))
+        return batch
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---------------------------------------------------------------- runtime
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    autocast: torch.dtype | None
+    rank: int
+    world: int
+    why: str
+
+
+def runtime(cfg: TrainConfig) -> Runtime:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    want = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("CUDA was asked for and is not available", field="device")
+    if want == "cuda" and world > 1:
+        want = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    device = torch.device(want)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if cfg.precision == "bf16":
+        dtype, why = torch.bfloat16, "bf16 autocast (asked for)"
+    elif cfg.precision == "fp32":
+        dtype, why = None, "fp32 (asked for)"
+    elif device.type == "cuda" and torch.cuda.is_bf16_supported():
+        dtype, why = torch.bfloat16, "bf16 autocast (auto: this GPU supports it)"
+    else:
+        dtype, why = None, "fp32 (auto: bf16 autocast is used on GPUs that support it; --precision bf16 forces it)"
+    return Runtime(device, dtype, rank, world, f"device {device}, {why}" + (f", {world} processes" if world > 1 else ""))
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def _autocast(rt: Runtime):
+    return torch.autocast(rt.device.type, dtype=rt.autocast, enabled=rt.autocast is not None)
+
+
+# ---------------------------------------------------------------- validation
+@torch.no_grad()
+def validate(policy: StudentPolicy, views: Views, cfg: TrainConfig, rt: Runtime) -> dict:
+    """Action error (normalized MSE, raw-unit MAE), phase accuracy, and top-1 retrieval of each frame's cue among
+    all distinct cues, on evenly spaced validation frames."""
+    if views.val is None:
+        return {}
+    policy.eval()
+    n = len(views.val)
+    idx = np.linspace(0, n - 1, min(n, cfg.val_batches * cfg.batch_size)).round().astype(np.int64)
+    sums = {"action_mse": 0.0, "action_mae": 0.0, "loss": 0.0}
+    count = phase_ok = phase_n = dir_ok = dir_n = 0
+    for s in range(0, len(idx), cfg.batch_size):
+        batch = _to(policy_batch(views.val.batch(idx[s : s + cfg.batch_size]), views, cfg), rt.device)
+        with _autocast(rt):
+            loss, _ = student_losses(policy, batch, cfg.loss)
+            out = policy.encode(batch)
+        b = len(batch[ACTION])
+        valid = (~batch[ACTION + PAD_SUFFIX]).float()[..., None]
+        pred = policy.decode_action(out["action"]).float()
+        target = policy.normalize_action(batch[ACTION])
+        sums["action_mse"] += float(((pred - target) ** 2 * valid).sum() / valid.sum().clamp_min(1) / pred.shape[-1]) * b
+        raw = policy.unnormalize_action(pred)
+        sums["action_mae"] += float(((raw - batch[ACTION]).abs() * valid).sum() / valid.sum().clamp_min(1) / pred.shape[-1]) * b
+        sums["loss"] += float(loss) * b
+        count += b
+        if ann.PHASE_KEY in batch:
+            lab = batch[ann.PHASE_KEY]
+            phase_ok += int(((out["phase_logits"].argmax(-1) == lab) & (lab >= 0)).sum())
+            phase_n += int((lab >= 0).sum())
+        if ann.DIRECTION_KEY in batch and views.cue_emb is not None:
+            ids = batch[ann.DIRECTION_KEY]
+            top1 = (out["direction"].float() @ views.cue_emb.to(rt.device).T).argmax(-1)
+            dir_ok += int(((top1 == ids) & (ids >= 0)).sum())
+            dir_n += int((ids >= 0).sum())
+    policy.train()
+    m = {k: v / max(count, 1) for k, v in sums.items()}
+    if phase_n:
+        m["phase_accuracy"] = phase_ok / phase_n
+    if dir_n:
+        m["direction_top1"] = dir_ok / dir_n
+        m["direction_candidates"] = int(len(views.cue_emb))
+    m["frames"] = count
+    return m
+
+
+# ---------------------------------------------------------------- logging
+class Metrics:
+    """metrics.jsonl (rank 0), truncated to the resumed step so the file is one consistent curve; TensorBoard
+    too when the `tensorboard` package is installed."""
+
+    def __init__(self, run: Path, start_step: int, enabled: bool):
+        self.path, self.enabled, self.tb = run / METRICS, enabled, None
+        if not enabled:
+            return
+        if self.path.exists():
+            keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+            self.path.write_text("".join(line + "\n" for line in keep))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run / "tensorboard"), purge_step=start_step + 1)
+        except ImportError:
+            pass
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            split = record.get("split", "train")
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step",):
+                    self.tb.add_scalar(f"{split}/{k}", v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ---------------------------------------------------------------- the loop
+def _provenance(ds: RobotDataset, cfg: TrainConfig, fingerprint: str) -> dict:
+    from vla_distill import __version__
+
+    annotation = json.loads((ds.root / ann.ANNOTATION_PATH).read_text()) if (ds.root / ann.ANNOTATION_PATH).exists() else {}
+    git = ""
+    try:
+        import subprocess
+
+        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"dataset": str(ds.root), "dataset_fingerprint": fingerprint, "target": cfg.target,
+            "teacher": annotation.get("teacher"), "annotation_config": annotation.get("config"),
+            "code_version": __version__ + (f"+g{git}" if git else "")}
+
+
+def _prepare_run(cfg: TrainConfig, resume: bool) -> TrainConfig:
+    run = Path(cfg.out)
+    saved = run / "train_config.json"
+    if resume:
+        if not saved.exists():
+            raise ConfigError("nothing to resume (no train_config.json); drop --resume to start a new run", path=run)
+        old = TrainConfig.from_dict(json.loads(saved.read_text()))
+        return TrainConfig.from_dict({**old.to_dict(), "steps": cfg.steps})  # only the length may change
+    if (run / CHECKPOINTS).exists():
+        raise ConfigError("this run directory already has checkpoints: pass --resume to continue it, or choose a new --out",
+                          path=run)
+    return cfg
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Trains (or resumes) and returns the last checkpoint's directory."""
+    cfg = _prepare_run(cfg, resume)
+    run = Path(cfg.out)
+    rt = runtime(cfg)
+    main = rt.rank == 0
+    ds = RobotDataset(cfg.dataset)
+    target = check_dataset(ds, cfg)
+    train_eps, val_eps = split_episodes(ds, cfg.val_fraction, cfg.seed)
+    if cfg.drop_audited:
+        from vla_distill.annotate.audit import dropped_episodes
+
+        dropped = set(dropped_episodes(ds.root))
+        train_eps = [e for e in train_eps if ds.episodes[e].index not in dropped]
+        val_eps = [e for e in val_eps if ds.episodes[e].index not in dropped]
+    if not train_eps:
+        raise DatasetError("no training episodes left after the validation split and audit drops", path=ds.root)
+    views = build_views(ds, cfg, target, train_eps, val_eps)
+    policy = build_policy(ds, cfg, target, train_eps).to(rt.device)
+    decay = [p for n, p in policy.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in policy.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=cfg.lr, betas=(0.9, 0.95))
+    ema = {k: v.detach().clone() for k, v in policy.state_dict().items()} if cfg.ema_decay > 0 else None
+    start = load_training_state(run, policy, optimizer, ema) if resume else 0
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    model = policy
+    if rt.world > 1:
+        unused = cfg.loss.phase_weight == 0 or cfg.loss.direction_weight == 0
+        model = torch.nn.parallel.DistributedDataParallel(policy, find_unused_parameters=unused)
+    provenance = _provenance(ds, cfg, ds.fingerprint())
+    metrics = Metrics(run, start, main)
+    stream = BatchStream(views.train, cfg.batch_size, cfg.seed, rt.rank, rt.world)
+    if main:
+        print(f"{cfg.preset} student: {policy.num_parameters() / 1e6:.2f}M parameters "
+              f"({policy.num_parameters(deployed=True) / 1e6:.2f}M deployed); {len(train_eps)} train / {len(val_eps)} "
+              f"val episodes, {len(views.train)} frames; target {target}; {rt.why}", file=sys.stderr)
+        if start:
+            print(f"resuming at step {start} of {cfg.steps}", file=sys.stderr)
+    policy.train()
+    last_dir = run / CHECKPOINTS / LAST
+    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not main, file=sys.stderr, dynamic_ncols=True)
+    t_log, n_log = time.perf_counter(), 0
+    try:
+        for step in range(start, cfg.steps):
+            t0 = time.perf_counter()
+            batch = _to(policy_batch(stream.get(step), views, cfg), rt.device)
+            t_data = time.perf_counter() - t0
+            if step == start and main:
+                shapes = {k: tuple(v.shape) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+                print(f"first batch: {shapes}", file=sys.stderr)
+            torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout of this step
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_033 + step)  # augmentation of this step
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            with _autocast(rt):
+                loss, named = model(batch, cfg.loss, gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip))
+            optimizer.step()
+            if ema is not None:
+                with torch.no_grad():
+                    for k, v in policy.state_dict().items():
+                        if v.dtype.is_floating_point:
+                            ema[k].lerp_(v, 1 - cfg.ema_decay)
+                        else:
+                            ema[k].copy_(v)
+            n_log += len(batch[ACTION]) * rt.world
+            done = step + 1
+            if main and (done % cfg.log_every == 0 or done == cfg.steps):
+                sps = n_log / (time.perf_counter() - t_log)
+                metrics.log({"step": done, "loss": float(loss.detach()), **named, "lr": lr_at(step, cfg), "grad_norm": grad_norm,
+                             "samples_per_s": sps, "data_s": t_data, "step_s": time.perf_counter() - t0})
+                t_log, n_log = time.perf_counter(), 0
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", samples_s=f"{sps:.0f}")
+            bar.update(1)
+            if done % cfg.save_every == 0 or done == cfg.steps:
+                if main:
+                    val = validate(policy, views, cfg, rt)
+                    if val:
+                        metrics.log({"step": done, "split": "val", **val})
+                        bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in val.items()), file=sys.stderr)
+                    save_checkpoint(run, done, policy, optimizer, ema, cfg.to_dict(), {**provenance, "step": done},
+                                    {"kind": "warmup_cosine", "step": done, "lr": lr_at(step, cfg)})
+                if rt.world > 1:
+                    torch.distributed.barrier()
+    finally:
+        bar.close()
+        stream.close()
+        metrics.close()
+    return last_dir.resolve() if last_dir.exists() else last_dir

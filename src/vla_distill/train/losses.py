@@ -1,0 +1,112 @@
+"""The three VLA-AD losses as pure functions, and the one place their weights are applied.
+
+L = action + w_phase * phase_CE + w_dir * InfoNCE(direction, cue text)   (seed: w_phase = 0.1, w_dir = 0.05)
+
+Shapes: B batch, K chunk, D action dim, P phases, E embedding dim, n_bins discretization bins.
+Labels of -1 (masked by the audit, or no cue for that frame) and padded chunk steps contribute nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+ACTION_LOSSES = ("mse", "l1", "smooth_l1", "discrete")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    action: str = "mse"  # mse | l1 | smooth_l1 | discrete (256-bin cross-entropy; needs the discrete head)
+    dim_weights: tuple[float, ...] = ()  # per action dimension; empty = all 1
+    phase_weight: float = 0.1
+    direction_weight: float = 0.05
+
+    def __post_init__(self):
+        if self.action not in ACTION_LOSSES:
+            raise ValueError(f"action loss: {self.action!r} is not one of {list(ACTION_LOSSES)}")
+        if self.phase_weight < 0 or self.direction_weight < 0:
+            raise ValueError("loss weights must be >= 0")
+
+
+def action_loss(pred: torch.Tensor, target: torch.Tensor, pad: torch.Tensor | None, kind: str = "mse",
+                dim_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """pred: (B, K, D) normalized, or (B, K, D, n_bins) logits for kind="discrete"; target: (B, K, D) normalized
+    (discrete: in [-1, 1]); pad: (B, K) True where the step lies past the episode end. Returns (B,): the mean over
+    valid steps and (weighted) dimensions."""
+    if kind == "discrete":
+        n_bins = pred.shape[-1]
+        bins = ((target.clamp(-1, 1) + 1) / 2 * (n_bins - 1)).round().long()
+        per = F.cross_entropy(pred.flatten(0, 2).float(), bins.flatten(), reduction="none").view(target.shape)
+    elif kind == "mse":
+        per = F.mse_loss(pred.float(), target, reduction="none")
+    elif kind == "l1":
+        per = F.l1_loss(pred.float(), target, reduction="none")
+    elif kind == "smooth_l1":
+        per = F.smooth_l1_loss(pred.float(), target, reduction="none")
+    else:
+        raise ValueError(f"unknown action loss {kind!r}")
+    w = torch.ones(per.shape[-1], device=per.device) if dim_weights is None else dim_weights.to(per.device)
+    per = (per * w).sum(-1) / w.sum()  # (B, K)
+    valid = torch.ones_like(per) if pad is None else (~pad).float()
+    return (per * valid).sum(-1) / valid.sum(-1).clamp_min(1)
+
+
+def phase_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (B, P), labels (B,) with -1 = masked. Returns per-sample CE (B,) (0 where masked) and the mask."""
+    valid = labels >= 0
+    per = F.cross_entropy(logits.float(), labels.clamp_min(0).long(), reduction="none")
+    return per * valid, valid
+
+
+def direction_loss(z: torch.Tensor, cue_ids: torch.Tensor, cue_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """CLIP-style symmetric InfoNCE between student embeddings and cue text embeddings.
+
+    z: (B, E) normalized student embeddings; cue_ids: (B,) cue index per frame, -1 = none; cue_emb: (B, E)
+    normalized text embedding of each frame's cue. Frames that share a cue are positives of each other: the
+    text side uses each distinct cue once (so a duplicate is never a negative), and a cue's positives on the
+    student side are all frames carrying it. Returns a scalar (0 when fewer than two distinct cues are present:
+    with one cue there is nothing to contrast)."""
+    valid = cue_ids >= 0
+    if valid.sum() < 2:
+        return z.sum() * 0
+    z, ids, emb = z[valid].float(), cue_ids[valid], cue_emb[valid].float()
+    uniq, inverse = torch.unique(ids, return_inverse=True)  # (U,), (N,)
+    if len(uniq) < 2:
+        return z.sum() * 0
+    first = torch.zeros(len(uniq), dtype=torch.long, device=z.device).scatter_(0, inverse, torch.arange(len(ids), device=z.device))
+    text = emb[first]  # (U, E): one row per distinct cue
+    logits = logit_scale.exp().clamp(max=100) * z @ text.T  # (N, U)
+    student_to_text = F.cross_entropy(logits, inverse)
+    positives = F.one_hot(inverse, len(uniq)).T.bool()  # (U, N)
+    col = logits.T  # (U, N)
+    text_to_student = -(torch.logsumexp(col.masked_fill(~positives, float("-inf")), 1) - torch.logsumexp(col, 1)).mean()
+    return (student_to_text + text_to_student) / 2
+
+
+def combine(named: dict[str, torch.Tensor], cfg: LossConfig) -> torch.Tensor:
+    """The only place the weights are applied."""
+    total = named["action"]
+    if "phase" in named:
+        total = total + cfg.phase_weight * named["phase"]
+    if "direction" in named:
+        total = total + cfg.direction_weight * named["direction"]
+    return total
+
+
+def student_losses(policy, batch: dict, cfg: LossConfig, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Batch: the policy's inputs plus action (B, K, D) raw, action_is_pad (B, K), and when their weight is > 0:
+    phase_index (B,), direction_index (B,), direction_embedding (B, E)."""
+    out = policy.encode(batch, generator)
+    target = policy.normalize_action(batch["action"].float())
+    w = torch.tensor(cfg.dim_weights, dtype=torch.float32) if cfg.dim_weights else None
+    named = {"action": action_loss(out["action"], target, batch.get("action_is_pad"), cfg.action, w).mean()}
+    if cfg.phase_weight > 0:
+        per, valid = phase_loss(out["phase_logits"], batch["phase_index"].reshape(-1))
+        named["phase"] = per.sum() / valid.sum().clamp_min(1)
+    if cfg.direction_weight > 0:
+        named["direction"] = direction_loss(out["direction"], batch["direction_index"].reshape(-1),
+                                            batch["direction_embedding"], policy.logit_scale)
+    loss = combine(named, cfg)
+    return loss, {k: float(v.detach()) for k, v in named.items()}

@@ -1,0 +1,147 @@
+"""`vla-distill train` on a real annotated MetaWorld dataset: learning, checkpoint layout, resume, kill -9, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vla_distill.data.dataset import RobotDataset
+from vla_distill.models.checkpoint import load_pretrained
+from vla_distill.train.config import TrainConfig
+from vla_distill.train.losses import LossConfig
+from vla_distill.train.loop import train
+
+CLI = [sys.executable, "-m", "vla_distill.cli"]
+
+
+def small(annotated, out, **kw) -> TrainConfig:
+    base = dict(dataset=str(annotated), out=str(out), preset="tiny", steps=6, batch_size=8, lr=1e-3, warmup_steps=2,
+                log_every=1, save_every=3, val_batches=2)
+    return TrainConfig(**{**base, **kw})
+
+
+def curve(run: Path, split: str = "train") -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r.get("split", "train") == split]
+
+
+def test_training_learns_and_writes_lerobot_layout(metaworld_dataset, annotated, tmp_path):
+    run = tmp_path / "run"
+    last = train(small(annotated, run, steps=40, batch_size=16, save_every=20))
+    ckpt = run / "checkpoints"
+    assert (ckpt / "last").is_symlink() and last == (ckpt / "000040").resolve()
+    for rel in ("pretrained_model/config.json", "pretrained_model/model.safetensors", "pretrained_model/stats.json",
+                "pretrained_model/train_config.json", "pretrained_model/provenance.json",
+                "training_state/optimizer_state.safetensors", "training_state/optimizer_param_groups.json",
+                "training_state/scheduler_state.json", "training_state/rng_state.safetensors", "training_state/training_step.json"):
+        assert (ckpt / "000020" / rel).is_file() and (ckpt / "000040" / rel).is_file(), rel
+    rows = curve(run)
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    first, late = np.mean([r["action"] for r in rows[:5]]), np.mean([r["action"] for r in rows[-5:]])
+    assert late < 0.7 * first, (first, late)
+    val = curve(run, "val")
+    assert [r["step"] for r in val] == [20, 40]
+    assert {"action_mse", "action_mae", "phase_accuracy", "direction_top1"} <= set(val[-1])
+    assert val[-1]["phase_accuracy"] > 0.4  # 4 phases; chance is below this on these episodes
+    policy = load_pretrained(run)
+    prov = policy.provenance
+    assert len(prov["dataset_fingerprint"]) == 16 and prov["teacher"]["kind"] == "scripted" and prov["step"] == 40
+    assert policy.config.tasks and policy.task_embeddings.abs().sum() > 0  # instructions ship with the checkpoint
+    ds = RobotDataset(annotated)
+    obs = {k: torch.rand(1, 3, 64, 64) for k in ds.camera_keys}
+    obs["observation.state"] = torch.zeros(1, 4)
+    obs["task"] = [ds.tasks[0]]
+    assert policy.select_action(obs).shape == (1, 4)
+
+    # A trained student teaches through the checkpoint teacher (a large student can teach a small one).
+    from vla_distill.annotate.run import AnnotateConfig, annotate
+
+    out = annotate(metaworld_dataset, tmp_path / "relabelled", AnnotateConfig(teacher=f"checkpoint:{run}", phases="none",
+                                                                      directions="none", audit=False))
+    relabelled = RobotDataset(out)
+    rows = relabelled.episode_rows(0)[:3]
+    frames = {k: torch.from_numpy(relabelled.frames(k, rows)).permute(0, 3, 1, 2).float() / 255 for k in ds.camera_keys}
+    expect = policy.predict_action_chunk({**frames, "observation.state": torch.from_numpy(relabelled.column("observation.state")[rows]),
+                                          "task": [ds.tasks[int(t)] for t in relabelled.column("task_index")[rows]]})
+    np.testing.assert_allclose(relabelled.column("action.teacher")[rows], expect[:, 0].numpy(), atol=1e-5)
+
+
+def test_resume_matches_an_uninterrupted_run(annotated, tmp_path):
+    full = tmp_path / "full"
+    train(small(annotated, full, ema_decay=0.9))
+    part = tmp_path / "part"
+    train(small(annotated, part, ema_decay=0.9, steps=3))
+    train(small(annotated, part, ema_decay=0.9, steps=6), resume=True)
+    a, b = curve(full), curve(part)
+    assert [r["step"] for r in b] == list(range(1, 7))
+    np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=1e-5)
+    np.testing.assert_allclose([r["grad_norm"] for r in b], [r["grad_norm"] for r in a], rtol=1e-4)
+
+
+def test_kill_9_loses_only_steps_since_the_last_checkpoint(annotated, tmp_path):
+    run = tmp_path / "run"
+    args = [*CLI, "train", "--dataset", str(annotated), "--out", str(run), "--steps", "400", "--batch-size", "8",
+            "--save-every", "4", "--log-every", "1", "--val-batches", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "000008").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = int(json.loads((run / "checkpoints/last/training_state/training_step.json").read_text())["step"])
+    assert done >= 8
+    logged = max(r["step"] for r in curve(run))
+    assert logged - done < 4 + 2  # at most the steps since the last checkpoint (plus the one being logged)
+    r = subprocess.run([*args[:8], "--steps", str(done + 3), "--resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [x["step"] for x in curve(run)] == list(range(1, done + 4))
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+
+
+def test_bad_input_names_the_loss_the_column_and_the_way_out(metaworld_dataset, annotated, tmp_path):
+    def cli(*a):
+        return subprocess.run([*CLI, "train", "--out", str(tmp_path / "r"), "--steps", "2", *a], capture_output=True, text=True)
+
+    r = cli("--dataset", str(metaworld_dataset))
+    assert r.returncode == 2 and "action.teacher" in r.stderr and "--target dataset" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = cli("--dataset", str(metaworld_dataset), "--target", "dataset")
+    assert r.returncode == 2 and "phase loss" in r.stderr and "phase_index" in r.stderr and "--phase-weight 0" in r.stderr
+    r = cli("--dataset", str(metaworld_dataset), "--target", "dataset", "--no-phase-loss")
+    assert r.returncode == 2 and "direction loss" in r.stderr and "--direction-weight 0" in r.stderr
+    r = cli("--dataset", str(annotated), "--preset", "tinny")
+    assert r.returncode == 2 and "did you mean 'tiny'" in r.stderr
+    r = cli("--dataset", str(annotated), "--horizon", "0")
+    assert r.returncode == 2 and "horizon" in r.stderr
+    assert not (tmp_path / "r").exists()  # nothing written for bad input
+
+
+def test_existing_run_needs_resume_and_dataset_actions_train(metaworld_dataset, tmp_path):
+    """--target dataset with both auxiliary losses off trains on an unannotated dataset (plain behaviour cloning)."""
+    run = tmp_path / "bc"
+    train(small(metaworld_dataset, run, steps=2, save_every=2, target="dataset",
+                loss=LossConfig(phase_weight=0, direction_weight=0)))
+    assert (run / "checkpoints/last/pretrained_model/model.safetensors").is_file()
+    r = subprocess.run([*CLI, "train", "--dataset", str(metaworld_dataset), "--out", str(run), "--target", "dataset"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--resume" in r.stderr
+
+
+def test_torchrun_two_processes_on_gloo(annotated, tmp_path):
+    run = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "vla_distill.cli", "train",
+                        "--dataset", str(annotated), "--out", str(run), "--steps", "4", "--batch-size", "8",
+                        "--save-every", "4", "--log-every", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 processes" in r.stderr
+    assert [x["step"] for x in curve(run)] == [1, 2, 3, 4]
