@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export MUJOCO_GL ?= egl
 DEMO_OUT ?= outputs/demo
+DEMO_STEPS ?= 200
 
 .PHONY: setup demo test test-slow interop bench clean
 
@@ -17,14 +18,17 @@ $(STAMP): pyproject.toml scripts/ensure_gl.sh
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
-# The main job on the embedded MetaWorld default: collect rendered expert demonstrations, then annotate them
-# (scripted teacher, kinematic phases and direction cues) and audit the labels.
+# The main job on the embedded MetaWorld default: collect rendered expert demonstrations, annotate them
+# (scripted teacher, kinematic phases and direction cues), audit the labels, and train the tiny student.
 demo: $(STAMP)
 	$(BIN)/vla-distill collect --tasks reach-v3,push-v3 --episodes 4 --out $(DEMO_OUT)/dataset
 	$(BIN)/vla-distill inspect --quick $(DEMO_OUT)/dataset
 	rm -rf $(DEMO_OUT)/annotated
 	$(BIN)/vla-distill annotate --dataset $(DEMO_OUT)/dataset --out $(DEMO_OUT)/annotated --teacher scripted
 	$(BIN)/vla-distill audit --dataset $(DEMO_OUT)/annotated
+	rm -rf $(DEMO_OUT)/student
+	$(BIN)/vla-distill train --dataset $(DEMO_OUT)/annotated --preset tiny --steps $(DEMO_STEPS) --batch-size 32 \
+		--save-every 100 --log-every 20 --out $(DEMO_OUT)/student
 
 test: $(STAMP)
 	$(BIN)/pytest -q
@@ -40,6 +44,7 @@ interop: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_collect.py
 	$(BIN)/python benchmarks/bench_dataloader.py
+	$(BIN)/python benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) .venv-lerobot outputs .pytest_cache

@@ -23,7 +23,7 @@ def test_resolve_tasks():
     assert len(resolve_tasks("mt10")) == 10 and len(resolve_tasks("mt50")) == 50
     assert [len(GROUPS[g]) for g in ("easy", "medium", "hard", "very_hard")] == [28, 11, 6, 5]
     assert set(resolve_tasks("easy,medium,hard,very_hard")) == set(resolve_tasks("mt50"))
-    with pytest.raises(ConfigError, match="did you mean push-v3"):
+    with pytest.raises(ConfigError, match="did you mean 'push-v3'"):
         resolve_tasks("psh-v3")
 
 

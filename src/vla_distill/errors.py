@@ -22,3 +22,11 @@ class DatasetError(VlaDistillError):
 
 class ConfigError(VlaDistillError):
     """A configuration value or name is invalid."""
+
+
+def did_you_mean(name: str, choices, n: int = 1) -> str:
+    """" (did you mean 'x'?)" for the closest of choices, or ""."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=n)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""

@@ -80,10 +80,9 @@ PRESETS: dict[str, dict] = {
 
 def preset_config(name: str, **fields) -> StudentConfig:
     if name not in PRESETS:
-        import difflib
+        from vla_distill.errors import did_you_mean
 
-        hint = difflib.get_close_matches(name, PRESETS, n=1)
-        raise ValueError(f"preset: unknown {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else f" (known: {sorted(PRESETS)})"))
+        raise ValueError(f"preset: unknown {name!r}{did_you_mean(name, PRESETS)}; presets: {', '.join(PRESETS)}")
     return StudentConfig(**{**PRESETS[name], "preset": name, **fields})
 
 
@@ -173,10 +172,11 @@ class StudentPolicy(Policy):
     def _images(self, batch: dict, generator: torch.Generator | None) -> torch.Tensor:
         c = self.config
         cams = []
+        dt = self.image_mean.dtype  # float32, or bf16 when the whole model was cast for inference
         for i, key in enumerate(c.image_keys):
-            x = batch[key].float()
+            x = batch[key].to(dt)
             if c.depth_keys:
-                x = torch.cat([x, batch[c.depth_keys[i]].float()[:, :1]], dim=1)
+                x = torch.cat([x, batch[c.depth_keys[i]].to(dt)[:, :1]], dim=1)
             if self.training and c.shift_pad:
                 x = random_shift(x, c.shift_pad, generator)
             cams.append((x - self.image_mean[i]) / self.image_std[i])
@@ -188,7 +188,7 @@ class StudentPolicy(Policy):
         imgs = self._images(batch, generator)
         b, n_cam = imgs.shape[:2]
         img_tokens = self.encoder(imgs.flatten(0, 1)).reshape(b, -1, c.d_model)
-        state = torch.cat([batch[k].float().reshape(b, -1) for k in c.state_keys], dim=-1)
+        state = torch.cat([batch[k].to(imgs.dtype).reshape(b, -1) for k in c.state_keys], dim=-1)
         state = (state - self.state_mean) / self.state_std
         splits = torch.split(state, list(c.state_dims), dim=-1)
         state_tokens = torch.stack([proj(s) for proj, s in zip(self.state_proj, splits)], dim=1)

@@ -6,9 +6,8 @@ mt10 and mt50 follow metaworld's own benchmark lists.
 
 from __future__ import annotations
 
-import difflib
 
-from vla_distill.errors import ConfigError
+from vla_distill.errors import ConfigError, did_you_mean
 
 INSTRUCTIONS: dict[str, str] = {
     "assembly-v3": "pick up the nut and place it onto the peg",
@@ -104,9 +103,7 @@ def resolve_tasks(spec: str) -> list[str]:
             names.append(f"{part}-v3")
         else:
             valid = sorted(INSTRUCTIONS) + sorted(GROUPS)
-            close = difflib.get_close_matches(part, valid, n=3)
-            hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise ConfigError(f"unknown task '{part}'; {hint}valid: {', '.join(sorted(GROUPS))} or a task name ({', '.join(sorted(INSTRUCTIONS))})", field="tasks")
+            raise ConfigError(f"unknown task '{part}'{did_you_mean(part, valid, n=3)}; valid: {', '.join(sorted(GROUPS))} or a task name ({', '.join(sorted(INSTRUCTIONS))})", field="tasks")
     if not names:
         raise ConfigError("no task given", field="tasks")
     return list(dict.fromkeys(names))

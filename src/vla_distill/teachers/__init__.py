@@ -9,10 +9,9 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 
-from vla_distill.errors import ConfigError
+from vla_distill.errors import ConfigError, did_you_mean
 from vla_distill.teachers.base import EpisodeFrames, Teacher
 
 KINDS = ("scripted", "noisy:", "checkpoint:", "openpi://", "openvla://")
@@ -70,6 +69,5 @@ def make_teacher(spec: str, options: dict[str, str] | None = None) -> Teacher:
         from vla_distill.teachers.remote import remote_config
 
         return openvla.OpenVLATeacher(spec, *_host_port(spec, "openvla"), remote_config(options, openvla.DEFAULTS))
-    guess = difflib.get_close_matches(spec.split(":")[0], [k.rstrip(":/") for k in KINDS], n=1)
-    hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+    hint = did_you_mean(spec.split(":")[0], [k.rstrip(":/") for k in KINDS])
     raise ConfigError(f"unknown teacher {spec!r}{hint}; kinds: {', '.join(KINDS)}", field="teacher")

@@ -1,0 +1,124 @@
+"""Student presets side by side: training samples/s and peak memory, batch-1 inference Hz in fp32 and bf16.
+
+Usage: python benchmarks/bench_train.py [--presets tiny,small,base] [--cameras 2] [--size 128] [--batch 32] [--threads 2]
+Each preset runs in its own process (peak memory is per process). Inputs are the MetaWorld default: two 128 px
+cameras, 4-d state, 4-d action, the three losses on. Training samples/s is the model step only (forward, backward,
+AdamW); the data path is measured by bench_dataloader.py. Writes benchmarks/results/train.json.
+Targets for later (the deployment issue): tiny >= 300 Hz and base >= 25 Hz at batch 1 on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+from common import RESULTS, write_result
+
+
+def one(preset: str, args) -> dict:
+    import torch
+
+    from vla_distill.models.student import StudentPolicy, preset_config
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cams = tuple(f"observation.images.cam{i}" for i in range(args.cameras))
+    torch.manual_seed(0)
+    policy = StudentPolicy(preset_config(preset, image_keys=cams, image_size=(args.size, args.size), tasks=("task",))).to(device)
+    b = args.batch
+
+    def batch(n: int) -> dict:
+        out = {k: torch.rand(n, 3, args.size, args.size, device=device) for k in cams}
+        out.update({"observation.state": torch.randn(n, 4, device=device), "task_index": torch.zeros(n, dtype=torch.long, device=device),
+                    "action": torch.randn(n, 1, 4, device=device), "action_is_pad": torch.zeros(n, 1, dtype=torch.bool, device=device),
+                    "phase_index": torch.randint(0, 4, (n,), device=device), "direction_index": torch.arange(n, device=device) % 8,
+                    "direction_embedding": torch.nn.functional.normalize(torch.randn(n, 384, device=device), dim=-1)})
+        return out
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    train_batch = batch(b)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    policy.train()
+    for i in range(args.warmup + args.train_steps):
+        if i == args.warmup:
+            sync()
+            t0 = time.perf_counter()
+        loss, _ = policy(train_batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    sync()
+    train_sps = args.train_steps * b / (time.perf_counter() - t0)
+    peak_train_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        peak_train_mb = torch.cuda.max_memory_allocated() / 2**20
+    del opt
+    policy.eval()
+    one_obs = {k: v[:1] for k, v in batch(1).items()}
+
+    def hz(model, obs) -> tuple[float, float]:
+        with torch.inference_mode():
+            for _ in range(5):
+                model.predict_action_chunk(obs)
+            times = []
+            end = time.perf_counter() + args.seconds
+            while time.perf_counter() < end or len(times) < 10:
+                t = time.perf_counter()
+                model.predict_action_chunk(obs)
+                sync()
+                times.append(time.perf_counter() - t)
+        times.sort()
+        return 1 / (sum(times) / len(times)), times[len(times) // 2] * 1e3
+
+    fp32_hz, fp32_p50 = hz(policy, one_obs)
+    bf16 = policy.to(torch.bfloat16)
+    bf16_obs = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in one_obs.items()}
+    bf16_hz, bf16_p50 = hz(bf16, bf16_obs)
+    return {"preset": preset, "params_m": policy.num_parameters() / 1e6, "deployed_params_m": policy.num_parameters(deployed=True) / 1e6,
+            "train_samples_per_s": train_sps, "peak_train_mb": peak_train_mb, "fp32_hz": fp32_hz, "fp32_p50_ms": fp32_p50,
+            "bf16_hz": bf16_hz, "bf16_p50_ms": bf16_p50, "device": str(device), "threads": args.threads, "batch": b}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--presets", default="tiny,small,base")
+    ap.add_argument("--cameras", type=int, default=2)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--train-steps", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=3.0, help="timing window per inference measurement")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--one", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(RESULTS / "train.json"))
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one, args)))
+        return
+    rows = []
+    for preset in args.presets.split(","):
+        cmd = [sys.executable, __file__, "--one", preset, *[a for a in sys.argv[1:] if not a.startswith("--out")]]
+        r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        print(f"measured {preset}", file=sys.stderr)
+    print(f"{'preset':8s} {'params':>8s} {'train samples/s':>16s} {'peak MB':>8s} {'fp32 Hz':>8s} {'bf16 Hz':>8s} {'bf16/fp32':>9s}")
+    for r in rows:
+        print(f"{r['preset']:8s} {r['params_m']:7.1f}M {r['train_samples_per_s']:16.1f} {r['peak_train_mb']:8.0f} "
+              f"{r['fp32_hz']:8.1f} {r['bf16_hz']:8.1f} {r['bf16_hz'] / r['fp32_hz']:8.2f}x")
+    base = rows[0]
+    for r in rows[1:]:
+        print(f"{r['preset']} vs {base['preset']}: {r['params_m'] / base['params_m']:.1f}x parameters, "
+              f"{base['fp32_hz'] / r['fp32_hz']:.1f}x slower at batch 1 (fp32)")
+    write_result(args.out, {"config": {k: getattr(args, k) for k in ("cameras", "size", "batch", "threads", "device")}, "presets": rows})
+
+
+if __name__ == "__main__":
+    main()
