@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from vla_distill.annotate import directions as dirs
 from vla_distill.annotate.audit import audit_cue, audit_dataset, audit_phases, dropped_episodes

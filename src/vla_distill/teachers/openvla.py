@@ -11,7 +11,7 @@ import http.client
 import json_numpy
 import numpy as np
 
-from vla_distill.teachers.remote import RemoteConfig, RemoteTeacher, TeacherError
+from vla_distill.teachers.remote import RemoteTeacher, TeacherError
 
 DEFAULTS = {
     "obs_map": {"image": "observation.images.corner2", "instruction": "task"},

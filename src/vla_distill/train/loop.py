@@ -268,8 +268,8 @@ def validate(policy: StudentPolicy, views: Views, cfg: TrainConfig, rt: Runtime)
     for s in range(0, len(idx), cfg.batch_size):
         batch = _to(policy_batch(views.val.batch(idx[s : s + cfg.batch_size]), views, cfg), rt.device)
         with _autocast(rt):
-            loss, _ = student_losses(policy, batch, cfg.loss)
             out = policy.encode(batch)
+            loss, _ = student_losses(policy, batch, cfg.loss, out=out)
         b = len(batch[ACTION])
         valid = (~batch[ACTION + PAD_SUFFIX]).float()[..., None]
         pred = policy.decode_action(out["action"]).float()

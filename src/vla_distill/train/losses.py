@@ -95,10 +95,12 @@ def combine(named: dict[str, torch.Tensor], cfg: LossConfig) -> torch.Tensor:
     return total
 
 
-def student_losses(policy, batch: dict, cfg: LossConfig, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def student_losses(policy, batch: dict, cfg: LossConfig, generator: torch.Generator | None = None,
+                   out: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Batch: the policy's inputs plus action (B, K, D) raw, action_is_pad (B, K), and when their weight is > 0:
-    phase_index (B,), direction_index (B,), direction_embedding (B, E)."""
-    out = policy.encode(batch, generator)
+    phase_index (B,), direction_index (B,), direction_embedding (B, E). `out`: the policy's outputs on this batch,
+    when the caller already has them."""
+    out = policy.encode(batch, generator) if out is None else out
     target = policy.normalize_action(batch["action"].float())
     w = torch.tensor(cfg.dim_weights, dtype=torch.float32) if cfg.dim_weights else None
     named = {"action": action_loss(out["action"], target, batch.get("action_is_pad"), cfg.action, w).mean()}
