@@ -15,8 +15,9 @@ class CheckpointTeacher:
     def __init__(self, spec: str, path: str):
         self.spec, self.path = spec, str(resolve_pretrained_dir(path))
         self.policy = load_pretrained(path)
-        keys = getattr(self.policy.config, "input_keys", ("observation.state",))
-        self.input_keys = tuple(keys) + tuple(getattr(self.policy.config, "image_keys", ()))
+        cfg = self.policy.config  # state_mlp names its inputs input_keys; the student, state_keys + image_keys
+        keys = getattr(cfg, "input_keys", None) or getattr(cfg, "state_keys", ("observation.state",))
+        self.input_keys = tuple(keys) + tuple(getattr(cfg, "image_keys", ()))
         self.needs_images = any(k.startswith("observation.images.") for k in self.input_keys)
         self.horizon, self.action_dim = self.policy.horizon, self.policy.action_dim
 

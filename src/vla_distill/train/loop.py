@@ -136,8 +136,13 @@ def task_embeddings(ds: RobotDataset, text_encoder: str) -> np.ndarray:
     return TextEncoder(text_encoder).encode(list(ds.tasks))
 
 
-def build_policy(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list[int]) -> StudentPolicy:
-    annotation = json.loads((ds.root / ann.ANNOTATION_PATH).read_text()) if (ds.root / ann.ANNOTATION_PATH).exists() else {}
+def annotation_meta(ds: RobotDataset) -> dict:
+    """meta/annotation.json (teacher provenance, annotation settings), or {} for a dataset never annotated."""
+    path = ds.root / ann.ANNOTATION_PATH
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def build_policy(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list[int], annotation: dict) -> StudentPolicy:
     text_encoder = annotation.get("config", {}).get("text_encoder", "")
     cameras = list(cfg.cameras or ds.camera_keys)
     h, w = ds.features[cameras[0]]["shape"][:2]
@@ -147,7 +152,7 @@ def build_policy(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: lis
 
         n_phases = pq.read_metadata(ds.root / ann.PHASES_PATH).num_rows
     emb = task_embeddings(ds, text_encoder)
-    vision = PRESETS[cfg.preset]["vision"] if cfg.preset in PRESETS else VisionConfig()
+    vision = PRESETS[cfg.preset]["vision"]
     if cfg.vision:
         vision = VisionConfig(**{**vision.__dict__, "kind": cfg.vision})
     try:
@@ -335,10 +340,9 @@ class Metrics:
 
 
 # ---------------------------------------------------------------- the loop
-def _provenance(ds: RobotDataset, cfg: TrainConfig, fingerprint: str) -> dict:
+def _provenance(ds: RobotDataset, cfg: TrainConfig, annotation: dict) -> dict:
     from vla_distill import __version__
 
-    annotation = json.loads((ds.root / ann.ANNOTATION_PATH).read_text()) if (ds.root / ann.ANNOTATION_PATH).exists() else {}
     git = ""
     try:
         import subprocess
@@ -347,7 +351,7 @@ def _provenance(ds: RobotDataset, cfg: TrainConfig, fingerprint: str) -> dict:
                              text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"dataset": str(ds.root), "dataset_fingerprint": fingerprint, "target": cfg.target,
+    return {"dataset": str(ds.root), "dataset_fingerprint": ds.fingerprint(), "target": cfg.target,
             "teacher": annotation.get("teacher"), "annotation_config": annotation.get("config"),
             "code_version": __version__ + (f"+g{git}" if git else "")}
 
@@ -384,7 +388,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if not train_eps:
         raise DatasetError("no training episodes left after the validation split and audit drops", path=ds.root)
     views = build_views(ds, cfg, target, train_eps, val_eps)
-    policy = build_policy(ds, cfg, target, train_eps).to(rt.device)
+    annotation = annotation_meta(ds)
+    policy = build_policy(ds, cfg, target, train_eps, annotation).to(rt.device)
     decay = [p for n, p in policy.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in policy.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -398,7 +403,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if rt.world > 1:
         unused = cfg.loss.phase_weight == 0 or cfg.loss.direction_weight == 0
         model = torch.nn.parallel.DistributedDataParallel(policy, find_unused_parameters=unused)
-    provenance = _provenance(ds, cfg, ds.fingerprint())
+    provenance = _provenance(ds, cfg, annotation)
     metrics = Metrics(run, start, main)
     stream = BatchStream(views.train, cfg.batch_size, cfg.seed, rt.rank, rt.world)
     if main:
