@@ -22,6 +22,7 @@ from vla_distill.annotate.directions import DirectionConfig, cue_direction, wind
 from vla_distill.annotate.phases import PHASES_4, Kinematics, PhaseConfig, label_phases, runs, to_phase4
 
 APPROACH, GRASP, TRANSPORT, RELEASE = range(4)
+AUDIT_PATH = "meta/audit.json"
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ def audit_dataset(root, mask: bool = False, drop: bool = False, cfg: AuditConfig
         "dropped_episodes": [x["episode_index"] for x in episodes if x["phase_flags"] or x["cue_flags"]] if drop else [],
         "spread": spread, "episodes": episodes,
     }
-    write_json_atomic(ds.root / "meta/audit.json", report)
+    write_json_atomic(ds.root / AUDIT_PATH, report)
     tmp = ds.root / "meta/audit.md.tmp"
     tmp.write_text(_markdown(report))
     tmp.replace(ds.root / "meta/audit.md")
@@ -197,7 +198,7 @@ def dropped_episodes(root) -> list[int]:
     import json
     from pathlib import Path
 
-    path = Path(root) / "meta/audit.json"
+    path = Path(root) / AUDIT_PATH
     return list(json.loads(path.read_text()).get("dropped_episodes", [])) if path.exists() else []
 
 

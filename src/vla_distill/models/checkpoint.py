@@ -15,6 +15,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from vla_distill.config import from_dict
 from vla_distill.errors import ConfigError
 from vla_distill.models.base import REGISTRY, Policy
 
@@ -56,8 +57,7 @@ def load_pretrained(path: str | Path, device: str = "cpu") -> Policy:
     if unknown:
         raise ConfigError(f"unknown config fields {sorted(unknown)}", path=d / "config.json")
     try:
-        config = (cls.config_class.from_dict(cfg) if hasattr(cls.config_class, "from_dict")
-                  else cls.config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}))
+        config = from_dict(cls.config_class, cfg)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e), path=d / "config.json") from None
     policy = cls(config)

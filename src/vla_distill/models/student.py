@@ -61,12 +61,6 @@ class StudentConfig:
         if self.action_head not in ("continuous", "discrete"):
             raise ValueError(f"action_head: {self.action_head!r} is not one of ['continuous', 'discrete']")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "StudentConfig":
-        d = dict(d)
-        d["vision"] = VisionConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.get("vision", {}).items()})
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
 
 # Architecture presets; data-dependent fields (cameras, dims, tasks) are filled from the dataset at train time.
 PRESETS: dict[str, dict] = {

@@ -6,7 +6,6 @@ mt10 and mt50 follow metaworld's own benchmark lists.
 
 from __future__ import annotations
 
-
 from vla_distill.errors import ConfigError, did_you_mean
 
 INSTRUCTIONS: dict[str, str] = {

@@ -55,9 +55,3 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        d["loss"] = LossConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.get("loss", {}).items()})
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})

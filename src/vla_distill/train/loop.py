@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from vla_distill.annotate import run as ann
+from vla_distill.config import from_dict
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.data.windows import WindowedDataset, split_episodes
 from vla_distill.errors import ConfigError, DatasetError
@@ -29,7 +30,7 @@ from vla_distill.models.student import PRESETS, StudentPolicy, preset_config
 from vla_distill.models.vision import VisionConfig
 from vla_distill.train.checkpoint import CHECKPOINTS, LAST, load_training_state, save_checkpoint
 from vla_distill.train.config import TrainConfig
-from vla_distill.train.losses import student_losses
+from vla_distill.train.losses import action_loss, student_losses
 from vla_distill.types import ACTION, PAD_SUFFIX
 
 METRICS = "metrics.jsonl"
@@ -55,9 +56,14 @@ def check_dataset(ds: RobotDataset, cfg: TrainConfig) -> str:
         if key not in ds.features:
             raise DatasetError(f"no such feature (have: {sorted(k for k in ds.features if k.startswith('observation.'))})",
                                path=ds.root, field=key)
-    if not (cfg.cameras or ds.camera_keys):
+    if not cameras(ds, cfg):
         raise DatasetError("the student needs at least one camera and this dataset has none", path=ds.root)
     return target
+
+
+def cameras(ds: RobotDataset, cfg: TrainConfig) -> list[str]:
+    """The student's cameras: --cameras, or every camera of the dataset."""
+    return list(cfg.cameras or ds.camera_keys)
 
 
 @dataclass
@@ -70,18 +76,17 @@ class Views:
 
 
 def build_views(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list[int], val_eps: list[int]) -> Views:
-    cameras = list(cfg.cameras or ds.camera_keys)
     chunked = len(ds.features[target]["shape"]) == 2
     if chunked and ds.features[target]["shape"][0] < cfg.horizon:
         raise ConfigError(f"the teacher answered {ds.features[target]['shape'][0]}-step chunks; --horizon "
                           f"{cfg.horizon} needs at least that many", field="horizon")
-    keys = [*cameras, *cfg.depth_keys, *cfg.state_keys, target]
+    keys = [*cameras(ds, cfg), *cfg.depth_keys, *cfg.state_keys, target]
     keys += [k for k, w in ((ann.PHASE_KEY, cfg.loss.phase_weight), (ann.DIRECTION_KEY, cfg.loss.direction_weight)) if w > 0]
     deltas = {} if chunked else {target: range(cfg.horizon)}
     train = WindowedDataset(ds, deltas, episodes=train_eps, keys=keys)
     val = WindowedDataset(ds, deltas, episodes=val_eps, keys=keys) if val_eps else None
     cue_emb = None
-    if ann.DIRECTION_KEY in keys or (ds.root / ann.DIRECTIONS_PATH).exists():
+    if (ds.root / ann.DIRECTIONS_PATH).exists():  # check_dataset made sure it is there when the loss needs it
         cue_emb = torch.from_numpy(ann.read_directions(ds.root)[1].copy())
     return Views(train, val, target, chunked, cue_emb)
 
@@ -106,15 +111,16 @@ def policy_batch(raw: dict, views: Views, cfg: TrainConfig) -> dict:
 
 
 # ---------------------------------------------------------------- the model
-def normalization(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list[int], cameras: list[str]) -> dict:
+def normalization(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list[int]) -> dict:
     """Stats of the training split only (validation episodes never leak into normalization)."""
     rows = np.concatenate([ds.episode_rows(e) for e in train_eps])
     state = np.concatenate([np.asarray(ds.column(k)[rows], np.float64).reshape(len(rows), -1) for k in cfg.state_keys], 1)
     act = np.asarray(ds.column(target)[rows], np.float64)
     act = act.reshape(-1, act.shape[-1])
     img = ds.episode_stats(train_eps)
-    mean = np.stack([np.asarray(img[k]["mean"], np.float32).reshape(-1)[:3] for k in cameras])
-    std = np.stack([np.asarray(img[k]["std"], np.float32).reshape(-1)[:3] for k in cameras])
+    cams = cameras(ds, cfg)
+    mean = np.stack([np.asarray(img[k]["mean"], np.float32).reshape(-1)[:3] for k in cams])
+    std = np.stack([np.asarray(img[k]["std"], np.float32).reshape(-1)[:3] for k in cams])
     if cfg.depth_keys:  # the depth channel is the first channel of its key
         mean = np.concatenate([mean, np.stack([np.asarray(img[k]["mean"]).reshape(-1)[:1] for k in cfg.depth_keys])], 1)
         std = np.concatenate([std, np.stack([np.asarray(img[k]["std"]).reshape(-1)[:1] for k in cfg.depth_keys])], 1)
@@ -144,8 +150,8 @@ def annotation_meta(ds: RobotDataset) -> dict:
 
 def build_policy(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list[int], annotation: dict) -> StudentPolicy:
     text_encoder = annotation.get("config", {}).get("text_encoder", "")
-    cameras = list(cfg.cameras or ds.camera_keys)
-    h, w = ds.features[cameras[0]]["shape"][:2]
+    cams = cameras(ds, cfg)
+    h, w = ds.features[cams[0]]["shape"][:2]
     n_phases = 4
     if (ds.root / ann.PHASES_PATH).exists():
         import pyarrow.parquet as pq
@@ -157,7 +163,7 @@ def build_policy(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: lis
         vision = VisionConfig(**{**vision.__dict__, "kind": cfg.vision})
     try:
         config = preset_config(
-            cfg.preset, image_keys=tuple(cameras), image_size=(h, w), depth_keys=tuple(cfg.depth_keys),
+            cfg.preset, image_keys=tuple(cams), image_size=(h, w), depth_keys=tuple(cfg.depth_keys),
             state_keys=tuple(cfg.state_keys), state_dims=tuple(int(np.prod(ds.features[k]["shape"])) for k in cfg.state_keys),
             action_dim=int(ds.features[target]["shape"][-1]), horizon=cfg.horizon, n_phases=n_phases,
             text_dim=int(emb.shape[1]), tasks=tuple(ds.tasks), text_encoder=text_encoder, vision=vision,
@@ -166,7 +172,7 @@ def build_policy(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: lis
         raise ConfigError(str(e)) from None
     torch.manual_seed(cfg.seed)
     policy = StudentPolicy(config)
-    policy.set_normalization(normalization(ds, cfg, target, train_eps, cameras), emb)
+    policy.set_normalization(normalization(ds, cfg, target, train_eps), emb)
     return policy
 
 
@@ -275,13 +281,10 @@ def validate(policy: StudentPolicy, views: Views, cfg: TrainConfig, rt: Runtime)
         with _autocast(rt):
             out = policy.encode(batch)
             loss, _ = student_losses(policy, batch, cfg.loss, out=out)
-        b = len(batch[ACTION])
-        valid = (~batch[ACTION + PAD_SUFFIX]).float()[..., None]
+        b, pad = len(batch[ACTION]), batch[ACTION + PAD_SUFFIX]
         pred = policy.decode_action(out["action"]).float()
-        target = policy.normalize_action(batch[ACTION])
-        sums["action_mse"] += float(((pred - target) ** 2 * valid).sum() / valid.sum().clamp_min(1) / pred.shape[-1]) * b
-        raw = policy.unnormalize_action(pred)
-        sums["action_mae"] += float(((raw - batch[ACTION]).abs() * valid).sum() / valid.sum().clamp_min(1) / pred.shape[-1]) * b
+        sums["action_mse"] += float(action_loss(pred, policy.normalize_action(batch[ACTION]), pad, "mse").sum())
+        sums["action_mae"] += float(action_loss(policy.unnormalize_action(pred), batch[ACTION], pad, "l1").sum())
         sums["loss"] += float(loss) * b
         count += b
         if ann.PHASE_KEY in batch:
@@ -362,8 +365,8 @@ def _prepare_run(cfg: TrainConfig, resume: bool) -> TrainConfig:
     if resume:
         if not saved.exists():
             raise ConfigError("nothing to resume (no train_config.json); drop --resume to start a new run", path=run)
-        old = TrainConfig.from_dict(json.loads(saved.read_text()))
-        return TrainConfig.from_dict({**old.to_dict(), "steps": cfg.steps})  # only the length may change
+        old = from_dict(TrainConfig, json.loads(saved.read_text()))
+        return from_dict(TrainConfig, {**old.to_dict(), "steps": cfg.steps})  # only the length may change
     if (run / CHECKPOINTS).exists():
         raise ConfigError("this run directory already has checkpoints: pass --resume to continue it, or choose a new --out",
                           path=run)
