@@ -181,3 +181,21 @@ def test_teacher_spec_errors():
         make_teacher("noisy[sigma=1]:scripted")
     with pytest.raises(ConfigError, match="unknown teacher option"):
         make_teacher("openpi://h:1", {"colour": "red"})
+
+
+def test_openpi_teacher_drives_the_closed_loop_evaluator(state_policy_dir, tmp_path, server):
+    """The evaluator's remote actor asks the server once per step with live observations, and acts exactly as the
+    served checkpoint does when evaluated directly."""
+    from vla_distill.eval.run import EvalConfig, evaluate
+
+    s = server("openpi", state_policy_dir)
+    common = dict(tasks=("reach-v3",), episodes=1, max_steps=20, workers=1, videos=0, latency_steps=0)
+    remote = evaluate(EvalConfig(policy=f"openpi://127.0.0.1:{s.port}", out=str(tmp_path / "remote"), **common))
+    direct = evaluate(EvalConfig(policy=str(state_policy_dir), out=str(tmp_path / "direct"), **common))
+    assert direct["per_task"][0]["metrics"]["successes"] == remote["per_task"][0]["metrics"]["successes"]
+    assert remote["policy"]["kind"] == "remote" and remote["overall"]["n_episodes"] == 1
+    a = np.load(tmp_path / "remote" / "episodes" / "reach-v3" / "0000.npz")["actions"]
+    b = np.load(tmp_path / "direct" / "episodes" / "reach-v3" / "0000.npz")["actions"]
+    assert a.shape == (20, 4)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert len(s.lines()) == 20 and "observation/image:(224, 224, 3)" in s.lines()[0]

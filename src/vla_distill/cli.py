@@ -121,6 +121,32 @@ def _cmd_train(args: argparse.Namespace) -> None:
     print(f"checkpoint: {last}/pretrained_model")
 
 
+def _cmd_eval(args: argparse.Namespace) -> None:
+    import shlex
+
+    from vla_distill.eval import envs
+    from vla_distill.eval.run import EvalConfig, evaluate, summary_table
+
+    cfg = EvalConfig(
+        policy=args.policy, out=args.out, tasks=tuple(envs.resolve_tasks(args.env, args.tasks)), env=args.env,
+        episodes=args.episodes, seed=args.seed, max_steps=args.max_steps, steps_after_success=args.steps_after_success,
+        workers=args.workers, videos=args.videos, n_action_steps=args.n_action_steps, image_size=args.image_size,
+        latency_steps=args.latency_steps, teacher_options=_key_values(args.teacher_opt, "--teacher-opt"), device=args.device)
+    info = evaluate(cfg, command="vla-distill " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else "")
+    o = info["overall"]
+    print(summary_table([info]))
+    print(f"success {o['pc_success']:.1f}% task-weighted, {o['pc_success_group_mean']:.1f}% mean of difficulty groups "
+          f"({o['n_episodes']} episodes); {info['observability']['flagged_episodes']} episodes flagged -> {args.out}/eval_info.json")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from vla_distill.eval.report import write_report
+
+    path, table = write_report(args.evals, args.out)
+    print(table)
+    print(f"report: {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vla-distill", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -205,6 +231,31 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto")
     t.add_argument("--keep-dropped", action="store_true", help="train on episodes `audit --drop` excluded")
     t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="closed-loop evaluation of a checkpoint or a teacher in simulation (eval_info.json)")
+    e.add_argument("--policy", required=True, help="checkpoint (run dir, checkpoint dir or pretrained_model) or a teacher "
+                   "kind: scripted | noisy[...]:KIND | checkpoint:PATH | openpi://HOST:PORT | openvla://HOST:PORT")
+    e.add_argument("--tasks", required=True, help="MetaWorld: task names, mt10, mt50, easy...; LIBERO: libero_spatial, "
+                   "libero_goal/3, ...")
+    e.add_argument("--out", required=True, help="evaluation directory (rerun the same command to resume)")
+    e.add_argument("--env", default="metaworld", choices=["metaworld", "libero"])
+    e.add_argument("--episodes", type=int, default=10, help="episodes per task (default 10)")
+    e.add_argument("--seed", type=int, default=0, help="held-out seed stream (never the demonstrations' seeds)")
+    e.add_argument("--max-steps", type=int, default=0, help="step limit (default: the simulator's, MetaWorld 500)")
+    e.add_argument("--steps-after-success", type=int, default=10)
+    e.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
+    e.add_argument("--videos", type=int, default=2, help="episodes recorded per task with the predicted phase drawn (default 2)")
+    e.add_argument("--n-action-steps", type=int, default=0, help="actions executed per predicted chunk (default: all)")
+    e.add_argument("--image-size", type=int, default=0, help="camera size for teachers (default 128; LIBERO 256)")
+    e.add_argument("--latency-steps", type=int, default=100, help="closed-loop steps of the batch-1 latency measurement")
+    e.add_argument("--teacher-opt", action="append", default=[], metavar="KEY=VALUE", help="remote teacher option (see annotate)")
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(func=_cmd_eval)
+
+    r = sub.add_parser("report", help="gather evaluations into one Markdown + HTML page (first = reference row)")
+    r.add_argument("evals", nargs="+", help="evaluation directories, the teacher's first")
+    r.add_argument("--out", required=True)
+    r.set_defaults(func=_cmd_report)
 
     i = sub.add_parser("inspect", help="validate a LeRobot dataset (v3.0 or v2.1) and print its summary")
     i.add_argument("dataset")

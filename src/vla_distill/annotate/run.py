@@ -78,15 +78,20 @@ class AnnotateConfig:
 
 # ---------------------------------------------------------------- kinematics of any dataset we know the layout of
 def episode_kinematics(ds: RobotDataset, rows: np.ndarray) -> Kinematics:
+    success = ds.column(SUCCESS)[rows].astype(bool) if SUCCESS in ds.features else None
+    env = ds.column(OBS_ENV_STATE)[rows] if OBS_ENV_STATE in ds.features else None
+    return kinematics(ds.column(OBS_STATE)[rows], env, success, ds.fps)
+
+
+def kinematics(state: np.ndarray, env: np.ndarray | None, success: np.ndarray | None, fps: float) -> Kinematics:
     """MetaWorld: state 4 (hand xyz, opening) + 39-d env state with the object at [4:7]. LIBERO (openpi layout):
     state 8 = eef xyz, axis-angle, two finger joints (opening = their difference); no object state."""
-    state = ds.column(OBS_STATE)[rows].astype(np.float64)
-    success = ds.column(SUCCESS)[rows].astype(bool) if SUCCESS in ds.features else None
-    env = ds.column(OBS_ENV_STATE)[rows].astype(np.float64) if OBS_ENV_STATE in ds.features else None
+    state = np.asarray(state, np.float64)
+    env = None if env is None else np.asarray(env, np.float64)
     if state.shape[1] == 4 and env is not None and env.shape[1] == 39:
-        return Kinematics(ee=state[:, :3], gripper=state[:, 3], fps=ds.fps, obj=env[:, 4:7], goal=env[:, 36:39], success=success)
+        return Kinematics(ee=state[:, :3], gripper=state[:, 3], fps=fps, obj=env[:, 4:7], goal=env[:, 36:39], success=success)
     if state.shape[1] == 8:
-        return Kinematics(ee=state[:, :3], gripper=state[:, 6] - state[:, 7], fps=ds.fps, success=success)
+        return Kinematics(ee=state[:, :3], gripper=state[:, 6] - state[:, 7], fps=fps, success=success)
     raise DatasetError(f"unknown state layout of {state.shape[1]} values: kinematic phases and cues support MetaWorld "
                        "(4 + 39-d environment state) and LIBERO (8); use --phases vlm --directions vlm", field=OBS_STATE)
 

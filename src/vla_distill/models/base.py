@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,6 +41,11 @@ class Policy(nn.Module):
     def action_dim(self) -> int:
         return self.config.action_dim
 
+    @property
+    def input_keys(self) -> tuple[str, ...]:
+        """Observation keys the policy reads (cameras, state vectors); `task` is always read."""
+        raise NotImplementedError
+
     def reset(self) -> None:
         self._queue.clear()
 
@@ -56,3 +62,15 @@ class Policy(nn.Module):
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
+
+
+def observation_to_batch(obs: dict, keys: tuple[str, ...], task: str, device: str | torch.device = "cpu") -> dict:
+    """One live observation (cameras (H, W, 3) uint8, vectors (S,)) -> a batch of one in the policy's layout."""
+    batch: dict = {"task": [task]}
+    for key in keys:
+        value = np.asarray(obs[key])
+        if value.dtype == np.uint8 and value.ndim == 3:  # camera: HWC uint8 -> (1, 3, H, W) in [0, 1]
+            batch[key] = torch.from_numpy(np.ascontiguousarray(value)).to(device).permute(2, 0, 1)[None].float().div_(255.0)
+        else:
+            batch[key] = torch.from_numpy(value.astype(np.float32, copy=False)).to(device)[None]
+    return batch

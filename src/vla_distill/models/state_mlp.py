@@ -46,6 +46,10 @@ class StateMLPPolicy(Policy):
         self.register_buffer("act_mean", torch.zeros(config.action_dim))
         self.register_buffer("act_std", torch.ones(config.action_dim))
 
+    @property
+    def input_keys(self) -> tuple[str, ...]:
+        return self.config.input_keys
+
     def _inputs(self, batch: dict) -> torch.Tensor:
         x = torch.cat([batch[k].float().reshape(len(batch[k]), -1) for k in self.config.input_keys], dim=-1)
         return (x - self.in_mean) / self.in_std

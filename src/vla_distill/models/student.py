@@ -35,6 +35,7 @@ class StudentConfig:
     action_dim: int = 4
     horizon: int = 1  # K: actions predicted per call (the paper's variant uses 5)
     n_phases: int = 4
+    phase_names: tuple[str, ...] = ()  # the annotation's taxonomy, for observability (empty in old checkpoints)
     text_dim: int = 384
     tasks: tuple[str, ...] = ()  # instructions whose embeddings ship in the checkpoint
     text_encoder: str = ""  # embeds unseen instructions at reset ("" = bundled all-MiniLM-L6-v2)
@@ -56,6 +57,8 @@ class StudentConfig:
             raise ValueError("depth_keys: give one per camera in image_keys, or none")
         if self.horizon < 1:
             raise ValueError("horizon: must be >= 1")
+        if self.phase_names and len(self.phase_names) != self.n_phases:
+            raise ValueError("phase_names: give one name per phase (n_phases)")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.action_head not in ("continuous", "discrete"):
@@ -117,6 +120,11 @@ class StudentPolicy(Policy):
         self._task_index = {t: i for i, t in enumerate(c.tasks)}
         self._new_tasks: dict[str, torch.Tensor] = {}
         self._text_encoder = None
+
+    @property
+    def input_keys(self) -> tuple[str, ...]:
+        c = self.config
+        return tuple(c.state_keys) + tuple(c.image_keys) + tuple(c.depth_keys)
 
     # ------------------------------------------------------------------ normalization
     def set_normalization(self, stats: dict[str, np.ndarray], task_embeddings: np.ndarray) -> None:
@@ -206,10 +214,12 @@ class StudentPolicy(Policy):
         return self.unnormalize_action(self.decode_action(self.encode(batch)["action"]).float())
 
     @torch.no_grad()
-    def predict_phase(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Observability: (B,) phase index and (B, E) direction embedding."""
+    def predict_observed(self, batch: dict) -> dict[str, torch.Tensor]:
+        """One forward pass for the control loop and its observability: actions (B, K, D) in raw units,
+        phase (B,) index of the predicted phase, direction (B, E) unit embedding."""
         out = self.encode(batch)
-        return out["phase_logits"].argmax(-1), out["direction"]
+        actions = self.unnormalize_action(self.decode_action(out["action"]).float())
+        return {"actions": actions, "phase": out["phase_logits"].argmax(-1), "direction": out["direction"].float()}
 
     def forward(self, batch: dict, loss_cfg=None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         from vla_distill.train.losses import LossConfig, student_losses

@@ -16,7 +16,7 @@ from vla_distill.teachers.base import EpisodeFrames, Teacher
 
 KINDS = ("scripted", "noisy:", "checkpoint:", "openpi://", "openvla://")
 
-__all__ = ["EpisodeFrames", "Teacher", "make_teacher", "KINDS"]
+__all__ = ["EpisodeFrames", "Teacher", "make_teacher", "parse_noisy", "KINDS"]
 
 
 def _host_port(spec: str, scheme: str) -> tuple[str, int]:
@@ -39,6 +39,19 @@ def _noise_options(text: str) -> dict:
     return out
 
 
+def parse_noisy(spec: str):
+    """'noisy[std=0.2]:KIND' -> (NoiseConfig, 'KIND'); None when spec is not a noisy kind."""
+    m = re.fullmatch(r"noisy(?:\[([^\]]*)\])?:(.+)", spec)
+    if not m:
+        return None
+    from vla_distill.teachers.noisy import NoiseConfig
+
+    try:
+        return NoiseConfig(**_noise_options(m.group(1) or "")), m.group(2)
+    except ValueError as e:
+        raise ConfigError(str(e), field="teacher") from None
+
+
 def make_teacher(spec: str, options: dict[str, str] | None = None) -> Teacher:
     """options: `--teacher-opt key=value` pairs for remote teachers (see RemoteConfig)."""
     options = options or {}
@@ -46,15 +59,11 @@ def make_teacher(spec: str, options: dict[str, str] | None = None) -> Teacher:
         from vla_distill.teachers.scripted import ScriptedTeacher
 
         return ScriptedTeacher()
-    m = re.fullmatch(r"noisy(?:\[([^\]]*)\])?:(.+)", spec)
-    if m:
-        from vla_distill.teachers.noisy import NoiseConfig, NoisyTeacher
+    noisy = parse_noisy(spec)
+    if noisy:
+        from vla_distill.teachers.noisy import NoisyTeacher
 
-        try:
-            cfg = NoiseConfig(**_noise_options(m.group(1) or ""))
-        except ValueError as e:
-            raise ConfigError(str(e), field="teacher") from None
-        return NoisyTeacher(make_teacher(m.group(2), options), cfg, spec)
+        return NoisyTeacher(make_teacher(noisy[1], options), noisy[0], spec)
     if spec.startswith("checkpoint:"):
         from vla_distill.teachers.checkpoint import CheckpointTeacher
 

@@ -33,23 +33,35 @@ class NoiseConfig:
             raise ValueError("noisy teacher: burst must be >= 1")
 
 
+class NoiseStream:
+    """The corruption of one episode, one frame at a time (the closed-loop evaluator applies it online)."""
+
+    def __init__(self, cfg: NoiseConfig, episode_index: int):
+        self.cfg = cfg
+        self.rng = np.random.default_rng([cfg.seed, episode_index])
+        self.t = 0
+        self.burst_left = 0
+        self.prev: np.ndarray | None = None
+
+    def step(self, clean: np.ndarray) -> np.ndarray:
+        """clean: (H, D) actions for the next frame -> the emitted (H, D)."""
+        cfg, rng = self.cfg, self.rng
+        out = np.clip(clean + rng.normal(0.0, cfg.std, clean.shape), -1.0, 1.0).astype(np.float32)
+        if rng.random() < cfg.toggle:
+            self.burst_left = cfg.burst
+        if self.burst_left:  # the gripper command alternates sign every frame inside a burst
+            out[:, cfg.gripper_dim] = 1.0 if self.t % 2 == 0 else -1.0
+            self.burst_left -= 1
+        if rng.random() < cfg.stale and self.prev is not None:
+            out = self.prev.copy()
+        self.prev, self.t = out, self.t + 1
+        return out
+
+
 def corrupt(actions: np.ndarray, episode_index: int, cfg: NoiseConfig) -> np.ndarray:
     """actions: (T, H, D) clean actions of one whole episode in frame order -> corrupted copy."""
-    rng = np.random.default_rng([cfg.seed, episode_index])
-    t_len = len(actions)
-    noise = rng.normal(0.0, cfg.std, actions.shape).astype(np.float32)
-    starts = rng.random(t_len) < cfg.toggle
-    stale = rng.random(t_len) < cfg.stale
-    out = np.clip(actions + noise, -1.0, 1.0)
-    toggling = np.zeros(t_len, bool)
-    for s in np.flatnonzero(starts):
-        toggling[s : s + cfg.burst] = True
-    sign = np.where(np.arange(t_len) % 2 == 0, 1.0, -1.0).astype(np.float32)
-    out[toggling, :, cfg.gripper_dim] = sign[toggling, None]
-    for t in np.flatnonzero(stale):
-        if t > 0:
-            out[t] = out[t - 1]
-    return out
+    stream = NoiseStream(cfg, episode_index)
+    return np.stack([stream.step(a) for a in actions]) if len(actions) else actions.copy()
 
 
 class NoisyTeacher:

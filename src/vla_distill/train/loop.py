@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from vla_distill.annotate import run as ann
+from vla_distill.annotate.phases import PHASES_4
 from vla_distill.config import from_dict
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.data.windows import WindowedDataset, split_episodes
@@ -152,11 +153,11 @@ def build_policy(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: lis
     text_encoder = annotation.get("config", {}).get("text_encoder", "")
     cams = cameras(ds, cfg)
     h, w = ds.features[cams[0]]["shape"][:2]
-    n_phases = 4
+    phase_names = PHASES_4
     if (ds.root / ann.PHASES_PATH).exists():
         import pyarrow.parquet as pq
 
-        n_phases = pq.read_metadata(ds.root / ann.PHASES_PATH).num_rows
+        phase_names = tuple(pq.read_table(ds.root / ann.PHASES_PATH).sort_by("phase_index").column("phase").to_pylist())
     emb = task_embeddings(ds, text_encoder)
     vision = PRESETS[cfg.preset]["vision"]
     if cfg.vision:
@@ -165,7 +166,8 @@ def build_policy(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: lis
         config = preset_config(
             cfg.preset, image_keys=tuple(cams), image_size=(h, w), depth_keys=tuple(cfg.depth_keys),
             state_keys=tuple(cfg.state_keys), state_dims=tuple(int(np.prod(ds.features[k]["shape"])) for k in cfg.state_keys),
-            action_dim=int(ds.features[target]["shape"][-1]), horizon=cfg.horizon, n_phases=n_phases,
+            action_dim=int(ds.features[target]["shape"][-1]), horizon=cfg.horizon, n_phases=len(phase_names),
+            phase_names=phase_names,
             text_dim=int(emb.shape[1]), tasks=tuple(ds.tasks), text_encoder=text_encoder, vision=vision,
             action_head="discrete" if cfg.loss.action == "discrete" else "continuous")
     except ValueError as e:

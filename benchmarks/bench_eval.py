@@ -1,0 +1,177 @@
+"""Closed-loop benchmarks: distillation quality, the paper's robustness claim, evaluation throughput.
+
+Usage (each suite runs the pipeline through the CLI, as a user would; every stage resumes or is skipped when its
+output exists, so an interrupted run continues where it stopped):
+  python benchmarks/bench_eval.py throughput [--episodes 4]
+      env steps/s with rendering: scripted teacher without cameras, with one 96 px camera, with two 128 px cameras,
+      and the tiny student in closed loop; 1 worker vs 2 workers side by side -> results/eval_throughput.json
+  python benchmarks/bench_eval.py distill [--tasks mt10] [--demos 50] [--steps 20000] [--episodes 10]
+      student vs teacher success per task -> results/eval_distill.json (goal: >= 95% and within 1 point)
+  python benchmarks/bench_eval.py robustness [--tasks ...] [--seeds 3] [--steps 1000] [--teacher noisy:scripted]
+      guided (phase + direction losses) vs unguided students trained on a noisy teacher's labels, same budget
+      -> results/eval_robustness.json (goal: guided ahead by >= 5 points)
+Work directories live under --work (default outputs/bench_eval).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from common import RESULTS, write_result
+
+BIN = [sys.executable, "-m", "vla_distill.cli"]
+
+
+def cli(*args: str) -> None:
+    print("$ vla-distill " + " ".join(args), flush=True)
+    subprocess.run(BIN + list(args), check=True)
+
+
+def eval_info(path: Path) -> dict:
+    return json.loads((path / "eval_info.json").read_text())
+
+
+def dataset(work: Path, tasks: str, demos: int, size: int, seed: int = 0) -> Path:
+    raw = work / "dataset"
+    if not (raw / "meta" / "info.json").exists() or (raw / ".partial").exists():
+        cli("collect", "--tasks", tasks, "--episodes", str(demos), "--cameras", "corner2", "--image-size", str(size),
+            "--seed", str(seed), "--out", str(raw))
+    return raw
+
+
+def annotated(work: Path, raw: Path, teacher: str, name: str) -> Path:
+    out = work / name
+    if not (out / "meta" / "annotation.json").exists():
+        cli("annotate", "--dataset", str(raw), "--out", str(out), "--teacher", teacher)
+    return out
+
+
+def trained(ds: Path, run: Path, steps: int, *extra: str) -> Path:
+    if (run / "checkpoints" / "last").exists():
+        cli("train", "--dataset", str(ds), "--out", str(run), "--steps", str(steps), "--resume", *extra)
+    else:
+        cli("train", "--dataset", str(ds), "--out", str(run), "--steps", str(steps), *extra)
+    return run
+
+
+def evaluated(policy: str, tasks: str, out: Path, episodes: int, *extra: str) -> dict:
+    if not (out / "eval_info.json").exists():
+        cli("eval", "--policy", policy, "--tasks", tasks, "--episodes", str(episodes), "--out", str(out), "--videos", "0", *extra)
+    return eval_info(out)
+
+
+# ------------------------------------------------------------------------------------------------ suites
+def throughput(args) -> dict:
+    import shutil
+
+    work = Path(args.work) / "throughput"
+    tasks = "button-press-topdown-v3,window-open-v3"
+    eps = str(args.episodes)
+    cases = [("scripted, no camera", "scripted", ["--videos", "0"]),
+             ("scripted, corner2 96 px rendered + recorded", "scripted", ["--image-size", "96", "--videos", eps]),
+             ("scripted, corner2 128 px rendered + recorded", "scripted", ["--image-size", "128", "--videos", eps])]
+    if args.student:
+        cases.append((f"student {Path(args.student).name}, its cameras", args.student, ["--videos", "0"]))
+    rows = []
+    for i, (label, policy, extra) in enumerate(cases):
+        for workers in (1, 2):
+            out = work / f"case{i}-w{workers}"
+            shutil.rmtree(out, ignore_errors=True)
+            t0 = time.perf_counter()
+            cli("eval", "--policy", policy, "--tasks", tasks, "--episodes", eps, "--out", str(out), "--workers", str(workers),
+                "--latency-steps", "0", *extra)
+            rows.append(_rate(label, workers, out, time.perf_counter() - t0))
+    print("| actor | workers | env steps | steps/s (rollouts) | wall s (incl. start-up) |\n|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['actor']} | {r['workers']} | {r['steps']} | {r['steps_per_s']:.0f} | {r['wall_s']:.1f} |")
+    return {"suite": "throughput", "tasks": tasks, "episodes_per_task": args.episodes, "rows": rows}
+
+
+def _rate(label: str, workers: int, out: Path, wall: float) -> dict:
+    recs = [json.loads(p.read_text()) for p in (out / "episodes").glob("*/*.json")]
+    steps = sum(r["steps"] for r in recs)
+    busy = sum(r["seconds"] for r in recs) / workers  # rollout time, workers in parallel
+    return {"actor": label, "workers": workers, "steps": steps, "steps_per_s": steps / busy, "wall_s": wall,
+            "success": eval_info(out)["overall"]["pc_success"]}
+
+
+def distill(args) -> dict:
+    work = Path(args.work) / f"distill-{args.tasks}-{args.demos}"
+    raw = dataset(work, args.tasks, args.demos, args.size)
+    ann = annotated(work, raw, "scripted", "annotated")
+    run = trained(ann, work / "student", args.steps, "--preset", args.preset, "--batch-size", str(args.batch_size),
+                  "--save-every", "1000", "--log-every", "100")
+    teacher = evaluated("scripted", args.tasks, work / "eval-teacher", args.episodes)
+    student = evaluated(str(run), args.tasks, work / "eval-student", args.episodes)
+    t, s = teacher["overall"]["pc_success"], student["overall"]["pc_success"]
+    per_task = {x["task"]: {"teacher": x["pc_success"]} for x in teacher["per_task"]}
+    for x in student["per_task"]:
+        per_task[x["task"]]["student"] = x["pc_success"]
+    print("| task | teacher % | student % |\n|---|---:|---:|")
+    for k, v in per_task.items():
+        print(f"| {k} | {v['teacher']:.0f} | {v.get('student', float('nan')):.0f} |")
+    print(f"| overall (all episodes) | {t:.1f} | {s:.1f} |")
+    return {"suite": "distill", "tasks": args.tasks, "demos_per_task": args.demos, "steps": args.steps,
+            "batch_size": args.batch_size, "image_size": args.size, "preset": args.preset,
+            "episodes_per_task": args.episodes, "teacher_pc_success": t, "student_pc_success": s, "gap_points": t - s,
+            "student_group_mean": student["overall"]["pc_success_group_mean"], "per_task": per_task,
+            "student_latency_ms_p50": student["policy"].get("latency_ms_p50"), "goal_met": s >= 95 and t - s <= 1}
+
+
+def robustness(args) -> dict:
+    work = Path(args.work) / f"robust-{args.tasks.replace(',', '+')[:60]}-{args.demos}"
+    raw = dataset(work, args.tasks, args.demos, args.size)
+    ann = annotated(work, raw, args.teacher, "annotated-noisy")
+    out = {"guided": [], "unguided": []}
+    for seed in range(args.seeds):
+        for name, extra in (("guided", ()), ("unguided", ("--no-phase-loss", "--no-direction-loss"))):
+            run = trained(ann, work / f"{name}-s{seed}", args.steps, "--preset", args.preset, "--seed", str(seed),
+                          "--batch-size", str(args.batch_size), "--save-every", "500", "--log-every", "100", *extra)
+            info = evaluated(str(run), args.tasks, work / f"eval-{name}-s{seed}", args.episodes, "--seed", str(seed))
+            out[name].append(info["overall"]["pc_success"])
+    g, u = np.array(out["guided"]), np.array(out["unguided"])
+    print("| student | seeds | success % per seed | mean | std |\n|---|---:|---|---:|---:|")
+    for name, v in (("guided", g), ("unguided", u)):
+        print(f"| {name} | {len(v)} | {', '.join(f'{x:.0f}' for x in v)} | {v.mean():.1f} | {v.std():.1f} |")
+    print(f"guided - unguided: {g.mean() - u.mean():+.1f} points")
+    return {"suite": "robustness", "tasks": args.tasks, "teacher": args.teacher, "demos_per_task": args.demos,
+            "steps": args.steps, "batch_size": args.batch_size, "image_size": args.size, "seeds": args.seeds,
+            "episodes_per_task": args.episodes, "guided": out["guided"], "unguided": out["unguided"],
+            "guided_mean": float(g.mean()), "unguided_mean": float(u.mean()), "difference_points": float(g.mean() - u.mean()),
+            "goal_met": bool(g.mean() - u.mean() >= 5)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("suite", choices=["throughput", "distill", "robustness"])
+    p.add_argument("--work", default="outputs/bench_eval")
+    p.add_argument("--tasks", default="")
+    p.add_argument("--demos", type=int, default=0)
+    p.add_argument("--steps", type=int, default=0)
+    p.add_argument("--episodes", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--size", type=int, default=96)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--teacher", default="noisy:scripted")
+    p.add_argument("--student", default="", help="throughput: also run this checkpoint in closed loop")
+    args = p.parse_args()
+    defaults = {"throughput": ("", 0, 0, 4), "distill": ("mt10", 50, 20000, 10),
+                "robustness": ("button-press-topdown-v3,window-open-v3,drawer-open-v3", 15, 1000, 10)}[args.suite]
+    args.tasks = args.tasks or defaults[0]
+    args.demos = args.demos or defaults[1]
+    args.steps = args.steps or defaults[2]
+    args.episodes = args.episodes or defaults[3]
+    result = {"throughput": throughput, "distill": distill, "robustness": robustness}[args.suite](args)
+    result["command"] = "python benchmarks/bench_eval.py " + " ".join(sys.argv[1:])
+    write_result(RESULTS / f"eval_{args.suite}.json", result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Actors: anything that controls a simulated robot one step at a time, behind one interface, so the teacher
+and the student are evaluated by the same code path.
+
+  PATH (a run dir, checkpoint dir or pretrained_model dir)   a policy this toolkit trained
+  scripted | noisy[...]:KIND | checkpoint:PATH | openpi://HOST:PORT | openvla://HOST:PORT   the teacher kinds
+
+Shapes at this boundary (one environment, batch 1):
+  obs      {camera key: (H, W, 3) uint8, "observation.state": (S,), "observation.environment_state": (E,)}
+  Step     action (D,) float32; phase int or None; direction (E_text,) float32 or None
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vla_distill.errors import ConfigError
+from vla_distill.types import OBS_ENV_STATE
+
+
+@dataclass
+class Step:
+    action: np.ndarray
+    inferred: bool  # True when this step ran the model (a new chunk); False when it came from the queue
+    latency_s: float = 0.0  # wall time of the model call, when inferred
+    phase: int | None = None
+    direction: np.ndarray | None = None
+
+
+@dataclass
+class ActorInfo:
+    spec: str
+    kind: str  # "student" | "policy" | "scripted" | "noisy" | "remote"
+    parameters: int | None = None  # deployed parameters (auxiliary heads left out)
+    weights_mb: float | None = None
+    image_keys: tuple[str, ...] = ()
+    image_size: tuple[int, int] | None = None
+    phase_names: tuple[str, ...] = ()
+    horizon: int = 1
+    provenance: dict = field(default_factory=dict)
+
+
+class ChunkQueue:
+    """Executes `n_action_steps` actions of each predicted chunk, then asks again (lerobot's n_action_steps;
+    openpi's replan_steps)."""
+
+    def __init__(self, n_action_steps: int):
+        self.n = n_action_steps
+        self._left: list[np.ndarray] = []
+
+    def clear(self) -> None:
+        self._left = []
+
+    def empty(self) -> bool:
+        return not self._left
+
+    def fill(self, chunk: np.ndarray) -> None:
+        self._left = list(np.asarray(chunk, np.float32)[: self.n] if self.n else np.asarray(chunk, np.float32))
+
+    def pop(self) -> np.ndarray:
+        return self._left.pop(0)
+
+
+class PolicyActor:
+    """A trained policy (student, state MLP) run batch-1 under torch.inference_mode."""
+
+    def __init__(self, path: str, spec: str | None = None, device: str = "cpu", n_action_steps: int = 0):
+        from vla_distill.models.checkpoint import load_pretrained
+
+        self.policy = load_pretrained(path, device)
+        self.device = device
+        cfg = self.policy.config
+        self.keys = self.policy.input_keys
+        self.observed = hasattr(self.policy, "predict_observed")
+        params = (self.policy.num_parameters(deployed=True) if hasattr(self.policy, "num_parameters")
+                  else sum(p.numel() for p in self.policy.parameters()))
+        weights = sum(t.numel() * t.element_size() for t in self.policy.state_dict().values())
+        self.info = ActorInfo(
+            spec=spec or str(path), kind="student" if self.observed else "policy", parameters=params,
+            weights_mb=round(weights / 2**20, 2), image_keys=tuple(getattr(cfg, "image_keys", ())),
+            image_size=tuple(getattr(cfg, "image_size", ())) or None, phase_names=tuple(getattr(cfg, "phase_names", ())),
+            horizon=self.policy.horizon, provenance=getattr(self.policy, "provenance", {}))
+        self.queue = ChunkQueue(n_action_steps)
+        self.instruction = ""
+
+    def reset(self, task_name: str, instruction: str, episode_seed: int) -> None:
+        self.queue.clear()
+        self.instruction = instruction
+        if self.observed:
+            self.policy.reset(task=instruction)
+        else:
+            self.policy.reset()
+
+    @torch.inference_mode()
+    def act(self, obs: dict) -> Step:
+        from vla_distill.models.base import observation_to_batch
+
+        if not self.queue.empty():
+            return Step(self.queue.pop(), inferred=False)
+        t0 = time.perf_counter()
+        batch = observation_to_batch(obs, self.keys, self.instruction, self.device)
+        phase = direction = None
+        if self.observed:
+            out = self.policy.predict_observed(batch)
+            chunk = out["actions"][0].cpu().numpy()
+            phase, direction = int(out["phase"][0]), out["direction"][0].cpu().numpy()
+        else:
+            chunk = self.policy.predict_action_chunk(batch)[0].float().cpu().numpy()
+        latency = time.perf_counter() - t0
+        self.queue.fill(chunk)
+        return Step(self.queue.pop(), True, latency, phase, direction)
+
+    def close(self) -> None:
+        pass
+
+
+class ScriptedActor:
+    """The MetaWorld expert of the task, reading the 39-d simulator observation."""
+
+    def __init__(self, spec: str = "scripted"):
+        from importlib.metadata import version
+
+        self.info = ActorInfo(spec=spec, kind="scripted", provenance={"source": f"metaworld {version('metaworld')} scripted experts"})
+        self.expert = None
+
+    def reset(self, task_name: str, instruction: str, episode_seed: int) -> None:
+        from vla_distill.sim.metaworld import expert_policy
+
+        self.expert = expert_policy(task_name)
+
+    def act(self, obs: dict) -> Step:
+        import warnings
+
+        if OBS_ENV_STATE not in obs or obs[OBS_ENV_STATE].shape[-1] != 39:
+            raise ConfigError("the scripted teacher needs the 39-d MetaWorld observation", field=OBS_ENV_STATE)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # some experts' gains saturate; we clip
+            a = np.clip(self.expert.get_action(obs[OBS_ENV_STATE].astype(np.float64)), -1.0, 1.0).astype(np.float32)
+        return Step(a, True, time.perf_counter() - t0)
+
+    def close(self) -> None:
+        pass
+
+
+class NoisyActor:
+    """An inner actor with the noisy teacher's seeded imperfections applied online (one stream per episode)."""
+
+    def __init__(self, inner, cfg, spec: str):
+        self.inner, self.cfg = inner, cfg
+        self.info = ActorInfo(**{**inner.info.__dict__, "spec": spec, "kind": "noisy"})
+        self.stream = None
+
+    def reset(self, task_name: str, instruction: str, episode_seed: int) -> None:
+        from vla_distill.teachers.noisy import NoiseStream
+
+        self.inner.reset(task_name, instruction, episode_seed)
+        self.stream = NoiseStream(self.cfg, episode_seed)
+
+    def act(self, obs: dict) -> Step:
+        step = self.inner.act(obs)
+        step.action = self.stream.step(step.action[None])[0]
+        return step
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class RemoteActor:
+    """A VLA behind its server (openpi, OpenVLA), asked on every replan with the live observation."""
+
+    def __init__(self, teacher, n_action_steps: int = 0):
+        self.teacher = teacher
+        cams = tuple(v for v in teacher.cfg.obs_map.values() if v.startswith("observation.images."))
+        self.info = ActorInfo(spec=teacher.spec, kind="remote", image_keys=cams, provenance=teacher.provenance())
+        self.queue = ChunkQueue(n_action_steps)
+        self.instruction = ""
+
+    def reset(self, task_name: str, instruction: str, episode_seed: int) -> None:
+        self.queue.clear()
+        self.instruction = instruction
+
+    def act(self, obs: dict) -> Step:
+        if not self.queue.empty():
+            return Step(self.queue.pop(), inferred=False)
+        t0 = time.perf_counter()
+        chunk = self.teacher.infer({**obs, "task": self.instruction})
+        self.queue.fill(chunk)
+        return Step(self.queue.pop(), True, time.perf_counter() - t0)
+
+    def close(self) -> None:
+        self.teacher.close()
+
+
+def make_actor(spec: str, options: dict[str, str] | None = None, device: str = "cpu", n_action_steps: int = 0):
+    """A policy checkpoint path or a teacher KIND string (see vla_distill.teachers) -> an actor."""
+    from vla_distill.teachers import KINDS, make_teacher, parse_noisy
+
+    if spec == "scripted":
+        return ScriptedActor()
+    noisy = parse_noisy(spec)
+    if noisy:
+        return NoisyActor(make_actor(noisy[1], options, device, n_action_steps), noisy[0], spec)
+    if spec.startswith("checkpoint:"):
+        return PolicyActor(spec[len("checkpoint:"):], spec, device, n_action_steps)
+    if spec.startswith(("openpi://", "openvla://")):
+        return RemoteActor(make_teacher(spec, options), n_action_steps)
+    if Path(spec).exists():
+        return PolicyActor(spec, None, device, n_action_steps)
+    raise ConfigError(f"{spec!r} is neither a policy checkpoint directory nor a teacher kind ({', '.join(KINDS)})",
+                      field="policy")

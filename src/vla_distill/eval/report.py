@@ -1,0 +1,173 @@
+"""`vla-distill report`: evaluations gathered into one Markdown and one HTML page, with their plots and videos.
+
+The first evaluation given is the reference row of the table (normally the teacher); "relative" is each row's
+success divided by the reference's, as the VLA-AD paper reports its student against the teacher.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+
+from vla_distill.errors import ConfigError
+from vla_distill.eval.run import INFO, OBSERVABILITY, summary_table
+
+MAX_FLAGS = 30
+
+
+def _load(path: Path) -> tuple[dict, dict]:
+    p = Path(path)
+    if not (p / INFO).is_file():
+        raise ConfigError("not an evaluation directory (no eval_info.json); run `vla-distill eval` first", path=p)
+    info = json.loads((p / INFO).read_text())
+    obs = json.loads((p / OBSERVABILITY).read_text()) if (p / OBSERVABILITY).exists() else {"flags": [], "per_task": {}}
+    return info, obs
+
+
+def _label(info: dict, path: Path) -> str:
+    """'<evaluation dir name>: <policy as given>', e.g. 'teacher: scripted', 'student: outputs/demo/student'."""
+    return f"{path.name}: {info['policy']['spec']}"
+
+
+def build(evals: list[Path], out: Path) -> list[tuple]:
+    """Blocks of the page: ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", path, caption) |
+    ("video", path, caption) | ("pre", text)."""
+    loaded = [(Path(e), *_load(e)) for e in evals]
+    blocks: list[tuple] = [("h", 1, "vla-distill evaluation report")]
+    labels = [_label(info, p) for p, info, _ in loaded]
+    for (p, info, _), label in zip(loaded, labels):
+        info["policy"]["spec"] = label
+    blocks.append(("p", "Closed-loop success in simulation, batch-1 latency and memory of each policy. The first row is "
+                        "the reference; 'relative' divides each row's success by it."))
+    blocks.append(("md", summary_table([info for _, info, _ in loaded])))
+    # per-task success side by side
+    tasks = list(dict.fromkeys(t["task"] for _, info, _ in loaded for t in info["per_task"]))
+    by = [{t["task"]: t for t in info["per_task"]} for _, info, _ in loaded]
+    rows = [[t, next(b[t]["task_group"] for b in by if t in b)] +
+            [f"{b[t]['pc_success']:.0f}% ({sum(b[t]['metrics']['successes'])}/{b[t]['n_episodes']})" if t in b else "-" for b in by]
+            for t in tasks]
+    blocks += [("h", 2, "Success per task"), ("table", ["task", "group"] + [f"[{i + 1}]" for i in range(len(loaded))], rows)]
+    blocks.append(("p", "  ".join(f"[{i + 1}] {label}" for i, label in enumerate(labels))))
+    groups = list(dict.fromkeys(g for _, info, _ in loaded for g in info["per_group"]))
+    grows = [[g] + [f"{info['per_group'][g]['pc_success']:.1f}" if g in info["per_group"] else "-" for _, info, _ in loaded]
+             for g in groups]
+    grows.append(["mean of group means"] + [f"{info['overall']['pc_success_group_mean']:.1f}" for _, info, _ in loaded])
+    grows.append(["task-weighted (lerobot overall)"] + [f"{info['overall']['pc_success']:.1f}" for _, info, _ in loaded])
+    blocks += [("h", 3, "Per difficulty group"), ("table", ["group"] + [f"[{i + 1}]" for i in range(len(loaded))], grows)]
+    assets = out / "assets"
+    for i, ((p, info, obs), label) in enumerate(zip(loaded, labels)):
+        blocks.append(("h", 2, f"[{i + 1}] {label}"))
+        agree = info.get("observability", {}).get("phase_agreement", {})
+        if any(v is not None for v in agree.values()):
+            blocks.append(("p", "Predicted phase agreement with " + ", ".join(
+                f"{k.replace('_', ' ')} {100 * v:.1f}%" for k, v in agree.items() if v is not None) + "."))
+        for name, rel in info.get("plots", {}).items():
+            dst = assets / f"e{i + 1}" / Path(rel).name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p / rel, dst)
+            blocks.append(("img", dst.relative_to(out), name.replace("_", " ")))
+        videos = [v for t in info["per_task"] for v in t["metrics"]["video_paths"]][:4]
+        for v in videos:
+            dst = assets / f"e{i + 1}" / v.replace("/", "_")
+            shutil.copyfile(p / v, dst)
+            blocks.append(("video", dst.relative_to(out), v))
+        flags = obs.get("flags", [])
+        if flags:
+            blocks.append(("h", 3, f"Flagged episodes ({len({(f['task'], f['episode']) for f in flags})})"))
+            blocks.append(("table", ["task", "episode", "success", "flag", "detail"],
+                           [[f["task"], str(f["episode"]), "yes" if f["success"] else "no", f["kind"], f["detail"]]
+                            for f in flags[:MAX_FLAGS]]))
+            if len(flags) > MAX_FLAGS:
+                blocks.append(("p", f"... and {len(flags) - MAX_FLAGS} more in {p / OBSERVABILITY}."))
+        spreads = {t: v["direction_spread"] for t, v in obs.get("per_task", {}).items() if v.get("direction_spread") is not None}
+        if spreads:
+            blocks.append(("p", "Direction-embedding spread across episodes of a task (mean 1 - cosine to the task centroid at "
+                                "equal progress): " + ", ".join(f"{t} {s:.3f}" for t, s in spreads.items()) + "."))
+    blocks.append(("h", 2, "How these numbers were obtained"))
+    for (p, info, _), label in zip(loaded, labels):
+        e, pol = info["eval"], info["policy"]
+        blocks.append(("p", f"{label}: {e['env']}, {e['episodes_per_task']} episodes per task on held-out seeds "
+                            f"(seed stream {e['seed']}), step limit {e['max_steps']}, success = {e['success']}, "
+                            f"{e['workers']} worker processes; latency: {pol.get('calls', 0)} batch-1 model calls in "
+                            f"closed loop on {pol.get('device', 'cpu')} with {pol.get('threads', '?')} threads after the "
+                            f"episodes; peak RSS of that process (policy + simulator). vla-distill {e['code_version']}."))
+        if e.get("command"):
+            blocks.append(("pre", e["command"]))
+    return blocks
+
+
+def to_markdown(blocks: list[tuple]) -> str:
+    out = []
+    for b in blocks:
+        kind = b[0]
+        if kind == "h":
+            out.append("#" * b[1] + " " + b[2])
+        elif kind in ("p", "md"):
+            out.append(b[1])
+        elif kind == "table":
+            out.append("| " + " | ".join(b[1]) + " |\n|" + "---|" * len(b[1]))
+            out[-1] += "".join("\n| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in b[2])
+        elif kind == "img":
+            out.append(f"![{b[2]}]({b[1]})")
+        elif kind == "video":
+            out.append(f"[video: {b[2]}]({b[1]})")
+        elif kind == "pre":
+            out.append("```\n" + b[1] + "\n```")
+    return "\n\n".join(out) + "\n"
+
+
+def _md_table_html(text: str) -> str:
+    lines = [line.strip().strip("|").split("|") for line in text.strip().splitlines()]
+    head, body = lines[0], lines[2:]
+    return _table_html([c.strip() for c in head], [[c.strip() for c in r] for r in body])
+
+
+def _table_html(header: list[str], rows: list[list[str]]) -> str:
+    h = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+    b = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{b}</tbody></table>"
+
+
+def to_html(blocks: list[tuple]) -> str:
+    parts = []
+    for b in blocks:
+        kind = b[0]
+        if kind == "h":
+            parts.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
+        elif kind == "p":
+            parts.append(f"<p>{html.escape(b[1])}</p>")
+        elif kind == "md":
+            parts.append(_md_table_html(b[1]))
+        elif kind == "table":
+            parts.append(_table_html(b[1], b[2]))
+        elif kind == "img":
+            parts.append(f'<figure><img src="{html.escape(str(b[1]))}" alt="{html.escape(b[2])}"><figcaption>'
+                         f"{html.escape(b[2])}</figcaption></figure>")
+        elif kind == "video":
+            parts.append(f'<figure><video src="{html.escape(str(b[1]))}" controls muted loop></video><figcaption>'
+                         f"{html.escape(b[2])}</figcaption></figure>")
+        elif kind == "pre":
+            parts.append(f"<pre>{html.escape(b[1])}</pre>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:14px}"
+             "th{background:#f3f3f3}img{max-width:100%}figure{display:inline-block;margin:0.5em}video{width:256px}"
+             "pre{background:#f6f6f6;padding:0.6em;overflow-x:auto}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>vla-distill report</title><style>{style}</style>"
+            f"</head><body>{''.join(parts)}</body></html>\n")
+
+
+def write_report(evals: list[str | Path], out: str | Path) -> tuple[Path, str]:
+    """Writes out/report.md and out/report.html (images and videos under out/assets); returns the HTML path and the
+    teacher/student table (Markdown)."""
+    if not evals:
+        raise ConfigError("give at least one evaluation directory", field="evals")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    blocks = build([Path(e) for e in evals], out)
+    for name, text in (("report.md", to_markdown(blocks)), ("report.html", to_html(blocks))):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / name)
+    return out / "report.html", next(b[1] for b in blocks if b[0] == "md")

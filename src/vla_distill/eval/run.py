@@ -1,0 +1,414 @@
+"""`vla-distill eval`: closed-loop evaluation of a policy checkpoint or a teacher, the same code path for both.
+
+Output directory (lerobot-eval's files, plus what observability needs):
+  eval_info.json        per_task / per_group / overall (lerobot's shape) + policy (parameters, latency, memory) + eval
+  observability.json    per-episode phase agreement and flags, per-task direction spread
+  episodes/<task>/<i>.json|.npz   one record per finished episode (what a resumed run skips)
+  videos/<task>/episode_<i>.mp4   rollouts with the predicted phase drawn on the frames
+  plots/*.png           success per task, phase timelines, latency histogram
+Episodes run over worker processes (one torch thread each); batch-1 latency and memory are measured afterwards in
+the main process with the CPU to itself.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import multiprocessing.util as mp_util
+import os
+import resource
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from vla_distill.data.format import write_json_atomic
+from vla_distill.errors import ConfigError
+from vla_distill.eval import envs
+from vla_distill.eval.metrics import aggregate, latency_summary
+from vla_distill.eval.observe import ObserveConfig, agreement, direction_spread, phase_flags, progress_profile, to_four
+
+EPISODES = "episodes"
+PLAN = "eval_plan.json"
+INFO = "eval_info.json"
+OBSERVABILITY = "observability.json"
+LATENCY = "latency_ms.npy"  # the batch-1 measurement's model-call latencies
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    policy: str  # checkpoint path or teacher kind
+    out: str
+    tasks: tuple[str, ...]
+    env: str = "metaworld"
+    episodes: int = 10  # per task
+    seed: int = 0  # picks the held-out seed stream
+    max_steps: int = 0  # 0: the simulator's limit (MetaWorld 500; LIBERO per suite)
+    steps_after_success: int = 10  # frames run after the first success (the phase timeline's release), then stop
+    workers: int = 0  # 0: one per core, at most one per episode
+    videos: int = 2  # per task: the first N episodes are recorded
+    n_action_steps: int = 0  # actions executed per predicted chunk; 0 = the whole chunk
+    image_size: int = 0  # camera size for actors without their own (teachers); 0 = 128 (LIBERO 256)
+    latency_steps: int = 100  # control steps of the batch-1 latency measurement; 0 = skip
+    teacher_options: tuple[tuple[str, str], ...] = ()
+    device: str = "cpu"
+    observe: ObserveConfig = field(default_factory=ObserveConfig)
+
+    def __post_init__(self):
+        if self.env not in envs.ENVS:
+            raise ConfigError(f"unknown env {self.env!r}; envs: {', '.join(envs.ENVS)}", field="env")
+        for name in ("episodes",):
+            if getattr(self, name) < 1:
+                raise ConfigError("must be >= 1", field=name)
+        for name in ("max_steps", "workers", "videos", "n_action_steps", "image_size", "latency_steps", "steps_after_success"):
+            if getattr(self, name) < 0:
+                raise ConfigError("must be >= 0", field=name)
+
+    @property
+    def num_workers(self) -> int:
+        return max(1, min(self.workers or os.cpu_count() or 1, self.episodes * len(self.tasks)))
+
+    def plan(self) -> dict:
+        """What must match for a rerun to resume (workers, videos and the latency pass may differ)."""
+        d = asdict(self)
+        for k in ("workers", "latency_steps", "device", "observe", "out"):
+            d.pop(k)
+        return json.loads(json.dumps(d))
+
+
+# ------------------------------------------------------------------------------------------------ worker side
+_ACTOR = None
+_ENV = None
+
+
+def _init_worker(cfg: EvalConfig) -> None:
+    import torch
+
+    global _ACTOR
+    torch.set_num_threads(1)  # one process per core: more threads per process only contend
+    os.environ.setdefault("LP_NUM_THREADS", "1")
+    _ACTOR = _make_actor(cfg)
+    mp_util.Finalize(None, _close_env, exitpriority=10)  # free the GL context while EGL is still loaded
+
+
+def _make_actor(cfg: EvalConfig):
+    from vla_distill.eval.actors import make_actor
+
+    return make_actor(cfg.policy, dict(cfg.teacher_options), cfg.device, cfg.n_action_steps)
+
+
+def _env_for(cfg: EvalConfig, task: str, actor, video: bool):
+    global _ENV
+    keys, size = cameras_for(cfg, actor.info, video)
+    if _ENV is None or _ENV[0] != (task, keys, size):
+        if _ENV is not None:
+            _ENV[1].close()
+        _ENV = ((task, keys, size), envs.make_env(cfg.env, task, keys, size))
+    return _ENV[1]
+
+
+def cameras_for(cfg: EvalConfig, info, video: bool) -> tuple[tuple[str, ...], tuple[int, int]]:
+    """The actor's cameras at its size; a camera for the video when the actor looks at none."""
+    default = cfg.image_size or (256 if cfg.env == "libero" else 128)
+    keys = tuple(info.image_keys)
+    size = tuple(info.image_size) if info.image_size else (default, default)
+    if video and not keys:
+        keys = (envs.default_camera(cfg.env),)
+    return keys, size
+
+
+def episode_job(cfg: EvalConfig, task: str, episode: int, seed: int) -> dict:
+    """Runs one episode in this worker and stores its record; returns the record."""
+    import warnings
+
+    from vla_distill.eval.rollout import run_episode
+
+    warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
+    actor = _ACTOR
+    video = episode < cfg.videos
+    env = _env_for(cfg, task, actor, video)
+    max_steps = min(cfg.max_steps or env.max_steps, env.max_steps)
+    keys, _ = cameras_for(cfg, actor.info, video)
+    t0 = time.perf_counter()
+    res = run_episode(env, actor, task, seed, max_steps, cfg.steps_after_success, keys[0] if video and keys else None,
+                      actor.info.phase_names)
+    return _store(cfg, task, episode, seed, res, actor.info, time.perf_counter() - t0)
+
+
+def _reference_phases(cfg: EvalConfig, task: str, res, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Ground truth from the expert's branches (MetaWorld) and the kinematic annotator run on the rollout."""
+    from vla_distill.annotate.phases import PhaseConfig, label_phases
+    from vla_distill.annotate.run import kinematics
+
+    out: dict[str, np.ndarray] = {}
+    try:
+        kin = kinematics(res.state, res.env_state, res.success, envs.fps(cfg.env))
+    except Exception:
+        return out
+    taxonomy = "9" if len(names) == 9 else "4"
+    out["annotator"] = to_four(label_phases(kin, PhaseConfig(taxonomy=taxonomy)), names or ())
+    if cfg.env == "metaworld" and res.env_state is not None:
+        from vla_distill.annotate.ground_truth import ARM_ROLES, ground_truth_phases
+
+        if task in ARM_ROLES:
+            out["ground_truth"] = ground_truth_phases(task, res.env_state.astype(np.float64), kin)
+    return out
+
+
+def _store(cfg: EvalConfig, task: str, episode: int, seed: int, res, info, seconds: float) -> dict:
+    from vla_distill.data.video import encode_video
+
+    out = Path(cfg.out)
+    refs = _reference_phases(cfg, task, res, info.phase_names)
+    pred = to_four(res.phase, info.phase_names)
+    reference = refs.get("annotator", refs.get("ground_truth"))
+    video_path = None
+    if res.frames is not None:
+        rel = Path("videos") / task.replace("/", "_") / f"episode_{episode}.mp4"
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        encode_video(res.frames, out / rel, int(envs.fps(cfg.env)), codec="libx264", crf=23, gop=30)
+        video_path = str(rel)
+    first = res.first_success
+    record = {
+        "task": task, "task_group": envs.group_of(cfg.env, task), "episode": episode, "seed": seed,
+        "success": first is not None, "first_success": first, "steps": int(len(res.actions)),
+        "sum_reward": float(res.reward.sum()), "max_reward": float(res.reward.max()) if len(res.reward) else 0.0,
+        "calls": int(len(res.latency_ms)), "seconds": round(seconds, 3), "video_path": video_path,
+        "phase_agreement": {k: agreement(pred, v) for k, v in refs.items()} if (pred >= 0).any() else {},
+        "flags": phase_flags(pred, reference, res.success, res.state[:, :3], cfg.observe),
+    }
+    d = out / EPISODES / task.replace("/", "_")
+    d.mkdir(parents=True, exist_ok=True)
+    arrays = {"phase": pred, "success": res.success, "hand": res.state[:, :3], "actions": res.actions,
+              "directions": res.directions, "direction_steps": res.direction_steps, "latency_ms": res.latency_ms,
+              **{f"reference_{k}": v for k, v in refs.items()}}
+    tmp = d / f"{episode:04d}.tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, d / f"{episode:04d}.npz")
+    write_json_atomic(d / f"{episode:04d}.json", record)  # the marker: written last
+    return record
+
+
+# ------------------------------------------------------------------------------------------------ main side
+def _check_plan(cfg: EvalConfig) -> None:
+    out = Path(cfg.out)
+    plan_path = out / PLAN
+    if plan_path.exists():
+        old = json.loads(plan_path.read_text())
+        if old != cfg.plan():
+            diff = sorted(k for k in set(old) | set(cfg.plan()) if old.get(k) != cfg.plan().get(k))
+            raise ConfigError(f"this directory holds an evaluation with other settings ({', '.join(diff)}); "
+                              "choose a new --out or delete it", path=out)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(plan_path, cfg.plan())
+
+
+def _check_held_out(cfg: EvalConfig, info, jobs: list[tuple[str, int, int]]) -> None:
+    """Refuses seeds the policy's own training demonstrations were collected with (same task)."""
+    root = info.provenance.get("dataset")
+    if cfg.env != "metaworld" or not root or not (Path(root) / "meta" / "info.json").exists():
+        return
+    from vla_distill.data.dataset import RobotDataset
+
+    used = {(e.extra.get("task_name"), e.extra.get("seed")) for e in RobotDataset(root).episodes}
+    clash = [(t, s) for t, _, s in jobs if (t, s) in used]
+    if clash:
+        raise ConfigError(f"evaluation seed {clash[0][1]} of {clash[0][0]} was used to collect the training data in {root}; "
+                          "pick another --seed", field="seed")
+
+
+def _done_records(cfg: EvalConfig) -> dict[tuple[str, int], dict]:
+    out = {}
+    for p in (Path(cfg.out) / EPISODES).glob("*/*.json"):
+        r = json.loads(p.read_text())
+        out[(r["task"], r["episode"])] = r
+    return out
+
+
+def _run_jobs(cfg: EvalConfig, jobs: list[tuple[str, int, int]], bar: tqdm, records: list[dict], actor) -> None:
+    def tick(r: dict) -> None:
+        records.append(r)
+        bar.update(1)
+        bar.set_postfix(success=f"{100 * np.mean([x['success'] for x in records]):.0f}%")
+
+    if cfg.num_workers == 1:  # in this process, with the main actor
+        global _ACTOR
+        _ACTOR = actor
+        try:
+            for job in jobs:
+                tick(episode_job(cfg, *job))
+        finally:
+            _ACTOR = None
+            _close_env()
+        return
+    ctx = mp.get_context("forkserver" if sys.platform == "linux" else "spawn")
+    pool = ProcessPoolExecutor(cfg.num_workers, mp_context=ctx, initializer=_init_worker, initargs=(cfg,))
+    try:
+        pending = {pool.submit(episode_job, cfg, *job) for job in jobs}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                tick(f.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _close_env() -> None:
+    global _ENV
+    if _ENV is not None:
+        _ENV[1].close()
+        _ENV = None
+
+
+def measure_latency(cfg: EvalConfig, actor) -> dict:
+    """Batch-1 model-call latency over `latency_steps` closed-loop steps of the first task, plus peak memory."""
+    import torch
+
+    from vla_distill.eval.rollout import run_episode
+
+    if not cfg.latency_steps:
+        return {}
+    task = cfg.tasks[0]
+    keys, size = cameras_for(cfg, actor.info, False)
+    env = envs.make_env(cfg.env, task, keys, size)
+    try:
+        seed = envs.eval_seeds(cfg.env, task, 1, cfg.seed)[0]
+        res = run_episode(env, actor, task, seed, cfg.latency_steps, steps_after_success=cfg.latency_steps)
+    finally:
+        env.close()
+    np.save(Path(cfg.out) / LATENCY, res.latency_ms)
+    out = latency_summary(res.latency_ms, len(res.actions)) | {"threads": torch.get_num_threads(), "device": cfg.device}
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    if cfg.device.startswith("cuda"):
+        out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+def observability(cfg: EvalConfig, records: list[dict]) -> dict:
+    """Per-episode flags and agreement (from the records), direction spread per task (from the stored arrays)."""
+    tasks: dict[str, list[dict]] = {}
+    for r in records:
+        tasks.setdefault(r["task"], []).append(r)
+    per_task = {}
+    for task, recs in sorted(tasks.items()):
+        recs.sort(key=lambda r: r["episode"])
+        profiles, eps = [], []
+        for r in recs:
+            z = np.load(Path(cfg.out) / EPISODES / task.replace("/", "_") / f"{r['episode']:04d}.npz")
+            if len(z["directions"]):
+                profiles.append(progress_profile(z["directions"], z["direction_steps"], r["steps"], cfg.observe.bins))
+                eps.append(r["episode"])
+        spread = direction_spread(profiles, cfg.observe)
+        agree = {k: [r["phase_agreement"][k] for r in recs if r["phase_agreement"].get(k) is not None]
+                 for k in ("ground_truth", "annotator")}
+        per_task[task] = {
+            "direction_spread": spread["spread"],
+            "direction_flagged_episodes": [eps[i] for i in spread["flagged"]],
+            "direction_deviation": dict(zip(map(str, eps), spread["deviation"])),
+            "phase_agreement": {k: float(np.mean(v)) if v else None for k, v in agree.items()},
+        }
+    flagged = [{"task": r["task"], "episode": r["episode"], "success": r["success"], **f}
+               for r in sorted(records, key=lambda r: (r["task"], r["episode"])) for f in r["flags"]]
+    for task, t in per_task.items():
+        for ep in t["direction_flagged_episodes"]:
+            success = next(r["success"] for r in tasks[task] if r["episode"] == ep)
+            flagged.append({"task": task, "episode": ep, "success": success, "kind": "direction_outlier", "step": None,
+                            "detail": f"direction cues {t['direction_deviation'][str(ep)]:.2f} from the task's centroid "
+                                      f"(task spread {t['direction_spread']:.2f})"})
+    counts: dict[str, int] = {}
+    for f in flagged:
+        counts[f["kind"]] = counts.get(f["kind"], 0) + 1
+    return {"per_task": per_task, "flags": flagged, "flag_counts": counts, "config": asdict(cfg.observe)}
+
+
+def evaluate(cfg: EvalConfig, command: str = "") -> dict:
+    """Runs (or resumes) the evaluation; returns eval_info."""
+    out = Path(cfg.out)
+    actor = _make_actor(cfg)  # fails here, before any worker starts, on a bad path or kind
+    jobs = [(t, i, s) for t in cfg.tasks for i, s in enumerate(envs.eval_seeds(cfg.env, t, cfg.episodes, cfg.seed))]
+    _check_held_out(cfg, actor.info, jobs)
+    if cfg.env == "libero":
+        from vla_distill.sim.libero import LiberoUnavailable, unavailable
+
+        why = unavailable()
+        if why:
+            raise LiberoUnavailable(why)
+    _check_plan(cfg)
+    done = _done_records(cfg)
+    todo = [j for j in jobs if (j[0], j[1]) not in done]
+    records = [done[(t, i)] for t, i, _ in jobs if (t, i) in done]
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(jobs), initial=len(records), desc="eval", unit="ep", file=sys.stderr, dynamic_ncols=True)
+    try:
+        _run_jobs(cfg, todo, bar, records, actor)
+    finally:
+        bar.close()
+    eval_s = time.perf_counter() - t0 + sum(r["seconds"] for r in done.values()) / cfg.num_workers
+    info = aggregate(records, eval_s)
+    try:
+        latency = measure_latency(cfg, actor)
+    finally:
+        actor.close()
+    a = actor.info
+    info["policy"] = {"spec": a.spec, "kind": a.kind, "parameters": a.parameters, "weights_mb": a.weights_mb,
+                      "horizon": a.horizon, "n_action_steps": cfg.n_action_steps or a.horizon,
+                      "image_keys": list(a.image_keys), "phase_names": list(a.phase_names), **latency,
+                      "provenance": a.provenance}
+    info["eval"] = {"env": cfg.env, "tasks": list(cfg.tasks), "episodes_per_task": cfg.episodes, "seed": cfg.seed,
+                    "seeds": {t: envs.eval_seeds(cfg.env, t, cfg.episodes, cfg.seed) for t in cfg.tasks},
+                    "max_steps": cfg.max_steps or ("500 (the simulator's)" if cfg.env == "metaworld" else "the suite's"), "steps_after_success": cfg.steps_after_success,
+                    "workers": cfg.num_workers, "success": "info['success'] at any step", "code_version": _version(),
+                    "command": command}
+    obs = observability(cfg, records)
+    info["observability"] = {"flag_counts": obs["flag_counts"], "flagged_episodes": len({(f["task"], f["episode"]) for f in obs["flags"]}),
+                             "phase_agreement": _mean_agreement(obs)}
+    write_json_atomic(out / OBSERVABILITY, obs)
+    try:
+        from vla_distill.eval.plots import write_plots
+
+        info["plots"] = write_plots(out, info, obs)
+    except ImportError:  # matplotlib is optional
+        info["plots"] = {}
+    write_json_atomic(out / INFO, info)
+    return info
+
+
+def _mean_agreement(obs: dict) -> dict:
+    out = {}
+    for k in ("ground_truth", "annotator"):
+        v = [t["phase_agreement"][k] for t in obs["per_task"].values() if t["phase_agreement"][k] is not None]
+        out[k] = float(np.mean(v)) if v else None
+    return out
+
+
+def _version() -> str:
+    from vla_distill import __version__
+
+    return __version__
+
+
+def summary_table(infos: list[dict]) -> str:
+    """The paper's table, one row per evaluation: parameters, Hz, memory, success, gap to the first (teacher) row."""
+    rows = ["| policy | params | p50 ms | p99 ms | control Hz | peak RSS MB | success % (all episodes) | success % (mean of groups) | relative to first |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    ref = infos[0]["overall"]["pc_success"] if infos else 0.0
+    for i, info in enumerate(infos):
+        p, o = info["policy"], info["overall"]
+        rel = "reference" if i == 0 else f"{100 * o['pc_success'] / ref:.1f}%" if ref else "-"
+        rows.append(f"| {p['spec']} | {_fmt_params(p['parameters'])} | {_fmt(p.get('latency_ms_p50'), 2)} | "
+                    f"{_fmt(p.get('latency_ms_p99'), 2)} | {_fmt(p.get('control_hz'), 0)} | {_fmt(p.get('peak_rss_mb'), 0)} | "
+                    f"{o['pc_success']:.1f} | {o['pc_success_group_mean']:.1f} | {rel} |")
+    return "\n".join(rows)
+
+
+def _fmt(v, digits: int) -> str:
+    return "-" if v is None else f"{v:,.{digits}f}"
+
+
+def _fmt_params(n: int | None) -> str:
+    return "-" if not n else f"{n / 1e6:.2f}M"
