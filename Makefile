@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_collect.py
 	$(BIN)/python benchmarks/bench_dataloader.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_eval.py throughput
 
 clean:
 	rm -rf $(VENV) .venv-lerobot outputs .pytest_cache

@@ -143,11 +143,12 @@ def _reference_phases(cfg: EvalConfig, task: str, res, names: tuple[str, ...]) -
     """Ground truth from the expert's branches (MetaWorld) and the kinematic annotator run on the rollout."""
     from vla_distill.annotate.phases import PhaseConfig, label_phases
     from vla_distill.annotate.run import kinematics
+    from vla_distill.errors import DatasetError
 
     out: dict[str, np.ndarray] = {}
     try:
         kin = kinematics(res.state, res.env_state, res.success, envs.fps(cfg.env))
-    except Exception:
+    except DatasetError:  # a state layout without known kinematics: no reference timeline
         return out
     taxonomy = "9" if len(names) == 9 else "4"
     out["annotator"] = to_four(label_phases(kin, PhaseConfig(taxonomy=taxonomy)), names or ())
