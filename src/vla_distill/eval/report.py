@@ -92,7 +92,7 @@ def build(evals: list[Path], out: Path) -> list[tuple]:
                             f"(seed stream {e['seed']}), step limit {e['max_steps']}, success = {e['success']}, "
                             f"{e['workers']} worker processes; latency: {pol.get('calls', 0)} batch-1 model calls in "
                             f"closed loop on {pol.get('device', 'cpu')} with {pol.get('threads', '?')} threads after the "
-                            f"episodes; peak RSS of that process (policy + simulator). vla-distill {e['code_version']}."))
+                            f"episodes (1-minute load average then: {pol.get('load_avg_1m', '?')}); peak RSS of that process (policy + simulator). vla-distill {e['code_version']}."))
         if e.get("command"):
             blocks.append(("pre", e["command"]))
     return blocks

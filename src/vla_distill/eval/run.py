@@ -283,7 +283,8 @@ def measure_latency(cfg: EvalConfig, actor) -> dict:
     finally:
         env.close()
     np.save(Path(cfg.out) / LATENCY, res.latency_ms)
-    out = latency_summary(res.latency_ms, len(res.actions)) | {"threads": torch.get_num_threads(), "device": cfg.device}
+    out = latency_summary(res.latency_ms, len(res.actions)) | {"threads": torch.get_num_threads(), "device": cfg.device,
+                                                                "load_avg_1m": round(os.getloadavg()[0], 2)}
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if cfg.device.startswith("cuda"):
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
