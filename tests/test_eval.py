@@ -202,9 +202,11 @@ def tiny_student(annotated, tmp_path_factory):
 def test_eval_of_a_real_tiny_checkpoint_over_two_processes_resumes(tiny_student, annotated, tmp_path):
     out = tmp_path / "ev"
     cfg = EvalConfig(policy=str(tiny_student), out=str(out), tasks=("reach-v3",), episodes=2, max_steps=30, workers=2,
-                     videos=1, latency_steps=10)
+                     videos=1, video_failures=True, latency_steps=10)
     info = evaluate(cfg)
     assert info["overall"]["n_episodes"] == 2 and info["eval"]["workers"] == 2
+    assert info["overall"]["pc_success"] == 0.0  # 30 steps are too few to reach
+    assert info["per_task"][0]["metrics"]["video_paths"] == ["videos/reach-v3/episode_0.mp4", "videos/reach-v3/episode_1.mp4"]
     p = info["policy"]
     assert p["kind"] == "student" and p["phase_names"] == ["approach", "grasp", "transport", "release"]
     assert p["parameters"] > 1e6 and p["horizon"] == 1

@@ -136,7 +136,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     cfg = EvalConfig(
         policy=args.policy, out=args.out, tasks=tuple(envs.resolve_tasks(args.env, args.tasks)), env=args.env,
         episodes=args.episodes, seed=args.seed, max_steps=args.max_steps, steps_after_success=args.steps_after_success,
-        workers=args.workers, videos=args.videos, n_action_steps=args.n_action_steps, image_size=args.image_size,
+        workers=args.workers, videos=args.videos, video_failures=args.video_failures, n_action_steps=args.n_action_steps,
+        image_size=args.image_size,
         latency_steps=args.latency_steps, teacher_options=_key_values(args.teacher_opt, "--teacher-opt"), device=args.device)
     info = evaluate(cfg, command="vla-distill " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else "")
     o = info["overall"]
@@ -251,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps-after-success", type=int, default=10)
     e.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
     e.add_argument("--videos", type=int, default=2, help="episodes recorded per task with the predicted phase drawn (default 2)")
+    e.add_argument("--video-failures", action="store_true", help="also record every failed episode")
     e.add_argument("--n-action-steps", type=int, default=0, help="actions executed per predicted chunk (default: all)")
     e.add_argument("--image-size", type=int, default=0, help="camera size for teachers (default 128; LIBERO 256)")
     e.add_argument("--latency-steps", type=int, default=100, help="closed-loop steps of the batch-1 latency measurement")

@@ -15,6 +15,17 @@ from vla_distill.errors import ConfigError
 from vla_distill.eval.run import INFO, OBSERVABILITY, summary_table
 
 MAX_FLAGS = 30
+MAX_VIDEOS = 6
+
+
+def _videos(info: dict) -> list[tuple[bool, str]]:
+    """(succeeded, path) of every recorded episode: failures sort first, they are what a reader wants to watch."""
+    out = []
+    for t in info["per_task"]:
+        for v in t["metrics"]["video_paths"]:
+            episode = int(Path(v).stem.rpartition("_")[2])
+            out.append((bool(t["metrics"]["successes"][episode]), v))
+    return out
 
 
 def _load(path: Path) -> tuple[dict, dict]:
@@ -68,7 +79,7 @@ def build(evals: list[Path], out: Path) -> list[tuple]:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(p / rel, dst)
             blocks.append(("img", dst.relative_to(out), name.replace("_", " ")))
-        videos = [v for t in info["per_task"] for v in t["metrics"]["video_paths"]][:4]
+        videos = [v for _, v in sorted(_videos(info))][:MAX_VIDEOS]
         for v in videos:
             dst = assets / f"e{i + 1}" / v.replace("/", "_")
             shutil.copyfile(p / v, dst)

@@ -51,6 +51,7 @@ class EvalConfig:
     steps_after_success: int = 10  # frames run after the first success (the phase timeline's release), then stop
     workers: int = 0  # 0: one per core, at most one per episode
     videos: int = 2  # per task: the first N episodes are recorded
+    video_failures: bool = False  # also record every failed episode
     n_action_steps: int = 0  # actions executed per predicted chunk; 0 = the whole chunk
     image_size: int = 0  # camera size for actors without their own (teachers); 0 = 128 (LIBERO 256)
     latency_steps: int = 100  # control steps of the batch-1 latency measurement; 0 = skip
@@ -75,7 +76,7 @@ class EvalConfig:
     def plan(self) -> dict:
         """What must match for a rerun to resume (workers, videos and the latency pass may differ)."""
         d = asdict(self)
-        for k in ("workers", "latency_steps", "device", "observe", "out"):
+        for k in ("workers", "videos", "video_failures", "latency_steps", "device", "observe", "out"):
             d.pop(k)
         return json.loads(json.dumps(d))
 
@@ -129,13 +130,15 @@ def episode_job(cfg: EvalConfig, task: str, episode: int, seed: int) -> dict:
 
     warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
     actor = _ACTOR
-    video = episode < cfg.videos
+    video = episode < cfg.videos or cfg.video_failures
     env = _env_for(cfg, task, actor, video)
     max_steps = min(cfg.max_steps or env.max_steps, env.max_steps)
     keys, _ = cameras_for(cfg, actor.info, video)
     t0 = time.perf_counter()
     res = run_episode(env, actor, task, seed, max_steps, cfg.steps_after_success, keys[0] if video and keys else None,
                       actor.info.phase_names)
+    if res.frames is not None and episode >= cfg.videos and res.first_success is not None:
+        res.frames = None  # kept only in case it failed
     return _store(cfg, task, episode, seed, res, actor.info, time.perf_counter() - t0)
 
 
