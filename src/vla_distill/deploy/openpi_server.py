@@ -17,23 +17,23 @@ import torch
 from websockets.sync.server import serve
 
 from vla_distill.deploy.msgpack_numpy import packb, unpackb
+from vla_distill.models.base import observation_to_batch
 
 InferFn = Callable[[dict], np.ndarray]  # obs dict (our keys) -> (H, D) actions
 
 
 def policy_infer_fn(policy) -> InferFn:
     """Wrap a vla-distill Policy: accepts our keys or openpi-style 'observation/<name>' keys and 'prompt'."""
-    keys = tuple(getattr(policy.config, "input_keys", ("observation.state",)))
+    keys = policy.input_keys
 
     @torch.no_grad()
     def infer(obs: dict) -> np.ndarray:
         obs = {k.replace("/", "."): v for k, v in obs.items()}
-        batch = {"task": [str(obs.get("prompt", obs.get("task", "")))]}
-        for k in keys:
-            if k not in obs:
-                raise KeyError(f"observation lacks {k!r} (expects {list(keys)})")
-            batch[k] = torch.as_tensor(np.asarray(obs[k], np.float32))[None]
-        return policy.predict_action_chunk(batch)[0].numpy()
+        missing = [k for k in keys if k not in obs]
+        if missing:
+            raise KeyError(f"observation lacks {missing[0]!r} (expects {list(keys)})")
+        batch = observation_to_batch(obs, keys, str(obs.get("prompt", obs.get("task", ""))))
+        return policy.predict_action_chunk(batch)[0].float().numpy()
 
     return infer
 
