@@ -274,3 +274,26 @@ def test_libero_env_runs_with_openpi_conventions():
     assert obs["observation.images.image"].shape == (256, 256, 3) and obs["observation.state"].shape == (8,)
     obs, _, _ = env.step(np.zeros(7, np.float32))
     env.close()
+
+
+def test_an_ablated_head_is_not_reported(tiny_student, tmp_path):
+    """A student trained with phase weight 0 has a phase head that was never trained: no phases, no phase flags."""
+    import shutil
+
+    from vla_distill.eval.actors import make_actor
+    from vla_distill.models.checkpoint import resolve_pretrained_dir
+
+    src = resolve_pretrained_dir(tiny_student)
+    dst = tmp_path / "pretrained_model"
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "train_config.json").read_text())
+    cfg["loss"]["phase_weight"] = 0.0
+    (dst / "train_config.json").write_text(json.dumps(cfg))
+    obs = {k: np.zeros((64, 64, 3), np.uint8) for k in ("observation.images.corner2", "observation.images.gripper")}
+    obs["observation.state"] = np.zeros(4, np.float32)
+    for path, phased in ((src, True), (dst, False)):
+        actor = make_actor(str(path))
+        actor.reset("reach-v3", "reach the goal", 0)
+        step = actor.act(obs)
+        assert (step.phase is not None) == phased and step.direction.shape == (384,)
+        assert bool(actor.info.phase_names) == phased

@@ -76,13 +76,16 @@ class PolicyActor:
         cfg = self.policy.config
         self.keys = self.policy.input_keys
         self.observed = hasattr(self.policy, "predict_observed")
+        # A head trained with weight 0 (an ablation) predicts noise: its output is not reported.
+        self.phase_trained, self.direction_trained = _trained_heads(path)
         params = (self.policy.num_parameters(deployed=True) if hasattr(self.policy, "num_parameters")
                   else sum(p.numel() for p in self.policy.parameters()))
         weights = sum(t.numel() * t.element_size() for t in self.policy.state_dict().values())
         self.info = ActorInfo(
             spec=spec or str(path), kind="student" if self.observed else "policy", parameters=params,
             weights_mb=round(weights / 2**20, 2), image_keys=tuple(getattr(cfg, "image_keys", ())),
-            image_size=tuple(getattr(cfg, "image_size", ())) or None, phase_names=tuple(getattr(cfg, "phase_names", ())),
+            image_size=tuple(getattr(cfg, "image_size", ())) or None,
+            phase_names=tuple(getattr(cfg, "phase_names", ())) if self.phase_trained else (),
             horizon=self.policy.horizon, provenance=getattr(self.policy, "provenance", {}))
         self.queue = ChunkQueue(n_action_steps)
         self.instruction = ""
@@ -107,7 +110,8 @@ class PolicyActor:
         if self.observed:
             out = self.policy.predict_observed(batch)
             chunk = out["actions"][0].cpu().numpy()
-            phase, direction = int(out["phase"][0]), out["direction"][0].cpu().numpy()
+            phase = int(out["phase"][0]) if self.phase_trained else None
+            direction = out["direction"][0].cpu().numpy() if self.direction_trained else None
         else:
             chunk = self.policy.predict_action_chunk(batch)[0].float().cpu().numpy()
         latency = time.perf_counter() - t0
@@ -116,6 +120,19 @@ class PolicyActor:
 
     def close(self) -> None:
         pass
+
+
+def _trained_heads(path: str) -> tuple[bool, bool]:
+    """(phase head trained, direction head trained), from the checkpoint's train_config.json when it has one."""
+    import json
+
+    from vla_distill.models.checkpoint import resolve_pretrained_dir
+
+    cfg = resolve_pretrained_dir(path) / "train_config.json"
+    if not cfg.exists():
+        return True, True
+    loss = json.loads(cfg.read_text()).get("loss", {})
+    return loss.get("phase_weight", 1.0) > 0, loss.get("direction_weight", 1.0) > 0
 
 
 class ScriptedActor:
