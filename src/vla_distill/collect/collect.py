@@ -29,7 +29,7 @@ from vla_distill.data.format import INFO_PATH, video_feature, write_json_atomic
 from vla_distill.data.video import encode_video
 from vla_distill.data.writer import DatasetWriter, EncodedVideo, Episode
 from vla_distill.errors import ConfigError
-from vla_distill.sim.metaworld import ACTION_NAMES, FPS, STATE_NAMES, MetaWorldEnv, expert_policy
+from vla_distill.sim.metaworld import ACTION_NAMES, FPS, STATE_NAMES, MetaWorldEnv, expert_action, expert_policy
 from vla_distill.sim.metaworld_tasks import INSTRUCTIONS, difficulty_of
 from vla_distill.types import ACTION, DONE, OBS_ENV_STATE, OBS_STATE, REWARD, SUCCESS
 
@@ -87,7 +87,7 @@ def rollout_expert(env: MetaWorldEnv, seed: int, steps_after_success: int) -> tu
     frames: dict[str, list] = {k: [] for k in (*obs, ACTION, REWARD, SUCCESS)}
     first_success = None
     for t in range(env.max_steps):
-        action = np.clip(policy.get_action(env.raw_obs), -1.0, 1.0).astype(np.float32)
+        action = expert_action(policy, env.raw_obs)
         for k, v in obs.items():
             frames[k].append(v)
         obs, reward, success = env.step(action)

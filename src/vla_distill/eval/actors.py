@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -55,14 +56,16 @@ class ChunkQueue:
     def clear(self) -> None:
         self._left = []
 
-    def empty(self) -> bool:
-        return not self._left
-
-    def fill(self, chunk: np.ndarray) -> None:
-        self._left = list(np.asarray(chunk, np.float32)[: self.n] if self.n else np.asarray(chunk, np.float32))
-
-    def pop(self) -> np.ndarray:
-        return self._left.pop(0)
+    def next(self, infer: Callable[[], tuple[np.ndarray, int | None, np.ndarray | None]]) -> Step:
+        """The next queued action; when none is left, a new (K, D) chunk from `infer`, whose wall time is the latency."""
+        if self._left:
+            return Step(self._left.pop(0), inferred=False)
+        t0 = time.perf_counter()
+        chunk, phase, direction = infer()
+        latency = time.perf_counter() - t0
+        chunk = np.asarray(chunk, np.float32)
+        self._left = list(chunk[: self.n] if self.n else chunk)
+        return Step(self._left.pop(0), True, latency, phase, direction)
 
 
 class PolicyActor:
@@ -98,25 +101,20 @@ class PolicyActor:
         else:
             self.policy.reset()
 
-    @torch.inference_mode()
     def act(self, obs: dict) -> Step:
+        return self.queue.next(lambda: self._infer(obs))
+
+    @torch.inference_mode()
+    def _infer(self, obs: dict) -> tuple[np.ndarray, int | None, np.ndarray | None]:
         from vla_distill.models.base import observation_to_batch
 
-        if not self.queue.empty():
-            return Step(self.queue.pop(), inferred=False)
-        t0 = time.perf_counter()
         batch = observation_to_batch(obs, self.keys, self.instruction, self.device)
-        phase = direction = None
-        if self.observed:
-            out = self.policy.predict_observed(batch)
-            chunk = out["actions"][0].cpu().numpy()
-            phase = int(out["phase"][0]) if self.phase_trained else None
-            direction = out["direction"][0].cpu().numpy() if self.direction_trained else None
-        else:
-            chunk = self.policy.predict_action_chunk(batch)[0].float().cpu().numpy()
-        latency = time.perf_counter() - t0
-        self.queue.fill(chunk)
-        return Step(self.queue.pop(), True, latency, phase, direction)
+        if not self.observed:
+            return self.policy.predict_action_chunk(batch)[0].float().cpu().numpy(), None, None
+        out = self.policy.predict_observed(batch)
+        phase = int(out["phase"][0]) if self.phase_trained else None
+        direction = out["direction"][0].cpu().numpy() if self.direction_trained else None
+        return out["actions"][0].cpu().numpy(), phase, direction
 
     def close(self) -> None:
         pass
@@ -152,12 +150,14 @@ class ScriptedActor:
     def act(self, obs: dict) -> Step:
         import warnings
 
+        from vla_distill.sim.metaworld import expert_action
+
         if OBS_ENV_STATE not in obs or obs[OBS_ENV_STATE].shape[-1] != 39:
             raise ConfigError("the scripted teacher needs the 39-d MetaWorld observation", field=OBS_ENV_STATE)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # some experts' gains saturate; we clip
-            a = np.clip(self.expert.get_action(obs[OBS_ENV_STATE].astype(np.float64)), -1.0, 1.0).astype(np.float32)
+            warnings.simplefilter("ignore")  # some experts' gains saturate; expert_action clips
+            a = expert_action(self.expert, obs[OBS_ENV_STATE])
         return Step(a, True, time.perf_counter() - t0)
 
     def close(self) -> None:
@@ -202,12 +202,7 @@ class RemoteActor:
         self.instruction = instruction
 
     def act(self, obs: dict) -> Step:
-        if not self.queue.empty():
-            return Step(self.queue.pop(), inferred=False)
-        t0 = time.perf_counter()
-        chunk = self.teacher.infer({**obs, "task": self.instruction})
-        self.queue.fill(chunk)
-        return Step(self.queue.pop(), True, time.perf_counter() - t0)
+        return self.queue.next(lambda: (self.teacher.infer({**obs, "task": self.instruction}), None, None))
 
     def close(self) -> None:
         self.teacher.close()

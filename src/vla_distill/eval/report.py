@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from vla_distill.errors import ConfigError
-from vla_distill.eval.run import INFO, OBSERVABILITY, summary_table
+from vla_distill.eval.run import INFO, OBSERVABILITY, SUMMARY_HEADER, markdown_table, summary_rows
 
 MAX_FLAGS = 30
 MAX_VIDEOS = 6
@@ -43,7 +43,8 @@ def _label(info: dict, path: Path) -> str:
 
 
 def build(evals: list[Path], out: Path) -> list[tuple]:
-    """Blocks of the page: ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", path, caption) |
+    """Blocks of the page: ("h", level, text) | ("p", text) | ("table", header, rows[, numbers right-aligned]) |
+    ("img", path, caption) |
     ("video", path, caption) | ("pre", text)."""
     loaded = [(Path(e), *_load(e)) for e in evals]
     blocks: list[tuple] = [("h", 1, "vla-distill evaluation report")]
@@ -52,7 +53,7 @@ def build(evals: list[Path], out: Path) -> list[tuple]:
         info["policy"]["spec"] = label
     blocks.append(("p", "Closed-loop success in simulation, batch-1 latency and memory of each policy. The first row is "
                         "the reference; 'relative' divides each row's success by it."))
-    blocks.append(("md", summary_table([info for _, info, _ in loaded])))
+    blocks.append(("table", SUMMARY_HEADER, summary_rows([info for _, info, _ in loaded]), True))
     # per-task success side by side
     tasks = list(dict.fromkeys(t["task"] for _, info, _ in loaded for t in info["per_task"]))
     by = [{t["task"]: t for t in info["per_task"]} for _, info, _ in loaded]
@@ -103,7 +104,8 @@ def build(evals: list[Path], out: Path) -> list[tuple]:
                             f"(seed stream {e['seed']}), step limit {e['max_steps']}, success = {e['success']}, "
                             f"{e['workers']} worker processes; latency: {pol.get('calls', 0)} batch-1 model calls in "
                             f"closed loop on {pol.get('device', 'cpu')} with {pol.get('threads', '?')} threads after the "
-                            f"episodes (1-minute load average then: {pol.get('load_avg_1m', '?')}); peak RSS of that process (policy + simulator). vla-distill {e['code_version']}."))
+                            f"episodes (1-minute load average then: {pol.get('load_avg_1m', '?')}); peak RSS of that "
+                            f"process (policy + simulator). vla-distill {e['code_version']}."))
         if e.get("command"):
             blocks.append(("pre", e["command"]))
     return blocks
@@ -115,11 +117,10 @@ def to_markdown(blocks: list[tuple]) -> str:
         kind = b[0]
         if kind == "h":
             out.append("#" * b[1] + " " + b[2])
-        elif kind in ("p", "md"):
+        elif kind == "p":
             out.append(b[1])
         elif kind == "table":
-            out.append("| " + " | ".join(b[1]) + " |\n|" + "---|" * len(b[1]))
-            out[-1] += "".join("\n| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in b[2])
+            out.append(markdown_table(b[1], b[2], right=len(b) > 3 and b[3]))
         elif kind == "img":
             out.append(f"![{b[2]}]({b[1]})")
         elif kind == "video":
@@ -127,12 +128,6 @@ def to_markdown(blocks: list[tuple]) -> str:
         elif kind == "pre":
             out.append("```\n" + b[1] + "\n```")
     return "\n\n".join(out) + "\n"
-
-
-def _md_table_html(text: str) -> str:
-    lines = [line.strip().strip("|").split("|") for line in text.strip().splitlines()]
-    head, body = lines[0], lines[2:]
-    return _table_html([c.strip() for c in head], [[c.strip() for c in r] for r in body])
 
 
 def _table_html(header: list[str], rows: list[list[str]]) -> str:
@@ -149,8 +144,6 @@ def to_html(blocks: list[tuple]) -> str:
             parts.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
         elif kind == "p":
             parts.append(f"<p>{html.escape(b[1])}</p>")
-        elif kind == "md":
-            parts.append(_md_table_html(b[1]))
         elif kind == "table":
             parts.append(_table_html(b[1], b[2]))
         elif kind == "img":
@@ -181,4 +174,5 @@ def write_report(evals: list[str | Path], out: str | Path) -> tuple[Path, str]:
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)
         tmp.replace(out / name)
-    return out / "report.html", next(b[1] for b in blocks if b[0] == "md")
+    summary = next(b for b in blocks if b[0] == "table" and b[1] is SUMMARY_HEADER)
+    return out / "report.html", markdown_table(SUMMARY_HEADER, summary[2], right=True)

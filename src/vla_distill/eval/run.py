@@ -62,9 +62,8 @@ class EvalConfig:
     def __post_init__(self):
         if self.env not in envs.ENVS:
             raise ConfigError(f"unknown env {self.env!r}; envs: {', '.join(envs.ENVS)}", field="env")
-        for name in ("episodes",):
-            if getattr(self, name) < 1:
-                raise ConfigError("must be >= 1", field=name)
+        if self.episodes < 1:
+            raise ConfigError("must be >= 1", field="episodes")
         for name in ("max_steps", "workers", "videos", "n_action_steps", "image_size", "latency_steps", "steps_after_success"):
             if getattr(self, name) < 0:
                 raise ConfigError("must be >= 0", field=name)
@@ -103,13 +102,14 @@ def _make_actor(cfg: EvalConfig):
 
 
 def _env_for(cfg: EvalConfig, task: str, actor, video: bool):
+    """This worker's environment for the task (rebuilt only when the task or cameras change) and its camera keys."""
     global _ENV
     keys, size = cameras_for(cfg, actor.info, video)
     if _ENV is None or _ENV[0] != (task, keys, size):
         if _ENV is not None:
             _ENV[1].close()
         _ENV = ((task, keys, size), envs.make_env(cfg.env, task, keys, size))
-    return _ENV[1]
+    return _ENV[1], keys
 
 
 def cameras_for(cfg: EvalConfig, info, video: bool) -> tuple[tuple[str, ...], tuple[int, int]]:
@@ -131,9 +131,8 @@ def episode_job(cfg: EvalConfig, task: str, episode: int, seed: int) -> dict:
     warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
     actor = _ACTOR
     video = episode < cfg.videos or cfg.video_failures
-    env = _env_for(cfg, task, actor, video)
+    env, keys = _env_for(cfg, task, actor, video)
     max_steps = min(cfg.max_steps or env.max_steps, env.max_steps)
-    keys, _ = cameras_for(cfg, actor.info, video)
     t0 = time.perf_counter()
     res = run_episode(env, actor, task, seed, max_steps, cfg.steps_after_success, keys[0] if video and keys else None,
                       actor.info.phase_names)
@@ -202,9 +201,9 @@ def _check_plan(cfg: EvalConfig) -> None:
     out = Path(cfg.out)
     plan_path = out / PLAN
     if plan_path.exists():
-        old = json.loads(plan_path.read_text())
-        if old != cfg.plan():
-            diff = sorted(k for k in set(old) | set(cfg.plan()) if old.get(k) != cfg.plan().get(k))
+        old, new = json.loads(plan_path.read_text()), cfg.plan()
+        if old != new:
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise ConfigError(f"this directory holds an evaluation with other settings ({', '.join(diff)}); "
                               "choose a new --out or delete it", path=out)
     else:
@@ -397,18 +396,31 @@ def _version() -> str:
     return __version__
 
 
-def summary_table(infos: list[dict]) -> str:
+SUMMARY_HEADER = ["policy", "params", "p50 ms", "p99 ms", "control Hz", "peak RSS MB", "success % (all episodes)",
+                  "success % (mean of groups)", "relative to first"]
+
+
+def summary_rows(infos: list[dict]) -> list[list[str]]:
     """The paper's table, one row per evaluation: parameters, Hz, memory, success, gap to the first (teacher) row."""
-    rows = ["| policy | params | p50 ms | p99 ms | control Hz | peak RSS MB | success % (all episodes) | success % (mean of groups) | relative to first |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = []
     ref = infos[0]["overall"]["pc_success"] if infos else 0.0
     for i, info in enumerate(infos):
         p, o = info["policy"], info["overall"]
         rel = "reference" if i == 0 else f"{100 * o['pc_success'] / ref:.1f}%" if ref else "-"
-        rows.append(f"| {p['spec']} | {_fmt_params(p['parameters'])} | {_fmt(p.get('latency_ms_p50'), 2)} | "
-                    f"{_fmt(p.get('latency_ms_p99'), 2)} | {_fmt(p.get('control_hz'), 0)} | {_fmt(p.get('peak_rss_mb'), 0)} | "
-                    f"{o['pc_success']:.1f} | {o['pc_success_group_mean']:.1f} | {rel} |")
-    return "\n".join(rows)
+        rows.append([p["spec"], _fmt_params(p["parameters"]), _fmt(p.get("latency_ms_p50"), 2), _fmt(p.get("latency_ms_p99"), 2),
+                     _fmt(p.get("control_hz"), 0), _fmt(p.get("peak_rss_mb"), 0), f"{o['pc_success']:.1f}",
+                     f"{o['pc_success_group_mean']:.1f}", rel])
+    return rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]], right: bool = False) -> str:
+    """A Markdown table; right=True aligns every column but the first to the right (numbers)."""
+    rule = "|---|" + ("---:|" if right else "---|") * (len(header) - 1)
+    return "\n".join(["| " + " | ".join(header) + " |", rule] + ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows])
+
+
+def summary_table(infos: list[dict]) -> str:
+    return markdown_table(SUMMARY_HEADER, summary_rows(infos), right=True)
 
 
 def _fmt(v, digits: int) -> str:

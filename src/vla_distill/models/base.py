@@ -64,13 +64,19 @@ class Policy(nn.Module):
         raise NotImplementedError
 
 
+def frames_to_batch(frames: dict, keys: tuple[str, ...], tasks: list[str], device: str | torch.device = "cpu") -> dict:
+    """Frames with a leading batch dim B (cameras (B, H, W, 3) uint8, vectors (B, S)) -> the policy's batch:
+    cameras (B, 3, H, W) float in [0, 1], vectors float32, task list[str]."""
+    batch: dict = {"task": list(tasks)}
+    for key in keys:
+        value = np.asarray(frames[key])
+        if value.dtype == np.uint8 and value.ndim == 4:
+            batch[key] = torch.from_numpy(np.ascontiguousarray(value)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+        else:
+            batch[key] = torch.from_numpy(value.astype(np.float32, copy=False)).to(device)
+    return batch
+
+
 def observation_to_batch(obs: dict, keys: tuple[str, ...], task: str, device: str | torch.device = "cpu") -> dict:
     """One live observation (cameras (H, W, 3) uint8, vectors (S,)) -> a batch of one in the policy's layout."""
-    batch: dict = {"task": [task]}
-    for key in keys:
-        value = np.asarray(obs[key])
-        if value.dtype == np.uint8 and value.ndim == 3:  # camera: HWC uint8 -> (1, 3, H, W) in [0, 1]
-            batch[key] = torch.from_numpy(np.ascontiguousarray(value)).to(device).permute(2, 0, 1)[None].float().div_(255.0)
-        else:
-            batch[key] = torch.from_numpy(value.astype(np.float32, copy=False)).to(device)[None]
-    return batch
+    return frames_to_batch({k: np.asarray(obs[k])[None] for k in keys}, keys, [task], device)

@@ -134,3 +134,8 @@ def expert_policy(task: str):
     from metaworld.policies import ENV_POLICY_MAP
 
     return ENV_POLICY_MAP[task]()
+
+
+def expert_action(expert, obs39: np.ndarray) -> np.ndarray:
+    """The expert's (4,) float32 action, clipped to the action space: the experts' gains exceed it on purpose."""
+    return np.clip(expert.get_action(np.asarray(obs39, np.float64)), -1.0, 1.0).astype(np.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vla_distill.models.base import frames_to_batch
 from vla_distill.models.checkpoint import load_pretrained, resolve_pretrained_dir
 from vla_distill.teachers.base import EpisodeFrames, OnResult
 
@@ -15,22 +16,13 @@ class CheckpointTeacher:
     def __init__(self, spec: str, path: str):
         self.spec, self.path = spec, str(resolve_pretrained_dir(path))
         self.policy = load_pretrained(path)
-        cfg = self.policy.config  # state_mlp names its inputs input_keys; the student, state_keys + image_keys
-        keys = getattr(cfg, "input_keys", None) or getattr(cfg, "state_keys", ("observation.state",))
-        self.input_keys = tuple(keys) + tuple(getattr(cfg, "image_keys", ()))
+        self.input_keys = self.policy.input_keys
         self.needs_images = any(k.startswith("observation.images.") for k in self.input_keys)
         self.horizon, self.action_dim = self.policy.horizon, self.policy.action_dim
 
     def _batch(self, episode: EpisodeFrames, rows: np.ndarray) -> dict:
-        batch: dict = {"task": [episode.task] * len(rows)}
-        for key in self.input_keys:
-            if key == "observation.state":
-                batch[key] = torch.from_numpy(episode.state[rows])
-            elif key == "observation.environment_state":
-                batch[key] = torch.from_numpy(episode.env_state[rows])
-            else:  # camera: (B, H, W, 3) uint8 -> (B, 3, H, W) float in [0, 1]
-                batch[key] = torch.from_numpy(episode.images[key][rows]).permute(0, 3, 1, 2).float() / 255.0
-        return batch
+        columns = {"observation.state": episode.state, "observation.environment_state": episode.env_state, **episode.images}
+        return frames_to_batch({k: columns[k][rows] for k in self.input_keys}, self.input_keys, [episode.task] * len(rows))
 
     @torch.no_grad()
     def label(self, episode: EpisodeFrames, rows: np.ndarray, on_result: OnResult | None = None) -> np.ndarray:

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 
 from vla_distill.errors import DatasetError
-from vla_distill.sim.metaworld import expert_policy
+from vla_distill.sim.metaworld import expert_action, expert_policy
 from vla_distill.sim.metaworld_tasks import INSTRUCTIONS
 from vla_distill.teachers.base import EpisodeFrames, OnResult
 
@@ -32,7 +32,7 @@ class ScriptedTeacher:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # metaworld warns that some experts' gains saturate; expected
             for i, r in enumerate(rows):
-                out[i, 0] = np.clip(policy.get_action(episode.env_state[r].astype(np.float64)), -1.0, 1.0)
+                out[i, 0] = expert_action(policy, episode.env_state[r])
                 if on_result is not None:
                     on_result(i, out[i])
         return out
