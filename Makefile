@@ -19,12 +19,14 @@ $(STAMP): pyproject.toml scripts/ensure_gl.sh
 
 # The main job on the embedded MetaWorld default: collect rendered expert demonstrations, annotate them (scripted
 # teacher, kinematic phases and direction cues), audit the labels, train the tiny student, evaluate teacher and
-# student in closed loop on held-out seeds, and write the report. One 96 px corner camera keeps training within
-# the 2-core budget; the three tasks are ones whose targets are visible at that size (see README).
+# student in closed loop on held-out seeds, write the report, then export the student (ONNX, parity-checked) and
+# run it alone in the real-time loop for one episode at 12.5 Hz, printing its timing. One 96 px corner camera keeps
+# training within the 2-core budget; the three tasks are ones whose targets are visible at that size (see README).
 DEMO_TASKS ?= button-press-topdown-v3,window-open-v3,drawer-open-v3
 DEMO_EPISODES ?= 15
 DEMO_STEPS ?= 1000
 DEMO_EVAL_EPISODES ?= 10
+DEMO_RUN_TASK ?= button-press-topdown-v3
 demo: $(STAMP)
 	rm -rf $(DEMO_OUT)
 	$(BIN)/vla-distill collect --tasks $(DEMO_TASKS) --episodes $(DEMO_EPISODES) --cameras corner2 --image-size 96 \
@@ -38,6 +40,9 @@ demo: $(STAMP)
 	$(BIN)/vla-distill eval --policy $(DEMO_OUT)/student --tasks $(DEMO_TASKS) --episodes $(DEMO_EVAL_EPISODES) \
 		--out $(DEMO_OUT)/eval/student
 	$(BIN)/vla-distill report $(DEMO_OUT)/eval/teacher $(DEMO_OUT)/eval/student --out $(DEMO_OUT)/report
+	$(BIN)/vla-distill export --policy $(DEMO_OUT)/student --format onnx --out $(DEMO_OUT)/bundle
+	$(BIN)/vla-distill run --policy $(DEMO_OUT)/bundle --backend onnx --tasks $(DEMO_RUN_TASK) --hz 12.5 \
+		--record $(DEMO_OUT)/run
 
 test: $(STAMP)
 	$(BIN)/pytest -q
@@ -45,16 +50,19 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
 
-# Checks compatibility with lerobot's own LeRobotDataset code in a separate environment
-# (lerobot needs an older torch and torchvision, which must never enter .venv).
+# Checks compatibility with lerobot's own LeRobotDataset code and with openpi's own client, each in a separate
+# environment (lerobot needs an older torch and torchvision, openpi-client numpy < 2: neither may enter .venv).
 interop: $(STAMP)
 	scripts/lerobot_interop.sh
+	scripts/openpi_client_interop.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_collect.py
 	$(BIN)/python benchmarks/bench_dataloader.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_eval.py throughput
+	$(BIN)/python benchmarks/bench_deploy.py latency
+	$(BIN)/python benchmarks/bench_deploy.py server
 
 clean:
-	rm -rf $(VENV) .venv-lerobot outputs .pytest_cache
+	rm -rf $(VENV) .venv-lerobot .venv-openpi outputs .pytest_cache

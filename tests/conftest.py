@@ -111,3 +111,15 @@ def state_policy_dir(tmp_path_factory):
     torch.manual_seed(0)
     policy = StateMLPPolicy(StateMLPConfig(hidden=32, depth=2))
     return save_pretrained(policy, tmp_path_factory.mktemp("policy") / "pretrained_model", {"note": "test policy"})
+
+
+@pytest.fixture(scope="session")
+def tiny_student(annotated, tmp_path_factory):
+    """A tiny student trained for 4 steps on `annotated` (64 px): real architecture, untrained behaviour."""
+    from vla_distill.train.config import TrainConfig
+    from vla_distill.train.loop import train
+
+    run = tmp_path_factory.mktemp("student") / "run"
+    train(TrainConfig(dataset=str(annotated), out=str(run), preset="tiny", steps=4, batch_size=4, warmup_steps=1,
+                      save_every=4, log_every=2, val_batches=1))
+    return run

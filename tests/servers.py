@@ -44,10 +44,11 @@ def serve_http(handler: type[BaseHTTPRequestHandler]) -> None:
 
 
 def serve_openpi(policy_dir: str) -> None:
-    from vla_distill.deploy.openpi_server import make_server, policy_infer_fn
+    from vla_distill.deploy.openpi_server import make_server, metadata_for, policy_infer_fn
     from vla_distill.models.checkpoint import load_pretrained
 
-    infer = policy_infer_fn(load_pretrained(policy_dir))
+    policy = load_pretrained(policy_dir)
+    infer = policy_infer_fn(policy)
 
     def logged(obs):
         log("infer " + ",".join(sorted(obs)) + " " + ";".join(f"{k}:{getattr(v, 'shape', '')}" for k, v in sorted(obs.items())))
@@ -55,7 +56,7 @@ def serve_openpi(policy_dir: str) -> None:
             raise RuntimeError("injected failure")
         return infer(obs)
 
-    server = make_server(logged, {"policy": "state_mlp test server", "action_horizon": 1}, "127.0.0.1", 0)
+    server = make_server(logged, metadata_for(policy, "torch"), "127.0.0.1", 0)
     print(f"PORT {server.socket.getsockname()[1]}", flush=True)
     server.serve_forever()
 

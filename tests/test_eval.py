@@ -188,17 +188,6 @@ def test_report_renders_table_plots_and_flags(teacher_and_frozen, tmp_path):
     assert html.count("<img") == len(imgs) and "<video" in html and "<table>" in html
 
 
-@pytest.fixture(scope="module")
-def tiny_student(annotated, tmp_path_factory):
-    from vla_distill.train.config import TrainConfig
-    from vla_distill.train.loop import train
-
-    run = tmp_path_factory.mktemp("student") / "run"
-    train(TrainConfig(dataset=str(annotated), out=str(run), preset="tiny", steps=4, batch_size=4, warmup_steps=1,
-                      save_every=4, log_every=2, val_batches=1))
-    return run
-
-
 def test_eval_of_a_real_tiny_checkpoint_over_two_processes_resumes(tiny_student, annotated, tmp_path):
     out = tmp_path / "ev"
     cfg = EvalConfig(policy=str(tiny_student), out=str(out), tasks=("reach-v3",), episodes=2, max_steps=30, workers=2,

@@ -115,7 +115,7 @@ def test_openpi_teacher_over_websocket(metaworld_dataset, state_policy_dir, tmp_
     import json
 
     prov = json.loads((out / "meta/annotation.json").read_text())["teacher"]
-    assert prov["server_metadata"]["policy"] == "state_mlp test server"
+    assert prov["server_metadata"]["policy_type"] == "state_mlp" and prov["server_metadata"]["provenance"]["note"] == "test policy"
 
 
 def test_openpi_teacher_retries_server_errors(metaworld_dataset, state_policy_dir, tmp_path, server):

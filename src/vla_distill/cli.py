@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vla_distill.errors import VlaDistillError
+from vla_distill.errors import ConfigError, VlaDistillError
 
 
 def _cmd_collect(args: argparse.Namespace) -> None:
@@ -50,7 +50,6 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def _key_values(items: list[str], flag: str) -> tuple[tuple[str, str], ...]:
-    from vla_distill.errors import ConfigError
 
     out = []
     for item in items:
@@ -76,7 +75,6 @@ def _cmd_annotate(args: argparse.Namespace) -> None:
             text_encoder=args.text_encoder, vlm=vlm, vlm_camera=args.vlm_camera, vlm_cache=args.vlm_cache, audit=not args.no_audit,
         )
     except ValueError as e:
-        from vla_distill.errors import ConfigError
 
         raise ConfigError(str(e)) from None
     annotate(args.dataset, args.out, cfg)
@@ -96,7 +94,6 @@ def _cmd_audit(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from vla_distill.errors import ConfigError
     from vla_distill.train.config import TrainConfig
     from vla_distill.train.losses import LossConfig
     from vla_distill.train.loop import train
@@ -122,13 +119,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    import os
     import shlex
 
-    # Before torch loads OpenMP: spinning OpenMP threads and the simulator's renderer share the cores, and with one
-    # more busy process on a 2-core machine batch-1 calls took ~1 s instead of ~20 ms (measured). Passive waiting
-    # avoids that.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _passive_omp()
 
     from vla_distill.eval import envs
     from vla_distill.eval.run import EvalConfig, evaluate, summary_table
@@ -138,7 +131,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         episodes=args.episodes, seed=args.seed, max_steps=args.max_steps, steps_after_success=args.steps_after_success,
         workers=args.workers, videos=args.videos, video_failures=args.video_failures, n_action_steps=args.n_action_steps,
         image_size=args.image_size,
-        latency_steps=args.latency_steps, teacher_options=_key_values(args.teacher_opt, "--teacher-opt"), device=args.device)
+        latency_steps=args.latency_steps, teacher_options=_key_values(args.teacher_opt, "--teacher-opt"), device=args.device,
+        backend=args.backend)
     info = evaluate(cfg, command="vla-distill " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else "")
     o = info["overall"]
     print(summary_table([info]))
@@ -152,6 +146,61 @@ def _cmd_report(args: argparse.Namespace) -> None:
     path, table = write_report(args.evals, args.out)
     print(table)
     print(f"report: {path}")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from vla_distill.deploy.bundle import export
+
+    m = export(args.policy, args.out, args.format, args.dtype, args.observations or None, args.n_observations)
+    size = sum(f.stat().st_size for f in __import__("pathlib").Path(args.out).iterdir()) / 2**20
+    print(f"bundle: {args.out} ({size:.1f} MB; backends {', '.join(m['backends'])}; "
+          f"observation {', '.join(k for k in m['observation_spec'])}; actions {m['action']['shape']})")
+
+
+def _passive_omp() -> None:
+    """Before torch loads OpenMP: a simulator's renderer shares the cores with the policy, and spinning OpenMP
+    threads made batch-1 calls ~50x slower when one more process was busy (measured; see BENCHMARKS.md)."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    _passive_omp()
+    import torch
+
+    from vla_distill.deploy.loop import LoopConfig
+    from vla_distill.deploy.realtime import replay_recording, run_tasks
+    from vla_distill.deploy.runtime import load_policy
+    from vla_distill.eval import envs
+
+    if args.replay:
+        replay_recording(args.replay, args.hz)
+        return
+    if not args.policy or not args.tasks:
+        raise ConfigError("--policy and --tasks are required (or --replay RECORDING)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg = LoopConfig(hz=args.hz or 12.5, max_steps=args.max_steps, chunk=args.chunk, n_action_steps=args.n_action_steps,
+                         ensemble_coeff=args.ensemble_coeff, max_latency_ms=args.max_latency_ms)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    policy = load_policy(args.policy, args.backend)
+    summaries = run_tasks(policy, args.policy, args.backend, args.env, envs.resolve_tasks(args.env, args.tasks),
+                          args.episodes, args.seed, cfg, args.record or None)
+    ok = sum(s["success"] for s in summaries)
+    print(f"{ok}/{len(summaries)} episodes succeeded at {cfg.hz:g} Hz ({args.backend})"
+          + (f"; recordings in {args.record}" if args.record else ""))
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from vla_distill.deploy.openpi_server import serve_policy
+    from vla_distill.deploy.runtime import load_policy
+
+    policy = load_policy(args.policy, args.backend)
+    serve_policy(policy, args.backend, args.host, args.port, args.max_batch, args.batch_wait_ms,
+                 int(args.max_message_mb * 2**20))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a student on an annotated dataset (action + phase + direction losses)")
     t.add_argument("--dataset", required=True, help="annotated dataset (vla-distill annotate)")
     t.add_argument("--out", required=True, help="run directory: checkpoints/, metrics.jsonl, train_config.json")
-    t.add_argument("--preset", default="tiny", help="tiny (~10M) | small (~37M) | base (~158M, the paper's size)")
+    t.add_argument("--preset", default="tiny", help="tiny (~2.7M) | small (~37M) | base (~158M, the paper's size)")
     t.add_argument("--steps", type=int, default=2000)
     t.add_argument("--resume", action="store_true", help="continue --out from checkpoints/last (--steps may extend it)")
     t.add_argument("--batch-size", type=int, default=64)
@@ -258,12 +307,55 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--latency-steps", type=int, default=100, help="closed-loop steps of the batch-1 latency measurement")
     e.add_argument("--teacher-opt", action="append", default=[], metavar="KEY=VALUE", help="remote teacher option (see annotate)")
     e.add_argument("--device", default="cpu")
+    e.add_argument("--backend", default="torch", help="for policies: torch | torch-bf16 | onnx | onnx-int8 (a bundle "
+                   "from `vla-distill export`)")
     e.set_defaults(func=_cmd_eval)
 
     r = sub.add_parser("report", help="gather evaluations into one Markdown + HTML page (first = reference row)")
     r.add_argument("evals", nargs="+", help="evaluation directories, the teacher's first")
     r.add_argument("--out", required=True)
     r.set_defaults(func=_cmd_report)
+
+    x = sub.add_parser("export", help="a standalone bundle (torch + safetensors) or ONNX graphs, with a parity check")
+    x.add_argument("--policy", required=True, help="checkpoint (run dir, checkpoint dir or pretrained_model)")
+    x.add_argument("--out", required=True, help="bundle directory (replaced if it exists)")
+    x.add_argument("--format", default="bundle", choices=["bundle", "onnx"],
+                   help="bundle: torch backends; onnx: also model.onnx and model.int8.onnx (ONNX Runtime)")
+    x.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="stored weight dtype (default fp32)")
+    x.add_argument("--observations", default="", help="dataset whose frames are the parity observations "
+                   "(default: the policy's training dataset)")
+    x.add_argument("--n-observations", type=int, default=32)
+    x.set_defaults(func=_cmd_export)
+
+    rn = sub.add_parser("run", help="the real-time control loop on a simulated robot: timing, safety counters, recordings")
+    rn.add_argument("--policy", default="", help="bundle or checkpoint")
+    rn.add_argument("--backend", default="torch", help="torch | torch-bf16 | onnx | onnx-int8 (onnx: bundles exported "
+                    "with --format onnx)")
+    rn.add_argument("--tasks", default="", help="tasks, as for eval")
+    rn.add_argument("--env", default="metaworld", choices=["metaworld", "libero"])
+    rn.add_argument("--hz", type=float, default=None, help="control rate (default 12.5; a replay: the recorded rate)")
+    rn.add_argument("--episodes", type=int, default=1, help="episodes per task (default 1)")
+    rn.add_argument("--seed", type=int, default=0, help="held-out seed stream, as for eval")
+    rn.add_argument("--max-steps", type=int, default=500)
+    rn.add_argument("--chunk", default="queue", choices=["queue", "ensemble"],
+                    help="queue: execute the chunk, then replan; ensemble: infer every tick, ACT temporal ensembling")
+    rn.add_argument("--n-action-steps", type=int, default=0, help="queue: actions executed per chunk (default: all)")
+    rn.add_argument("--ensemble-coeff", type=float, default=0.01)
+    rn.add_argument("--max-latency-ms", type=float, default=0.0, help="drop actions later than this (default: one period)")
+    rn.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    rn.add_argument("--record", default="", help="save each episode's observations and sent actions here")
+    rn.add_argument("--replay", default="", help="send a recording's actions again (DIR/TASK/episode_000) and compare")
+    rn.set_defaults(func=_cmd_run)
+
+    sv = sub.add_parser("serve", help="serve a policy over openpi's websocket protocol (openpi-client compatible)")
+    sv.add_argument("--policy", required=True, help="bundle or checkpoint")
+    sv.add_argument("--backend", default="torch", help="torch | torch-bf16 | onnx | onnx-int8")
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only; 0.0.0.0 to expose)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-batch", type=int, default=1, help="batch up to this many concurrent requests (default 1)")
+    sv.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long a batch waits to fill (default 2 ms)")
+    sv.add_argument("--max-message-mb", type=float, default=16.0)
+    sv.set_defaults(func=_cmd_serve)
 
     i = sub.add_parser("inspect", help="validate a LeRobot dataset (v3.0 or v2.1) and print its summary")
     i.add_argument("dataset")

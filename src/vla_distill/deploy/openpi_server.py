@@ -1,15 +1,25 @@
-"""A policy behind openpi's websocket protocol (what `scripts/serve_policy.py` speaks).
+"""A policy behind openpi's websocket protocol (what openpi's `scripts/serve_policy.py` speaks, and what its
+`openpi_client.WebsocketClientPolicy` expects).
 
-On connect: one msgpack frame with the metadata. Then per request: obs dict in, {"actions": (H, D), "policy_timing"}
-out. A request that fails gets a text frame with the error, and the connection is closed, as openpi does.
+On connect: one msgpack frame with the metadata (self-describing: observation_spec, action shape, provenance).
+Per request: one msgpack obs dict in; {"actions": (H, D) float32, "policy_timing", "server_timing"} out.
+A bad request (not msgpack, not a dict, missing key, wrong shape or dtype, over the size limit) gets a text frame
+naming the problem and the connection stays usable; an internal error gets the traceback as a text frame and the
+connection is closed (1011), as openpi does. Either way the server goes on serving everyone else.
 `GET /healthz` answers 200 OK.
+
+Request keys: ours ("observation.images.corner2") or openpi's slash form ("observation/images/corner2"); the
+instruction under "prompt" (openpi) or "task".
 """
 
 from __future__ import annotations
 
 import http
+import queue
+import threading
 import time
 import traceback
+from concurrent.futures import Future
 from typing import Callable
 
 import numpy as np
@@ -17,25 +27,132 @@ import torch
 from websockets.sync.server import serve
 
 from vla_distill.deploy.msgpack_numpy import packb, unpackb
-from vla_distill.models.base import observation_to_batch
+from vla_distill.models.base import frames_to_batch
 
-InferFn = Callable[[dict], np.ndarray]  # obs dict (our keys) -> (H, D) actions
+InferFn = Callable[[dict], "np.ndarray | tuple[np.ndarray, dict]"]  # request -> (H, D) actions [, policy timing]
+MAX_MESSAGE_BYTES = 16 * 2**20  # a 224 px 3-camera request is ~0.5 MB
 
 
-def policy_infer_fn(policy) -> InferFn:
-    """Wrap a vla-distill Policy: accepts our keys or openpi-style 'observation/<name>' keys and 'prompt'."""
+class RequestError(ValueError):
+    """The client's request is malformed: answered with an error frame, the connection kept."""
+
+
+def normalize_request(obs, spec: dict[str, dict]) -> dict:
+    """A decoded request -> {our key: array} plus "task", checked against the policy's observation_spec."""
+    if not isinstance(obs, dict):
+        raise RequestError(f"request must be a map of observation keys, got {type(obs).__name__}")
+    obs = {(k.decode() if isinstance(k, bytes) else str(k)).replace("/", "."): v for k, v in obs.items()}
+    out = {"task": str(obs.get("prompt", obs.get("task", "")))}
+    for key, s in spec.items():
+        if s["dtype"] == "str":
+            continue
+        if key not in obs:
+            raise RequestError(f"{key}: missing (expected keys: {sorted(k for k in spec if spec[k]['dtype'] != 'str')})")
+        value = obs[key]
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "uif":
+            raise RequestError(f"{key}: expected a numeric numpy array, got {type(value).__name__}")
+        if list(value.shape) != list(s["shape"]):
+            raise RequestError(f"{key}: shape {list(value.shape)}, expected {s['shape']}")
+        if s["dtype"] == "uint8" and value.dtype != np.uint8:
+            raise RequestError(f"{key}: dtype {value.dtype}, expected uint8 (H, W, 3) pixels")
+        if not np.all(np.isfinite(value)):
+            raise RequestError(f"{key}: contains NaN or inf")
+        out[key] = value
+    return out
+
+
+class Batcher:
+    """One inference thread: requests from all connections queue here; up to max_batch that arrive within
+    wait_ms of the first run as one batch. With max_batch 1 it only serializes (torch calls from 32 connection
+    threads at once would contend for the same cores)."""
+
+    def __init__(self, run_batch: Callable[[list[dict]], np.ndarray], max_batch: int = 1, wait_ms: float = 2.0):
+        self.run_batch, self.max_batch, self.wait = run_batch, max(1, max_batch), wait_ms / 1e3
+        self.q: queue.Queue = queue.Queue()
+        self.batches = self.requests = 0
+        threading.Thread(target=self._loop, daemon=True, name="inference").start()
+
+    def submit(self, obs: dict) -> tuple[np.ndarray, dict]:
+        fut: Future = Future()
+        self.q.put((obs, fut))
+        return fut.result()
+
+    def _loop(self) -> None:
+        while True:
+            items = [self.q.get()]
+            deadline = time.perf_counter() + self.wait
+            while len(items) < self.max_batch:
+                remaining = deadline - time.perf_counter()
+                try:
+                    items.append(self.q.get(timeout=remaining) if remaining > 0 else self.q.get_nowait())
+                except queue.Empty:
+                    break
+            t0 = time.perf_counter()
+            try:
+                actions = self.run_batch([obs for obs, _ in items])
+            except Exception as e:  # noqa: BLE001 (every waiting request gets the failure)
+                for _, fut in items:
+                    fut.set_exception(e)
+                continue
+            timing = {"infer_ms": (time.perf_counter() - t0) * 1e3, "batch_size": len(items)}
+            self.batches += 1
+            self.requests += len(items)
+            for i, (_, fut) in enumerate(items):
+                fut.set_result((actions[i], timing))
+
+
+def policy_runner(policy) -> Callable[[list[dict]], np.ndarray]:
+    """Normalized requests -> (B, H, D) actions from one batched forward pass."""
     keys = policy.input_keys
 
-    @torch.no_grad()
-    def infer(obs: dict) -> np.ndarray:
-        obs = {k.replace("/", "."): v for k, v in obs.items()}
-        missing = [k for k in keys if k not in obs]
-        if missing:
-            raise KeyError(f"observation lacks {missing[0]!r} (expects {list(keys)})")
-        batch = observation_to_batch(obs, keys, str(obs.get("prompt", obs.get("task", ""))))
-        return policy.predict_action_chunk(batch)[0].float().numpy()
+    def run(requests: list[dict]) -> np.ndarray:
+        frames = {k: np.stack([r[k] for r in requests]) for k in keys}
+        batch = frames_to_batch(frames, keys, [r["task"] for r in requests])
+        with torch.inference_mode():
+            return policy.predict_action_chunk(batch).float().cpu().numpy()
 
+    return run
+
+
+def policy_infer_fn(policy, max_batch: int = 1, wait_ms: float = 2.0) -> InferFn:
+    """request (openpi or our keys) -> ((H, D) actions, policy timing); validated, then batched with concurrent
+    requests."""
+    spec = policy.observation_spec
+    batcher = Batcher(policy_runner(policy), max_batch, wait_ms)
+
+    def infer(obs) -> tuple[np.ndarray, dict]:
+        return batcher.submit(normalize_request(obs, spec))
+
+    infer.batcher = batcher
     return infer
+
+
+def metadata_for(policy, backend: str, max_message_bytes: int = MAX_MESSAGE_BYTES, max_batch: int = 1) -> dict:
+    """What a client needs to build requests without reading our code: the metadata frame."""
+    from vla_distill.deploy.runtime import weights_bytes
+
+    spec = {k: v for k, v in policy.observation_spec.items() if v["dtype"] != "str"}
+    if "task" in policy.observation_spec:
+        spec["prompt"] = {"shape": [], "dtype": "str"}
+    return {
+        "server": "vla-distill", "protocol": "openpi websocket, msgpack-numpy",
+        "policy_type": getattr(policy, "name", type(policy).__name__), "backend": backend,
+        "observation_spec": spec,
+        "action_shape": [policy.horizon, policy.action_dim], "action_dtype": "float32",
+        "action_horizon": policy.horizon, "action_dim": policy.action_dim,
+        "instructions": list(getattr(policy.config, "tasks", ())),
+        "weights_bytes": weights_bytes(policy),
+        "max_message_bytes": max_message_bytes, "max_batch": max_batch,
+        "provenance": _jsonable(getattr(policy, "provenance", {})),
+    }
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj if isinstance(obj, (str, int, float, bool)) or obj is None else str(obj)
 
 
 def _health(connection, request):
@@ -44,19 +161,63 @@ def _health(connection, request):
     return None
 
 
-def make_server(infer: InferFn, metadata: dict, host: str = "127.0.0.1", port: int = 8000):
-    """Returns a websockets server; call .serve_forever() (and .shutdown() from another thread)."""
+def make_server(infer: InferFn, metadata: dict, host: str = "127.0.0.1", port: int = 8000,
+                max_message_bytes: int = MAX_MESSAGE_BYTES):
+    """Returns a websockets server; call .serve_forever() (and .shutdown() from another thread). Messages over
+    max_message_bytes get an error frame; the websocket layer itself closes connections that send over 4x that."""
+    stats = {"requests": 0, "errors": 0}
 
     def handler(ws):
         ws.send(packb(metadata))
         for message in ws:
+            t0 = time.perf_counter()
             try:
-                t0 = time.perf_counter()
-                actions = np.asarray(infer(unpackb(message)), np.float32)
-                ws.send(packb({"actions": actions, "policy_timing": {"infer_ms": (time.perf_counter() - t0) * 1e3}}))
-            except Exception:
+                if isinstance(message, str):
+                    raise RequestError("expected a binary msgpack frame, got text")
+                if len(message) > max_message_bytes:
+                    raise RequestError(f"message of {len(message)} bytes exceeds the limit of {max_message_bytes}")
+                try:
+                    obs = unpackb(message)
+                except Exception as e:  # noqa: BLE001 (any decoding failure is the client's)
+                    raise RequestError(f"not a msgpack-numpy message ({type(e).__name__}: {e})") from None
+                result = infer(obs)
+                actions, timing = result if isinstance(result, tuple) else (result, {})
+                reply = {"actions": np.asarray(actions, np.float32), "policy_timing": timing,
+                         "server_timing": {"total_ms": (time.perf_counter() - t0) * 1e3}}
+                ws.send(packb(reply))
+                stats["requests"] += 1
+            except RequestError as e:
+                stats["errors"] += 1
+                ws.send(f"bad request: {e}")
+            except Exception:  # noqa: BLE001
+                stats["errors"] += 1
                 ws.send(traceback.format_exc())
                 ws.close(1011, "internal error")
                 return
 
-    return serve(handler, host, port, compression=None, max_size=None, process_request=_health)
+    server = serve(handler, host, port, compression=None, max_size=4 * max_message_bytes, process_request=_health)
+    server.stats = stats
+    return server
+
+
+def serve_policy(policy, backend: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 1,
+                 wait_ms: float = 2.0, max_message_bytes: int = MAX_MESSAGE_BYTES, log=print) -> None:
+    """Serves until Ctrl-C; prints the address, the expected observation and the request counts at exit."""
+    from vla_distill.errors import ConfigError
+
+    meta = metadata_for(policy, backend, max_message_bytes, max_batch)
+    try:
+        server = make_server(policy_infer_fn(policy, max_batch, wait_ms), meta, host, port, max_message_bytes)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e})", field="port") from None
+    bound = server.socket.getsockname()
+    log(f"serving {meta['policy_type']} ({backend}) on ws://{bound[0]}:{bound[1]}  (health: http://{bound[0]}:{bound[1]}/healthz)")
+    log("expects: " + ", ".join(f"{k} {v['dtype']}{v['shape']}" for k, v in meta["observation_spec"].items())
+        + f"; returns actions float32{meta['action_shape']}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        log(f"served {server.stats['requests']} requests, {server.stats['errors']} errors")

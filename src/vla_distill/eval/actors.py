@@ -69,24 +69,26 @@ class ChunkQueue:
 
 
 class PolicyActor:
-    """A trained policy (student, state MLP) run batch-1 under torch.inference_mode."""
+    """A trained policy (student, state MLP; a checkpoint or an exported bundle) run batch-1 on a deployment
+    backend (deploy.runtime: torch, torch-bf16, onnx, onnx-int8)."""
 
-    def __init__(self, path: str, spec: str | None = None, device: str = "cpu", n_action_steps: int = 0):
-        from vla_distill.models.checkpoint import load_pretrained
+    def __init__(self, path: str, spec: str | None = None, device: str = "cpu", n_action_steps: int = 0,
+                 backend: str = "torch"):
+        from vla_distill.deploy.runtime import load_policy, weights_bytes
 
-        self.policy = load_pretrained(path, device)
+        self.policy = load_policy(path, backend, device)
         self.device = device
         cfg = self.policy.config
         self.keys = self.policy.input_keys
-        self.observed = hasattr(self.policy, "predict_observed")
+        self.observed = hasattr(self.policy, "predict_observed") and getattr(self.policy, "observes", True)
         # A head trained with weight 0 (an ablation) predicts noise: its output is not reported.
         self.phase_trained, self.direction_trained = _trained_heads(path)
         params = (self.policy.num_parameters(deployed=True) if hasattr(self.policy, "num_parameters")
                   else sum(p.numel() for p in self.policy.parameters()))
-        weights = sum(t.numel() * t.element_size() for t in self.policy.state_dict().values())
         self.info = ActorInfo(
-            spec=spec or str(path), kind="student" if self.observed else "policy", parameters=params,
-            weights_mb=round(weights / 2**20, 2), image_keys=tuple(getattr(cfg, "image_keys", ())),
+            spec=(spec or str(path)) + ("" if backend == "torch" else f" [{backend}]"),
+            kind="student" if self.observed else "policy", parameters=params,
+            weights_mb=round(weights_bytes(self.policy) / 2**20, 2), image_keys=tuple(getattr(cfg, "image_keys", ())),
             image_size=tuple(getattr(cfg, "image_size", ())) or None,
             phase_names=tuple(getattr(cfg, "phase_names", ())) if self.phase_trained else (),
             horizon=self.policy.horizon, provenance=getattr(self.policy, "provenance", {}))
@@ -96,10 +98,7 @@ class PolicyActor:
     def reset(self, task_name: str, instruction: str, episode_seed: int) -> None:
         self.queue.clear()
         self.instruction = instruction
-        if self.observed:
-            self.policy.reset(task=instruction)
-        else:
-            self.policy.reset()
+        self.policy.reset(task=instruction)
 
     def act(self, obs: dict) -> Step:
         return self.queue.next(lambda: self._infer(obs))
@@ -208,7 +207,8 @@ class RemoteActor:
         self.teacher.close()
 
 
-def make_actor(spec: str, options: dict[str, str] | None = None, device: str = "cpu", n_action_steps: int = 0):
+def make_actor(spec: str, options: dict[str, str] | None = None, device: str = "cpu", n_action_steps: int = 0,
+               backend: str = "torch"):
     """A policy checkpoint path or a teacher KIND string (see vla_distill.teachers) -> an actor."""
     from vla_distill.teachers import KINDS, make_teacher, parse_noisy
 
@@ -216,12 +216,12 @@ def make_actor(spec: str, options: dict[str, str] | None = None, device: str = "
         return ScriptedActor()
     noisy = parse_noisy(spec)
     if noisy:
-        return NoisyActor(make_actor(noisy[1], options, device, n_action_steps), noisy[0], spec)
+        return NoisyActor(make_actor(noisy[1], options, device, n_action_steps, backend), noisy[0], spec)
     if spec.startswith("checkpoint:"):
-        return PolicyActor(spec[len("checkpoint:"):], spec, device, n_action_steps)
+        return PolicyActor(spec[len("checkpoint:"):], spec, device, n_action_steps, backend)
     if spec.startswith(("openpi://", "openvla://")):
         return RemoteActor(make_teacher(spec, options), n_action_steps)
     if Path(spec).exists():
-        return PolicyActor(spec, None, device, n_action_steps)
+        return PolicyActor(spec, None, device, n_action_steps, backend)
     raise ConfigError(f"{spec!r} is neither a policy checkpoint directory nor a teacher kind ({', '.join(KINDS)})",
                       field="policy")

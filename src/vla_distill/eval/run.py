@@ -57,6 +57,7 @@ class EvalConfig:
     latency_steps: int = 100  # control steps of the batch-1 latency measurement; 0 = skip
     teacher_options: tuple[tuple[str, str], ...] = ()
     device: str = "cpu"
+    backend: str = "torch"  # for policies: torch | torch-bf16 | onnx | onnx-int8 (deploy.runtime)
     observe: ObserveConfig = field(default_factory=ObserveConfig)
 
     def __post_init__(self):
@@ -98,7 +99,7 @@ def _init_worker(cfg: EvalConfig) -> None:
 def _make_actor(cfg: EvalConfig):
     from vla_distill.eval.actors import make_actor
 
-    return make_actor(cfg.policy, dict(cfg.teacher_options), cfg.device, cfg.n_action_steps)
+    return make_actor(cfg.policy, dict(cfg.teacher_options), cfg.device, cfg.n_action_steps, cfg.backend)
 
 
 def _env_for(cfg: EvalConfig, task: str, actor, video: bool):

@@ -46,7 +46,15 @@ class Policy(nn.Module):
         """Observation keys the policy reads (cameras, state vectors); `task` is always read."""
         raise NotImplementedError
 
-    def reset(self) -> None:
+    @property
+    def observation_spec(self) -> dict[str, dict]:
+        """What one live observation must hold, per input key: {"shape": [...], "dtype": "uint8" | "float32"}
+        (cameras (H, W, 3) uint8, vectors (S,) float32), plus "task" {"shape": [], "dtype": "str"}: the
+        self-description a server sends and a robot loop checks against."""
+        raise NotImplementedError
+
+    def reset(self, task: str | None = None) -> None:
+        """Clears the action queue at an episode start; policies that read the instruction prepare it here."""
         self._queue.clear()
 
     def predict_action_chunk(self, batch: dict) -> torch.Tensor:

@@ -45,7 +45,8 @@ def resolve_pretrained_dir(path: str | Path) -> Path:
     raise ConfigError("no policy checkpoint here (expected pretrained_model/config.json and model.safetensors)", path=p)
 
 
-def load_pretrained(path: str | Path, device: str = "cpu") -> Policy:
+def read_config(path: str | Path) -> tuple[type[Policy], object]:
+    """The policy class and its config from a checkpoint's config.json, checked field by field."""
     d = resolve_pretrained_dir(path)
     cfg = json.loads((d / "config.json").read_text())
     kind = cfg.pop("type", None)
@@ -57,9 +58,19 @@ def load_pretrained(path: str | Path, device: str = "cpu") -> Policy:
     if unknown:
         raise ConfigError(f"unknown config fields {sorted(unknown)}", path=d / "config.json")
     try:
-        config = from_dict(cls.config_class, cfg)
+        return cls, from_dict(cls.config_class, cfg)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e), path=d / "config.json") from None
+
+
+def read_provenance(path: str | Path) -> dict:
+    f = resolve_pretrained_dir(path) / "provenance.json"
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
+def load_pretrained(path: str | Path, device: str = "cpu") -> Policy:
+    d = resolve_pretrained_dir(path)
+    cls, config = read_config(d)
     policy = cls(config)
     state = load_file(str(d / "model.safetensors"))
     expected = policy.state_dict()
@@ -69,7 +80,7 @@ def load_pretrained(path: str | Path, device: str = "cpu") -> Policy:
         if tuple(state[key].shape) != tuple(value.shape):
             raise ConfigError(f"shape {tuple(state[key].shape)} != expected {tuple(value.shape)}", path=d / "model.safetensors", field=key)
     policy.load_state_dict(state, strict=True)
-    policy.provenance = json.loads((d / "provenance.json").read_text()) if (d / "provenance.json").exists() else {}
+    policy.provenance = read_provenance(d)
     return policy.to(device).eval()
 
 

@@ -50,6 +50,10 @@ class StateMLPPolicy(Policy):
     def input_keys(self) -> tuple[str, ...]:
         return self.config.input_keys
 
+    @property
+    def observation_spec(self) -> dict[str, dict]:
+        return {k: {"shape": [d], "dtype": "float32"} for k, d in zip(self.config.input_keys, self.config.input_dims)}
+
     def _inputs(self, batch: dict) -> torch.Tensor:
         x = torch.cat([batch[k].float().reshape(len(batch[k]), -1) for k in self.config.input_keys], dim=-1)
         return (x - self.in_mean) / self.in_std

@@ -4,7 +4,7 @@ direction heads that only shape training and observability.
 Shapes (B batch, K chunk, D action dim, P phases, E text-embedding dim, d model width):
   observation.images.<cam>   (B, 3, H, W) float in [0, 1]; depth key (B, 1|3, H, W) in [0, 1] if configured
   observation.state          (B, S)
-  task                       list[str] (B); or task_index (B,) into config.tasks
+  task                       list[str] (B); or task_index (B,) into config.tasks; or task_embedding (B, E)
   -> outputs["action"]       (B, K, D) normalized  (discrete head: logits (B, K, D, n_bins))
      outputs["phase_logits"] (B, P)
      outputs["direction"]    (B, E), L2-normalized, in the text encoder's space
@@ -67,8 +67,10 @@ class StudentConfig:
 
 # Architecture presets; data-dependent fields (cameras, dims, tasks) are filled from the dataset at train time.
 PRESETS: dict[str, dict] = {
-    # Dropout off in tiny: on a 2-core CPU its mask sampling alone took ~10% of a training step.
-    "tiny": dict(vision=VisionConfig(widths=(32, 64, 128, 384), blocks=(1, 1, 1, 2)), d_model=256, n_layers=6, n_heads=4,
+    # tiny is sized for batch-1 >= 500 Hz on 2 CPU cores through ONNX Runtime at 96 px (BENCHMARKS.md); the earlier,
+    # 9.8M tiny (widths to 384, d 256, 6 layers) ran at 280 Hz and did no better on the demo tasks (93% vs 100%).
+    # Dropout off: on a 2-core CPU its mask sampling alone took ~10% of a training step.
+    "tiny": dict(vision=VisionConfig(widths=(24, 48, 96, 192), blocks=(1, 1, 1, 1)), d_model=192, n_layers=4, n_heads=4,
                  dropout=0.0),
     "small": dict(vision=VisionConfig(widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2)), d_model=512, n_layers=8, n_heads=8),
     "base": dict(vision=VisionConfig(widths=(80, 160, 320, 640), blocks=(2, 2, 2, 2)), d_model=1024, n_layers=11, n_heads=16),
@@ -126,6 +128,14 @@ class StudentPolicy(Policy):
         c = self.config
         return tuple(c.state_keys) + tuple(c.image_keys) + tuple(c.depth_keys)
 
+    @property
+    def observation_spec(self) -> dict[str, dict]:
+        c = self.config
+        spec = {k: {"shape": [d], "dtype": "float32"} for k, d in zip(c.state_keys, c.state_dims)}
+        for k in c.image_keys + c.depth_keys:
+            spec[k] = {"shape": [*c.image_size, 3], "dtype": "uint8"}
+        return {**spec, "task": {"shape": [], "dtype": "str"}}
+
     # ------------------------------------------------------------------ normalization
     def set_normalization(self, stats: dict[str, np.ndarray], task_embeddings: np.ndarray) -> None:
         """stats: state_mean/std (S,), action_mean/std/min/max (D,), image_mean/std (n_cam, C, 1, 1)."""
@@ -163,6 +173,8 @@ class StudentPolicy(Policy):
             self._new_tasks[t] = torch.from_numpy(e).to(self.task_embeddings.device)
 
     def _task_tokens(self, batch: dict) -> torch.Tensor:
+        if "task_embedding" in batch:  # (B, E), already embedded: the exported graph's input
+            return batch["task_embedding"]
         if "task_index" in batch:
             return self.task_embeddings[batch["task_index"].long().reshape(-1)]
         tasks = list(batch["task"])

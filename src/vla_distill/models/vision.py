@@ -7,8 +7,10 @@ GroupNorm instead of BatchNorm: batch statistics mislead at batch 1 in the contr
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -64,12 +66,12 @@ class ResNetEncoder(nn.Module):
                 layers.append(BasicBlock(c, width, 2 if (i > 0 and b == 0) else 1))
                 c = width
         self.stages = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(cfg.grid)
+        self.grid = cfg.grid
         self.proj = nn.Linear(c, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.pool(self.stages(self.stem(x)))  # (B, C, g, g)
-        return self.proj(f.flatten(2).transpose(1, 2))  # (B, g², d)
+        f = self.stages(self.stem(x))  # (B, C, h, w)
+        return self.proj(grid_pool(f, self.grid))  # (B, g², d)
 
 
 class ViTEncoder(nn.Module):
@@ -86,7 +88,7 @@ class ViTEncoder(nn.Module):
                                            activation="gelu", batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, cfg.vit_depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.vit_width)
-        self.pool = nn.AdaptiveAvgPool2d(cfg.grid)
+        self.grid = cfg.grid
         self.proj = nn.Linear(cfg.vit_width, out_dim)
         self.grid_hw = (h // cfg.patch, w // cfg.patch)
 
@@ -94,7 +96,30 @@ class ViTEncoder(nn.Module):
         t = self.patch(x).flatten(2).transpose(1, 2) + self.pos  # (B, P, w)
         t = self.norm(self.blocks(t))
         g = t.transpose(1, 2).reshape(len(x), -1, *self.grid_hw)
-        return self.proj(self.pool(g).flatten(2).transpose(1, 2))  # (B, grid², d)
+        return self.proj(grid_pool(g, self.grid))  # (B, grid², d)
+
+
+@functools.cache
+def _pool_matrix(h: int, w: int, g: int) -> torch.Tensor:
+    """(h*w, g*g): adaptive average pooling as one matrix, with adaptive_avg_pool2d's window bounds. Built in
+    numpy so that a trace (ONNX export) records it as a constant."""
+    def windows(n: int) -> np.ndarray:
+        m = np.zeros((g, n), np.float32)
+        for i in range(g):
+            lo, hi = (i * n) // g, -((-(i + 1) * n) // g)
+            m[i, lo:hi] = 1.0 / (hi - lo)
+        return m
+
+    with torch.inference_mode(False):  # a cached inference tensor could not enter autograd (training, export)
+        return torch.from_numpy(np.ascontiguousarray(np.kron(windows(h), windows(w)).T))
+
+
+def grid_pool(f: torch.Tensor, g: int) -> torch.Tensor:
+    """(B, C, h, w) -> (B, g², C) tokens. Equal to adaptive_avg_pool2d, written as a matmul so that ONNX export
+    works for every size (the exporter refuses adaptive pooling whose output size does not divide the input's,
+    e.g. a 3x3 map pooled to 4x4 at 96 px)."""
+    h, w = int(f.shape[-2]), int(f.shape[-1])
+    return f.flatten(2).matmul(_pool_matrix(h, w, g).to(f)).transpose(1, 2)
 
 
 def make_encoder(in_ch: int, out_dim: int, cfg: VisionConfig, image_size: tuple[int, int]) -> nn.Module:

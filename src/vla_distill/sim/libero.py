@@ -116,5 +116,9 @@ class LiberoEnv:
         raw, reward, done, _ = self.env.step(np.asarray(action, np.float64).tolist())
         return self._observation(raw), float(reward), bool(done or self.env.check_success())
 
+    def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(7,) low and high: 6-d end-effector delta and the gripper, all in [-1, 1] (robosuite's OSC_POSE)."""
+        return -np.ones(len(NOOP), np.float32), np.ones(len(NOOP), np.float32)
+
     def close(self) -> None:
         self.env.close()

@@ -95,6 +95,11 @@ class MetaWorldEnv:
         self._obs = obs
         return self._observation(), float(reward), bool(info["success"])
 
+    def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(4,) low and high of the action space (xyz delta and gripper)."""
+        space = self.env.action_space
+        return np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
+
     @property
     def raw_obs(self) -> np.ndarray:
         """The 39-d observation the scripted experts read."""

@@ -1,0 +1,258 @@
+"""Deployment benchmarks: batch-1 inference per preset x backend, closed-loop success per backend, the server
+under load.
+
+Usage:
+  python benchmarks/bench_deploy.py latency [--presets tiny,small,base] [--image-size 96] [--iters 300]
+      batch-1 Hz and p50/p99 per preset x backend (torch fp32, torch bf16, ONNX Runtime fp32 and int8), each
+      backend's action error against torch fp32 on recorded observations -> results/deploy_latency.json
+      Targets (2 CPU cores): tiny >= 500 Hz with p99 <= 3 ms; base >= 50 Hz.
+  python benchmarks/bench_deploy.py success --policy outputs/demo/student [--tasks ...] [--episodes 10]
+      closed-loop success of the same student on each backend -> results/deploy_success.json
+  python benchmarks/bench_deploy.py server [--clients 32] [--seconds 60] [--backend onnx]
+      `vla-distill serve` under N concurrent clients on loopback, without and with batching
+      -> results/deploy_server.json (goal: 0 errors)
+Presets without a trained checkpoint are measured with random weights and the demo dataset's normalization
+(latency does not depend on the weights' values; their action error is a numerical, not a behavioural, measure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from common import RESULTS, write_result
+
+BIN = [sys.executable, "-m", "vla_distill.cli"]
+BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
+DEMO_TASKS = "button-press-topdown-v3,window-open-v3,drawer-open-v3"
+TARGETS = {"tiny": (500.0, 3.0), "base": (50.0, None)}  # (Hz at least, p99 ms at most)
+
+
+def cli(*args: str) -> None:
+    print("$ vla-distill " + " ".join(args), flush=True)
+    subprocess.run(BIN + list(args), check=True)
+
+
+def observations(work: Path, size: int) -> Path:
+    """A small dataset whose frames are the recorded observations (the demo's when it is there)."""
+    demo = Path("outputs/demo/dataset")
+    if demo.exists() and json.loads((demo / "meta/info.json").read_text())["features"]["observation.images.corner2"]["shape"][0] == size:
+        return demo
+    ds = work / f"obs_{size}"
+    if not (ds / "meta" / "info.json").exists():
+        cli("collect", "--tasks", DEMO_TASKS, "--episodes", "2", "--cameras", "corner2", "--image-size", str(size),
+            "--out", str(ds))
+    return ds
+
+
+def random_checkpoint(preset: str, dataset: Path, out: Path) -> Path:
+    """The preset's architecture for the dataset's inputs, random weights, the dataset's normalization."""
+    import torch
+
+    from vla_distill.data.dataset import RobotDataset
+    from vla_distill.models.checkpoint import save_pretrained
+    from vla_distill.models.student import StudentPolicy, preset_config
+
+    if (out / "config.json").exists():
+        return out
+    ds = RobotDataset(dataset)
+    h = ds.features["observation.images.corner2"]["shape"][0]
+    torch.manual_seed(0)
+    policy = StudentPolicy(preset_config(preset, image_keys=("observation.images.corner2",), image_size=(h, h),
+                                         tasks=tuple(ds.tasks)))
+    # nn.TransformerEncoder starts every layer as a copy of one; untrained, the layers would be identical and the
+    # ONNX exporter would store (and the CPU cache hold) one layer's weights for all. Draw each layer's own.
+    for m in policy.transformer.modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.MultiheadAttention)):
+            m.reset_parameters() if isinstance(m, torch.nn.Linear) else m._reset_parameters()
+    st, act = ds.stats["observation.state"], ds.stats["action"]
+    emb = np.random.default_rng(0).normal(size=(len(ds.tasks), 384))
+    policy.set_normalization({"state_mean": st["mean"], "state_std": np.maximum(st["std"], 1e-3),
+                              "action_mean": act["mean"], "action_std": np.maximum(act["std"], 1e-3)},
+                             emb / np.linalg.norm(emb, axis=1, keepdims=True))
+    return save_pretrained(policy, out, {"dataset": str(dataset), "note": "random weights (latency benchmark)"})
+
+
+def time_backend(bundle: Path, backend: str, iters: int, threads: int) -> dict:
+    """Measured in a fresh process per backend, so that one backend's thread pools (OpenMP's, ONNX Runtime's, which
+    keep spinning after work) never run beside another's."""
+    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import torch; "
+            f"torch.set_num_threads({threads}); from bench_deploy import _time_here; "
+            f"print('RESULT', json.dumps(_time_here({str(bundle)!r}, {backend!r}, {iters})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.split("RESULT ", 1)[1])
+
+
+def _time_here(bundle: str, backend: str, iters: int) -> dict:
+    import torch
+
+    from vla_distill.deploy.bundle import REFERENCE_FILE
+    from vla_distill.deploy.runtime import load_policy
+    from vla_distill.models.base import frames_to_batch
+
+    z = np.load(Path(bundle) / REFERENCE_FILE)
+    frames = {k[4:]: z[k] for k in z.files if k.startswith("obs/")}
+    policy = load_policy(bundle, backend)
+    n = len(z["tasks"])
+    batches = [frames_to_batch({k: v[i : i + 1] for k, v in frames.items()}, policy.input_keys, [str(z["tasks"][i])])
+               for i in range(n)]
+    actions = np.zeros_like(z["actions"])
+    times = []
+    with torch.inference_mode():
+        for _ in range(3):  # warm-up; the last pass gives the actions compared with fp32 torch
+            for i in range(n):
+                actions[i] = policy.predict_action_chunk(batches[i]).float().numpy()[0]
+        for i in range(iters):
+            t0 = time.perf_counter()
+            policy.predict_action_chunk(batches[i % n])
+            times.append(time.perf_counter() - t0)
+    ms = np.asarray(times) * 1e3
+    err = np.abs(actions - z["actions"])
+    return {"p50_ms": round(float(np.median(ms)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
+            "hz": round(float(1e3 / ms.mean()), 1), "max_abs_err": float(err.max()), "mean_abs_err": float(err.mean())}
+
+
+def latency(args) -> None:
+    import torch
+
+    from vla_distill.deploy.bundle import export
+    from vla_distill.models.student import StudentPolicy, preset_config
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    ds = observations(work, args.image_size)
+    rows, result = [], {"threads": args.threads, "image_size": args.image_size, "cameras": 1,
+                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"), "presets": {}}
+    for preset in args.presets.split(","):
+        trained = getattr(args, f"policy_{preset}", "")
+        ckpt = Path(trained) if trained else random_checkpoint(preset, ds, work / f"random_{preset}" / "pretrained_model")
+        bundle = work / f"bundle_{preset}_{args.image_size}"
+        if not (bundle / "bundle.json").exists():
+            export(ckpt, bundle, "onnx", observations=str(ds))
+        params = StudentPolicy(preset_config(preset, image_size=(args.image_size,) * 2)).num_parameters(deployed=True)
+        per = {"parameters": params, "weights": "trained" if trained else "random", "backends": {}}
+        for backend in BACKENDS:
+            r = time_backend(bundle, backend, args.iters, args.threads)
+            per["backends"][backend] = r
+            hz_goal, p99_goal = TARGETS.get(preset, (None, None))
+            met = "" if hz_goal is None else ("yes" if r["hz"] >= hz_goal and (p99_goal is None or r["p99_ms"] <= p99_goal) else "no")
+            rows.append((preset, f"{params / 1e6:.1f}M", backend, f"{r['hz']:.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                         f"{r['max_abs_err']:.2e}", f"{r['mean_abs_err']:.2e}", met))
+            print(" | ".join(rows[-1]), flush=True)
+        result["presets"][preset] = per
+    header = ("preset", "params", "backend", "Hz", "p50 ms", "p99 ms", "max |a - fp32|", "mean |a - fp32|", "target met")
+    print(table(header, rows))
+    write_result(RESULTS / "deploy_latency.json", result)
+
+
+def table(header, rows) -> str:
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def success(args) -> None:
+    work = Path(args.work)
+    bundle = work / "bundle_success"
+    if not (bundle / "bundle.json").exists():
+        cli("export", "--policy", args.policy, "--format", "onnx", "--out", str(bundle))
+    rows, result = [], {"policy": args.policy, "tasks": args.tasks, "episodes": args.episodes, "backends": {}}
+    for backend in BACKENDS:
+        out = work / f"eval_{backend}"
+        cli("eval", "--policy", str(bundle), "--backend", backend, "--tasks", args.tasks, "--episodes", str(args.episodes),
+            "--out", str(out), "--videos", "0")
+        info = json.loads((out / "eval_info.json").read_text())
+        per_task = {t["task"]: t["pc_success"] for t in info["per_task"]}
+        p50 = info["policy"]["latency_ms_p50"]
+        result["backends"][backend] = {"pc_success": info["overall"]["pc_success"], "per_task": per_task, "p50_ms": p50}
+        rows.append((backend, f"{info['overall']['pc_success']:.1f}",
+                     ", ".join(f"{k.split('-v3')[0]} {v:.0f}" for k, v in per_task.items()), f"{p50:.2f}"))
+    print(table(("backend", "success %", "per task", "closed-loop p50 ms"), rows))
+    write_result(RESULTS / "deploy_success.json", result)
+
+
+def load_client(uri: str, request: bytes, until: float, lat: list, errors: list) -> None:
+    from websockets.sync.client import connect
+
+    from vla_distill.deploy.msgpack_numpy import unpackb
+
+    try:
+        with connect(uri, compression=None, max_size=None, open_timeout=30) as ws:
+            ws.recv()
+            while time.perf_counter() < until:
+                t0 = time.perf_counter()
+                ws.send(request)
+                reply = ws.recv(timeout=30)
+                if isinstance(reply, str) or "actions" not in unpackb(reply):
+                    errors.append(reply if isinstance(reply, str) else "no actions")
+                else:
+                    lat.append(time.perf_counter() - t0)
+    except Exception as e:  # noqa: BLE001 (counted, the run goes on)
+        errors.append(repr(e))
+
+
+def server(args) -> None:
+    from vla_distill.deploy.bundle import REFERENCE_FILE, export
+    from vla_distill.deploy.msgpack_numpy import packb
+
+    work = Path(args.work)
+    bundle = work / f"bundle_tiny_{args.image_size}"
+    if not (bundle / "bundle.json").exists():
+        ds = observations(work, args.image_size)
+        export(args.policy or random_checkpoint("tiny", ds, work / "random_tiny" / "pretrained_model"), bundle, "onnx",
+               observations=str(ds))
+    z = np.load(bundle / REFERENCE_FILE)
+    request = packb({**{k[4:]: z[k][0] for k in z.files if k.startswith("obs/")}, "prompt": str(z["tasks"][0])})
+    rows, result = [], {"clients": args.clients, "seconds": args.seconds, "backend": args.backend, "runs": {}}
+    for max_batch in (1, 8):
+        proc = subprocess.Popen(BIN + ["serve", "--policy", str(bundle), "--backend", args.backend, "--port", "0",
+                                       "--max-batch", str(max_batch)], stdout=subprocess.PIPE, text=True)
+        uri = "ws://" + proc.stdout.readline().split("ws://")[1].split()[0]
+        lat: list[float] = []
+        errors: list[str] = []
+        until = time.perf_counter() + args.seconds
+        threads = [threading.Thread(target=load_client, args=(uri, request, until, lat, errors)) for _ in range(args.clients)]
+        t0 = time.perf_counter()
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        wall = time.perf_counter() - t0
+        proc.terminate()
+        proc.wait(timeout=30)
+        ms = np.asarray(lat) * 1e3
+        r = {"requests": len(lat), "errors": len(errors), "throughput_rps": round(len(lat) / wall, 1),
+             "p50_ms": round(float(np.median(ms)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
+             "first_errors": errors[:3]}
+        result["runs"][f"max_batch_{max_batch}"] = r
+        rows.append((str(max_batch), str(r["requests"]), f"{r['throughput_rps']:.0f}", f"{r['p50_ms']:.1f}",
+                     f"{r['p99_ms']:.1f}", str(r["errors"])))
+        print(" | ".join(rows[-1]), flush=True)
+    print(table(("max batch", "requests", "req/s", "p50 ms", "p99 ms", "errors"), rows))
+    write_result(RESULTS / "deploy_server.json", result)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("suite", choices=["latency", "success", "server"])
+    p.add_argument("--work", default="outputs/bench_deploy")
+    p.add_argument("--presets", default="tiny,small,base")
+    p.add_argument("--policy-tiny", default="", help="a trained tiny checkpoint (default: random weights)")
+    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--iters", type=int, default=300)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--policy", default="outputs/demo/student")
+    p.add_argument("--tasks", default=DEMO_TASKS)
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--backend", default="onnx")
+    args = p.parse_args()
+    {"latency": latency, "success": success, "server": server}[args.suite](args)
+
+
+if __name__ == "__main__":
+    main()

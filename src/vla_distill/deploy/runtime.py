@@ -1,0 +1,72 @@
+"""One way to load a policy for deployment, whatever runs it.
+
+  load_policy(PATH, backend)   PATH: a bundle (vla-distill export) or a checkpoint (torch backends only)
+  backends: torch (fp32) | torch-bf16 (bf16 weights and compute) | onnx (ONNX Runtime fp32) | onnx-int8
+
+Every backend answers lerobot's interface (reset, select_action, predict_action_chunk) on the same batch layout
+(models.base.observation_to_batch), so the control loop, the server and the evaluator never branch on it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vla_distill.errors import ConfigError, did_you_mean
+from vla_distill.models.base import Policy
+
+BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
+
+
+def load_policy(path: str | Path, backend: str = "torch", device: str = "cpu", threads: int | None = None) -> Policy:
+    from vla_distill.deploy import bundle
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}{did_you_mean(backend, BACKENDS)}; backends: {', '.join(BACKENDS)}",
+                          field="backend")
+    dtype = "bf16" if backend == "torch-bf16" else "fp32"
+    if not bundle.is_bundle(path):
+        if backend.startswith("onnx"):
+            raise ConfigError(f"backend {backend} needs a bundle exported with `vla-distill export --format onnx`",
+                              path=path)
+        from vla_distill.models.checkpoint import load_pretrained
+
+        policy = load_pretrained(path, device)
+        return policy.to(torch.bfloat16) if dtype == "bf16" else policy
+    if not backend.startswith("onnx"):
+        return bundle.load_bundle(path, dtype, device)
+    from vla_distill.deploy.onnx import INT8_FILE, ONNX_FILE, OnnxPolicy
+
+    manifest = bundle.read_manifest(path)
+    graph = INT8_FILE if backend == "onnx-int8" else ONNX_FILE
+    if backend not in manifest["backends"]:
+        raise ConfigError(f"this bundle has no {graph}: export it with --format onnx", path=path, field="backend")
+    bundle.verify(path, manifest, (graph, "model.safetensors"))
+    policy = OnnxPolicy(_without_weights(path), Path(path) / graph, threads)
+    policy.bundle = manifest
+    return policy
+
+
+def _without_weights(path: str | Path) -> Policy:
+    """The torch policy object for its config, observation spec and instruction lookup only: built on the meta
+    device (no memory for weights, which ONNX Runtime holds), with the instruction embeddings loaded."""
+    from safetensors import safe_open
+
+    from vla_distill.models.checkpoint import read_config, read_provenance
+
+    cls, config = read_config(path)
+    with torch.device("meta"):
+        policy = cls(config)
+    if hasattr(policy, "task_embeddings"):
+        with safe_open(str(Path(path) / "model.safetensors"), "pt") as f:
+            policy.task_embeddings = f.get_tensor("task_embeddings").float()
+    policy.provenance = read_provenance(path)
+    return policy.eval()
+
+
+def weights_bytes(policy: Policy) -> int:
+    """What the backend holds in memory for its weights (the graph file for ONNX)."""
+    if hasattr(policy, "weights_bytes"):
+        return int(policy.weights_bytes)
+    return sum(t.numel() * t.element_size() for t in policy.state_dict().values())

