@@ -149,10 +149,12 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from vla_distill.deploy.bundle import export
 
     m = export(args.policy, args.out, args.format, args.dtype, args.observations or None, args.n_observations)
-    size = sum(f.stat().st_size for f in __import__("pathlib").Path(args.out).iterdir()) / 2**20
+    size = sum(f.stat().st_size for f in Path(args.out).iterdir()) / 2**20
     print(f"bundle: {args.out} ({size:.1f} MB; backends {', '.join(m['backends'])}; "
           f"observation {', '.join(k for k in m['observation_spec'])}; actions {m['action']['shape']})")
 
