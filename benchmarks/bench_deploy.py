@@ -27,17 +27,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, write_result
+from common import BIN, DEMO_TASKS, RESULTS, cli, write_result
 
-BIN = [sys.executable, "-m", "vla_distill.cli"]
 BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
-DEMO_TASKS = "button-press-topdown-v3,window-open-v3,drawer-open-v3"
 TARGETS = {"tiny": (500.0, 3.0), "base": (50.0, None)}  # (Hz at least, p99 ms at most)
-
-
-def cli(*args: str) -> None:
-    print("$ vla-distill " + " ".join(args), flush=True)
-    subprocess.run(BIN + list(args), check=True)
 
 
 def observations(work: Path, size: int) -> Path:

@@ -17,20 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, write_result
+from common import RESULTS, cli, write_result
 
-BIN = [sys.executable, "-m", "vla_distill.cli"]
-
-
-def cli(*args: str) -> None:
-    print("$ vla-distill " + " ".join(args), flush=True)
-    subprocess.run(BIN + list(args), check=True)
 
 
 def eval_info(path: Path) -> dict:

@@ -5,9 +5,18 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+BIN = [sys.executable, "-m", "vla_distill.cli"]  # the CLI, as a user runs it
+DEMO_TASKS = "button-press-topdown-v3,window-open-v3,drawer-open-v3"
+
+
+def cli(*args: str) -> None:
+    print("$ vla-distill " + " ".join(args), flush=True)
+    subprocess.run(BIN + list(args), check=True)
 
 
 def write_result(out: str | Path, result: dict) -> None:

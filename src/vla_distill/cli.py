@@ -118,6 +118,23 @@ def _cmd_train(args: argparse.Namespace) -> None:
     print(f"checkpoint: {last}/pretrained_model")
 
 
+def _cmd_vita_train(args: argparse.Namespace) -> None:
+    from vla_distill.train.vita import VitaTrainConfig, vita_train
+
+    try:
+        cfg = VitaTrainConfig(dataset=args.dataset, out=args.out, expert=args.expert, vlm=args.vlm, family=args.family,
+                              stage=args.stage, init=args.init, n_action_tokens=args.n_action_tokens, lora_rank=args.lora_rank,
+                              vlm_image_size=args.vlm_image_size,
+                              target=args.target,
+                              steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+                              seed=args.seed, save_every=args.save_every, log_every=args.log_every,
+                              precision=args.precision, device=args.device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    last = vita_train(cfg, resume=args.resume)
+    print(f"checkpoint: {last}/pretrained_model")
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     import shlex
 
@@ -289,6 +306,34 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto")
     t.add_argument("--keep-dropped", action="store_true", help="train on episodes `audit --drop` excluded")
     t.set_defaults(func=_cmd_train)
+
+    v = sub.add_parser("vita-train", help="VITA-VLA: teach a VLM to act from a student expert (stage align, then finetune)")
+    v.add_argument("--dataset", required=True, help="annotated dataset")
+    v.add_argument("--out", required=True, help="run directory (as for train)")
+    v.add_argument("--expert", default="", help="the expert: a student checkpoint (its action decoder is reused)")
+    v.add_argument("--vlm", default="tiny:paligemma", help="local transformers VLM directory, or tiny:paligemma | "
+                   "tiny:idefics3 | tiny:qwen2_vl | tiny:qwen2_5_vl (small, random, offline)")
+    v.add_argument("--family", default="", choices=["", "paligemma", "idefics3", "qwen2_vl", "qwen2_5_vl"],
+                   help="for a local VLM directory (default: from its config's model_type)")
+    v.add_argument("--vlm-image-size", type=int, default=0, help="image side fed to the VLM (default: its vision "
+                   "config's; Qwen families 56, any multiple of 28)")
+    v.add_argument("--stage", default="align", choices=["align", "finetune"])
+    v.add_argument("--init", default="", help="finetune: the align run to start from")
+    v.add_argument("--n-action-tokens", type=int, default=1, help="1 (the paper) or the expert's chunk length")
+    v.add_argument("--lora-rank", type=int, default=0, help="finetune: LoRA adapters (peft) on the language model's "
+                   "attention instead of training all of it (default 0: full)")
+    v.add_argument("--target", default="teacher", choices=["teacher", "dataset"])
+    v.add_argument("--steps", type=int, default=500)
+    v.add_argument("--batch-size", type=int, default=16)
+    v.add_argument("--lr", type=float, default=1e-3)
+    v.add_argument("--warmup-steps", type=int, default=50)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--save-every", type=int, default=200)
+    v.add_argument("--log-every", type=int, default=20)
+    v.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    v.add_argument("--device", default="auto")
+    v.add_argument("--resume", action="store_true")
+    v.set_defaults(func=_cmd_vita_train)
 
     e = sub.add_parser("eval", help="closed-loop evaluation of a checkpoint or a teacher in simulation (eval_info.json)")
     e.add_argument("--policy", required=True, help="checkpoint (run dir, checkpoint dir or pretrained_model) or a teacher "

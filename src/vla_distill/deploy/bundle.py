@@ -201,7 +201,13 @@ def _export_onnx(policy: Policy, batch: dict, reference: np.ndarray, tmp: Path, 
     feed = graph_inputs(policy, batch)
     parity = {"observations": int(reference.shape[0]), "tolerance": PARITY_TOLERANCE}
     for name, graph in (("onnx", ONNX_FILE), ("onnx-int8", INT8_FILE)):
-        actions = session(tmp / graph).run(["actions"], feed)[0]
+        sess = session(tmp / graph)
+        # the recorded observations as one batch, and the first alone: a batch size fixed by the trace fails here
+        try:
+            one = sess.run(["actions"], {k: v[:1] for k, v in feed.items()})[0]
+            actions = np.concatenate([one, sess.run(["actions"], feed)[0][1:]])
+        except Exception as e:  # noqa: BLE001 (ONNX Runtime's errors have no common type)
+            raise ConfigError(f"the exported {graph} does not run: {str(e).splitlines()[0][:300]}", field="format") from None
         err = np.abs(actions - reference)
         parity[name] = {"max_abs": float(err.max()), "mean_abs": float(err.mean())}
         log(f"parity {name:9s} vs torch fp32 on {len(reference)} recorded observations: "

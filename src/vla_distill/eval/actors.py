@@ -81,6 +81,7 @@ class PolicyActor:
         cfg = self.policy.config
         self.keys = self.policy.input_keys
         self.observed = hasattr(self.policy, "predict_observed") and getattr(self.policy, "observes", True)
+        cams, size = _cameras(self.policy)
         # A head trained with weight 0 (an ablation) predicts noise: its output is not reported.
         self.phase_trained, self.direction_trained = _trained_heads(path)
         params = (self.policy.num_parameters(deployed=True) if hasattr(self.policy, "num_parameters")
@@ -88,8 +89,7 @@ class PolicyActor:
         self.info = ActorInfo(
             spec=(spec or str(path)) + ("" if backend == "torch" else f" [{backend}]"),
             kind="student" if self.observed else "policy", parameters=params,
-            weights_mb=round(weights_bytes(self.policy) / 2**20, 2), image_keys=tuple(getattr(cfg, "image_keys", ())),
-            image_size=tuple(getattr(cfg, "image_size", ())) or None,
+            weights_mb=round(weights_bytes(self.policy) / 2**20, 2), image_keys=cams, image_size=size,
             phase_names=tuple(getattr(cfg, "phase_names", ())) if self.phase_trained else (),
             horizon=self.policy.horizon, provenance=getattr(self.policy, "provenance", {}))
         self.queue = ChunkQueue(n_action_steps)
@@ -117,6 +117,15 @@ class PolicyActor:
 
     def close(self) -> None:
         pass
+
+
+def _cameras(policy) -> tuple[tuple[str, ...], tuple[int, int] | None]:
+    """The cameras the environment must render for a policy, and their size: its config's image_keys, else the
+    uint8 images of its observation_spec (a VITA policy reads its expert's)."""
+    keys = tuple(getattr(policy.config, "image_keys", ())) or tuple(
+        k for k, v in policy.observation_spec.items() if v["dtype"] == "uint8")
+    spec = policy.observation_spec
+    return keys, (tuple(spec[keys[0]]["shape"][:2]) if keys else None)
 
 
 def _trained_heads(path: str) -> tuple[bool, bool]:

@@ -28,11 +28,23 @@ def save_pretrained(policy: Policy, out: str | Path, provenance: dict | None = N
     tmp.mkdir(parents=True)
     cfg = {"type": policy.name, **_jsonable(dataclasses.asdict(policy.config))}
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-    save_file({k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items()}, str(tmp / "model.safetensors"))
+    save_file(_unshared(policy.state_dict()), str(tmp / "model.safetensors"))
     (tmp / "provenance.json").write_text(json.dumps(provenance or {}, indent=2))
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
+    return out
+
+
+def _unshared(state: dict) -> dict:
+    """safetensors refuses tensors that share memory (a VLM's tied embedding and output head): later aliases are
+    stored as copies; loading writes both into the one tied parameter."""
+    seen, out = set(), {}
+    for k, v in state.items():
+        v = v.detach().cpu()
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        out[k] = v.clone() if key in seen else v.contiguous()
+        seen.add(key)
     return out
 
 

@@ -198,6 +198,20 @@ class StudentPolicy(Policy):
 
     def encode(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """All heads; see the module docstring for shapes."""
+        return self.heads(self.features(batch, generator))
+
+    def heads(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, d) readout features -> every head's output. A VITA-VLA model reuses this as its action decoder."""
+        c = self.config
+        act = self.action_head(h)
+        # h.shape[0], not len(h): an ONNX trace records len() as a constant batch size
+        shape = (h.shape[0], c.horizon, c.action_dim) + ((c.n_bins,) if c.action_head == "discrete" else ())
+        return {"action": act.reshape(shape), "phase_logits": self.phase_head(h),
+                "direction": nn.functional.normalize(self.direction_head(h), dim=-1)}
+
+    def features(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, d): the readout token after the final norm, which every head reads (the expert feature space
+        VITA-VLA aligns a VLM to)."""
         c = self.config
         imgs = self._images(batch, generator)
         b, n_cam = imgs.shape[:2]
@@ -208,11 +222,7 @@ class StudentPolicy(Policy):
         state_tokens = torch.stack([proj(s) for proj, s in zip(self.state_proj, splits)], dim=1)
         task_token = self.task_proj(self._task_tokens(batch).to(state.dtype))[:, None]
         tokens = torch.cat([self.readout.expand(b, -1, -1), task_token, state_tokens, img_tokens], dim=1) + self.pos
-        h = self.norm(self.transformer(tokens)[:, 0])
-        act = self.action_head(h)
-        shape = (b, c.horizon, c.action_dim) + ((c.n_bins,) if c.action_head == "discrete" else ())
-        return {"action": act.reshape(shape), "phase_logits": self.phase_head(h),
-                "direction": nn.functional.normalize(self.direction_head(h), dim=-1)}
+        return self.norm(self.transformer(tokens)[:, 0])
 
     def decode_action(self, action_out: torch.Tensor) -> torch.Tensor:
         """Head output -> (B, K, D) normalized actions (discrete: the expectation over bin centres)."""

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -361,14 +362,15 @@ def _provenance(ds: RobotDataset, cfg: TrainConfig, annotation: dict) -> dict:
             "code_version": __version__ + (f"+g{git}" if git else "")}
 
 
-def _prepare_run(cfg: TrainConfig, resume: bool) -> TrainConfig:
+def _prepare_run(cfg, resume: bool):
+    """A new run's config, or the saved one of the run being resumed (only --steps may change)."""
     run = Path(cfg.out)
     saved = run / "train_config.json"
     if resume:
         if not saved.exists():
             raise ConfigError("nothing to resume (no train_config.json); drop --resume to start a new run", path=run)
-        old = from_dict(TrainConfig, json.loads(saved.read_text()))
-        return from_dict(TrainConfig, {**old.to_dict(), "steps": cfg.steps})  # only the length may change
+        old = from_dict(type(cfg), json.loads(saved.read_text()))
+        return from_dict(type(cfg), {**old.to_dict(), "steps": cfg.steps})
     if (run / CHECKPOINTS).exists():
         raise ConfigError("this run directory already has checkpoints: pass --resume to continue it, or choose a new --out",
                           path=run)
@@ -378,13 +380,27 @@ def _prepare_run(cfg: TrainConfig, resume: bool) -> TrainConfig:
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
     """Trains (or resumes) and returns the last checkpoint's directory."""
     cfg = _prepare_run(cfg, resume)
-    run = Path(cfg.out)
     rt = runtime(cfg)
-    main = rt.rank == 0
     ds = RobotDataset(cfg.dataset)
     target = check_dataset(ds, cfg)
+    train_eps, val_eps = training_episodes(ds, cfg)
+    views = build_views(ds, cfg, target, train_eps, val_eps)
+    annotation = annotation_meta(ds)
+    policy = build_policy(ds, cfg, target, train_eps, annotation).to(rt.device)
+    job = Job(policy=policy, params=list(policy.named_parameters()), stream=BatchStream(views.train, cfg.batch_size, cfg.seed, rt.rank, rt.world),
+              to_batch=lambda raw: policy_batch(raw, views, cfg), loss=lambda model, batch, gen: model(batch, cfg.loss, gen),
+              validate=lambda: validate(policy, views, cfg, rt), provenance=_provenance(ds, cfg, annotation),
+              describe=f"{cfg.preset} student: {policy.num_parameters() / 1e6:.2f}M parameters "
+                       f"({policy.num_parameters(deployed=True) / 1e6:.2f}M deployed); {len(train_eps)} train / "
+                       f"{len(val_eps)} val episodes, {len(views.train)} frames; target {target}; {rt.why}",
+              find_unused=cfg.loss.phase_weight == 0 or cfg.loss.direction_weight == 0)
+    return fit(job, cfg, rt, resume)
+
+
+def training_episodes(ds: RobotDataset, cfg) -> tuple[list[int], list[int]]:
+    """The train / validation split by episode, without the episodes `audit --drop` listed (when cfg.drop_audited)."""
     train_eps, val_eps = split_episodes(ds, cfg.val_fraction, cfg.seed)
-    if cfg.drop_audited:
+    if getattr(cfg, "drop_audited", False):
         from vla_distill.annotate.audit import dropped_episodes
 
         dropped = set(dropped_episodes(ds.root))
@@ -392,11 +408,32 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         val_eps = [e for e in val_eps if ds.episodes[e].index not in dropped]
     if not train_eps:
         raise DatasetError("no training episodes left after the validation split and audit drops", path=ds.root)
-    views = build_views(ds, cfg, target, train_eps, val_eps)
-    annotation = annotation_meta(ds)
-    policy = build_policy(ds, cfg, target, train_eps, annotation).to(rt.device)
-    decay = [p for n, p in policy.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in policy.named_parameters() if p.ndim < 2]
+    return train_eps, val_eps
+
+
+@dataclass
+class Job:
+    """What differs between the models this loop trains (the student; a VITA-VLA stage)."""
+
+    policy: torch.nn.Module
+    params: list[tuple[str, torch.nn.Parameter]]  # the trainable ones
+    stream: BatchStream
+    to_batch: Callable[[dict], dict]  # loader item -> the model's batch
+    loss: Callable[[torch.nn.Module, dict, torch.Generator], tuple[torch.Tensor, dict]]  # (model, batch, gen)
+    validate: Callable[[], dict]
+    provenance: dict
+    describe: str
+    find_unused: bool = False
+
+
+def fit(job: Job, cfg, rt: Runtime, resume: bool) -> Path:
+    """The loop every model shares: AdamW with warmup + cosine, gradient clipping, optional EMA, metrics.jsonl and
+    TensorBoard, validation and an atomic lerobot-layout checkpoint every save_every steps, resume from the last
+    one (repeating an uninterrupted run step for step), progress on stderr. cfg: the run's frozen config (the
+    optimizer and schedule fields, out, steps, seed, to_dict())."""
+    run, policy, main = Path(cfg.out), job.policy, rt.rank == 0
+    decay = [p for _, p in job.params if p.ndim >= 2]
+    no_decay = [p for _, p in job.params if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=(0.9, 0.95))
     ema = {k: v.detach().clone() for k, v in policy.state_dict().items()} if cfg.ema_decay > 0 else None
@@ -406,25 +443,22 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         (run / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     model = policy
     if rt.world > 1:
-        unused = cfg.loss.phase_weight == 0 or cfg.loss.direction_weight == 0
-        model = torch.nn.parallel.DistributedDataParallel(policy, find_unused_parameters=unused)
-    provenance = _provenance(ds, cfg, annotation)
+        model = torch.nn.parallel.DistributedDataParallel(policy, find_unused_parameters=job.find_unused)
     metrics = Metrics(run, start, main)
-    stream = BatchStream(views.train, cfg.batch_size, cfg.seed, rt.rank, rt.world)
+    stream = job.stream
     if main:
-        print(f"{cfg.preset} student: {policy.num_parameters() / 1e6:.2f}M parameters "
-              f"({policy.num_parameters(deployed=True) / 1e6:.2f}M deployed); {len(train_eps)} train / {len(val_eps)} "
-              f"val episodes, {len(views.train)} frames; target {target}; {rt.why}", file=sys.stderr)
+        print(job.describe, file=sys.stderr)
         if start:
             print(f"resuming at step {start} of {cfg.steps}", file=sys.stderr)
     policy.train()
+    trainable = [p for _, p in job.params]
     last_dir = run / CHECKPOINTS / LAST
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not main, file=sys.stderr, dynamic_ncols=True)
     t_log, n_log = time.perf_counter(), 0
     try:
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
-            batch = _to(policy_batch(stream.get(step), views, cfg), rt.device)
+            batch = _to(job.to_batch(stream.get(step)), rt.device)
             t_data = time.perf_counter() - t0
             if step == start and main:
                 shapes = {k: tuple(v.shape) for k, v in batch.items() if isinstance(v, torch.Tensor)}
@@ -434,10 +468,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
             with _autocast(rt):
-                loss, named = model(batch, cfg.loss, gen)
+                loss, named = job.loss(model, batch, gen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip))
             optimizer.step()
             if ema is not None:
                 with torch.no_grad():
@@ -457,11 +491,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             bar.update(1)
             if done % cfg.save_every == 0 or done == cfg.steps:
                 if main:
-                    val = validate(policy, views, cfg, rt)
+                    val = job.validate()
                     if val:
                         metrics.log({"step": done, "split": "val", **val})
                         bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in val.items()), file=sys.stderr)
-                    save_checkpoint(run, done, policy, optimizer, ema, cfg.to_dict(), {**provenance, "step": done},
+                    save_checkpoint(run, done, policy, optimizer, ema, cfg.to_dict(), {**job.provenance, "step": done},
                                     {"kind": "warmup_cosine", "step": done, "lr": lr_at(step, cfg)})
                 if rt.world > 1:
                     torch.distributed.barrier()

@@ -112,3 +112,22 @@ def student_losses(policy, batch: dict, cfg: LossConfig, generator: torch.Genera
                                             batch["direction_embedding"], policy.logit_scale)
     loss = combine(named, cfg)
     return loss, {k: float(v.detach()) for k, v in named.items()}
+
+
+# ---------------------------------------------------------------- VITA-VLA
+def alignment_loss(mapped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Stage 1: mean Euclidean (not squared) distance between the mapped action-token states (B, A, d) and the
+    expert's features (B, d), each token against the same target."""
+    return (mapped.float() - target.float()[:, None]).norm(dim=-1).mean()
+
+
+def arm_gripper_loss(pred_arm: torch.Tensor, target_arm: torch.Tensor, gripper_logit: torch.Tensor,
+                     gripper_closed: torch.Tensor, pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 2: smooth-L1 on the arm dims (B, K, D-1), normalized units, and binary cross-entropy of the gripper
+    logit (B, K) against closed (B, K) bool; padded chunk steps (pad (B, K) True) do not count."""
+    keep = torch.ones_like(gripper_logit, dtype=torch.bool) if pad is None else ~pad.bool()
+    w = keep.float()
+    arm = torch.nn.functional.smooth_l1_loss(pred_arm.float(), target_arm.float(), reduction="none").mean(-1)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(gripper_logit.float(), gripper_closed.float(), reduction="none")
+    n = w.sum().clamp_min(1.0)
+    return (arm * w).sum() / n, (bce * w).sum() / n

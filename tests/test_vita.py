@@ -1,0 +1,135 @@
+"""VITA-VLA: tiny randomly initialized VLMs of real architectures (built from their config classes, no downloads)
+around a trained expert."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vla_distill.models.base import frames_to_batch
+from vla_distill.models.checkpoint import load_pretrained, save_pretrained
+from vla_distill.models.vita import FAMILIES, from_expert
+
+
+@pytest.fixture(scope="module")
+def expert(tiny_student):
+    return load_pretrained(tiny_student)
+
+
+@pytest.fixture(scope="module")
+def batch(expert, annotated):
+    from vla_distill.data.dataset import RobotDataset
+
+    ds = RobotDataset(annotated)
+    rows = np.linspace(0, ds.num_frames - 1, 8).astype(int)
+    frames = {k: ds.frames(k, rows) if k in ds.camera_keys else ds.column(k)[rows] for k in expert.input_keys}
+    b = frames_to_batch(frames, expert.input_keys, [ds.tasks[int(i)] for i in ds.column("task_index")[rows]])
+    b["action"] = torch.from_numpy(ds.column("action.teacher")[rows].astype(np.float32)).reshape(8, 1, -1)
+    return b
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trainable_parameters_per_stage(expert, batch, family):
+    p = from_expert(expert, family)
+    align = set(p.set_stage("align"))
+    assert align and all(n.startswith(("action_tokens", "arm_proj", "gripper_proj", "state_out", "mapper")) for n in align)
+    finetune = set(p.set_stage("finetune"))
+    added = finetune - align
+    assert any(n.startswith("expert.action_head") for n in added)
+    language = {"paligemma": "vlm.model.language_model", "idefics3": "vlm.model.text_model",
+                "qwen2_vl": "vlm.model.language_model", "qwen2_5_vl": "vlm.model.language_model"}[family]
+    assert all(n.startswith((language, "expert.action_head")) for n in added) and any(n.startswith(language) for n in added)
+    vision = [n for n, _ in p.named_parameters() if n.startswith(("vlm.model.vision", "vlm.model.visual", "vlm.model.multi_modal",
+                                                                     "vlm.model.connector"))]
+    assert vision and not (set(vision) & finetune)  # the vision tower stays frozen
+    assert not any(n.startswith(("expert.encoder", "expert.transformer")) for n in finetune)
+    loss, named = p(batch, "finetune")
+    loss.backward()
+    assert set(named) == {"arm_smooth_l1", "gripper_bce"} and torch.isfinite(loss)
+    assert all(q.grad is None for n, q in p.named_parameters() if n not in finetune)
+
+
+def test_the_reused_decoder_reproduces_the_expert(expert, batch, monkeypatch):
+    p = from_expert(expert, "paligemma").eval()
+    monkeypatch.setattr(p, "mapped_features", lambda b: p.expert_features(b)[:, None])
+    with torch.no_grad():
+        assert torch.equal(p.predict_action_chunk(batch), expert.predict_action_chunk(batch))
+
+
+def test_alignment_loss_falls(expert, batch):
+    torch.manual_seed(0)
+    p = from_expert(expert, "qwen2_vl")
+    p.set_stage("align")
+    opt = torch.optim.AdamW([q for q in p.parameters() if q.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(25):
+        loss, _ = p(batch, "align")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_checkpoint_round_trip_rebuilds_offline(expert, batch, tmp_path):
+    p = from_expert(expert, "idefics3").eval()
+    save_pretrained(p, tmp_path / "pretrained_model", {"note": "vita test"})
+    q = load_pretrained(tmp_path / "pretrained_model")
+    assert type(q).__name__ == "VitaPolicy" and q.config.family == "idefics3"
+    with torch.no_grad():
+        assert torch.equal(p.predict_action_chunk(batch), q.predict_action_chunk(batch))
+
+
+def test_a_tiny_acting_vlm_runs_through_the_evaluator(expert, tmp_path):
+    from vla_distill.eval.run import EvalConfig, evaluate
+
+    save_pretrained(from_expert(expert, "paligemma").eval(), tmp_path / "vita" / "pretrained_model", {"note": "vita eval"})
+    info = evaluate(EvalConfig(policy=str(tmp_path / "vita"), out=str(tmp_path / "ev"), tasks=("reach-v3",), episodes=2,
+                               max_steps=10, workers=1, videos=0, latency_steps=5))
+    assert info["overall"]["n_episodes"] == 2 and info["policy"]["kind"] == "policy"
+    assert info["policy"]["image_keys"] == list(expert.config.image_keys) and info["policy"]["latency_ms_p50"] > 0
+
+
+def test_vita_train_cli_runs_both_stages_and_resumes(tiny_student, annotated, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "vla_distill.cli", "vita-train", "--dataset", str(annotated),
+                               "--batch-size", "4", "--log-every", "2", *args], capture_output=True, text=True, timeout=300)
+
+    align = cli("--expert", str(tiny_student), "--vlm", "tiny:qwen2_vl", "--stage", "align", "--steps", "4",
+                "--save-every", "2", "--out", str(tmp_path / "align"))
+    assert align.returncode == 0, align.stderr[-2000:]
+    assert "VITA-VLA align (qwen2_vl)" in align.stderr and "trainable" in align.stderr
+    ft = cli("--init", str(tmp_path / "align"), "--stage", "finetune", "--steps", "2", "--save-every", "2",
+             "--out", str(tmp_path / "ft"))
+    assert ft.returncode == 0, ft.stderr[-2000:]
+    more = cli("--init", str(tmp_path / "align"), "--stage", "finetune", "--steps", "4", "--save-every", "2",
+               "--out", str(tmp_path / "ft"), "--resume")
+    assert more.returncode == 0 and "resuming at step 2 of 4" in more.stderr, more.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "arm_smooth_l1" in r] == [2, 4]
+    prov = json.loads((tmp_path / "ft" / "checkpoints" / "last" / "pretrained_model" / "provenance.json").read_text())
+    assert prov["stage"] == "finetune" and prov["family"] == "qwen2_vl"
+    assert load_pretrained(tmp_path / "ft").config.family == "qwen2_vl"
+    bad = cli("--stage", "finetune", "--steps", "2", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--init" in bad.stderr
+    bad = cli("--expert", str(tiny_student), "--vlm", str(tmp_path / "nowhere"), "--out", str(tmp_path / "bad2"))
+    assert bad.returncode == 2 and "config.json" in bad.stderr and not (tmp_path / "bad2").exists()
+
+
+def test_lora_finetune_trains_only_language_adapters(expert, batch):
+    p = from_expert(expert, "paligemma").eval()
+    q = p.with_lora(4).eval()
+    with torch.no_grad():  # LoRA's B starts at zero: the same function
+        assert torch.allclose(p.predict_action_chunk(batch), q.predict_action_chunk(batch), atol=1e-6)
+    names = set(q.set_stage("finetune"))
+    lora = {n for n in names if "lora_" in n}
+    assert lora and all(n.startswith("vlm.model.language_model") for n in lora)
+    assert not any(n.startswith("vlm.") and "lora_" not in n for n in names)  # the base weights stay frozen
+    loss, _ = q(batch, "finetune")
+    loss.backward()
+    assert all(q.get_parameter(n).grad is not None for n in lora if "lora_B" in n)
