@@ -31,19 +31,20 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--tasks", default=DEMO_TASKS)
+    p.add_argument("--lora-rank", type=int, default=0, help="stage 2 with LoRA adapters of this rank (default: full)")
     p.add_argument("--work", default="outputs/bench_vita")
     args = p.parse_args()
     work = Path(args.work) / args.family
-    align, ft = work / "align", work / "finetune"
+    align, ft = work / "align", work / ("finetune" + (f"_lora{args.lora_rank}" if args.lora_rank else ""))
     common = ["--dataset", args.dataset, "--batch-size", str(args.batch_size), "--log-every", "50"]
     if not (align / "checkpoints" / "last").exists():
         cli("vita-train", *common, "--expert", args.expert, "--vlm", f"tiny:{args.family}", "--stage", "align",
             "--steps", str(args.align_steps), "--save-every", str(args.align_steps // 4), "--lr", "1e-3", "--out", str(align))
     if not (ft / "checkpoints" / "last").exists():
         cli("vita-train", *common, "--init", str(align), "--stage", "finetune", "--steps", str(args.finetune_steps),
-            "--save-every", str(args.finetune_steps // 3), "--lr", "3e-4", "--out", str(ft))
+            "--save-every", str(args.finetune_steps // 3), "--lr", "3e-4", "--lora-rank", str(args.lora_rank), "--out", str(ft))
     evals = {}
-    for name, policy in (("expert", args.expert), ("vita_align", str(align)), ("vita_finetune", str(ft))):
+    for name, policy in (("expert", args.expert), ("vita_align", str(align)), (f"vita_{ft.name}", str(ft))):
         out = work / f"eval_{name}"
         if not (out / "eval_info.json").exists():
             cli("eval", "--policy", policy, "--tasks", args.tasks, "--episodes", str(args.episodes), "--videos", "0",
@@ -51,7 +52,7 @@ def main() -> None:
         evals[name] = json.loads((out / "eval_info.json").read_text())
     cli("report", *(str(work / f"eval_{n}") for n in evals), "--out", str(work / "report"))
     val = [json.loads(line) for line in (align / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
-    trainable = {stage: _trainable(run) for stage, run in (("align", align), ("finetune", ft))}
+    trainable = {stage: _trainable(run) for stage, run in (("align", align), (ft.name, ft))}
     result = {
         "family": args.family, "tasks": args.tasks, "episodes": args.episodes,
         "trainable_parameters": trainable,
@@ -62,7 +63,7 @@ def main() -> None:
         "parameters": {n: e["policy"]["parameters"] for n, e in evals.items()},
     }
     print(json.dumps({k: result[k] for k in ("trainable_parameters", "success", "latency_ms_p50")}, indent=1))
-    write_result(RESULTS / f"vita_{args.family}.json", result)
+    write_result(RESULTS / f"vita_{args.family}{f'_lora{args.lora_rank}' if args.lora_rank else ''}.json", result)
 
 
 def _trainable(run: Path) -> int:
