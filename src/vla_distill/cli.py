@@ -106,7 +106,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
                           phase_weight=0.0 if args.no_phase_loss else args.phase_weight,
                           direction_weight=0.0 if args.no_direction_loss else args.direction_weight)
         cfg = TrainConfig(
-            dataset=args.dataset, out=args.out, preset=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+            dataset=args.dataset, out=args.out, preset=args.preset, steps=args.steps, batch_size=args.batch_size or 64,
+            grad_accum=args.grad_accum or 1, lr=args.lr,
             weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, ema_decay=args.ema,
             seed=args.seed, horizon=args.horizon, target=args.target, loss=loss, cameras=split(args.cameras),
             depth_keys=split(args.depth_keys), state_keys=split(args.state_keys), vision=args.vision,
@@ -114,8 +115,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
             log_every=args.log_every, precision=args.precision, device=args.device, drop_audited=not args.keep_dropped)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    last = train(cfg, resume=args.resume)
-    print(f"checkpoint: {last}/pretrained_model")
+    last = train(cfg, resume=args.resume, overrides=_given(args))
+    _print_rank0(f"checkpoint: {last}/pretrained_model")
 
 
 def _cmd_vita_train(args: argparse.Namespace) -> None:
@@ -124,15 +125,26 @@ def _cmd_vita_train(args: argparse.Namespace) -> None:
     try:
         cfg = VitaTrainConfig(dataset=args.dataset, out=args.out, expert=args.expert, vlm=args.vlm, family=args.family,
                               stage=args.stage, init=args.init, n_action_tokens=args.n_action_tokens, lora_rank=args.lora_rank,
-                              vlm_image_size=args.vlm_image_size,
-                              target=args.target,
-                              steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
-                              seed=args.seed, save_every=args.save_every, log_every=args.log_every,
+                              vlm_image_size=args.vlm_image_size, target=args.target, steps=args.steps,
+                              batch_size=args.batch_size or 16, grad_accum=args.grad_accum or 1, lr=args.lr,
+                              warmup_steps=args.warmup_steps, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
                               precision=args.precision, device=args.device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    last = vita_train(cfg, resume=args.resume)
-    print(f"checkpoint: {last}/pretrained_model")
+    last = vita_train(cfg, resume=args.resume, overrides=_given(args))
+    _print_rank0(f"checkpoint: {last}/pretrained_model")
+
+
+def _given(args: argparse.Namespace) -> tuple[str, ...]:
+    """What a resumed run takes from this command line: --steps, and the batch split when given."""
+    return ("steps",) + tuple(k for k in ("batch_size", "grad_accum") if getattr(args, k) is not None)
+
+
+def _print_rank0(line: str) -> None:
+    import os
+
+    if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate every process runs this
+        print(line)
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -278,7 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", default="tiny", help="tiny (~2.7M) | small (~37M) | base (~158M, the paper's size)")
     t.add_argument("--steps", type=int, default=2000)
     t.add_argument("--resume", action="store_true", help="continue --out from checkpoints/last (--steps may extend it)")
-    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--batch-size", type=int, default=None, help="per process (default 64); under torchrun the "
+                   "optimizer's batch is this x processes x --grad-accum; with --resume, given to re-split the batch "
+                   "on another number of processes")
+    t.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (default 1)")
     t.add_argument("--lr", type=float, default=3e-4)
     t.add_argument("--weight-decay", type=float, default=1e-4)
     t.add_argument("--warmup-steps", type=int, default=200)
@@ -324,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "attention instead of training all of it (default 0: full)")
     v.add_argument("--target", default="teacher", choices=["teacher", "dataset"])
     v.add_argument("--steps", type=int, default=500)
-    v.add_argument("--batch-size", type=int, default=16)
+    v.add_argument("--batch-size", type=int, default=None, help="per process (default 16)")
+    v.add_argument("--grad-accum", type=int, default=None)
     v.add_argument("--lr", type=float, default=1e-3)
     v.add_argument("--warmup-steps", type=int, default=50)
     v.add_argument("--seed", type=int, default=0)

@@ -192,7 +192,8 @@ class StudentPolicy(Policy):
             if c.depth_keys:
                 x = torch.cat([x, batch[c.depth_keys[i]].to(dt)[:, :1]], dim=1)
             if self.training and c.shift_pad:
-                x = random_shift(x, c.shift_pad, generator)
+                keys = batch.get("augment_key")
+                x = random_shift(x, c.shift_pad, generator, None if keys is None else keys * 8 + i)
             cams.append((x - self.image_mean[i]) / self.image_std[i])
         return torch.stack(cams, dim=1)  # (B, n_cam, C, H, W)
 

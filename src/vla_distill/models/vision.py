@@ -126,12 +126,29 @@ def make_encoder(in_ch: int, out_dim: int, cfg: VisionConfig, image_size: tuple[
     return ResNetEncoder(in_ch, out_dim, cfg) if cfg.kind == "resnet" else ViTEncoder(in_ch, out_dim, cfg, image_size)
 
 
-def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, C, H, W) -> same shape, each image shifted by up to ±pad pixels with edge padding (DrQ-style)."""
+def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator | None = None,
+                 keys: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C, H, W) -> same shape, each image shifted by up to ±pad pixels with edge padding (DrQ-style).
+    keys (B,) int64, when given, fix each image's shift (a hash of its key): a sample is augmented the same way
+    whichever process or micro-batch it lands in, so distributed training repeats a single process's."""
     if pad <= 0:
         return x
     b, _, h, w = x.shape
     padded = nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    if keys is not None:
+        mixed = _mix(keys.cpu().numpy().astype(np.uint64))
+        dx = torch.from_numpy((mixed % np.uint64(2 * pad + 1)).astype(np.int64))
+        dy = torch.from_numpy(((mixed >> np.uint64(32)) % np.uint64(2 * pad + 1)).astype(np.int64))
+    else:
+        dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+        dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
     return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: well-spread 64-bit values from consecutive keys."""
+    with np.errstate(over="ignore"):
+        z = (z + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))

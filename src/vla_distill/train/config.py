@@ -16,7 +16,8 @@ class TrainConfig:
     out: str
     preset: str = "tiny"
     steps: int = 2000
-    batch_size: int = 64
+    batch_size: int = 64  # per process; the optimizer's batch is this x processes x grad_accum
+    grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 3e-4
     weight_decay: float = 1e-4
     warmup_steps: int = 200
@@ -45,7 +46,7 @@ class TrainConfig:
         preset_config(self.preset)  # raises with a did-you-mean on an unknown name
         if self.target not in TARGETS:
             raise ValueError(f"target: {self.target!r} is not one of {list(TARGETS)}")
-        for name in ("steps", "batch_size", "horizon", "save_every", "log_every"):
+        for name in ("steps", "batch_size", "grad_accum", "horizon", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1")
         if self.precision not in ("auto", "fp32", "bf16"):

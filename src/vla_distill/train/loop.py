@@ -7,6 +7,7 @@ slice of the same global batch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -36,6 +37,7 @@ from vla_distill.train.losses import action_loss, student_losses
 from vla_distill.types import ACTION, PAD_SUFFIX
 
 METRICS = "metrics.jsonl"
+RESUMABLE = ("steps", "batch_size", "grad_accum")  # what --resume may change
 
 
 # ---------------------------------------------------------------- what the losses need from the dataset
@@ -189,20 +191,25 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 # ---------------------------------------------------------------- data order
 class BatchStream:
-    """The global batch of step s: positions s*B .. s*B+B-1 in a sequence of per-epoch permutations seeded by
-    (seed, epoch). The next step's batch is assembled on a thread while the current one trains."""
+    """Step s's global batch is positions s*G .. s*G+G-1, G = per-process batch x processes x accumulation, in a
+    sequence of per-epoch permutations seeded by (seed, epoch). Process r's micro-batch m is the slice
+    [(m*world + r)*b, +b) of it, so the optimizer sees the same G samples whatever the split. Each sample carries
+    augment_key (its position), which fixes its augmentation. The next step is assembled on a thread while the
+    current one trains."""
 
-    def __init__(self, view: WindowedDataset, batch_size: int, seed: int, rank: int = 0, world: int = 1):
-        self.view, self.b, self.seed, self.rank, self.world = view, batch_size, seed, rank, world
+    def __init__(self, view: WindowedDataset, batch_size: int, seed: int, rank: int = 0, world: int = 1, accum: int = 1):
+        self.view, self.b, self.seed, self.rank, self.world, self.accum = view, batch_size, seed, rank, world, accum
+        self.g = batch_size * world * accum
         self._perms: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1)
         self._pending: tuple[int, object] | None = None
 
-    def indices(self, step: int) -> np.ndarray:
+    def indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(G,) dataset indices of the step's global batch and (G,) their positions in the stream."""
         n = len(self.view)
-        pos = step * self.b + np.arange(self.b)
-        out = np.empty(self.b, np.int64)
+        pos = step * self.g + np.arange(self.g)
+        out = np.empty(self.g, np.int64)
         for epoch in np.unique(pos // n):
             with self._lock:
                 if epoch not in self._perms:
@@ -210,12 +217,20 @@ class BatchStream:
                 perm = self._perms[epoch]
             sel = pos // n == epoch
             out[sel] = perm[pos[sel] % n]
-        return out[self.rank :: self.world]
+        return out, pos
 
-    def _load(self, step: int) -> dict:
-        return self.view.batch(self.indices(step))
+    def _load(self, step: int) -> list[dict]:
+        idx, pos = self.indices(step)
+        micro = []
+        for m in range(self.accum):
+            part = slice((m * self.world + self.rank) * self.b, (m * self.world + self.rank + 1) * self.b)
+            batch = self.view.batch(idx[part])
+            batch["augment_key"] = torch.from_numpy(pos[part] + self.seed * (1 << 40))
+            micro.append(batch)
+        return micro
 
-    def get(self, step: int) -> dict:
+    def get(self, step: int) -> list[dict]:
+        """This process's micro-batches of the step (accum of them)."""
         if self._pending is not None and self._pending[0] == step:
             batch = self._pending[1].result()
         else:
@@ -362,24 +377,30 @@ def _provenance(ds: RobotDataset, cfg: TrainConfig, annotation: dict) -> dict:
             "code_version": __version__ + (f"+g{git}" if git else "")}
 
 
-def _prepare_run(cfg, resume: bool):
-    """A new run's config, or the saved one of the run being resumed (only --steps may change)."""
+def _prepare_run(cfg, resume: bool, overrides: tuple[str, ...] = ("steps",)):
+    """A new run's config, or the saved one of the run being resumed. Only the length and how each step's batch is
+    split may change (--steps, --batch-size per process, --grad-accum): a run resumed on another number of
+    processes keeps its optimizer batch by adjusting the per-process batch."""
     run = Path(cfg.out)
     saved = run / "train_config.json"
     if resume:
         if not saved.exists():
             raise ConfigError("nothing to resume (no train_config.json); drop --resume to start a new run", path=run)
         old = from_dict(type(cfg), json.loads(saved.read_text()))
-        return from_dict(type(cfg), {**old.to_dict(), "steps": cfg.steps})
+        bad = set(overrides) - set(RESUMABLE)
+        if bad:
+            raise ConfigError(f"a resumed run keeps its settings; only {list(RESUMABLE)} may change", field=sorted(bad)[0])
+        return from_dict(type(cfg), {**old.to_dict(), **{k: getattr(cfg, k) for k in overrides}})
     if (run / CHECKPOINTS).exists():
         raise ConfigError("this run directory already has checkpoints: pass --resume to continue it, or choose a new --out",
                           path=run)
     return cfg
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Trains (or resumes) and returns the last checkpoint's directory."""
-    cfg = _prepare_run(cfg, resume)
+def train(cfg: TrainConfig, resume: bool = False, overrides: tuple[str, ...] = ("steps",)) -> Path:
+    """Trains (or resumes: `overrides` are the fields of cfg that replace the saved run's) and returns the last
+    checkpoint's directory."""
+    cfg = _prepare_run(cfg, resume, overrides)
     rt = runtime(cfg)
     ds = RobotDataset(cfg.dataset)
     target = check_dataset(ds, cfg)
@@ -387,14 +408,20 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     views = build_views(ds, cfg, target, train_eps, val_eps)
     annotation = annotation_meta(ds)
     policy = build_policy(ds, cfg, target, train_eps, annotation).to(rt.device)
-    job = Job(policy=policy, params=list(policy.named_parameters()), stream=BatchStream(views.train, cfg.batch_size, cfg.seed, rt.rank, rt.world),
+    job = Job(policy=policy, params=list(policy.named_parameters()), stream=BatchStream(views.train, cfg.batch_size, cfg.seed, rt.rank, rt.world, cfg.grad_accum),
               to_batch=lambda raw: policy_batch(raw, views, cfg), loss=lambda model, batch, gen: model(batch, cfg.loss, gen),
               validate=lambda: validate(policy, views, cfg, rt), provenance=_provenance(ds, cfg, annotation),
               describe=f"{cfg.preset} student: {policy.num_parameters() / 1e6:.2f}M parameters "
                        f"({policy.num_parameters(deployed=True) / 1e6:.2f}M deployed); {len(train_eps)} train / "
-                       f"{len(val_eps)} val episodes, {len(views.train)} frames; target {target}; {rt.why}",
+                       f"{len(val_eps)} val episodes, {len(views.train)} frames; target {target}; {rt.why}; "
+                       f"{effective_batch(cfg, rt)}",
               find_unused=cfg.loss.phase_weight == 0 or cfg.loss.direction_weight == 0)
     return fit(job, cfg, rt, resume)
+
+
+def effective_batch(cfg, rt: Runtime) -> str:
+    b = cfg.batch_size * rt.world * cfg.grad_accum
+    return f"effective batch {b} = {cfg.batch_size} per process x {rt.world} processes x {cfg.grad_accum} accumulation"
 
 
 def training_episodes(ds: RobotDataset, cfg) -> tuple[list[int], list[int]]:
@@ -458,19 +485,26 @@ def fit(job: Job, cfg, rt: Runtime, resume: bool) -> Path:
     try:
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
-            batch = _to(job.to_batch(stream.get(step)), rt.device)
+            micro = [_to(job.to_batch(raw), rt.device) for raw in stream.get(step)]
             t_data = time.perf_counter() - t0
             if step == start and main:
-                shapes = {k: tuple(v.shape) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+                shapes = {k: tuple(v.shape) for k, v in micro[0].items() if isinstance(v, torch.Tensor)}
                 print(f"first batch: {shapes}", file=sys.stderr)
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout of this step
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_033 + step)  # augmentation of this step
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_033 + step)  # for models without augment_key
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            with _autocast(rt):
-                loss, named = job.loss(model, batch, gen)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = torch.zeros((), device=rt.device)
+            for i, batch in enumerate(micro):
+                # gradients are averaged across processes once per step, on the last micro-batch
+                sync = rt.world == 1 or i == len(micro) - 1
+                with (contextlib.nullcontext() if sync else model.no_sync()), _autocast(rt):
+                    part, named = job.loss(model, batch, gen)
+                    (part / len(micro)).backward()
+                loss = loss + part.detach() / len(micro)
+            if rt.world > 1:  # the logged loss is the optimizer's batch's, not this process's share
+                torch.distributed.all_reduce(loss, op=torch.distributed.ReduceOp.AVG)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip))
             optimizer.step()
             if ema is not None:
@@ -480,7 +514,7 @@ def fit(job: Job, cfg, rt: Runtime, resume: bool) -> Path:
                             ema[k].lerp_(v, 1 - cfg.ema_decay)
                         else:
                             ema[k].copy_(v)
-            n_log += len(batch[ACTION]) * rt.world
+            n_log += stream.g
             done = step + 1
             if main and (done % cfg.log_every == 0 or done == cfg.steps):
                 sps = n_log / (time.perf_counter() - t_log)

@@ -85,6 +85,26 @@ def direction_loss(z: torch.Tensor, cue_ids: torch.Tensor, cue_emb: torch.Tensor
     return (student_to_text + text_to_student) / 2
 
 
+def across_processes(z: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """When training under torch.distributed, every process's rows, rank order (z keeps its gradient): the
+    contrastive loss is over the whole batch, as in one process. Each process then computes the same loss; the
+    gather's backward sums the gradients of every process's copy into the local rows and DDP's averaging divides by
+    the world size, which leaves exactly the single-process gradient. Unchanged outside training (no_grad) or in
+    one process."""
+    import torch.distributed as dist
+
+    if not (torch.is_grad_enabled() and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return (z, *others)
+    from torch.distributed.nn.functional import all_gather
+
+    def plain(t: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
+    return (torch.cat(all_gather(z.contiguous())), *(plain(t) for t in others))
+
+
 def combine(named: dict[str, torch.Tensor], cfg: LossConfig) -> torch.Tensor:
     """The only place the weights are applied."""
     total = named["action"]
@@ -108,8 +128,8 @@ def student_losses(policy, batch: dict, cfg: LossConfig, generator: torch.Genera
         per, valid = phase_loss(out["phase_logits"], batch["phase_index"].reshape(-1))
         named["phase"] = per.sum() / valid.sum().clamp_min(1)
     if cfg.direction_weight > 0:
-        named["direction"] = direction_loss(out["direction"], batch["direction_index"].reshape(-1),
-                                            batch["direction_embedding"], policy.logit_scale)
+        z, ids, emb = across_processes(out["direction"], batch["direction_index"].reshape(-1), batch["direction_embedding"])
+        named["direction"] = direction_loss(z, ids, emb, policy.logit_scale)
     loss = combine(named, cfg)
     return loss, {k: float(v.detach()) for k, v in named.items()}
 

@@ -24,7 +24,7 @@ from vla_distill.errors import ConfigError, DatasetError
 from vla_distill.models.checkpoint import load_pretrained
 from vla_distill.models.vita import FAMILIES, STAGES, VitaPolicy, from_expert, tiny_vlm_config
 from vla_distill.train.loop import (BatchStream, Job, Views, _autocast, _prepare_run, _provenance, _to, annotation_meta,
-                                    fit, policy_batch, runtime, training_episodes)
+                                    effective_batch, fit, policy_batch, runtime, training_episodes)
 from vla_distill.types import ACTION
 
 
@@ -42,7 +42,8 @@ class VitaTrainConfig:
     lora_rank: int = 0  # finetune: LoRA adapters of this rank on the language model instead of training all of it
     target: str = "teacher"  # the action column for finetune: teacher (action.teacher) | dataset (action)
     steps: int = 500
-    batch_size: int = 16
+    batch_size: int = 16  # per process, as for train
+    grad_accum: int = 1
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 50
@@ -67,7 +68,7 @@ class VitaTrainConfig:
             raise ValueError("init: stage finetune needs --init ALIGN_RUN (or --expert to skip alignment)")
         if self.target not in ("teacher", "dataset"):
             raise ValueError(f"target: {self.target!r} is not one of ['teacher', 'dataset']")
-        for name in ("steps", "batch_size", "save_every", "log_every"):
+        for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1")
 
@@ -133,9 +134,9 @@ def validate(policy: VitaPolicy, views: Views, to_batch, cfg: VitaTrainConfig, r
     return {"loss": loss_sum / count, "action_mae": mae_sum / count, "frames": int(count)}
 
 
-def vita_train(cfg: VitaTrainConfig, resume: bool = False) -> Path:
-    """Runs (or resumes) one stage; returns the last checkpoint's directory."""
-    cfg = _prepare_run(cfg, resume)
+def vita_train(cfg: VitaTrainConfig, resume: bool = False, overrides: tuple[str, ...] = ("steps",)) -> Path:
+    """Runs (or resumes, as train.loop.train) one stage; returns the last checkpoint's directory."""
+    cfg = _prepare_run(cfg, resume, overrides)
     rt = runtime(cfg)
     ds = RobotDataset(cfg.dataset)
     target = "action.teacher" if cfg.target == "teacher" else ACTION
@@ -160,12 +161,13 @@ def vita_train(cfg: VitaTrainConfig, resume: bool = False) -> Path:
     params = [(n, p) for n, p in policy.named_parameters() if n in trainable]
     n_train = sum(p.numel() for _, p in params)
     annotation = annotation_meta(ds)
-    job = Job(policy=policy, params=params, stream=BatchStream(views.train, cfg.batch_size, cfg.seed, rt.rank, rt.world),
+    job = Job(policy=policy, params=params, stream=BatchStream(views.train, cfg.batch_size, cfg.seed, rt.rank, rt.world, cfg.grad_accum),
               to_batch=to_batch, loss=lambda model, batch, gen: model(batch, cfg.stage),
               validate=lambda: validate(policy, views, to_batch, cfg, rt),
               provenance={**_provenance(ds, cfg, annotation), "stage": cfg.stage, "expert": cfg.expert, "init": cfg.init,
                           "vlm": cfg.vlm, "family": policy.config.family},
               describe=f"VITA-VLA {cfg.stage} ({policy.config.family}): {policy.num_parameters() / 1e6:.2f}M parameters, "
-                       f"{n_train / 1e6:.3f}M trainable; {len(train_eps)} train / {len(val_eps)} val episodes; {rt.why}",
+                       f"{n_train / 1e6:.3f}M trainable; {len(train_eps)} train / {len(val_eps)} val episodes; {rt.why}; "
+                       f"{effective_batch(cfg, rt)}",
               find_unused=True)
     return fit(job, cfg, rt, resume)
