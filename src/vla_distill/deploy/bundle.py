@@ -182,6 +182,7 @@ def _write(policy, src: Path, tmp: Path, fmt: str, dtype: str, batch: dict, fram
 
 def _export_onnx(policy: Policy, batch: dict, reference: np.ndarray, tmp: Path, log) -> dict:
     try:
+        import onnx  # noqa: F401  (torch's exporter writes through it)
         import onnxruntime  # noqa: F401
     except ImportError:
         from vla_distill.deploy.onnx import INSTALL_HINT

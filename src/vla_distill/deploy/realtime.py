@@ -25,11 +25,10 @@ def _row(task: str, i: int, s: dict) -> tuple:
 def run_tasks(policy, policy_spec: str, backend: str, env: str, tasks: list[str], episodes: int, seed: int,
               cfg: LoopConfig, record: str | None = None, log=print) -> list[dict]:
     """One SimRobot per episode on the evaluator's held-out seeds; returns each episode's summary."""
-    from vla_distill.eval.envs import eval_seeds
+    from vla_distill.eval.envs import eval_seeds, policy_cameras
     from vla_distill.eval.run import markdown_table
 
-    c = policy.config
-    keys, size = tuple(getattr(c, "image_keys", ())), tuple(getattr(c, "image_size", ())) or None
+    keys, size = policy_cameras(policy)
     rows, out = [], []
     for task in tasks:
         for i, s in enumerate(eval_seeds(env, task, episodes, seed)):

@@ -40,7 +40,7 @@ class SimRobot:
         self.env_name, self.task, self.seed = env, task, seed
         self.image_keys, self.image_size = image_keys, image_size
         self.env = None
-        self.success, self.steps, self.first_success = False, 0, None
+        self.steps, self.first_success = 0, None
         self.instruction = ""
 
     def connect(self) -> None:
@@ -58,10 +58,13 @@ class SimRobot:
     def send_action(self, action: np.ndarray) -> None:
         self._obs, _, success = self.env.step(np.asarray(action, np.float32))
         self._last = np.asarray(action, np.float32)
-        if success and not self.success:
+        if success and self.first_success is None:
             self.first_success = self.steps
-        self.success |= success
         self.steps += 1
+
+    @property
+    def success(self) -> bool:
+        return self.first_success is not None
 
     def hold_action(self) -> np.ndarray:
         """No motion, gripper command unchanged (a held object stays held): the last dim is the gripper in both

@@ -75,13 +75,14 @@ class PolicyActor:
     def __init__(self, path: str, spec: str | None = None, device: str = "cpu", n_action_steps: int = 0,
                  backend: str = "torch"):
         from vla_distill.deploy.runtime import load_policy, weights_bytes
+        from vla_distill.eval.envs import policy_cameras
 
         self.policy = load_policy(path, backend, device)
         self.device = device
         cfg = self.policy.config
         self.keys = self.policy.input_keys
         self.observed = hasattr(self.policy, "predict_observed") and getattr(self.policy, "observes", True)
-        cams, size = _cameras(self.policy)
+        cams, size = policy_cameras(self.policy)
         # A head trained with weight 0 (an ablation) predicts noise: its output is not reported.
         self.phase_trained, self.direction_trained = _trained_heads(path)
         params = (self.policy.num_parameters(deployed=True) if hasattr(self.policy, "num_parameters")
@@ -117,15 +118,6 @@ class PolicyActor:
 
     def close(self) -> None:
         pass
-
-
-def _cameras(policy) -> tuple[tuple[str, ...], tuple[int, int] | None]:
-    """The cameras the environment must render for a policy, and their size: its config's image_keys, else the
-    uint8 images of its observation_spec (a VITA policy reads its expert's)."""
-    keys = tuple(getattr(policy.config, "image_keys", ())) or tuple(
-        k for k, v in policy.observation_spec.items() if v["dtype"] == "uint8")
-    spec = policy.observation_spec
-    return keys, (tuple(spec[keys[0]]["shape"][:2]) if keys else None)
 
 
 def _trained_heads(path: str) -> tuple[bool, bool]:

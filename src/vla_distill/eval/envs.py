@@ -65,5 +65,13 @@ def make_env(env: str, task: str, image_keys: tuple[str, ...], image_size: tuple
     return LiberoEnv(task, image_keys, image_size[0])
 
 
+def policy_cameras(policy) -> tuple[tuple[str, ...], tuple[int, int] | None]:
+    """The cameras an environment must render for a policy, and their size: its config's image_keys, else the
+    uint8 images of its observation_spec (a VITA policy reads its expert's)."""
+    spec = policy.observation_spec
+    keys = tuple(getattr(policy.config, "image_keys", ())) or tuple(k for k, v in spec.items() if v["dtype"] == "uint8")
+    return keys, (tuple(spec[keys[0]]["shape"][:2]) if keys else None)
+
+
 def default_camera(env: str) -> str:
     return f"{OBS_IMAGES}.corner2" if env == "metaworld" else f"{OBS_IMAGES}.image"

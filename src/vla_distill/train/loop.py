@@ -283,6 +283,15 @@ def _autocast(rt: Runtime):
 
 
 # ---------------------------------------------------------------- validation
+def validation_batches(view: WindowedDataset, to_batch, cfg, rt: Runtime):
+    """cfg.val_batches batches of evenly spaced validation frames (the same frames at every validation), on the
+    device."""
+    n = len(view)
+    idx = np.linspace(0, n - 1, min(n, cfg.val_batches * cfg.batch_size)).round().astype(np.int64)
+    for s in range(0, len(idx), cfg.batch_size):
+        yield _to(to_batch(view.batch(idx[s : s + cfg.batch_size])), rt.device)
+
+
 @torch.no_grad()
 def validate(policy: StudentPolicy, views: Views, cfg: TrainConfig, rt: Runtime) -> dict:
     """Action error (normalized MSE, raw-unit MAE), phase accuracy, and top-1 retrieval of each frame's cue among
@@ -290,12 +299,9 @@ def validate(policy: StudentPolicy, views: Views, cfg: TrainConfig, rt: Runtime)
     if views.val is None:
         return {}
     policy.eval()
-    n = len(views.val)
-    idx = np.linspace(0, n - 1, min(n, cfg.val_batches * cfg.batch_size)).round().astype(np.int64)
     sums = {"action_mse": 0.0, "action_mae": 0.0, "loss": 0.0}
     count = phase_ok = phase_n = dir_ok = dir_n = 0
-    for s in range(0, len(idx), cfg.batch_size):
-        batch = _to(policy_batch(views.val.batch(idx[s : s + cfg.batch_size]), views, cfg), rt.device)
+    for batch in validation_batches(views.val, lambda raw: policy_batch(raw, views, cfg), cfg, rt):
         with _autocast(rt):
             out = policy.encode(batch)
             loss, _ = student_losses(policy, batch, cfg.loss, out=out)

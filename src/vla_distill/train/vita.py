@@ -15,7 +15,6 @@ import types
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from vla_distill.data.dataset import RobotDataset
@@ -23,8 +22,8 @@ from vla_distill.data.windows import WindowedDataset
 from vla_distill.errors import ConfigError, DatasetError
 from vla_distill.models.checkpoint import load_pretrained
 from vla_distill.models.vita import FAMILIES, STAGES, VitaPolicy, from_expert, tiny_vlm_config
-from vla_distill.train.loop import (BatchStream, Job, Views, _autocast, _prepare_run, _provenance, _to, annotation_meta,
-                                    effective_batch, fit, policy_batch, runtime, training_episodes)
+from vla_distill.train.loop import (BatchStream, Job, Views, _autocast, _prepare_run, _provenance, annotation_meta,
+                                    effective_batch, fit, policy_batch, runtime, training_episodes, validation_batches)
 from vla_distill.types import ACTION
 
 
@@ -118,11 +117,8 @@ def validate(policy: VitaPolicy, views: Views, to_batch, cfg: VitaTrainConfig, r
     if views.val is None:
         return {}
     policy.eval()
-    n = len(views.val)
-    idx = np.linspace(0, n - 1, min(n, cfg.val_batches * cfg.batch_size)).round().astype(np.int64)
     loss_sum = mae_sum = count = 0.0
-    for s in range(0, len(idx), cfg.batch_size):
-        batch = _to(to_batch(views.val.batch(idx[s : s + cfg.batch_size])), rt.device)
+    for batch in validation_batches(views.val, to_batch, cfg, rt):
         with _autocast(rt):
             loss, _ = policy(batch, cfg.stage)
             pred = policy.predict_action_chunk(batch)
