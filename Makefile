@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_eval.py throughput
 	$(BIN)/python benchmarks/bench_deploy.py latency
 	$(BIN)/python benchmarks/bench_deploy.py server
+	$(BIN)/python benchmarks/bench_distributed.py --only annotate
 
 clean:
 	rm -rf $(VENV) .venv-lerobot .venv-openpi outputs .pytest_cache

@@ -4,17 +4,20 @@
   python tests/servers.py openvla POLICY_DIR   OpenVLA deploy.py's REST API: POST /act, json-numpy
   python tests/servers.py vlm     MODE         an OpenAI-compatible chat-completions endpoint (a VLM stand-in)
 
-Each prints "PORT <n>" on stdout once listening, and logs one line per request to $SERVER_LOG if set.
+Each prints "PORT <n>" on stdout once listening, and logs one line per request to $SERVER_LOG if set. The openpi
+server answers after $DELAY_S seconds if set, and fails about 30% of requests if $FAIL_EVERY is set.
 The policy servers serve a small torch policy (a state MLP checkpoint); the VLM stand-in answers from the
 prompt and the number of images, in MODE "good", "flaky" (the first ask of each request malformed) or "garbage".
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -54,6 +57,7 @@ def serve_openpi(policy_dir: str) -> None:
         log("infer " + ",".join(sorted(obs)) + " " + ";".join(f"{k}:{getattr(v, 'shape', '')}" for k, v in sorted(obs.items())))
         if os.environ.get("FAIL_EVERY") and np.random.rand() < 0.3:
             raise RuntimeError("injected failure")
+        time.sleep(float(os.environ.get("DELAY_S", "0")))  # a slow teacher, as a 7B VLA is
         return infer(obs)
 
     server = make_server(logged, metadata_for(policy, "torch"), "127.0.0.1", 0)
@@ -117,7 +121,9 @@ def serve_vlm(mode: str) -> None:
             if mode == "garbage" or (mode == "flaky" and first_ask):
                 answer = "I think the robot is doing something interesting."
             else:
-                answer = json.dumps({"phase": labels[n % len(labels)], "direction": "moving the gripper left"})
+                # Like a VLM at temperature 0: the same request gets the same answer, whoever asks and when.
+                phase = labels[int(hashlib.sha256(json.dumps(content).encode()).hexdigest(), 16) % len(labels)]
+                answer = json.dumps({"phase": phase, "direction": "moving the gripper left"})
             out = json.dumps({"id": f"chatcmpl-{n}", "object": "chat.completion", "model": body["model"],
                               "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]}).encode()
             send_json(self, out)

@@ -157,4 +157,4 @@ def test_cli_annotate_bad_input(tmp_path, metaworld_dataset):
     assert r.returncode == 2 and "--vlm-url" in r.stderr
     r = run("audit", "--dataset", str(metaworld_dataset))
     assert r.returncode == 2 and "phase_index" in r.stderr
-    assert not (tmp_path / "o").exists()
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()

@@ -143,7 +143,7 @@ def test_remote_teacher_unreachable_is_one_clear_error(metaworld_dataset, tmp_pa
     cfg = AnnotateConfig(teacher="openpi://127.0.0.1:9", teacher_options=(("retries", "1"), ("backoff_s", "0.01")), **NO_CUES)
     with pytest.raises(TeacherError, match="no answer after 2 attempts"):
         annotate(metaworld_dataset, tmp_path / "ann", cfg)
-    assert not (tmp_path / "ann").exists()
+    assert not (tmp_path / "ann").exists() and not (tmp_path / "ann.partial").exists()  # nothing to resume from
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])

@@ -77,7 +77,15 @@ def _cmd_annotate(args: argparse.Namespace) -> None:
     except ValueError as e:
 
         raise ConfigError(str(e)) from None
-    annotate(args.dataset, args.out, cfg)
+    executor = None
+    if args.executor == "ray":
+        from vla_distill.annotate.executors import make_executor
+
+        executor = make_executor("ray", address=args.address, workers=args.workers, worker_cpus=args.worker_cpus,
+                                 worker_gpus=args.worker_gpus, max_retries=args.max_retries)
+    elif args.workers or args.address != "local" or args.worker_gpus is not None:
+        raise ConfigError("--workers, --address and --worker-gpus need --executor ray", field="executor")
+    annotate(args.dataset, args.out, cfg, executor)
 
 
 def _cmd_audit(args: argparse.Namespace) -> None:
@@ -259,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "openvla://HOST:PORT | none (default scripted)")
     a.add_argument("--teacher-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="remote teacher option, repeatable: obs_map.<server key>=<our key>, image_size, action_dim, horizon, "
-                        "gripper (keep|flip|unit_to_signed|unit_to_signed_flip), concurrency, timeout_s, retries, unnorm_key, api_key")
+                        "gripper (keep|flip|unit_to_signed|unit_to_signed_flip), concurrency, timeout_s, retries, unnorm_key, api_key; "
+                        "checkpoint teachers: device (auto|cpu|cuda)")
     a.add_argument("--phases", default="kinematic", choices=["kinematic", "vlm", "none"])
     a.add_argument("--taxonomy", default="4", choices=["4", "9"], help="4: approach/grasp/transport/release; 9: idle ... completed")
     a.add_argument("--directions", default="kinematic", choices=["kinematic", "vlm", "none"])
@@ -275,6 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--vlm-concurrency", type=int, default=4)
     a.add_argument("--vlm-cache", default="", help="answer cache (default $VLA_DISTILL_CACHE/vlm.sqlite)")
     a.add_argument("--no-audit", action="store_true")
+    r = a.add_argument_group("scale out (pip install 'vla-distill[ray]')")
+    r.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local: this process; ray: episodes sharded over Ray actors, one teacher/VLM client each")
+    r.add_argument("--address", default="local", help="Ray: local (start one here) | auto (the cluster of `ray start`) | "
+                   "HOST:PORT | ray://HOST:10001 (default local)")
+    r.add_argument("--workers", type=int, default=0, help="Ray actors (default: as many as the cluster's CPUs/GPUs hold)")
+    r.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs per Ray actor (default 1)")
+    r.add_argument("--worker-gpus", type=float, default=None,
+                   help="GPUs per Ray actor (default: 1 for a checkpoint: teacher when the cluster has GPUs, else 0)")
+    r.add_argument("--max-retries", type=int, default=3, help="times an episode is asked again after its worker was lost")
     a.set_defaults(func=_cmd_annotate)
 
     au = sub.add_parser("audit", help="cross-check phase labels and cues against the kinematics; writes meta/audit.{json,md}")

@@ -86,7 +86,9 @@ class VLMLabeller:
         self.cfg = cfg
         self.cache_path = Path(cache_path)
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.cache_path, check_same_thread=False)
+        # Shared by every worker process on this machine: wait for another's write instead of failing.
+        self._db = sqlite3.connect(self.cache_path, check_same_thread=False, timeout=60)
+        self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, reply TEXT)")
         self._db.commit()
         self._lock = threading.Lock()

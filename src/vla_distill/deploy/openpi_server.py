@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import serve
 
 from vla_distill.deploy.msgpack_numpy import packb, unpackb
@@ -165,9 +166,15 @@ def make_server(infer: InferFn, metadata: dict, host: str = "127.0.0.1", port: i
                 max_message_bytes: int = MAX_MESSAGE_BYTES):
     """Returns a websockets server; call .serve_forever() (and .shutdown() from another thread). Messages over
     max_message_bytes get an error frame; the websocket layer itself closes connections that send over 4x that."""
-    stats = {"requests": 0, "errors": 0}
+    stats = {"requests": 0, "errors": 0, "dropped": 0}
 
     def handler(ws):
+        try:
+            answer(ws)
+        except ConnectionClosed:  # a client that went away (killed, timed out) ends its own session, nothing else
+            stats["dropped"] += 1
+
+    def answer(ws):
         ws.send(packb(metadata))
         for message in ws:
             t0 = time.perf_counter()
@@ -189,6 +196,8 @@ def make_server(infer: InferFn, metadata: dict, host: str = "127.0.0.1", port: i
             except RequestError as e:
                 stats["errors"] += 1
                 ws.send(f"bad request: {e}")
+            except ConnectionClosed:
+                raise
             except Exception:  # noqa: BLE001
                 stats["errors"] += 1
                 ws.send(traceback.format_exc())
@@ -220,4 +229,5 @@ def serve_policy(policy, backend: str, host: str = "127.0.0.1", port: int = 8000
         pass
     finally:
         server.shutdown()
-        log(f"served {server.stats['requests']} requests, {server.stats['errors']} errors")
+        log(f"served {server.stats['requests']} requests, {server.stats['errors']} errors, "
+            f"{server.stats['dropped']} clients gone mid-session")

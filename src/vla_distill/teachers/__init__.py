@@ -67,7 +67,7 @@ def make_teacher(spec: str, options: dict[str, str] | None = None) -> Teacher:
     if spec.startswith("checkpoint:"):
         from vla_distill.teachers.checkpoint import CheckpointTeacher
 
-        return CheckpointTeacher(spec, spec[len("checkpoint:"):])
+        return CheckpointTeacher(spec, spec[len("checkpoint:"):], options.get("device", "auto"))
     if spec.startswith("openpi://"):
         from vla_distill.teachers import openpi
         from vla_distill.teachers.remote import remote_config

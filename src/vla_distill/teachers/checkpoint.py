@@ -13,29 +13,32 @@ BATCH = 256
 
 
 class CheckpointTeacher:
-    def __init__(self, spec: str, path: str):
+    def __init__(self, spec: str, path: str, device: str = "auto"):
+        """device: "auto" = the GPU this process was given (a Ray GPU worker), else the CPU."""
         self.spec, self.path = spec, str(resolve_pretrained_dir(path))
-        self.policy = load_pretrained(path)
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self.policy = load_pretrained(path, self.device)
         self.input_keys = self.policy.input_keys
         self.needs_images = any(k.startswith("observation.images.") for k in self.input_keys)
         self.horizon, self.action_dim = self.policy.horizon, self.policy.action_dim
 
     def _batch(self, episode: EpisodeFrames, rows: np.ndarray) -> dict:
         columns = {"observation.state": episode.state, "observation.environment_state": episode.env_state, **episode.images}
-        return frames_to_batch({k: columns[k][rows] for k in self.input_keys}, self.input_keys, [episode.task] * len(rows))
+        return frames_to_batch({k: columns[k][rows] for k in self.input_keys}, self.input_keys, [episode.task] * len(rows),
+                               self.device)
 
     @torch.no_grad()
     def label(self, episode: EpisodeFrames, rows: np.ndarray, on_result: OnResult | None = None) -> np.ndarray:
         out = np.empty((len(rows), self.horizon, self.action_dim), np.float32)
         for s in range(0, len(rows), BATCH):
-            out[s : s + BATCH] = self.policy.predict_action_chunk(self._batch(episode, rows[s : s + BATCH])).numpy()
+            out[s : s + BATCH] = self.policy.predict_action_chunk(self._batch(episode, rows[s : s + BATCH])).float().cpu().numpy()
             if on_result is not None:
                 for i in range(s, min(s + BATCH, len(rows))):
                     on_result(i, out[i])
         return out
 
     def provenance(self) -> dict:
-        return {"kind": "checkpoint", "path": self.path, "type": self.policy.name, "policy_provenance": self.policy.provenance}
+        return {"kind": "checkpoint", "path": self.path, "device": self.device, "type": self.policy.name, "policy_provenance": self.policy.provenance}
 
     def close(self) -> None:
         pass
