@@ -109,8 +109,7 @@ class RayExecutor:
             return {"executor": "ray", "address": self.address, "workers": n, "worker_cpus": cpus, "worker_gpus": gpus,
                     "hosts": sorted({i["host"] for i in infos}), "lost_workers": self.lost, **_timing(t0, ready)}
         finally:
-            for a in actors:
-                ray.kill(a)
+            _stop(ray, actors)
             if started:
                 ray.shutdown()
 
@@ -169,6 +168,17 @@ class RayExecutor:
         if gpus and not self.workers:
             n = min(n, int(gpus_total // gpus))
         return self.worker_cpus, gpus, max(1, min(n, pending))
+
+
+def _stop(ray, actors: list) -> None:
+    """Let each live worker close its teacher and VLM clients (a server sees a clean goodbye), then end it."""
+    closing = [a.close.remote() for a in actors]
+    try:
+        ray.wait(closing, num_returns=len(closing), timeout=10)
+    except Exception:  # noqa: BLE001 - a dead worker has nothing to close
+        pass
+    for a in actors:
+        ray.kill(a)
 
 
 def _timing(t0: float, ready: float) -> dict:
