@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,13 @@ from vla_distill.data.format import video_feature  # noqa: E402
 from vla_distill.data.writer import DatasetWriter, Episode  # noqa: E402
 
 FPS = 10
+
+
+def popen_interruptible(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """Popen of a command that takes SIGINT as Ctrl-C, even when this test run was started in the background by a
+    non-interactive shell: that shell ignores SIGINT for it, the ignore is inherited, and Python then installs no
+    KeyboardInterrupt handler."""
+    return subprocess.Popen(cmd, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
 
 
 def fake_features(video: bool = True, image: bool = True, size: int = 32) -> dict[str, dict]:

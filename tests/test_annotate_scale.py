@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import popen_interruptible
 from vla_distill.annotate.episode import staged_episodes
 from vla_distill.annotate.run import AnnotateConfig, annotate
 from vla_distill.data.dataset import RobotDataset
@@ -57,15 +58,15 @@ def test_killed_annotation_keeps_finished_episodes(metaworld_dataset, annotated,
 
 
 def test_second_run_on_the_same_output_is_refused(metaworld_dataset, tmp_path):
-    import fcntl
+    from vla_distill.data.format import single_writer
 
     partial = tmp_path / "ann.partial"
     partial.mkdir()
-    with open(partial / "lock", "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)  # as a first run does
-        with pytest.raises(ConfigError, match="another `vla-distill annotate` is writing"):
+    (partial / "plan.json").write_text("{}")
+    with single_writer(partial):  # as a first run holds it
+        with pytest.raises(ConfigError, match="another vla-distill run is writing"):
             annotate(metaworld_dataset, tmp_path / "ann", AnnotateConfig())
-    assert partial.exists()  # the first run's work is left alone
+    assert (partial / "plan.json").read_text() == "{}"  # the first run's work is left alone
 
 
 def test_executor_choice_errors(metaworld_dataset, tmp_path, monkeypatch):
@@ -164,7 +165,7 @@ def test_interrupted_ray_job_resumes_from_the_cli(ray_cluster, metaworld_dataset
     cmd = [sys.executable, "-m", "vla_distill.cli", "annotate", "--dataset", str(metaworld_dataset), "--out", str(out),
            "--teacher", f"openpi://127.0.0.1:{s.port}", "--teacher-opt", "concurrency=1", "--phases", "none",
            "--directions", "none", "--executor", "ray", "--workers", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = popen_interruptible(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     partial = tmp_path / "ann.partial"
     deadline = time.time() + 120
     while not staged_episodes(partial) and time.time() < deadline and proc.poll() is None:

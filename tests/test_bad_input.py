@@ -99,3 +99,18 @@ def test_missing_dataset_and_info(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, err = run_inspect(tmp_path / "empty", capsys)
     assert code == 2 and "meta/info.json" in err
+
+
+@pytest.mark.parametrize("command", ["collect", "train"])
+def test_a_second_run_on_a_busy_output_is_one_line_error(command, annotated, tmp_path, capsys):
+    from vla_distill.data.format import single_writer
+
+    out = tmp_path / "out"
+    out.mkdir()
+    args = {"collect": ["collect", "--tasks", "reach-v3", "--episodes", "1", "--out", str(out)],
+            "train": ["train", "--dataset", str(annotated), "--preset", "tiny", "--steps", "1", "--out", str(out)]}[command]
+    with single_writer(out):  # a first run, still going
+        assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: {out}: another vla-distill run is writing this output; wait for it or stop it"
+    assert list(out.iterdir()) == []  # nothing written beside the first run's files

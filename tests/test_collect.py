@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import popen_interruptible
 from vla_distill.collect.collect import collect
 from vla_distill.collect.config import CollectConfig
 from vla_distill.data.dataset import RobotDataset
@@ -84,7 +85,7 @@ def _collect_cmd(out):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_resume_after_interrupt(tmp_path, sig):
     out = tmp_path / "ds"
-    proc = subprocess.Popen(_collect_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    proc = popen_interruptible(_collect_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / ".partial/attempts").glob("*.json"))) < 2:
         time.sleep(0.05)

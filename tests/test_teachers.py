@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import popen_interruptible
 from vla_distill.annotate.run import AnnotateConfig, annotate
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.deploy.msgpack_numpy import packb, unpackb
@@ -152,7 +153,7 @@ def test_interrupted_remote_annotation_resumes_without_asking_twice(metaworld_da
     out = tmp_path / "ann"
     cmd = [sys.executable, "-m", "vla_distill.cli", "annotate", "--dataset", str(metaworld_dataset), "--out", str(out),
            "--teacher", f"openpi://127.0.0.1:{s.port}", "--teacher-opt", "concurrency=2", "--phases", "none", "--directions", "none"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = popen_interruptible(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     n_frames = RobotDataset(metaworld_dataset).num_frames
     deadline = time.time() + 60
     while len(s.lines()) < n_frames // 3 and time.time() < deadline:

@@ -10,14 +10,13 @@ them (annotate/executors.py: this process, or Ray actors); the driver alone writ
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import shutil
 import sqlite3
 import sys
 import time
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -36,7 +35,7 @@ from vla_distill.annotate.phases import TAXONOMIES, PhaseConfig
 from vla_distill.annotate.vlm import VLMConfig
 from vla_distill.data.columns import add_columns
 from vla_distill.data.dataset import RobotDataset
-from vla_distill.data.format import cache_root, write_json_atomic
+from vla_distill.data.format import cache_root, single_writer, write_json_atomic
 from vla_distill.errors import ConfigError, DatasetError
 
 TEACHER_KEY = "action.teacher"
@@ -188,7 +187,7 @@ def annotate(dataset: str | Path, out: str | Path, cfg: AnnotateConfig = Annotat
         raise DatasetError("output directory already exists (annotation writes a new dataset)", path=out)
     partial = out.with_name(out.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
-    with _only_writer(partial):
+    with single_writer(partial):
         try:
             return _annotate(ds, out, partial, cfg, executor or LocalExecutor(), hook, t0)
         except BaseException:
@@ -206,18 +205,6 @@ def _journal_has_answers(partial: Path) -> bool:
             return db.execute("SELECT 1 FROM actions LIMIT 1").fetchone() is not None
         except sqlite3.OperationalError:
             return False
-
-
-@contextmanager
-def _only_writer(partial: Path):
-    """One run per output: a second one started on the same DIR2 would stage into and then delete the first's work."""
-    with open(partial / "lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError("another `vla-distill annotate` is writing this output; wait for it or stop it",
-                              path=partial) from None
-        yield
 
 
 def _annotate(ds: RobotDataset, out: Path, partial: Path, cfg: AnnotateConfig, executor, hook, t0: float) -> Path:

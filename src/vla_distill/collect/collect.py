@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from vla_distill.collect.config import CollectConfig
 from vla_distill.data import stats as stats_lib
-from vla_distill.data.format import INFO_PATH, video_feature, write_json_atomic
+from vla_distill.data.format import INFO_PATH, single_writer, video_feature, write_json_atomic
 from vla_distill.data.video import encode_video
 from vla_distill.data.writer import DatasetWriter, EncodedVideo, Episode
 from vla_distill.errors import ConfigError
@@ -160,12 +160,14 @@ class Collector:
             self._check_same_plan(self.out / "meta" / "collection.json", lambda d: d["config"])
             print(f"{self.out}: already complete")
             return self.out
-        self._prepare_partial()
-        markers = self._load_markers()
-        if len(markers):
-            print(f"resuming: {len(markers)} attempts already done in {self.partial}")
-        self._collect(markers)  # adds each finished attempt's marker to `markers`
-        return self._publish(markers)
+        self.out.mkdir(parents=True, exist_ok=True)
+        with single_writer(self.out):
+            self._prepare_partial()
+            markers = self._load_markers()
+            if len(markers):
+                print(f"resuming: {len(markers)} attempts already done in {self.partial}")
+            self._collect(markers)  # adds each finished attempt's marker to `markers`
+            return self._publish(markers)
 
     def _prepare_partial(self) -> None:
         if self.out.exists() and not self.partial.exists() and any(self.out.iterdir()):

@@ -5,15 +5,18 @@ Follows lerobot's `datasets/utils.py` (v3.0) and v0.3.3 (v2.1); see shared/FORMA
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from vla_distill.errors import DatasetError
+from vla_distill.errors import ConfigError, DatasetError
 from vla_distill.types import DEFAULT_FEATURES
 
 CODEBASE_VERSION = "v3.0"
@@ -133,6 +136,23 @@ def next_chunk_file(chunk_index: int, file_index: int, chunks_size: int = CHUNKS
 def cache_root() -> Path:
     """Where reusable caches live (decoded frames, VLM answers): $VLA_DISTILL_CACHE or ~/.cache/vla_distill."""
     return Path(os.environ.get("VLA_DISTILL_CACHE", Path.home() / ".cache" / "vla_distill"))
+
+
+@contextmanager
+def single_writer(directory: Path) -> Iterator[None]:
+    """Holds an exclusive lock on an existing output directory for the life of a resumable run (collect, annotate,
+    train, eval): a second run started on the same output would interleave its files with this one's and finish or
+    delete them under it. The lock is the kernel's (flock on the directory itself): it goes with the process, so a
+    killed run never leaves a stale lock, and no lock file is added to the output."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError("another vla-distill run is writing this output; wait for it or stop it", path=directory) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vla_distill.data.format import write_json_atomic
+from vla_distill.data.format import single_writer, write_json_atomic
 from vla_distill.errors import ConfigError
 from vla_distill.eval import envs
 from vla_distill.eval.metrics import aggregate, latency_summary
@@ -343,6 +343,13 @@ def evaluate(cfg: EvalConfig, command: str = "") -> dict:
         why = unavailable()
         if why:
             raise LiberoUnavailable(why)
+    out.mkdir(parents=True, exist_ok=True)
+    with single_writer(out):
+        return _evaluate(cfg, command, actor, jobs)
+
+
+def _evaluate(cfg: EvalConfig, command: str, actor, jobs: list[tuple[str, int, int]]) -> dict:
+    out = Path(cfg.out)
     _check_plan(cfg)
     done = _done_records(cfg)
     todo = [j for j in jobs if (j[0], j[1]) not in done]

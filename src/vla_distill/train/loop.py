@@ -27,6 +27,7 @@ from vla_distill.annotate import run as ann
 from vla_distill.annotate.phases import PHASES_4
 from vla_distill.config import from_dict
 from vla_distill.data.dataset import RobotDataset
+from vla_distill.data.format import single_writer
 from vla_distill.data.windows import WindowedDataset, split_episodes
 from vla_distill.errors import ConfigError, DatasetError
 from vla_distill.models.student import PRESETS, StudentPolicy, preset_config
@@ -460,6 +461,14 @@ class Job:
 
 
 def fit(job: Job, cfg, rt: Runtime, resume: bool) -> Path:
+    if rt.rank != 0:  # rank 0 alone writes the run directory
+        return _fit(job, cfg, rt, resume)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    with single_writer(Path(cfg.out)):
+        return _fit(job, cfg, rt, resume)
+
+
+def _fit(job: Job, cfg, rt: Runtime, resume: bool) -> Path:
     """The loop every model shares: AdamW with warmup + cosine, gradient clipping, optional EMA, metrics.jsonl and
     TensorBoard, validation and an atomic lerobot-layout checkpoint every save_every steps, resume from the last
     one (repeating an uninterrupted run step for step), progress on stderr. cfg: the run's frozen config (the
