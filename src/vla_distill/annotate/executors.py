@@ -106,10 +106,12 @@ class RayExecutor:
             pids = [i["pid"] for i in infos]
             ready = time.perf_counter()
             self._schedule(ray, actors, pids, start, deque(pending), on_result)
+            _close(ray, actors)
             return {"executor": "ray", "address": self.address, "workers": n, "worker_cpus": cpus, "worker_gpus": gpus,
                     "hosts": sorted({i["host"] for i in infos}), "lost_workers": self.lost, **_timing(t0, ready)}
-        finally:
-            _stop(ray, actors)
+        finally:  # on an error or Ctrl-C the workers are ended at once, mid-episode or not
+            for a in actors:
+                ray.kill(a)
             if started:
                 ray.shutdown()
 
@@ -170,15 +172,9 @@ class RayExecutor:
         return self.worker_cpus, gpus, max(1, min(n, pending))
 
 
-def _stop(ray, actors: list) -> None:
-    """Let each live worker close its teacher and VLM clients (a server sees a clean goodbye), then end it."""
-    closing = [a.close.remote() for a in actors]
-    try:
-        ray.wait(closing, num_returns=len(closing), timeout=10)
-    except Exception:  # noqa: BLE001 - a dead worker has nothing to close
-        pass
-    for a in actors:
-        ray.kill(a)
+def _close(ray, actors: list) -> None:
+    """Idle workers close their teacher and VLM clients, so each server sees a clean goodbye."""
+    ray.wait([a.close.remote() for a in actors], num_returns=len(actors), timeout=10)
 
 
 def _timing(t0: float, ready: float) -> dict:
