@@ -134,6 +134,8 @@ def test_errors_inside_ray_workers_arrive_as_themselves(ray_cluster, metaworld_d
     cfg = AnnotateConfig(teacher="openpi://127.0.0.1:9", teacher_options=(("retries", "0"),), **NO_CUES)
     with pytest.raises(TeacherError, match="no answer after 1 attempts"):  # raised while annotating an episode
         annotate(metaworld_dataset, tmp_path / "b", cfg, RayExecutor(workers=1))
+    with pytest.raises(ConfigError, match="a worker asks for 1 CPU and 1 GPU; the cluster has 2 CPU and 0 GPU"):
+        annotate(metaworld_dataset, tmp_path / "c", AnnotateConfig(**NO_CUES), RayExecutor(worker_gpus=1))
     assert not list(tmp_path.iterdir())  # nothing half-written, nothing to resume from
 
 
