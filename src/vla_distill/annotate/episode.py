@@ -101,6 +101,17 @@ def episode_frames(ds: RobotDataset, e: int, cameras: list[str]):
 
 
 # ---------------------------------------------------------------- one episode
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What every worker is built from; plain data, so it travels to Ray actors as it is."""
+
+    dataset: str
+    cfg: AnnotateConfig
+    dataset_id: str
+    vlm_cache: str = ""
+    journal: str = ""  # teacher answers by frame (in-process runs only: the driver's disk)
+
+
 @dataclass
 class EpisodeResult:
     episode: int  # position in the dataset's episode list
@@ -119,8 +130,7 @@ class EpisodeWorker:
     Construction errors are kept and raised by the first call, so a Ray actor reports a bad teacher spec as the
     original one-line error instead of a dead actor."""
 
-    def __init__(self, dataset: str, cfg: AnnotateConfig, dataset_id: str, vlm_cache: str = "", journal: str = "",
-                 threads: int = 0):
+    def __init__(self, spec: WorkerSpec, threads: int = 0):
         self._error: BaseException | None = None
         self.teacher = self.vlm = self.journal = None
         try:
@@ -128,14 +138,15 @@ class EpisodeWorker:
                 import torch
 
                 torch.set_num_threads(threads)
-            self._open(dataset, cfg, dataset_id, vlm_cache, journal)
+            self._open(spec)
         except Exception as e:  # noqa: BLE001 - re-raised by info() / annotate(), in the caller's process
             self._error = e
 
-    def _open(self, dataset: str, cfg: AnnotateConfig, dataset_id: str, vlm_cache: str, journal: str) -> None:
+    def _open(self, spec: WorkerSpec) -> None:
         from vla_distill.teachers import make_teacher
 
-        self.ds, self.cfg, self.dataset_id = RobotDataset(dataset), cfg, dataset_id
+        cfg = spec.cfg
+        self.ds, self.cfg, self.dataset_id = RobotDataset(spec.dataset), cfg, spec.dataset_id
         self.names = TAXONOMIES[cfg.taxonomy]
         self.phase_cfg = PhaseConfig(**{**asdict(cfg.phase), "taxonomy": cfg.taxonomy})
         if cfg.teacher != "none":
@@ -143,15 +154,15 @@ class EpisodeWorker:
             if "://" in cfg.teacher and "action" in self.ds.features:  # keep the dims our robot has unless told otherwise
                 options.setdefault("action_dim", str(self.ds.features["action"]["shape"][-1]))
             self.teacher = make_teacher(cfg.teacher, options)
-        self.journal = Journal(Path(journal)) if journal and self.teacher is not None else None
-        if cfg.vlm is not None and "vlm" in (cfg.phases, cfg.directions):
+        self.journal = Journal(Path(spec.journal)) if spec.journal and self.teacher is not None else None
+        if cfg.uses_vlm:
             from vla_distill.annotate.vlm import VLMLabeller
             from vla_distill.errors import ConfigError
 
             self.camera = cfg.vlm_camera or (self.ds.camera_keys[0] if self.ds.camera_keys else "")
             if self.camera not in self.ds.camera_keys:
                 raise ConfigError(f"no camera {self.camera!r} in the dataset (cameras: {self.ds.camera_keys})", field="vlm_camera")
-            self.vlm = VLMLabeller(cfg.vlm, vlm_cache)
+            self.vlm = VLMLabeller(cfg.vlm, spec.vlm_cache)
 
     def _check(self) -> None:
         if self._error is not None:
@@ -166,7 +177,7 @@ class EpisodeWorker:
         self._check()
         rows = self.ds.episode_rows(e)
         t0 = time.perf_counter()
-        actions = self._teacher_actions(e) if self.teacher is not None else None
+        actions = self._teacher_actions(e, rows) if self.teacher is not None else None
         t1 = time.perf_counter()
         before = (self.vlm.requests, self.vlm.invalid) if self.vlm is not None else (0, 0)
         phases, wins, cues, window_of_frame = self._labels(e, rows)
@@ -177,14 +188,14 @@ class EpisodeWorker:
         teacher = {"spec": self.cfg.teacher, **self.teacher.provenance()} if self.teacher is not None else None
         return EpisodeResult(e, actions, phases, wins, cues, window_of_frame, stats, teacher)
 
-    def _teacher_actions(self, e: int) -> np.ndarray:
+    def _teacher_actions(self, e: int, rows: np.ndarray) -> np.ndarray:
         """(T, H, D) for every frame of episode e; answers already in the journal are not asked again."""
         from vla_distill.teachers.noisy import NoisyTeacher, corrupt
         from vla_distill.teachers.remote import RemoteTeacher
 
         # The journal holds the clean answers; noise is applied per episode afterwards, so it is reproducible on resume.
         base, noise = (self.teacher.inner, self.teacher.cfg) if isinstance(self.teacher, NoisyTeacher) else (self.teacher, None)
-        frame_ids = self.ds.column("index")[self.ds.episode_rows(e)]
+        frame_ids = self.ds.column("index")[rows]
         known = self.journal.get(frame_ids) if self.journal is not None else {}
         missing = np.array([i for i, f in enumerate(frame_ids) if int(f) not in known], np.int64)
         if len(missing):

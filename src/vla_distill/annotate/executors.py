@@ -15,14 +15,11 @@ import logging
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass, replace
+from typing import Callable
 
-from vla_distill.annotate.episode import EpisodeResult, EpisodeWorker
+from vla_distill.annotate.episode import EpisodeResult, EpisodeWorker, WorkerSpec
 from vla_distill.errors import ConfigError, VlaDistillError
-
-if TYPE_CHECKING:
-    from vla_distill.annotate.run import AnnotateConfig
 
 OnResult = Callable[[EpisodeResult], None]
 EXECUTORS = ("local", "ray")
@@ -32,26 +29,12 @@ class AnnotationError(VlaDistillError):
     """Annotation could not finish (workers kept dying on an episode)."""
 
 
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What every worker is built from; plain data, so it travels to Ray actors as it is."""
-
-    dataset: str
-    cfg: AnnotateConfig
-    dataset_id: str
-    vlm_cache: str = ""
-    journal: str = ""  # teacher answers by frame (in-process runs only: the driver's disk)
-
-    def build(self, threads: int = 0, journal: bool = True) -> EpisodeWorker:
-        return EpisodeWorker(self.dataset, self.cfg, self.dataset_id, self.vlm_cache, self.journal if journal else "", threads)
-
-
 class LocalExecutor:
     name = "local"
 
     def run(self, spec: WorkerSpec, pending: list[int], on_result: OnResult) -> dict:
         t0 = time.perf_counter()
-        worker = spec.build()
+        worker = EpisodeWorker(spec)
         try:
             worker.info()
             ready = time.perf_counter()
@@ -91,15 +74,17 @@ class RayExecutor:
         started = self._connect(ray)
         actors: list = []
         try:
-            cpus, gpus, n = self._size(ray, spec, len(pending))
             have = ray.cluster_resources()
+            cpus, gpus, n = self._size(have, spec, len(pending))
             nodes = sum(k.startswith("node:") and k != "node:__internal_head__" for k in have)
             print(f"ray: {n} workers of {cpus:g} CPU, {gpus:g} GPU on a cluster of {have.get('CPU', 0):g} CPU, "
                   f"{have.get('GPU', 0):g} GPU, {nodes} node(s)", file=sys.stderr)
             remote = ray.remote(EpisodeWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=0)
 
+            actor_spec = replace(spec, journal="")  # the journal is on the driver's disk; an actor resumes by episode
+
             def start():
-                return remote.remote(spec.dataset, spec.cfg, spec.dataset_id, spec.vlm_cache, "", max(1, int(cpus)))
+                return remote.remote(actor_spec, max(1, int(cpus)))
 
             actors = [start() for _ in range(n)]
             infos = [_get(ray, a.info.remote()) for a in actors]
@@ -157,9 +142,8 @@ class RayExecutor:
             raise ConfigError(f"cannot reach Ray at {self.address!r}: {_first_line(e)}", field="address") from None
         return True
 
-    def _size(self, ray, spec: WorkerSpec, pending: int) -> tuple[float, float, int]:
-        """(CPUs per worker, GPUs per worker, workers) for this cluster."""
-        have = ray.cluster_resources()
+    def _size(self, have: dict, spec: WorkerSpec, pending: int) -> tuple[float, float, int]:
+        """(CPUs per worker, GPUs per worker, workers) for a cluster of `have` resources."""
         cpus_total, gpus_total = have.get("CPU", 0.0), have.get("GPU", 0.0)
         in_process_model = "checkpoint:" in spec.cfg.teacher  # also inside noisy[...]:checkpoint:PATH
         gpus = self.worker_gpus if self.worker_gpus is not None else (1.0 if in_process_model and gpus_total >= 1 else 0.0)

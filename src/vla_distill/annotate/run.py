@@ -28,9 +28,9 @@ from tqdm import tqdm
 
 from vla_distill.annotate import directions as dirs
 from vla_distill.annotate.episode import (  # noqa: F401 - episode_frames, episode_kinematics, kinematics: public here
-    EpisodeResult, episode_frames, episode_kinematics, kinematics, load_staged, stage, staged_episodes,
+    EpisodeResult, WorkerSpec, episode_frames, episode_kinematics, kinematics, load_staged, stage, staged_episodes,
 )
-from vla_distill.annotate.executors import LocalExecutor, RayExecutor, WorkerSpec
+from vla_distill.annotate.executors import LocalExecutor, RayExecutor
 from vla_distill.annotate.phases import TAXONOMIES, PhaseConfig
 from vla_distill.annotate.vlm import VLMConfig
 from vla_distill.data.columns import add_columns
@@ -74,6 +74,10 @@ class AnnotateConfig:
         if "vlm" in (self.phases, self.directions) and self.vlm is None:
             raise ConfigError("phases or directions from the VLM need --vlm-url and --vlm-model", field="vlm")
         dirs.DirectionConfig(window=self.window, stride=self.stride)
+
+    @property
+    def uses_vlm(self) -> bool:
+        return self.vlm is not None and "vlm" in (self.phases, self.directions)
 
     @property
     def cue_config(self) -> dirs.DirectionConfig:
@@ -125,6 +129,8 @@ def run_episodes(ds: RobotDataset, spec: WorkerSpec, executor, partial: Path,
                 hook(result)
 
         info = executor.run(spec, pending, keep)
+    # Every episode read back from its staged file, fresh or resumed: one representation, so a resumed run's
+    # dataset is byte for byte a fresh one's.
     return {e: load_staged(partial, e) for e in range(ds.num_episodes)}, info
 
 
@@ -186,7 +192,6 @@ def annotate(dataset: str | Path, out: str | Path, cfg: AnnotateConfig = Annotat
     if out.exists():
         raise DatasetError("output directory already exists (annotation writes a new dataset)", path=out)
     partial = out.with_name(out.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
     with single_writer(partial):
         try:
             return _annotate(ds, out, partial, cfg, executor or LocalExecutor(), hook, t0)
@@ -214,8 +219,7 @@ def _annotate(ds: RobotDataset, out: Path, partial: Path, cfg: AnnotateConfig, e
         raise ConfigError(f"an interrupted annotation with different settings or data is in {partial}; "
                           "rerun it with its own settings or delete that directory", path=plan_path)
     write_json_atomic(plan_path, plan)
-    uses_vlm = cfg.vlm is not None and "vlm" in (cfg.phases, cfg.directions)
-    vlm_cache = str(Path(cfg.vlm_cache) if cfg.vlm_cache else cache_root() / "vlm.sqlite") if uses_vlm else ""
+    vlm_cache = str(Path(cfg.vlm_cache) if cfg.vlm_cache else cache_root() / "vlm.sqlite") if cfg.uses_vlm else ""
     spec = WorkerSpec(str(ds.root.resolve()), cfg, plan["fingerprint"], vlm_cache, str(partial / "teacher.sqlite"))
     results, run_info = run_episodes(ds, spec, executor, partial, hook)
     actions, labels = merge_episodes(ds, results)
@@ -231,7 +235,7 @@ def _annotate(ds: RobotDataset, out: Path, partial: Path, cfg: AnnotateConfig, e
         names = ds.features.get("action", {}).get("names")
         columns[TEACHER_KEY] = actions[:, 0] if h == 1 else actions
         features[TEACHER_KEY] = {"dtype": "float32", "shape": [d] if h == 1 else [h, d], "names": names if h == 1 else None}
-    if uses_vlm:
+    if cfg.uses_vlm:
         provenance.update({k: int(sum(r.stats.get(k, 0) for r in results.values())) for k in ("vlm_requests", "vlm_invalid_windows")})
         provenance["vlm_cache"] = vlm_cache
     if cfg.phases != "none":

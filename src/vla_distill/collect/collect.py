@@ -160,7 +160,6 @@ class Collector:
             self._check_same_plan(self.out / "meta" / "collection.json", lambda d: d["config"])
             print(f"{self.out}: already complete")
             return self.out
-        self.out.mkdir(parents=True, exist_ok=True)
         with single_writer(self.out):
             self._prepare_partial()
             markers = self._load_markers()

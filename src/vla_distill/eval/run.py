@@ -208,7 +208,6 @@ def _check_plan(cfg: EvalConfig) -> None:
             raise ConfigError(f"this directory holds an evaluation with other settings ({', '.join(diff)}); "
                               "choose a new --out or delete it", path=out)
     else:
-        out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(plan_path, cfg.plan())
 
 
@@ -343,7 +342,6 @@ def evaluate(cfg: EvalConfig, command: str = "") -> dict:
         why = unavailable()
         if why:
             raise LiberoUnavailable(why)
-    out.mkdir(parents=True, exist_ok=True)
     with single_writer(out):
         return _evaluate(cfg, command, actor, jobs)
 

@@ -461,18 +461,17 @@ class Job:
 
 
 def fit(job: Job, cfg, rt: Runtime, resume: bool) -> Path:
+    """The loop every model shares: AdamW with warmup + cosine, gradient clipping, optional EMA, metrics.jsonl and
+    TensorBoard, validation and an atomic lerobot-layout checkpoint every save_every steps, resume from the last
+    one (repeating an uninterrupted run step for step), progress on stderr. cfg: the run's frozen config (the
+    optimizer and schedule fields, out, steps, seed, to_dict())."""
     if rt.rank != 0:  # rank 0 alone writes the run directory
         return _fit(job, cfg, rt, resume)
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
     with single_writer(Path(cfg.out)):
         return _fit(job, cfg, rt, resume)
 
 
 def _fit(job: Job, cfg, rt: Runtime, resume: bool) -> Path:
-    """The loop every model shares: AdamW with warmup + cosine, gradient clipping, optional EMA, metrics.jsonl and
-    TensorBoard, validation and an atomic lerobot-layout checkpoint every save_every steps, resume from the last
-    one (repeating an uninterrupted run step for step), progress on stderr. cfg: the run's frozen config (the
-    optimizer and schedule fields, out, steps, seed, to_dict())."""
     run, policy, main = Path(cfg.out), job.policy, rt.rank == 0
     decay = [p for _, p in job.params if p.ndim >= 2]
     no_decay = [p for _, p in job.params if p.ndim < 2]
