@@ -44,7 +44,9 @@ demo: $(STAMP)
 	$(BIN)/vla-distill run --policy $(DEMO_OUT)/bundle --backend onnx --tasks $(DEMO_RUN_TASK) --hz 12.5 \
 		--record $(DEMO_OUT)/run
 
+# The import-linter contracts in pyproject.toml (the one-way layers) first, then the suite.
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 test-slow: $(STAMP)

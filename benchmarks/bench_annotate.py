@@ -25,9 +25,10 @@ import numpy as np
 from common import RESULTS, write_result
 from vla_distill.annotate import directions as dirs
 from vla_distill.annotate.audit import audit_cue, audit_phases
-from vla_distill.annotate.ground_truth import ground_truth_phases
-from vla_distill.annotate.phases import PHASES_4, PHASES_9, PhaseConfig, label_phases, to_phase4
-from vla_distill.annotate.run import episode_kinematics
+from vla_distill.sim.metaworld_phases import ground_truth_phases
+from vla_distill.annotate.phases import PhaseConfig, label_phases
+from vla_distill.types import PHASES_4, PHASES_9, to_phase4
+from vla_distill.annotate.episode import episode_kinematics
 from vla_distill.data.dataset import RobotDataset
 
 SHIFT = 24
@@ -140,7 +141,7 @@ def main() -> None:
         reps += 1
     kin_fps = reps * n / (time.perf_counter() - t0)
     from vla_distill.teachers.scripted import ScriptedTeacher
-    from vla_distill.annotate.run import episode_frames
+    from vla_distill.annotate.episode import episode_frames
 
     teacher = ScriptedTeacher()
     t0 = time.perf_counter()

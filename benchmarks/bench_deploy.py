@@ -86,8 +86,8 @@ def time_backend(bundle: Path, backend: str, iters: int, threads: int) -> dict:
 def _time_here(bundle: str, backend: str, iters: int) -> dict:
     import torch
 
-    from vla_distill.deploy.bundle import REFERENCE_FILE
-    from vla_distill.deploy.runtime import load_policy
+    from vla_distill.models.bundle import REFERENCE_FILE
+    from vla_distill.models.backends import load_policy
     from vla_distill.models.base import frames_to_batch
 
     z = np.load(Path(bundle) / REFERENCE_FILE)
@@ -115,7 +115,7 @@ def _time_here(bundle: str, backend: str, iters: int) -> dict:
 def latency(args) -> None:
     import torch
 
-    from vla_distill.deploy.bundle import export
+    from vla_distill.deploy.export import export
     from vla_distill.models.student import StudentPolicy, preset_config
 
     torch.set_num_threads(args.threads)
@@ -172,7 +172,7 @@ def success(args) -> None:
 def load_client(uri: str, request: bytes, until: float, lat: list, errors: list) -> None:
     from websockets.sync.client import connect
 
-    from vla_distill.deploy.msgpack_numpy import unpackb
+    from vla_distill.data.msgpack_numpy import unpackb
 
     try:
         with connect(uri, compression=None, max_size=None, open_timeout=30) as ws:
@@ -190,8 +190,9 @@ def load_client(uri: str, request: bytes, until: float, lat: list, errors: list)
 
 
 def server(args) -> None:
-    from vla_distill.deploy.bundle import REFERENCE_FILE, export
-    from vla_distill.deploy.msgpack_numpy import packb
+    from vla_distill.deploy.export import export
+    from vla_distill.models.bundle import REFERENCE_FILE
+    from vla_distill.data.msgpack_numpy import packb
 
     work = Path(args.work)
     bundle = work / f"bundle_tiny_{args.image_size}"

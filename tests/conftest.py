@@ -104,7 +104,7 @@ def metaworld_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def annotated(metaworld_dataset, tmp_path_factory):
     """metaworld_dataset annotated with the defaults (scripted teacher, kinematic phases and cues, audit)."""
-    from vla_distill.annotate.run import AnnotateConfig, annotate
+    from vla_distill.annotate.annotate import AnnotateConfig, annotate
 
     return annotate(metaworld_dataset, tmp_path_factory.mktemp("ann") / "ds", AnnotateConfig())
 
@@ -126,7 +126,7 @@ def state_policy_dir(tmp_path_factory):
 def tiny_student(annotated, tmp_path_factory):
     """A tiny student trained for 4 steps on `annotated` (64 px): real architecture, untrained behaviour."""
     from vla_distill.train.config import TrainConfig
-    from vla_distill.train.loop import train
+    from vla_distill.train.student import train
 
     run = tmp_path_factory.mktemp("student") / "run"
     train(TrainConfig(dataset=str(annotated), out=str(run), preset="tiny", steps=4, batch_size=4, warmup_steps=1,

@@ -9,10 +9,14 @@ import sys
 import numpy as np
 
 from vla_distill.annotate import directions as dirs
-from vla_distill.annotate.audit import audit_cue, audit_dataset, audit_phases, dropped_episodes
-from vla_distill.annotate.ground_truth import ground_truth_phases
-from vla_distill.annotate.phases import PHASES_4, PHASES_9, PhaseConfig, label_phases
-from vla_distill.annotate.run import AnnotateConfig, annotate, episode_kinematics, read_directions, read_task_embeddings
+from vla_distill.annotate.audit import audit_cue, audit_dataset, audit_phases
+from vla_distill.data.annotations import dropped_episodes
+from vla_distill.sim.metaworld_phases import ground_truth_phases
+from vla_distill.annotate.phases import PhaseConfig, label_phases
+from vla_distill.types import PHASES_4, PHASES_9
+from vla_distill.annotate.annotate import AnnotateConfig, annotate
+from vla_distill.annotate.episode import episode_kinematics
+from vla_distill.data.annotations import read_directions, read_task_embeddings
 from vla_distill.annotate.vlm import VLMConfig, parse_reply
 from vla_distill.data.dataset import RobotDataset
 
@@ -53,7 +57,7 @@ def test_kinematic_phases_agree_with_expert_branches(metaworld_dataset):
 
 
 def test_direction_cues_describe_motion():
-    from vla_distill.annotate.phases import Kinematics
+    from vla_distill.sim.kinematics import Kinematics
 
     t = np.linspace(0, 1, 20)[:, None]
     kin = Kinematics(ee=np.hstack([-0.2 * t, 0 * t, -0.1 * t]), gripper=np.ones(20), fps=10, obj=np.tile([-0.3, 0, -0.15], (20, 1)))

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import popen_interruptible
 from vla_distill.annotate.episode import staged_episodes
-from vla_distill.annotate.run import AnnotateConfig, annotate
+from vla_distill.annotate.annotate import AnnotateConfig, annotate
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.errors import ConfigError
 

@@ -14,18 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from vla_distill.deploy import bundle as bundle_mod
-from vla_distill.deploy.loop import (
-    ChunkScheduler,
-    LoopConfig,
-    Pacer,
-    run_loop,
-    safe_action,
-    summarize,
-)
+from vla_distill.deploy import export as export_mod
+from vla_distill.deploy.control_loop import LoopConfig, Pacer, run_loop, safe_action, summarize
 from vla_distill.deploy.robot import Robot
 from vla_distill.errors import ConfigError
+from vla_distill.models import bundle as bundle_mod
 from vla_distill.models.base import frames_to_batch
+from vla_distill.models.chunking import ChunkScheduler
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def onnx_bundle(tiny_student, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "bundle"
-    bundle_mod.export(tiny_student, out, "onnx", log=lambda *_: None)
+    export_mod.export(tiny_student, out, "onnx", log=lambda *_: None)
     return out
 
 
@@ -53,7 +48,7 @@ BLOCKED = {blocked!r}
 for name in BLOCKED:  # as if not installed: import fails, importlib.util.find_spec answers None
     sys.modules[name] = None
 import numpy as np, torch
-from vla_distill.deploy.runtime import load_policy
+from vla_distill.models.backends import load_policy
 from vla_distill.models.base import frames_to_batch
 z = np.load({ref!r})
 frames = {{k[4:]: z[k] for k in z.files if k.startswith("obs/")}}
@@ -80,7 +75,7 @@ def test_bundle_runs_with_the_training_stack_blocked(onnx_bundle):
 
 
 def test_onnx_parity_manifest_and_backends(onnx_bundle, tiny_student):
-    from vla_distill.deploy.runtime import load_policy
+    from vla_distill.models.backends import load_policy
 
     m = bundle_mod.read_manifest(onnx_bundle)
     assert m["parity"]["onnx"]["max_abs"] <= 1e-4 and m["parity"]["observations"] == 32
@@ -106,7 +101,7 @@ def test_onnx_parity_manifest_and_backends(onnx_bundle, tiny_student):
 def test_a_corrupt_bundle_and_a_failed_parity_write_nothing(tiny_student, onnx_bundle, tmp_path, monkeypatch):
     import shutil
 
-    from vla_distill.deploy.runtime import load_policy
+    from vla_distill.models.backends import load_policy
 
     bad = tmp_path / "bad"
     shutil.copytree(onnx_bundle, bad)
@@ -115,16 +110,16 @@ def test_a_corrupt_bundle_and_a_failed_parity_write_nothing(tiny_student, onnx_b
         f.write(b"\0" * 64)
     with pytest.raises(ConfigError, match="model.onnx.*sha256"):
         load_policy(bad, "onnx")
-    monkeypatch.setattr(bundle_mod, "PARITY_TOLERANCE", -1.0)
+    monkeypatch.setattr(export_mod, "PARITY_TOLERANCE", -1.0)
     with pytest.raises(ConfigError, match="parity failed"):
-        bundle_mod.export(tiny_student, tmp_path / "out", "onnx", log=lambda *_: None)
+        export_mod.export(tiny_student, tmp_path / "out", "onnx", log=lambda *_: None)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
 def test_bf16_bundle_halves_the_weights(tiny_student, tmp_path):
-    from vla_distill.deploy.runtime import load_policy
+    from vla_distill.models.backends import load_policy
 
-    m = bundle_mod.export(tiny_student, tmp_path / "bf16", "bundle", "bf16", log=lambda *_: None)
+    m = export_mod.export(tiny_student, tmp_path / "bf16", "bundle", "bf16", log=lambda *_: None)
     fp32 = (tiny_student / "checkpoints/last/pretrained_model/model.safetensors").stat().st_size
     assert m["dtype"] == "bf16" and (tmp_path / "bf16/model.safetensors").stat().st_size < 0.55 * fp32
     p = load_policy(tmp_path / "bf16", "torch-bf16")
@@ -300,7 +295,7 @@ def _request(frames: dict, i: int, task: str, slash: bool = False) -> dict:
 def test_server_round_trip_metadata_and_health(served, onnx_bundle):
     from websockets.sync.client import connect
 
-    from vla_distill.deploy.msgpack_numpy import packb, unpackb
+    from vla_distill.data.msgpack_numpy import packb, unpackb
 
     frames, tasks, expected = _reference(onnx_bundle)
     with connect(f"ws://{served}", compression=None, max_size=None) as ws:
@@ -321,7 +316,7 @@ def test_server_round_trip_metadata_and_health(served, onnx_bundle):
 def test_server_answers_bad_requests_with_error_frames_and_keeps_serving(served, onnx_bundle):
     from websockets.sync.client import connect
 
-    from vla_distill.deploy.msgpack_numpy import packb, unpackb
+    from vla_distill.data.msgpack_numpy import packb, unpackb
 
     frames, tasks, expected = _reference(onnx_bundle)
     good = _request(frames, 0, tasks[0])
@@ -353,7 +348,7 @@ def test_server_answers_bad_requests_with_error_frames_and_keeps_serving(served,
 def test_server_batches_concurrent_clients_and_our_openpi_teacher_uses_it(served, onnx_bundle):
     from websockets.sync.client import connect
 
-    from vla_distill.deploy.msgpack_numpy import packb, unpackb
+    from vla_distill.data.msgpack_numpy import packb, unpackb
     from vla_distill.teachers import make_teacher
 
     frames, tasks, expected = _reference(onnx_bundle)

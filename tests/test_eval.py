@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from vla_distill.data.dataset import RobotDataset
-from vla_distill.eval import envs
+from vla_distill.sim.metaworld_tasks import EVAL_SEED_BASE
+from vla_distill.sim.registry import get_simulator
 from vla_distill.eval.metrics import aggregate, latency_summary
 from vla_distill.eval.observe import GRASP, RELEASE, TRANSPORT, ObserveConfig, direction_spread, phase_flags, progress_profile
-from vla_distill.eval.run import EvalConfig, evaluate
+from vla_distill.eval.evaluate import EvalConfig, evaluate
 
 CLI = [sys.executable, "-m", "vla_distill.cli"]
 A, G, T, R = 0, GRASP, TRANSPORT, RELEASE
@@ -51,11 +52,11 @@ def test_latency_summary_counts_a_chunk_as_several_actions():
 def test_held_out_seeds_never_meet_collection_seeds():
     from vla_distill.collect.config import CollectConfig
 
-    mine = envs.eval_seeds("metaworld", "reach-v3", 50, 0)
-    assert len(set(mine)) == 50 and min(mine) >= envs.EVAL_SEED_BASE
-    assert set(mine).isdisjoint(envs.eval_seeds("metaworld", "push-v3", 50, 0))
+    mine = get_simulator("metaworld").eval_seeds("reach-v3", 50, 0)
+    assert len(set(mine)) == 50 and min(mine) >= EVAL_SEED_BASE
+    assert set(mine).isdisjoint(get_simulator("metaworld").eval_seeds("push-v3", 50, 0))
     cfg = CollectConfig(tasks=tuple(["reach-v3"] * 1), episodes=100, seed=1999)
-    assert max(cfg.attempt_seed(49, a) for a in range(cfg.max_attempts)) < envs.EVAL_SEED_BASE
+    assert max(cfg.attempt_seed(49, a) for a in range(cfg.max_attempts)) < EVAL_SEED_BASE
 
 
 def test_noisy_teacher_in_closed_loop_is_seeded_per_episode():
@@ -164,7 +165,7 @@ def test_eval_info_of_teacher_and_fake_policy(teacher_and_frozen):
     obs = json.loads((root / "frozen" / "observability.json").read_text())
     assert {(f["task"], f["kind"]) for f in obs["flags"]} == {("reach-v3", "stuck_phase"), ("button-press-topdown-v3", "stuck_phase")}
     seeds = on_disk["eval"]["seeds"]["reach-v3"]
-    assert seeds == envs.eval_seeds("metaworld", "reach-v3", 2, 0)
+    assert seeds == get_simulator("metaworld").eval_seeds("reach-v3", 2, 0)
     # The teacher's video shows the scene (not a blank frame) for every step it ran.
     video = root / "teacher" / on_disk["per_task"][0]["metrics"]["video_paths"][0]
     with av.open(str(video)) as c:

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.interop
 
 
 def test_openpi_client_uses_our_server_unchanged(tiny_student, tmp_path):
-    from vla_distill.deploy.bundle import REFERENCE_FILE, export
+    from vla_distill.deploy.export import export
+    from vla_distill.models.bundle import REFERENCE_FILE
 
     if not Path(OPENPI_PY).exists():
         pytest.skip(f"{OPENPI_PY} missing: run `make interop`")

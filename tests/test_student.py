@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from vla_distill.models.checkpoint import load_pretrained, save_pretrained
 from vla_distill.models.student import StudentPolicy, preset_config
 from vla_distill.models.vision import VisionConfig, random_shift
-from vla_distill.train.losses import LossConfig, action_loss, combine, direction_loss, phase_loss
+from vla_distill.models.losses import LossConfig, action_loss, combine, direction_loss, phase_loss
 
 CAMS = ("observation.images.a", "observation.images.b")
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from conftest import popen_interruptible
-from vla_distill.annotate.run import AnnotateConfig, annotate
+from vla_distill.annotate.annotate import AnnotateConfig, annotate
 from vla_distill.data.dataset import RobotDataset
-from vla_distill.deploy.msgpack_numpy import packb, unpackb
+from vla_distill.data.msgpack_numpy import packb, unpackb
 from vla_distill.models.checkpoint import load_pretrained
 from vla_distill.teachers import make_teacher
 from vla_distill.teachers.noisy import NoiseConfig, corrupt
@@ -187,7 +187,7 @@ def test_teacher_spec_errors():
 def test_openpi_teacher_drives_the_closed_loop_evaluator(state_policy_dir, tmp_path, server):
     """The evaluator's remote actor asks the server once per step with live observations, and acts exactly as the
     served checkpoint does when evaluated directly."""
-    from vla_distill.eval.run import EvalConfig, evaluate
+    from vla_distill.eval.evaluate import EvalConfig, evaluate
 
     s = server("openpi", state_policy_dir)
     common = dict(tasks=("reach-v3",), episodes=1, max_steps=20, workers=1, videos=0, latency_steps=0)

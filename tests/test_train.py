@@ -16,8 +16,8 @@ import torch
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.models.checkpoint import load_pretrained
 from vla_distill.train.config import TrainConfig
-from vla_distill.train.losses import LossConfig
-from vla_distill.train.loop import train
+from vla_distill.models.losses import LossConfig
+from vla_distill.train.student import train
 
 CLI = [sys.executable, "-m", "vla_distill.cli"]
 
@@ -62,7 +62,7 @@ def test_training_learns_and_writes_lerobot_layout(metaworld_dataset, annotated,
     assert policy.select_action(obs).shape == (1, 4)
 
     # A trained student teaches through the checkpoint teacher (a large student can teach a small one).
-    from vla_distill.annotate.run import AnnotateConfig, annotate
+    from vla_distill.annotate.annotate import AnnotateConfig, annotate
 
     out = annotate(metaworld_dataset, tmp_path / "relabelled", AnnotateConfig(teacher=f"checkpoint:{run}", phases="none",
                                                                       directions="none", audit=False))

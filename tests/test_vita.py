@@ -82,7 +82,7 @@ def test_checkpoint_round_trip_rebuilds_offline(expert, batch, tmp_path):
 
 
 def test_a_tiny_acting_vlm_runs_through_the_evaluator(expert, tmp_path):
-    from vla_distill.eval.run import EvalConfig, evaluate
+    from vla_distill.eval.evaluate import EvalConfig, evaluate
 
     save_pretrained(from_expert(expert, "paligemma").eval(), tmp_path / "vita" / "pretrained_model", {"note": "vita eval"})
     info = evaluate(EvalConfig(policy=str(tmp_path / "vita"), out=str(tmp_path / "ev"), tasks=("reach-v3",), episodes=2,

@@ -6,34 +6,117 @@ Errors in user input print one line naming the file or field and exit with statu
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
+import shlex
 import sys
+from pathlib import Path
 
 from vla_distill.errors import ConfigError, VlaDistillError
 
+# Each stage below is a pair: `_<stage>_args(parser)` declares its flags, `_<stage>(args)` runs it. Flags that set a
+# config field are declared with `_field`: they take the field's dataclass default (shown in --help), and only the
+# flags given on the command line reach the config. Only the stage being run imports its modules.
 
-def _cmd_collect(args: argparse.Namespace) -> None:
+
+# ---------------------------------------------------------------- flags backed by config dataclasses
+def _field(parser, flag: str, cls, help: str = "", field: str | None = None, **kw) -> None:
+    """`flag` sets `cls`'s field `field` (by default the flag's own name); left out, the dataclass default applies."""
+    name = field or flag.lstrip("-").replace("-", "_")
+    f = cls.__dataclass_fields__[name]
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if default is not dataclasses.MISSING and default not in ("", (), None) and kw.get("action") is None:
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help = f"{help} (default {shown})" if help else f"default {shown}"
+    if "choices" not in kw and "action" not in kw:  # the flag's name, not the field's (--ema EMA, not EMA_DECAY)
+        kw["metavar"] = flag.lstrip("-").upper().replace("-", "_")
+    parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=help, **kw)
+
+
+def _given(args: argparse.Namespace, cls) -> dict:
+    """The fields of config class `cls` given on the command line."""
+    return {k: v for k, v in vars(args).items() if k in cls.__dataclass_fields__}
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in _csv(text))
+
+
+def _key_values(items: list[str], flag: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected KEY=VALUE, got {item!r}", field=flag)
+        out.append((key, value))
+    return tuple(out)
+
+
+def _config(cls, **fields):
+    """cls(**fields), a ValueError from its validation as the one-line ConfigError."""
+    try:
+        return cls(**fields)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _resume_overrides(args: argparse.Namespace) -> tuple[str, ...]:
+    """What a resumed run takes from this command line: --steps, and the batch split when given."""
+    return ("steps",) + tuple(k for k in ("batch_size", "grad_accum") if k in vars(args))
+
+
+def _print_rank0(line: str) -> None:
+    if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate every process runs this
+        print(line)
+
+
+def _passive_omp() -> None:
+    """Before torch loads OpenMP: a simulator's renderer shares the cores with the policy, and spinning OpenMP
+    threads made batch-1 calls ~50x slower when one more process was busy (measured; see BENCHMARKS.md)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+# ---------------------------------------------------------------- collect
+def _collect_args(c: argparse.ArgumentParser) -> None:
+    from vla_distill.collect.config import CollectConfig
+    from vla_distill.sim.metaworld import CameraConfig
+
+    c.add_argument("--tasks", dest="task_spec", metavar="TASKS", required=True, help="task names (reach-v3,push-v3), mt10, mt50, easy, medium, hard or very_hard")
+    _field(c, "--episodes", CollectConfig, "successful episodes kept per task", type=int)
+    c.add_argument("--out", required=True, help="output dataset directory (rerun the same command to resume)")
+    _field(c, "--seed", CollectConfig, type=int)
+    _field(c, "--cameras", CameraConfig, "camera aliases", field="names", type=_csv)
+    _field(c, "--image-size", CameraConfig, field="height", type=int)
+    _field(c, "--image-format", CollectConfig, "AV1 mp4 or PNG in parquet", choices=["video", "image"])
+    _field(c, "--steps-after-success", CollectConfig, "frames kept after the first success", type=int)
+    _field(c, "--max-attempts-factor", CollectConfig, "attempts per task at most episodes x this", type=float)
+    _field(c, "--workers", CollectConfig, "worker processes (0: one per core)", type=int)
+
+
+def _collect(args: argparse.Namespace) -> None:
     from vla_distill.collect.collect import collect
     from vla_distill.collect.config import CollectConfig
     from vla_distill.sim.metaworld import CameraConfig
     from vla_distill.sim.metaworld_tasks import resolve_tasks
 
-    cameras = CameraConfig(
-        names=tuple(c.strip() for c in args.cameras.split(",") if c.strip()), height=args.image_size, width=args.image_size
-    )
-    cfg = CollectConfig(
-        tasks=tuple(resolve_tasks(args.tasks)),
-        episodes=args.episodes,
-        seed=args.seed,
-        steps_after_success=args.steps_after_success,
-        max_attempts_factor=args.max_attempts_factor,
-        cameras=cameras,
-        image_format=args.image_format,
-        workers=args.workers,
-    )
+    camera = _given(args, CameraConfig)
+    if "height" in camera:
+        camera["width"] = camera["height"]
+    cfg = CollectConfig(tasks=tuple(resolve_tasks(args.task_spec)), cameras=CameraConfig(**camera), **_given(args, CollectConfig))
     collect(cfg, args.out)
 
 
-def _cmd_inspect(args: argparse.Namespace) -> None:
+# ---------------------------------------------------------------- inspect
+def _inspect_args(i: argparse.ArgumentParser) -> None:
+    i.add_argument("dataset")
+    i.add_argument("--quick", action="store_true", help="skip decoding every video frame")
+
+
+def _inspect(args: argparse.Namespace) -> None:
     from vla_distill.data.dataset import RobotDataset
 
     ds = RobotDataset(args.dataset)
@@ -49,38 +132,64 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
     print("ok" if not args.quick else "ok (metadata and parquet checked; videos not decoded)")
 
 
-def _key_values(items: list[str], flag: str) -> tuple[tuple[str, str], ...]:
+# ---------------------------------------------------------------- annotate
+def _annotate_args(a: argparse.ArgumentParser) -> None:
+    from vla_distill.annotate.annotate import SOURCES, AnnotateConfig
+    from vla_distill.annotate.vlm import VLMConfig
+    from vla_distill.types import TAXONOMIES
 
-    out = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"expected KEY=VALUE, got {item!r}", field=flag)
-        out.append((key, value))
-    return tuple(out)
+    a.add_argument("--dataset", required=True, help="input LeRobot dataset")
+    a.add_argument("--out", required=True, help="new annotated dataset (rerun the same command to resume)")
+    _field(a, "--teacher", AnnotateConfig,
+           "scripted | noisy[std=,toggle=,burst=,stale=,seed=]:KIND | checkpoint:PATH | openpi://HOST:PORT | "
+           "openvla://HOST:PORT | none")
+    a.add_argument("--teacher-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="remote teacher option, repeatable: obs_map.<server key>=<our key>, image_size, action_dim, horizon, "
+                        "gripper (keep|flip|unit_to_signed|unit_to_signed_flip), concurrency, timeout_s, retries, unnorm_key, api_key; "
+                        "checkpoint teachers: device (auto|cpu|cuda)")
+    _field(a, "--phases", AnnotateConfig, choices=list(SOURCES))
+    _field(a, "--taxonomy", AnnotateConfig, "4: approach/grasp/transport/release; 9: idle ... completed",
+           choices=sorted(TAXONOMIES))
+    _field(a, "--directions", AnnotateConfig, choices=list(SOURCES))
+    _field(a, "--window", AnnotateConfig, "frames per direction-cue window", type=int)
+    _field(a, "--stride", AnnotateConfig, "frames between window starts", type=int)
+    _field(a, "--text-encoder", AnnotateConfig, "local sentence-transformers model dir (default: bundled all-MiniLM-L6-v2)")
+    _field(a, "--vlm-url", VLMConfig, "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1", field="url")
+    _field(a, "--vlm-model", VLMConfig, field="model")
+    _field(a, "--vlm-api-key", VLMConfig, field="api_key")
+    _field(a, "--vlm-camera", AnnotateConfig, "camera key shown to the VLM (default: the first)")
+    _field(a, "--vlm-keyframes", VLMConfig, field="keyframes", type=int)
+    a.add_argument("--vlm-separate-images", dest="contact_sheet", action="store_false", default=argparse.SUPPRESS,
+                   help="send keyframes as separate images, not one contact sheet")
+    _field(a, "--vlm-concurrency", VLMConfig, field="concurrency", type=int)
+    _field(a, "--vlm-cache", AnnotateConfig, "answer cache (default $VLA_DISTILL_CACHE/vlm.sqlite)")
+    a.add_argument("--no-audit", dest="audit", action="store_false", default=argparse.SUPPRESS)
+    r = a.add_argument_group("scale out (pip install 'vla-distill[ray]')")
+    r.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local: this process; ray: episodes sharded over Ray actors, one teacher/VLM client each")
+    r.add_argument("--address", default="local", help="Ray: local (start one here) | auto (the cluster of `ray start`) | "
+                   "HOST:PORT | ray://HOST:10001 (default local)")
+    r.add_argument("--workers", type=int, default=0, help="Ray actors (default: as many as the cluster's CPUs/GPUs hold)")
+    r.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs per Ray actor (default 1)")
+    r.add_argument("--worker-gpus", type=float, default=None,
+                   help="GPUs per Ray actor (default: 1 for a checkpoint: teacher when the cluster has GPUs, else 0)")
+    r.add_argument("--max-retries", type=int, default=3, help="times an episode is asked again after its worker was lost")
 
 
-def _cmd_annotate(args: argparse.Namespace) -> None:
-    from vla_distill.annotate.run import AnnotateConfig, annotate
+def _annotate(args: argparse.Namespace) -> None:
+    from vla_distill.annotate.annotate import AnnotateConfig, annotate
+    from vla_distill.annotate.executors import make_executor
     from vla_distill.annotate.vlm import VLMConfig
 
-    vlm = None
-    if args.vlm_url or args.vlm_model:
-        vlm = VLMConfig(url=args.vlm_url, model=args.vlm_model, api_key=args.vlm_api_key, keyframes=args.vlm_keyframes,
-                        contact_sheet=not args.vlm_separate_images, concurrency=args.vlm_concurrency)
-    try:
-        cfg = AnnotateConfig(
-            teacher=args.teacher, teacher_options=_key_values(args.teacher_opt, "--teacher-opt"), phases=args.phases,
-            taxonomy=args.taxonomy, directions=args.directions, window=args.window, stride=args.stride,
-            text_encoder=args.text_encoder, vlm=vlm, vlm_camera=args.vlm_camera, vlm_cache=args.vlm_cache, audit=not args.no_audit,
-        )
-    except ValueError as e:
-
-        raise ConfigError(str(e)) from None
+    vlm = _given(args, VLMConfig)
+    if vlm.get("url") or vlm.get("model"):
+        vlm = _config(VLMConfig, **{"url": "", "model": "", **vlm})
+    else:
+        vlm = None
+    cfg = _config(AnnotateConfig, **_given(args, AnnotateConfig), vlm=vlm,
+                  teacher_options=_key_values(args.teacher_opt, "--teacher-opt"))
     executor = None
     if args.executor == "ray":
-        from vla_distill.annotate.executors import make_executor
-
         executor = make_executor("ray", address=args.address, workers=args.workers, worker_cpus=args.worker_cpus,
                                  worker_gpus=args.worker_gpus, max_retries=args.max_retries)
     elif args.workers or args.address != "local" or args.worker_gpus is not None:
@@ -88,7 +197,15 @@ def _cmd_annotate(args: argparse.Namespace) -> None:
     annotate(args.dataset, args.out, cfg, executor)
 
 
-def _cmd_audit(args: argparse.Namespace) -> None:
+# ---------------------------------------------------------------- audit
+def _audit_args(au: argparse.ArgumentParser) -> None:
+    au.add_argument("--dataset", required=True)
+    au.add_argument("--mask", action="store_true", help="set flagged phase and cue labels to -1 (ignored in training)")
+    au.add_argument("--drop", action="store_true", help="leave every flagged episode out of training (kept on disk, "
+                    "listed in meta/audit.json)")
+
+
+def _audit(args: argparse.Namespace) -> None:
     from vla_distill.annotate.audit import audit_dataset
 
     report = audit_dataset(args.dataset, mask=args.mask, drop=args.drop)
@@ -101,75 +218,134 @@ def _cmd_audit(args: argparse.Namespace) -> None:
     print(f"report: {report['dataset']}/meta/audit.md" + (f" ({'; '.join(done)})" if done else ""))
 
 
-def _cmd_train(args: argparse.Namespace) -> None:
+# ---------------------------------------------------------------- train, vita-train
+def _run_args(t: argparse.ArgumentParser, cls) -> None:
+    """The flags of the training loop both jobs share (train.config.RunConfig)."""
+    t.add_argument("--dataset", required=True, help="annotated dataset (vla-distill annotate)")
+    t.add_argument("--out", required=True, help="run directory: checkpoints/, metrics.jsonl, train_config.json")
+    t.add_argument("--resume", action="store_true", help="continue --out from checkpoints/last (--steps may extend it)")
+    _field(t, "--target", cls, "train on action.teacher (distillation) or the demonstrations' own actions",
+           choices=["teacher", "dataset"])
+    _field(t, "--steps", cls, type=int)
+    _field(t, "--batch-size", cls, "per process; under torchrun the optimizer's batch is this x processes x "
+           "--grad-accum; with --resume, given to re-split the batch on another number of processes", type=int)
+    _field(t, "--grad-accum", cls, "micro-batches per optimizer step", type=int)
+    _field(t, "--lr", cls, type=float)
+    _field(t, "--weight-decay", cls, type=float)
+    _field(t, "--warmup-steps", cls, type=int)
+    _field(t, "--grad-clip", cls, type=float)
+    _field(t, "--ema", cls, "EMA decay of the shipped weights (0 = off)", field="ema_decay", type=float)
+    _field(t, "--seed", cls, type=int)
+    _field(t, "--val-fraction", cls, type=float)
+    _field(t, "--val-batches", cls, type=int)
+    _field(t, "--save-every", cls, type=int)
+    _field(t, "--log-every", cls, type=int)
+    _field(t, "--precision", cls, choices=["auto", "fp32", "bf16"])
+    _field(t, "--device", cls, "auto | cpu | cuda | cuda:N")
+    t.add_argument("--keep-dropped", dest="drop_audited", action="store_false", default=argparse.SUPPRESS,
+                   help="train on episodes `audit --drop` excluded")
+
+
+def _train_args(t: argparse.ArgumentParser) -> None:
+    from vla_distill.models.losses import ACTION_LOSSES, LossConfig
     from vla_distill.train.config import TrainConfig
-    from vla_distill.train.losses import LossConfig
-    from vla_distill.train.loop import train
 
-    def split(text: str) -> tuple[str, ...]:
-        return tuple(x.strip() for x in text.split(",") if x.strip())
+    _run_args(t, TrainConfig)
+    _field(t, "--preset", TrainConfig, "tiny (~2.7M) | small (~37M) | base (~158M, the paper's size)")
+    _field(t, "--horizon", TrainConfig, "action chunk length K (the paper's variant: 5)", type=int)
+    _field(t, "--action-loss", LossConfig, field="action", choices=list(ACTION_LOSSES))
+    _field(t, "--dim-weights", LossConfig, "per action dimension, comma-separated (default all 1)", type=_floats)
+    _field(t, "--phase-weight", LossConfig, type=float)
+    _field(t, "--direction-weight", LossConfig, type=float)
+    t.add_argument("--no-phase-loss", action="store_true")
+    t.add_argument("--no-direction-loss", action="store_true")
+    _field(t, "--cameras", TrainConfig, "camera keys, comma-separated (default: all of the dataset's)", type=_csv)
+    _field(t, "--depth-keys", TrainConfig, "one depth image key per camera (RGB-D input)", type=_csv)
+    _field(t, "--state-keys", TrainConfig, type=_csv)
+    _field(t, "--vision", TrainConfig, "vision encoder (default: the preset's)", choices=["", "resnet", "vit"])
 
-    try:
-        loss = LossConfig(action=args.action_loss, dim_weights=tuple(float(x) for x in split(args.dim_weights)),
-                          phase_weight=0.0 if args.no_phase_loss else args.phase_weight,
-                          direction_weight=0.0 if args.no_direction_loss else args.direction_weight)
-        cfg = TrainConfig(
-            dataset=args.dataset, out=args.out, preset=args.preset, steps=args.steps, batch_size=args.batch_size or 64,
-            grad_accum=args.grad_accum or 1, lr=args.lr,
-            weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, ema_decay=args.ema,
-            seed=args.seed, horizon=args.horizon, target=args.target, loss=loss, cameras=split(args.cameras),
-            depth_keys=split(args.depth_keys), state_keys=split(args.state_keys), vision=args.vision,
-            val_fraction=args.val_fraction, val_batches=args.val_batches, save_every=args.save_every,
-            log_every=args.log_every, precision=args.precision, device=args.device, drop_audited=not args.keep_dropped)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    last = train(cfg, resume=args.resume, overrides=_given(args))
+
+def _train(args: argparse.Namespace) -> None:
+    from vla_distill.models.losses import LossConfig
+    from vla_distill.train.config import TrainConfig
+    from vla_distill.train.student import train
+
+    loss = _given(args, LossConfig)
+    if args.no_phase_loss:
+        loss["phase_weight"] = 0.0
+    if args.no_direction_loss:
+        loss["direction_weight"] = 0.0
+    cfg = _config(TrainConfig, **_given(args, TrainConfig), loss=_config(LossConfig, **loss))
+    last = train(cfg, resume=args.resume, overrides=_resume_overrides(args))
     _print_rank0(f"checkpoint: {last}/pretrained_model")
 
 
-def _cmd_vita_train(args: argparse.Namespace) -> None:
-    from vla_distill.train.vita import VitaTrainConfig, vita_train
+def _vita_train_args(v: argparse.ArgumentParser) -> None:
+    from vla_distill.models.vita import FAMILIES, STAGES
+    from vla_distill.train.config import VitaTrainConfig
 
-    try:
-        cfg = VitaTrainConfig(dataset=args.dataset, out=args.out, expert=args.expert, vlm=args.vlm, family=args.family,
-                              stage=args.stage, init=args.init, n_action_tokens=args.n_action_tokens, lora_rank=args.lora_rank,
-                              vlm_image_size=args.vlm_image_size, target=args.target, steps=args.steps,
-                              batch_size=args.batch_size or 16, grad_accum=args.grad_accum or 1, lr=args.lr,
-                              warmup_steps=args.warmup_steps, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
-                              precision=args.precision, device=args.device)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    last = vita_train(cfg, resume=args.resume, overrides=_given(args))
+    _run_args(v, VitaTrainConfig)
+    _field(v, "--expert", VitaTrainConfig, "the expert: a student checkpoint (its action decoder is reused)")
+    _field(v, "--vlm", VitaTrainConfig, "local transformers VLM directory, or tiny:paligemma | tiny:idefics3 | "
+           "tiny:qwen2_vl | tiny:qwen2_5_vl (small, random, offline)")
+    _field(v, "--family", VitaTrainConfig, "for a local VLM directory (default: from its config's model_type)",
+           choices=["", *FAMILIES])
+    _field(v, "--vlm-image-size", VitaTrainConfig, "image side fed to the VLM (default: its vision config's; Qwen "
+           "families 56, any multiple of 28)", type=int)
+    _field(v, "--stage", VitaTrainConfig, choices=list(STAGES))
+    _field(v, "--init", VitaTrainConfig, "finetune: the align run to start from")
+    _field(v, "--n-action-tokens", VitaTrainConfig, "1 (the paper) or the expert's chunk length", type=int)
+    _field(v, "--lora-rank", VitaTrainConfig, "finetune: LoRA adapters (peft) on the language model's attention instead "
+           "of training all of it (0: full)", type=int)
+
+
+def _vita_train(args: argparse.Namespace) -> None:
+    from vla_distill.train.config import VitaTrainConfig
+    from vla_distill.train.vita import vita_train
+
+    cfg = _config(VitaTrainConfig, **_given(args, VitaTrainConfig))
+    last = vita_train(cfg, resume=args.resume, overrides=_resume_overrides(args))
     _print_rank0(f"checkpoint: {last}/pretrained_model")
 
 
-def _given(args: argparse.Namespace) -> tuple[str, ...]:
-    """What a resumed run takes from this command line: --steps, and the batch split when given."""
-    return ("steps",) + tuple(k for k in ("batch_size", "grad_accum") if getattr(args, k) is not None)
+# ---------------------------------------------------------------- eval, report
+def _eval_args(e: argparse.ArgumentParser) -> None:
+    from vla_distill.eval.evaluate import EvalConfig
+    from vla_distill.sim.registry import ENVS
+
+    e.add_argument("--policy", required=True, help="checkpoint (run dir, checkpoint dir or pretrained_model) or a teacher "
+                   "kind: scripted | noisy[...]:KIND | checkpoint:PATH | openpi://HOST:PORT | openvla://HOST:PORT")
+    e.add_argument("--tasks", dest="task_spec", metavar="TASKS", required=True, help="MetaWorld: task names, mt10, mt50, easy...; LIBERO: libero_spatial, "
+                   "libero_goal/3, ...")
+    e.add_argument("--out", required=True, help="evaluation directory (rerun the same command to resume)")
+    _field(e, "--env", EvalConfig, choices=list(ENVS))
+    _field(e, "--episodes", EvalConfig, "episodes per task", type=int)
+    _field(e, "--seed", EvalConfig, "held-out seed stream (never the demonstrations' seeds)", type=int)
+    _field(e, "--max-steps", EvalConfig, "step limit (0: the simulator's, MetaWorld 500)", type=int)
+    _field(e, "--steps-after-success", EvalConfig, type=int)
+    _field(e, "--workers", EvalConfig, "worker processes (0: one per core)", type=int)
+    _field(e, "--videos", EvalConfig, "episodes recorded per task with the predicted phase drawn", type=int)
+    _field(e, "--video-failures", EvalConfig, "also record every failed episode", action="store_true")
+    _field(e, "--n-action-steps", EvalConfig, "actions executed per predicted chunk (0: all)", type=int)
+    _field(e, "--image-size", EvalConfig, "camera size for teachers (0: 128; LIBERO 256)", type=int)
+    _field(e, "--latency-steps", EvalConfig, "closed-loop steps of the batch-1 latency measurement", type=int)
+    e.add_argument("--teacher-opt", action="append", default=[], metavar="KEY=VALUE", help="remote teacher option (see annotate)")
+    _field(e, "--device", EvalConfig)
+    _field(e, "--backend", EvalConfig, "for policies: torch | torch-bf16 | onnx | onnx-int8 (a bundle from "
+           "`vla-distill export`)")
 
 
-def _print_rank0(line: str) -> None:
-    import os
-
-    if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate every process runs this
-        print(line)
-
-
-def _cmd_eval(args: argparse.Namespace) -> None:
-    import shlex
-
+def _eval(args: argparse.Namespace) -> None:
     _passive_omp()
 
-    from vla_distill.eval import envs
-    from vla_distill.eval.run import EvalConfig, evaluate, summary_table
+    from vla_distill.eval.evaluate import EvalConfig, evaluate
+    from vla_distill.eval.report import summary_table
+    from vla_distill.sim.registry import get_simulator
 
-    cfg = EvalConfig(
-        policy=args.policy, out=args.out, tasks=tuple(envs.resolve_tasks(args.env, args.tasks)), env=args.env,
-        episodes=args.episodes, seed=args.seed, max_steps=args.max_steps, steps_after_success=args.steps_after_success,
-        workers=args.workers, videos=args.videos, video_failures=args.video_failures, n_action_steps=args.n_action_steps,
-        image_size=args.image_size,
-        latency_steps=args.latency_steps, teacher_options=_key_values(args.teacher_opt, "--teacher-opt"), device=args.device,
-        backend=args.backend)
+    fields = _given(args, EvalConfig)
+    env = fields.get("env", EvalConfig.__dataclass_fields__["env"].default)
+    cfg = EvalConfig(tasks=tuple(get_simulator(env).resolve_tasks(args.task_spec)),
+                     teacher_options=_key_values(args.teacher_opt, "--teacher-opt"), **fields)
     info = evaluate(cfg, command="vla-distill " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else "")
     o = info["overall"]
     print(summary_table([info]))
@@ -177,7 +353,12 @@ def _cmd_eval(args: argparse.Namespace) -> None:
           f"({o['n_episodes']} episodes); {info['observability']['flagged_episodes']} episodes flagged -> {args.out}/eval_info.json")
 
 
-def _cmd_report(args: argparse.Namespace) -> None:
+def _report_args(r: argparse.ArgumentParser) -> None:
+    r.add_argument("evals", nargs="+", help="evaluation directories, the teacher's first")
+    r.add_argument("--out", required=True)
+
+
+def _report(args: argparse.Namespace) -> None:
     from vla_distill.eval.report import write_report
 
     path, table = write_report(args.evals, args.out)
@@ -185,220 +366,8 @@ def _cmd_report(args: argparse.Namespace) -> None:
     print(f"report: {path}")
 
 
-def _cmd_export(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from vla_distill.deploy.bundle import export
-
-    m = export(args.policy, args.out, args.format, args.dtype, args.observations or None, args.n_observations)
-    size = sum(f.stat().st_size for f in Path(args.out).iterdir()) / 2**20
-    print(f"bundle: {args.out} ({size:.1f} MB; backends {', '.join(m['backends'])}; "
-          f"observation {', '.join(k for k in m['observation_spec'])}; actions {m['action']['shape']})")
-
-
-def _passive_omp() -> None:
-    """Before torch loads OpenMP: a simulator's renderer shares the cores with the policy, and spinning OpenMP
-    threads made batch-1 calls ~50x slower when one more process was busy (measured; see BENCHMARKS.md)."""
-    import os
-
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def _cmd_run(args: argparse.Namespace) -> None:
-    _passive_omp()
-    import torch
-
-    from vla_distill.deploy.loop import LoopConfig
-    from vla_distill.deploy.realtime import replay_recording, run_tasks
-    from vla_distill.deploy.runtime import load_policy
-    from vla_distill.eval import envs
-
-    if args.replay:
-        replay_recording(args.replay, args.hz)
-        return
-    if not args.policy or not args.tasks:
-        raise ConfigError("--policy and --tasks are required (or --replay RECORDING)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        cfg = LoopConfig(hz=args.hz or 12.5, max_steps=args.max_steps, chunk=args.chunk, n_action_steps=args.n_action_steps,
-                         ensemble_coeff=args.ensemble_coeff, max_latency_ms=args.max_latency_ms)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    policy = load_policy(args.policy, args.backend)
-    summaries = run_tasks(policy, args.policy, args.backend, args.env, envs.resolve_tasks(args.env, args.tasks),
-                          args.episodes, args.seed, cfg, args.record or None)
-    ok = sum(s["success"] for s in summaries)
-    print(f"{ok}/{len(summaries)} episodes succeeded at {cfg.hz:g} Hz ({args.backend})"
-          + (f"; recordings in {args.record}" if args.record else ""))
-
-
-def _cmd_serve(args: argparse.Namespace) -> None:
-    from vla_distill.deploy.openpi_server import serve_policy
-    from vla_distill.deploy.runtime import load_policy
-
-    policy = load_policy(args.policy, args.backend)
-    serve_policy(policy, args.backend, args.host, args.port, args.max_batch, args.batch_wait_ms,
-                 int(args.max_message_mb * 2**20))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vla-distill", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-
-    c = sub.add_parser("collect", help="record scripted-expert MetaWorld demonstrations as a LeRobotDataset v3.0")
-    c.add_argument("--tasks", required=True, help="task names (reach-v3,push-v3), mt10, mt50, easy, medium, hard or very_hard")
-    c.add_argument("--episodes", type=int, default=10, help="successful episodes kept per task (default 10)")
-    c.add_argument("--out", required=True, help="output dataset directory (rerun the same command to resume)")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--cameras", default="corner2,gripper", help="camera aliases (default corner2,gripper)")
-    c.add_argument("--image-size", type=int, default=128)
-    c.add_argument("--image-format", choices=["video", "image"], default="video", help="AV1 mp4 (default) or PNG in parquet")
-    c.add_argument("--steps-after-success", type=int, default=10, help="frames kept after the first success (default 10)")
-    c.add_argument("--max-attempts-factor", type=float, default=3.0, help="attempts per task at most episodes x this")
-    c.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
-    c.set_defaults(func=_cmd_collect)
-
-    a = sub.add_parser("annotate", help="teacher actions, phase anchors and direction cues for every frame, then an audit")
-    a.add_argument("--dataset", required=True, help="input LeRobot dataset")
-    a.add_argument("--out", required=True, help="new annotated dataset (rerun the same command to resume)")
-    a.add_argument("--teacher", default="scripted",
-                   help="scripted | noisy[std=,toggle=,burst=,stale=,seed=]:KIND | checkpoint:PATH | openpi://HOST:PORT | "
-                        "openvla://HOST:PORT | none (default scripted)")
-    a.add_argument("--teacher-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="remote teacher option, repeatable: obs_map.<server key>=<our key>, image_size, action_dim, horizon, "
-                        "gripper (keep|flip|unit_to_signed|unit_to_signed_flip), concurrency, timeout_s, retries, unnorm_key, api_key; "
-                        "checkpoint teachers: device (auto|cpu|cuda)")
-    a.add_argument("--phases", default="kinematic", choices=["kinematic", "vlm", "none"])
-    a.add_argument("--taxonomy", default="4", choices=["4", "9"], help="4: approach/grasp/transport/release; 9: idle ... completed")
-    a.add_argument("--directions", default="kinematic", choices=["kinematic", "vlm", "none"])
-    a.add_argument("--window", type=int, default=8, help="frames per direction-cue window (default 8)")
-    a.add_argument("--stride", type=int, default=4, help="frames between window starts (default 4)")
-    a.add_argument("--text-encoder", default="", help="local sentence-transformers model dir (default: bundled all-MiniLM-L6-v2)")
-    a.add_argument("--vlm-url", default="", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
-    a.add_argument("--vlm-model", default="")
-    a.add_argument("--vlm-api-key", default="")
-    a.add_argument("--vlm-camera", default="", help="camera key shown to the VLM (default: the first)")
-    a.add_argument("--vlm-keyframes", type=int, default=4)
-    a.add_argument("--vlm-separate-images", action="store_true", help="send keyframes as separate images, not one contact sheet")
-    a.add_argument("--vlm-concurrency", type=int, default=4)
-    a.add_argument("--vlm-cache", default="", help="answer cache (default $VLA_DISTILL_CACHE/vlm.sqlite)")
-    a.add_argument("--no-audit", action="store_true")
-    r = a.add_argument_group("scale out (pip install 'vla-distill[ray]')")
-    r.add_argument("--executor", default="local", choices=["local", "ray"],
-                   help="local: this process; ray: episodes sharded over Ray actors, one teacher/VLM client each")
-    r.add_argument("--address", default="local", help="Ray: local (start one here) | auto (the cluster of `ray start`) | "
-                   "HOST:PORT | ray://HOST:10001 (default local)")
-    r.add_argument("--workers", type=int, default=0, help="Ray actors (default: as many as the cluster's CPUs/GPUs hold)")
-    r.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs per Ray actor (default 1)")
-    r.add_argument("--worker-gpus", type=float, default=None,
-                   help="GPUs per Ray actor (default: 1 for a checkpoint: teacher when the cluster has GPUs, else 0)")
-    r.add_argument("--max-retries", type=int, default=3, help="times an episode is asked again after its worker was lost")
-    a.set_defaults(func=_cmd_annotate)
-
-    au = sub.add_parser("audit", help="cross-check phase labels and cues against the kinematics; writes meta/audit.{json,md}")
-    au.add_argument("--dataset", required=True)
-    au.add_argument("--mask", action="store_true", help="set flagged phase and cue labels to -1 (ignored in training)")
-    au.add_argument("--drop", action="store_true", help="leave every flagged episode out of training (kept on disk, "
-                    "listed in meta/audit.json)")
-    au.set_defaults(func=_cmd_audit)
-
-    t = sub.add_parser("train", help="train a student on an annotated dataset (action + phase + direction losses)")
-    t.add_argument("--dataset", required=True, help="annotated dataset (vla-distill annotate)")
-    t.add_argument("--out", required=True, help="run directory: checkpoints/, metrics.jsonl, train_config.json")
-    t.add_argument("--preset", default="tiny", help="tiny (~2.7M) | small (~37M) | base (~158M, the paper's size)")
-    t.add_argument("--steps", type=int, default=2000)
-    t.add_argument("--resume", action="store_true", help="continue --out from checkpoints/last (--steps may extend it)")
-    t.add_argument("--batch-size", type=int, default=None, help="per process (default 64); under torchrun the "
-                   "optimizer's batch is this x processes x --grad-accum; with --resume, given to re-split the batch "
-                   "on another number of processes")
-    t.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (default 1)")
-    t.add_argument("--lr", type=float, default=3e-4)
-    t.add_argument("--weight-decay", type=float, default=1e-4)
-    t.add_argument("--warmup-steps", type=int, default=200)
-    t.add_argument("--grad-clip", type=float, default=1.0)
-    t.add_argument("--ema", type=float, default=0.0, help="EMA decay of the shipped weights (0 = off)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--horizon", type=int, default=1, help="action chunk length K (the paper's variant: 5)")
-    t.add_argument("--target", default="teacher", choices=["teacher", "dataset"],
-                   help="train on action.teacher (distillation) or the demonstrations' own actions")
-    t.add_argument("--action-loss", default="mse", choices=["mse", "l1", "smooth_l1", "discrete"])
-    t.add_argument("--dim-weights", default="", help="per action dimension, comma-separated (default all 1)")
-    t.add_argument("--phase-weight", type=float, default=0.1)
-    t.add_argument("--direction-weight", type=float, default=0.05)
-    t.add_argument("--no-phase-loss", action="store_true")
-    t.add_argument("--no-direction-loss", action="store_true")
-    t.add_argument("--cameras", default="", help="camera keys, comma-separated (default: all of the dataset's)")
-    t.add_argument("--depth-keys", default="", help="one depth image key per camera (RGB-D input)")
-    t.add_argument("--state-keys", default="observation.state")
-    t.add_argument("--vision", default="", choices=["", "resnet", "vit"], help="vision encoder (default: the preset's)")
-    t.add_argument("--val-fraction", type=float, default=0.1)
-    t.add_argument("--val-batches", type=int, default=20)
-    t.add_argument("--save-every", type=int, default=500)
-    t.add_argument("--log-every", type=int, default=50)
-    t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    t.add_argument("--device", default="auto")
-    t.add_argument("--keep-dropped", action="store_true", help="train on episodes `audit --drop` excluded")
-    t.set_defaults(func=_cmd_train)
-
-    v = sub.add_parser("vita-train", help="VITA-VLA: teach a VLM to act from a student expert (stage align, then finetune)")
-    v.add_argument("--dataset", required=True, help="annotated dataset")
-    v.add_argument("--out", required=True, help="run directory (as for train)")
-    v.add_argument("--expert", default="", help="the expert: a student checkpoint (its action decoder is reused)")
-    v.add_argument("--vlm", default="tiny:paligemma", help="local transformers VLM directory, or tiny:paligemma | "
-                   "tiny:idefics3 | tiny:qwen2_vl | tiny:qwen2_5_vl (small, random, offline)")
-    v.add_argument("--family", default="", choices=["", "paligemma", "idefics3", "qwen2_vl", "qwen2_5_vl"],
-                   help="for a local VLM directory (default: from its config's model_type)")
-    v.add_argument("--vlm-image-size", type=int, default=0, help="image side fed to the VLM (default: its vision "
-                   "config's; Qwen families 56, any multiple of 28)")
-    v.add_argument("--stage", default="align", choices=["align", "finetune"])
-    v.add_argument("--init", default="", help="finetune: the align run to start from")
-    v.add_argument("--n-action-tokens", type=int, default=1, help="1 (the paper) or the expert's chunk length")
-    v.add_argument("--lora-rank", type=int, default=0, help="finetune: LoRA adapters (peft) on the language model's "
-                   "attention instead of training all of it (default 0: full)")
-    v.add_argument("--target", default="teacher", choices=["teacher", "dataset"])
-    v.add_argument("--steps", type=int, default=500)
-    v.add_argument("--batch-size", type=int, default=None, help="per process (default 16)")
-    v.add_argument("--grad-accum", type=int, default=None)
-    v.add_argument("--lr", type=float, default=1e-3)
-    v.add_argument("--warmup-steps", type=int, default=50)
-    v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--save-every", type=int, default=200)
-    v.add_argument("--log-every", type=int, default=20)
-    v.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    v.add_argument("--device", default="auto")
-    v.add_argument("--resume", action="store_true")
-    v.set_defaults(func=_cmd_vita_train)
-
-    e = sub.add_parser("eval", help="closed-loop evaluation of a checkpoint or a teacher in simulation (eval_info.json)")
-    e.add_argument("--policy", required=True, help="checkpoint (run dir, checkpoint dir or pretrained_model) or a teacher "
-                   "kind: scripted | noisy[...]:KIND | checkpoint:PATH | openpi://HOST:PORT | openvla://HOST:PORT")
-    e.add_argument("--tasks", required=True, help="MetaWorld: task names, mt10, mt50, easy...; LIBERO: libero_spatial, "
-                   "libero_goal/3, ...")
-    e.add_argument("--out", required=True, help="evaluation directory (rerun the same command to resume)")
-    e.add_argument("--env", default="metaworld", choices=["metaworld", "libero"])
-    e.add_argument("--episodes", type=int, default=10, help="episodes per task (default 10)")
-    e.add_argument("--seed", type=int, default=0, help="held-out seed stream (never the demonstrations' seeds)")
-    e.add_argument("--max-steps", type=int, default=0, help="step limit (default: the simulator's, MetaWorld 500)")
-    e.add_argument("--steps-after-success", type=int, default=10)
-    e.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
-    e.add_argument("--videos", type=int, default=2, help="episodes recorded per task with the predicted phase drawn (default 2)")
-    e.add_argument("--video-failures", action="store_true", help="also record every failed episode")
-    e.add_argument("--n-action-steps", type=int, default=0, help="actions executed per predicted chunk (default: all)")
-    e.add_argument("--image-size", type=int, default=0, help="camera size for teachers (default 128; LIBERO 256)")
-    e.add_argument("--latency-steps", type=int, default=100, help="closed-loop steps of the batch-1 latency measurement")
-    e.add_argument("--teacher-opt", action="append", default=[], metavar="KEY=VALUE", help="remote teacher option (see annotate)")
-    e.add_argument("--device", default="cpu")
-    e.add_argument("--backend", default="torch", help="for policies: torch | torch-bf16 | onnx | onnx-int8 (a bundle "
-                   "from `vla-distill export`)")
-    e.set_defaults(func=_cmd_eval)
-
-    r = sub.add_parser("report", help="gather evaluations into one Markdown + HTML page (first = reference row)")
-    r.add_argument("evals", nargs="+", help="evaluation directories, the teacher's first")
-    r.add_argument("--out", required=True)
-    r.set_defaults(func=_cmd_report)
-
-    x = sub.add_parser("export", help="a standalone bundle (torch + safetensors) or ONNX graphs, with a parity check")
+# ---------------------------------------------------------------- export, run, serve
+def _export_args(x: argparse.ArgumentParser) -> None:
     x.add_argument("--policy", required=True, help="checkpoint (run dir, checkpoint dir or pretrained_model)")
     x.add_argument("--out", required=True, help="bundle directory (replaced if it exists)")
     x.add_argument("--format", default="bundle", choices=["bundle", "onnx"],
@@ -407,29 +376,70 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--observations", default="", help="dataset whose frames are the parity observations "
                    "(default: the policy's training dataset)")
     x.add_argument("--n-observations", type=int, default=32)
-    x.set_defaults(func=_cmd_export)
 
-    rn = sub.add_parser("run", help="the real-time control loop on a simulated robot: timing, safety counters, recordings")
+
+def _export(args: argparse.Namespace) -> None:
+    from vla_distill.deploy.export import export
+
+    m = export(args.policy, args.out, args.format, args.dtype, args.observations or None, args.n_observations)
+    size = sum(f.stat().st_size for f in Path(args.out).iterdir()) / 2**20
+    print(f"bundle: {args.out} ({size:.1f} MB; backends {', '.join(m['backends'])}; "
+          f"observation {', '.join(k for k in m['observation_spec'])}; actions {m['action']['shape']})")
+
+
+def _run_loop_args(rn: argparse.ArgumentParser) -> None:
+    from vla_distill.deploy.control_loop import LoopConfig
+    from vla_distill.models.chunking import CHUNK_MODES
+    from vla_distill.sim.registry import DEFAULT_ENV, ENVS
+
     rn.add_argument("--policy", default="", help="bundle or checkpoint")
     rn.add_argument("--backend", default="torch", help="torch | torch-bf16 | onnx | onnx-int8 (onnx: bundles exported "
                     "with --format onnx)")
     rn.add_argument("--tasks", default="", help="tasks, as for eval")
-    rn.add_argument("--env", default="metaworld", choices=["metaworld", "libero"])
-    rn.add_argument("--hz", type=float, default=None, help="control rate (default 12.5; a replay: the recorded rate)")
+    rn.add_argument("--env", default=DEFAULT_ENV, choices=list(ENVS))
+    _field(rn, "--hz", LoopConfig, "control rate (a replay: the recorded rate)", type=float)
     rn.add_argument("--episodes", type=int, default=1, help="episodes per task (default 1)")
     rn.add_argument("--seed", type=int, default=0, help="held-out seed stream, as for eval")
-    rn.add_argument("--max-steps", type=int, default=500)
-    rn.add_argument("--chunk", default="queue", choices=["queue", "ensemble"],
-                    help="queue: execute the chunk, then replan; ensemble: infer every tick, ACT temporal ensembling")
-    rn.add_argument("--n-action-steps", type=int, default=0, help="queue: actions executed per chunk (default: all)")
-    rn.add_argument("--ensemble-coeff", type=float, default=0.01)
-    rn.add_argument("--max-latency-ms", type=float, default=0.0, help="drop actions later than this (default: one period)")
+    _field(rn, "--max-steps", LoopConfig, type=int)
+    _field(rn, "--chunk", LoopConfig, "queue: execute the chunk, then replan; ensemble: infer every tick, ACT temporal "
+           "ensembling", choices=list(CHUNK_MODES))
+    _field(rn, "--n-action-steps", LoopConfig, "queue: actions executed per chunk (0: all)", type=int)
+    _field(rn, "--ensemble-coeff", LoopConfig, type=float)
+    _field(rn, "--max-latency-ms", LoopConfig, "drop actions later than this (0: one period)", type=float)
     rn.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     rn.add_argument("--record", default="", help="save each episode's observations and sent actions here")
     rn.add_argument("--replay", default="", help="send a recording's actions again (DIR/TASK/episode_000) and compare")
-    rn.set_defaults(func=_cmd_run)
 
-    sv = sub.add_parser("serve", help="serve a policy over openpi's websocket protocol (openpi-client compatible)")
+
+def _run_loop(args: argparse.Namespace) -> None:
+    _passive_omp()
+    import torch
+
+    from vla_distill.deploy import sim_runs
+    from vla_distill.deploy.control_loop import LoopConfig
+    from vla_distill.eval.report import markdown_table
+    from vla_distill.models.backends import load_policy
+    from vla_distill.sim.registry import get_simulator
+
+    if args.replay:
+        sim_runs.replay_recording(args.replay, vars(args).get("hz"))
+        return
+    if not args.policy or not args.tasks:
+        raise ConfigError("--policy and --tasks are required (or --replay RECORDING)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = _config(LoopConfig, **_given(args, LoopConfig))
+    policy = load_policy(args.policy, args.backend)
+    summaries = sim_runs.run_tasks(policy, args.policy, args.backend, args.env,
+                                   get_simulator(args.env).resolve_tasks(args.tasks), args.episodes, args.seed, cfg,
+                                   args.record or None)
+    print(markdown_table(list(sim_runs.HEADER), sim_runs.rows(summaries)))
+    ok = sum(s["success"] for s in summaries)
+    print(f"{ok}/{len(summaries)} episodes succeeded at {cfg.hz:g} Hz ({args.backend})"
+          + (f"; recordings in {args.record}" if args.record else ""))
+
+
+def _serve_args(sv: argparse.ArgumentParser) -> None:
     sv.add_argument("--policy", required=True, help="bundle or checkpoint")
     sv.add_argument("--backend", default="torch", help="torch | torch-bf16 | onnx | onnx-int8")
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only; 0.0.0.0 to expose)")
@@ -437,17 +447,53 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch", type=int, default=1, help="batch up to this many concurrent requests (default 1)")
     sv.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long a batch waits to fill (default 2 ms)")
     sv.add_argument("--max-message-mb", type=float, default=16.0)
-    sv.set_defaults(func=_cmd_serve)
 
-    i = sub.add_parser("inspect", help="validate a LeRobot dataset (v3.0 or v2.1) and print its summary")
-    i.add_argument("dataset")
-    i.add_argument("--quick", action="store_true", help="skip decoding every video frame")
-    i.set_defaults(func=_cmd_inspect)
+
+def _serve(args: argparse.Namespace) -> None:
+    from vla_distill.deploy.openpi_server import serve_policy
+    from vla_distill.models.backends import load_policy
+
+    policy = load_policy(args.policy, args.backend)
+    serve_policy(policy, args.backend, args.host, args.port, args.max_batch, args.batch_wait_ms,
+                 int(args.max_message_mb * 2**20))
+
+
+# ---------------------------------------------------------------- the parser
+STAGES = {  # name: (help, flags, run), in pipeline order
+    "collect": ("record scripted-expert MetaWorld demonstrations as a LeRobotDataset v3.0", _collect_args, _collect),
+    "annotate": ("teacher actions, phase anchors and direction cues for every frame, then an audit", _annotate_args,
+                 _annotate),
+    "audit": ("cross-check phase labels and cues against the kinematics; writes meta/audit.{json,md}", _audit_args, _audit),
+    "train": ("train a student on an annotated dataset (action + phase + direction losses)", _train_args, _train),
+    "vita-train": ("VITA-VLA: teach a VLM to act from a student expert (stage align, then finetune)", _vita_train_args,
+                   _vita_train),
+    "eval": ("closed-loop evaluation of a checkpoint or a teacher in simulation (eval_info.json)", _eval_args, _eval),
+    "report": ("gather evaluations into one Markdown + HTML page (first = reference row)", _report_args, _report),
+    "export": ("a standalone bundle (torch + safetensors) or ONNX graphs, with a parity check", _export_args, _export),
+    "run": ("the real-time control loop on a simulated robot: timing, safety counters, recordings", _run_loop_args,
+            _run_loop),
+    "serve": ("serve a policy over openpi's websocket protocol (openpi-client compatible)", _serve_args, _serve),
+    "inspect": ("validate a LeRobot dataset (v3.0 or v2.1) and print its summary", _inspect_args, _inspect),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every stage's subcommand; with `only`, the flags of that stage alone are declared (the others' modules are not
+    imported)."""
+    p = argparse.ArgumentParser(prog="vla-distill", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, (help, add_flags, run) in STAGES.items():
+        s = sub.add_parser(name, help=help)
+        if only in (None, name):
+            add_flags(s)
+        s.set_defaults(func=run)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    stage = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(stage if stage in STAGES else None).parse_args(argv)
     try:
         args.func(args)
     except VlaDistillError as e:

@@ -1,4 +1,4 @@
-"""Rebuilding frozen config dataclasses from their JSON form (config.json, train_config.json)."""
+"""Frozen config dataclasses to and from their JSON form (config.json, train_config.json)."""
 
 from __future__ import annotations
 
@@ -18,3 +18,16 @@ def from_dict(cls: type, d: dict):
             v = tuple(v)
         out[k] = v
     return cls(**out)
+
+
+def to_dict(config) -> dict:
+    """A config dataclass (nested ones included) as JSON-ready data: tuples become lists."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

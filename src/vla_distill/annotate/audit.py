@@ -14,15 +14,25 @@ dominant motion) whose cue embeddings are far apart — the symptom of a halluci
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from vla_distill.annotate.directions import DirectionConfig, cue_direction, window_motion
-from vla_distill.annotate.phases import PHASES_4, Kinematics, PhaseConfig, label_phases, runs, to_phase4
+from vla_distill.annotate.episode import episode_kinematics
+from vla_distill.annotate.phases import PhaseConfig, label_phases, runs
+from vla_distill.data.annotations import read_directions, read_phase_names
+from vla_distill.data.columns import add_columns
+from vla_distill.data.dataset import RobotDataset
+from vla_distill.data.format import write_json_atomic
+from vla_distill.errors import DatasetError
+from vla_distill.sim.kinematics import Kinematics
+from vla_distill.types import (ANNOTATION_PATH, AUDIT_PATH, AUDIT_REPORT_PATH, DIRECTION_INDEX, PHASE_INDEX, PHASES_4,
+                               WINDOWS_PATH, to_phase4)
 
 APPROACH, GRASP, TRANSPORT, RELEASE = range(4)
-AUDIT_PATH = "meta/audit.json"
 
 
 @dataclass(frozen=True)
@@ -119,38 +129,29 @@ def audit_dataset(root, mask: bool = False, drop: bool = False, cfg: AuditConfig
     """Audit an annotated dataset; writes meta/audit.json and meta/audit.md. With mask=True, flagged phase
     frames and flagged cue windows get index -1 (ignored by the losses) in place. With drop=True, every episode
     with a flag is listed under "dropped_episodes" and training leaves it out whole (data stays on disk)."""
-    import json
-
-    import pyarrow.parquet as pq
-
-    from vla_distill.annotate import run as ann
-    from vla_distill.data.dataset import RobotDataset
-    from vla_distill.data.format import write_json_atomic
-    from vla_distill.errors import DatasetError
-
     ds = RobotDataset(root)
-    if ann.PHASE_KEY not in ds.features:
-        raise DatasetError("not an annotated dataset (run vla-distill annotate first)", path=ds.root, field=ann.PHASE_KEY)
-    taxonomy = tuple(pq.read_table(ds.root / ann.PHASES_PATH).column("phase").to_pylist())
-    meta = json.loads((ds.root / ann.ANNOTATION_PATH).read_text())
+    if PHASE_INDEX not in ds.features:
+        raise DatasetError("not an annotated dataset (run vla-distill annotate first)", path=ds.root, field=PHASE_INDEX)
+    taxonomy = read_phase_names(ds.root)
+    meta = json.loads((ds.root / ANNOTATION_PATH).read_text())
     c = meta["config"]
     dcfg = DirectionConfig(window=c["window"], stride=c["stride"])
-    phases = ds.column(ann.PHASE_KEY).astype(np.int64)
-    has_cues = ann.DIRECTION_KEY in ds.features
+    phases = ds.column(PHASE_INDEX).astype(np.int64)
+    has_cues = DIRECTION_INDEX in ds.features
     if has_cues:
-        texts, emb = ann.read_directions(ds.root)
-        wt = pq.read_table(ds.root / ann.WINDOWS_PATH).to_pydict()
-    new_phases, new_dirs = phases.copy(), ds.column(ann.DIRECTION_KEY).astype(np.int64).copy() if has_cues else None
+        texts, emb = read_directions(ds.root)
+        wt = pq.read_table(ds.root / WINDOWS_PATH).to_pydict()
+    new_phases, new_dirs = phases.copy(), ds.column(DIRECTION_INDEX).astype(np.int64).copy() if has_cues else None
     episodes, groups, group_cues = [], [], []
     w = 0
     for e in range(ds.num_episodes):
         ep, rows = ds.episodes[e], ds.episode_rows(e)
-        kin = ann.episode_kinematics(ds, rows)
+        kin = episode_kinematics(ds, rows)
         p4 = to_phase4(phases[rows], taxonomy)
         flags = audit_phases(p4, kin, cfg)
         cue_flags = []
         while has_cues and w < len(wt["episode_index"]) and wt["episode_index"][w] == ep.index:
-            s, t, cid = wt["start"][w], wt["end"][w], wt["direction_index"][w]
+            s, t, cid = wt["start"][w], wt["end"][w], wt[DIRECTION_INDEX][w]
             if cid >= 0:
                 reason = audit_cue(texts[cid], kin, s, t, dcfg, cfg)
                 if reason:
@@ -180,26 +181,15 @@ def audit_dataset(root, mask: bool = False, drop: bool = False, cfg: AuditConfig
         "spread": spread, "episodes": episodes,
     }
     write_json_atomic(ds.root / AUDIT_PATH, report)
-    tmp = ds.root / "meta/audit.md.tmp"
+    tmp = ds.root / (AUDIT_REPORT_PATH + ".tmp")
     tmp.write_text(_markdown(report))
-    tmp.replace(ds.root / "meta/audit.md")
+    tmp.replace(ds.root / AUDIT_REPORT_PATH)
     if mask:
-        from vla_distill.data.columns import add_columns
-
-        cols = {ann.PHASE_KEY: new_phases}
+        cols = {PHASE_INDEX: new_phases}
         if has_cues:
-            cols[ann.DIRECTION_KEY] = new_dirs
+            cols[DIRECTION_INDEX] = new_dirs
         add_columns(ds.root, cols, {k: ds.features[k] for k in cols}, overwrite=True)
     return report
-
-
-def dropped_episodes(root) -> list[int]:
-    """Episodes a `vla-distill audit --drop` excluded from training (none when never audited that way)."""
-    import json
-    from pathlib import Path
-
-    path = Path(root) / AUDIT_PATH
-    return list(json.loads(path.read_text()).get("dropped_episodes", [])) if path.exists() else []
 
 
 def _markdown(report: dict) -> str:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vla_distill.annotate.phases import PHASES_4, Kinematics, to_phase4
+from vla_distill.sim.kinematics import Kinematics
+from vla_distill.types import PHASES_4, to_phase4
 
 AXIS_WORDS = (("left", "right"), ("backward", "forward"), ("down", "up"))
 

@@ -6,7 +6,7 @@ as DIR2.partial/episodes/CCC/EEEEEE.npz (written by the driver alone, renamed in
 worker never costs a finished episode, and a job started on one executor can be finished on the other.
 
 Shapes of an EpisodeResult (T frames, K cue windows of this episode):
-  actions          (T, H, D) float32 teacher action chunks, noise applied; None without a teacher
+  actions          (T, K, D) float32 teacher action chunks, noise applied; None without a teacher
   phases           (T,) int64 phase index, -1 = invalid; None when phases are off
   windows          (K, 2) int64 [start, end) frame positions within the episode
   cues             K x (str | None) direction cue per window
@@ -27,35 +27,24 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vla_distill.annotate import directions as dirs
-from vla_distill.annotate.phases import TAXONOMIES, Kinematics, PhaseConfig, label_phases
+from vla_distill.annotate.phases import PhaseConfig, label_phases
 from vla_distill.data.dataset import RobotDataset
-from vla_distill.errors import DatasetError
-from vla_distill.types import OBS_ENV_STATE, OBS_STATE, SUCCESS
+from vla_distill.errors import ConfigError
+from vla_distill.sim.kinematics import Kinematics, kinematics
+from vla_distill.types import ACTION, OBS_ENV_STATE, OBS_STATE, SUCCESS, TAXONOMIES
 
 if TYPE_CHECKING:
-    from vla_distill.annotate.run import AnnotateConfig
+    from vla_distill.annotate.annotate import AnnotateConfig
 
 STAGING_DIR = "episodes"
 
 
-# ---------------------------------------------------------------- kinematics of any dataset we know the layout of
+# ---------------------------------------------------------------- a dataset episode's kinematics
 def episode_kinematics(ds: RobotDataset, rows: np.ndarray) -> Kinematics:
+    """The kinematics of a dataset's rows (one episode), decoded by its simulator's state layout (sim.kinematics)."""
     success = ds.column(SUCCESS)[rows].astype(bool) if SUCCESS in ds.features else None
     env = ds.column(OBS_ENV_STATE)[rows] if OBS_ENV_STATE in ds.features else None
     return kinematics(ds.column(OBS_STATE)[rows], env, success, ds.fps)
-
-
-def kinematics(state: np.ndarray, env: np.ndarray | None, success: np.ndarray | None, fps: float) -> Kinematics:
-    """MetaWorld: state 4 (hand xyz, opening) + 39-d env state with the object at [4:7]. LIBERO (openpi layout):
-    state 8 = eef xyz, axis-angle, two finger joints (opening = their difference); no object state."""
-    state = np.asarray(state, np.float64)
-    env = None if env is None else np.asarray(env, np.float64)
-    if state.shape[1] == 4 and env is not None and env.shape[1] == 39:
-        return Kinematics(ee=state[:, :3], gripper=state[:, 3], fps=fps, obj=env[:, 4:7], goal=env[:, 36:39], success=success)
-    if state.shape[1] == 8:
-        return Kinematics(ee=state[:, :3], gripper=state[:, 6] - state[:, 7], fps=fps, success=success)
-    raise DatasetError(f"unknown state layout of {state.shape[1]} values: kinematic phases and cues support MetaWorld "
-                       "(4 + 39-d environment state) and LIBERO (8); use --phases vlm --directions vlm", field=OBS_STATE)
 
 
 # ---------------------------------------------------------------- teacher answers, journaled
@@ -151,13 +140,12 @@ class EpisodeWorker:
         self.phase_cfg = PhaseConfig(**{**asdict(cfg.phase), "taxonomy": cfg.taxonomy})
         if cfg.teacher != "none":
             options = dict(cfg.teacher_options)
-            if "://" in cfg.teacher and "action" in self.ds.features:  # keep the dims our robot has unless told otherwise
-                options.setdefault("action_dim", str(self.ds.features["action"]["shape"][-1]))
+            if "://" in cfg.teacher and ACTION in self.ds.features:  # keep the dims our robot has unless told otherwise
+                options.setdefault("action_dim", str(self.ds.features[ACTION]["shape"][-1]))
             self.teacher = make_teacher(cfg.teacher, options)
         self.journal = Journal(Path(spec.journal)) if spec.journal and self.teacher is not None else None
         if cfg.uses_vlm:
             from vla_distill.annotate.vlm import VLMLabeller
-            from vla_distill.errors import ConfigError
 
             self.camera = cfg.vlm_camera or (self.ds.camera_keys[0] if self.ds.camera_keys else "")
             if self.camera not in self.ds.camera_keys:
@@ -189,7 +177,7 @@ class EpisodeWorker:
         return EpisodeResult(e, actions, phases, wins, cues, window_of_frame, stats, teacher)
 
     def _teacher_actions(self, e: int, rows: np.ndarray) -> np.ndarray:
-        """(T, H, D) for every frame of episode e; answers already in the journal are not asked again."""
+        """(T, K, D) for every frame of episode e; answers already in the journal are not asked again."""
         from vla_distill.teachers.noisy import NoisyTeacher, corrupt
         from vla_distill.teachers.remote import RemoteTeacher
 

@@ -1,9 +1,10 @@
 """Phase anchors from kinematics: gripper opening and its rate, end-effector motion, and the object's motion
 relative to the gripper.
 
-Two taxonomies. PHASES_4 is the seed's (approach, grasp, transport, release). PHASES_9 is the finer rule-based
-one (idle ... completed); it collapses onto PHASES_4 through TO_4 so both can be compared with one ground truth.
-All signals are per episode, (T, ...) arrays in the dataset's own units; thresholds are in metres and seconds.
+Two taxonomies (types.py). PHASES_4 is the seed's (approach, grasp, transport, release). PHASES_9 is the finer
+rule-based one (idle ... completed); it collapses onto PHASES_4 through TO_4 so both can be compared with one
+ground truth. All signals are per episode, (T, ...) arrays in the dataset's own units (sim.kinematics decodes them);
+thresholds are in metres and seconds.
 """
 
 from __future__ import annotations
@@ -12,34 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PHASES_4 = ("approach", "grasp", "transport", "release")
-PHASES_9 = ("idle", "approaching", "grasping", "transporting", "holding", "placing", "operating", "regrasping", "completed")
-TAXONOMIES = {"4": PHASES_4, "9": PHASES_9}
-TO_4 = {
-    "idle": "approach", "approaching": "approach", "grasping": "grasp", "regrasping": "grasp",
-    "transporting": "transport", "holding": "transport", "placing": "transport", "operating": "transport",
-    "completed": "release",
-}
-
-
-@dataclass(frozen=True)
-class Kinematics:
-    """One episode's kinematic signals.
-
-    ee: (T, 3) end-effector position; gripper: (T,) opening, larger = more open; obj: (T, 3) position of the
-    manipulated object, or None where the dataset has no object state; goal: (T, 3) or None;
-    success: (T,) bool or None; fps: frames per second.
-    """
-
-    ee: np.ndarray
-    gripper: np.ndarray
-    fps: float
-    obj: np.ndarray | None = None
-    goal: np.ndarray | None = None
-    success: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.ee)
+from vla_distill.sim.kinematics import Kinematics, gripper_rate, rate, speed
+from vla_distill.types import PHASES_9, TAXONOMIES
 
 
 @dataclass(frozen=True)
@@ -63,21 +38,6 @@ class PhaseConfig:
         return TAXONOMIES[self.taxonomy]
 
 
-def _rate(x: np.ndarray, fps: float) -> np.ndarray:
-    """Centered finite difference per second, same length as x."""
-    if len(x) < 2:
-        return np.zeros_like(x)
-    return np.gradient(x, axis=0) * fps
-
-
-def gripper_rate(kin: Kinematics) -> np.ndarray:
-    return _rate(kin.gripper.astype(np.float64), kin.fps)
-
-
-def _speed(x: np.ndarray, fps: float) -> np.ndarray:
-    return np.linalg.norm(_rate(x.astype(np.float64), fps), axis=1)
-
-
 def label_phases(kin: Kinematics, cfg: PhaseConfig = PhaseConfig()) -> np.ndarray:
     """(T,) phase indices into cfg.names."""
     phases4 = _label_4(kin, cfg)
@@ -92,10 +52,10 @@ def _signals(kin: Kinematics, cfg: PhaseConfig) -> dict[str, np.ndarray]:
     if kin.obj is not None:
         dist = np.linalg.norm(kin.ee - kin.obj, axis=1)
         near = dist < cfg.grasp_radius
-        obj_moving = (_speed(kin.obj, kin.fps) > cfg.moving_speed) & (dist < cfg.contact_radius)
+        obj_moving = (speed(kin.obj, kin.fps) > cfg.moving_speed) & (dist < cfg.contact_radius)
     else:  # without object state, a close is taken as a grasp and any closed-gripper motion as transport
         near = np.ones(n, bool)
-        obj_moving = (kin.gripper < kin.gripper[:1] - 0.1) & (_speed(kin.ee, kin.fps) > cfg.moving_speed)
+        obj_moving = (kin.gripper < kin.gripper[:1] - 0.1) & (speed(kin.ee, kin.fps) > cfg.moving_speed)
     done = np.zeros(n, bool)
     if kin.success is not None and kin.success.any():
         done[int(np.argmax(kin.success)):] = True
@@ -135,7 +95,7 @@ def _contact_onset(kin: Kinematics, start: int, phase: np.ndarray, cfg: PhaseCon
     """
     if kin.obj is None or kin.goal is None:
         return start
-    vel = _rate(kin.ee.astype(np.float64), kin.fps)
+    vel = rate(kin.ee.astype(np.float64), kin.fps)
     to_goal = kin.goal - kin.obj
     cos = (vel * to_goal).sum(1) / (np.linalg.norm(vel, axis=1) * np.linalg.norm(to_goal, axis=1) + 1e-9)
     dist = np.linalg.norm(kin.ee - kin.obj, axis=1)
@@ -147,7 +107,7 @@ def _contact_onset(kin: Kinematics, start: int, phase: np.ndarray, cfg: PhaseCon
 
 def _refine_9(kin: Kinematics, phases4: np.ndarray, cfg: PhaseConfig) -> np.ndarray:
     idx = {name: i for i, name in enumerate(PHASES_9)}
-    ee_speed = _speed(kin.ee, kin.fps)
+    ee_speed = speed(kin.ee, kin.fps)
     holding = kin.gripper < (kin.gripper.max() - 0.15) if len(kin) else np.zeros(0, bool)
     out = np.empty(len(kin), np.int64)
     seen_transport = np.maximum.accumulate(phases4 == 2) if len(kin) else phases4.astype(bool)
@@ -175,12 +135,6 @@ def runs(x: np.ndarray) -> list[tuple[int, int, int]]:
         return []
     cut = np.flatnonzero(np.diff(x)) + 1
     return [(int(x[s]), int(s), int(e)) for s, e in zip(np.r_[0, cut], np.r_[cut, len(x)])]
-
-
-def to_phase4(phases: np.ndarray, taxonomy: tuple[str, ...]) -> np.ndarray:
-    """Indices into `taxonomy` -> indices into PHASES_4 (-1 stays -1)."""
-    lut = np.array([PHASES_4.index(TO_4.get(n, n)) for n in taxonomy] + [-1])
-    return lut[np.where(phases < 0, len(taxonomy), phases)]
 
 
 def _merge_short(phase: np.ndarray, min_frames: int) -> np.ndarray:

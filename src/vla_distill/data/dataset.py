@@ -32,7 +32,7 @@ from vla_distill.data.format import (
 )
 from vla_distill.data.video import VideoReader
 from vla_distill.errors import DatasetError
-from vla_distill.types import DEFAULT_FEATURES
+from vla_distill.types import DEFAULT_FEATURES, TASK_INDEX
 
 
 @dataclass(frozen=True)
@@ -149,9 +149,9 @@ class RobotDataset:
     def _read_tasks_v3(self) -> list[str]:
         table = read_parquet(self.root / TASKS_PATH)
         name = next((c for c in ("task", "__index_level_0__") if c in table.column_names), None)
-        if name is None or "task_index" not in table.column_names:
+        if name is None or TASK_INDEX not in table.column_names:
             raise DatasetError("needs 'task_index' and the task text ('task' or the pandas index)", path=self.root / TASKS_PATH)
-        order = np.asarray(table.column("task_index").to_pylist())
+        order = np.asarray(table.column(TASK_INDEX).to_pylist())
         texts = table.column(name).to_pylist()
         out = [""] * (int(order.max()) + 1 if len(order) else 0)
         for i, t in zip(order, texts):
@@ -160,9 +160,9 @@ class RobotDataset:
 
     def _read_tasks_v2(self) -> list[str]:
         rows = [json.loads(line) for line in self._jsonl("meta/tasks.jsonl")]
-        out = [""] * (max((r["task_index"] for r in rows), default=-1) + 1)
+        out = [""] * (max((r[TASK_INDEX] for r in rows), default=-1) + 1)
         for r in rows:
-            out[r["task_index"]] = r["task"]
+            out[r[TASK_INDEX]] = r["task"]
         return out
 
     def _read_episodes_v3(self) -> list[EpisodeInfo]:
@@ -336,7 +336,7 @@ class RobotDataset:
                 item[key] = self.frames(key, np.array([i]))[0]
             else:
                 item[key] = self._columns[key][i]
-        item["task"] = self.tasks[int(self._columns["task_index"][i])]
+        item["task"] = self.tasks[int(self._columns[TASK_INDEX][i])]
         return item
 
     def validate(self, decode_videos: bool = True) -> None:

@@ -1,6 +1,6 @@
 """The training-side view: temporal windows declared by the consumer, padding flags, split by episode.
 
-A policy declares `deltas = {"observation.state": [-1, 0], "action": range(0, H)}` (frame offsets; or seconds
+A policy declares `deltas = {"observation.state": [-1, 0], "action": range(0, K)}` (frame offsets; or seconds
 through `deltas_from_timestamps`). Sample j is frame r of its episode; each key returns the frames r + d,
 clamped to the episode, with `<key>_is_pad` marking the clamped positions, as lerobot's delta_timestamps do.
 
@@ -22,7 +22,7 @@ from tqdm import tqdm
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.data.format import INFO_PATH, cache_root, is_visual
 from vla_distill.errors import ConfigError
-from vla_distill.types import PAD_SUFFIX
+from vla_distill.types import PAD_SUFFIX, TASK_INDEX, images_to_float
 
 
 def deltas_from_timestamps(delta_timestamps: dict[str, Sequence[float]], fps: float, tolerance_s: float = 1e-4) -> dict[str, list[int]]:
@@ -92,7 +92,8 @@ class FrameCache:
 
 class WindowedDataset(torch.utils.data.Dataset):
     """Samples = frames of the chosen episodes. Item: {key: (T, ...) tensor, key_is_pad: (T,) bool, "task": str, ...};
-    keys without declared deltas give the current frame without a time axis. Images come as (…, 3, H, W) float32 in [0, 1]."""
+    keys without declared deltas give the current frame without a time axis. Images come as (..., 3, H, W) float32
+    in [0, 1] (types.images_to_float)."""
 
     def __init__(
         self,
@@ -135,7 +136,7 @@ class WindowedDataset(torch.utils.data.Dataset):
             flat = rows.reshape(-1)
             imgs = self.caches[key][np.sort(flat)] if key in self.caches else self.ds.frames(key, np.sort(flat))
             imgs = imgs[np.argsort(np.argsort(flat))]  # memmap fancy indexing is fastest in row order
-            t = torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).float().div_(255.0)
+            t = images_to_float(imgs)
             return t.reshape(*rows.shape, *t.shape[1:])
         return torch.from_numpy(np.asarray(self.ds.column(key)[rows]))
 
@@ -148,8 +149,8 @@ class WindowedDataset(torch.utils.data.Dataset):
             item[key] = self._values(key, rows)
             if pad is not None:
                 item[key + PAD_SUFFIX] = torch.from_numpy(pad)
-        task_index = np.asarray(self.ds.column("task_index")[self.rows[js]]).reshape(-1)
-        item["task_index"] = torch.from_numpy(task_index)
+        task_index = np.asarray(self.ds.column(TASK_INDEX)[self.rows[js]]).reshape(-1)
+        item[TASK_INDEX] = torch.from_numpy(task_index)
         item["task"] = [self.ds.tasks[int(t)] for t in task_index]
         return item
 

@@ -37,6 +37,7 @@ from vla_distill.data.format import (
 )
 from vla_distill.data.video import DEFAULT_CODEC, VideoConcatenator, encode_video
 from vla_distill.errors import DatasetError
+from vla_distill.types import DEFAULT_FEATURES, TASK_INDEX
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ class DatasetWriter:
         return ep_index
 
     def _check_episode(self, episode: Episode, n: int) -> dict[str, np.ndarray]:
-        declared = set(self.features) - {"timestamp", "frame_index", "episode_index", "index", "task_index"}
+        declared = set(self.features) - set(DEFAULT_FEATURES)
         missing = declared - set(episode.frames)
         extra = set(episode.frames) - declared
         if missing or extra:
@@ -247,7 +248,7 @@ class DatasetWriter:
             episodes_path = self.root / EPISODES_PATH.format(chunk_index=0, file_index=0)
             episodes_path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(pa.Table.from_pylist(self.episode_rows), episodes_path, compression="snappy")
-        tasks = pd.DataFrame({"task_index": list(self.tasks.values())}, index=list(self.tasks.keys()))
+        tasks = pd.DataFrame({TASK_INDEX: list(self.tasks.values())}, index=list(self.tasks.keys()))
         (self.root / TASKS_PATH).parent.mkdir(parents=True, exist_ok=True)
         tasks.to_parquet(self.root / TASKS_PATH)
         write_json_atomic(self.root / STATS_PATH, stats_lib.to_json(stats_lib.aggregate_all(self.episode_stats)))

@@ -1,0 +1,2 @@
+"""Deployment: standalone bundles and ONNX (export.py), the real-time control loop (control_loop.py), the openpi-protocol
+server (openpi_server.py)."""

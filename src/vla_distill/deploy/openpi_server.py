@@ -2,7 +2,7 @@
 `openpi_client.WebsocketClientPolicy` expects).
 
 On connect: one msgpack frame with the metadata (self-describing: observation_spec, action shape, provenance).
-Per request: one msgpack obs dict in; {"actions": (H, D) float32, "policy_timing", "server_timing"} out.
+Per request: one msgpack obs dict in; {"actions": (K, D) float32, "policy_timing", "server_timing"} out.
 A bad request (not msgpack, not a dict, missing key, wrong shape or dtype, over the size limit) gets a text frame
 naming the problem and the connection stays usable; an internal error gets the traceback as a text frame and the
 connection is closed (1011), as openpi does. Either way the server goes on serving everyone else.
@@ -27,10 +27,13 @@ import torch
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import serve
 
-from vla_distill.deploy.msgpack_numpy import packb, unpackb
+from vla_distill.data.msgpack_numpy import packb, unpackb
+from vla_distill.errors import ConfigError
+from vla_distill.models.backends import weights_bytes
 from vla_distill.models.base import frames_to_batch
+from vla_distill.types import TASK
 
-InferFn = Callable[[dict], "np.ndarray | tuple[np.ndarray, dict]"]  # request -> (H, D) actions [, policy timing]
+InferFn = Callable[[dict], "np.ndarray | tuple[np.ndarray, dict]"]  # request -> (K, D) actions [, policy timing]
 MAX_MESSAGE_BYTES = 16 * 2**20  # a 224 px 3-camera request is ~0.5 MB
 
 
@@ -43,7 +46,7 @@ def normalize_request(obs, spec: dict[str, dict]) -> dict:
     if not isinstance(obs, dict):
         raise RequestError(f"request must be a map of observation keys, got {type(obs).__name__}")
     obs = {(k.decode() if isinstance(k, bytes) else str(k)).replace("/", "."): v for k, v in obs.items()}
-    out = {"task": str(obs.get("prompt", obs.get("task", "")))}
+    out = {TASK: str(obs.get("prompt", obs.get(TASK, "")))}
     for key, s in spec.items():
         if s["dtype"] == "str":
             continue
@@ -103,12 +106,12 @@ class Batcher:
 
 
 def policy_runner(policy) -> Callable[[list[dict]], np.ndarray]:
-    """Normalized requests -> (B, H, D) actions from one batched forward pass."""
+    """Normalized requests -> (B, K, D) actions from one batched forward pass."""
     keys = policy.input_keys
 
     def run(requests: list[dict]) -> np.ndarray:
         frames = {k: np.stack([r[k] for r in requests]) for k in keys}
-        batch = frames_to_batch(frames, keys, [r["task"] for r in requests])
+        batch = frames_to_batch(frames, keys, [r[TASK] for r in requests])
         with torch.inference_mode():
             return policy.predict_action_chunk(batch).float().cpu().numpy()
 
@@ -116,7 +119,7 @@ def policy_runner(policy) -> Callable[[list[dict]], np.ndarray]:
 
 
 def policy_infer_fn(policy, max_batch: int = 1, wait_ms: float = 2.0) -> InferFn:
-    """request (openpi or our keys) -> ((H, D) actions, policy timing); validated, then batched with concurrent
+    """request (openpi or our keys) -> ((K, D) actions, policy timing); validated, then batched with concurrent
     requests."""
     spec = policy.observation_spec
     batcher = Batcher(policy_runner(policy), max_batch, wait_ms)
@@ -130,10 +133,8 @@ def policy_infer_fn(policy, max_batch: int = 1, wait_ms: float = 2.0) -> InferFn
 
 def metadata_for(policy, backend: str, max_message_bytes: int = MAX_MESSAGE_BYTES, max_batch: int = 1) -> dict:
     """What a client needs to build requests without reading our code: the metadata frame."""
-    from vla_distill.deploy.runtime import weights_bytes
-
     spec = {k: v for k, v in policy.observation_spec.items() if v["dtype"] != "str"}
-    if "task" in policy.observation_spec:
+    if TASK in policy.observation_spec:
         spec["prompt"] = {"shape": [], "dtype": "str"}
     return {
         "server": "vla-distill", "protocol": "openpi websocket, msgpack-numpy",
@@ -212,8 +213,6 @@ def make_server(infer: InferFn, metadata: dict, host: str = "127.0.0.1", port: i
 def serve_policy(policy, backend: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 1,
                  wait_ms: float = 2.0, max_message_bytes: int = MAX_MESSAGE_BYTES, log=print) -> None:
     """Serves until Ctrl-C; prints the address, the expected observation and the request counts at exit."""
-    from vla_distill.errors import ConfigError
-
     meta = metadata_for(policy, backend, max_message_bytes, max_batch)
     try:
         server = make_server(policy_infer_fn(policy, max_batch, wait_ms), meta, host, port, max_message_bytes)

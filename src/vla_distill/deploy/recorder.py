@@ -1,7 +1,7 @@
 """Recordings of real-time runs: what the robot reported and what it was sent, tick by tick, replayable.
 
 DIR/episode_000.npz   obs/<key> (T, ...) as observed; raw (T, D) the policy's action; sent (T, D) what was sent;
-                      ticks, flags and the per-stage timings (see deploy.loop)
+                      ticks, flags and the per-stage timings (see deploy.control_loop)
 DIR/episode_000.json  task, seed, rate, policy, backend, robot, and the run's summary
 `replay` sends a recording's actions to a robot again at the recorded rate: on a deterministic simulator with the
 same task and seed it reproduces the recorded observations, which is how the tests check a recording is complete.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_distill.deploy.loop import Pacer, StepLog
+from vla_distill.deploy.control_loop import Pacer, StepLog
 from vla_distill.errors import ConfigError
 
 

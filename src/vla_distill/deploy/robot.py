@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from vla_distill.sim.registry import get_simulator
+
 
 @runtime_checkable
 class Robot(Protocol):
@@ -33,7 +35,7 @@ class Robot(Protocol):
 
 
 class SimRobot:
-    """A simulated task (MetaWorld or LIBERO, via the evaluator's environments) as a Robot. send_action steps the
+    """A simulated task (any simulator of sim.registry) as a Robot. send_action steps the
     simulation, so its time includes physics and rendering; `success` and `steps` say how the episode goes."""
 
     def __init__(self, env: str, task: str, image_keys: tuple[str, ...], image_size: tuple[int, int] | None, seed: int):
@@ -44,9 +46,7 @@ class SimRobot:
         self.instruction = ""
 
     def connect(self) -> None:
-        from vla_distill.eval.envs import make_env
-
-        self.env = make_env(self.env_name, self.task, self.image_keys, self.image_size or (0, 0))
+        self.env = get_simulator(self.env_name).make_env(self.task, self.image_keys, self.image_size or (0, 0))
         self.instruction = self.env.instruction
         self._obs = self.env.reset(self.seed)
         self.action_low, self.action_high = self.env.action_bounds()

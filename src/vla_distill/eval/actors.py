@@ -3,16 +3,20 @@ and the student are evaluated by the same code path.
 
   PATH (a run dir, checkpoint dir or pretrained_model dir)   a policy this toolkit trained
   scripted | noisy[...]:KIND | checkpoint:PATH | openpi://HOST:PORT | openvla://HOST:PORT   the teacher kinds
+  (parsed by teachers.parse_kind, as annotation parses them)
 
 Shapes at this boundary (one environment, batch 1):
-  obs      {camera key: (H, W, 3) uint8, "observation.state": (S,), "observation.environment_state": (E,)}
-  Step     action (D,) float32; phase int or None; direction (E_text,) float32 or None
+  obs      {camera key: (H, W, 3) uint8, "observation.state": (S,), "observation.environment_state": (S_env,)}
+  Step     action (D,) float32; phase int or None; direction (E,) float32 or None
 """
 
 from __future__ import annotations
 
+import json
 import time
+import warnings
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +24,12 @@ import numpy as np
 import torch
 
 from vla_distill.errors import ConfigError
-from vla_distill.types import OBS_ENV_STATE
+from vla_distill.models.backends import load_policy, weights_bytes
+from vla_distill.models.base import observation_to_batch, policy_cameras
+from vla_distill.models.checkpoint import resolve_pretrained_dir
+from vla_distill.models.chunking import ChunkScheduler
+from vla_distill.teachers import KINDS, make_teacher, parse_kind
+from vla_distill.types import OBS_ENV_STATE, is_camera
 
 
 @dataclass
@@ -45,38 +54,38 @@ class ActorInfo:
     provenance: dict = field(default_factory=dict)
 
 
-class ChunkQueue:
-    """Executes `n_action_steps` actions of each predicted chunk, then asks again (lerobot's n_action_steps;
-    openpi's replan_steps)."""
+Infer = Callable[[], tuple[np.ndarray, int | None, np.ndarray | None]]  # -> ((K, D) chunk, phase, direction)
+
+
+class ChunkedSteps:
+    """An actor's steps through the chunk scheduler (models.chunking, queue mode): `n_action_steps` actions of each
+    predicted chunk, then a new model call, whose wall time is the step's latency."""
 
     def __init__(self, n_action_steps: int):
-        self.n = n_action_steps
-        self._left: list[np.ndarray] = []
+        self.scheduler = ChunkScheduler("queue", n_action_steps)
+        self.t = 0
 
     def clear(self) -> None:
-        self._left = []
+        self.scheduler.clear()
+        self.t = 0
 
-    def next(self, infer: Callable[[], tuple[np.ndarray, int | None, np.ndarray | None]]) -> Step:
-        """The next queued action; when none is left, a new (K, D) chunk from `infer`, whose wall time is the latency."""
-        if self._left:
-            return Step(self._left.pop(0), inferred=False)
+    def next(self, infer: Infer) -> Step:
+        t, self.t = self.t, self.t + 1
+        if not self.scheduler.needs_inference(t):
+            return Step(self.scheduler.action(t, t - 1), inferred=False)
         t0 = time.perf_counter()
         chunk, phase, direction = infer()
         latency = time.perf_counter() - t0
-        chunk = np.asarray(chunk, np.float32)
-        self._left = list(chunk[: self.n] if self.n else chunk)
-        return Step(self._left.pop(0), True, latency, phase, direction)
+        self.scheduler.add(t, np.asarray(chunk, np.float32))
+        return Step(self.scheduler.action(t, t - 1), True, latency, phase, direction)
 
 
 class PolicyActor:
     """A trained policy (student, state MLP; a checkpoint or an exported bundle) run batch-1 on a deployment
-    backend (deploy.runtime: torch, torch-bf16, onnx, onnx-int8)."""
+    backend (models.backends: torch, torch-bf16, onnx, onnx-int8)."""
 
     def __init__(self, path: str, spec: str | None = None, device: str = "cpu", n_action_steps: int = 0,
                  backend: str = "torch"):
-        from vla_distill.deploy.runtime import load_policy, weights_bytes
-        from vla_distill.eval.envs import policy_cameras
-
         self.policy = load_policy(path, backend, device)
         self.device = device
         cfg = self.policy.config
@@ -93,21 +102,19 @@ class PolicyActor:
             weights_mb=round(weights_bytes(self.policy) / 2**20, 2), image_keys=cams, image_size=size,
             phase_names=tuple(getattr(cfg, "phase_names", ())) if self.phase_trained else (),
             horizon=self.policy.horizon, provenance=getattr(self.policy, "provenance", {}))
-        self.queue = ChunkQueue(n_action_steps)
+        self.steps = ChunkedSteps(n_action_steps)
         self.instruction = ""
 
     def reset(self, task_name: str, instruction: str, episode_seed: int) -> None:
-        self.queue.clear()
+        self.steps.clear()
         self.instruction = instruction
         self.policy.reset(task=instruction)
 
     def act(self, obs: dict) -> Step:
-        return self.queue.next(lambda: self._infer(obs))
+        return self.steps.next(lambda: self._infer(obs))
 
     @torch.inference_mode()
     def _infer(self, obs: dict) -> tuple[np.ndarray, int | None, np.ndarray | None]:
-        from vla_distill.models.base import observation_to_batch
-
         batch = observation_to_batch(obs, self.keys, self.instruction, self.device)
         if not self.observed:
             return self.policy.predict_action_chunk(batch)[0].float().cpu().numpy(), None, None
@@ -122,10 +129,6 @@ class PolicyActor:
 
 def _trained_heads(path: str) -> tuple[bool, bool]:
     """(phase head trained, direction head trained), from the checkpoint's train_config.json when it has one."""
-    import json
-
-    from vla_distill.models.checkpoint import resolve_pretrained_dir
-
     cfg = resolve_pretrained_dir(path) / "train_config.json"
     if not cfg.exists():
         return True, True
@@ -137,8 +140,6 @@ class ScriptedActor:
     """The MetaWorld expert of the task, reading the 39-d simulator observation."""
 
     def __init__(self, spec: str = "scripted"):
-        from importlib.metadata import version
-
         self.info = ActorInfo(spec=spec, kind="scripted", provenance={"source": f"metaworld {version('metaworld')} scripted experts"})
         self.expert = None
 
@@ -148,8 +149,6 @@ class ScriptedActor:
         self.expert = expert_policy(task_name)
 
     def act(self, obs: dict) -> Step:
-        import warnings
-
         from vla_distill.sim.metaworld import expert_action
 
         if OBS_ENV_STATE not in obs or obs[OBS_ENV_STATE].shape[-1] != 39:
@@ -192,17 +191,17 @@ class RemoteActor:
 
     def __init__(self, teacher, n_action_steps: int = 0):
         self.teacher = teacher
-        cams = tuple(v for v in teacher.cfg.obs_map.values() if v.startswith("observation.images."))
+        cams = tuple(v for v in teacher.cfg.obs_map.values() if is_camera(v))
         self.info = ActorInfo(spec=teacher.spec, kind="remote", image_keys=cams, provenance=teacher.provenance())
-        self.queue = ChunkQueue(n_action_steps)
+        self.steps = ChunkedSteps(n_action_steps)
         self.instruction = ""
 
     def reset(self, task_name: str, instruction: str, episode_seed: int) -> None:
-        self.queue.clear()
+        self.steps.clear()
         self.instruction = instruction
 
     def act(self, obs: dict) -> Step:
-        return self.queue.next(lambda: (self.teacher.infer({**obs, "task": self.instruction}), None, None))
+        return self.steps.next(lambda: (self.teacher.infer({**obs, "task": self.instruction}), None, None))
 
     def close(self) -> None:
         self.teacher.close()
@@ -211,18 +210,16 @@ class RemoteActor:
 def make_actor(spec: str, options: dict[str, str] | None = None, device: str = "cpu", n_action_steps: int = 0,
                backend: str = "torch"):
     """A policy checkpoint path or a teacher KIND string (see vla_distill.teachers) -> an actor."""
-    from vla_distill.teachers import KINDS, make_teacher, parse_noisy
-
-    if spec == "scripted":
+    kind = parse_kind(spec)
+    if kind is None:
+        if Path(spec).exists():
+            return PolicyActor(spec, None, device, n_action_steps, backend)
+        raise ConfigError(f"{spec!r} is neither a policy checkpoint directory nor a teacher kind ({', '.join(KINDS)})",
+                          field="policy")
+    if kind.name == "scripted":
         return ScriptedActor()
-    noisy = parse_noisy(spec)
-    if noisy:
-        return NoisyActor(make_actor(noisy[1], options, device, n_action_steps, backend), noisy[0], spec)
-    if spec.startswith("checkpoint:"):
-        return PolicyActor(spec[len("checkpoint:"):], spec, device, n_action_steps, backend)
-    if spec.startswith(("openpi://", "openvla://")):
-        return RemoteActor(make_teacher(spec, options), n_action_steps)
-    if Path(spec).exists():
-        return PolicyActor(spec, None, device, n_action_steps, backend)
-    raise ConfigError(f"{spec!r} is neither a policy checkpoint directory nor a teacher kind ({', '.join(KINDS)})",
-                      field="policy")
+    if kind.name == "noisy":
+        return NoisyActor(make_actor(kind.inner, options, device, n_action_steps, backend), kind.noise, spec)
+    if kind.name == "checkpoint":
+        return PolicyActor(kind.path, spec, device, n_action_steps, backend)
+    return RemoteActor(make_teacher(spec, options), n_action_steps)

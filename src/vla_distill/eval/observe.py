@@ -1,7 +1,7 @@
 """Observability of a closed-loop student (the seed's "Failure Modes and Observability"), as pure functions.
 
 Timelines are (T,) int arrays of indices into PHASES_4 (approach, grasp, transport, release), -1 = unknown.
-A student trained on the 9-phase taxonomy is mapped onto PHASES_4 first (`to_four`).
+A student trained on the 9-phase taxonomy is mapped onto PHASES_4 first (types.to_phase4).
 
 Flags per episode:
   release_before_grasp  the student predicts release before it ever predicted grasp, in an episode whose reference
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vla_distill.annotate.phases import PHASES_4, TO_4
+from vla_distill.types import PHASES_4
 
 APPROACH, GRASP, TRANSPORT, RELEASE = range(4)
 
@@ -37,15 +37,6 @@ class ObserveConfig:
     bins: int = 8
     spread_flag: float = 0.25  # 1 - cosine to the task centroid above which an episode's cues are off-pattern
     spread_ratio: float = 2.0  # ... and this many times the task's median
-
-
-def to_four(phase: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
-    """Predicted indices in the policy's taxonomy -> PHASES_4 indices (-1 stays -1)."""
-    if not names or tuple(names) == PHASES_4:
-        return np.asarray(phase, np.int64)
-    lut = np.array([PHASES_4.index(TO_4.get(n, n)) if TO_4.get(n, n) in PHASES_4 else -1 for n in names], np.int64)
-    phase = np.asarray(phase, np.int64)
-    return np.where(phase >= 0, lut[np.clip(phase, 0, len(lut) - 1)], -1)
 
 
 def agreement(pred: np.ndarray, reference: np.ndarray) -> float | None:

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from vla_distill.annotate.phases import PHASES_4  # noqa: E402
+from vla_distill.types import PHASES_4  # noqa: E402
 
 PHASE_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52")
 TIMELINES_PER_TASK = 3

@@ -1,4 +1,5 @@
-"""`vla-distill report`: evaluations gathered into one Markdown and one HTML page, with their plots and videos.
+"""`vla-distill report`: evaluations gathered into one Markdown and one HTML page, with their plots and videos; and
+the summary table `vla-distill eval` prints.
 
 The first evaluation given is the reference row of the table (normally the teacher); "relative" is each row's
 success divided by the reference's, as the VLA-AD paper reports its student against the teacher.
@@ -12,10 +13,49 @@ import shutil
 from pathlib import Path
 
 from vla_distill.errors import ConfigError
-from vla_distill.eval.run import INFO, OBSERVABILITY, SUMMARY_HEADER, markdown_table, summary_rows
+from vla_distill.eval.evaluate import INFO, OBSERVABILITY
 
 MAX_FLAGS = 30
 MAX_VIDEOS = 6
+
+
+# ---------------------------------------------------------------- tables
+SUMMARY_HEADER = ["policy", "params", "p50 ms", "p99 ms", "control Hz", "peak RSS MB", "success % (all episodes)",
+                  "success % (mean of groups)", "relative to first"]
+
+
+def summary_rows(infos: list[dict]) -> list[list[str]]:
+    """The paper's table, one row per evaluation: parameters, Hz, memory, success, gap to the first (teacher) row."""
+    rows = []
+    ref = infos[0]["overall"]["pc_success"] if infos else 0.0
+    for i, info in enumerate(infos):
+        p, o = info["policy"], info["overall"]
+        rel = "reference" if i == 0 else f"{100 * o['pc_success'] / ref:.1f}%" if ref else "-"
+        rows.append([p["spec"], _fmt_params(p["parameters"]), _fmt(p.get("latency_ms_p50"), 2), _fmt(p.get("latency_ms_p99"), 2),
+                     _fmt(p.get("control_hz"), 0), _fmt(p.get("peak_rss_mb"), 0), f"{o['pc_success']:.1f}",
+                     f"{o['pc_success_group_mean']:.1f}", rel])
+    return rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]], right: bool = False) -> str:
+    """A Markdown table; right=True aligns every column but the first to the right (numbers)."""
+    rule = "|---|" + ("---:|" if right else "---|") * (len(header) - 1)
+    return "\n".join(["| " + " | ".join(header) + " |", rule] + ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows])
+
+
+def summary_table(infos: list[dict]) -> str:
+    return markdown_table(SUMMARY_HEADER, summary_rows(infos), right=True)
+
+
+def _fmt(v, digits: int) -> str:
+    return "-" if v is None else f"{v:,.{digits}f}"
+
+
+def _fmt_params(n: int | None) -> str:
+    return "-" if not n else f"{n / 1e6:.2f}M"
+
+
+# ---------------------------------------------------------------- the report
 
 
 def _videos(info: dict) -> list[tuple[bool, str]]:

@@ -1,14 +1,19 @@
 """One closed-loop episode: an actor drives a simulated task until success (plus a few frames) or the step limit.
 
+Not deploy.control_loop: this loop measures what a policy does, so it steps the simulator as fast as it can, one
+step per action, and records observability (phases, direction embeddings); the control loop measures whether it
+keeps time, pacing a robot against wall-clock deadlines and replacing late or bad actions. Both take their actions
+through the one chunk scheduler (models.chunking).
+
 Per-step arrays of an EpisodeResult (T steps run):
   state      (T, S) float32      observation.state seen before each action
-  env_state  (T, E) float32|None observation.environment_state (MetaWorld: 39-d), for reference phases
+  env_state  (T, S_env) float32|None observation.environment_state (MetaWorld: 39-d), for reference phases
   actions    (T, D) float32      what was sent to the simulator
   success    (T,)   bool         info["success"] after each action
   reward     (T,)   float32
   phase      (T,)   int64        predicted phase index (-1 for actors without a phase head); a chunk's steps
                                  carry the phase predicted when the chunk was made
-  directions (N, E_text) float16 direction embedding of each of the N model calls; direction_steps (N,) their steps
+  directions (N, E) float16      direction embedding of each of the N model calls; direction_steps (N,) their steps
   latency_ms (N,)   float32      wall time of each model call
 """
 

@@ -1,20 +1,23 @@
-"""The policy interface every model in vla-distill implements (lerobot's names).
+"""The policy interface every model in vla-distill implements (lerobot's names), and the one conversion from
+observations to a policy batch.
 
-Batches are dicts of tensors with a leading batch dim B:
+Batches are dicts of tensors with a leading batch dim B (shape letters: types.py):
   observation.state           (B, S) float32, raw units (the policy normalizes inside)
   observation.images.<cam>    (B, 3, H, W) float32 in [0, 1]
   task                        list[str] of length B
-  action                      (B, H, D) float32, raw units   (training only)
+  action                      (B, K, D) float32, raw units   (training only)
 """
 
 from __future__ import annotations
 
-from collections import deque
 from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
+
+from vla_distill.models.chunking import ChunkScheduler
+from vla_distill.types import TASK, images_to_float
 
 REGISTRY: dict[str, type["Policy"]] = {}
 
@@ -31,7 +34,8 @@ class Policy(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self._queue: deque[torch.Tensor] = deque()
+        self._chunks = ChunkScheduler("queue")  # select_action's queue: (K, B, D) chunks, one (B, D) action per call
+        self._step = 0
 
     @property
     def horizon(self) -> int:
@@ -55,18 +59,21 @@ class Policy(nn.Module):
 
     def reset(self, task: str | None = None) -> None:
         """Clears the action queue at an episode start; policies that read the instruction prepare it here."""
-        self._queue.clear()
+        self._chunks.clear()
+        self._step = 0
 
     def predict_action_chunk(self, batch: dict) -> torch.Tensor:
-        """(B, H, D) actions in raw units."""
+        """(B, K, D) actions in raw units."""
         raise NotImplementedError
 
     @torch.no_grad()
     def select_action(self, batch: dict) -> torch.Tensor:
         """(B, D): the next action, replanning when the last chunk is used up."""
-        if not self._queue:
-            self._queue.extend(self.predict_action_chunk(batch).transpose(0, 1))
-        return self._queue.popleft()
+        if self._chunks.needs_inference(self._step):
+            self._chunks.add(self._step, self.predict_action_chunk(batch).transpose(0, 1))
+        action = self._chunks.action(self._step, self._step - 1)
+        self._step += 1
+        return action
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
@@ -75,11 +82,11 @@ class Policy(nn.Module):
 def frames_to_batch(frames: dict, keys: tuple[str, ...], tasks: list[str], device: str | torch.device = "cpu") -> dict:
     """Frames with a leading batch dim B (cameras (B, H, W, 3) uint8, vectors (B, S)) -> the policy's batch:
     cameras (B, 3, H, W) float in [0, 1], vectors float32, task list[str]."""
-    batch: dict = {"task": list(tasks)}
+    batch: dict = {TASK: list(tasks)}
     for key in keys:
         value = np.asarray(frames[key])
         if value.dtype == np.uint8 and value.ndim == 4:
-            batch[key] = torch.from_numpy(np.ascontiguousarray(value)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+            batch[key] = images_to_float(value, device)
         else:
             batch[key] = torch.from_numpy(value.astype(np.float32, copy=False)).to(device)
     return batch
@@ -88,3 +95,11 @@ def frames_to_batch(frames: dict, keys: tuple[str, ...], tasks: list[str], devic
 def observation_to_batch(obs: dict, keys: tuple[str, ...], task: str, device: str | torch.device = "cpu") -> dict:
     """One live observation (cameras (H, W, 3) uint8, vectors (S,)) -> a batch of one in the policy's layout."""
     return frames_to_batch({k: np.asarray(obs[k])[None] for k in keys}, keys, [task], device)
+
+
+def policy_cameras(policy: Policy) -> tuple[tuple[str, ...], tuple[int, int] | None]:
+    """The cameras an environment must render for a policy, and their (H, W): its config's image_keys, else the
+    uint8 images of its observation_spec (a VITA policy reads its expert's)."""
+    spec = policy.observation_spec
+    keys = tuple(getattr(policy.config, "image_keys", ())) or tuple(k for k, v in spec.items() if v["dtype"] == "uint8")
+    return keys, (tuple(spec[keys[0]]["shape"][:2]) if keys else None)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from vla_distill.config import from_dict
+from vla_distill.config import from_dict, to_dict
 from vla_distill.errors import ConfigError
 from vla_distill.models.base import REGISTRY, Policy
 
@@ -26,7 +26,7 @@ def save_pretrained(policy: Policy, out: str | Path, provenance: dict | None = N
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    cfg = {"type": policy.name, **_jsonable(dataclasses.asdict(policy.config))}
+    cfg = {"type": policy.name, **to_dict(policy.config)}
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
     save_file(_unshared(policy.state_dict()), str(tmp / "model.safetensors"))
     (tmp / "provenance.json").write_text(json.dumps(provenance or {}, indent=2))
@@ -94,11 +94,3 @@ def load_pretrained(path: str | Path, device: str = "cpu") -> Policy:
     policy.load_state_dict(state, strict=True)
     policy.provenance = read_provenance(d)
     return policy.to(device).eval()
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj

@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 from vla_distill.models.base import Policy, register
+from vla_distill.types import ACTION, OBS_STATE
 
 
 @dataclass(frozen=True)
 class StateMLPConfig:
-    input_keys: tuple[str, ...] = ("observation.state",)
+    input_keys: tuple[str, ...] = (OBS_STATE,)
     input_dims: tuple[int, ...] = (4,)
     action_dim: int = 4
     horizon: int = 1
@@ -63,7 +64,7 @@ class StateMLPPolicy(Policy):
         return y * self.act_std + self.act_mean
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        target = (batch["action"].float().view(-1, self.config.horizon, self.config.action_dim) - self.act_mean) / self.act_std
+        target = (batch[ACTION].float().view(-1, self.config.horizon, self.config.action_dim) - self.act_mean) / self.act_std
         pred = self.net(self._inputs(batch)).view_as(target)
         loss = torch.nn.functional.mse_loss(pred, target)
         return loss, {"action": loss.item()}

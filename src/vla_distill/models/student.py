@@ -1,13 +1,15 @@
 """The VLA-AD student: cameras (+ optional depth) + proprioception + instruction -> action chunk, with phase and
-direction heads that only shape training and observability.
+direction heads that only shape training and observability. Its three losses: `loss` (pure parts in losses.py).
 
-Shapes (B batch, K chunk, D action dim, P phases, E text-embedding dim, d model width):
+Shapes (types.py: B batch, V cameras, K chunk, D action dim, P phases, E text-embedding dim, d model width):
   observation.images.<cam>   (B, 3, H, W) float in [0, 1]; depth key (B, 1|3, H, W) in [0, 1] if configured
   observation.state          (B, S)
   task                       list[str] (B); or task_index (B,) into config.tasks; or task_embedding (B, E)
   -> outputs["action"]       (B, K, D) normalized  (discrete head: logits (B, K, D, n_bins))
      outputs["phase_logits"] (B, P)
      outputs["direction"]    (B, E), L2-normalized, in the text encoder's space
+Training batches add action (B, K, D) raw, action_is_pad (B, K), and when their weight is > 0: phase_index (B,),
+direction_index (B,), direction_embedding (B, E).
 Tokens into the policy transformer: [readout, task, state..., camera tokens (grid² per camera)]; every head reads
 the readout token, so the auxiliary losses shape the same representation the action comes from.
 """
@@ -21,16 +23,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from vla_distill.errors import did_you_mean
 from vla_distill.models.base import Policy, register
+from vla_distill.models.losses import LossConfig, across_processes, action_loss, combine, direction_loss, phase_loss
 from vla_distill.models.vision import VisionConfig, make_encoder, random_shift
+from vla_distill.types import (ACTION, AUGMENT_KEY, DIRECTION_EMBEDDING, DIRECTION_INDEX, OBS_STATE, PAD_SUFFIX,
+                               PHASE_INDEX, TASK, TASK_EMBEDDING, TASK_INDEX, camera_key)
 
 
 @dataclass(frozen=True)
 class StudentConfig:
-    image_keys: tuple[str, ...] = ("observation.images.corner2",)
+    image_keys: tuple[str, ...] = (camera_key("corner2"),)
     image_size: tuple[int, int] = (128, 128)
     depth_keys: tuple[str, ...] = ()  # empty, or one per camera: a 4th input channel (the seed's RGB-D)
-    state_keys: tuple[str, ...] = ("observation.state",)
+    state_keys: tuple[str, ...] = (OBS_STATE,)
     state_dims: tuple[int, ...] = (4,)
     action_dim: int = 4
     horizon: int = 1  # K: actions predicted per call (the paper's variant uses 5)
@@ -79,8 +85,6 @@ PRESETS: dict[str, dict] = {
 
 def preset_config(name: str, **fields) -> StudentConfig:
     if name not in PRESETS:
-        from vla_distill.errors import did_you_mean
-
         raise ValueError(f"preset: unknown {name!r}{did_you_mean(name, PRESETS)}; presets: {', '.join(PRESETS)}")
     return StudentConfig(**{**PRESETS[name], "preset": name, **fields})
 
@@ -134,11 +138,11 @@ class StudentPolicy(Policy):
         spec = {k: {"shape": [d], "dtype": "float32"} for k, d in zip(c.state_keys, c.state_dims)}
         for k in c.image_keys + c.depth_keys:
             spec[k] = {"shape": [*c.image_size, 3], "dtype": "uint8"}
-        return {**spec, "task": {"shape": [], "dtype": "str"}}
+        return {**spec, TASK: {"shape": [], "dtype": "str"}}
 
     # ------------------------------------------------------------------ normalization
     def set_normalization(self, stats: dict[str, np.ndarray], task_embeddings: np.ndarray) -> None:
-        """stats: state_mean/std (S,), action_mean/std/min/max (D,), image_mean/std (n_cam, C, 1, 1)."""
+        """stats: state_mean/std (S,), action_mean/std/min/max (D,), image_mean/std (V, C, 1, 1)."""
         for name, value in stats.items():
             buf = getattr(self, name)
             buf.copy_(torch.as_tensor(np.asarray(value, np.float32)).reshape(buf.shape))
@@ -166,18 +170,19 @@ class StudentPolicy(Policy):
         if not new:
             return
         if self._text_encoder is None:
-            from vla_distill.annotate.text import TextEncoder
+            from vla_distill.models.text import TextEncoder
 
             self._text_encoder = TextEncoder(self.config.text_encoder)
         for t, e in zip(new, self._text_encoder.encode(new)):
             self._new_tasks[t] = torch.from_numpy(e).to(self.task_embeddings.device)
 
-    def _task_tokens(self, batch: dict) -> torch.Tensor:
-        if "task_embedding" in batch:  # (B, E), already embedded: the exported graph's input
-            return batch["task_embedding"]
-        if "task_index" in batch:
-            return self.task_embeddings[batch["task_index"].long().reshape(-1)]
-        tasks = list(batch["task"])
+    def task_tokens(self, batch: dict) -> torch.Tensor:
+        """(B, E) instruction embeddings: given, looked up by task_index or text, or embedded once when unseen."""
+        if TASK_EMBEDDING in batch:  # (B, E), already embedded: the exported graph's input
+            return batch[TASK_EMBEDDING]
+        if TASK_INDEX in batch:
+            return self.task_embeddings[batch[TASK_INDEX].long().reshape(-1)]
+        tasks = list(batch[TASK])
         self._embed_new(tasks)
         rows = [self.task_embeddings[self._task_index[t]] if t in self._task_index else self._new_tasks[t] for t in tasks]
         return torch.stack(rows)
@@ -192,10 +197,10 @@ class StudentPolicy(Policy):
             if c.depth_keys:
                 x = torch.cat([x, batch[c.depth_keys[i]].to(dt)[:, :1]], dim=1)
             if self.training and c.shift_pad:
-                keys = batch.get("augment_key")
+                keys = batch.get(AUGMENT_KEY)
                 x = random_shift(x, c.shift_pad, generator, None if keys is None else keys * 8 + i)
             cams.append((x - self.image_mean[i]) / self.image_std[i])
-        return torch.stack(cams, dim=1)  # (B, n_cam, C, H, W)
+        return torch.stack(cams, dim=1)  # (B, V, C, H, W)
 
     def encode(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """All heads; see the module docstring for shapes."""
@@ -221,7 +226,7 @@ class StudentPolicy(Policy):
         state = (state - self.state_mean) / self.state_std
         splits = torch.split(state, list(c.state_dims), dim=-1)
         state_tokens = torch.stack([proj(s) for proj, s in zip(self.state_proj, splits)], dim=1)
-        task_token = self.task_proj(self._task_tokens(batch).to(state.dtype))[:, None]
+        task_token = self.task_proj(self.task_tokens(batch).to(state.dtype))[:, None]
         tokens = torch.cat([self.readout.expand(b, -1, -1), task_token, state_tokens, img_tokens], dim=1) + self.pos
         return self.norm(self.transformer(tokens)[:, 0])
 
@@ -244,10 +249,23 @@ class StudentPolicy(Policy):
         actions = self.unnormalize_action(self.decode_action(out["action"]).float())
         return {"actions": actions, "phase": out["phase_logits"].argmax(-1), "direction": out["direction"].float()}
 
-    def forward(self, batch: dict, loss_cfg=None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        from vla_distill.train.losses import LossConfig, student_losses
+    def forward(self, batch: dict, loss_cfg: LossConfig | None = None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The weighted training loss and each named loss (see the module docstring for the batch)."""
+        return self.loss(self.encode(batch, generator), batch, loss_cfg or LossConfig())
 
-        return student_losses(self, batch, loss_cfg or LossConfig(), generator)
+    def loss(self, out: dict[str, torch.Tensor], batch: dict, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+        """The three losses of this batch's outputs `out` (from `encode`), combined by losses.combine."""
+        target = self.normalize_action(batch[ACTION].float())
+        w = torch.tensor(cfg.dim_weights, dtype=torch.float32) if cfg.dim_weights else None
+        named = {"action": action_loss(out["action"], target, batch.get(ACTION + PAD_SUFFIX), cfg.action, w).mean()}
+        if cfg.phase_weight > 0:
+            per, valid = phase_loss(out["phase_logits"], batch[PHASE_INDEX].reshape(-1))
+            named["phase"] = per.sum() / valid.sum().clamp_min(1)
+        if cfg.direction_weight > 0:
+            z, ids, emb = across_processes(out["direction"], batch[DIRECTION_INDEX].reshape(-1), batch[DIRECTION_EMBEDDING])
+            named["direction"] = direction_loss(z, ids, emb, self.logit_scale)
+        return combine(named, cfg), {k: float(v.detach()) for k, v in named.items()}
 
     def num_parameters(self, deployed: bool = False) -> int:
         """All trainable parameters; deployed=True leaves out the phase and direction heads."""

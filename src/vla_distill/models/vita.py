@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from vla_distill.config import from_dict
+from vla_distill.config import from_dict, to_dict
 from vla_distill.models.base import REGISTRY, Policy, register
+from vla_distill.models.losses import alignment_loss, arm_gripper_loss
+from vla_distill.types import ACTION, PAD_SUFFIX, TASK, camera_key
 
 FAMILIES = ("paligemma", "idefics3", "qwen2_vl", "qwen2_5_vl")
 STAGES = ("align", "finetune")
@@ -48,7 +50,7 @@ class VitaConfig:
     tokenizer: str = "hash"  # "hash" (tiny random VLMs: words hashed into the vocabulary) or a local tokenizer dir
     expert_type: str = "vla_ad_student"
     expert_config: dict = field(default_factory=dict)  # the expert's config.json fields
-    image_key: str = "observation.images.corner2"
+    image_key: str = camera_key("corner2")
     vlm_image_size: int = 56
     n_action_tokens: int = 1
     max_prompt_tokens: int = 16
@@ -279,7 +281,7 @@ class VitaPolicy(Policy):
         img = torch.nn.functional.interpolate(batch[c.image_key].float(), size=(c.vlm_image_size,) * 2, mode="bilinear",
                                               align_corners=False)
         b, dev = len(img), img.device
-        prompt = self.tokenize(list(batch["task"])).to(dev)
+        prompt = self.tokenize(list(batch[TASK])).to(dev)
         tail = torch.zeros(b, c.n_action_tokens + 1, dtype=torch.long, device=dev)  # state + action placeholders
         if c.family == "paligemma":
             n = (c.vlm_image_size // cfg.vision_config.patch_size) ** 2
@@ -341,17 +343,15 @@ class VitaPolicy(Policy):
         return self.to_actions(self.decode(self.mapped_features(batch)))
 
     def forward(self, batch: dict, stage: str = "align") -> tuple[torch.Tensor, dict[str, float]]:
-        from vla_distill.train.losses import alignment_loss, arm_gripper_loss
-
         mapped = self.mapped_features(batch)
         if stage == "align":
             loss = alignment_loss(mapped, self.expert_features(batch))
             return loss, {"align": float(loss.detach())}
         pred = self.decode(mapped)
-        target = self.expert.normalize_action(batch["action"].float())
+        target = self.expert.normalize_action(batch[ACTION].float())
         raw_gripper = self.expert.unnormalize_action(pred)[..., -1]
         arm, grip = arm_gripper_loss(pred[..., :-1], target[..., :-1], self.config.gripper_logit_scale * raw_gripper,
-                                     batch["action"][..., -1] > 0, batch.get("action_is_pad"))
+                                     batch[ACTION][..., -1] > 0, batch.get(ACTION + PAD_SUFFIX))
         return arm + grip, {"arm_smooth_l1": float(arm.detach()), "gripper_bce": float(grip.detach())}
 
     def num_parameters(self, deployed: bool = False) -> int:
@@ -374,7 +374,7 @@ def from_expert(expert: Policy, family: str = "paligemma", vlm_config: dict | No
         fields["vlm_image_size"] = int(vision["image_size"])
     config = VitaConfig(family=family, vlm_config=vlm_config, vlm_path=vlm_path,
                         tokenizer=tokenizer if not vlm_path or tokenizer != "hash" else vlm_path,
-                        expert_type=expert.name, expert_config=_jsonable(expert.config), image_key=image_key, **fields)
+                        expert_type=expert.name, expert_config=to_dict(expert.config), image_key=image_key, **fields)
     policy = VitaPolicy(config)
     policy.expert.load_state_dict(copy.deepcopy(expert.state_dict()))
     if vlm_path:
@@ -382,9 +382,3 @@ def from_expert(expert: Policy, family: str = "paligemma", vlm_config: dict | No
 
         policy.vlm.load_state_dict(AutoModelForImageTextToText.from_pretrained(vlm_path, local_files_only=True).state_dict())
     return policy
-
-
-def _jsonable(config) -> dict:
-    from vla_distill.models.checkpoint import _jsonable as plain
-
-    return plain(dataclasses.asdict(config))

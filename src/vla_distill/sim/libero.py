@@ -19,7 +19,10 @@ import os
 
 import numpy as np
 
-from vla_distill.errors import ConfigError, VlaDistillError
+from vla_distill.errors import ConfigError
+from vla_distill.sim.base import Env, SimulatorUnavailable
+from vla_distill.sim.kinematics import Kinematics
+from vla_distill.types import OBS_STATE, camera_key
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
@@ -27,13 +30,13 @@ SETTLE_STEPS = 10
 NOOP = np.array([0, 0, 0, 0, 0, 0, -1], np.float32)
 RESOLUTION = 256
 FPS = 20  # robosuite's control_freq in LIBERO's scenes (the datasets declare 10)
-CAMERA_KEYS = {"observation.images.image": "agentview_image", "observation.images.image2": "robot0_eye_in_hand_image"}
+CAMERA_KEYS = {camera_key("image"): "agentview_image", camera_key("image2"): "robot0_eye_in_hand_image"}
 INSTALL_HINT = ("LIBERO is not installed here: pip install hf-libero 'robosuite==1.4.0' (Python <= 3.11), then run "
                 "`python -c 'import libero.libero'` once on a machine with network so it fetches its scene assets into "
                 "~/.libero")
 
 
-class LiberoUnavailable(VlaDistillError):
+class LiberoUnavailable(SimulatorUnavailable):
     pass
 
 
@@ -100,7 +103,7 @@ class LiberoEnv:
 
     def _observation(self, raw: dict) -> dict[str, np.ndarray]:
         out = {k: np.ascontiguousarray(raw[CAMERA_KEYS[k]][::-1, ::-1]) for k in self.image_keys}
-        out["observation.state"] = np.concatenate(
+        out[OBS_STATE] = np.concatenate(
             [raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]]).astype(np.float32)
         return out
 
@@ -122,3 +125,32 @@ class LiberoEnv:
 
     def close(self) -> None:
         self.env.close()
+
+
+class Libero:
+    """The LIBERO simulator (sim.base.Simulator): episode i starts from the task's fixed initial state i % 50."""
+
+    name = "libero"
+    fps = FPS
+    default_camera = camera_key("image")
+    default_image_size = RESOLUTION
+    step_limit = "the suite's"
+    held_out_seeds = False  # seeds index the suite's fixed initial states
+
+    def resolve_tasks(self, spec: str) -> list[str]:
+        return resolve_tasks(spec)
+
+    def group_of(self, task: str) -> str:
+        return task.partition("/")[0]
+
+    def eval_seeds(self, task: str, episodes: int, seed: int) -> list[int]:
+        return [seed * 1_000 + i for i in range(episodes)]
+
+    def make_env(self, task: str, image_keys: tuple[str, ...], image_size: tuple[int, int]) -> Env:
+        return LiberoEnv(task, image_keys, image_size[0])
+
+    def unavailable(self) -> str | None:
+        return unavailable()
+
+    def ground_truth_phases(self, task: str, env_state: np.ndarray | None, kin: Kinematics) -> np.ndarray | None:
+        return None

@@ -20,11 +20,9 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vla_distill.errors import ConfigError  # noqa: E402
-from vla_distill.sim.metaworld_tasks import INSTRUCTIONS  # noqa: E402
+from vla_distill.sim.metaworld_tasks import FPS, INSTRUCTIONS, MAX_STEPS  # noqa: E402, F401  (FPS: collect's)
 from vla_distill.types import OBS_ENV_STATE, OBS_STATE, camera_key  # noqa: E402
 
-FPS = 80  # MetaWorld steps at dt = 0.0025 s x frame_skip 5 = 12.5 ms, as lerobot records it
-MAX_STEPS = 500
 STATE_NAMES = ["hand_x", "hand_y", "hand_z", "gripper_opening"]
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
 # Camera aliases -> MuJoCo camera names in metaworld's sawyer scene.

@@ -1,4 +1,6 @@
-"""Teachers: whatever labels each dataset frame with an action. `make_teacher` parses the KIND string:
+"""Teachers: whatever labels each dataset frame with an action. A teacher is named by a KIND string, parsed here
+once (`parse_kind`) for both its uses: `make_teacher` builds the annotation teacher, and the evaluator's
+`make_actor` builds the closed-loop actor of the same kind.
 
   scripted                      the MetaWorld expert of each episode's task
   noisy[std=..,toggle=..]:KIND  KIND with seeded real-VLA imperfections
@@ -10,13 +12,28 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from vla_distill.errors import ConfigError, did_you_mean
 from vla_distill.teachers.base import EpisodeFrames, Teacher
+from vla_distill.teachers.noisy import NoiseConfig
 
 KINDS = ("scripted", "noisy:", "checkpoint:", "openpi://", "openvla://")
+REMOTE = ("openpi", "openvla")
 
-__all__ = ["EpisodeFrames", "Teacher", "make_teacher", "parse_noisy", "KINDS"]
+__all__ = ["EpisodeFrames", "Teacher", "Kind", "parse_kind", "make_teacher", "KINDS"]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A parsed KIND string."""
+
+    name: str  # scripted | noisy | checkpoint | openpi | openvla
+    path: str = ""  # checkpoint
+    host: str = ""  # openpi, openvla
+    port: int = 0
+    noise: NoiseConfig | None = None  # noisy
+    inner: str = ""  # noisy: the KIND it corrupts
 
 
 def _host_port(spec: str, scheme: str) -> tuple[str, int]:
@@ -27,8 +44,6 @@ def _host_port(spec: str, scheme: str) -> tuple[str, int]:
 
 
 def _noise_options(text: str) -> dict:
-    from vla_distill.teachers.noisy import NoiseConfig
-
     out = {}
     known = NoiseConfig.__dataclass_fields__
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -39,44 +54,56 @@ def _noise_options(text: str) -> dict:
     return out
 
 
-def parse_noisy(spec: str):
-    """'noisy[std=0.2]:KIND' -> (NoiseConfig, 'KIND'); None when spec is not a noisy kind."""
+def _noisy(spec: str) -> Kind | None:
     m = re.fullmatch(r"noisy(?:\[([^\]]*)\])?:(.+)", spec)
     if not m:
         return None
-    from vla_distill.teachers.noisy import NoiseConfig
-
     try:
-        return NoiseConfig(**_noise_options(m.group(1) or "")), m.group(2)
+        return Kind("noisy", noise=NoiseConfig(**_noise_options(m.group(1) or "")), inner=m.group(2))
     except ValueError as e:
         raise ConfigError(str(e), field="teacher") from None
+
+
+def parse_kind(spec: str) -> Kind | None:
+    """The KIND a spec names, None when it names none; a malformed KIND (a bad HOST:PORT, an unknown noisy option)
+    is a one-line error."""
+    if spec == "scripted":
+        return Kind("scripted")
+    noisy = _noisy(spec)
+    if noisy:
+        return noisy
+    if spec.startswith("checkpoint:"):
+        return Kind("checkpoint", path=spec[len("checkpoint:"):])
+    for scheme in REMOTE:
+        if spec.startswith(f"{scheme}://"):
+            host, port = _host_port(spec, scheme)
+            return Kind(scheme, host=host, port=port)
+    return None
 
 
 def make_teacher(spec: str, options: dict[str, str] | None = None) -> Teacher:
     """options: `--teacher-opt key=value` pairs for remote teachers (see RemoteConfig)."""
     options = options or {}
-    if spec == "scripted":
+    kind = parse_kind(spec)
+    if kind is None:
+        hint = did_you_mean(spec.split(":")[0], [k.rstrip(":/") for k in KINDS])
+        raise ConfigError(f"unknown teacher {spec!r}{hint}; kinds: {', '.join(KINDS)}", field="teacher")
+    if kind.name == "scripted":
         from vla_distill.teachers.scripted import ScriptedTeacher
 
         return ScriptedTeacher()
-    noisy = parse_noisy(spec)
-    if noisy:
+    if kind.name == "noisy":
         from vla_distill.teachers.noisy import NoisyTeacher
 
-        return NoisyTeacher(make_teacher(noisy[1], options), noisy[0], spec)
-    if spec.startswith("checkpoint:"):
+        return NoisyTeacher(make_teacher(kind.inner, options), kind.noise, spec)
+    if kind.name == "checkpoint":
         from vla_distill.teachers.checkpoint import CheckpointTeacher
 
-        return CheckpointTeacher(spec, spec[len("checkpoint:"):], options.get("device", "auto"))
-    if spec.startswith("openpi://"):
-        from vla_distill.teachers import openpi
-        from vla_distill.teachers.remote import remote_config
+        return CheckpointTeacher(spec, kind.path, options.get("device", "auto"))
+    from vla_distill.teachers.remote import remote_config
 
-        return openpi.OpenPITeacher(spec, *_host_port(spec, "openpi"), remote_config(options, openpi.DEFAULTS))
-    if spec.startswith("openvla://"):
-        from vla_distill.teachers import openvla
-        from vla_distill.teachers.remote import remote_config
-
-        return openvla.OpenVLATeacher(spec, *_host_port(spec, "openvla"), remote_config(options, openvla.DEFAULTS))
-    hint = did_you_mean(spec.split(":")[0], [k.rstrip(":/") for k in KINDS])
-    raise ConfigError(f"unknown teacher {spec!r}{hint}; kinds: {', '.join(KINDS)}", field="teacher")
+    if kind.name == "openpi":
+        from vla_distill.teachers.openpi import DEFAULTS, OpenPITeacher as client
+    else:
+        from vla_distill.teachers.openvla import DEFAULTS, OpenVLATeacher as client
+    return client(spec, kind.host, kind.port, remote_config(options, DEFAULTS))

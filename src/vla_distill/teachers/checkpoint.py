@@ -8,6 +8,7 @@ import torch
 from vla_distill.models.base import frames_to_batch
 from vla_distill.models.checkpoint import load_pretrained, resolve_pretrained_dir
 from vla_distill.teachers.base import EpisodeFrames, OnResult
+from vla_distill.types import OBS_ENV_STATE, OBS_STATE, is_camera
 
 BATCH = 256
 
@@ -19,11 +20,11 @@ class CheckpointTeacher:
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         self.policy = load_pretrained(path, self.device)
         self.input_keys = self.policy.input_keys
-        self.needs_images = any(k.startswith("observation.images.") for k in self.input_keys)
+        self.needs_images = any(is_camera(k) for k in self.input_keys)
         self.horizon, self.action_dim = self.policy.horizon, self.policy.action_dim
 
     def _batch(self, episode: EpisodeFrames, rows: np.ndarray) -> dict:
-        columns = {"observation.state": episode.state, "observation.environment_state": episode.env_state, **episode.images}
+        columns = {OBS_STATE: episode.state, OBS_ENV_STATE: episode.env_state, **episode.images}
         return frames_to_batch({k: columns[k][rows] for k in self.input_keys}, self.input_keys, [episode.task] * len(rows),
                                self.device)
 

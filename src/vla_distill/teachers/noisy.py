@@ -44,7 +44,7 @@ class NoiseStream:
         self.prev: np.ndarray | None = None
 
     def step(self, clean: np.ndarray) -> np.ndarray:
-        """clean: (H, D) actions for the next frame -> the emitted (H, D)."""
+        """clean: (K, D) actions for the next frame -> the emitted (K, D)."""
         cfg, rng = self.cfg, self.rng
         out = np.clip(clean + rng.normal(0.0, cfg.std, clean.shape), -1.0, 1.0).astype(np.float32)
         if rng.random() < cfg.toggle:
@@ -59,7 +59,7 @@ class NoiseStream:
 
 
 def corrupt(actions: np.ndarray, episode_index: int, cfg: NoiseConfig) -> np.ndarray:
-    """actions: (T, H, D) clean actions of one whole episode in frame order -> corrupted copy."""
+    """actions: (T, K, D) clean actions of one whole episode in frame order -> corrupted copy."""
     stream = NoiseStream(cfg, episode_index)
     return np.stack([stream.step(a) for a in actions]) if len(actions) else actions.copy()
 

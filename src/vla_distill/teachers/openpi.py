@@ -1,7 +1,7 @@
 """`openpi://HOST:PORT`: a client of openpi's websocket policy server (scripts/serve_policy.py).
 
 Session: connect, receive one msgpack frame with the policy's metadata, then one request frame (the obs dict)
-and one reply frame ({"actions": (H, D), ...}) per inference. A text frame is the server's error traceback.
+and one reply frame ({"actions": (K, D), ...}) per inference. A text frame is the server's error traceback.
 """
 
 from __future__ import annotations
@@ -9,16 +9,17 @@ from __future__ import annotations
 import numpy as np
 from websockets.sync.client import connect
 
-from vla_distill.deploy.msgpack_numpy import packb, unpackb
+from vla_distill.data.msgpack_numpy import packb, unpackb
 from vla_distill.teachers.remote import RemoteConfig, RemoteTeacher, TeacherError
+from vla_distill.types import OBS_STATE, TASK, camera_key
 
 # openpi's LIBERO example keys, mapped from our MetaWorld-style keys by default.
 DEFAULTS = {
     "obs_map": {
-        "observation/image": "observation.images.corner2",
-        "observation/wrist_image": "observation.images.gripper",
-        "observation/state": "observation.state",
-        "prompt": "task",
+        "observation/image": camera_key("corner2"),
+        "observation/wrist_image": camera_key("gripper"),
+        "observation/state": OBS_STATE,
+        "prompt": TASK,
     },
 }
 

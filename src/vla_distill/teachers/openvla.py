@@ -12,9 +12,10 @@ import json_numpy
 import numpy as np
 
 from vla_distill.teachers.remote import RemoteTeacher, TeacherError
+from vla_distill.types import TASK, camera_key
 
 DEFAULTS = {
-    "obs_map": {"image": "observation.images.corner2", "instruction": "task"},
+    "obs_map": {"image": camera_key("corner2"), "instruction": TASK},
     "gripper": "keep",
 }
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 from vla_distill.errors import ConfigError, VlaDistillError
 from vla_distill.teachers.base import EpisodeFrames, OnResult
+from vla_distill.types import is_camera
 
 GRIPPER_MODES = ("keep", "flip", "unit_to_signed", "unit_to_signed_flip")
 
@@ -33,7 +34,7 @@ class RemoteConfig:
     obs_map: dict = field(default_factory=dict)
     image_size: int = 224  # resize_with_pad to a square of this side; 0 sends images as stored
     action_dim: int = 0  # keep the first D dims of the teacher's action; 0 = all
-    horizon: int = 0  # keep the first H steps of a chunk; 0 = all
+    horizon: int = 0  # keep the first K steps of a chunk; 0 = all
     gripper: str = "keep"
     gripper_dim: int = -1
     concurrency: int = 4
@@ -82,7 +83,7 @@ def resize_with_pad(img: np.ndarray, size: int) -> np.ndarray:
 
 
 class RemoteTeacher:
-    """Subclasses implement _connect() -> client and _infer(client, request) -> (H, Dt) actions."""
+    """Subclasses implement _connect() -> client and _infer(client, request) -> (K, D_teacher) actions."""
 
     needs_images = True
     horizon = 0  # known after the first answer
@@ -90,7 +91,7 @@ class RemoteTeacher:
 
     def __init__(self, spec: str, host: str, port: int, cfg: RemoteConfig):
         self.spec, self.host, self.port, self.cfg = spec, host, port, cfg
-        self.needs_images = any(v.startswith("observation.images.") for v in cfg.obs_map.values())
+        self.needs_images = any(is_camera(v) for v in cfg.obs_map.values())
         self._local = threading.local()
         self._clients: list = []
         self._lock = threading.Lock()
@@ -114,7 +115,7 @@ class RemoteTeacher:
             if our_key not in obs:
                 raise ConfigError(f"obs_map asks for {our_key!r}, which this dataset does not have", field=f"obs_map.{server_key}")
             value = obs[our_key]
-            if our_key.startswith("observation.images.") and self.cfg.image_size:
+            if is_camera(our_key) and self.cfg.image_size:
                 value = resize_with_pad(value, self.cfg.image_size)
             elif isinstance(value, np.ndarray):
                 value = np.ascontiguousarray(value, dtype=np.uint8 if value.dtype == np.uint8 else np.float32)
@@ -125,7 +126,7 @@ class RemoteTeacher:
         a = np.asarray(actions, np.float32)
         a = a.reshape(1, -1) if a.ndim == 1 else a
         if a.ndim != 2:
-            raise TeacherError(f"{self.spec}: expected actions of shape (H, D) or (D,), got {a.shape}")
+            raise TeacherError(f"{self.spec}: expected actions of shape (K, D) or (D,), got {a.shape}")
         if self.cfg.horizon:
             a = a[: self.cfg.horizon]
         if self.cfg.action_dim:
@@ -161,7 +162,7 @@ class RemoteTeacher:
                 pass
 
     def infer(self, obs: dict) -> np.ndarray:
-        """One observation -> (H, D), retrying connection and protocol failures with exponential backoff."""
+        """One observation -> (K, D), retrying connection and protocol failures with exponential backoff."""
         request = self.request(obs)
         last: Exception | None = None
         for attempt in range(self.cfg.retries + 1):

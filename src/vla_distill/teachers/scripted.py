@@ -10,6 +10,7 @@ from vla_distill.errors import DatasetError
 from vla_distill.sim.metaworld import expert_action, expert_policy
 from vla_distill.sim.metaworld_tasks import INSTRUCTIONS
 from vla_distill.teachers.base import EpisodeFrames, OnResult
+from vla_distill.types import OBS_ENV_STATE
 
 _TASK_OF_INSTRUCTION = {v: k for k, v in INSTRUCTIONS.items()}
 
@@ -26,7 +27,7 @@ class ScriptedTeacher:
             raise DatasetError(f"episode {episode.episode_index}: no MetaWorld task name in the episode metadata "
                                f"and {episode.task!r} is not a known instruction", field="task_name")
         if episode.env_state is None or episode.env_state.shape[1] != 39:
-            raise DatasetError("the scripted teacher needs the 39-d MetaWorld observation", field="observation.environment_state")
+            raise DatasetError("the scripted teacher needs the 39-d MetaWorld observation", field=OBS_ENV_STATE)
         policy = expert_policy(task)
         out = np.empty((len(rows), 1, 4), np.float32)
         with warnings.catch_warnings():

@@ -70,6 +70,14 @@ def save_checkpoint(run: Path, step: int, policy: Policy, optimizer: torch.optim
     return final
 
 
+def remove_partial(run: Path) -> None:
+    """Deletes the step directories a killed run left half-written (.NNNNNN.tmp): a resumed run that stops before
+    that step would never write it again."""
+    for tmp in (run / CHECKPOINTS).glob(".*.tmp"):
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def load_training_state(run: Path, policy: Policy, optimizer: torch.optim.Optimizer, ema: dict | None) -> int:
     """Restores weights, optimizer, EMA and RNG from RUN/checkpoints/last; returns the step to continue from."""
     last = run / CHECKPOINTS / LAST

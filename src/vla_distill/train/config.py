@@ -1,20 +1,29 @@
-"""Training configuration: one frozen dataclass, saved next to every checkpoint as train_config.json."""
+"""Training configuration: frozen dataclasses, saved next to every checkpoint as train_config.json.
+
+RunConfig is what the training loop (fit.py) reads, shared by every job; each job's config extends it with what its
+model needs: TrainConfig (the VLA-AD student) and VitaTrainConfig (a VITA-VLA stage). The command line reads its
+defaults from these classes.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 
-from vla_distill.train.losses import LossConfig
+from vla_distill.models.losses import LossConfig
+from vla_distill.models.student import preset_config
+from vla_distill.models.vita import STAGES
+from vla_distill.types import OBS_STATE
 
 TARGETS = ("teacher", "dataset")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class RunConfig:
     dataset: str
     out: str
-    preset: str = "tiny"
+    target: str = "teacher"  # teacher: action.teacher (distillation) | dataset: the demonstrations' own actions
     steps: int = 2000
     batch_size: int = 64  # per process; the optimizer's batch is this x processes x grad_accum
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -25,13 +34,6 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.0  # 0 = off; else the EMA weights are what checkpoints ship
     seed: int = 0
-    horizon: int = 1  # K, the action chunk length (the paper's variant: 5)
-    target: str = "teacher"  # teacher: action.teacher (distillation) | dataset: the demonstrations' own actions
-    loss: LossConfig = field(default_factory=LossConfig)
-    cameras: tuple[str, ...] = ()  # () = every camera of the dataset
-    depth_keys: tuple[str, ...] = ()
-    state_keys: tuple[str, ...] = ("observation.state",)
-    vision: str = ""  # "" = the preset's encoder; resnet | vit
     val_fraction: float = 0.1
     val_batches: int = 20
     save_every: int = 500
@@ -41,18 +43,69 @@ class TrainConfig:
     drop_audited: bool = True  # leave out the episodes `vla-distill audit --drop` listed
 
     def __post_init__(self):
-        from vla_distill.models.student import preset_config
-
-        preset_config(self.preset)  # raises with a did-you-mean on an unknown name
         if self.target not in TARGETS:
             raise ValueError(f"target: {self.target!r} is not one of {list(TARGETS)}")
-        for name in ("steps", "batch_size", "grad_accum", "horizon", "save_every", "log_every"):
+        for name in self._at_least_one():
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision: {self.precision!r} is not one of ['auto', 'fp32', 'bf16']")
-        if self.vision not in ("", "resnet", "vit"):
-            raise ValueError(f"vision: {self.vision!r} is not one of ['resnet', 'vit']")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: {self.precision!r} is not one of {list(PRECISIONS)}")
+
+    def _at_least_one(self) -> tuple[str, ...]:
+        return ("steps", "batch_size", "grad_accum", "save_every", "log_every")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig(RunConfig):
+    """`vla-distill train`: the VLA-AD student."""
+
+    preset: str = "tiny"
+    horizon: int = 1  # K, the action chunk length (the paper's variant: 5)
+    loss: LossConfig = field(default_factory=LossConfig)
+    cameras: tuple[str, ...] = ()  # () = every camera of the dataset
+    depth_keys: tuple[str, ...] = ()
+    state_keys: tuple[str, ...] = (OBS_STATE,)
+    vision: str = ""  # "" = the preset's encoder; resnet | vit
+
+    def __post_init__(self):
+        preset_config(self.preset)  # raises with a did-you-mean on an unknown name
+        super().__post_init__()
+        if self.vision not in ("", "resnet", "vit"):
+            raise ValueError(f"vision: {self.vision!r} is not one of ['resnet', 'vit']")
+
+    def _at_least_one(self) -> tuple[str, ...]:
+        return super()._at_least_one() + ("horizon",)
+
+
+@dataclass(frozen=True)
+class VitaTrainConfig(RunConfig):
+    """`vla-distill vita-train`: one VITA-VLA stage (align, then finetune)."""
+
+    steps: int = 500
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    val_batches: int = 5
+    save_every: int = 200
+    log_every: int = 20
+    expert: str = ""  # the expert checkpoint (a student run); align needs it, finetune takes it from --init
+    vlm: str = "tiny:paligemma"  # tiny:<family> (a small random VLM, offline) or a local transformers directory
+    family: str = ""  # for a local directory: paligemma | idefics3 | qwen2_vl | qwen2_5_vl (default: its model_type)
+    vlm_image_size: int = 0  # 0: the VLM's vision config's image size (Qwen families: 56)
+    stage: str = "align"
+    init: str = ""  # finetune: the align run (any VITA checkpoint) to start from
+    n_action_tokens: int = 1
+    lora_rank: int = 0  # finetune: LoRA adapters of this rank on the language model instead of training all of it
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"stage: {self.stage!r} is not one of {list(STAGES)}")
+        if self.stage == "align" and not self.expert and not self.init:
+            raise ValueError("expert: stage align needs --expert CKPT (a student run)")
+        if self.stage == "finetune" and not self.init and not self.expert:
+            raise ValueError("init: stage finetune needs --init ALIGN_RUN (or --expert to skip alignment)")
+        super().__post_init__()

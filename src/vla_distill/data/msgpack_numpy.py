@@ -1,4 +1,5 @@
-"""openpi's wire encoding: msgpack with numpy arrays as bytes-keyed dicts.
+"""openpi's wire encoding: msgpack with numpy arrays as bytes-keyed dicts. It lives with the data formats so that
+both ends of the protocol, the openpi teacher client and our policy server, read it from one place.
 
 ndarray -> {b"__ndarray__": True, b"data": raw bytes, b"dtype": dtype.str, b"shape": shape}
 np.generic -> {b"__npgeneric__": True, b"data": item, b"dtype": dtype.str}

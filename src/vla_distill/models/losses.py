@@ -1,9 +1,12 @@
-"""The three VLA-AD losses as pure functions, and the one place their weights are applied.
+"""The models' losses as pure functions (each model's `forward` calls them), and the one place the VLA-AD weights
+are applied.
 
-L = action + w_phase * phase_CE + w_dir * InfoNCE(direction, cue text)   (seed: w_phase = 0.1, w_dir = 0.05)
+VLA-AD student:  L = action + w_phase * phase_CE + w_dir * InfoNCE(direction, cue text)   (seed: 0.1, 0.05)
+VITA-VLA:        stage 1 alignment distance; stage 2 smooth-L1 arm + BCE gripper
 
-Shapes: B batch, K chunk, D action dim, P phases, E embedding dim, n_bins discretization bins.
-Labels of -1 (masked by the audit, or no cue for that frame) and padded chunk steps contribute nothing.
+Shapes (types.py): B batch, K chunk, D action dim, P phases, E embedding dim, Q distinct cues, n_bins
+discretization bins. Labels of -1 (masked by the audit, or no cue for that frame) and padded chunk steps
+contribute nothing.
 """
 
 from __future__ import annotations
@@ -67,20 +70,20 @@ def direction_loss(z: torch.Tensor, cue_ids: torch.Tensor, cue_emb: torch.Tensor
     normalized text embedding of each frame's cue. Frames that share a cue are positives of each other: the
     text side uses each distinct cue once (so a duplicate is never a negative), and a cue's positives on the
     student side are all frames carrying it. Returns a scalar (0 when fewer than two distinct cues are present:
-    with one cue there is nothing to contrast)."""
+    with one cue there is nothing to contrast). Inside: N valid rows, Q distinct cues among them."""
     valid = cue_ids >= 0
     if valid.sum() < 2:
         return z.sum() * 0
     z, ids, emb = z[valid].float(), cue_ids[valid], cue_emb[valid].float()
-    uniq, inverse = torch.unique(ids, return_inverse=True)  # (U,), (N,)
+    uniq, inverse = torch.unique(ids, return_inverse=True)  # (Q,), (N,)
     if len(uniq) < 2:
         return z.sum() * 0
     first = torch.zeros(len(uniq), dtype=torch.long, device=z.device).scatter_(0, inverse, torch.arange(len(ids), device=z.device))
-    text = emb[first]  # (U, E): one row per distinct cue
-    logits = logit_scale.exp().clamp(max=100) * z @ text.T  # (N, U)
+    text = emb[first]  # (Q, E): one row per distinct cue
+    logits = logit_scale.exp().clamp(max=100) * z @ text.T  # (N, Q)
     student_to_text = F.cross_entropy(logits, inverse)
-    positives = F.one_hot(inverse, len(uniq)).T.bool()  # (U, N)
-    col = logits.T  # (U, N)
+    positives = F.one_hot(inverse, len(uniq)).T.bool()  # (Q, N)
+    col = logits.T  # (Q, N)
     text_to_student = -(torch.logsumexp(col.masked_fill(~positives, float("-inf")), 1) - torch.logsumexp(col, 1)).mean()
     return (student_to_text + text_to_student) / 2
 
@@ -113,25 +116,6 @@ def combine(named: dict[str, torch.Tensor], cfg: LossConfig) -> torch.Tensor:
     if "direction" in named:
         total = total + cfg.direction_weight * named["direction"]
     return total
-
-
-def student_losses(policy, batch: dict, cfg: LossConfig, generator: torch.Generator | None = None,
-                   out: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Batch: the policy's inputs plus action (B, K, D) raw, action_is_pad (B, K), and when their weight is > 0:
-    phase_index (B,), direction_index (B,), direction_embedding (B, E). `out`: the policy's outputs on this batch,
-    when the caller already has them."""
-    out = policy.encode(batch, generator) if out is None else out
-    target = policy.normalize_action(batch["action"].float())
-    w = torch.tensor(cfg.dim_weights, dtype=torch.float32) if cfg.dim_weights else None
-    named = {"action": action_loss(out["action"], target, batch.get("action_is_pad"), cfg.action, w).mean()}
-    if cfg.phase_weight > 0:
-        per, valid = phase_loss(out["phase_logits"], batch["phase_index"].reshape(-1))
-        named["phase"] = per.sum() / valid.sum().clamp_min(1)
-    if cfg.direction_weight > 0:
-        z, ids, emb = across_processes(out["direction"], batch["direction_index"].reshape(-1), batch["direction_embedding"])
-        named["direction"] = direction_loss(z, ids, emb, policy.logit_scale)
-    loss = combine(named, cfg)
-    return loss, {k: float(v.detach()) for k, v in named.items()}
 
 
 # ---------------------------------------------------------------- VITA-VLA

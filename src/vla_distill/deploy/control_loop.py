@@ -1,8 +1,9 @@
-"""The real-time control loop: a policy drives a Robot at a fixed rate, against absolute deadlines.
+"""The real-time control loop: a policy drives a Robot at a fixed rate, against absolute deadlines. (Why it is not
+eval.rollout's loop: see there.)
 
 Tick k starts at t0 + k/hz: the loop sleeps until shortly before it, then spins (sleep alone overshoots by up to a
 scheduler quantum). Per tick: observe, infer when no queued action covers the tick (or every tick when temporal
-ensembling), check the action, send it.
+ensembling; models.chunking schedules the chunks), check the action, send it.
 Safety, in this order, each counted:
   late      the action is ready more than max_latency after its tick started: dropped, the hold action is sent
   nan_hold  a non-finite action is never sent: the hold action is
@@ -25,8 +26,7 @@ import torch
 
 from vla_distill.errors import ConfigError
 from vla_distill.models.base import observation_to_batch
-
-CHUNK_MODES = ("queue", "ensemble")
+from vla_distill.models.chunking import CHUNK_MODES, ChunkScheduler
 
 
 @dataclass(frozen=True)
@@ -86,45 +86,6 @@ class Pacer:
             pass
         self.k = k
         return k, max(0.0, self.clock() - target)
-
-
-class ChunkScheduler:
-    """Which action each tick executes, from chunks stamped with the tick of their observation.
-    queue: one chunk at a time, its first n actions on consecutive ticks; ensemble: every live prediction of the
-    tick averaged with ACT's weights (the oldest weighs most)."""
-
-    def __init__(self, mode: str, n_action_steps: int = 0, coeff: float = 0.01):
-        self.mode, self.n, self.coeff = mode, n_action_steps, coeff
-        self.chunks: list[tuple[int, np.ndarray]] = []
-        self.dropped = 0  # queued actions whose ticks were skipped
-
-    def needs_inference(self, tick: int) -> bool:
-        return self.mode == "ensemble" or self._queued(tick) is None
-
-    def add(self, tick: int, chunk: np.ndarray) -> None:
-        chunk = np.asarray(chunk, np.float32)
-        if self.mode == "queue":
-            self.chunks = [(tick, chunk[: self.n] if self.n else chunk)]
-        else:
-            self.chunks = [(t, c) for t, c in self.chunks if tick - t < len(c)] + [(tick, chunk)]
-
-    def _queued(self, tick: int) -> np.ndarray | None:
-        if not self.chunks:
-            return None
-        t0, chunk = self.chunks[0]
-        return chunk[tick - t0] if 0 <= tick - t0 < len(chunk) else None
-
-    def action(self, tick: int, last_tick: int) -> np.ndarray | None:
-        if self.mode == "queue":
-            if self.chunks and tick - last_tick > 1:
-                t0, chunk = self.chunks[0]
-                self.dropped += max(0, min(tick, t0 + len(chunk)) - max(last_tick + 1, t0))
-            return self._queued(tick)
-        live = [c[tick - t] for t, c in self.chunks if 0 <= tick - t < len(c)]
-        if not live:
-            return None
-        w = np.exp(-self.coeff * np.arange(len(live)))  # live is oldest first
-        return (np.stack(live) * w[:, None]).sum(0) / w.sum()
 
 
 @dataclass

@@ -1,10 +1,11 @@
-"""One way to load a policy for deployment, whatever runs it.
+"""The backend loader: one way to load a policy for inference, whatever runs it (the evaluator, the control loop
+and the policy server all load through here).
 
   load_policy(PATH, backend)   PATH: a bundle (vla-distill export) or a checkpoint (torch backends only)
   backends: torch (fp32) | torch-bf16 (bf16 weights and compute) | onnx (ONNX Runtime fp32) | onnx-int8
 
 Every backend answers lerobot's interface (reset, select_action, predict_action_chunk) on the same batch layout
-(models.base.observation_to_batch), so the control loop, the server and the evaluator never branch on it.
+(models.base.observation_to_batch), so its callers never branch on it.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ from pathlib import Path
 import torch
 
 from vla_distill.errors import ConfigError, did_you_mean
+from vla_distill.models import bundle
 from vla_distill.models.base import Policy
+from vla_distill.models.checkpoint import load_pretrained, read_config, read_provenance
 
 BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 
 
 def load_policy(path: str | Path, backend: str = "torch", device: str = "cpu", threads: int | None = None) -> Policy:
-    from vla_distill.deploy import bundle
-
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}{did_you_mean(backend, BACKENDS)}; backends: {', '.join(BACKENDS)}",
                           field="backend")
@@ -30,13 +31,11 @@ def load_policy(path: str | Path, backend: str = "torch", device: str = "cpu", t
         if backend.startswith("onnx"):
             raise ConfigError(f"backend {backend} needs a bundle exported with `vla-distill export --format onnx`",
                               path=path)
-        from vla_distill.models.checkpoint import load_pretrained
-
         policy = load_pretrained(path, device)
         return policy.to(torch.bfloat16) if dtype == "bf16" else policy
     if not backend.startswith("onnx"):
         return bundle.load_bundle(path, dtype, device)
-    from vla_distill.deploy.onnx import INT8_FILE, ONNX_FILE, OnnxPolicy
+    from vla_distill.models.onnx_policy import INT8_FILE, ONNX_FILE, OnnxPolicy
 
     manifest = bundle.read_manifest(path)
     graph = INT8_FILE if backend == "onnx-int8" else ONNX_FILE
@@ -52,8 +51,6 @@ def _without_weights(path: str | Path) -> Policy:
     """The torch policy object for its config, observation spec and instruction lookup only: built on the meta
     device (no memory for weights, which ONNX Runtime holds), with the instruction embeddings loaded."""
     from safetensors import safe_open
-
-    from vla_distill.models.checkpoint import read_config, read_provenance
 
     cls, config = read_config(path)
     with torch.device("meta"):

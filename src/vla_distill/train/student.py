@@ -1,0 +1,185 @@
+"""`vla-distill train`: the VLA-AD student (models/student.py) on an annotated dataset, its three losses, through
+the shared training loop (fit.py): lerobot-layout checkpoints with normalization inside, resumable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vla_distill.data.annotations import read_annotation, read_directions, read_phase_names, read_task_embeddings
+from vla_distill.data.dataset import RobotDataset
+from vla_distill.errors import ConfigError, DatasetError
+from vla_distill.models.losses import action_loss
+from vla_distill.models.student import PRESETS, StudentPolicy, preset_config
+from vla_distill.models.text import TextEncoder
+from vla_distill.models.vision import VisionConfig
+from vla_distill.train.config import TrainConfig
+from vla_distill.train.device import DeviceSetup, autocast, setup_device
+from vla_distill.train.fit import (BatchStream, Job, effective_batch, fit, prepare_run, provenance, training_episodes,
+                                   validation_batches)
+from vla_distill.train.views import Views, make_views, policy_batch
+from vla_distill.types import (ACTION, DIRECTION_INDEX, DIRECTIONS_PATH, OBS_PREFIX, PAD_SUFFIX, PHASE_INDEX, PHASES_4,
+                               TEACHER_ACTION)
+
+
+def train(cfg: TrainConfig, resume: bool = False, overrides: tuple[str, ...] = ("steps",)) -> Path:
+    """Trains (or resumes: `overrides` are the fields of cfg that replace the saved run's) and returns the last
+    checkpoint's directory."""
+    cfg = prepare_run(cfg, resume, overrides)
+    dev = setup_device(cfg)
+    ds = RobotDataset(cfg.dataset)
+    target = check_dataset(ds, cfg)
+    train_eps, val_eps = training_episodes(ds, cfg)
+    views = build_views(ds, cfg, target, train_eps, val_eps)
+    annotation = read_annotation(ds.root)
+    policy = build_policy(ds, cfg, target, train_eps, annotation).to(dev.device)
+    job = Job(policy=policy, params=list(policy.named_parameters()),
+              stream=BatchStream(views.train, cfg.batch_size, cfg.seed, dev.rank, dev.world, cfg.grad_accum),
+              to_batch=lambda raw: policy_batch(raw, views), loss=lambda model, batch, gen: model(batch, cfg.loss, gen),
+              validate=lambda: validate(policy, views, cfg, dev), provenance=provenance(ds, cfg, annotation),
+              describe=f"{cfg.preset} student: {policy.num_parameters() / 1e6:.2f}M parameters "
+                       f"({policy.num_parameters(deployed=True) / 1e6:.2f}M deployed); {len(train_eps)} train / "
+                       f"{len(val_eps)} val episodes, {len(views.train)} frames; target {target}; {dev.why}; "
+                       f"{effective_batch(cfg, dev)}",
+              find_unused=cfg.loss.phase_weight == 0 or cfg.loss.direction_weight == 0)
+    return fit(job, cfg, dev, resume)
+
+
+# ---------------------------------------------------------------- what the losses need from the dataset
+def check_dataset(ds: RobotDataset, cfg: TrainConfig) -> str:
+    """The action target's column; a clear error for each loss whose column is missing."""
+    target = TEACHER_ACTION if cfg.target == "teacher" else ACTION
+    if target not in ds.features:
+        how = ("annotate it with a teacher (vla-distill annotate --teacher ...), or train on the dataset's own "
+               "actions with --target dataset") if cfg.target == "teacher" else "this dataset has no action column"
+        raise DatasetError(f"the action loss needs column '{target}': {how}", path=ds.root, field=target)
+    if cfg.loss.phase_weight > 0 and PHASE_INDEX not in ds.features:
+        raise DatasetError(f"the phase loss needs column '{PHASE_INDEX}': annotate with --phases kinematic|vlm, "
+                           "or turn the loss off with --phase-weight 0", path=ds.root, field=PHASE_INDEX)
+    if cfg.loss.direction_weight > 0:
+        if DIRECTION_INDEX not in ds.features or not (ds.root / DIRECTIONS_PATH).exists():
+            raise DatasetError(f"the direction loss needs column '{DIRECTION_INDEX}' and {DIRECTIONS_PATH}: "
+                               "annotate with --directions kinematic|vlm, or turn the loss off with --direction-weight 0",
+                               path=ds.root, field=DIRECTION_INDEX)
+    for key in (*cfg.cameras, *cfg.depth_keys, *cfg.state_keys):
+        if key not in ds.features:
+            raise DatasetError(f"no such feature (have: {sorted(k for k in ds.features if k.startswith(OBS_PREFIX))})",
+                               path=ds.root, field=key)
+    if not cameras(ds, cfg):
+        raise DatasetError("the student needs at least one camera and this dataset has none", path=ds.root)
+    return target
+
+
+def cameras(ds: RobotDataset, cfg: TrainConfig) -> list[str]:
+    """The student's cameras: --cameras, or every camera of the dataset."""
+    return list(cfg.cameras or ds.camera_keys)
+
+
+def build_views(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list[int], val_eps: list[int]) -> Views:
+    if len(ds.features[target]["shape"]) == 2 and ds.features[target]["shape"][0] < cfg.horizon:
+        raise ConfigError(f"the teacher answered {ds.features[target]['shape'][0]}-step chunks; --horizon "
+                          f"{cfg.horizon} needs at least that many", field="horizon")
+    keys = [*cameras(ds, cfg), *cfg.depth_keys, *cfg.state_keys, target]
+    keys += [k for k, w in ((PHASE_INDEX, cfg.loss.phase_weight), (DIRECTION_INDEX, cfg.loss.direction_weight)) if w > 0]
+    cue_emb = None
+    if (ds.root / DIRECTIONS_PATH).exists():  # check_dataset made sure it is there when the loss needs it
+        cue_emb = torch.from_numpy(read_directions(ds.root)[1].copy())
+    return make_views(ds, keys, target, cfg.horizon, train_eps, val_eps, cue_emb)
+
+
+# ---------------------------------------------------------------- the model
+def normalization(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list[int]) -> dict:
+    """Stats of the training split only (validation episodes never leak into normalization)."""
+    rows = np.concatenate([ds.episode_rows(e) for e in train_eps])
+    state = np.concatenate([np.asarray(ds.column(k)[rows], np.float64).reshape(len(rows), -1) for k in cfg.state_keys], 1)
+    act = np.asarray(ds.column(target)[rows], np.float64)
+    act = act.reshape(-1, act.shape[-1])
+    img = ds.episode_stats(train_eps)
+    cams = cameras(ds, cfg)
+    mean = np.stack([np.asarray(img[k]["mean"], np.float32).reshape(-1)[:3] for k in cams])
+    std = np.stack([np.asarray(img[k]["std"], np.float32).reshape(-1)[:3] for k in cams])
+    if cfg.depth_keys:  # the depth channel is the first channel of its key
+        mean = np.concatenate([mean, np.stack([np.asarray(img[k]["mean"]).reshape(-1)[:1] for k in cfg.depth_keys])], 1)
+        std = np.concatenate([std, np.stack([np.asarray(img[k]["std"]).reshape(-1)[:1] for k in cfg.depth_keys])], 1)
+    return {
+        "state_mean": state.mean(0), "state_std": np.maximum(state.std(0), 1e-3),
+        "action_mean": act.mean(0), "action_std": np.maximum(act.std(0), 1e-3),
+        "action_min": act.min(0), "action_max": act.max(0),
+        "image_mean": mean[..., None, None], "image_std": np.maximum(std, 1e-3)[..., None, None],
+    }
+
+
+def task_embeddings(ds: RobotDataset, text_encoder: str) -> np.ndarray:
+    """(T_tasks, E) by task_index: stored by annotate, else embedded here once."""
+    stored = read_task_embeddings(ds.root)
+    if stored is not None and stored[0] == list(ds.tasks):
+        return stored[1]
+    return TextEncoder(text_encoder).encode(list(ds.tasks))
+
+
+def build_policy(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list[int], annotation: dict) -> StudentPolicy:
+    text_encoder = annotation.get("config", {}).get("text_encoder", "")
+    cams = cameras(ds, cfg)
+    h, w = ds.features[cams[0]]["shape"][:2]
+    phase_names = read_phase_names(ds.root) or PHASES_4
+    emb = task_embeddings(ds, text_encoder)
+    vision = PRESETS[cfg.preset]["vision"]
+    if cfg.vision:
+        vision = VisionConfig(**{**vision.__dict__, "kind": cfg.vision})
+    try:
+        config = preset_config(
+            cfg.preset, image_keys=tuple(cams), image_size=(h, w), depth_keys=tuple(cfg.depth_keys),
+            state_keys=tuple(cfg.state_keys), state_dims=tuple(int(np.prod(ds.features[k]["shape"])) for k in cfg.state_keys),
+            action_dim=int(ds.features[target]["shape"][-1]), horizon=cfg.horizon, n_phases=len(phase_names),
+            phase_names=phase_names,
+            text_dim=int(emb.shape[1]), tasks=tuple(ds.tasks), text_encoder=text_encoder, vision=vision,
+            action_head="discrete" if cfg.loss.action == "discrete" else "continuous")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    torch.manual_seed(cfg.seed)
+    policy = StudentPolicy(config)
+    policy.set_normalization(normalization(ds, cfg, target, train_eps), emb)
+    return policy
+
+
+# ---------------------------------------------------------------- validation
+@torch.no_grad()
+def validate(policy: StudentPolicy, views: Views, cfg: TrainConfig, dev: DeviceSetup) -> dict:
+    """Action error (normalized MSE, raw-unit MAE), phase accuracy, and top-1 retrieval of each frame's cue among
+    all distinct cues, on evenly spaced validation frames."""
+    if views.val is None:
+        return {}
+    policy.eval()
+    sums = {"action_mse": 0.0, "action_mae": 0.0, "loss": 0.0}
+    count = phase_ok = phase_n = dir_ok = dir_n = 0
+    for batch in validation_batches(views.val, lambda raw: policy_batch(raw, views), cfg, dev):
+        with autocast(dev):
+            out = policy.encode(batch)
+            loss, _ = policy.loss(out, batch, cfg.loss)
+        b, pad = len(batch[ACTION]), batch[ACTION + PAD_SUFFIX]
+        pred = policy.decode_action(out["action"]).float()
+        sums["action_mse"] += float(action_loss(pred, policy.normalize_action(batch[ACTION]), pad, "mse").sum())
+        sums["action_mae"] += float(action_loss(policy.unnormalize_action(pred), batch[ACTION], pad, "l1").sum())
+        sums["loss"] += float(loss) * b
+        count += b
+        if PHASE_INDEX in batch:
+            lab = batch[PHASE_INDEX]
+            phase_ok += int(((out["phase_logits"].argmax(-1) == lab) & (lab >= 0)).sum())
+            phase_n += int((lab >= 0).sum())
+        if DIRECTION_INDEX in batch and views.cue_emb is not None:
+            ids = batch[DIRECTION_INDEX]
+            top1 = (out["direction"].float() @ views.cue_emb.to(dev.device).T).argmax(-1)
+            dir_ok += int(((top1 == ids) & (ids >= 0)).sum())
+            dir_n += int((ids >= 0).sum())
+    policy.train()
+    m = {k: v / max(count, 1) for k, v in sums.items()}
+    if phase_n:
+        m["phase_accuracy"] = phase_ok / phase_n
+    if dir_n:
+        m["direction_top1"] = dir_ok / dir_n
+        m["direction_candidates"] = int(len(views.cue_emb))
+    m["frames"] = count
+    return m
