@@ -57,27 +57,19 @@ class ActorInfo:
 Infer = Callable[[], tuple[np.ndarray, int | None, np.ndarray | None]]  # -> ((K, D) chunk, phase, direction)
 
 
-class ChunkedSteps:
-    """An actor's steps through the chunk scheduler (models.chunking, queue mode): `n_action_steps` actions of each
-    predicted chunk, then a new model call, whose wall time is the step's latency."""
+def next_step(chunks: ChunkScheduler, infer: Infer) -> Step:
+    """The next step from the actor's chunk queue: `n_action_steps` actions of each predicted chunk, then a new model
+    call, whose wall time is the step's latency."""
+    call: dict = {}
 
-    def __init__(self, n_action_steps: int):
-        self.scheduler = ChunkScheduler("queue", n_action_steps)
-        self.t = 0
-
-    def clear(self) -> None:
-        self.scheduler.clear()
-        self.t = 0
-
-    def next(self, infer: Infer) -> Step:
-        t, self.t = self.t, self.t + 1
-        if not self.scheduler.needs_inference(t):
-            return Step(self.scheduler.action(t, t - 1), inferred=False)
+    def predict() -> np.ndarray:
         t0 = time.perf_counter()
-        chunk, phase, direction = infer()
-        latency = time.perf_counter() - t0
-        self.scheduler.add(t, np.asarray(chunk, np.float32))
-        return Step(self.scheduler.action(t, t - 1), True, latency, phase, direction)
+        chunk, call["phase"], call["direction"] = infer()
+        call["latency_s"] = time.perf_counter() - t0
+        return np.asarray(chunk, np.float32)
+
+    action, inferred = chunks.next(predict)
+    return Step(action, inferred, **call)
 
 
 class PolicyActor:
@@ -102,16 +94,16 @@ class PolicyActor:
             weights_mb=round(weights_bytes(self.policy) / 2**20, 2), image_keys=cams, image_size=size,
             phase_names=tuple(getattr(cfg, "phase_names", ())) if self.phase_trained else (),
             horizon=self.policy.horizon, provenance=getattr(self.policy, "provenance", {}))
-        self.steps = ChunkedSteps(n_action_steps)
+        self.chunks = ChunkScheduler("queue", n_action_steps)
         self.instruction = ""
 
     def reset(self, task_name: str, instruction: str, episode_seed: int) -> None:
-        self.steps.clear()
+        self.chunks.clear()
         self.instruction = instruction
         self.policy.reset(task=instruction)
 
     def act(self, obs: dict) -> Step:
-        return self.steps.next(lambda: self._infer(obs))
+        return next_step(self.chunks, lambda: self._infer(obs))
 
     @torch.inference_mode()
     def _infer(self, obs: dict) -> tuple[np.ndarray, int | None, np.ndarray | None]:
@@ -193,15 +185,15 @@ class RemoteActor:
         self.teacher = teacher
         cams = tuple(v for v in teacher.cfg.obs_map.values() if is_camera(v))
         self.info = ActorInfo(spec=teacher.spec, kind="remote", image_keys=cams, provenance=teacher.provenance())
-        self.steps = ChunkedSteps(n_action_steps)
+        self.chunks = ChunkScheduler("queue", n_action_steps)
         self.instruction = ""
 
     def reset(self, task_name: str, instruction: str, episode_seed: int) -> None:
-        self.steps.clear()
+        self.chunks.clear()
         self.instruction = instruction
 
     def act(self, obs: dict) -> Step:
-        return self.steps.next(lambda: (self.teacher.infer({**obs, "task": self.instruction}), None, None))
+        return next_step(self.chunks, lambda: (self.teacher.infer({**obs, "task": self.instruction}), None, None))
 
     def close(self) -> None:
         self.teacher.close()

@@ -35,7 +35,6 @@ class Policy(nn.Module):
         super().__init__()
         self.config = config
         self._chunks = ChunkScheduler("queue")  # select_action's queue: (K, B, D) chunks, one (B, D) action per call
-        self._step = 0
 
     @property
     def horizon(self) -> int:
@@ -60,7 +59,6 @@ class Policy(nn.Module):
     def reset(self, task: str | None = None) -> None:
         """Clears the action queue at an episode start; policies that read the instruction prepare it here."""
         self._chunks.clear()
-        self._step = 0
 
     def predict_action_chunk(self, batch: dict) -> torch.Tensor:
         """(B, K, D) actions in raw units."""
@@ -69,11 +67,7 @@ class Policy(nn.Module):
     @torch.no_grad()
     def select_action(self, batch: dict) -> torch.Tensor:
         """(B, D): the next action, replanning when the last chunk is used up."""
-        if self._chunks.needs_inference(self._step):
-            self._chunks.add(self._step, self.predict_action_chunk(batch).transpose(0, 1))
-        action = self._chunks.action(self._step, self._step - 1)
-        self._step += 1
-        return action
+        return self._chunks.next(lambda: self.predict_action_chunk(batch).transpose(0, 1))[0]
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

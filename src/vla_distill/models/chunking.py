@@ -1,8 +1,8 @@
 """The one chunk scheduler: which action each control step executes, from the (K, ...) chunks a policy predicts.
 
-Used by every consumer of action chunks: `Policy.select_action` (lerobot's queue), the evaluator's actors and the
-real-time control loop. Steps are integers: consecutive for the evaluator and `select_action`, the pacer's tick
-indices in the control loop (where overrun ticks are skipped).
+Used by every consumer of action chunks: `Policy.select_action` (lerobot's queue) and the evaluator's actors step
+it consecutively through `next`; the real-time control loop passes the pacer's tick indices, where overrun ticks are
+skipped.
 
   queue     one chunk at a time; its first n_action_steps actions run on consecutive steps, then the policy is asked
             again (lerobot's n_action_steps; openpi's replan_steps)
@@ -11,6 +11,8 @@ indices in the control loop (where overrun ticks are skipped).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -24,9 +26,19 @@ class ChunkScheduler:
         self.mode, self.n, self.coeff = mode, n_action_steps, coeff
         self.chunks: list[tuple[int, object]] = []  # (step of its observation, (K, ...) chunk), oldest first
         self.dropped = 0  # queued actions whose steps were skipped
+        self.step = 0  # the next step `next` serves
 
     def clear(self) -> None:
         self.chunks = []
+        self.step = 0
+
+    def next(self, predict: Callable[[], object]) -> tuple[object, bool]:
+        """Consecutive steps: this step's action, and whether `predict()` was called for a new chunk to cover it."""
+        step, self.step = self.step, self.step + 1
+        inferred = self.needs_inference(step)
+        if inferred:
+            self.add(step, predict())
+        return self.action(step, step - 1), inferred
 
     def needs_inference(self, step: int) -> bool:
         return self.mode == "ensemble" or self._queued(step) is None
