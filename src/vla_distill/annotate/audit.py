@@ -14,7 +14,6 @@ dominant motion) whose cue embeddings are far apart — the symptom of a halluci
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +22,7 @@ import pyarrow.parquet as pq
 from vla_distill.annotate.directions import DirectionConfig, cue_direction, window_motion
 from vla_distill.annotate.episode import episode_kinematics
 from vla_distill.annotate.phases import PhaseConfig, label_phases, runs
-from vla_distill.data.annotations import read_directions, read_phase_names
+from vla_distill.data.annotations import read_annotation, read_directions, read_phase_names
 from vla_distill.data.columns import add_columns
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.data.format import write_json_atomic
@@ -133,8 +132,9 @@ def audit_dataset(root, mask: bool = False, drop: bool = False, cfg: AuditConfig
     if PHASE_INDEX not in ds.features:
         raise DatasetError("not an annotated dataset (run vla-distill annotate first)", path=ds.root, field=PHASE_INDEX)
     taxonomy = read_phase_names(ds.root)
-    meta = json.loads((ds.root / ANNOTATION_PATH).read_text())
-    c = meta["config"]
+    c = read_annotation(ds.root).get("config")
+    if c is None:
+        raise DatasetError("no annotation settings (run vla-distill annotate first)", path=ds.root / ANNOTATION_PATH)
     dcfg = DirectionConfig(window=c["window"], stride=c["stride"])
     phases = ds.column(PHASE_INDEX).astype(np.int64)
     has_cues = DIRECTION_INDEX in ds.features

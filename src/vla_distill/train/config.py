@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from vla_distill.models.losses import LossConfig
 from vla_distill.models.student import preset_config
 from vla_distill.models.vita import STAGES
-from vla_distill.types import OBS_STATE
+from vla_distill.types import ACTION, OBS_STATE, TEACHER_ACTION
 
 TARGETS = ("teacher", "dataset")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -53,6 +53,11 @@ class RunConfig:
 
     def _at_least_one(self) -> tuple[str, ...]:
         return ("steps", "batch_size", "grad_accum", "save_every", "log_every")
+
+    @property
+    def target_column(self) -> str:
+        """The dataset column the action loss targets."""
+        return TEACHER_ACTION if self.target == "teacher" else ACTION
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -21,8 +21,7 @@ from vla_distill.train.device import DeviceSetup, autocast, setup_device
 from vla_distill.train.fit import (BatchStream, Job, effective_batch, fit, prepare_run, provenance, training_episodes,
                                    validation_batches)
 from vla_distill.train.views import Views, make_views, policy_batch
-from vla_distill.types import (ACTION, DIRECTION_INDEX, DIRECTIONS_PATH, OBS_PREFIX, PAD_SUFFIX, PHASE_INDEX, PHASES_4,
-                               TEACHER_ACTION)
+from vla_distill.types import ACTION, DIRECTION_INDEX, DIRECTIONS_PATH, OBS_PREFIX, PAD_SUFFIX, PHASE_INDEX, PHASES_4
 
 
 def train(cfg: TrainConfig, resume: bool = False, overrides: tuple[str, ...] = ("steps",)) -> Path:
@@ -51,7 +50,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: tuple[str, ...] = (
 # ---------------------------------------------------------------- what the losses need from the dataset
 def check_dataset(ds: RobotDataset, cfg: TrainConfig) -> str:
     """The action target's column; a clear error for each loss whose column is missing."""
-    target = TEACHER_ACTION if cfg.target == "teacher" else ACTION
+    target = cfg.target_column
     if target not in ds.features:
         how = ("annotate it with a teacher (vla-distill annotate --teacher ...), or train on the dataset's own "
                "actions with --target dataset") if cfg.target == "teacher" else "this dataset has no action column"

@@ -24,7 +24,7 @@ from vla_distill.train.device import DeviceSetup, autocast, setup_device
 from vla_distill.train.fit import (BatchStream, Job, effective_batch, fit, prepare_run, provenance, training_episodes,
                                    validation_batches)
 from vla_distill.train.views import Views, make_views, policy_batch
-from vla_distill.types import ACTION, TEACHER_ACTION
+from vla_distill.types import ACTION
 
 
 def build_vita(cfg: VitaTrainConfig) -> VitaPolicy:
@@ -87,7 +87,7 @@ def vita_train(cfg: VitaTrainConfig, resume: bool = False, overrides: tuple[str,
     cfg = prepare_run(cfg, resume, overrides)
     dev = setup_device(cfg)
     ds = RobotDataset(cfg.dataset)
-    target = TEACHER_ACTION if cfg.target == "teacher" else ACTION
+    target = cfg.target_column
     if target not in ds.features:
         raise DatasetError(f"no column '{target}' (annotate with a teacher, or --target dataset)", path=ds.root, field=target)
     policy = build_vita(cfg).to(dev.device)
