@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export MUJOCO_GL ?= egl
 DEMO_OUT ?= outputs/demo
 
-.PHONY: setup demo test test-slow interop bench clean
+.PHONY: setup demo test test-slow interop bench mt10 clean
 
 setup: $(STAMP)
 
@@ -66,6 +66,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_deploy.py latency
 	$(BIN)/python benchmarks/bench_deploy.py server
 	$(BIN)/python benchmarks/bench_distributed.py --only annotate
+
+# The MT10 distillation benchmark from nothing (BENCHMARKS.md, "Distillation quality"): collect MT10 x 50 at 128 px
+# (two cameras), annotate, train the recipe, evaluate teacher and student on the same 500 held-out episodes, export
+# and time the student; writes benchmarks/results/mt10.json. About 2 hours on 2 cores; rerun to resume.
+mt10: $(STAMP)
+	$(BIN)/python benchmarks/bench_distill.py mt10
 
 clean:
 	rm -rf $(VENV) .venv-lerobot .venv-openpi outputs .pytest_cache

@@ -3,7 +3,9 @@
 Usage: python benchmarks/bench_train.py [--presets tiny,small,base] [--cameras 2] [--size 128] [--batch 32] [--threads 2]
 Each preset runs in its own process (peak memory is per process). Inputs are the MetaWorld default: two 128 px
 cameras, 4-d state, 4-d action, the three losses on. Training samples/s is the model step only (forward, backward,
-AdamW); the data path is measured by bench_dataloader.py. Writes benchmarks/results/train.json.
+AdamW); the data path is measured by bench_dataloader.py. A preset may name its encoder, `tiny:efficientnet-lite0`:
+a frozen pretrained one trains as `train` runs it, on cached trunk features (inference still starts from pixels).
+Writes benchmarks/results/train.json.
 Targets for later (the deployment issue): tiny >= 300 Hz and base >= 25 Hz at batch 1 on 2 CPU cores.
 """
 
@@ -22,19 +24,29 @@ from common import RESULTS, write_result
 def one(preset: str, args) -> dict:
     import torch
 
-    from vla_distill.models.student import StudentPolicy, preset_config
+    from vla_distill.models.student import PRESETS, StudentPolicy, preset_config
+    from vla_distill.models.vision import VisionConfig
+    from vla_distill.types import feature_key
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cams = tuple(f"observation.images.cam{i}" for i in range(args.cameras))
     torch.manual_seed(0)
-    policy = StudentPolicy(preset_config(preset, image_keys=cams, image_size=(args.size, args.size), tasks=("task",))).to(device)
-    b = args.batch
+    name, _, kind = preset.partition(":")
+    vision = VisionConfig(**{**PRESETS[name]["vision"].__dict__, "kind": kind or PRESETS[name]["vision"].kind})
+    policy = StudentPolicy(preset_config(name, image_keys=cams, image_size=(args.size, args.size), tasks=("task",),
+                                         vision=vision, horizon=args.horizon)).to(device)
+    cached = hasattr(policy.encoder, "from_features")
+    b, k = args.batch, args.horizon
 
-    def batch(n: int) -> dict:
-        out = {k: torch.rand(n, 3, args.size, args.size, device=device) for k in cams}
+    def batch(n: int, features: bool = False) -> dict:
+        if features:  # what the trainer's feature cache feeds a frozen encoder
+            c, h, w = policy.encoder.feature_shape((args.size, args.size))
+            out = {feature_key(key): torch.randn(n, c, h, w, device=device) for key in cams}
+        else:
+            out = {key: torch.rand(n, 3, args.size, args.size, device=device) for key in cams}
         out.update({"observation.state": torch.randn(n, 4, device=device), "task_index": torch.zeros(n, dtype=torch.long, device=device),
-                    "action": torch.randn(n, 1, 4, device=device), "action_is_pad": torch.zeros(n, 1, dtype=torch.bool, device=device),
+                    "action": torch.randn(n, k, 4, device=device), "action_is_pad": torch.zeros(n, k, dtype=torch.bool, device=device),
                     "phase_index": torch.randint(0, 4, (n,), device=device), "direction_index": torch.arange(n, device=device) % 8,
                     "direction_embedding": torch.nn.functional.normalize(torch.randn(n, 384, device=device), dim=-1)})
         return out
@@ -43,8 +55,8 @@ def one(preset: str, args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    train_batch = batch(b)
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    train_batch = batch(b, features=cached)
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-4)
     policy.train()
     for i in range(args.warmup + args.train_steps):
         if i == args.warmup:
@@ -92,6 +104,7 @@ def main() -> None:
     ap.add_argument("--cameras", type=int, default=2)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--horizon", type=int, default=1, help="K, the action chunk length")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--train-steps", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=2)
@@ -117,7 +130,8 @@ def main() -> None:
     for r in rows[1:]:
         print(f"{r['preset']} vs {base['preset']}: {r['params_m'] / base['params_m']:.1f}x parameters, "
               f"{base['fp32_hz'] / r['fp32_hz']:.1f}x slower at batch 1 (fp32)")
-    write_result(args.out, {"config": {k: getattr(args, k) for k in ("cameras", "size", "batch", "threads", "device")}, "presets": rows})
+    write_result(args.out, {"config": {k: getattr(args, k) for k in ("cameras", "size", "batch", "horizon", "threads", "device")},
+                            "presets": rows})
 
 
 if __name__ == "__main__":

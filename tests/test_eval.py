@@ -18,6 +18,8 @@ from vla_distill.sim.registry import get_simulator
 from vla_distill.eval.metrics import aggregate, latency_summary
 from vla_distill.eval.observe import GRASP, RELEASE, TRANSPORT, ObserveConfig, direction_spread, phase_flags, progress_profile
 from vla_distill.eval.evaluate import EvalConfig, evaluate
+from vla_distill.errors import ConfigError
+from vla_distill.eval.stats import compare, distinguishable, paired, wilson
 
 CLI = [sys.executable, "-m", "vla_distill.cli"]
 A, G, T, R = 0, GRASP, TRANSPORT, RELEASE
@@ -42,6 +44,48 @@ def test_aggregate_reports_lerobot_shape_and_both_means():
     assert o["pc_success_group_mean"] == 37.5  # the papers' Meta-World convention
     assert o["pc_success_task_mean"] == 50.0
     assert o["eval_ep_s"] == 1.0 and {"avg_sum_reward", "avg_max_reward", "video_paths", "eval_s"} <= set(o)
+
+
+def test_wilson_interval_matches_published_values():
+    # Newcombe (1998), Table I: 81/263 -> 0.2553-0.3662 (Wilson score); 0/10 -> 0-0.2775
+    low, high = wilson(81, 263)
+    assert abs(low - 25.53) < 0.01 and abs(high - 36.62) < 0.01
+    assert wilson(0, 10) == [0.0, pytest.approx(27.75, abs=0.01)] and wilson(3, 0) is None
+
+
+def test_paired_difference_and_mcnemar_on_discordant_episodes():
+    a = [True] * 12 + [True] * 9 + [False] * 2 + [False] * 2  # 21/25
+    b = [True] * 12 + [False] * 9 + [True] * 2 + [False] * 2  # 14/25
+    c = paired(b, a)
+    assert c["difference"] == pytest.approx(28.0) and c["only_b"] == 9 and c["only_a"] == 2
+    assert c["ci95"][0] < 28.0 < c["ci95"][1] and c["ci95"][0] > 0 and distinguishable(c)
+    assert c["mcnemar_p"] == pytest.approx(2 * (1 + 11 + 55) / 2**11)  # exact: P(X <= 2 | 11, 1/2), two-sided
+    assert paired(a, b)["ci95"] == [pytest.approx(-v) for v in reversed(c["ci95"])]  # antisymmetric
+    same = paired([True, False] * 10, [True, False] * 10)
+    assert same["difference"] == 0.0 and same["mcnemar_p"] == 1.0 and not distinguishable(same)
+
+
+def test_paired_interval_covers_the_true_difference_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    cells = np.array([0.70, 0.08, 0.15, 0.07])  # both, only a, only b, neither: true difference +7 points
+    hits, trials = 0, 600
+    for _ in range(trials):
+        kind = rng.choice(4, size=60, p=cells)
+        a, b = np.isin(kind, [0, 1]).tolist(), np.isin(kind, [0, 2]).tolist()
+        lo, hi = paired(a, b)["ci95"]
+        hits += lo <= 7.0 <= hi
+    assert 0.92 <= hits / trials <= 0.99
+
+
+def test_compare_pairs_episodes_by_seed_and_counts_the_unpaired():
+    def info(task_rows):
+        return {"per_task": [{"task": t, "metrics": {"seeds": list(s), "successes": list(ok)}} for t, s, ok in task_rows]}
+
+    a = info([("x", [1, 2, 3], [True, True, False]), ("y", [7], [True])])
+    b = info([("x", [3, 2, 1, 4], [True, False, True, True]), ("z", [7], [False])])
+    c = compare(a, b)
+    assert list(c["per_task"]) == ["x"] and c["unpaired_episodes"] == 1
+    assert c["overall"]["only_a"] == 1 and c["overall"]["only_b"] == 1 and c["overall"]["both"] == 1
 
 
 def test_latency_summary_counts_a_chunk_as_several_actions():
@@ -155,8 +199,11 @@ def test_eval_info_of_teacher_and_fake_policy(teacher_and_frozen):
     assert frozen["overall"]["pc_success"] == 0.0 and frozen["per_group"]["easy"]["n_episodes"] == 4
     for t in on_disk["per_task"]:
         assert set(t) >= {"task_group", "task_id", "metrics"}
-        assert set(t["metrics"]) == {"sum_rewards", "max_rewards", "successes", "video_paths"}
+        assert set(t["metrics"]) == {"sum_rewards", "max_rewards", "successes", "seeds", "video_paths"}
         assert len(t["metrics"]["successes"]) == 2 and len(t["metrics"]["video_paths"]) == 1
+        assert t["metrics"]["seeds"] == on_disk["eval"]["seeds"][t["task"]]
+        assert t["pc_success_ci95"][1] == 100.0 and 30 < t["pc_success_ci95"][0] < 40  # Wilson, 2/2
+    assert on_disk["overall"]["pc_success_ci95"][0] > 50 and frozen["overall"]["pc_success_ci95"][0] == 0.0
     assert set(on_disk["per_group"]["easy"]) >= {"avg_sum_reward", "avg_max_reward", "pc_success", "n_episodes", "video_paths"}
     p = frozen["policy"]
     assert p["kind"] == "policy" and p["parameters"] > 0 and p["latency_ms_p50"] > 0 and p["calls"] == 20
@@ -287,3 +334,15 @@ def test_an_ablated_head_is_not_reported(tiny_student, tmp_path):
         step = actor.act(obs)
         assert (step.phase is not None) == phased and step.direction.shape == (384,)
         assert bool(actor.info.phase_names) == phased
+
+
+def test_a_task_the_policy_never_trained_on_is_named_in_a_warning(tiny_student, tmp_path, capsys):
+    # tiny_student learned reach and pick-place only
+    common = dict(policy=str(tiny_student), episodes=1, max_steps=3, workers=1, videos=0, latency_steps=0)
+    info = evaluate(EvalConfig(out=str(tmp_path / "new"), tasks=("button-press-topdown-v3", "reach-v3"), chunk="ensemble",
+                               **common))
+    err = capsys.readouterr().err
+    assert "never trained on button-press-topdown-v3" in err and "never trained on reach-v3" not in err
+    assert info["eval"]["untrained_tasks"] == ["button-press-topdown-v3"] and info["policy"]["chunk"] == "ensemble"
+    with pytest.raises(ConfigError, match="chunk"):
+        EvalConfig(out=str(tmp_path / "x"), tasks=("reach-v3",), chunk="average", **common)

@@ -38,7 +38,8 @@ def test_unknown_preset_suggests_the_closest():
         preset_config("tinny")
 
 
-@pytest.mark.parametrize("kind,horizon,head", [("resnet", 1, "continuous"), ("vit", 5, "continuous"), ("resnet", 5, "discrete")])
+@pytest.mark.parametrize("kind,horizon,head", [("resnet", 1, "continuous"), ("vit", 5, "continuous"), ("resnet", 5, "discrete"),
+                                               ("efficientnet-lite0", 5, "continuous")])
 def test_output_shapes(kind, horizon, head):
     cfg = preset_config("tiny", image_keys=CAMS, image_size=(64, 64), tasks=("pick",), horizon=horizon, action_head=head,
                         vision=VisionConfig(kind=kind, widths=(8, 16, 16, 32), vit_width=32, vit_depth=1, vit_heads=2),
@@ -51,6 +52,56 @@ def test_output_shapes(kind, horizon, head):
     torch.testing.assert_close(out["direction"].norm(dim=-1), torch.ones(3))
     chunk = policy.predict_action_chunk(batch())
     assert chunk.shape == (3, horizon, 4) and torch.isfinite(chunk).all()
+
+
+def kp_student(**fields) -> StudentPolicy:
+    cfg = preset_config("tiny", image_keys=CAMS, image_size=(64, 64), tasks=("pick",), horizon=2, d_model=64, n_layers=1,
+                        n_heads=2, vision=VisionConfig(kind="efficientnet-lite0"), **fields)
+    policy = StudentPolicy(cfg)
+    policy.load_pretrained_vision()
+    return policy
+
+
+def test_pretrained_trunk_has_the_imagenet_weights_and_stays_frozen():
+    from vla_distill.models.efficientnet import weights_file
+
+    state = torch.load(weights_file("efficientnet-lite0"), weights_only=True)
+    policy = kp_student().train()
+    trunk = policy.encoder.trunk
+    torch.testing.assert_close(trunk.blocks[4].project_conv.weight, state["_blocks.4._project_conv.weight"])
+    torch.testing.assert_close(trunk.bn0.running_var, state["_bn0.running_var"])
+    assert not trunk.training and len(trunk.blocks) == 5 and trunk.out_channels == 40  # stride 8: stem + 5 blocks
+    before = trunk.bn0.running_mean.clone()
+    loss, _ = policy(batch() | {"action": torch.randn(3, 2, 4)}, LossConfig(phase_weight=0, direction_weight=0))
+    loss.backward()
+    assert all(p.grad is None for p in trunk.parameters()) and policy.encoder.head.proj.weight.grad is not None
+    torch.testing.assert_close(trunk.bn0.running_mean, before)  # no batch statistics were taken
+
+
+def test_trunk_reproduces_tensorflow_same_padding():
+    from vla_distill.models.efficientnet import _same_pad
+
+    x = torch.ones(1, 1, 64, 64)
+    assert _same_pad(x, 3, 2).shape[-2:] == (65, 65)  # 1 pixel, all of it after: TF's SAME for an even input
+    assert _same_pad(x, 5, 2)[0, 0, 0].sum() == 0 and _same_pad(x, 5, 2)[0, 0, 1:, 1].sum() == 64
+    assert _same_pad(x, 3, 1).shape[-2:] == (66, 66)
+
+
+def test_cached_trunk_features_give_the_same_actions_as_pixels():
+    from vla_distill.types import feature_key
+
+    policy = kp_student().eval()
+    b = batch()
+    with torch.no_grad():
+        cached = {k: v for k, v in b.items() if k not in CAMS}
+        cached |= {feature_key(k): policy.encoder.trunk(b[k]) for k in CAMS}
+        torch.testing.assert_close(policy.predict_action_chunk(cached), policy.predict_action_chunk(b))
+    assert feature_key(CAMS[0]) == "observation.image_features.a"
+
+
+def test_pretrained_encoder_refuses_a_depth_channel():
+    with pytest.raises(ValueError, match="RGB only"):
+        kp_student(depth_keys=("observation.images.da", "observation.images.db"))
 
 
 def test_depth_channel_and_select_action_queue():

@@ -145,3 +145,28 @@ def test_torchrun_two_processes_on_gloo(annotated, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "2 processes" in r.stderr
     assert [x["step"] for x in curve(run)] == [1, 2, 3, 4]
+
+
+def test_pretrained_encoder_trains_on_cached_features_and_ships_its_weights(annotated, tmp_path):
+    from vla_distill.models.efficientnet import weights_file
+
+    run = tmp_path / "kp"
+    train(small(annotated, run, vision="efficientnet-lite0", horizon=3, steps=4, save_every=4))
+    cache = sorted((Path(os.environ["VLA_DISTILL_CACHE"]) / "frames").glob("*/*.efficientnet-lite0-s8.f16.npy"))
+    ds = RobotDataset(annotated)
+    assert len(cache) == len(ds.camera_keys)
+    feats = np.load(cache[0], mmap_mode="r")
+    assert feats.shape == (ds.num_frames, 40, 8, 8) and np.isfinite(feats).all()  # 64 px at stride 8
+    # The cache holds what the checkpoint's own trunk computes from the pixels of that frame.
+    policy = load_pretrained(run).eval()
+    cam = sorted(ds.camera_keys)[0]
+    pixels = torch.from_numpy(ds.frames(cam, np.array([5]))).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        torch.testing.assert_close(policy.encoder.trunk(pixels), torch.from_numpy(np.asarray(feats[5:6], np.float32)),
+                                   atol=2e-2, rtol=1e-2)  # float16 storage
+    # The ImageNet weights travel inside the checkpoint: nothing else is needed to run it.
+    state = torch.load(weights_file("efficientnet-lite0"), weights_only=True)
+    torch.testing.assert_close(policy.encoder.trunk.blocks[3].depthwise_conv.weight, state["_blocks.3._depthwise_conv.weight"])
+    stamp = cache[0].stat().st_mtime_ns
+    train(small(annotated, tmp_path / "again", vision="efficientnet-lite0", steps=2, save_every=2))
+    assert cache[0].stat().st_mtime_ns == stamp  # the second run reads the first's cache

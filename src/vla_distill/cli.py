@@ -248,6 +248,7 @@ def _run_args(t: argparse.ArgumentParser, cls) -> None:
 
 def _train_args(t: argparse.ArgumentParser) -> None:
     from vla_distill.models.losses import ACTION_LOSSES, LossConfig
+    from vla_distill.models.vision import VISION_KINDS
     from vla_distill.train.config import TrainConfig
 
     _run_args(t, TrainConfig)
@@ -262,7 +263,10 @@ def _train_args(t: argparse.ArgumentParser) -> None:
     _field(t, "--cameras", TrainConfig, "camera keys, comma-separated (default: all of the dataset's)", type=_csv)
     _field(t, "--depth-keys", TrainConfig, "one depth image key per camera (RGB-D input)", type=_csv)
     _field(t, "--state-keys", TrainConfig, type=_csv)
-    _field(t, "--vision", TrainConfig, "vision encoder (default: the preset's)", choices=["", "resnet", "vit"])
+    _field(t, "--vision", TrainConfig, "vision encoder (default: the preset's); efficientnet-lite0 is ImageNet-"
+           "pretrained and frozen, with a trained keypoint head", choices=["", *VISION_KINDS])
+    t.add_argument("--no-feature-cache", dest="feature_cache", action="store_false", default=argparse.SUPPRESS,
+                   help="run the frozen encoder on every sample (pixel augmentation on) instead of once per frame")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -326,7 +330,9 @@ def _eval_args(e: argparse.ArgumentParser) -> None:
     _field(e, "--workers", EvalConfig, "worker processes (0: one per core)", type=int)
     _field(e, "--videos", EvalConfig, "episodes recorded per task with the predicted phase drawn", type=int)
     _field(e, "--video-failures", EvalConfig, "also record every failed episode", action="store_true")
-    _field(e, "--n-action-steps", EvalConfig, "actions executed per predicted chunk (0: all)", type=int)
+    _field(e, "--n-action-steps", EvalConfig, "queue: actions executed per predicted chunk (0: all)", type=int)
+    _field(e, "--chunk", EvalConfig, "queue: execute the chunk, then replan; ensemble: infer every step, ACT temporal "
+           "ensembling", choices=["queue", "ensemble"])
     _field(e, "--image-size", EvalConfig, "camera size for teachers (0: 128; LIBERO 256)", type=int)
     _field(e, "--latency-steps", EvalConfig, "closed-loop steps of the batch-1 latency measurement", type=int)
     e.add_argument("--teacher-opt", action="append", default=[], metavar="KEY=VALUE", help="remote teacher option (see annotate)")

@@ -57,6 +57,15 @@ def is_camera(key: str) -> bool:
     return key.startswith(OBS_IMAGES + ".")
 
 
+OBS_IMAGE_FEATURES = "observation.image_features"
+
+
+def feature_key(camera: str) -> str:
+    """A camera's frozen-encoder features in a training batch (the trainer's feature cache), beside or instead of
+    its pixels: observation.images.corner2 -> observation.image_features.corner2."""
+    return OBS_IMAGE_FEATURES + camera[len(OBS_IMAGES):]
+
+
 # ---------------------------------------------------------------- what `vla-distill annotate` adds to a dataset
 TEACHER_ACTION = "action.teacher"  # (D,), or (K, D) for a teacher that answers with chunks
 PHASE_INDEX = "phase_index"  # index into meta/phases.parquet; -1 = invalid or masked

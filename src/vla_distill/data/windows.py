@@ -103,8 +103,12 @@ class WindowedDataset(torch.utils.data.Dataset):
         keys: Sequence[str] | None = None,
         cache_dir: Path | None = None,
         use_cache: bool = True,
+        row_arrays: dict[str, np.ndarray] | None = None,
     ):
+        """row_arrays: {name: (N, ...) array by dataset row}, e.g. a frozen encoder's features of every frame;
+        each item gets name: the current frame's row, as float32."""
         self.ds = ds
+        self.row_arrays = dict(row_arrays or {})
         self.deltas = {k: np.asarray(list(v), dtype=np.int64) for k, v in deltas.items()}
         for key in self.deltas:
             if key not in ds.features:
@@ -149,7 +153,13 @@ class WindowedDataset(torch.utils.data.Dataset):
             item[key] = self._values(key, rows)
             if pad is not None:
                 item[key + PAD_SUFFIX] = torch.from_numpy(pad)
-        task_index = np.asarray(self.ds.column(TASK_INDEX)[self.rows[js]]).reshape(-1)
+        rows = self.rows[js]
+        order = np.argsort(rows)  # memmap fancy indexing is fastest in row order
+        for name, arr in self.row_arrays.items():
+            values = np.empty((len(rows), *arr.shape[1:]), arr.dtype)
+            values[order] = arr[rows[order]]
+            item[name] = torch.from_numpy(values).float()
+        task_index = np.asarray(self.ds.column(TASK_INDEX)[rows]).reshape(-1)
         item[TASK_INDEX] = torch.from_numpy(task_index)
         item["task"] = [self.ds.tasks[int(t)] for t in task_index]
         return item

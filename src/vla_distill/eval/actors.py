@@ -52,6 +52,7 @@ class ActorInfo:
     phase_names: tuple[str, ...] = ()
     horizon: int = 1
     provenance: dict = field(default_factory=dict)
+    instructions: tuple[str, ...] = ()  # those it was trained on, where the checkpoint says (a student's tasks)
 
 
 Infer = Callable[[], tuple[np.ndarray, int | None, np.ndarray | None]]  # -> ((K, D) chunk, phase, direction)
@@ -77,7 +78,7 @@ class PolicyActor:
     backend (models.backends: torch, torch-bf16, onnx, onnx-int8)."""
 
     def __init__(self, path: str, spec: str | None = None, device: str = "cpu", n_action_steps: int = 0,
-                 backend: str = "torch"):
+                 backend: str = "torch", chunk: str = "queue"):
         self.policy = load_policy(path, backend, device)
         self.device = device
         cfg = self.policy.config
@@ -93,8 +94,9 @@ class PolicyActor:
             kind="student" if self.observed else "policy", parameters=params,
             weights_mb=round(weights_bytes(self.policy) / 2**20, 2), image_keys=cams, image_size=size,
             phase_names=tuple(getattr(cfg, "phase_names", ())) if self.phase_trained else (),
-            horizon=self.policy.horizon, provenance=getattr(self.policy, "provenance", {}))
-        self.chunks = ChunkScheduler("queue", n_action_steps)
+            horizon=self.policy.horizon, provenance=getattr(self.policy, "provenance", {}),
+            instructions=tuple(getattr(cfg, "tasks", ())))
+        self.chunks = ChunkScheduler(chunk, n_action_steps)
         self.instruction = ""
 
     def reset(self, task_name: str, instruction: str, episode_seed: int) -> None:
@@ -200,18 +202,19 @@ class RemoteActor:
 
 
 def make_actor(spec: str, options: dict[str, str] | None = None, device: str = "cpu", n_action_steps: int = 0,
-               backend: str = "torch"):
-    """A policy checkpoint path or a teacher KIND string (see vla_distill.teachers) -> an actor."""
+               backend: str = "torch", chunk: str = "queue"):
+    """A policy checkpoint path or a teacher KIND string (see vla_distill.teachers) -> an actor; `chunk` schedules a
+    trained policy's chunks (models.chunking)."""
     kind = parse_kind(spec)
     if kind is None:
         if Path(spec).exists():
-            return PolicyActor(spec, None, device, n_action_steps, backend)
+            return PolicyActor(spec, None, device, n_action_steps, backend, chunk)
         raise ConfigError(f"{spec!r} is neither a policy checkpoint directory nor a teacher kind ({', '.join(KINDS)})",
                           field="policy")
     if kind.name == "scripted":
         return ScriptedActor()
     if kind.name == "noisy":
-        return NoisyActor(make_actor(kind.inner, options, device, n_action_steps, backend), kind.noise, spec)
+        return NoisyActor(make_actor(kind.inner, options, device, n_action_steps, backend, chunk), kind.noise, spec)
     if kind.name == "checkpoint":
-        return PolicyActor(kind.path, spec, device, n_action_steps, backend)
+        return PolicyActor(kind.path, spec, device, n_action_steps, backend, chunk)
     return RemoteActor(make_teacher(spec, options), n_action_steps)

@@ -20,7 +20,7 @@ import resource
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ from vla_distill.eval.rollout import run_episode
 from vla_distill.sim.base import SimulatorUnavailable
 from vla_distill.sim.kinematics import kinematics
 from vla_distill.sim.registry import DEFAULT_ENV, Simulator, get_simulator
+from vla_distill.models.chunking import CHUNK_MODES
 from vla_distill.types import to_phase4
 
 EPISODES = "episodes"
@@ -59,7 +60,8 @@ class EvalConfig:
     workers: int = 0  # 0: one per core, at most one per episode
     videos: int = 2  # per task: the first N episodes are recorded
     video_failures: bool = False  # also record every failed episode
-    n_action_steps: int = 0  # actions executed per predicted chunk; 0 = the whole chunk
+    n_action_steps: int = 0  # queue: actions executed per predicted chunk; 0 = the whole chunk
+    chunk: str = "queue"  # queue: execute the chunk, then replan | ensemble: infer every step, ACT temporal ensembling
     image_size: int = 0  # camera size for actors without their own (teachers); 0 = 128 (LIBERO 256)
     latency_steps: int = 100  # control steps of the batch-1 latency measurement; 0 = skip
     teacher_options: tuple[tuple[str, str], ...] = ()
@@ -71,6 +73,8 @@ class EvalConfig:
         get_simulator(self.env)  # a one-line error naming the known envs
         if self.episodes < 1:
             raise ConfigError("must be >= 1", field="episodes")
+        if self.chunk not in CHUNK_MODES:
+            raise ConfigError(f"{self.chunk!r} is not one of {list(CHUNK_MODES)}", field="chunk")
         for name in ("max_steps", "workers", "videos", "n_action_steps", "image_size", "latency_steps", "steps_after_success"):
             if getattr(self, name) < 0:
                 raise ConfigError("must be >= 0", field=name)
@@ -107,7 +111,7 @@ def _init_worker(cfg: EvalConfig) -> None:
 
 
 def _make_actor(cfg: EvalConfig):
-    return make_actor(cfg.policy, dict(cfg.teacher_options), cfg.device, cfg.n_action_steps, cfg.backend)
+    return make_actor(cfg.policy, dict(cfg.teacher_options), cfg.device, cfg.n_action_steps, cfg.backend, cfg.chunk)
 
 
 def _env_for(cfg: EvalConfig, task: str, actor, video: bool):
@@ -203,7 +207,9 @@ def _check_plan(cfg: EvalConfig) -> None:
     out = Path(cfg.out)
     plan_path = out / PLAN
     if plan_path.exists():
-        old, new = json.loads(plan_path.read_text()), cfg.plan()
+        new = cfg.plan()
+        defaults = {f.name: f.default for f in fields(EvalConfig) if f.name in new}
+        old = {**{k: v for k, v in defaults.items() if new[k] == v}, **json.loads(plan_path.read_text())}  # older plans
         if old != new:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise ConfigError(f"this directory holds an evaluation with other settings ({', '.join(diff)}); "
@@ -224,6 +230,13 @@ def _check_held_out(cfg: EvalConfig, info, jobs: list[tuple[str, int, int]]) -> 
     if clash:
         raise ConfigError(f"evaluation seed {clash[0][1]} of {clash[0][0]} was used to collect the training data in {root}; "
                           "pick another --seed", field="seed")
+
+
+def untrained_tasks(cfg: EvalConfig, info) -> list[str]:
+    """The evaluated tasks whose instruction the policy's checkpoint does not list (none when it lists none)."""
+    if not info.instructions:
+        return []
+    return [t for t in cfg.tasks if cfg.sim.instruction(t) not in (None, *info.instructions)]
 
 
 def _done_records(cfg: EvalConfig) -> dict[tuple[str, int], dict]:
@@ -335,6 +348,9 @@ def evaluate(cfg: EvalConfig, command: str = "") -> dict:
     actor = _make_actor(cfg)  # fails here, before any worker starts, on a bad path or kind
     jobs = [(t, i, s) for t in cfg.tasks for i, s in enumerate(cfg.sim.eval_seeds(t, cfg.episodes, cfg.seed))]
     _check_held_out(cfg, actor.info, jobs)
+    for task in untrained_tasks(cfg, actor.info):
+        print(f"warning: {actor.info.spec} was never trained on {task} ({cfg.sim.instruction(task)!r}): its success "
+              "there measures transfer to a new task, not distillation", file=sys.stderr)
     why = cfg.sim.unavailable()
     if why:
         raise SimulatorUnavailable(why)
@@ -362,13 +378,14 @@ def _evaluate(cfg: EvalConfig, command: str, actor, jobs: list[tuple[str, int, i
         actor.close()
     a = actor.info
     info["policy"] = {"spec": a.spec, "kind": a.kind, "parameters": a.parameters, "weights_mb": a.weights_mb,
-                      "horizon": a.horizon, "n_action_steps": cfg.n_action_steps or a.horizon,
+                      "horizon": a.horizon, "n_action_steps": cfg.n_action_steps or a.horizon, "chunk": cfg.chunk,
                       "image_keys": list(a.image_keys), "phase_names": list(a.phase_names), **latency,
                       "provenance": a.provenance}
     info["eval"] = {"env": cfg.env, "tasks": list(cfg.tasks), "episodes_per_task": cfg.episodes, "seed": cfg.seed,
                     "seeds": {t: cfg.sim.eval_seeds(t, cfg.episodes, cfg.seed) for t in cfg.tasks},
                     "max_steps": cfg.max_steps or cfg.sim.step_limit, "steps_after_success": cfg.steps_after_success,
                     "workers": cfg.num_workers, "success": "info['success'] at any step", "code_version": __version__,
+                    "untrained_tasks": untrained_tasks(cfg, a),
                     "command": command}
     obs = observability(cfg, records)
     info["observability"] = {"flag_counts": obs["flag_counts"], "flagged_episodes": len({(f["task"], f["episode"]) for f in obs["flags"]}),

@@ -1,4 +1,6 @@
-"""eval_info.json arithmetic (pure): per-episode records -> lerobot-eval's per_task / per_group / overall.
+"""eval_info.json arithmetic (pure): per-episode records -> lerobot-eval's per_task / per_group / overall, each
+success rate with its 95% Wilson interval (`pc_success_ci95`, [low, high] in percent) and each task's episode seeds,
+so that two evaluations can be compared episode by episode (stats.compare).
 
 Meta-World papers report the mean of the four difficulty-group means; lerobot's `overall.pc_success` is the mean over
 all episodes (with equal episodes per task, the task-weighted mean). Both are written, named for what they are.
@@ -8,9 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from vla_distill.eval.stats import wilson
+
 
 def _pc(successes: list[bool]) -> float:
     return float(100.0 * np.mean(successes)) if successes else 0.0
+
+
+def _ci(recs: list[dict]) -> list[float] | None:
+    return wilson(sum(bool(r["success"]) for r in recs), len(recs))
 
 
 def percentile(values, q: float) -> float | None:
@@ -30,9 +38,10 @@ def aggregate(records: list[dict], eval_s: float) -> dict:
         per_task.append({
             "task_group": group, "task_id": len(ids) - 1, "task": task,
             "metrics": {"sum_rewards": [r["sum_reward"] for r in recs], "max_rewards": [r["max_reward"] for r in recs],
-                        "successes": [bool(r["success"]) for r in recs],
+                        "successes": [bool(r["success"]) for r in recs], "seeds": [r.get("seed") for r in recs],
                         "video_paths": [r["video_path"] for r in recs if r.get("video_path")]},
             "pc_success": _pc([bool(r["success"]) for r in recs]), "n_episodes": len(recs),
+            "pc_success_ci95": _ci(recs),
         })
     per_group = {}
     for group, names in groups.items():
@@ -50,6 +59,7 @@ def _summary(recs: list[dict]) -> dict:
         "avg_sum_reward": float(np.mean([r["sum_reward"] for r in recs])) if recs else 0.0,
         "avg_max_reward": float(np.mean([r["max_reward"] for r in recs])) if recs else 0.0,
         "pc_success": _pc([bool(r["success"]) for r in recs]),
+        "pc_success_ci95": _ci(recs),
         "n_episodes": len(recs),
         "video_paths": [r["video_path"] for r in recs if r.get("video_path")],
     }

@@ -2,7 +2,9 @@
 the summary table `vla-distill eval` prints.
 
 The first evaluation given is the reference row of the table (normally the teacher); "relative" is each row's
-success divided by the reference's, as the VLA-AD paper reports its student against the teacher.
+success divided by the reference's, as the VLA-AD paper reports its student against the teacher. Every rate carries
+its 95% interval and n; every later evaluation is compared with the reference episode by episode on their common
+seeds (stats.compare), and the table says whether the two are distinguishable.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from vla_distill.errors import ConfigError
 from vla_distill.eval.evaluate import INFO, OBSERVABILITY
+from vla_distill.eval.stats import compare, distinguishable
 
 MAX_FLAGS = 30
 MAX_VIDEOS = 6
@@ -21,20 +24,37 @@ MAX_VIDEOS = 6
 
 # ---------------------------------------------------------------- tables
 SUMMARY_HEADER = ["policy", "params", "p50 ms", "p99 ms", "control Hz", "peak RSS MB", "success % (all episodes)",
-                  "success % (mean of groups)", "relative to first"]
+                  "95% CI", "n", "success % (mean of groups)", "relative to first", "paired vs first (95% CI)",
+                  "distinguishable"]
 
 
 def summary_rows(infos: list[dict]) -> list[list[str]]:
-    """The paper's table, one row per evaluation: parameters, Hz, memory, success, gap to the first (teacher) row."""
+    """The paper's table, one row per evaluation: parameters, Hz, memory, success with its interval, the gap to the
+    first (teacher) row, and the paired difference from it on common seeds with McNemar's verdict."""
     rows = []
     ref = infos[0]["overall"]["pc_success"] if infos else 0.0
     for i, info in enumerate(infos):
         p, o = info["policy"], info["overall"]
         rel = "reference" if i == 0 else f"{100 * o['pc_success'] / ref:.1f}%" if ref else "-"
+        diff, verdict = _paired_cells(infos[0], info) if i else ("-", "-")
         rows.append([p["spec"], _fmt_params(p["parameters"]), _fmt(p.get("latency_ms_p50"), 2), _fmt(p.get("latency_ms_p99"), 2),
                      _fmt(p.get("control_hz"), 0), _fmt(p.get("peak_rss_mb"), 0), f"{o['pc_success']:.1f}",
-                     f"{o['pc_success_group_mean']:.1f}", rel])
+                     _fmt_ci(o.get("pc_success_ci95")), str(o["n_episodes"]), f"{o['pc_success_group_mean']:.1f}", rel,
+                     diff, verdict])
     return rows
+
+
+def _paired_cells(ref: dict, info: dict) -> tuple[str, str]:
+    c = compare(ref, info)["overall"]
+    if not c["n_episodes"]:
+        return "no common seeds", "-"
+    word = "yes" if distinguishable(c) else "no"
+    return (f"{c['difference']:+.1f} ({_fmt_ci(c['ci95'])}), n={c['n_episodes']}",
+            f"{word} (McNemar p={c['mcnemar_p']:.2g})")
+
+
+def _fmt_ci(ci: list[float] | None) -> str:
+    return "-" if not ci else f"{ci[0]:.1f}–{ci[1]:.1f}"
 
 
 def markdown_table(header: list[str], rows: list[list[str]], right: bool = False) -> str:
@@ -45,6 +65,23 @@ def markdown_table(header: list[str], rows: list[list[str]], right: bool = False
 
 def summary_table(infos: list[dict]) -> str:
     return markdown_table(SUMMARY_HEADER, summary_rows(infos), right=True)
+
+
+def _task_cell(t: dict | None) -> str:
+    if t is None:
+        return "-"
+    k = sum(t["metrics"]["successes"])
+    return f"{t['pc_success']:.0f}% ({k}/{t['n_episodes']}; {_fmt_ci(t.get('pc_success_ci95'))})"
+
+
+def _rate_cell(o: dict) -> str:
+    return f"{o['pc_success']:.1f} ({_fmt_ci(o.get('pc_success_ci95'))}, n={o['n_episodes']})"
+
+
+def _diff_cell(c: dict | None) -> str:
+    if not c or not c["n_episodes"]:
+        return "-"
+    return f"{c['difference']:+.0f} ({_fmt_ci(c['ci95'])}){' *' if distinguishable(c) else ''}"
 
 
 def _fmt(v, digits: int) -> str:
@@ -97,16 +134,19 @@ def build(evals: list[Path], out: Path) -> list[tuple]:
     # per-task success side by side
     tasks = list(dict.fromkeys(t["task"] for _, info, _ in loaded for t in info["per_task"]))
     by = [{t["task"]: t for t in info["per_task"]} for _, info, _ in loaded]
-    rows = [[t, next(b[t]["task_group"] for b in by if t in b)] +
-            [f"{b[t]['pc_success']:.0f}% ({sum(b[t]['metrics']['successes'])}/{b[t]['n_episodes']})" if t in b else "-" for b in by]
-            for t in tasks]
-    blocks += [("h", 2, "Success per task"), ("table", ["task", "group"] + [f"[{i + 1}]" for i in range(len(loaded))], rows)]
-    blocks.append(("p", "  ".join(f"[{i + 1}] {label}" for i, label in enumerate(labels))))
+    comparisons = [compare(loaded[0][1], info) for _, info, _ in loaded[1:]]
+    rows = [[t, next(b[t]["task_group"] for b in by if t in b)] + [_task_cell(b.get(t)) for b in by] +
+            [_diff_cell(c["per_task"].get(t)) for c in comparisons] for t in tasks]
+    head = ["task", "group"] + [f"[{i + 1}]" for i in range(len(loaded))] + [f"[{i + 2}] − [1]" for i in range(len(comparisons))]
+    blocks += [("h", 2, "Success per task"), ("table", head, rows)]
+    blocks.append(("p", "  ".join(f"[{i + 1}] {label}" for i, label in enumerate(labels)) +
+                   ". Success with its 95% Wilson interval; differences are paired on common seeds, with Newcombe's "
+                   "95% interval and an exact McNemar test (* where the interval leaves out 0)."))
     groups = list(dict.fromkeys(g for _, info, _ in loaded for g in info["per_group"]))
-    grows = [[g] + [f"{info['per_group'][g]['pc_success']:.1f}" if g in info["per_group"] else "-" for _, info, _ in loaded]
+    grows = [[g] + [_rate_cell(info["per_group"][g]) if g in info["per_group"] else "-" for _, info, _ in loaded]
              for g in groups]
     grows.append(["mean of group means"] + [f"{info['overall']['pc_success_group_mean']:.1f}" for _, info, _ in loaded])
-    grows.append(["task-weighted (lerobot overall)"] + [f"{info['overall']['pc_success']:.1f}" for _, info, _ in loaded])
+    grows.append(["task-weighted (lerobot overall)"] + [_rate_cell(info["overall"]) for _, info, _ in loaded])
     blocks += [("h", 3, "Per difficulty group"), ("table", ["group"] + [f"[{i + 1}]" for i in range(len(loaded))], grows)]
     assets = out / "assets"
     for i, ((p, info, obs), label) in enumerate(zip(loaded, labels)):

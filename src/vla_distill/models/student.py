@@ -9,7 +9,8 @@ Shapes (types.py: B batch, V cameras, K chunk, D action dim, P phases, E text-em
      outputs["phase_logits"] (B, P)
      outputs["direction"]    (B, E), L2-normalized, in the text encoder's space
 Training batches add action (B, K, D) raw, action_is_pad (B, K), and when their weight is > 0: phase_index (B,),
-direction_index (B,), direction_embedding (B, E).
+direction_index (B,), direction_embedding (B, E). With a frozen pretrained encoder they may carry
+observation.image_features.<cam> (B, C_f, h, w), the trunk's output, instead of the camera's pixels.
 Tokens into the policy transformer: [readout, task, state..., camera tokens (grid² per camera)]; every head reads
 the readout token, so the auxiliary losses shape the same representation the action comes from.
 """
@@ -26,9 +27,9 @@ from torch import nn
 from vla_distill.errors import did_you_mean
 from vla_distill.models.base import Policy, register
 from vla_distill.models.losses import LossConfig, across_processes, action_loss, combine, direction_loss, phase_loss
-from vla_distill.models.vision import VisionConfig, make_encoder, random_shift
+from vla_distill.models.vision import VisionConfig, make_encoder, random_shift, tokens_per_image
 from vla_distill.types import (ACTION, AUGMENT_KEY, DIRECTION_EMBEDDING, DIRECTION_INDEX, OBS_STATE, PAD_SUFFIX,
-                               PHASE_INDEX, TASK, TASK_EMBEDDING, TASK_INDEX, camera_key)
+                               PHASE_INDEX, TASK, TASK_EMBEDDING, TASK_INDEX, camera_key, feature_key)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class StudentPolicy(Policy):
         c, d = config, config.d_model
         n_cam = len(c.image_keys)
         self.encoder = make_encoder(4 if c.depth_keys else 3, d, c.vision, c.image_size)
-        n_img_tokens = n_cam * c.vision.grid**2
+        n_img_tokens = n_cam * tokens_per_image(c.vision)
         self.state_proj = nn.ModuleList(nn.Linear(s, d) for s in c.state_dims)
         self.task_proj = nn.Linear(c.text_dim, d)
         self.readout = nn.Parameter(torch.randn(1, 1, d) * 0.02)
@@ -188,8 +189,14 @@ class StudentPolicy(Policy):
         return torch.stack(rows)
 
     # ------------------------------------------------------------------ model
+    def load_pretrained_vision(self) -> None:
+        """A new policy's pretrained trunk gets its ImageNet weights (a checkpoint carries them afterwards)."""
+        if hasattr(self.encoder, "load_pretrained"):
+            self.encoder.load_pretrained(self.config.vision.kind)
+
     def _images(self, batch: dict, generator: torch.Generator | None) -> torch.Tensor:
         c = self.config
+        own_range = getattr(self.encoder, "normalizes_input", False)
         cams = []
         dt = self.image_mean.dtype  # float32, or bf16 when the whole model was cast for inference
         for i, key in enumerate(c.image_keys):
@@ -199,8 +206,18 @@ class StudentPolicy(Policy):
             if self.training and c.shift_pad:
                 keys = batch.get(AUGMENT_KEY)
                 x = random_shift(x, c.shift_pad, generator, None if keys is None else keys * 8 + i)
-            cams.append((x - self.image_mean[i]) / self.image_std[i])
+            cams.append(x if own_range else (x - self.image_mean[i]) / self.image_std[i])
         return torch.stack(cams, dim=1)  # (B, V, C, H, W)
+
+    def camera_tokens(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, V*N, d): every camera's tokens, from cached trunk features where the batch has them."""
+        c = self.config
+        fkeys = [feature_key(k) for k in c.image_keys]
+        if all(k in batch for k in fkeys):
+            f = torch.stack([batch[k] for k in fkeys], dim=1)  # (B, V, C_f, h, w)
+            return self.encoder.from_features(f.flatten(0, 1)).reshape(f.shape[0], -1, c.d_model)
+        imgs = self._images(batch, generator)
+        return self.encoder(imgs.flatten(0, 1)).reshape(imgs.shape[0], -1, c.d_model)
 
     def encode(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """All heads; see the module docstring for shapes."""
@@ -219,10 +236,9 @@ class StudentPolicy(Policy):
         """(B, d): the readout token after the final norm, which every head reads (the expert feature space
         VITA-VLA aligns a VLM to)."""
         c = self.config
-        imgs = self._images(batch, generator)
-        b, n_cam = imgs.shape[:2]
-        img_tokens = self.encoder(imgs.flatten(0, 1)).reshape(b, -1, c.d_model)
-        state = torch.cat([batch[k].to(imgs.dtype).reshape(b, -1) for k in c.state_keys], dim=-1)
+        img_tokens = self.camera_tokens(batch, generator)
+        b = img_tokens.shape[0]
+        state = torch.cat([batch[k].to(img_tokens.dtype).reshape(b, -1) for k in c.state_keys], dim=-1)
         state = (state - self.state_mean) / self.state_std
         splits = torch.split(state, list(c.state_dims), dim=-1)
         state_tokens = torch.stack([proj(s) for proj, s in zip(self.state_proj, splits)], dim=1)
@@ -268,7 +284,7 @@ class StudentPolicy(Policy):
         return combine(named, cfg), {k: float(v.detach()) for k, v in named.items()}
 
     def num_parameters(self, deployed: bool = False) -> int:
-        """All trainable parameters; deployed=True leaves out the phase and direction heads."""
+        """All parameters (a frozen pretrained trunk included); deployed=True leaves out the phase and direction heads."""
         skip = ("phase_head", "direction_head", "logit_scale") if deployed else ()
         return sum(p.numel() for n, p in self.named_parameters() if not n.startswith(skip))
 

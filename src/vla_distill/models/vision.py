@@ -1,8 +1,12 @@
-"""Vision encoders trained from scratch, in plain torch (torchvision cannot be installed here).
+"""Vision encoders in plain torch (torchvision cannot be installed here): two trained from scratch, and a frozen
+ImageNet-pretrained trunk with a trained spatial-softmax keypoint head.
 
-Both map (B, C, H, W) images, already normalized, to (B, N, d) tokens for the policy transformer, N = grid².
-GroupNorm instead of BatchNorm: batch statistics mislead at batch 1 in the control loop and across tasks
-(diffusion_policy makes the same swap).
+Each maps (B, C, H, W) images to (B, N, d) tokens for the policy transformer: resnet and vit take images already
+normalized by the dataset's statistics and give N = grid² pooled tokens; efficientnet-lite0 takes [0, 1] pixels
+(its trunk has its own input range) and gives N = keypoint_tokens tokens. Pooling a 16x16 map down to 4x4 averages a
+2-pixel goal away; a soft-argmax keeps its position to a fraction of a feature cell, which is why robomimic and
+Diffusion Policy localize with keypoints. GroupNorm instead of BatchNorm in what is trained: batch statistics mislead
+at batch 1 in the control loop and across tasks (diffusion_policy makes the same swap).
 """
 
 from __future__ import annotations
@@ -15,9 +19,13 @@ import torch
 from torch import nn
 
 
+VISION_KINDS = ("resnet", "vit", "efficientnet-lite0")
+PRETRAINED = ("efficientnet-lite0",)
+
+
 @dataclass(frozen=True)
 class VisionConfig:
-    kind: str = "resnet"  # resnet | vit
+    kind: str = "resnet"  # resnet | vit | efficientnet-lite0 (frozen, pretrained)
     widths: tuple[int, ...] = (32, 64, 128, 256)  # resnet: channels per stage
     blocks: tuple[int, ...] = (1, 1, 1, 1)  # resnet: basic blocks per stage
     patch: int = 16  # vit
@@ -25,10 +33,15 @@ class VisionConfig:
     vit_depth: int = 4
     vit_heads: int = 4
     grid: int = 4  # output tokens per side
+    stride: int = 8  # efficientnet-lite0: the trunk's last stage (8: 40 channels; 16: 112)
+    keypoints: int = 32  # efficientnet-lite0: spatial-softmax keypoints per camera
+    keypoint_tokens: int = 4  # efficientnet-lite0: tokens per camera the keypoints are grouped into
+    keypoint_features: int = 8  # efficientnet-lite0: attention-pooled feature channels per keypoint
+    head_width: int = 32  # efficientnet-lite0: channels of the trained convolutions before the keypoints
 
     def __post_init__(self):
-        if self.kind not in ("resnet", "vit"):
-            raise ValueError(f"vision.kind: {self.kind!r} is not one of ['resnet', 'vit']")
+        if self.kind not in VISION_KINDS:
+            raise ValueError(f"vision.kind: {self.kind!r} is not one of {list(VISION_KINDS)}")
         if self.kind == "resnet" and len(self.widths) != len(self.blocks):
             raise ValueError("vision.widths and vision.blocks must have the same length")
 
@@ -122,8 +135,82 @@ def grid_pool(f: torch.Tensor, g: int) -> torch.Tensor:
     return f.flatten(2).matmul(_pool_matrix(h, w, g).to(f)).transpose(1, 2)
 
 
+class KeypointHead(nn.Module):
+    """(B, C_f, h, w) features -> (B, N, d) tokens. Two trained 3x3 convolutions, then per keypoint a softmax over
+    the map: its expected (x, y) in [-1, 1] and a few attention-weighted feature channels there. The keypoints are
+    read in N groups, each group's values flattened into one token: few tokens keep the policy transformer cheap
+    (64 keypoint tokens per step made it 4x slower to train on 2 cores), robomimic's flattened keypoints are N = 1."""
+
+    def __init__(self, c_in: int, out_dim: int, cfg: VisionConfig):
+        super().__init__()
+        w, k = cfg.head_width, cfg.keypoints
+        if k % cfg.keypoint_tokens:
+            raise ValueError(f"vision.keypoints {k} is not a multiple of vision.keypoint_tokens {cfg.keypoint_tokens}")
+        self.convs = nn.Sequential(nn.Conv2d(c_in, w, 3, 1, 1), _norm(w), nn.ReLU(), nn.Conv2d(w, w, 3, 1, 1), _norm(w),
+                                   nn.ReLU())
+        self.attention = nn.Conv2d(w, k, 1)
+        self.values = nn.Conv2d(w, cfg.keypoint_features, 1)
+        self.n_tokens = cfg.keypoint_tokens
+        self.proj = nn.Linear(k // cfg.keypoint_tokens * (2 + cfg.keypoint_features), out_dim)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        h, w = int(f.shape[-2]), int(f.shape[-1])
+        v = self.convs(f)  # (B, w, h, w)
+        att = self.attention(v).flatten(2).softmax(-1)  # (B, n_kp, h*w)
+        xy = att.matmul(_coordinates(h, w).to(att))  # (B, n_kp, 2)
+        pooled = att.matmul(self.values(v).flatten(2).transpose(1, 2))  # (B, n_kp, f)
+        kp = torch.cat([xy, pooled], dim=-1)  # (B, n_kp, 2 + f)
+        return self.proj(kp.reshape(kp.shape[0], self.n_tokens, -1))  # (B, N, d)
+
+
+@functools.cache
+def _coordinates(h: int, w: int) -> torch.Tensor:
+    """(h*w, 2): each cell centre's (x, y) in [-1, 1], row-major; numpy-built so a trace keeps it a constant."""
+    ys, xs = np.meshgrid(np.linspace(-1, 1, h, dtype=np.float32), np.linspace(-1, 1, w, dtype=np.float32), indexing="ij")
+    with torch.inference_mode(False):
+        return torch.from_numpy(np.stack([xs.reshape(-1), ys.reshape(-1)], 1))
+
+
+class PretrainedKeypointEncoder(nn.Module):
+    """A frozen pretrained trunk and a trained keypoint head. Its input is [0, 1] pixels (`normalizes_input`); the
+    trunk's output can be computed once per dataset frame and fed to `from_features` (the trainer's feature cache)."""
+
+    normalizes_input = True
+
+    def __init__(self, out_dim: int, cfg: VisionConfig):
+        super().__init__()
+        from vla_distill.models.efficientnet import EfficientNetLiteTrunk
+
+        self.trunk = EfficientNetLiteTrunk(cfg.stride)
+        self.head = KeypointHead(self.trunk.out_channels, out_dim, cfg)
+
+    def load_pretrained(self, name: str) -> None:
+        from vla_distill.models.efficientnet import load_pretrained
+
+        load_pretrained(self.trunk, name)
+
+    def feature_shape(self, image_size: tuple[int, int]) -> tuple[int, int, int]:
+        """(C_f, h, w) of the trunk's output for (H, W) images."""
+        h, w = (-(-n // self.trunk.stride) for n in image_size)
+        return self.trunk.out_channels, h, w
+
+    def from_features(self, f: torch.Tensor) -> torch.Tensor:
+        return self.head(f.to(self.head.proj.weight.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))
+
+
 def make_encoder(in_ch: int, out_dim: int, cfg: VisionConfig, image_size: tuple[int, int]) -> nn.Module:
+    if cfg.kind in PRETRAINED:
+        if in_ch != 3:
+            raise ValueError(f"vision.kind {cfg.kind}: its pretrained trunk takes RGB only (no depth channel)")
+        return PretrainedKeypointEncoder(out_dim, cfg)
     return ResNetEncoder(in_ch, out_dim, cfg) if cfg.kind == "resnet" else ViTEncoder(in_ch, out_dim, cfg, image_size)
+
+
+def tokens_per_image(cfg: VisionConfig) -> int:
+    return cfg.keypoint_tokens if cfg.kind in PRETRAINED else cfg.grid**2
 
 
 def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator | None = None,

@@ -56,6 +56,10 @@ class Simulator(Protocol):
         """The group a task is reported under (MetaWorld's difficulty, LIBERO's suite)."""
         ...
 
+    def instruction(self, task: str) -> str | None:
+        """The language instruction its environments give the policy; None where it cannot be known without them."""
+        ...
+
     def eval_seeds(self, task: str, episodes: int, seed: int) -> list[int]:
         """The held-out seeds of a task's evaluation episodes; `seed` picks the stream."""
         ...

@@ -143,6 +143,14 @@ class Libero:
     def group_of(self, task: str) -> str:
         return task.partition("/")[0]
 
+    def instruction(self, task: str) -> str | None:
+        if unavailable():
+            return None
+        from libero.libero import benchmark
+
+        suite_name, _, idx = task.partition("/")
+        return benchmark.get_benchmark_dict()[suite_name]().get_task(int(idx)).language
+
     def eval_seeds(self, task: str, episodes: int, seed: int) -> list[int]:
         return [seed * 1_000 + i for i in range(episodes)]
 

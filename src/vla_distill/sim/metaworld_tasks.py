@@ -137,6 +137,9 @@ class MetaWorld:
     def group_of(self, task: str) -> str:
         return difficulty_of(task)
 
+    def instruction(self, task: str) -> str | None:
+        return INSTRUCTIONS.get(task)
+
     def eval_seeds(self, task: str, episodes: int, seed: int) -> list[int]:
         task_id = sorted(INSTRUCTIONS).index(task)
         return [EVAL_SEED_BASE + seed * 100_003 + task_id * 1_009 + i for i in range(episodes)]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from vla_distill.models.losses import LossConfig
 from vla_distill.models.student import preset_config
+from vla_distill.models.vision import VISION_KINDS
 from vla_distill.models.vita import STAGES
 from vla_distill.types import ACTION, OBS_STATE, TEACHER_ACTION
 
@@ -73,13 +74,14 @@ class TrainConfig(RunConfig):
     cameras: tuple[str, ...] = ()  # () = every camera of the dataset
     depth_keys: tuple[str, ...] = ()
     state_keys: tuple[str, ...] = (OBS_STATE,)
-    vision: str = ""  # "" = the preset's encoder; resnet | vit
+    vision: str = ""  # "" = the preset's encoder; resnet | vit | efficientnet-lite0
+    feature_cache: bool = True  # a frozen pretrained encoder's features computed once per dataset frame
 
     def __post_init__(self):
         preset_config(self.preset)  # raises with a did-you-mean on an unknown name
         super().__post_init__()
-        if self.vision not in ("", "resnet", "vit"):
-            raise ValueError(f"vision: {self.vision!r} is not one of ['resnet', 'vit']")
+        if self.vision not in ("", *VISION_KINDS):
+            raise ValueError(f"vision: {self.vision!r} is not one of {list(VISION_KINDS)}")
 
     def _at_least_one(self) -> tuple[str, ...]:
         return super()._at_least_one() + ("horizon",)

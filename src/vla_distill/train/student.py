@@ -18,10 +18,12 @@ from vla_distill.models.text import TextEncoder
 from vla_distill.models.vision import VisionConfig
 from vla_distill.train.config import TrainConfig
 from vla_distill.train.device import DeviceSetup, autocast, setup_device
+from vla_distill.train.feature_cache import cached_features
 from vla_distill.train.fit import (BatchStream, Job, effective_batch, fit, prepare_run, provenance, training_episodes,
                                    validation_batches)
 from vla_distill.train.views import Views, make_views, policy_batch
-from vla_distill.types import ACTION, DIRECTION_INDEX, DIRECTIONS_PATH, OBS_PREFIX, PAD_SUFFIX, PHASE_INDEX, PHASES_4
+from vla_distill.types import (ACTION, DIRECTION_INDEX, DIRECTIONS_PATH, OBS_PREFIX, PAD_SUFFIX, PHASE_INDEX, PHASES_4,
+                               feature_key)
 
 
 def train(cfg: TrainConfig, resume: bool = False, overrides: tuple[str, ...] = ("steps",)) -> Path:
@@ -32,10 +34,10 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: tuple[str, ...] = (
     ds = RobotDataset(cfg.dataset)
     target = check_dataset(ds, cfg)
     train_eps, val_eps = training_episodes(ds, cfg)
-    views = build_views(ds, cfg, target, train_eps, val_eps)
     annotation = read_annotation(ds.root)
     policy = build_policy(ds, cfg, target, train_eps, annotation).to(dev.device)
-    job = Job(policy=policy, params=list(policy.named_parameters()),
+    views = build_views(ds, cfg, target, train_eps, val_eps, policy)
+    job = Job(policy=policy, params=[(n, p) for n, p in policy.named_parameters() if p.requires_grad],
               stream=BatchStream(views.train, cfg.batch_size, cfg.seed, dev.rank, dev.world, cfg.grad_accum),
               to_batch=lambda raw: policy_batch(raw, views), loss=lambda model, batch, gen: model(batch, cfg.loss, gen),
               validate=lambda: validate(policy, views, cfg, dev), provenance=provenance(ds, cfg, annotation),
@@ -77,16 +79,23 @@ def cameras(ds: RobotDataset, cfg: TrainConfig) -> list[str]:
     return list(cfg.cameras or ds.camera_keys)
 
 
-def build_views(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list[int], val_eps: list[int]) -> Views:
+def build_views(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list[int], val_eps: list[int],
+                policy: StudentPolicy) -> Views:
+    """The training views; a frozen pretrained encoder's trunk features come from the feature cache instead of the
+    pixels (cfg.feature_cache)."""
     if len(ds.features[target]["shape"]) == 2 and ds.features[target]["shape"][0] < cfg.horizon:
         raise ConfigError(f"the teacher answered {ds.features[target]['shape'][0]}-step chunks; --horizon "
                           f"{cfg.horizon} needs at least that many", field="horizon")
-    keys = [*cameras(ds, cfg), *cfg.depth_keys, *cfg.state_keys, target]
+    cams, row_arrays = cameras(ds, cfg), None
+    if cfg.feature_cache and hasattr(policy.encoder, "from_features"):
+        features = cached_features(ds, cams, policy.encoder, policy.config.vision.kind)
+        row_arrays, cams = {feature_key(c): f for c, f in features.items()}, []
+    keys = [*cams, *cfg.depth_keys, *cfg.state_keys, target]
     keys += [k for k, w in ((PHASE_INDEX, cfg.loss.phase_weight), (DIRECTION_INDEX, cfg.loss.direction_weight)) if w > 0]
     cue_emb = None
     if (ds.root / DIRECTIONS_PATH).exists():  # check_dataset made sure it is there when the loss needs it
         cue_emb = torch.from_numpy(read_directions(ds.root)[1].copy())
-    return make_views(ds, keys, target, cfg.horizon, train_eps, val_eps, cue_emb)
+    return make_views(ds, keys, target, cfg.horizon, train_eps, val_eps, cue_emb, row_arrays)
 
 
 # ---------------------------------------------------------------- the model
@@ -140,6 +149,7 @@ def build_policy(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: lis
         raise ConfigError(str(e)) from None
     torch.manual_seed(cfg.seed)
     policy = StudentPolicy(config)
+    policy.load_pretrained_vision()
     policy.set_normalization(normalization(ds, cfg, target, train_eps), emb)
     return policy
 

@@ -26,13 +26,14 @@ class Views:
 
 
 def make_views(ds, keys: list[str], target: str, horizon: int, train_eps: list[int], val_eps: list[int],
-               cue_emb: torch.Tensor | None = None) -> Views:
+               cue_emb: torch.Tensor | None = None, row_arrays: dict | None = None) -> Views:
     """keys: the columns to read, the target among them. A target that holds single actions is windowed K frames
-    ahead (padded past the episode's end); one that holds chunks is read as it is."""
+    ahead (padded past the episode's end); one that holds chunks is read as it is. row_arrays: per-frame arrays
+    (cached encoder features) passed through to WindowedDataset."""
     chunked = len(ds.features[target]["shape"]) == 2
     deltas = {} if chunked else {target: range(horizon)}
-    train = WindowedDataset(ds, deltas, episodes=train_eps, keys=keys)
-    val = WindowedDataset(ds, deltas, episodes=val_eps, keys=keys) if val_eps else None
+    train = WindowedDataset(ds, deltas, episodes=train_eps, keys=keys, row_arrays=row_arrays)
+    val = WindowedDataset(ds, deltas, episodes=val_eps, keys=keys, row_arrays=row_arrays) if val_eps else None
     return Views(train, val, target, chunked, horizon, cue_emb)
 
 

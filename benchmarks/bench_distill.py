@@ -1,0 +1,214 @@
+"""Distillation quality: does the student match its teacher, on the same held-out seeds?
+
+Usage (every stage runs through the CLI as a user would, and is skipped or resumed when its output exists):
+  python benchmarks/bench_distill.py mt10 [--demos 50] [--steps 20000] [--episodes 50]
+      MT10 x 50 demonstrations, one multi-task student of the recipe below, teacher and student on the same 50
+      held-out seeds per task -> results/mt10.json (goal: student >= 95% and within 2 points of the teacher)
+  python benchmarks/bench_distill.py ablations [--tasks reach-v3,push-v3,pick-place-v3] [--minutes 8]
+      the recipe against one change at a time, each trained for the same wall-clock budget and evaluated on the same
+      seeds: from-scratch encoder, 96 px, one camera, K = 1 -> results/distill_ablations.json
+The recipe: tiny transformer, frozen ImageNet EfficientNet-Lite0 to stride 8 + trained spatial-softmax keypoints
+(features cached once per dataset), corner2 + gripper cameras at 128 px, action chunks of K = 5 run as a queue.
+Work directories live under --work (default outputs/bench_distill).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from common import RESULTS, cli, write_result
+
+from vla_distill.eval.stats import compare, distinguishable
+
+RECIPE = ("--preset", "tiny", "--vision", "efficientnet-lite0", "--horizon", "5", "--batch-size", "64")
+CAMERAS = "corner2,gripper"
+
+
+def dataset(work: Path, tasks: str, demos: int, size: int, cameras: str = CAMERAS) -> Path:
+    raw = work / f"dataset-{size}"
+    if not (raw / "meta" / "info.json").exists() or (raw / ".partial").exists():
+        cli("collect", "--tasks", tasks, "--episodes", str(demos), "--cameras", cameras, "--image-size", str(size),
+            "--out", str(raw))
+    ann = work / f"annotated-{size}"
+    if not (ann / "meta" / "annotation.json").exists():
+        cli("annotate", "--dataset", str(raw), "--out", str(ann), "--teacher", "scripted")
+    return ann
+
+
+def trained(ds: Path, run: Path, steps: int, *extra: str) -> tuple[Path, float]:
+    """The run (trained or resumed to `steps`) and the minutes it took: this call's wall time when it trained from
+    nothing (feature cache included), else the training steps' own time from metrics.jsonl."""
+    fresh = not (run / "checkpoints" / "last").exists()
+    t0 = time.perf_counter()
+    if fresh:
+        cli("train", "--dataset", str(ds), "--out", str(run), "--steps", str(steps), "--save-every",
+            str(max(steps // 5, 1)), "--log-every", "50", *extra)
+    else:  # a resumed run keeps its settings
+        cli("train", "--dataset", str(ds), "--out", str(run), "--steps", str(steps), "--resume")
+    wall = (time.perf_counter() - t0) / 60
+    return run, wall if fresh and wall > 1 else train_minutes(run)
+
+
+def train_minutes(run: Path) -> float:
+    cfg = json.loads((run / "train_config.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "samples_per_s" in r]
+    steps = np.diff([0] + [r["step"] for r in rows])
+    return float(sum(n * cfg["batch_size"] / r["samples_per_s"] for n, r in zip(steps, rows)) / 60)
+
+
+def evaluated(policy: str, tasks: str, out: Path, episodes: int, *extra: str) -> dict:
+    if not (out / "eval_info.json").exists():
+        cli("eval", "--policy", policy, "--tasks", tasks, "--episodes", str(episodes), "--out", str(out), "--videos", "0",
+            *extra)
+    return json.loads((out / "eval_info.json").read_text())
+
+
+def rate(info: dict) -> dict:
+    o = info["overall"]
+    return {"pc_success": o["pc_success"], "ci95": o["pc_success_ci95"], "n_episodes": o["n_episodes"]}
+
+
+def onnx_hz(run: Path, observations: Path, work: Path) -> float:
+    """Batch-1 calls per second of the exported student through ONNX Runtime on 2 threads (nothing else running)."""
+    import onnxruntime as ort
+
+    bundle = work / "bundle"
+    if not (bundle / "model.onnx").exists():
+        cli("export", "--policy", str(run), "--format", "onnx", "--observations", str(observations), "--out", str(bundle))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(bundle / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {}
+    for i in sess.get_inputs():
+        shape = [1 if isinstance(d, str) else d for d in i.shape]
+        feed[i.name] = rng.random(shape).astype(np.float32) if "float" in i.type else np.zeros(shape, np.int64)
+    for _ in range(50):
+        sess.run(None, feed)
+    lat = []
+    for _ in range(500):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        lat.append(time.perf_counter() - t0)
+    return float(1.0 / np.mean(lat))
+
+
+def table(teacher: dict, student: dict, paired: dict) -> None:
+    print("| task | teacher % (95% CI) | student % (95% CI) | student − teacher (95% CI) | McNemar p |")
+    print("|---|---:|---:|---:|---:|")
+    s_by = {t["task"]: t for t in student["per_task"]}
+    for t in teacher["per_task"]:
+        s, c = s_by[t["task"]], paired["per_task"][t["task"]]
+        print(f"| {t['task']} | {t['pc_success']:.0f} ({_ci(t['pc_success_ci95'])}) | {s['pc_success']:.0f} "
+              f"({_ci(s['pc_success_ci95'])}) | {c['difference']:+.0f} ({_ci(c['ci95'])}) | {c['mcnemar_p']:.2g} |")
+    o = paired["overall"]
+    print(f"| **all {o['n_episodes']} episodes** | **{teacher['overall']['pc_success']:.1f}** "
+          f"({_ci(teacher['overall']['pc_success_ci95'])}) | **{student['overall']['pc_success']:.1f}** "
+          f"({_ci(student['overall']['pc_success_ci95'])}) | {o['difference']:+.1f} ({_ci(o['ci95'])}) | {o['mcnemar_p']:.2g} |")
+
+
+def _ci(ci) -> str:
+    return f"{ci[0]:.1f}–{ci[1]:.1f}"
+
+
+# ------------------------------------------------------------------------------------------------ suites
+def mt10(args) -> dict:
+    work = Path(args.work) / "mt10"
+    ann = dataset(work, "mt10", args.demos, 128)
+    run, minutes = trained(ann, work / "student", args.steps, *RECIPE)
+    teacher = evaluated("scripted", "mt10", work / "eval-teacher", args.episodes)
+    student = evaluated(str(run), "mt10", work / "eval-student", args.episodes)
+    paired = compare(teacher, student)
+    table(teacher, student, paired)
+    hz = onnx_hz(run, ann, work)
+    s, t = rate(student), rate(teacher)
+    print(f"student {s['pc_success']:.1f}% vs teacher {t['pc_success']:.1f}%: "
+          f"{'distinguishable' if distinguishable(paired['overall']) else 'not distinguishable'} on these episodes; "
+          f"trained {minutes:.0f} min; ONNX Runtime batch-1 {hz:.0f} Hz")
+    o = paired["overall"]
+    per_task = {x["task"]: {"teacher": x["pc_success"], "teacher_ci95": x["pc_success_ci95"]} for x in teacher["per_task"]}
+    for x in student["per_task"]:
+        per_task[x["task"]] |= {"student": x["pc_success"], "student_ci95": x["pc_success_ci95"],
+                                "difference": paired["per_task"][x["task"]]["difference"],
+                                "difference_ci95": paired["per_task"][x["task"]]["ci95"],
+                                "mcnemar_p": paired["per_task"][x["task"]]["mcnemar_p"]}
+    return {"suite": "mt10", "student": s, "teacher": t,
+            "paired": {"difference": o["difference"], "ci95": o["ci95"], "mcnemar_p": o["mcnemar_p"],
+                       "only_teacher": o["only_a"], "only_student": o["only_b"]},
+            "per_task": per_task, "train_minutes": round(minutes, 1), "student_hz": round(hz, 1),
+            "student_hz_backend": "onnxruntime fp32, batch 1, 2 threads",
+            "evaluations": {"teacher": str(work / "eval-teacher"), "student": str(work / "eval-student")},
+            "recipe": " ".join(RECIPE), "demos_per_task": args.demos, "steps": args.steps,
+            "episodes_per_task": args.episodes, "goal_met": s["pc_success"] >= 95 and t["pc_success"] - s["pc_success"] <= 2,
+            "command": "python benchmarks/bench_distill.py mt10 " + " ".join(sys.argv[2:])}
+
+
+ABLATIONS = {  # name: (image size, cameras, train flags replacing the recipe's)
+    "recipe": (128, CAMERAS, ()),
+    "from scratch (tiny resnet)": (128, CAMERAS, ("--vision", "resnet")),
+    "96 px": (96, CAMERAS, ()),
+    "one camera (corner2)": (128, CAMERAS, ("--cameras", "observation.images.corner2")),
+    "K = 1": (128, CAMERAS, ("--horizon", "1")),
+}
+
+
+def ablations(args) -> dict:
+    work = Path(args.work) / f"ablations-{args.tasks.replace(',', '+')[:60]}-{args.demos}"
+    rows, infos = [], {}
+    for name, (size, cams, change) in ABLATIONS.items():
+        ann = dataset(work, args.tasks, args.demos, size, cams)
+        flags = dict(zip(RECIPE[::2], RECIPE[1::2])) | dict(zip(change[::2], change[1::2]))
+        slug = name.split(" (")[0].replace(" ", "-").replace("=", "")
+        steps = steps_for_minutes(ann, work / f"probe-{slug}", args.minutes, flags)
+        run, minutes = trained(ann, work / f"student-{slug}", steps, *[x for kv in flags.items() for x in kv])
+        infos[name] = evaluated(str(run), args.tasks, work / f"eval-{slug}", args.episodes)
+        rows.append({"name": name, "steps": steps, "train_minutes": round(minutes, 1), **rate(infos[name])})
+    ref = infos["recipe"]
+    print("| variant | steps in the budget | train min | success % (95% CI) | vs recipe (paired, 95% CI) | McNemar p |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        c = compare(ref, infos[r["name"]])["overall"]
+        r["vs_recipe"] = {"difference": c["difference"], "ci95": c["ci95"], "mcnemar_p": c["mcnemar_p"]}
+        print(f"| {r['name']} | {r['steps']} | {r['train_minutes']:.1f} | {r['pc_success']:.1f} ({_ci(r['ci95'])}) | "
+              f"{c['difference']:+.1f} ({_ci(c['ci95'])}) | {c['mcnemar_p']:.2g} |")
+    return {"suite": "ablations", "tasks": args.tasks, "demos_per_task": args.demos, "minutes_budget": args.minutes,
+            "episodes_per_task": args.episodes, "rows": rows,
+            "command": "python benchmarks/bench_distill.py ablations " + " ".join(sys.argv[2:])}
+
+
+def steps_for_minutes(ann: Path, probe: Path, minutes: float, flags: dict) -> int:
+    """Steps that fit the budget at this variant's measured training speed (a 60-step probe run after its cache)."""
+    if not (probe / "metrics.jsonl").exists():
+        cli("train", "--dataset", str(ann), "--out", str(probe), "--steps", "60", "--save-every", "60", "--log-every", "20",
+            "--val-batches", "1", *[x for kv in flags.items() for x in kv])
+    rows = [json.loads(line) for line in (probe / "metrics.jsonl").read_text().splitlines()]
+    sps = np.median([r["samples_per_s"] for r in rows if "samples_per_s" in r][1:])  # the first interval warms up
+    return int(minutes * 60 * sps / int(flags["--batch-size"]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("suite", choices=["mt10", "ablations"])
+    p.add_argument("--work", default="outputs/bench_distill")
+    p.add_argument("--tasks", default="reach-v3,push-v3,pick-place-v3")
+    p.add_argument("--demos", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--episodes", type=int, default=0)
+    p.add_argument("--minutes", type=float, default=8.0, help="ablations: training budget per variant")
+    args = p.parse_args()
+    if args.suite == "mt10":
+        args.demos, args.episodes = args.demos or 50, args.episodes or 50
+        write_result(RESULTS / "mt10.json", mt10(args))
+    else:
+        args.demos, args.episodes = args.demos or 30, args.episodes or 30
+        write_result(RESULTS / "distill_ablations.json", ablations(args))
+
+
+if __name__ == "__main__":
+    main()
