@@ -99,6 +99,22 @@ def test_cached_trunk_features_give_the_same_actions_as_pixels():
     assert feature_key(CAMS[0]) == "observation.image_features.a"
 
 
+def test_cached_features_are_shifted_in_training_only_and_by_sample_key():
+    from vla_distill.types import feature_key
+
+    policy = kp_student(feature_shift=1)
+    b = batch()
+    with torch.no_grad():
+        feats = {k: v for k, v in b.items() if k not in CAMS} | {feature_key(k): policy.encoder.trunk(b[k]) for k in CAMS}
+        feats["augment_key"] = torch.arange(3)
+        policy.train()
+        a1, a2 = policy.encode(feats)["action"], policy.encode(feats)["action"]
+        policy.eval()
+        plain = policy.encode(feats)["action"]
+    torch.testing.assert_close(a1, a2)  # the shift is a function of the sample's key
+    assert not torch.allclose(a1, plain)  # and only applies in training
+
+
 def test_pretrained_encoder_refuses_a_depth_channel():
     with pytest.raises(ValueError, match="RGB only"):
         kp_student(depth_keys=("observation.images.da", "observation.images.db"))

@@ -267,6 +267,8 @@ def _train_args(t: argparse.ArgumentParser) -> None:
            "pretrained and frozen, with a trained keypoint head", choices=["", *VISION_KINDS])
     t.add_argument("--no-feature-cache", dest="feature_cache", action="store_false", default=argparse.SUPPRESS,
                    help="run the frozen encoder on every sample (pixel augmentation on) instead of once per frame")
+    _field(t, "--feature-shift", TrainConfig, "random shift of cached features in training, in feature cells (8 px "
+           "at stride 8): the cached path's augmentation", type=int)
 
 
 def _train(args: argparse.Namespace) -> None:

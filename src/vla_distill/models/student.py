@@ -55,6 +55,7 @@ class StudentConfig:
     action_head: str = "continuous"  # continuous (MSE / L1 / smooth-L1) | discrete (256-bin cross-entropy)
     n_bins: int = 256
     shift_pad: int = 4  # training-time random shift, pixels
+    feature_shift: int = 0  # training-time random shift of cached trunk features, feature cells (8 px at stride 8)
     preset: str = ""
 
     def __post_init__(self):
@@ -214,7 +215,12 @@ class StudentPolicy(Policy):
         c = self.config
         fkeys = [feature_key(k) for k in c.image_keys]
         if all(k in batch for k in fkeys):
-            f = torch.stack([batch[k] for k in fkeys], dim=1)  # (B, V, C_f, h, w)
+            feats = [batch[k] for k in fkeys]
+            if self.training and c.feature_shift:  # the pixel shift's stand-in: cached features cannot be re-rendered
+                keys = batch.get(AUGMENT_KEY)
+                feats = [random_shift(x, c.feature_shift, generator, None if keys is None else keys * 8 + i)
+                         for i, x in enumerate(feats)]
+            f = torch.stack(feats, dim=1)  # (B, V, C_f, h, w)
             return self.encoder.from_features(f.flatten(0, 1)).reshape(f.shape[0], -1, c.d_model)
         imgs = self._images(batch, generator)
         return self.encoder(imgs.flatten(0, 1)).reshape(imgs.shape[0], -1, c.d_model)

@@ -76,6 +76,7 @@ class TrainConfig(RunConfig):
     state_keys: tuple[str, ...] = (OBS_STATE,)
     vision: str = ""  # "" = the preset's encoder; resnet | vit | efficientnet-lite0
     feature_cache: bool = True  # a frozen pretrained encoder's features computed once per dataset frame
+    feature_shift: int = 0  # random shift of cached features during training, in feature cells (0 = none)
 
     def __post_init__(self):
         preset_config(self.preset)  # raises with a did-you-mean on an unknown name

@@ -144,6 +144,7 @@ def build_policy(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: lis
             action_dim=int(ds.features[target]["shape"][-1]), horizon=cfg.horizon, n_phases=len(phase_names),
             phase_names=phase_names,
             text_dim=int(emb.shape[1]), tasks=tuple(ds.tasks), text_encoder=text_encoder, vision=vision,
+            feature_shift=cfg.feature_shift,
             action_head="discrete" if cfg.loss.action == "discrete" else "continuous")
     except ValueError as e:
         raise ConfigError(str(e)) from None
