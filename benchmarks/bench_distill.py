@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import bench_eval
+from bench_deploy import time_backend
+from bench_eval import evaluated
 from common import RESULTS, cli, write_result
 
 from vla_distill.eval.stats import compare, distinguishable
@@ -30,14 +33,9 @@ CAMERAS = "corner2,gripper"
 
 
 def dataset(work: Path, tasks: str, demos: int, size: int, cameras: str = CAMERAS) -> Path:
-    raw = work / f"dataset-{size}"
-    if not (raw / "meta" / "info.json").exists() or (raw / ".partial").exists():
-        cli("collect", "--tasks", tasks, "--episodes", str(demos), "--cameras", cameras, "--image-size", str(size),
-            "--out", str(raw))
-    ann = work / f"annotated-{size}"
-    if not (ann / "meta" / "annotation.json").exists():
-        cli("annotate", "--dataset", str(raw), "--out", str(ann), "--teacher", "scripted")
-    return ann
+    """Collected (seed stream 0) and annotated with the scripted teacher: work/dataset-SIZE, work/annotated-SIZE."""
+    raw = bench_eval.dataset(work, tasks, demos, size, cameras=cameras, name=f"dataset-{size}")
+    return bench_eval.annotated(work, raw, "scripted", f"annotated-{size}")
 
 
 def trained(ds: Path, run: Path, steps: int, *extra: str) -> tuple[Path, float]:
@@ -62,42 +60,19 @@ def train_minutes(run: Path) -> float:
     return float(sum(n * cfg["batch_size"] / r["samples_per_s"] for n, r in zip(steps, rows)) / 60)
 
 
-def evaluated(policy: str, tasks: str, out: Path, episodes: int, *extra: str) -> dict:
-    if not (out / "eval_info.json").exists():
-        cli("eval", "--policy", policy, "--tasks", tasks, "--episodes", str(episodes), "--out", str(out), "--videos", "0",
-            *extra)
-    return json.loads((out / "eval_info.json").read_text())
-
-
 def rate(info: dict) -> dict:
     o = info["overall"]
     return {"pc_success": o["pc_success"], "ci95": o["pc_success_ci95"], "n_episodes": o["n_episodes"]}
 
 
-def onnx_hz(run: Path, observations: Path, work: Path) -> dict:
-    """Batch-1 calls per second (over the mean latency) of the exported student through ONNX Runtime on 2 threads,
-    with p50 and p99 latency; nothing else may run beside it (repeats on an idle 2-core machine spread 156-221 Hz)."""
-    import onnxruntime as ort
-
+def onnx_speed(run: Path, observations: Path, work: Path) -> dict:
+    """Batch-1 speed of the exported student through ONNX Runtime on 2 threads, as bench_deploy.py times every
+    backend (a fresh process, the bundle's recorded observations): hz over the mean latency, p50_ms, p99_ms. Nothing
+    else may run beside it; repeats on the idle 2-core machine spread widely (see BENCHMARKS.md)."""
     bundle = work / "bundle"
     if not (bundle / "model.onnx").exists():
         cli("export", "--policy", str(run), "--format", "onnx", "--observations", str(observations), "--out", str(bundle))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(bundle / "model.onnx"), so, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    feed = {}
-    for i in sess.get_inputs():
-        shape = [1 if isinstance(d, str) else d for d in i.shape]
-        feed[i.name] = rng.random(shape).astype(np.float32) if "float" in i.type else np.zeros(shape, np.int64)
-    for _ in range(50):
-        sess.run(None, feed)
-    lat = []
-    for _ in range(2000):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        lat.append(time.perf_counter() - t0)
-    return {"hz": float(1.0 / np.mean(lat)), "p50_ms": float(1e3 * np.median(lat)), "p99_ms": float(1e3 * np.percentile(lat, 99))}
+    return time_backend(bundle, "onnx", 2000, 2)
 
 
 def table(teacher: dict, student: dict, paired: dict) -> None:
@@ -127,7 +102,7 @@ def mt10(args) -> dict:
     student = evaluated(str(run), "mt10", work / "eval-student", args.episodes)
     paired = compare(teacher, student)
     table(teacher, student, paired)
-    speed = onnx_hz(run, ann, work)
+    speed = onnx_speed(run, ann, work)
     hz = speed["hz"]
     s, t = rate(student), rate(teacher)
     print(f"student {s['pc_success']:.1f}% vs teacher {t['pc_success']:.1f}%: "
@@ -144,7 +119,9 @@ def mt10(args) -> dict:
     return {"suite": "mt10", "student": s, "teacher": t,
             "paired": {"difference": o["difference"], "ci95": o["ci95"], "mcnemar_p": o["mcnemar_p"],
                        "only_teacher": o["only_a"], "only_student": o["only_b"]},
-            "per_task": per_task, "train_minutes": round(minutes, 1), "student_hz": round(hz, 1), "student_latency_ms": {"p50": speed["p50_ms"], "p99": speed["p99_ms"]},
+            "per_task": per_task, "train_minutes": round(minutes, 1), "student_hz": round(hz, 1),
+            "student_latency_ms": {"p50": speed["p50_ms"], "p99": speed["p99_ms"]},
+            "student_onnx_max_abs_err": speed["max_abs_err"],
             "student_hz_backend": "onnxruntime fp32, batch 1, 2 threads",
             "evaluations": {"teacher": str(work / "eval-teacher"), "student": str(work / "eval-student")},
             "recipe": " ".join(RECIPE), "demos_per_task": args.demos, "steps": args.steps,

@@ -30,10 +30,11 @@ def eval_info(path: Path) -> dict:
     return json.loads((path / "eval_info.json").read_text())
 
 
-def dataset(work: Path, tasks: str, demos: int, size: int, seed: int = 0) -> Path:
-    raw = work / "dataset"
+def dataset(work: Path, tasks: str, demos: int, size: int, seed: int = 0, cameras: str = "corner2",
+            name: str = "dataset") -> Path:
+    raw = work / name
     if not (raw / "meta" / "info.json").exists() or (raw / ".partial").exists():
-        cli("collect", "--tasks", tasks, "--episodes", str(demos), "--cameras", "corner2", "--image-size", str(size),
+        cli("collect", "--tasks", tasks, "--episodes", str(demos), "--cameras", cameras, "--image-size", str(size),
             "--seed", str(seed), "--out", str(raw))
     return raw
 

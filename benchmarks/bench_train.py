@@ -36,7 +36,7 @@ def one(preset: str, args) -> dict:
     vision = VisionConfig(**{**PRESETS[name]["vision"].__dict__, "kind": kind or PRESETS[name]["vision"].kind})
     policy = StudentPolicy(preset_config(name, image_keys=cams, image_size=(args.size, args.size), tasks=("task",),
                                          vision=vision, horizon=args.horizon)).to(device)
-    cached = hasattr(policy.encoder, "from_features")
+    cached = vision.pretrained
     b, k = args.batch, args.horizon
 
     def batch(n: int, features: bool = False) -> dict:

@@ -348,17 +348,18 @@ def evaluate(cfg: EvalConfig, command: str = "") -> dict:
     actor = _make_actor(cfg)  # fails here, before any worker starts, on a bad path or kind
     jobs = [(t, i, s) for t in cfg.tasks for i, s in enumerate(cfg.sim.eval_seeds(t, cfg.episodes, cfg.seed))]
     _check_held_out(cfg, actor.info, jobs)
-    for task in untrained_tasks(cfg, actor.info):
+    untrained = untrained_tasks(cfg, actor.info)
+    for task in untrained:
         print(f"warning: {actor.info.spec} was never trained on {task} ({cfg.sim.instruction(task)!r}): its success "
               "there measures transfer to a new task, not distillation", file=sys.stderr)
     why = cfg.sim.unavailable()
     if why:
         raise SimulatorUnavailable(why)
     with single_writer(out):
-        return _evaluate(cfg, command, actor, jobs)
+        return _evaluate(cfg, command, actor, jobs, untrained)
 
 
-def _evaluate(cfg: EvalConfig, command: str, actor, jobs: list[tuple[str, int, int]]) -> dict:
+def _evaluate(cfg: EvalConfig, command: str, actor, jobs: list[tuple[str, int, int]], untrained: list[str]) -> dict:
     out = Path(cfg.out)
     _check_plan(cfg)
     done = _done_records(cfg)
@@ -385,7 +386,7 @@ def _evaluate(cfg: EvalConfig, command: str, actor, jobs: list[tuple[str, int, i
                     "seeds": {t: cfg.sim.eval_seeds(t, cfg.episodes, cfg.seed) for t in cfg.tasks},
                     "max_steps": cfg.max_steps or cfg.sim.step_limit, "steps_after_success": cfg.steps_after_success,
                     "workers": cfg.num_workers, "success": "info['success'] at any step", "code_version": __version__,
-                    "untrained_tasks": untrained_tasks(cfg, a),
+                    "untrained_tasks": untrained,
                     "command": command}
     obs = observability(cfg, records)
     info["observability"] = {"flag_counts": obs["flag_counts"], "flagged_episodes": len({(f["task"], f["episode"]) for f in obs["flags"]}),

@@ -192,35 +192,37 @@ class StudentPolicy(Policy):
     # ------------------------------------------------------------------ model
     def load_pretrained_vision(self) -> None:
         """A new policy's pretrained trunk gets its ImageNet weights (a checkpoint carries them afterwards)."""
-        if hasattr(self.encoder, "load_pretrained"):
+        if self.config.vision.pretrained:
             self.encoder.load_pretrained(self.config.vision.kind)
 
     def _images(self, batch: dict, generator: torch.Generator | None) -> torch.Tensor:
         c = self.config
-        own_range = getattr(self.encoder, "normalizes_input", False)
         cams = []
         dt = self.image_mean.dtype  # float32, or bf16 when the whole model was cast for inference
         for i, key in enumerate(c.image_keys):
             x = batch[key].to(dt)
             if c.depth_keys:
                 x = torch.cat([x, batch[c.depth_keys[i]].to(dt)[:, :1]], dim=1)
-            if self.training and c.shift_pad:
-                keys = batch.get(AUGMENT_KEY)
-                x = random_shift(x, c.shift_pad, generator, None if keys is None else keys * 8 + i)
-            cams.append(x if own_range else (x - self.image_mean[i]) / self.image_std[i])
+            x = self._shift(x, c.shift_pad, i, batch, generator)
+            cams.append(x if c.vision.pretrained else (x - self.image_mean[i]) / self.image_std[i])
         return torch.stack(cams, dim=1)  # (B, V, C, H, W)
+
+    def _shift(self, x: torch.Tensor, pad: int, camera: int, batch: dict, generator: torch.Generator | None) -> torch.Tensor:
+        """Camera `camera`'s (B, C, h, w) training-time random shift by up to `pad` pixels (or feature cells), fixed
+        per sample by its augment_key when the batch has one."""
+        if not (self.training and pad):
+            return x
+        keys = batch.get(AUGMENT_KEY)
+        return random_shift(x, pad, generator, None if keys is None else keys * 8 + camera)
 
     def camera_tokens(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, V*N, d): every camera's tokens, from cached trunk features where the batch has them."""
         c = self.config
         fkeys = [feature_key(k) for k in c.image_keys]
         if all(k in batch for k in fkeys):
-            feats = [batch[k] for k in fkeys]
-            if self.training and c.feature_shift:  # the pixel shift's stand-in: cached features cannot be re-rendered
-                keys = batch.get(AUGMENT_KEY)
-                feats = [random_shift(x, c.feature_shift, generator, None if keys is None else keys * 8 + i)
-                         for i, x in enumerate(feats)]
-            f = torch.stack(feats, dim=1)  # (B, V, C_f, h, w)
+            # the pixel shift's stand-in: cached features cannot be re-rendered
+            f = torch.stack([self._shift(batch[k], c.feature_shift, i, batch, generator) for i, k in enumerate(fkeys)],
+                            dim=1)  # (B, V, C_f, h, w)
             return self.encoder.from_features(f.flatten(0, 1)).reshape(f.shape[0], -1, c.d_model)
         imgs = self._images(batch, generator)
         return self.encoder(imgs.flatten(0, 1)).reshape(imgs.shape[0], -1, c.d_model)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from vla_distill.models.efficientnet import EfficientNetLiteTrunk, load_pretrained
+
 
 VISION_KINDS = ("resnet", "vit", "efficientnet-lite0")
 PRETRAINED = ("efficientnet-lite0",)
@@ -42,6 +44,11 @@ class VisionConfig:
     def __post_init__(self):
         if self.kind not in VISION_KINDS:
             raise ValueError(f"vision.kind: {self.kind!r} is not one of {list(VISION_KINDS)}")
+
+    @property
+    def pretrained(self) -> bool:
+        """A frozen pretrained trunk: it takes [0, 1] pixels, loads its weights once, and its features can be cached."""
+        return self.kind in PRETRAINED
         if self.kind == "resnet" and len(self.widths) != len(self.blocks):
             raise ValueError("vision.widths and vision.blocks must have the same length")
 
@@ -172,21 +179,16 @@ def _coordinates(h: int, w: int) -> torch.Tensor:
 
 
 class PretrainedKeypointEncoder(nn.Module):
-    """A frozen pretrained trunk and a trained keypoint head. Its input is [0, 1] pixels (`normalizes_input`); the
-    trunk's output can be computed once per dataset frame and fed to `from_features` (the trainer's feature cache)."""
-
-    normalizes_input = True
+    """A frozen pretrained trunk and a trained keypoint head. Its input is [0, 1] pixels (the trunk has its own input
+    range); the trunk's output can be computed once per dataset frame and fed to `from_features` (the trainer's
+    feature cache)."""
 
     def __init__(self, out_dim: int, cfg: VisionConfig):
         super().__init__()
-        from vla_distill.models.efficientnet import EfficientNetLiteTrunk
-
         self.trunk = EfficientNetLiteTrunk(cfg.stride)
         self.head = KeypointHead(self.trunk.out_channels, out_dim, cfg)
 
     def load_pretrained(self, name: str) -> None:
-        from vla_distill.models.efficientnet import load_pretrained
-
         load_pretrained(self.trunk, name)
 
     def feature_shape(self, image_size: tuple[int, int]) -> tuple[int, int, int]:
@@ -202,7 +204,7 @@ class PretrainedKeypointEncoder(nn.Module):
 
 
 def make_encoder(in_ch: int, out_dim: int, cfg: VisionConfig, image_size: tuple[int, int]) -> nn.Module:
-    if cfg.kind in PRETRAINED:
+    if cfg.pretrained:
         if in_ch != 3:
             raise ValueError(f"vision.kind {cfg.kind}: its pretrained trunk takes RGB only (no depth channel)")
         return PretrainedKeypointEncoder(out_dim, cfg)
@@ -210,7 +212,7 @@ def make_encoder(in_ch: int, out_dim: int, cfg: VisionConfig, image_size: tuple[
 
 
 def tokens_per_image(cfg: VisionConfig) -> int:
-    return cfg.keypoint_tokens if cfg.kind in PRETRAINED else cfg.grid**2
+    return cfg.keypoint_tokens if cfg.pretrained else cfg.grid**2
 
 
 def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator | None = None,

@@ -1,9 +1,9 @@
 """The frozen trunk's features of every dataset frame, computed once and reused by every run on the dataset.
 
 A frozen pretrained encoder gives the same features for a frame every time it is seen, so a training run computes
-them once (~100 images/s on 2 cores at 128 px) instead of once per sample per epoch; the trained keypoint head and
-transformer then train several times faster. The price: no pixel augmentation (a random shift would change the
-features). Cached as (N, C_f, h, w) float16 memmaps beside the decoded-frame cache, keyed by that cache, the encoder
+them once (~240 images/s on 2 cores at 128 px) instead of once per sample per epoch; the trained keypoint head and
+transformer then train 5x faster. The price: no pixel augmentation (a pixel shift would change the features; the
+student's `feature_shift` shifts the cached maps instead). Cached as (N, C_f, h, w) float16 memmaps beside the decoded-frame cache, keyed by that cache, the encoder
 and its stride; each is written under a temporary name and renamed when complete, so a killed build starts that
 camera over and a finished one is never stale.
 """
@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from vla_distill.data.dataset import RobotDataset
-from vla_distill.data.windows import FrameCache
+from vla_distill.data.windows import FrameCache, cache_tmp_path
 from vla_distill.types import images_to_float
 
 BATCH = 8  # the trunk is fastest at small batches, whose activations stay in cache (3x batch 64)
@@ -40,11 +40,10 @@ def cached_features(ds: RobotDataset, cameras: list[str], encoder: torch.nn.Modu
 
 @torch.inference_mode()
 def _build(frames: np.ndarray, trunk: torch.nn.Module, path: Path, what: str) -> None:
-    _remove_orphans(path)
     trunk = trunk.eval()
     device = next(trunk.parameters()).device
     c, h, w = trunk(images_to_float(np.array(frames[:1]), device)).shape[1:]
-    tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.npy")
+    tmp = cache_tmp_path(path)
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(frames), c, h, w))
     with tqdm(total=len(frames), desc=f"features of {what}", unit="img", leave=False) as bar:
         for s in range(0, len(frames), BATCH):
@@ -55,20 +54,3 @@ def _build(frames: np.ndarray, trunk: torch.nn.Module, path: Path, what: str) ->
     del out
     os.replace(tmp, path)
 
-
-def _remove_orphans(path: Path) -> None:
-    """Deletes what killed builds of this cache left (`<name>.<pid>.tmp.npy` of processes no longer running)."""
-    for tmp in path.parent.glob(path.stem + ".*.tmp.npy"):
-        pid = tmp.name[len(path.stem) + 1 : -len(".tmp.npy")]
-        if pid.isdigit() and not _alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -87,7 +87,7 @@ def build_views(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list
         raise ConfigError(f"the teacher answered {ds.features[target]['shape'][0]}-step chunks; --horizon "
                           f"{cfg.horizon} needs at least that many", field="horizon")
     cams, row_arrays = cameras(ds, cfg), None
-    if cfg.feature_cache and hasattr(policy.encoder, "from_features"):
+    if cfg.feature_cache and policy.config.vision.pretrained:
         features = cached_features(ds, cams, policy.encoder, policy.config.vision.kind)
         row_arrays, cams = {feature_key(c): f for c, f in features.items()}, []
     keys = [*cams, *cfg.depth_keys, *cfg.state_keys, target]
