@@ -1,14 +1,16 @@
 """Distillation quality: does the student match its teacher, on the same held-out seeds?
 
 Usage (every stage runs through the CLI as a user would, and is skipped or resumed when its output exists):
-  python benchmarks/bench_distill.py mt10 [--demos 50] [--steps 20000] [--episodes 50]
+  python benchmarks/bench_distill.py mt10 [--variant aux] [--demos 50] [--steps 20000] [--episodes 50]
       MT10 x 50 demonstrations, one multi-task student of the recipe below, teacher and student on the same 50
-      held-out seeds per task -> results/mt10.json (goal: student >= 95% and within 2 points of the teacher)
+      held-out seeds per task -> results/mt10.json (goal: student >= 95% and within 2 points of the teacher); another
+      --variant (VARIANTS) -> results/mt10_<variant>.json, paired against the first recipe too
   python benchmarks/bench_distill.py ablations [--tasks reach-v3,push-v3,pick-place-v3] [--minutes 8]
       the recipe against one change at a time, each trained for the same wall-clock budget and evaluated on the same
       seeds: from-scratch encoder, 96 px, one camera, K = 1 -> results/distill_ablations.json
-The recipe: tiny transformer, frozen ImageNet EfficientNet-Lite0 to stride 8 + trained spatial-softmax keypoints
-(features cached once per dataset), corner2 + gripper cameras at 128 px, action chunks of K = 5 run as a queue.
+The recipe (VARIANT): tiny transformer, frozen ImageNet EfficientNet-Lite0 to stride 8 + trained spatial-softmax
+keypoints (features cached once per dataset), corner2 + gripper cameras at 128 px, action chunks of K = 5 run as a
+queue, and an auxiliary head that predicts the simulator's object and goal positions in training only.
 Work directories live under --work (default outputs/bench_distill).
 """
 
@@ -30,12 +32,25 @@ from vla_distill.eval.stats import compare, distinguishable
 
 RECIPE = ("--preset", "tiny", "--vision", "efficientnet-lite0", "--horizon", "5", "--batch-size", "64")
 CAMERAS = "corner2,gripper"
+AUX = ("--aux-state", "observation.environment_state")
+DART = ("--action-noise", "0.5")
+# MT10 variants, each one change on the one before: name -> (collect flags, train flags). The first is the baseline
+# every other is paired against; VARIANT is the recipe, whose result is results/mt10.json.
+VARIANTS = {
+    "keypoints": ((), RECIPE),
+    "aux": ((), RECIPE + AUX),
+    "dart-aux": (DART, RECIPE + AUX),
+}
+VARIANT = "aux"
 
 
-def dataset(work: Path, tasks: str, demos: int, size: int, cameras: str = CAMERAS) -> Path:
-    """Collected (seed stream 0) and annotated with the scripted teacher: work/dataset-SIZE, work/annotated-SIZE."""
-    raw = bench_eval.dataset(work, tasks, demos, size, cameras=cameras, name=f"dataset-{size}")
-    return bench_eval.annotated(work, raw, "scripted", f"annotated-{size}")
+def dataset(work: Path, tasks: str, demos: int, size: int, cameras: str = CAMERAS, collect_flags: tuple = ()) -> Path:
+    """Collected (seed stream 0) and annotated with the scripted teacher: work/dataset-SIZE, work/annotated-SIZE
+    (with collect flags: a -dart suffix, the only ones a variant uses)."""
+    suffix = "-dart" if collect_flags else ""
+    raw = bench_eval.dataset(work, tasks, demos, size, cameras=cameras, name=f"dataset-{size}{suffix}",
+                             collect_flags=collect_flags)
+    return bench_eval.annotated(work, raw, "scripted", f"annotated-{size}{suffix}")
 
 
 def trained(ds: Path, run: Path, steps: int, *extra: str) -> tuple[Path, float]:
@@ -65,11 +80,10 @@ def rate(info: dict) -> dict:
     return {"pc_success": o["pc_success"], "ci95": o["pc_success_ci95"], "n_episodes": o["n_episodes"]}
 
 
-def onnx_speed(run: Path, observations: Path, work: Path) -> dict:
+def onnx_speed(run: Path, observations: Path, bundle: Path) -> dict:
     """Batch-1 speed of the exported student through ONNX Runtime on 2 threads, as bench_deploy.py times every
     backend (a fresh process, the bundle's recorded observations): hz over the mean latency, p50_ms, p99_ms. Nothing
     else may run beside it; repeats on the idle 2-core machine spread widely (see BENCHMARKS.md)."""
-    bundle = work / "bundle"
     if not (bundle / "model.onnx").exists():
         cli("export", "--policy", str(run), "--format", "onnx", "--observations", str(observations), "--out", str(bundle))
     return time_backend(bundle, "onnx", 2000, 2)
@@ -96,13 +110,23 @@ def _ci(ci) -> str:
 # ------------------------------------------------------------------------------------------------ suites
 def mt10(args) -> dict:
     work = Path(args.work) / "mt10"
-    ann = dataset(work, "mt10", args.demos, 128)
-    run, minutes = trained(ann, work / "student", args.steps, *RECIPE)
+    collect_flags, train_flags = VARIANTS[args.variant]
+    ann = dataset(work, "mt10", args.demos, 128, collect_flags=collect_flags)
+    tag = "" if args.variant == "keypoints" else f"-{args.variant}"  # the first recipe's directories keep their names
+    run, minutes = trained(ann, work / f"student{tag}", args.steps, *train_flags)
     teacher = evaluated("scripted", "mt10", work / "eval-teacher", args.episodes)
-    student = evaluated(str(run), "mt10", work / "eval-student", args.episodes)
+    student = evaluated(str(run), "mt10", work / f"eval-student{tag}", args.episodes)
     paired = compare(teacher, student)
     table(teacher, student, paired)
-    speed = onnx_speed(run, ann, work)
+    baseline = {}
+    if tag:
+        first = evaluated(str(work / "student"), "mt10", work / "eval-student", args.episodes)
+        b = compare(first, student)
+        print(f"vs the first recipe ({first['overall']['pc_success']:.1f}%), paired: {b['overall']['difference']:+.1f} "
+              f"({_ci(b['overall']['ci95'])}), McNemar p {b['overall']['mcnemar_p']:.2g}")
+        baseline = {"vs_keypoints": {k: b["overall"][k] for k in ("difference", "ci95", "mcnemar_p")} | {
+            "per_task": {t: {k: c[k] for k in ("difference", "ci95", "mcnemar_p")} for t, c in b["per_task"].items()}}}
+    speed = onnx_speed(run, ann, work / f"bundle{tag}")
     hz = speed["hz"]
     s, t = rate(student), rate(teacher)
     print(f"student {s['pc_success']:.1f}% vs teacher {t['pc_success']:.1f}%: "
@@ -116,15 +140,15 @@ def mt10(args) -> dict:
                                 "difference": paired["per_task"][x["task"]]["difference"],
                                 "difference_ci95": paired["per_task"][x["task"]]["ci95"],
                                 "mcnemar_p": paired["per_task"][x["task"]]["mcnemar_p"]}
-    return {"suite": "mt10", "student": s, "teacher": t,
+    return {"suite": "mt10", "variant": args.variant, "student": s, "teacher": t, **baseline,
             "paired": {"difference": o["difference"], "ci95": o["ci95"], "mcnemar_p": o["mcnemar_p"],
                        "only_teacher": o["only_a"], "only_student": o["only_b"]},
             "per_task": per_task, "train_minutes": round(minutes, 1), "student_hz": round(hz, 1),
             "student_latency_ms": {"p50": speed["p50_ms"], "p99": speed["p99_ms"]},
             "student_onnx_max_abs_err": speed["max_abs_err"],
             "student_hz_backend": "onnxruntime fp32, batch 1, 2 threads",
-            "evaluations": {"teacher": str(work / "eval-teacher"), "student": str(work / "eval-student")},
-            "recipe": " ".join(RECIPE), "demos_per_task": args.demos, "steps": args.steps,
+            "evaluations": {"teacher": str(work / "eval-teacher"), "student": str(work / f"eval-student{tag}")},
+            "recipe": " ".join(train_flags), "collect_flags": " ".join(collect_flags), "demos_per_task": args.demos, "steps": args.steps,
             "episodes_per_task": args.episodes, "goal_met": s["pc_success"] >= 95 and t["pc_success"] - s["pc_success"] <= 2,
             "command": "python benchmarks/bench_distill.py mt10 " + " ".join(sys.argv[2:])}
 
@@ -181,10 +205,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--episodes", type=int, default=0)
     p.add_argument("--minutes", type=float, default=8.0, help="ablations: training budget per variant")
+    p.add_argument("--variant", choices=list(VARIANTS), default=VARIANT, help="mt10: which recipe (default: the recipe)")
     args = p.parse_args()
     if args.suite == "mt10":
         args.demos, args.episodes = args.demos or 50, args.episodes or 50
-        write_result(RESULTS / "mt10.json", mt10(args))
+        name = "mt10.json" if args.variant == VARIANT else f"mt10_{args.variant}.json"
+        write_result(RESULTS / name, mt10(args))
     else:
         args.demos, args.episodes = args.demos or 30, args.episodes or 30
         write_result(RESULTS / "distill_ablations.json", ablations(args))

@@ -31,11 +31,11 @@ def eval_info(path: Path) -> dict:
 
 
 def dataset(work: Path, tasks: str, demos: int, size: int, seed: int = 0, cameras: str = "corner2",
-            name: str = "dataset") -> Path:
+            name: str = "dataset", collect_flags: tuple[str, ...] = ()) -> Path:
     raw = work / name
     if not (raw / "meta" / "info.json").exists() or (raw / ".partial").exists():
         cli("collect", "--tasks", tasks, "--episodes", str(demos), "--cameras", cameras, "--image-size", str(size),
-            "--seed", str(seed), "--out", str(raw))
+            "--seed", str(seed), "--out", str(raw), *collect_flags)
     return raw
 
 

@@ -51,9 +51,11 @@ def test_flags_reach_the_config_under_their_field_names():
 
     args = build_parser("train").parse_args(["train", "--dataset", "d", "--out", "o", "--ema", "0.99", "--keep-dropped",
                                              "--cameras", "a, b", "--dim-weights", "1,2", "--action-loss", "l1",
-                                             "--vision", "efficientnet-lite0", "--no-feature-cache"])
+                                             "--vision", "efficientnet-lite0", "--no-feature-cache",
+                                             "--aux-state", "observation.environment_state", "--aux-state-weight", "0.5"])
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
     loss = LossConfig(**{k: v for k, v in vars(args).items() if k in LossConfig.__dataclass_fields__})
     assert cfg.ema_decay == 0.99 and cfg.drop_audited is False and cfg.cameras == ("a", "b") and cfg.steps == 2000
     assert cfg.vision == "efficientnet-lite0" and cfg.feature_cache is False
+    assert cfg.aux_state == "observation.environment_state" and loss.aux_state_weight == 0.5
     assert loss.dim_weights == (1.0, 2.0) and loss.action == "l1" and loss.phase_weight == LossConfig().phase_weight

@@ -107,3 +107,27 @@ def test_resume_after_interrupt(tmp_path, sig):
     cfg = CollectConfig(tasks=("reach-v3",), episodes=4)
     kept = json.loads((out / "meta/collection.json").read_text())["tasks"]["reach-v3"]["kept_attempts"]
     assert seeds == [cfg.attempt_seed(0, int(name.rsplit("-", 1)[1])) for name in kept]
+
+
+def test_action_noise_perturbs_the_executed_xyz_reproducibly():
+    """DART: the executed xyz actions leave the expert's (seeded, so a resumed run repeats them); the gripper stays
+    the expert's; the states differ from the clean rollout's, which is what the teacher's relabels are for."""
+    from vla_distill.collect.collect import rollout_expert
+    from vla_distill.sim.metaworld import expert_action, expert_policy
+
+    with MetaWorldEnv("reach-v3", CameraConfig(names=("corner2",), height=16, width=16)) as env:
+        clean, _ = rollout_expert(env, 7, 3)
+        noisy, first = rollout_expert(env, 7, 3, action_noise=0.5)
+        again, _ = rollout_expert(env, 7, 3, action_noise=0.5)
+    np.testing.assert_array_equal(noisy["action"], again["action"])
+    expert = expert_policy("reach-v3")
+    relabel = np.stack([expert_action(expert, s) for s in noisy["observation.environment_state"]])
+    gap = np.abs(noisy["action"] - relabel)
+    assert gap[:, :3].mean() > 0.1 and gap[:, 3].max() == 0
+    n = min(len(clean["action"]), len(noisy["action"]))
+    assert np.abs(clean["observation.state"][:n] - noisy["observation.state"][:n]).max() > 0.01
+    assert first is not None  # reach still succeeds at this noise
+    with pytest.raises(ConfigError, match="action_noise"):
+        CollectConfig(tasks=("reach-v3",), action_noise=-0.1)
+    plan = CollectConfig(tasks=("reach-v3",)).plan()
+    assert "action_noise" not in plan and CollectConfig(tasks=("reach-v3",), action_noise=0.5).plan()["action_noise"] == 0.5

@@ -130,6 +130,20 @@ def test_bf16_bundle_halves_the_weights(tiny_student, tmp_path):
     assert np.abs(got - expected).max() < 0.5 and np.isfinite(got).all()
 
 
+def test_export_replaces_a_bundle_but_never_a_directory_that_is_not_one(tiny_student, tmp_path):
+    """A mistyped --out (a run's work directory) once lost its evaluations to the rename that replaces a bundle."""
+    work = tmp_path / "work"
+    (work / "eval").mkdir(parents=True)
+    (work / "eval" / "eval_info.json").write_text("{}")
+    proc = subprocess.run([sys.executable, "-m", "vla_distill.cli", "export", "--policy", str(tiny_student),
+                           "--out", str(work)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not a bundle" in proc.stderr
+    assert (work / "eval" / "eval_info.json").read_text() == "{}"
+    first = export_mod.export(tiny_student, tmp_path / "b", "bundle", log=lambda *_: None)
+    again = export_mod.export(tiny_student, tmp_path / "b", "bundle", log=lambda *_: None)  # a bundle is replaced
+    assert set(again["files"]) == set(first["files"]) and (tmp_path / "b" / "bundle.json").is_file()
+
+
 def test_export_cli_bad_input_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "vla_distill.cli", "export", "--policy", str(tmp_path / "none"),
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)

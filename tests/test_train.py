@@ -170,3 +170,38 @@ def test_pretrained_encoder_trains_on_cached_features_and_ships_its_weights(anno
     stamp = cache[0].stat().st_mtime_ns
     train(small(annotated, tmp_path / "again", vision="efficientnet-lite0", steps=2, save_every=2))
     assert cache[0].stat().st_mtime_ns == stamp  # the second run reads the first's cache
+
+
+def test_aux_state_is_learned_in_training_only(annotated, tmp_path):
+    """--aux-state: the privileged column is a training target with its stats in the checkpoint, validated in raw
+    units; the trained policy acts without it."""
+    key = "observation.environment_state"
+    run = tmp_path / "aux"
+    train(small(annotated, run, vision="efficientnet-lite0", aux_state=key, steps=4, save_every=4))
+    rows = curve(run)
+    assert all("aux_state" in r for r in rows) and rows[-1]["aux_state"] < rows[0]["aux_state"]
+    val = curve(run, "val")[-1]
+    assert 0 < val["aux_state_mae"] <= val["aux_state_mae_max"]
+    policy = load_pretrained(run).eval()
+    ds = RobotDataset(annotated)
+    env = np.asarray(ds.column(key), np.float64)
+    assert policy.config.aux_state_key == key and policy.config.aux_state_dim == env.shape[-1]
+    assert abs(policy.aux_state_mean.numpy() - env.mean(0)).max() < 0.05  # training-split stats: close to all frames'
+    assert policy.num_parameters() - policy.num_parameters(deployed=True) > policy.aux_state_head.weight.numel()
+    obs = {k: torch.from_numpy(ds.frames(k, np.array([3]))).permute(0, 3, 1, 2).float() / 255 for k in ds.camera_keys}
+    obs |= {"observation.state": torch.from_numpy(np.asarray(ds.column("observation.state")[3:4], np.float32)),
+            "task": [ds.tasks[0]]}
+    assert policy.predict_action_chunk(obs).shape == (1, 1, 4)  # no environment state needed to act
+
+
+def test_aux_state_needs_a_numeric_column(annotated, tmp_path):
+    def cli(*a):
+        return subprocess.run([*CLI, "train", "--dataset", str(annotated), "--out", str(tmp_path / "r"), "--steps", "2",
+                               *a], capture_output=True, text=True)
+
+    r = cli("--aux-state", "observation.goal")
+    assert r.returncode == 2 and "observation.goal" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    cam = RobotDataset(annotated).camera_keys[0]
+    r = cli("--aux-state", cam)
+    assert r.returncode == 2 and "numeric column" in r.stderr and cam in r.stderr
+    assert not (tmp_path / "r").exists()

@@ -93,6 +93,9 @@ def _collect_args(c: argparse.ArgumentParser) -> None:
     _field(c, "--image-size", CameraConfig, field="height", type=int)
     _field(c, "--image-format", CollectConfig, "AV1 mp4 or PNG in parquet", choices=["video", "image"])
     _field(c, "--steps-after-success", CollectConfig, "frames kept after the first success", type=int)
+    _field(c, "--action-noise", CollectConfig, "std of Gaussian noise added to the expert's xyz actions before they "
+           "are executed (DART): the demonstrations leave the expert's path and the teacher's relabels show the way "
+           "back; the action column records what was executed", type=float)
     _field(c, "--max-attempts-factor", CollectConfig, "attempts per task at most episodes x this", type=float)
     _field(c, "--workers", CollectConfig, "worker processes (0: one per core)", type=int)
 
@@ -269,6 +272,10 @@ def _train_args(t: argparse.ArgumentParser) -> None:
                    help="run the frozen encoder on every sample (pixel augmentation on) instead of once per frame")
     _field(t, "--feature-shift", TrainConfig, "random shift of cached features in training, in feature cells (8 px "
            "at stride 8): the cached path's augmentation", type=int)
+    _field(t, "--aux-state", TrainConfig, "a numeric column the student learns to predict in training only, e.g. "
+           "observation.environment_state (object and goal positions): it teaches the vision where small targets "
+           "are; nothing extra is needed at run time")
+    _field(t, "--aux-state-weight", LossConfig, type=float)
 
 
 def _train(args: argparse.Namespace) -> None:

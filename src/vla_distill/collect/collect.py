@@ -80,14 +80,20 @@ def _env_for(task: str, cfg: CollectConfig) -> MetaWorldEnv:
     return _ENV
 
 
-def rollout_expert(env: MetaWorldEnv, seed: int, steps_after_success: int) -> tuple[dict[str, np.ndarray], int | None]:
-    """Runs the task's scripted expert; returns per-frame arrays and the first success frame (None if never)."""
+def rollout_expert(env: MetaWorldEnv, seed: int, steps_after_success: int,
+                   action_noise: float = 0.0) -> tuple[dict[str, np.ndarray], int | None]:
+    """Runs the task's scripted expert, its xyz actions perturbed by N(0, action_noise²) (seeded by `seed`);
+    returns per-frame arrays (the executed actions) and the first success frame (None if never)."""
     policy = expert_policy(env.task)
     obs = env.reset(seed)
+    rng = np.random.default_rng(seed)
+    low, high = env.action_bounds()
     frames: dict[str, list] = {k: [] for k in (*obs, ACTION, REWARD, SUCCESS)}
     first_success = None
     for t in range(env.max_steps):
         action = expert_action(policy, env.raw_obs)
+        if action_noise:  # the gripper stays the expert's: a dropped object teaches nothing about recovering a path
+            action[:3] = np.clip(action[:3] + rng.normal(0, action_noise, 3), low[:3], high[:3]).astype(action.dtype)
         for k, v in obs.items():
             frames[k].append(v)
         obs, reward, success = env.step(action)
@@ -122,7 +128,7 @@ def run_attempt(att: Attempt, cfg: CollectConfig, partial: Path) -> dict:
     warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
     t0 = time.perf_counter()
     env = _env_for(att.task, cfg)
-    frames, first_success = rollout_expert(env, att.seed, cfg.steps_after_success)
+    frames, first_success = rollout_expert(env, att.seed, cfg.steps_after_success, cfg.action_noise)
     n = len(frames[ACTION])
     marker = {"task": att.task, "attempt": att.attempt, "seed": att.seed, "frames": n, "success_frame": first_success}
     if first_success is not None:

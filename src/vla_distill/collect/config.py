@@ -15,6 +15,10 @@ class CollectConfig:
     episodes: int = 10  # successful episodes kept per task
     seed: int = 0
     steps_after_success: int = 10  # frames recorded after the first success, then the episode stops
+    # DART (Laskey et al. 2017): Gaussian noise of this std added to the expert's xyz action before it is executed, so
+    # the demonstrations visit the off-course states a student will reach, and the teacher's relabels
+    # (annotate) show the way back. The action column records what was executed.
+    action_noise: float = 0.0
     max_attempts_factor: float = 3.0  # give up on a task after episodes x this many attempts
     cameras: CameraConfig = field(default_factory=CameraConfig)
     image_format: str = "video"  # "video" (AV1 mp4, lerobot's default) or "image" (PNG in parquet)
@@ -28,6 +32,8 @@ class CollectConfig:
             raise ConfigError("must be >= 1", field="episodes")
         if self.steps_after_success < 0:
             raise ConfigError("must be >= 0", field="steps_after_success")
+        if not 0 <= self.action_noise <= 2:
+            raise ConfigError("must be between 0 and 2 (action units)", field="action_noise")
         if self.max_attempts_factor < 1:
             raise ConfigError("must be >= 1", field="max_attempts_factor")
         if self.image_format not in ("video", "image"):
@@ -51,6 +57,8 @@ class CollectConfig:
         """What must match for a resume to continue an earlier run (workers may differ)."""
         d = asdict(self)
         d.pop("workers")
+        if not self.action_noise:  # absent from plans written before it existed
+            d.pop("action_noise")
         d["tasks"] = list(self.tasks)
         d["cameras"]["names"] = list(self.cameras.names)
         return d

@@ -72,6 +72,11 @@ def export(policy_dir: str | Path, out: str | Path, fmt: str = "bundle", dtype: 
         raise ConfigError(f"{fmt!r} is not one of {list(FORMATS)}", field="format")
     if dtype not in DTYPES:
         raise ConfigError(f"{dtype!r} is not one of {list(DTYPES)}", field="dtype")
+    out = Path(out)
+    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / BUNDLE_FILE).is_file()):
+        # an earlier bundle is replaced; anything else may be a user's work, which a rename would delete
+        raise ConfigError(f"{out} exists and is not a bundle (no {BUNDLE_FILE}): give a new or empty directory",
+                          field="out")
     src = resolve_pretrained_dir(policy_dir)
     policy = load_pretrained(src)
     source = _observations_source(policy, observations)
@@ -80,7 +85,6 @@ def export(policy_dir: str | Path, out: str | Path, fmt: str = "bundle", dtype: 
     with torch.inference_mode():
         reference = policy.predict_action_chunk(batch).float().numpy()
 
-    out = Path(out)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

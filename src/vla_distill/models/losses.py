@@ -2,6 +2,7 @@
 are applied.
 
 VLA-AD student:  L = action + w_phase * phase_CE + w_dir * InfoNCE(direction, cue text)   (seed: 0.1, 0.05)
+                 [+ w_aux * MSE(privileged state), ours: only when the run names a state column to predict]
 VITA-VLA:        stage 1 alignment distance; stage 2 smooth-L1 arm + BCE gripper
 
 Shapes (types.py): B batch, K chunk, D action dim, P phases, E embedding dim, Q distinct cues, n_bins
@@ -25,11 +26,12 @@ class LossConfig:
     dim_weights: tuple[float, ...] = ()  # per action dimension; empty = all 1
     phase_weight: float = 0.1
     direction_weight: float = 0.05
+    aux_state_weight: float = 1.0  # applies only to a model with an auxiliary state head (train --aux-state)
 
     def __post_init__(self):
         if self.action not in ACTION_LOSSES:
             raise ValueError(f"action loss: {self.action!r} is not one of {list(ACTION_LOSSES)}")
-        if self.phase_weight < 0 or self.direction_weight < 0:
+        if min(self.phase_weight, self.direction_weight, self.aux_state_weight) < 0:
             raise ValueError("loss weights must be >= 0")
 
 
@@ -88,6 +90,11 @@ def direction_loss(z: torch.Tensor, cue_ids: torch.Tensor, cue_emb: torch.Tensor
     return (student_to_text + text_to_student) / 2
 
 
+def aux_state_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """pred, target: (B, A) normalized privileged state. The mean squared error over samples and dimensions."""
+    return F.mse_loss(pred.float(), target)
+
+
 def across_processes(z: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """When training under torch.distributed, every process's rows, rank order (z keeps its gradient): the
     contrastive loss is over the whole batch, as in one process. Each process then computes the same loss; the
@@ -115,6 +122,8 @@ def combine(named: dict[str, torch.Tensor], cfg: LossConfig) -> torch.Tensor:
         total = total + cfg.phase_weight * named["phase"]
     if "direction" in named:
         total = total + cfg.direction_weight * named["direction"]
+    if "aux_state" in named:
+        total = total + cfg.aux_state_weight * named["aux_state"]
     return total
 
 

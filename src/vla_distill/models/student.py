@@ -8,11 +8,15 @@ Shapes (types.py: B batch, V cameras, K chunk, D action dim, P phases, E text-em
   -> outputs["action"]       (B, K, D) normalized  (discrete head: logits (B, K, D, n_bins))
      outputs["phase_logits"] (B, P)
      outputs["direction"]    (B, E), L2-normalized, in the text encoder's space
+     outputs["aux_state"]    (B, A) normalized, only with an auxiliary state head (config.aux_state_key)
 Training batches add action (B, K, D) raw, action_is_pad (B, K), and when their weight is > 0: phase_index (B,),
-direction_index (B,), direction_embedding (B, E). With a frozen pretrained encoder they may carry
+direction_index (B,), direction_embedding (B, E), and the auxiliary state column (B, A) when the model predicts one. With a frozen pretrained encoder they may carry
 observation.image_features.<cam> (B, C_f, h, w), the trunk's output, instead of the camera's pixels.
 Tokens into the policy transformer: [readout, task, state..., camera tokens (grid² per camera)]; every head reads
-the readout token, so the auxiliary losses shape the same representation the action comes from.
+the readout token, so the auxiliary losses shape the same representation the action comes from. The auxiliary state
+head predicts privileged simulator state (object and goal positions: observation.environment_state) from the same
+readout during training only: a dense signal that makes the vision locate a 2 px goal, which the action loss alone,
+on 50 demonstrations, teaches slowly. It is not an input, and the deployed graph does not use it.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from torch import nn
 
 from vla_distill.errors import did_you_mean
 from vla_distill.models.base import Policy, register
-from vla_distill.models.losses import LossConfig, across_processes, action_loss, combine, direction_loss, phase_loss
+from vla_distill.models.losses import (LossConfig, across_processes, action_loss, aux_state_loss, combine, direction_loss,
+                                      phase_loss)
 from vla_distill.models.vision import VisionConfig, make_encoder, random_shift, tokens_per_image
 from vla_distill.types import (ACTION, AUGMENT_KEY, DIRECTION_EMBEDDING, DIRECTION_INDEX, OBS_STATE, PAD_SUFFIX,
                                PHASE_INDEX, TASK, TASK_EMBEDDING, TASK_INDEX, camera_key, feature_key)
@@ -56,6 +61,8 @@ class StudentConfig:
     n_bins: int = 256
     shift_pad: int = 4  # training-time random shift, pixels
     feature_shift: int = 0  # training-time random shift of cached trunk features, feature cells (8 px at stride 8)
+    aux_state_key: str = ""  # a column predicted from the readout in training only ("" = no auxiliary state head)
+    aux_state_dim: int = 0  # A, its flattened size
     preset: str = ""
 
     def __post_init__(self):
@@ -71,6 +78,8 @@ class StudentConfig:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.action_head not in ("continuous", "discrete"):
             raise ValueError(f"action_head: {self.action_head!r} is not one of ['continuous', 'discrete']")
+        if bool(self.aux_state_key) != (self.aux_state_dim > 0):
+            raise ValueError("aux_state_key and aux_state_dim: give both or neither")
 
 
 # Architecture presets; data-dependent fields (cameras, dims, tasks) are filled from the dataset at train time.
@@ -115,6 +124,10 @@ class StudentPolicy(Policy):
         self.phase_head = nn.Linear(d, c.n_phases)
         self.direction_head = nn.Linear(d, c.text_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's learnable temperature
+        if c.aux_state_dim:  # absent otherwise, so older checkpoints load unchanged
+            self.aux_state_head = nn.Linear(d, c.aux_state_dim)
+            self.register_buffer("aux_state_mean", torch.zeros(c.aux_state_dim))
+            self.register_buffer("aux_state_std", torch.ones(c.aux_state_dim))
         # Normalization and instruction embeddings: buffers, so they ship inside model.safetensors.
         self.register_buffer("state_mean", torch.zeros(sum(c.state_dims)))
         self.register_buffer("state_std", torch.ones(sum(c.state_dims)))
@@ -144,7 +157,8 @@ class StudentPolicy(Policy):
 
     # ------------------------------------------------------------------ normalization
     def set_normalization(self, stats: dict[str, np.ndarray], task_embeddings: np.ndarray) -> None:
-        """stats: state_mean/std (S,), action_mean/std/min/max (D,), image_mean/std (V, C, 1, 1)."""
+        """stats: state_mean/std (S,), action_mean/std/min/max (D,), image_mean/std (V, C, 1, 1), and
+        aux_state_mean/std (A,) with an auxiliary state head."""
         for name, value in stats.items():
             buf = getattr(self, name)
             buf.copy_(torch.as_tensor(np.asarray(value, np.float32)).reshape(buf.shape))
@@ -154,6 +168,10 @@ class StudentPolicy(Policy):
         if self.config.action_head == "discrete":  # to [-1, 1] over the data's range, where the bins live
             return 2 * (a - self.action_min) / (self.action_max - self.action_min).clamp_min(1e-6) - 1
         return (a - self.action_mean) / self.action_std
+
+    def normalize_aux_state(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, ...) raw auxiliary state column -> (B, A) normalized."""
+        return (x.float().reshape(x.shape[0], -1) - self.aux_state_mean) / self.aux_state_std
 
     def unnormalize_action(self, a: torch.Tensor) -> torch.Tensor:
         if self.config.action_head == "discrete":
@@ -237,8 +255,11 @@ class StudentPolicy(Policy):
         act = self.action_head(h)
         # h.shape[0], not len(h): an ONNX trace records len() as a constant batch size
         shape = (h.shape[0], c.horizon, c.action_dim) + ((c.n_bins,) if c.action_head == "discrete" else ())
-        return {"action": act.reshape(shape), "phase_logits": self.phase_head(h),
-                "direction": nn.functional.normalize(self.direction_head(h), dim=-1)}
+        out = {"action": act.reshape(shape), "phase_logits": self.phase_head(h),
+               "direction": nn.functional.normalize(self.direction_head(h), dim=-1)}
+        if c.aux_state_dim:
+            out["aux_state"] = self.aux_state_head(h)
+        return out
 
     def features(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, d): the readout token after the final norm, which every head reads (the expert feature space
@@ -279,7 +300,8 @@ class StudentPolicy(Policy):
         return self.loss(self.encode(batch, generator), batch, loss_cfg or LossConfig())
 
     def loss(self, out: dict[str, torch.Tensor], batch: dict, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
-        """The three losses of this batch's outputs `out` (from `encode`), combined by losses.combine."""
+        """The three losses (four with an auxiliary state head) of this batch's outputs `out` (from `encode`),
+        combined by losses.combine."""
         target = self.normalize_action(batch[ACTION].float())
         w = torch.tensor(cfg.dim_weights, dtype=torch.float32) if cfg.dim_weights else None
         named = {"action": action_loss(out["action"], target, batch.get(ACTION + PAD_SUFFIX), cfg.action, w).mean()}
@@ -289,10 +311,12 @@ class StudentPolicy(Policy):
         if cfg.direction_weight > 0:
             z, ids, emb = across_processes(out["direction"], batch[DIRECTION_INDEX].reshape(-1), batch[DIRECTION_EMBEDDING])
             named["direction"] = direction_loss(z, ids, emb, self.logit_scale)
+        if "aux_state" in out and cfg.aux_state_weight > 0:
+            named["aux_state"] = aux_state_loss(out["aux_state"], self.normalize_aux_state(batch[self.config.aux_state_key]))
         return combine(named, cfg), {k: float(v.detach()) for k, v in named.items()}
 
     def num_parameters(self, deployed: bool = False) -> int:
-        """All parameters (a frozen pretrained trunk included); deployed=True leaves out the phase and direction heads."""
-        skip = ("phase_head", "direction_head", "logit_scale") if deployed else ()
+        """All parameters (a frozen pretrained trunk included); deployed=True leaves out the training-only heads."""
+        skip = ("phase_head", "direction_head", "logit_scale", "aux_state_head") if deployed else ()
         return sum(p.numel() for n, p in self.named_parameters() if not n.startswith(skip))
 

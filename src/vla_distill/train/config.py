@@ -77,6 +77,7 @@ class TrainConfig(RunConfig):
     vision: str = ""  # "" = the preset's encoder; resnet | vit | efficientnet-lite0
     feature_cache: bool = True  # a frozen pretrained encoder's features computed once per dataset frame
     feature_shift: int = 0  # random shift of cached features during training, in feature cells (0 = none)
+    aux_state: str = ""  # a state column predicted in training only, e.g. observation.environment_state ("" = none)
 
     def __post_init__(self):
         preset_config(self.preset)  # raises with a did-you-mean on an unknown name

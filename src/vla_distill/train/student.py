@@ -65,12 +65,15 @@ def check_dataset(ds: RobotDataset, cfg: TrainConfig) -> str:
             raise DatasetError(f"the direction loss needs column '{DIRECTION_INDEX}' and {DIRECTIONS_PATH}: "
                                "annotate with --directions kinematic|vlm, or turn the loss off with --direction-weight 0",
                                path=ds.root, field=DIRECTION_INDEX)
-    for key in (*cfg.cameras, *cfg.depth_keys, *cfg.state_keys):
+    for key in (*cfg.cameras, *cfg.depth_keys, *cfg.state_keys, *([cfg.aux_state] if cfg.aux_state else [])):
         if key not in ds.features:
             raise DatasetError(f"no such feature (have: {sorted(k for k in ds.features if k.startswith(OBS_PREFIX))})",
                                path=ds.root, field=key)
     if not cameras(ds, cfg):
         raise DatasetError("the student needs at least one camera and this dataset has none", path=ds.root)
+    if cfg.aux_state and ds.features[cfg.aux_state]["dtype"] in ("video", "image", "string"):
+        raise DatasetError("--aux-state needs a numeric column (object and goal positions), not images or text",
+                           path=ds.root, field=cfg.aux_state)
     return target
 
 
@@ -90,7 +93,7 @@ def build_views(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list
     if cfg.feature_cache and policy.config.vision.pretrained:
         features = cached_features(ds, cams, policy.encoder, policy.config.vision.kind)
         row_arrays, cams = {feature_key(c): f for c, f in features.items()}, []
-    keys = [*cams, *cfg.depth_keys, *cfg.state_keys, target]
+    keys = [*cams, *cfg.depth_keys, *cfg.state_keys, *([cfg.aux_state] if cfg.aux_state else []), target]
     keys += [k for k, w in ((PHASE_INDEX, cfg.loss.phase_weight), (DIRECTION_INDEX, cfg.loss.direction_weight)) if w > 0]
     cue_emb = None
     if (ds.root / DIRECTIONS_PATH).exists():  # check_dataset made sure it is there when the loss needs it
@@ -102,7 +105,7 @@ def build_views(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list
 def normalization(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list[int]) -> dict:
     """Stats of the training split only (validation episodes never leak into normalization)."""
     rows = np.concatenate([ds.episode_rows(e) for e in train_eps])
-    state = np.concatenate([np.asarray(ds.column(k)[rows], np.float64).reshape(len(rows), -1) for k in cfg.state_keys], 1)
+    state = np.concatenate([_rows(ds, k, rows) for k in cfg.state_keys], 1)
     act = np.asarray(ds.column(target)[rows], np.float64)
     act = act.reshape(-1, act.shape[-1])
     img = ds.episode_stats(train_eps)
@@ -112,12 +115,21 @@ def normalization(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: li
     if cfg.depth_keys:  # the depth channel is the first channel of its key
         mean = np.concatenate([mean, np.stack([np.asarray(img[k]["mean"]).reshape(-1)[:1] for k in cfg.depth_keys])], 1)
         std = np.concatenate([std, np.stack([np.asarray(img[k]["std"]).reshape(-1)[:1] for k in cfg.depth_keys])], 1)
+    aux = {}
+    if cfg.aux_state:
+        x = _rows(ds, cfg.aux_state, rows)
+        aux = {"aux_state_mean": x.mean(0), "aux_state_std": np.maximum(x.std(0), 1e-3)}
     return {
-        "state_mean": state.mean(0), "state_std": np.maximum(state.std(0), 1e-3),
+        **aux, "state_mean": state.mean(0), "state_std": np.maximum(state.std(0), 1e-3),
         "action_mean": act.mean(0), "action_std": np.maximum(act.std(0), 1e-3),
         "action_min": act.min(0), "action_max": act.max(0),
         "image_mean": mean[..., None, None], "image_std": np.maximum(std, 1e-3)[..., None, None],
     }
+
+
+def _rows(ds: RobotDataset, key: str, rows: np.ndarray) -> np.ndarray:
+    """(N, flat) float64 values of column `key` at `rows`."""
+    return np.asarray(ds.column(key)[rows], np.float64).reshape(len(rows), -1)
 
 
 def task_embeddings(ds: RobotDataset, text_encoder: str) -> np.ndarray:
@@ -144,7 +156,8 @@ def build_policy(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: lis
             action_dim=int(ds.features[target]["shape"][-1]), horizon=cfg.horizon, n_phases=len(phase_names),
             phase_names=phase_names,
             text_dim=int(emb.shape[1]), tasks=tuple(ds.tasks), text_encoder=text_encoder, vision=vision,
-            feature_shift=cfg.feature_shift,
+            feature_shift=cfg.feature_shift, aux_state_key=cfg.aux_state,
+            aux_state_dim=int(np.prod(ds.features[cfg.aux_state]["shape"])) if cfg.aux_state else 0,
             action_head="discrete" if cfg.loss.action == "discrete" else "continuous")
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -158,13 +171,15 @@ def build_policy(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: lis
 # ---------------------------------------------------------------- validation
 @torch.no_grad()
 def validate(policy: StudentPolicy, views: Views, cfg: TrainConfig, dev: DeviceSetup) -> dict:
-    """Action error (normalized MSE, raw-unit MAE), phase accuracy, and top-1 retrieval of each frame's cue among
-    all distinct cues, on evenly spaced validation frames."""
+    """Action error (normalized MSE, raw-unit MAE), phase accuracy, top-1 retrieval of each frame's cue among all
+    distinct cues, and the auxiliary state's raw-unit MAE (per dimension, then averaged), on evenly spaced
+    validation frames."""
     if views.val is None:
         return {}
     policy.eval()
     sums = {"action_mse": 0.0, "action_mae": 0.0, "loss": 0.0}
     count = phase_ok = phase_n = dir_ok = dir_n = 0
+    aux_err = 0.0
     for batch in validation_batches(views.val, lambda raw: policy_batch(raw, views), cfg, dev):
         with autocast(dev):
             out = policy.encode(batch)
@@ -175,6 +190,9 @@ def validate(policy: StudentPolicy, views: Views, cfg: TrainConfig, dev: DeviceS
         sums["action_mae"] += float(action_loss(policy.unnormalize_action(pred), batch[ACTION], pad, "l1").sum())
         sums["loss"] += float(loss) * b
         count += b
+        if "aux_state" in out:
+            x = batch[cfg.aux_state].float().reshape(b, -1)
+            aux_err = aux_err + (out["aux_state"].float() * policy.aux_state_std + policy.aux_state_mean - x).abs().sum(0)
         if PHASE_INDEX in batch:
             lab = batch[PHASE_INDEX]
             phase_ok += int(((out["phase_logits"].argmax(-1) == lab) & (lab >= 0)).sum())
@@ -186,6 +204,10 @@ def validate(policy: StudentPolicy, views: Views, cfg: TrainConfig, dev: DeviceS
             dir_n += int((ids >= 0).sum())
     policy.train()
     m = {k: v / max(count, 1) for k, v in sums.items()}
+    if isinstance(aux_err, torch.Tensor):
+        per_dim = aux_err / max(count, 1)
+        m["aux_state_mae"] = float(per_dim.mean())
+        m["aux_state_mae_max"] = float(per_dim.max())  # the worst dimension: a goal coordinate, typically
     if phase_n:
         m["phase_accuracy"] = phase_ok / phase_n
     if dir_n:
