@@ -10,13 +10,14 @@ Shapes (types.py: B batch, V cameras, K chunk, D action dim, P phases, E text-em
      outputs["direction"]    (B, E), L2-normalized, in the text encoder's space
      outputs["aux_state"]    (B, A) normalized, only with an auxiliary state head (config.aux_state_key)
 Training batches add action (B, K, D) raw, action_is_pad (B, K), and when their weight is > 0: phase_index (B,),
-direction_index (B,), direction_embedding (B, E), and the auxiliary state column (B, A) when the model predicts one. With a frozen pretrained encoder they may carry
-observation.image_features.<cam> (B, C_f, h, w), the trunk's output, instead of the camera's pixels.
+direction_index (B,), direction_embedding (B, E), and the auxiliary state column (B, A) when the model predicts one.
+With a frozen pretrained encoder they may carry observation.image_features.<cam> (B, C_f, h, w), the trunk's output,
+instead of the camera's pixels.
 Tokens into the policy transformer: [readout, task, state..., camera tokens (grid² per camera)]; every head reads
 the readout token, so the auxiliary losses shape the same representation the action comes from. The auxiliary state
 head predicts privileged simulator state (object and goal positions: observation.environment_state) from the same
-readout during training only: a dense signal that makes the vision locate a 2 px goal, which the action loss alone,
-on 50 demonstrations, teaches slowly. It is not an input, and the deployed graph does not use it.
+readout during training only, a dense signal of where things are beside the action loss (MT10: +4 points,
+BENCHMARKS.md). It is not an input, and the deployed graph does not use it.
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: tuple[str, ...] = (
                        f"({policy.num_parameters(deployed=True) / 1e6:.2f}M deployed); {len(train_eps)} train / "
                        f"{len(val_eps)} val episodes, {len(views.train)} frames; target {target}; {dev.why}; "
                        f"{effective_batch(cfg, dev)}",
-              find_unused=cfg.loss.phase_weight == 0 or cfg.loss.direction_weight == 0)
+              find_unused=min(cfg.loss.phase_weight, cfg.loss.direction_weight) == 0
+              or bool(cfg.aux_state and cfg.loss.aux_state_weight == 0))
     return fit(job, cfg, dev, resume)
 
 
