@@ -4,13 +4,16 @@ Usage (every stage runs through the CLI as a user would, and is skipped or resum
   python benchmarks/bench_distill.py mt10 [--variant aux] [--demos 50] [--steps 20000] [--episodes 50]
       MT10 x 50 demonstrations, one multi-task student of the recipe below, teacher and student on the same 50
       held-out seeds per task -> results/mt10.json (goal: student >= 95% and within 2 points of the teacher); another
-      --variant (VARIANTS) -> results/mt10_<variant>.json, paired against the first recipe too
+      --variant (VARIANTS) -> results/mt10_<variant>.json, paired against the first recipe too (a DAgger variant:
+      against the student that drove its round)
   python benchmarks/bench_distill.py ablations [--tasks reach-v3,push-v3,pick-place-v3] [--minutes 8]
       the recipe against one change at a time, each trained for the same wall-clock budget and evaluated on the same
       seeds: from-scratch encoder, 96 px, one camera, K = 1 -> results/distill_ablations.json
 The recipe (VARIANT): tiny transformer, frozen ImageNet EfficientNet-Lite0 to stride 8 + trained spatial-softmax
 keypoints (features cached once per dataset), corner2 + gripper cameras at 128 px, action chunks of K = 5 run as a
-queue, and an auxiliary head that predicts the simulator's object and goal positions in training only.
+queue, and an auxiliary head that predicts the simulator's object and goal positions in training only; trained on
+DART demonstrations (expert actions with noise, relabelled), then once more after one DAgger round: the first
+student's own rollouts, relabelled by the scripted teacher and merged with the demonstrations.
 Work directories live under --work (default outputs/bench_distill).
 """
 
@@ -40,8 +43,10 @@ VARIANTS = {
     "keypoints": ((), RECIPE),
     "aux": ((), RECIPE + AUX),
     "dart-aux": (DART, RECIPE + AUX),
+    "dagger": (DART, RECIPE + AUX),  # + one DAgger round driven by the dart-aux student (DAGGER)
 }
-VARIANT = "aux"
+VARIANT = "dagger"
+DAGGER = {"dagger": "dart-aux"}  # variant: the variant whose student drives its DAgger round and which it is paired with
 
 
 def dataset(work: Path, tasks: str, demos: int, size: int, cameras: str = CAMERAS, collect_flags: tuple = ()) -> Path:
@@ -51,6 +56,20 @@ def dataset(work: Path, tasks: str, demos: int, size: int, cameras: str = CAMERA
     raw = bench_eval.dataset(work, tasks, demos, size, cameras=cameras, name=f"dataset-{size}{suffix}",
                              collect_flags=collect_flags)
     return bench_eval.annotated(work, raw, "scripted", f"annotated-{size}{suffix}")
+
+
+def dagger_dataset(work: Path, tasks: str, demos: int, driver: Path, collect_flags: tuple) -> Path:
+    """One DAgger round (Ross et al. 2011): `driver`'s own rollouts on new placements (seed stream 1), failures
+    included, merged with the demonstrations it was trained on and annotated together with the scripted teacher,
+    which labels every state the student reached: work/dagger-128, work/dataset-128-dagger, work/annotated-128-dagger."""
+    dataset(work, tasks, demos, 128, collect_flags=collect_flags)
+    demos_raw = work / ("dataset-128-dart" if collect_flags else "dataset-128")
+    rollouts = bench_eval.dataset(work, tasks, demos, 128, seed=1, cameras=CAMERAS, name="dagger-128",
+                                  collect_flags=("--policy", str(driver)))
+    merged = work / "dataset-128-dagger"
+    if not (merged / "meta" / "info.json").exists():
+        cli("merge", str(demos_raw), str(rollouts), "--out", str(merged))
+    return bench_eval.annotated(work, merged, "scripted", "annotated-128-dagger")
 
 
 def trained(ds: Path, run: Path, steps: int, *extra: str) -> tuple[Path, float]:
@@ -111,7 +130,15 @@ def _ci(ci) -> str:
 def mt10(args) -> dict:
     work = Path(args.work) / "mt10"
     collect_flags, train_flags = VARIANTS[args.variant]
-    ann = dataset(work, "mt10", args.demos, 128, collect_flags=collect_flags)
+    if args.variant in DAGGER:
+        prev = DAGGER[args.variant]
+        driver = work / f"student-{prev}"
+        if not (driver / "checkpoints" / "last").exists():  # from nothing: the driving student first
+            trained(dataset(work, "mt10", args.demos, 128, collect_flags=VARIANTS[prev][0]), driver, args.steps,
+                    *VARIANTS[prev][1])
+        ann = dagger_dataset(work, "mt10", args.demos, driver, collect_flags)
+    else:
+        ann = dataset(work, "mt10", args.demos, 128, collect_flags=collect_flags)
     tag = "" if args.variant == "keypoints" else f"-{args.variant}"  # the first recipe's directories keep their names
     run, minutes = trained(ann, work / f"student{tag}", args.steps, *train_flags)
     teacher = evaluated("scripted", "mt10", work / "eval-teacher", args.episodes)
@@ -119,13 +146,22 @@ def mt10(args) -> dict:
     paired = compare(teacher, student)
     table(teacher, student, paired)
     baseline = {}
-    if tag:
+    if tag and args.variant not in DAGGER:  # a DAgger round is paired with the student that drove it instead
         first = evaluated(str(work / "student"), "mt10", work / "eval-student", args.episodes)
         b = compare(first, student)
         print(f"vs the first recipe ({first['overall']['pc_success']:.1f}%), paired: {b['overall']['difference']:+.1f} "
               f"({_ci(b['overall']['ci95'])}), McNemar p {b['overall']['mcnemar_p']:.2g}")
         baseline = {"vs_keypoints": {k: b["overall"][k] for k in ("difference", "ci95", "mcnemar_p")} | {
             "per_task": {t: {k: c[k] for k in ("difference", "ci95", "mcnemar_p")} for t, c in b["per_task"].items()}}}
+    if args.variant in DAGGER:
+        driver = evaluated(str(work / f"student-{DAGGER[args.variant]}"), "mt10",
+                           work / f"eval-student-{DAGGER[args.variant]}", args.episodes)
+        d = compare(driver, student)
+        print(f"vs {DAGGER[args.variant]} ({driver['overall']['pc_success']:.1f}%), the student that drove the round, "
+              f"paired: {d['overall']['difference']:+.1f} ({_ci(d['overall']['ci95'])}), McNemar p "
+              f"{d['overall']['mcnemar_p']:.2g}")
+        baseline[f"vs_{DAGGER[args.variant]}"] = {k: d["overall"][k] for k in ("difference", "ci95", "mcnemar_p")} | {
+            "per_task": {t: {k: c[k] for k in ("difference", "ci95", "mcnemar_p")} for t, c in d["per_task"].items()}}
     speed = onnx_speed(run, ann, work / f"bundle{tag}")
     hz = speed["hz"]
     s, t = rate(student), rate(teacher)

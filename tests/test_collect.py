@@ -112,13 +112,13 @@ def test_resume_after_interrupt(tmp_path, sig):
 def test_action_noise_perturbs_the_executed_xyz_reproducibly():
     """DART: the executed xyz actions leave the expert's (seeded, so a resumed run repeats them); the gripper stays
     the expert's; the states differ from the clean rollout's, which is what the teacher's relabels are for."""
-    from vla_distill.collect.collect import rollout_expert
+    from vla_distill.collect.collect import rollout
     from vla_distill.sim.metaworld import expert_action, expert_policy
 
     with MetaWorldEnv("reach-v3", CameraConfig(names=("corner2",), height=16, width=16)) as env:
-        clean, _ = rollout_expert(env, 7, 3)
-        noisy, first = rollout_expert(env, 7, 3, action_noise=0.5)
-        again, _ = rollout_expert(env, 7, 3, action_noise=0.5)
+        clean, _ = rollout(env, 7, 3)
+        noisy, first = rollout(env, 7, 3, action_noise=0.5)
+        again, _ = rollout(env, 7, 3, action_noise=0.5)
     np.testing.assert_array_equal(noisy["action"], again["action"])
     expert = expert_policy("reach-v3")
     relabel = np.stack([expert_action(expert, s) for s in noisy["observation.environment_state"]])
@@ -131,3 +131,26 @@ def test_action_noise_perturbs_the_executed_xyz_reproducibly():
         CollectConfig(tasks=("reach-v3",), action_noise=-0.1)
     plan = CollectConfig(tasks=("reach-v3",)).plan()
     assert "action_noise" not in plan and CollectConfig(tasks=("reach-v3",), action_noise=0.5).plan()["action_noise"] == 0.5
+
+
+def test_policy_drives_and_every_rollout_is_kept(tmp_path, tiny_student):
+    """DAgger: a trained policy acts instead of the expert; every rollout becomes an episode whether it succeeded or
+    not, so `annotate --teacher scripted` can relabel the states the policy reached; the cameras must be the policy's."""
+    from vla_distill.sim.metaworld import expert_action, expert_policy
+
+    cfg = CollectConfig(tasks=("reach-v3",), episodes=1, seed=5, cameras=SMALL, workers=1, policy=str(tiny_student))
+    ds = RobotDataset(collect(cfg, tmp_path / "dagger"))
+    summary = json.loads((tmp_path / "dagger/meta/collection.json").read_text())
+    assert ds.num_episodes == 1 and summary["config"]["policy"] == str(tiny_student)
+    assert summary["tasks"]["reach-v3"]["policy_successes"] == int(ds.episodes[0].extra["success_frame"] is not None)
+    expert = expert_policy("reach-v3")
+    state = ds.column("observation.environment_state")
+    relabel = np.stack([expert_action(expert, s) for s in state])
+    assert np.abs(ds.column("action") - relabel).mean() > 0.05  # the actions are the (untrained) policy's
+    with pytest.raises(ConfigError, match="image-size 64"):
+        collect(CollectConfig(tasks=("reach-v3",), cameras=CameraConfig(height=32, width=32), policy=str(tiny_student)),
+                tmp_path / "wrong")
+    assert not (tmp_path / "wrong").exists()
+    with pytest.raises(ConfigError, match="action_noise"):
+        CollectConfig(tasks=("reach-v3",), policy=str(tiny_student), action_noise=0.5)
+    assert "policy" not in CollectConfig(tasks=("reach-v3",)).plan()

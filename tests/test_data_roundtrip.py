@@ -115,3 +115,51 @@ def test_image_stats_match_numpy_exactly():
     for key, q in (("q01", 0.01), ("q10", 0.1), ("q50", 0.5), ("q90", 0.9), ("q99", 0.99)):
         np.testing.assert_allclose(st[key].reshape(3), np.quantile(chw, q, axis=(0, 2, 3)), atol=1e-12)
     assert st["mean"].shape == (3, 1, 1) and st["count"].tolist() == [37]
+
+
+def test_merge_copies_every_frame_and_renumbers(tmp_path):
+    """Two datasets (the second's videos rolled over into several files) merge into one whose frames decode to the
+    sources' exactly (video copied packet for packet), with episodes, indices and tasks renumbered and each episode's
+    stats and extra columns kept."""
+    from vla_distill.data.merge import MERGE_PATH, merge
+
+    write_fake_dataset(tmp_path / "a", lengths=(6, 9))
+    write_fake_dataset(tmp_path / "b", lengths=(5, 8, 7), video_file_mb=0.001)
+    merge([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+    m = RobotDataset(tmp_path / "m")
+    m.validate()
+    sources = [RobotDataset(tmp_path / "a"), RobotDataset(tmp_path / "b")]
+    assert m.num_episodes == 5 and m.num_frames == 35 and [ep.index for ep in m.episodes] == list(range(5))
+    assert np.array_equal(m.column("index"), np.arange(35))
+    e = 0
+    for src in sources:
+        for i, ep in enumerate(src.episodes):
+            rows, merged = src.episode_rows(i), m.episode_rows(e)
+            for key in ("observation.images.cam", "observation.images.png"):
+                np.testing.assert_array_equal(m.frames(key, merged), src.frames(key, rows))
+            for key in ("observation.state", "action", "frame_index"):
+                np.testing.assert_array_equal(m.column(key)[merged], src.column(key)[rows])
+            assert m.episodes[e].tasks == ep.tasks and m.episodes[e].extra["seed"] == ep.extra["seed"]
+            assert np.allclose(m.episode_stats([e])["action"]["mean"], src.episode_stats([i])["action"]["mean"])
+            e += 1
+    assert sorted(m.tasks) == ["task 0", "task 1"]
+    assert np.allclose(m.stats["action"]["mean"], np.concatenate([s.column("action") for s in sources]).mean(0), atol=1e-5)
+    ranges = json.loads((tmp_path / "m" / MERGE_PATH).read_text())["sources"]
+    assert [r["episodes"] for r in ranges] == [[0, 2], [2, 5]]
+    assert not (tmp_path / "m.building").exists()
+
+
+def test_merge_refuses_different_features_and_a_used_output(tmp_path):
+    from vla_distill.data.merge import merge
+    from vla_distill.errors import ConfigError, DatasetError
+
+    write_fake_dataset(tmp_path / "a", lengths=(4,))
+    write_fake_dataset(tmp_path / "b", lengths=(4,), image=False)
+    with pytest.raises(DatasetError, match="observation.images.png"):
+        merge([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty"):
+        merge([tmp_path / "a", tmp_path / "a"], tmp_path / "used")
+    assert (tmp_path / "used" / "x").read_text() == "mine"

@@ -96,6 +96,10 @@ def _collect_args(c: argparse.ArgumentParser) -> None:
     _field(c, "--action-noise", CollectConfig, "std of Gaussian noise added to the expert's xyz actions before they "
            "are executed (DART): the demonstrations leave the expert's path and the teacher's relabels show the way "
            "back; the action column records what was executed", type=float)
+    _field(c, "--policy", CollectConfig, "a trained policy (run or checkpoint directory) drives instead of the expert "
+           "(DAgger): every rollout is kept, failures included, for `annotate --teacher scripted` to relabel; "
+           "--cameras and --image-size must be the policy's, and a --seed other than the demonstrations' gives new "
+           "placements")
     _field(c, "--max-attempts-factor", CollectConfig, "attempts per task at most episodes x this", type=float)
     _field(c, "--workers", CollectConfig, "worker processes (0: one per core)", type=int)
 
@@ -111,6 +115,18 @@ def _collect(args: argparse.Namespace) -> None:
         camera["width"] = camera["height"]
     cfg = CollectConfig(tasks=tuple(resolve_tasks(args.task_spec)), cameras=CameraConfig(**camera), **_given(args, CollectConfig))
     collect(cfg, args.out)
+
+
+# ---------------------------------------------------------------- merge
+def _merge_args(m: argparse.ArgumentParser) -> None:
+    m.add_argument("datasets", nargs="+", help="LeRobot v3.0 datasets with the same features, in episode order")
+    m.add_argument("--out", required=True, help="the merged dataset's directory (new or empty)")
+
+
+def _merge(args: argparse.Namespace) -> None:
+    from vla_distill.data.merge import merge
+
+    merge(args.datasets, args.out)
 
 
 # ---------------------------------------------------------------- inspect
@@ -475,7 +491,10 @@ def _serve(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- the parser
 STAGES = {  # name: (help, flags, run), in pipeline order
-    "collect": ("record scripted-expert MetaWorld demonstrations as a LeRobotDataset v3.0", _collect_args, _collect),
+    "collect": ("record scripted-expert MetaWorld demonstrations (or a policy's rollouts, DAgger) as a LeRobotDataset "
+                "v3.0", _collect_args, _collect),
+    "merge": ("merge LeRobot v3.0 datasets with the same features into one (demonstrations + DAgger rollouts)",
+              _merge_args, _merge),
     "annotate": ("teacher actions, phase anchors and direction cues for every frame, then an audit", _annotate_args,
                  _annotate),
     "audit": ("cross-check phase labels and cues against the kinematics; writes meta/audit.{json,md}", _audit_args, _audit),

@@ -1,4 +1,5 @@
-"""Collect scripted-expert demonstrations from MetaWorld into a LeRobotDataset v3.0.
+"""Collect scripted-expert demonstrations from MetaWorld into a LeRobotDataset v3.0; or, with a trained policy
+driving (DAgger), the rollouts of that policy, failures included, for `annotate --teacher scripted` to relabel.
 
 Crash safety: every attempt runs in a worker and lands in `<out>/.partial/` atomically (episode directory
 renamed into place, then a one-line marker), so an interrupted run (Ctrl-C or kill -9) resumes from its
@@ -80,18 +81,21 @@ def _env_for(task: str, cfg: CollectConfig) -> MetaWorldEnv:
     return _ENV
 
 
-def rollout_expert(env: MetaWorldEnv, seed: int, steps_after_success: int,
-                   action_noise: float = 0.0) -> tuple[dict[str, np.ndarray], int | None]:
-    """Runs the task's scripted expert, its xyz actions perturbed by N(0, action_noise²) (seeded by `seed`);
-    returns per-frame arrays (the executed actions) and the first success frame (None if never)."""
-    policy = expert_policy(env.task)
+def rollout(env: MetaWorldEnv, seed: int, steps_after_success: int, action_noise: float = 0.0,
+            driver=None) -> tuple[dict[str, np.ndarray], int | None]:
+    """Runs the task's scripted expert, its xyz actions perturbed by N(0, action_noise²) (seeded by `seed`), or a
+    trained policy (`driver`, a models Policy) in its place; returns per-frame arrays (the executed actions) and
+    the first success frame (None if never)."""
+    expert = expert_policy(env.task) if driver is None else None
     obs = env.reset(seed)
+    if driver is not None:
+        driver.reset(task=env.instruction)
     rng = np.random.default_rng(seed)
     low, high = env.action_bounds()
     frames: dict[str, list] = {k: [] for k in (*obs, ACTION, REWARD, SUCCESS)}
     first_success = None
     for t in range(env.max_steps):
-        action = expert_action(policy, env.raw_obs)
+        action = expert_action(expert, env.raw_obs) if driver is None else _policy_action(driver, obs, env.instruction)
         if action_noise:  # the gripper stays the expert's: a dropped object teaches nothing about recovering a path
             action[:3] = np.clip(action[:3] + rng.normal(0, action_noise, 3), low[:3], high[:3]).astype(action.dtype)
         for k, v in obs.items():
@@ -108,6 +112,46 @@ def rollout_expert(env: MetaWorldEnv, seed: int, steps_after_success: int,
     out[DONE] = np.zeros(len(out[ACTION]), dtype=bool)
     out[DONE][-1] = True
     return out, first_success
+
+
+def _policy_action(policy, obs: dict[str, np.ndarray], instruction: str) -> np.ndarray:
+    import torch
+
+    from vla_distill.models.base import observation_to_batch
+
+    with torch.inference_mode():
+        action = policy.select_action(observation_to_batch(obs, policy.input_keys, instruction))
+    return action[0].float().numpy()
+
+
+_POLICY: tuple[str, object] | None = None
+
+
+def _policy_for(path: str):
+    """The worker's copy of the driving policy, loaded once; one torch thread, as the worker owns one core."""
+    global _POLICY
+    if _POLICY is None or _POLICY[0] != path:
+        import torch
+
+        from vla_distill.models.backends import load_policy
+
+        torch.set_num_threads(1)
+        _POLICY = (path, load_policy(path))
+    return _POLICY[1]
+
+
+def check_policy(cfg: CollectConfig) -> None:
+    """Up front, in the driver: the policy loads and the collection renders the cameras it reads, at its size."""
+    from vla_distill.models.backends import load_policy
+    from vla_distill.models.base import policy_cameras
+
+    cams, size = policy_cameras(load_policy(cfg.policy))
+    missing = [k for k in cams if k not in cfg.cameras.keys]
+    if missing:
+        raise ConfigError(f"the policy reads {', '.join(missing)}; collect with --cameras including it", field="cameras")
+    if size is not None and tuple(size) != (cfg.cameras.height, cfg.cameras.width):
+        raise ConfigError(f"the policy reads {size[0]}x{size[1]} images; collect with --image-size {size[0]}",
+                          field="image_size")
 
 
 def _init_worker() -> None:
@@ -128,10 +172,11 @@ def run_attempt(att: Attempt, cfg: CollectConfig, partial: Path) -> dict:
     warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
     t0 = time.perf_counter()
     env = _env_for(att.task, cfg)
-    frames, first_success = rollout_expert(env, att.seed, cfg.steps_after_success, cfg.action_noise)
+    driver = _policy_for(cfg.policy) if cfg.policy else None
+    frames, first_success = rollout(env, att.seed, cfg.steps_after_success, cfg.action_noise, driver)
     n = len(frames[ACTION])
     marker = {"task": att.task, "attempt": att.attempt, "seed": att.seed, "frames": n, "success_frame": first_success}
-    if first_success is not None:
+    if first_success is not None or cfg.policy:
         _store_episode(partial / "episodes" / att.name, frames, cfg, marker)
     marker["seconds"] = round(time.perf_counter() - t0, 3)
     write_json_atomic(partial / "attempts" / f"{att.name}.json", marker)
@@ -166,6 +211,8 @@ class Collector:
             self._check_same_plan(self.out / "meta" / "collection.json", lambda d: d["config"])
             print(f"{self.out}: already complete")
             return self.out
+        if self.cfg.policy:
+            check_policy(self.cfg)
         with single_writer(self.out):
             self._prepare_partial()
             markers = self._load_markers()
@@ -198,9 +245,13 @@ class Collector:
         out = {}
         for p in sorted((self.partial / "attempts").glob("*.json")):
             m = json.loads(p.read_text())
-            if m["success_frame"] is None or (self.partial / "episodes" / p.stem).is_dir():
+            if not self._kept(m) or (self.partial / "episodes" / p.stem).is_dir():
                 out[p.stem] = m
         return out
+
+    def _kept(self, marker: dict) -> bool:
+        """An attempt that becomes an episode: an expert's success, or any rollout of a driving policy."""
+        return marker["success_frame"] is not None or bool(self.cfg.policy)
 
     def _attempt(self, pos: int, attempt: int) -> Attempt:
         return Attempt(self.cfg.tasks[pos], pos, attempt, self.cfg.attempt_seed(pos, attempt))
@@ -210,7 +261,7 @@ class Collector:
         busy = {a.name for a in running}
         todo = []
         for pos, task in enumerate(self.cfg.tasks):
-            kept = sum(m["task"] == task and m["success_frame"] is not None for m in done.values())
+            kept = sum(m["task"] == task and self._kept(m) for m in done.values())
             need = self.cfg.episodes - kept - sum(a.task == task for a in running)
             attempt = 0
             while need > 0 and attempt < self.cfg.max_attempts:
@@ -223,7 +274,7 @@ class Collector:
 
     def _collect(self, done: dict[str, dict]) -> None:
         total = len(self.cfg.tasks) * self.cfg.episodes
-        kept = lambda: sum(m["success_frame"] is not None for m in done.values())  # noqa: E731
+        kept = lambda: sum(self._kept(m) for m in done.values())  # noqa: E731
         bar = tqdm(total=total, initial=min(kept(), total), desc="collect", unit="ep", dynamic_ncols=True)
         frames, t0 = 0, time.perf_counter()
         # forkserver: workers fork from a clean server that has metaworld imported (fast start), never from
@@ -247,7 +298,7 @@ class Collector:
                     marker = fut.result()
                     done[att.name] = marker
                     frames += marker["frames"]
-                    bar.update(int(marker["success_frame"] is not None))
+                    bar.update(int(self._kept(marker)))
                     bar.set_postfix(tried=len(done), frames_per_s=f"{frames / (time.perf_counter() - t0):.0f}")
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -276,6 +327,9 @@ class Collector:
         n = sum(len(t["kept_attempts"]) for t in per_task.values())
         print(f"wrote {n} episodes to {self.out}")
         for task, t in per_task.items():
+            if self.cfg.policy:
+                print(f"  {task:<28} {t['kept']:>3} rollouts of the policy, {t['policy_successes']:>3} successful")
+                continue
             note = "" if t["kept"] == self.cfg.episodes else f"  (wanted {self.cfg.episodes}: the expert failed too often)"
             print(f"  {task:<28} kept {t['kept']:>3} of {t['tried']:>3} tried{note}")
         return self.out
@@ -284,7 +338,7 @@ class Collector:
         out = {}
         for pos, task in enumerate(self.cfg.tasks):
             mine = sorted((m for m in markers.values() if m["task"] == task), key=lambda m: m["attempt"])
-            ok = [self._attempt(pos, m["attempt"]).name for m in mine if m["success_frame"] is not None][: self.cfg.episodes]
+            ok = [self._attempt(pos, m["attempt"]).name for m in mine if self._kept(m)][: self.cfg.episodes]
             out[task] = {
                 "instruction": INSTRUCTIONS[task],
                 "difficulty": difficulty_of(task),
@@ -292,6 +346,7 @@ class Collector:
                 "kept": len(ok),
                 "failed_seeds": [m["seed"] for m in mine if m["success_frame"] is None],
                 "kept_attempts": ok,
+                **({"policy_successes": sum(m["success_frame"] is not None for m in mine)} if self.cfg.policy else {}),
             }
         return out
 

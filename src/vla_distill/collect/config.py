@@ -12,13 +12,17 @@ from vla_distill.sim.metaworld import CameraConfig
 @dataclass(frozen=True)
 class CollectConfig:
     tasks: tuple[str, ...]
-    episodes: int = 10  # successful episodes kept per task
+    episodes: int = 10  # successful episodes kept per task (with a policy driving: rollouts per task)
     seed: int = 0
     steps_after_success: int = 10  # frames recorded after the first success, then the episode stops
     # DART (Laskey et al. 2017): Gaussian noise of this std added to the expert's xyz action before it is executed, so
     # the demonstrations visit the off-course states a student will reach, and the teacher's relabels
     # (annotate) show the way back. The action column records what was executed.
     action_noise: float = 0.0
+    # DAgger (Ross et al. 2011): a trained policy (a run or checkpoint directory) drives instead of the expert, so the
+    # dataset holds the states the policy itself reaches, its failures included; `annotate --teacher scripted` labels
+    # every one with the expert's action. Every rollout is kept: `episodes` counts rollouts, not successes.
+    policy: str = ""
     max_attempts_factor: float = 3.0  # give up on a task after episodes x this many attempts
     cameras: CameraConfig = field(default_factory=CameraConfig)
     image_format: str = "video"  # "video" (AV1 mp4, lerobot's default) or "image" (PNG in parquet)
@@ -34,6 +38,8 @@ class CollectConfig:
             raise ConfigError("must be >= 0", field="steps_after_success")
         if not 0 <= self.action_noise <= 2:
             raise ConfigError("must be between 0 and 2 (action units)", field="action_noise")
+        if self.policy and self.action_noise:
+            raise ConfigError("the expert's action noise has no effect when a policy drives", field="action_noise")
         if self.max_attempts_factor < 1:
             raise ConfigError("must be >= 1", field="max_attempts_factor")
         if self.image_format not in ("video", "image"):
@@ -47,6 +53,8 @@ class CollectConfig:
 
     @property
     def max_attempts(self) -> int:
+        if self.policy:  # every rollout is kept
+            return self.episodes
         return max(self.episodes, int(round(self.episodes * self.max_attempts_factor)))
 
     def attempt_seed(self, task_pos: int, attempt: int) -> int:
@@ -57,8 +65,9 @@ class CollectConfig:
         """What must match for a resume to continue an earlier run (workers may differ)."""
         d = asdict(self)
         d.pop("workers")
-        if not self.action_noise:  # absent from plans written before it existed
-            d.pop("action_noise")
+        for key in ("action_noise", "policy"):  # absent from plans written before they existed
+            if not d[key]:
+                d.pop(key)
         d["tasks"] = list(self.tasks)
         d["cameras"]["names"] = list(self.cameras.names)
         return d

@@ -58,8 +58,10 @@ class VideoConcatenator:
         self._stream = None
         self.duration_s = 0.0
 
-    def append(self, src: Path, num_frames: int, fps: int) -> tuple[float, float]:
-        """Returns (from_timestamp, to_timestamp) of the appended episode inside this file."""
+    def append(self, src: Path, num_frames: int, fps: int, start_s: float = 0.0) -> tuple[float, float]:
+        """Appends the `num_frames` frames of `src` from `start_s` on (a whole file by default; a segment of a
+        dataset's video, which starts on a keyframe as every episode does); returns (from_timestamp, to_timestamp)
+        of the appended episode inside this file."""
         start = self.duration_s
         try:
             with av.open(str(src)) as inp:
@@ -67,10 +69,19 @@ class VideoConcatenator:
                 if self._stream is None:
                     self._stream = self._out.add_stream_from_template(in_stream, opaque=True)
                     self._stream.time_base = in_stream.time_base
-                offset = round(start / in_stream.time_base)
+                tb = in_stream.time_base
+                # Half a frame of slack either side: the episodes table stores float seconds.
+                lo, hi = (start_s - 0.5 / fps) / tb, (start_s + (num_frames - 0.5) / fps) / tb
+                if start_s > 0:
+                    inp.seek(max(int(lo), 0), stream=in_stream, backward=True)
+                offset = None
                 for packet in inp.demux(in_stream):
-                    if packet.dts is None:
+                    if packet.dts is None or packet.pts < lo:
                         continue
+                    if packet.pts > hi:
+                        break
+                    if offset is None:
+                        offset = round(start / tb) - packet.pts
                     packet.pts += offset
                     packet.dts += offset
                     packet.stream = self._stream

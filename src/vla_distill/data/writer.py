@@ -42,9 +42,11 @@ from vla_distill.types import DEFAULT_FEATURES, TASK_INDEX
 
 @dataclass(frozen=True)
 class EncodedVideo:
-    """An mp4 already holding exactly this episode's frames at the dataset fps (appended without re-encoding)."""
+    """An mp4 holding this episode's frames at the dataset fps from `start_s` on (appended without re-encoding): a
+    whole per-episode file, or an episode's segment of a dataset's video file."""
 
     path: Path
+    start_s: float = 0.0
 
 
 @dataclass
@@ -219,13 +221,14 @@ class DatasetWriter:
         if concat is None:
             path = self.root / self.info["video_path"].format(video_key=key, chunk_index=roll.chunk, file_index=roll.file)
             concat = self._concat[key] = VideoConcatenator(path)
+        start_s = 0.0
         if isinstance(values, EncodedVideo):
-            src = Path(values.path)
+            src, start_s = Path(values.path), values.start_s
         else:
             frames = check_values(key, values, self.features[key], n)
             src = self._tmp / f"{key}.mp4"
             encode_video(frames, src, self.fps, self.video_codec)
-        start, end = concat.append(src, n, self.fps)
+        start, end = concat.append(src, n, self.fps, start_s)
         return {
             f"videos/{key}/chunk_index": roll.chunk,
             f"videos/{key}/file_index": roll.file,

@@ -180,7 +180,7 @@ def validate(policy: StudentPolicy, views: Views, cfg: TrainConfig, dev: DeviceS
     policy.eval()
     sums = {"action_mse": 0.0, "action_mae": 0.0, "loss": 0.0}
     count = phase_ok = phase_n = dir_ok = dir_n = 0
-    aux_err = 0.0
+    aux_err: torch.Tensor | None = None  # (S_aux,) summed absolute error, raw units
     for batch in validation_batches(views.val, lambda raw: policy_batch(raw, views), cfg, dev):
         with autocast(dev):
             out = policy.encode(batch)
@@ -193,7 +193,8 @@ def validate(policy: StudentPolicy, views: Views, cfg: TrainConfig, dev: DeviceS
         count += b
         if "aux_state" in out:
             x = batch[cfg.aux_state].float().reshape(b, -1)
-            aux_err = aux_err + (out["aux_state"].float() * policy.aux_state_std + policy.aux_state_mean - x).abs().sum(0)
+            err = (out["aux_state"].float() * policy.aux_state_std + policy.aux_state_mean - x).abs().sum(0)
+            aux_err = err if aux_err is None else aux_err + err
         if PHASE_INDEX in batch:
             lab = batch[PHASE_INDEX]
             phase_ok += int(((out["phase_logits"].argmax(-1) == lab) & (lab >= 0)).sum())
@@ -205,7 +206,7 @@ def validate(policy: StudentPolicy, views: Views, cfg: TrainConfig, dev: DeviceS
             dir_n += int((ids >= 0).sum())
     policy.train()
     m = {k: v / max(count, 1) for k, v in sums.items()}
-    if isinstance(aux_err, torch.Tensor):
+    if aux_err is not None:
         per_dim = aux_err / max(count, 1)
         m["aux_state_mae"] = float(per_dim.mean())
         m["aux_state_mae_max"] = float(per_dim.max())  # the worst dimension: a goal coordinate, typically

@@ -1,0 +1,92 @@
+"""`vla-distill merge`: LeRobotDatasets v3.0 with the same features into one (lerobot's `edit-dataset` merge), e.g.
+demonstrations and the rollouts of a DAgger round before they are annotated together.
+
+Episodes are renumbered in the order given and tasks united; per-frame columns are copied, each episode's video
+segment is copied packet for packet (no re-encode: every episode starts on a keyframe, as this writer and lerobot's
+write them), and per-episode stats and extra episode columns (seed, success frame, ...) travel with their episodes.
+The output is written beside `out` and renamed into place when complete; meta/merge.json says which source each
+episode range came from.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from vla_distill.data.dataset import RobotDataset
+from vla_distill.data.format import single_writer, write_json_atomic
+from vla_distill.data.writer import DatasetWriter, EncodedVideo, Episode
+from vla_distill.errors import ConfigError, DatasetError
+from vla_distill.types import DEFAULT_FEATURES, TASK_INDEX
+
+MERGE_PATH = "meta/merge.json"
+
+
+def merge(sources: list[str | Path], out: str | Path) -> Path:
+    out = Path(out)
+    if len(sources) < 2:
+        raise ConfigError("merge needs at least two datasets", field="datasets")
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError("output directory exists and is not empty; choose another", field=str(out))
+    datasets = [RobotDataset(s) for s in sources]
+    features = _common_features(datasets)
+    building = out.with_name(out.name + ".building")
+    ranges = []
+    with single_writer(building):
+        for leftover in building.iterdir():  # a killed earlier merge starts over
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+        bar = tqdm(total=sum(ds.num_episodes for ds in datasets), desc="merge", unit="ep", dynamic_ncols=True)
+        with bar, DatasetWriter(building, int(datasets[0].fps), features, datasets[0].info.get("robot_type")) as writer:
+            for ds in datasets:
+                first = len(writer.episode_rows)
+                for e in range(ds.num_episodes):
+                    writer.add_episode(_episode(ds, e, features))
+                    bar.update()
+                ranges.append({"dataset": str(ds.root), "fingerprint": ds.fingerprint(),
+                               "episodes": [first, len(writer.episode_rows)]})
+        write_json_atomic(building / MERGE_PATH, {"sources": ranges})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        out.rmdir()  # empty, checked above
+    os.replace(building, out)
+    print(f"wrote {sum(r['episodes'][1] - r['episodes'][0] for r in ranges)} episodes to {out}")
+    return out
+
+
+def _common_features(datasets: list[RobotDataset]) -> dict[str, dict]:
+    """The first dataset's own features; every other must declare the same keys, dtypes and shapes, at one fps."""
+    ref = datasets[0]
+    own = {k: v for k, v in ref.features.items() if k not in DEFAULT_FEATURES}
+    for ds in datasets[1:]:
+        if ds.fps != ref.fps:
+            raise DatasetError(f"{ds.fps:g} fps where {ref.root} has {ref.fps:g}", path=ds.root, field="fps")
+        theirs = {k: v for k, v in ds.features.items() if k not in DEFAULT_FEATURES}
+        for key in sorted(set(own) | set(theirs)):
+            a, b = own.get(key), theirs.get(key)
+            if a is None or b is None:
+                raise DatasetError(f"feature present in only one of the datasets (see {ref.root})", path=ds.root, field=key)
+            if (a["dtype"], list(a["shape"])) != (b["dtype"], list(b["shape"])):
+                raise DatasetError(f"{b['dtype']} {list(b['shape'])} where {ref.root} has {a['dtype']} {list(a['shape'])}",
+                                   path=ds.root, field=key)
+    return own
+
+
+def _episode(ds: RobotDataset, e: int, features: dict[str, dict]) -> Episode:
+    ep, rows = ds.episodes[e], ds.episode_rows(e)
+    frames: dict = {}
+    for key, ft in features.items():
+        if ft["dtype"] == "video":
+            frames[key] = EncodedVideo(ep.videos[key].path, ep.videos[key].from_timestamp)
+        elif ft["dtype"] == "image":
+            frames[key] = ds.frames(key, rows)
+        else:
+            frames[key] = np.asarray(ds.column(key)[rows])
+    task = [ds.tasks[int(i)] for i in ds.column(TASK_INDEX)[rows]]
+    return Episode(frames, task, stats=ds.episode_stats([e]), meta=dict(ep.extra))
