@@ -203,7 +203,8 @@ def ablations(args) -> dict:
     rows, infos = [], {}
     for name, (size, cams, change) in ABLATIONS.items():
         ann = dataset(work, args.tasks, args.demos, size, cams)
-        flags = dict(zip(RECIPE[::2], RECIPE[1::2])) | dict(zip(change[::2], change[1::2]))
+        base = RECIPE + AUX  # the model recipe; its data-side steps (DART, DAgger) are measured on MT10 instead
+        flags = dict(zip(base[::2], base[1::2])) | dict(zip(change[::2], change[1::2]))
         slug = name.split(" (")[0].replace(" ", "-").replace("=", "")
         steps = steps_for_minutes(ann, work / f"probe-{slug}", args.minutes, flags)
         run, minutes = trained(ann, work / f"student-{slug}", steps, *[x for kv in flags.items() for x in kv])

@@ -163,3 +163,6 @@ def test_merge_refuses_different_features_and_a_used_output(tmp_path):
     with pytest.raises(ConfigError, match="not empty"):
         merge([tmp_path / "a", tmp_path / "a"], tmp_path / "used")
     assert (tmp_path / "used" / "x").read_text() == "mine"
+    (tmp_path / "a" / "meta" / "annotation.json").write_text("{}")
+    with pytest.raises(DatasetError, match="annotated"):
+        merge([tmp_path / "a", tmp_path / "b"], tmp_path / "m")

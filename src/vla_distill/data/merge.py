@@ -21,7 +21,7 @@ from vla_distill.data.dataset import RobotDataset
 from vla_distill.data.format import single_writer, write_json_atomic
 from vla_distill.data.writer import DatasetWriter, EncodedVideo, Episode
 from vla_distill.errors import ConfigError, DatasetError
-from vla_distill.types import DEFAULT_FEATURES, TASK_INDEX
+from vla_distill.types import ANNOTATION_PATH, DEFAULT_FEATURES, TASK_INDEX
 
 MERGE_PATH = "meta/merge.json"
 
@@ -32,6 +32,10 @@ def merge(sources: list[str | Path], out: str | Path) -> Path:
         raise ConfigError("merge needs at least two datasets", field="datasets")
     if out.exists() and any(out.iterdir()):
         raise ConfigError("output directory exists and is not empty; choose another", field=str(out))
+    for src in sources:  # each annotation has its own cue vocabulary and phase files: annotate the merge instead
+        if (Path(src) / ANNOTATION_PATH).exists():
+            raise DatasetError("an annotated dataset; merge the datasets it was annotated from, then annotate the merge",
+                               path=src)
     datasets = [RobotDataset(s) for s in sources]
     features = _common_features(datasets)
     building = out.with_name(out.name + ".building")
