@@ -70,7 +70,8 @@ bench: $(STAMP)
 # The MT10 distillation benchmark from nothing (BENCHMARKS.md, "Distillation quality"): collect MT10 x 50 DART
 # demonstrations at 128 px (two cameras), annotate, train a first student, collect its own rollouts (DAgger), merge,
 # annotate, train the recipe (bench_distill.VARIANT), evaluate teacher and student on the same 500 held-out episodes,
-# export and time the student; writes benchmarks/results/mt10.json. About 3.5 hours on 2 cores; rerun to resume.
+# export and time the student; writes benchmarks/results/mt10.json. About 3.5 hours on 2 cores (estimated from the
+# stages' measured times); rerun to resume.
 # Other variants: benchmarks/bench_distill.py mt10 --variant keypoints|aux|dart-aux.
 mt10: $(STAMP)
 	$(BIN)/python benchmarks/bench_distill.py mt10

@@ -122,6 +122,16 @@ def table(teacher: dict, student: dict, paired: dict) -> None:
           f"({_ci(student['overall']['pc_success_ci95'])}) | {o['difference']:+.1f} ({_ci(o['ci95'])}) | {o['mcnemar_p']:.2g} |")
 
 
+def paired_with(label: str, baseline: dict, student: dict) -> dict:
+    """The student against another evaluation on the same seeds: printed, and as the result's vs_<name> entry."""
+    c = compare(baseline, student)
+    o = c["overall"]
+    print(f"vs {label} ({baseline['overall']['pc_success']:.1f}%), paired: {o['difference']:+.1f} ({_ci(o['ci95'])}), "
+          f"McNemar p {o['mcnemar_p']:.2g}")
+    keep = ("difference", "ci95", "mcnemar_p")
+    return {k: o[k] for k in keep} | {"per_task": {t: {k: x[k] for k in keep} for t, x in c["per_task"].items()}}
+
+
 def _ci(ci) -> str:
     return f"{ci[0]:.1f}–{ci[1]:.1f}"
 
@@ -146,22 +156,13 @@ def mt10(args) -> dict:
     paired = compare(teacher, student)
     table(teacher, student, paired)
     baseline = {}
-    if tag and args.variant not in DAGGER:  # a DAgger round is paired with the student that drove it instead
+    if args.variant in DAGGER:  # a DAgger round is paired with the student that drove it
+        prev = DAGGER[args.variant]
+        driver = evaluated(str(work / f"student-{prev}"), "mt10", work / f"eval-student-{prev}", args.episodes)
+        baseline[f"vs_{prev}"] = paired_with(f"{prev}, the student that drove the round", driver, student)
+    elif tag:
         first = evaluated(str(work / "student"), "mt10", work / "eval-student", args.episodes)
-        b = compare(first, student)
-        print(f"vs the first recipe ({first['overall']['pc_success']:.1f}%), paired: {b['overall']['difference']:+.1f} "
-              f"({_ci(b['overall']['ci95'])}), McNemar p {b['overall']['mcnemar_p']:.2g}")
-        baseline = {"vs_keypoints": {k: b["overall"][k] for k in ("difference", "ci95", "mcnemar_p")} | {
-            "per_task": {t: {k: c[k] for k in ("difference", "ci95", "mcnemar_p")} for t, c in b["per_task"].items()}}}
-    if args.variant in DAGGER:
-        driver = evaluated(str(work / f"student-{DAGGER[args.variant]}"), "mt10",
-                           work / f"eval-student-{DAGGER[args.variant]}", args.episodes)
-        d = compare(driver, student)
-        print(f"vs {DAGGER[args.variant]} ({driver['overall']['pc_success']:.1f}%), the student that drove the round, "
-              f"paired: {d['overall']['difference']:+.1f} ({_ci(d['overall']['ci95'])}), McNemar p "
-              f"{d['overall']['mcnemar_p']:.2g}")
-        baseline[f"vs_{DAGGER[args.variant]}"] = {k: d["overall"][k] for k in ("difference", "ci95", "mcnemar_p")} | {
-            "per_task": {t: {k: c[k] for k in ("difference", "ci95", "mcnemar_p")} for t, c in d["per_task"].items()}}
+        baseline["vs_keypoints"] = paired_with("the first recipe", first, student)
     speed = onnx_speed(run, ann, work / f"bundle{tag}")
     hz = speed["hz"]
     s, t = rate(student), rate(teacher)
