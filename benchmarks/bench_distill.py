@@ -6,6 +6,9 @@ Usage (every stage runs through the CLI as a user would, and is skipped or resum
       held-out seeds per task -> results/mt10.json (goal: student >= 95% and within 2 points of the teacher); another
       --variant (VARIANTS) -> results/mt10_<variant>.json, paired against the first recipe too (a DAgger variant:
       against the student that drove its round)
+  python benchmarks/bench_distill.py mt50-subset [--demos 50] [--steps 20000] [--episodes 50]
+      the same recipe on 8 tasks outside MT10 drawn within MT50's difficulty groups (MT50_SAMPLE, seed 0) ->
+      results/mt50_subset.json, with MT50's task-weighted success estimated from these and MT10's tasks (goal >= 85%)
   python benchmarks/bench_distill.py ablations [--tasks reach-v3,push-v3,pick-place-v3] [--minutes 8]
       the recipe against one change at a time, each trained for the same wall-clock budget and evaluated on the same
       seeds: from-scratch encoder, 96 px, one camera, K = 1 -> results/distill_ablations.json
@@ -32,6 +35,7 @@ from bench_eval import evaluated
 from common import RESULTS, cli, write_result
 
 from vla_distill.eval.stats import compare, distinguishable
+from vla_distill.sim.metaworld_tasks import GROUPS
 
 RECIPE = ("--preset", "tiny", "--vision", "efficientnet-lite0", "--horizon", "5", "--batch-size", "64")
 CAMERAS = "corner2,gripper"
@@ -73,8 +77,9 @@ def dagger_dataset(work: Path, tasks: str, demos: int, driver: Path, collect_fla
 
 
 def trained(ds: Path, run: Path, steps: int, *extra: str) -> tuple[Path, float]:
-    """The run (trained or resumed to `steps`) and the minutes it took: this call's wall time when it trained from
-    nothing (feature cache included), else the training steps' own time from metrics.jsonl."""
+    """The run (trained or resumed to `steps`) and the minutes it took: the wall time of the call that trained it
+    from nothing (feature cache included; kept in run/bench_wall_minutes.json so a rerun reports the same), else the
+    training steps' own time from metrics.jsonl."""
     fresh = not (run / "checkpoints" / "last").exists()
     t0 = time.perf_counter()
     if fresh:
@@ -82,8 +87,12 @@ def trained(ds: Path, run: Path, steps: int, *extra: str) -> tuple[Path, float]:
             str(max(steps // 5, 1)), "--log-every", "50", *extra)
     else:  # a resumed run keeps its settings
         cli("train", "--dataset", str(ds), "--out", str(run), "--steps", str(steps), "--resume")
-    wall = (time.perf_counter() - t0) / 60
-    return run, wall if fresh and wall > 1 else train_minutes(run)
+    wall, record = (time.perf_counter() - t0) / 60, run / "bench_wall_minutes.json"
+    if fresh and wall > 1:
+        record.write_text(json.dumps({"minutes": wall, "steps": steps}))
+    if record.exists() and json.loads(record.read_text())["steps"] == steps:
+        return run, json.loads(record.read_text())["minutes"]
+    return run, train_minutes(run)
 
 
 def train_minutes(run: Path) -> float:
@@ -138,30 +147,35 @@ def _ci(ci) -> str:
 
 # ------------------------------------------------------------------------------------------------ suites
 def mt10(args) -> dict:
-    work = Path(args.work) / "mt10"
+    return multitask(args, "mt10", "mt10")
+
+
+def multitask(args, name: str, tasks: str) -> dict:
+    """One multi-task student of the recipe on `tasks`, teacher and student on the same held-out seeds: work/name."""
+    work = Path(args.work) / name
     collect_flags, train_flags = VARIANTS[args.variant]
     if args.variant in DAGGER:
         prev = DAGGER[args.variant]
         driver = work / f"student-{prev}"
         if not (driver / "checkpoints" / "last").exists():  # from nothing: the driving student first
-            trained(dataset(work, "mt10", args.demos, 128, collect_flags=VARIANTS[prev][0]), driver, args.steps,
+            trained(dataset(work, tasks, args.demos, 128, collect_flags=VARIANTS[prev][0]), driver, args.steps,
                     *VARIANTS[prev][1])
-        ann = dagger_dataset(work, "mt10", args.demos, driver, collect_flags)
+        ann = dagger_dataset(work, tasks, args.demos, driver, collect_flags)
     else:
-        ann = dataset(work, "mt10", args.demos, 128, collect_flags=collect_flags)
+        ann = dataset(work, tasks, args.demos, 128, collect_flags=collect_flags)
     tag = "" if args.variant == "keypoints" else f"-{args.variant}"  # the first recipe's directories keep their names
     run, minutes = trained(ann, work / f"student{tag}", args.steps, *train_flags)
-    teacher = evaluated("scripted", "mt10", work / "eval-teacher", args.episodes)
-    student = evaluated(str(run), "mt10", work / f"eval-student{tag}", args.episodes)
+    teacher = evaluated("scripted", tasks, work / "eval-teacher", args.episodes)
+    student = evaluated(str(run), tasks, work / f"eval-student{tag}", args.episodes)
     paired = compare(teacher, student)
     table(teacher, student, paired)
     baseline = {}
     if args.variant in DAGGER:  # a DAgger round is paired with the student that drove it
         prev = DAGGER[args.variant]
-        driver = evaluated(str(work / f"student-{prev}"), "mt10", work / f"eval-student-{prev}", args.episodes)
+        driver = evaluated(str(work / f"student-{prev}"), tasks, work / f"eval-student-{prev}", args.episodes)
         baseline[f"vs_{prev}"] = paired_with(f"{prev}, the student that drove the round", driver, student)
     elif tag:
-        first = evaluated(str(work / "student"), "mt10", work / "eval-student", args.episodes)
+        first = evaluated(str(work / "student"), tasks, work / "eval-student", args.episodes)
         baseline["vs_keypoints"] = paired_with("the first recipe", first, student)
     speed = onnx_speed(run, ann, work / f"bundle{tag}")
     hz = speed["hz"]
@@ -177,7 +191,7 @@ def mt10(args) -> dict:
                                 "difference": paired["per_task"][x["task"]]["difference"],
                                 "difference_ci95": paired["per_task"][x["task"]]["ci95"],
                                 "mcnemar_p": paired["per_task"][x["task"]]["mcnemar_p"]}
-    return {"suite": "mt10", "variant": args.variant, "student": s, "teacher": t, **baseline,
+    return {"suite": name, "tasks": tasks, "variant": args.variant, "student": s, "teacher": t, **baseline,
             "paired": {"difference": o["difference"], "ci95": o["ci95"], "mcnemar_p": o["mcnemar_p"],
                        "only_teacher": o["only_a"], "only_student": o["only_b"]},
             "per_task": per_task, "train_minutes": round(minutes, 1), "student_hz": round(hz, 1),
@@ -187,7 +201,54 @@ def mt10(args) -> dict:
             "evaluations": {"teacher": str(work / "eval-teacher"), "student": str(work / f"eval-student{tag}")},
             "recipe": " ".join(train_flags), "collect_flags": " ".join(collect_flags), "demos_per_task": args.demos, "steps": args.steps,
             "episodes_per_task": args.episodes, "goal_met": s["pc_success"] >= 95 and t["pc_success"] - s["pc_success"] <= 2,
-            "command": "python benchmarks/bench_distill.py mt10 " + " ".join(sys.argv[2:])}
+            "command": " ".join(["python benchmarks/bench_distill.py", args.suite, *sys.argv[2:]])}
+
+
+# MT50 by stratified sampling: tasks outside MT10 drawn at random within lerobot's difficulty groups (seed 0), trained
+# as one multi-task student of the recipe; with MT10's tasks they estimate MT50's task-weighted success.
+MT50_SAMPLE = {"easy": 3, "medium": 2, "hard": 1, "very_hard": 2}
+
+
+def mt50_sample(seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    mt10_tasks = set(GROUPS["mt10"])
+    return [str(t) for g, k in MT50_SAMPLE.items()
+            for t in rng.choice(sorted(t for t in GROUPS[g] if t not in mt10_tasks), k, replace=False)]
+
+
+def mt50_subset(args) -> dict:
+    result = multitask(args, "mt50-subset", ",".join(mt50_sample()))
+    mt10_result = json.loads((RESULTS / "mt10.json").read_text())
+    rates = {t: (x["student"], x["teacher"]) for t, x in mt10_result["per_task"].items()}
+    rates |= {t: (x["student"], x["teacher"]) for t, x in result["per_task"].items()}
+    result["mt50_estimate"] = mt50_estimate(rates, args.episodes)
+    est = result["mt50_estimate"]["student"]
+    print(f"MT50 estimate (stratified, with MT10's tasks): student {est['pc_success']:.1f}% ({_ci(est['ci95'])}), "
+          f"teacher {result['mt50_estimate']['teacher']['pc_success']:.1f}%")
+    result["goal_met"] = est["pc_success"] >= 85  # the issue's MT50 goal, task-weighted
+    return result
+
+
+def mt50_estimate(rates: dict[str, tuple[float, float]], episodes: int, draws: int = 4000) -> dict:
+    """MT50's task-weighted success from the measured tasks (task -> (student %, teacher %)): each difficulty group's
+    mean over its measured tasks, weighted by the group's share of the 50. The 95% interval is a stratified bootstrap
+    (tasks resampled within each group, then each task's episodes), so it covers both the unmeasured tasks and the
+    episodes' noise. MT10's tasks were chosen, not drawn, so they enter as if they were a random sample: an assumption."""
+    rng = np.random.default_rng(0)
+    groups = {g: [t for t in GROUPS[g] if t in rates] for g in ("easy", "medium", "hard", "very_hard")}
+    out = {"groups": {g: {"tasks_in_group": len(GROUPS[g]), "measured": ts} for g, ts in groups.items()}}
+    for who, i in (("student", 0), ("teacher", 1)):
+        point, boot = 0.0, np.zeros(draws)
+        for g, ts in groups.items():
+            w = len(GROUPS[g]) / 50
+            p = np.array([rates[t][i] for t in ts]) / 100
+            point += w * p.mean()
+            picked = p[rng.integers(0, len(p), (draws, len(p)))]
+            boot += w * (rng.binomial(episodes, picked) / episodes).mean(1)
+            out["groups"][g][who] = round(100 * float(p.mean()), 1)
+        lo, hi = np.percentile(100 * boot, [2.5, 97.5])
+        out[who] = {"pc_success": round(100 * float(point), 1), "ci95": [round(float(lo), 1), round(float(hi), 1)]}
+    return out
 
 
 ABLATIONS = {  # name: (image size, cameras, train flags replacing the recipe's)
@@ -236,7 +297,7 @@ def steps_for_minutes(ann: Path, probe: Path, minutes: float, flags: dict) -> in
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("suite", choices=["mt10", "ablations"])
+    p.add_argument("suite", choices=["mt10", "mt50-subset", "ablations"])
     p.add_argument("--work", default="outputs/bench_distill")
     p.add_argument("--tasks", default="reach-v3,push-v3,pick-place-v3")
     p.add_argument("--demos", type=int, default=0)
@@ -249,6 +310,9 @@ def main() -> None:
         args.demos, args.episodes = args.demos or 50, args.episodes or 50
         name = "mt10.json" if args.variant == VARIANT else f"mt10_{args.variant}.json"
         write_result(RESULTS / name, mt10(args))
+    elif args.suite == "mt50-subset":
+        args.demos, args.episodes = args.demos or 50, args.episodes or 50
+        write_result(RESULTS / "mt50_subset.json", mt50_subset(args))
     else:
         args.demos, args.episodes = args.demos or 30, args.episodes or 30
         write_result(RESULTS / "distill_ablations.json", ablations(args))

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from common import RESULTS, cli, write_result
 
+from vla_distill.eval.stats import paired, wilson
+
 
 
 def eval_info(path: Path) -> dict:
@@ -123,22 +125,31 @@ def robustness(args) -> dict:
     raw = dataset(work, args.tasks, args.demos, args.size)
     ann = annotated(work, raw, args.teacher, "annotated-noisy")
     out = {"guided": [], "unguided": []}
+    episodes = {"guided": [], "unguided": []}  # every episode's success, seed by seed: the arms share seeds
     for seed in range(args.seeds):
         for name, extra in (("guided", ()), ("unguided", ("--no-phase-loss", "--no-direction-loss"))):
             run = trained(ann, work / f"{name}-s{seed}", args.steps, "--preset", args.preset, "--seed", str(seed),
                           "--batch-size", str(args.batch_size), "--save-every", "500", "--log-every", "100", *extra)
             info = evaluated(str(run), args.tasks, work / f"eval-{name}-s{seed}", args.episodes, "--seed", str(seed))
             out[name].append(info["overall"]["pc_success"])
+            episodes[name] += [ok for t in info["per_task"] for ok in t["metrics"]["successes"]]
     g, u = np.array(out["guided"]), np.array(out["unguided"])
-    print("| student | seeds | success % per seed | mean | std |\n|---|---:|---|---:|---:|")
+    n = len(episodes["guided"])
+    pooled = {k: {"pc_success": 100 * sum(v) / n, "ci95": wilson(sum(v), n), "n_episodes": n} for k, v in episodes.items()}
+    diff = paired(episodes["unguided"], episodes["guided"])
+    print("| student | success % per seed | all episodes % (95% CI) | n |\n|---|---|---:|---:|")
     for name, v in (("guided", g), ("unguided", u)):
-        print(f"| {name} | {len(v)} | {', '.join(f'{x:.0f}' for x in v)} | {v.mean():.1f} | {v.std():.1f} |")
-    print(f"guided - unguided: {g.mean() - u.mean():+.1f} points")
+        p = pooled[name]
+        print(f"| {name} | {', '.join(f'{x:.0f}' for x in v)} | {p['pc_success']:.1f} ({p['ci95'][0]:.1f}–"
+              f"{p['ci95'][1]:.1f}) | {n} |")
+    print(f"guided - unguided, paired on the same {n} seeds: {diff['difference']:+.1f} points "
+          f"({diff['ci95'][0]:.1f} to {diff['ci95'][1]:.1f}), McNemar p {diff['mcnemar_p']:.2g}")
     return {"suite": "robustness", "tasks": args.tasks, "teacher": args.teacher, "demos_per_task": args.demos,
             "steps": args.steps, "batch_size": args.batch_size, "image_size": args.size, "seeds": args.seeds,
             "episodes_per_task": args.episodes, "guided": out["guided"], "unguided": out["unguided"],
             "guided_mean": float(g.mean()), "unguided_mean": float(u.mean()), "difference_points": float(g.mean() - u.mean()),
-            "goal_met": bool(g.mean() - u.mean() >= 5)}
+            "pooled": pooled, "paired": {k: diff[k] for k in ("difference", "ci95", "mcnemar_p", "only_a", "only_b")},
+            "goal_met": bool(diff["difference"] >= 5 and diff["ci95"][0] > 0)}
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,44 @@ def test_a_corrupt_bundle_and_a_failed_parity_write_nothing(tiny_student, onnx_b
     with pytest.raises(ConfigError, match="parity failed"):
         export_mod.export(tiny_student, tmp_path / "out", "onnx", log=lambda *_: None)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_traceable_attention_computes_what_the_torch_layer_does(norm_first):
+    from vla_distill.deploy.onnx_graph import traceable
+
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, activation="gelu", batch_first=True,
+                                             norm_first=norm_first)
+    model = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    x = torch.randn(3, 7, 32)
+    with torch.no_grad(), export_mod._no_fastpath():
+        assert torch.allclose(traceable(model)(x), model(x), atol=1e-5)
+
+
+def test_same_padding_folds_into_the_convolutions(tmp_path):
+    """EfficientNet's asymmetric SAME padding, traced as Pad -> Conv, becomes the Conv's own pads: no Pad node is left
+    and ONNX Runtime computes what torch does, at even and odd sizes (whose paddings differ)."""
+    import onnx
+
+    from vla_distill.deploy.onnx_graph import fold_pads
+    from vla_distill.models.efficientnet import EfficientNetLiteTrunk
+    from vla_distill.models.onnx_policy import session
+
+    trunk = EfficientNetLiteTrunk(8).eval()
+    for size in (40, 37):
+        x = torch.rand(2, 3, size, size)
+        path = tmp_path / f"trunk{size}.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on the traced padding, as in export_onnx
+            torch.onnx.export(trunk, (x,), str(path), dynamo=False, input_names=["x"], output_names=["f"],
+                              dynamic_axes={"x": {0: "b"}, "f": {0: "b"}}, opset_version=17)
+            expected = trunk(x).numpy()
+        assert sum(n.op_type == "Pad" for n in onnx.load(str(path)).graph.node) == 6
+        assert fold_pads(path) == 6
+        assert not any(n.op_type == "Pad" for n in onnx.load(str(path)).graph.node)
+        got = session(path, 1).run(None, {"x": x[:1].numpy()})[0]
+        np.testing.assert_allclose(got, expected[:1], atol=1e-4)
 
 
 def test_bf16_bundle_halves_the_weights(tiny_student, tmp_path):

@@ -24,6 +24,7 @@ from vla_distill.errors import ConfigError
 from vla_distill.models.base import Policy, frames_to_batch
 from vla_distill.models.bundle import BUNDLE_FILE, FORMAT, REFERENCE_FILE, VERSION, sha256
 from vla_distill.models.checkpoint import load_pretrained, resolve_pretrained_dir, save_pretrained
+from vla_distill.deploy.onnx_graph import fold_pads, traceable
 from vla_distill.models.onnx_policy import (INSTALL_HINT, INT8_FILE, ONNX_FILE, graph_inputs, input_names, output_names,
                                             session, uses_instruction)
 from vla_distill.types import TASK_EMBEDDING, TASK_INDEX
@@ -132,7 +133,9 @@ def _export_onnx(policy: Policy, batch: dict, reference: np.ndarray, tmp: Path, 
     except ImportError:
         raise ConfigError(INSTALL_HINT, field="format") from None
     export_onnx(policy, batch, tmp / ONNX_FILE)
-    quantize_int8(tmp / ONNX_FILE, tmp / INT8_FILE)
+    quantize_int8(tmp / ONNX_FILE, tmp / INT8_FILE)  # from the traced graph, where constants are not yet weights
+    for graph in (ONNX_FILE, INT8_FILE):
+        fold_pads(tmp / graph)
     feed = graph_inputs(policy, batch)
     parity = {"observations": int(reference.shape[0]), "tolerance": PARITY_TOLERANCE}
     for name, graph in (("onnx", ONNX_FILE), ("onnx-int8", INT8_FILE)):
@@ -185,15 +188,16 @@ def _no_fastpath():
 
 
 def export_onnx(policy: Policy, batch: dict, path: str | Path) -> None:
-    """Traces the fp32 policy on `batch` and writes the graph, batch axis dynamic. The TorchScript-based
-    exporter is used: the dynamo exporter's graph failed ONNX Runtime's shape inference for int8 (REFERENCE)."""
+    """Traces the fp32 policy on `batch` and writes the graph, batch axis dynamic, its attention traceable with
+    constant shapes (onnx_graph.py). The TorchScript-based exporter is used: the dynamo exporter's graph failed ONNX Runtime's shape
+    inference for int8 (REFERENCE)."""
     import warnings
 
     feed = graph_inputs(policy, batch)
     args = tuple(torch.from_numpy(feed[k]) for k in input_names(policy))
     outputs = output_names(policy)
     axes = {name: {0: "batch"} for name in input_names(policy) + outputs}
-    module = ExportModule(policy.float().eval())
+    module = ExportModule(traceable(policy.float().eval()))
     with _no_fastpath(), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's TracerWarnings about Python ints (image sizes are fixed)
         torch.onnx.export(module, args, str(path), dynamo=False, input_names=input_names(policy), output_names=outputs,
@@ -201,9 +205,17 @@ def export_onnx(policy: Policy, batch: dict, path: str | Path) -> None:
 
 
 def quantize_int8(src: str | Path, dst: str | Path) -> None:
+    """Weights of the linear layers (MatMul/Gemm with an initializer input) to int8, activations quantized per call,
+    as torch's dynamic quantization does. Run on the traced graph: a MatMul of two activations (attention's scores)
+    or with a traced constant (the keypoints' coordinate grid, which int8 would blur) stays fp32."""
     import logging
 
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" advice is printed on every call
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    graph = onnx.load(str(src)).graph
+    weights = {i.name for i in graph.initializer}
+    products = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and not any(i in weights for i in n.input)]
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                     nodes_to_exclude=products)
