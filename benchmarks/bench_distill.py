@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -83,6 +84,7 @@ def trained(ds: Path, run: Path, steps: int, *extra: str) -> tuple[Path, float]:
     fresh = not (run / "checkpoints" / "last").exists()
     t0 = time.perf_counter()
     if fresh:
+        shutil.rmtree(run, ignore_errors=True)  # interrupted before its first checkpoint: nothing to resume
         cli("train", "--dataset", str(ds), "--out", str(run), "--steps", str(steps), "--save-every",
             str(max(steps // 5, 1)), "--log-every", "50", *extra)
     else:  # a resumed run keeps its settings
