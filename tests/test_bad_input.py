@@ -59,6 +59,31 @@ def test_undecodable_mp4(ds_root, capsys):
     assert VIDEO in err and "observation.images.cam" in err
 
 
+@pytest.mark.parametrize("quick", [True, False])
+def test_random_bytes_for_a_video_fail_even_the_quick_check(ds_root, capsys, quick):
+    path = ds_root / VIDEO
+    path.write_bytes(np.random.default_rng(0).bytes(path.stat().st_size))
+    code = main(["inspect", str(ds_root), *(["--quick"] if quick else [])])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and VIDEO in err and "observation.images.cam" in err
+    if quick:  # annotate checks before any work, and writes nothing (it would hard-link the bad file)
+        code = main(["annotate", "--dataset", str(ds_root), "--out", str(ds_root.parent / "ann"), "--teacher", "scripted"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and VIDEO in err
+        assert sorted(p.name for p in ds_root.parent.iterdir()) == ["ds"]
+
+
+@pytest.mark.parametrize(("field", "delta"), [("total_frames", 100), ("total_frames", -100), ("total_episodes", 1)])
+def test_info_totals_that_disagree_with_the_data(ds_root, capsys, field, delta):
+    info_path = ds_root / "meta/info.json"
+    info = json.loads(info_path.read_text())
+    info[field] += delta
+    info_path.write_text(json.dumps(info))
+    code, err = run_inspect(ds_root, capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "meta/info.json" in err and f"'{field}'" in err and str(info[field]) in err
+
+
 def test_feature_shape_disagrees_with_info(ds_root, capsys):
     info_path = ds_root / "meta/info.json"
     info = json.loads(info_path.read_text())
@@ -114,3 +139,60 @@ def test_a_second_run_on_a_busy_output_is_one_line_error(command, annotated, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"error: {out}: another vla-distill run is writing this output; wait for it or stop it"
     assert list(out.iterdir()) == []  # nothing written beside the first run's files
+
+
+@pytest.mark.parametrize("flag", [["--port", "70000"], ["--port", "-5"], ["--max-batch", "0"], ["--batch-wait-ms", "-1"]])
+def test_serve_flags_out_of_range_are_refused_before_any_work(flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--policy", "does-not-exist", *flag])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].endswith(f"argument {flag[0]}: {flag[1]} is not in "
+                                                  f"{'[0, 65535]' if flag[0] == '--port' else err[-1].split(' is not in ')[1]}")
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_a_reader_that_leaves_early_ends_no_traceback(ds_root):
+    import subprocess
+    import sys
+
+    code = f"import sys; from vla_distill.cli import main; sys.exit(main(['inspect', {str(ds_root)!r}]))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # `| head -0`: the pipe's reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1 and err == ""
+
+
+def test_an_unwritable_output_is_one_line_naming_it(tiny_student, tmp_path, capsys, monkeypatch):
+    """A disk error (here a read-only output, simulated where it is raised: root ignores file permissions) is one line
+    naming the path, exit 2, not a traceback."""
+    import errno
+
+    from vla_distill.deploy import export as export_mod
+
+    def refuse(*_, **__):
+        raise PermissionError(errno.EROFS, "Read-only file system", str(tmp_path / "bundle.partial"))
+
+    monkeypatch.setattr(export_mod, "_write", refuse)
+    code = main(["export", "--policy", str(tiny_student), "--out", str(tmp_path / "bundle")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"error: {tmp_path / 'bundle.partial'}: Read-only file system"
+
+
+def test_a_full_disk_while_saving_weights_is_an_os_error_naming_the_file(tmp_path, monkeypatch):
+    """safetensors reports a full disk as SafetensorError text; the checkpoint writers raise it as the OSError it is
+    (errno, path), which the CLI prints in one line."""
+    import errno
+
+    import torch
+    from safetensors import SafetensorError
+
+    from vla_distill.models import checkpoint
+
+    def full(*_, **__):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+                              'left on device" })')
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    with pytest.raises(OSError) as e:
+        checkpoint.save_tensors({"w": torch.zeros(2)}, tmp_path / "model.safetensors")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "model.safetensors")

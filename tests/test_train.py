@@ -101,8 +101,10 @@ def test_kill_9_loses_only_steps_since_the_last_checkpoint(annotated, tmp_path):
     assert done >= 8
     logged = max(r["step"] for r in curve(run))
     assert logged - done < 4 + 2  # at most the steps since the last checkpoint (plus the one being logged)
-    r = subprocess.run([*args[:8], "--steps", str(done + 3), "--resume"], capture_output=True, text=True, timeout=300)
+    # the same command, only longer: it continues (no --resume needed)
+    r = subprocess.run([*args[:9], str(done + 3), *args[10:]], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resuming at step {done}" in r.stderr
     assert [x["step"] for x in curve(run)] == list(range(1, done + 4))
     assert not list((run / "checkpoints").glob(".*.tmp"))
 
@@ -125,15 +127,37 @@ def test_bad_input_names_the_loss_the_column_and_the_way_out(metaworld_dataset, 
     assert not (tmp_path / "r").exists()  # nothing written for bad input
 
 
-def test_existing_run_needs_resume_and_dataset_actions_train(metaworld_dataset, tmp_path):
-    """--target dataset with both auxiliary losses off trains on an unannotated dataset (plain behaviour cloning)."""
+def test_dataset_actions_train_and_a_rerun_with_other_settings_is_refused(metaworld_dataset, tmp_path):
+    """--target dataset with both auxiliary losses off trains on an unannotated dataset (plain behaviour cloning);
+    the same --out with other settings is refused in one line naming the first setting that differs."""
     run = tmp_path / "bc"
     train(small(metaworld_dataset, run, steps=2, save_every=2, target="dataset",
                 loss=LossConfig(phase_weight=0, direction_weight=0)))
     assert (run / "checkpoints/last/pretrained_model/model.safetensors").is_file()
     r = subprocess.run([*CLI, "train", "--dataset", str(metaworld_dataset), "--out", str(run), "--target", "dataset"],
                        capture_output=True, text=True)
-    assert r.returncode == 2 and "--resume" in r.stderr
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "other settings" in r.stderr and str(run) in r.stderr and "new --out" in r.stderr
+
+
+def test_a_run_without_a_complete_checkpoint_starts_over(annotated, tmp_path):
+    """kill -9 (or a full disk) while the first checkpoint was written leaves its step directory half-written and no
+    `last`: the same command starts over, removing what the attempt left, and ends as an uninterrupted run."""
+    run = tmp_path / "run"
+    args = [*CLI, "train", "--dataset", str(annotated), "--out", str(run), "--steps", "2", "--batch-size", "8",
+            "--save-every", "2", "--log-every", "1", "--val-batches", "1"]
+    assert subprocess.run(args, capture_output=True, text=True, timeout=300).returncode == 0
+    whole = curve(run)
+    (run / "checkpoints" / "last").unlink()  # as it was before the first save finished
+    (run / "checkpoints" / "000002").rename(run / "checkpoints" / ".000002.tmp")
+    (run / "checkpoints" / ".000002.tmp" / "training_state" / "training_step.json").unlink()
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "no complete checkpoint from an earlier attempt; starting over" in r.stderr
+    assert [x["step"] for x in curve(run)] == [1, 2] and not list((run / "checkpoints").glob(".*.tmp"))
+    np.testing.assert_allclose([x["loss"] for x in curve(run)], [x["loss"] for x in whole], rtol=1e-5)
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300)  # finished: the rerun has nothing to do
+    assert r.returncode == 0 and "resuming at step 2 of 2" in r.stderr and [x["step"] for x in curve(run)] == [1, 2]
 
 
 def test_torchrun_two_processes_on_gloo(annotated, tmp_path):

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
 import shlex
 import sys
 from pathlib import Path
 
 from vla_distill.errors import ConfigError, VlaDistillError
+
+# Errors of the machine's disks rather than of the code: one line naming the path, as for bad input.
+DISK_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 
 # Each stage below is a pair: `_<stage>_args(parser)` declares its flags, `_<stage>(args)` runs it. Flags that set a
 # config field are declared with `_field`: they take the field's dataclass default (shown in --help), and only the
@@ -40,6 +44,18 @@ def _given(args: argparse.Namespace, cls) -> dict:
 
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _bounded(kind, low: float, high: float | None = None):
+    """An argparse type: `kind` within [low, high], else argparse's one-line usage error (exit 2) before any work."""
+    def parse(text: str):
+        value = kind(text)
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text} is not in [{low}, {high if high is not None else 'inf'}]")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return parse
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -139,6 +155,7 @@ def _inspect(args: argparse.Namespace) -> None:
     from vla_distill.data.dataset import RobotDataset
 
     ds = RobotDataset(args.dataset)
+    ds.check_videos()
     if not args.quick:
         ds.validate(decode_videos=True)
     print(f"{ds.root}: LeRobotDataset {ds.version}, {ds.num_episodes} episodes, {ds.num_frames} frames at {ds.fps:g} fps, {len(ds.tasks)} tasks")
@@ -148,7 +165,8 @@ def _inspect(args: argparse.Namespace) -> None:
     for i, task in enumerate(ds.tasks):
         n = sum(task in ep.tasks for ep in ds.episodes)
         print(f"  task {i}: {task!r} ({n} episodes)")
-    print("ok" if not args.quick else "ok (metadata and parquet checked; videos not decoded)")
+    print("ok" if not args.quick else "ok (metadata, parquet and each video's container and extent checked; not every "
+          "frame decoded)")
 
 
 # ---------------------------------------------------------------- annotate
@@ -242,7 +260,8 @@ def _run_args(t: argparse.ArgumentParser, cls) -> None:
     """The flags of the training loop both jobs share (train.config.RunConfig)."""
     t.add_argument("--dataset", required=True, help="annotated dataset (vla-distill annotate)")
     t.add_argument("--out", required=True, help="run directory: checkpoints/, metrics.jsonl, train_config.json")
-    t.add_argument("--resume", action="store_true", help="continue --out from checkpoints/last (--steps may extend it)")
+    t.add_argument("--resume", action="store_true", help="continue --out from checkpoints/last without repeating its "
+                   "flags (rerunning the command that started it also continues it; --steps may extend it)")
     _field(t, "--target", cls, "train on action.teacher (distillation) or the demonstrations' own actions",
            choices=["teacher", "dataset"])
     _field(t, "--steps", cls, type=int)
@@ -474,10 +493,12 @@ def _serve_args(sv: argparse.ArgumentParser) -> None:
     sv.add_argument("--policy", required=True, help="bundle or checkpoint")
     sv.add_argument("--backend", default="torch", help="torch | torch-bf16 | onnx | onnx-int8")
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only; 0.0.0.0 to expose)")
-    sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--max-batch", type=int, default=1, help="batch up to this many concurrent requests (default 1)")
-    sv.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long a batch waits to fill (default 2 ms)")
-    sv.add_argument("--max-message-mb", type=float, default=16.0)
+    sv.add_argument("--port", type=_bounded(int, 0, 65535), default=8000, help="0: any free port (default 8000)")
+    sv.add_argument("--max-batch", type=_bounded(int, 1), default=1,
+                    help="batch up to this many concurrent requests (default 1)")
+    sv.add_argument("--batch-wait-ms", type=_bounded(float, 0), default=2.0,
+                    help="how long a batch waits to fill (default 2 ms)")
+    sv.add_argument("--max-message-mb", type=_bounded(float, 0.001), default=16.0)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -535,6 +556,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `vla-distill inspect DIR | head`: the reader left; Python's documented way out
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as e:
+        if e.errno not in DISK_ERRORS:
+            raise
+        print(f"error: {e.filename or 'output'}: {e.strerror}", file=sys.stderr)
+        return 2
     return 0
 
 

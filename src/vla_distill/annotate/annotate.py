@@ -164,6 +164,7 @@ def annotate(dataset: str | Path, out: str | Path, cfg: AnnotateConfig = Annotat
     """hook: called with each episode's result as it is staged (progress, tests)."""
     t0 = time.perf_counter()
     ds = RobotDataset(dataset)
+    ds.check_videos()  # before any work: the output hard-links these files
     out = Path(out)
     if out.exists():
         raise DatasetError("output directory already exists (annotation writes a new dataset)", path=out)

@@ -268,6 +268,10 @@ class RobotDataset:
 
     def _check_frames_match_episodes(self, columns: dict[str, np.ndarray]) -> None:
         total = sum(ep.length for ep in self.episodes)
+        for name, actual in (("total_frames", len(columns["index"])), ("total_episodes", len(self.episodes))):
+            declared = self.info.get(name)
+            if declared is not None and declared != actual:
+                raise DatasetError(f"says {declared}, the dataset holds {actual}", path=self.root / INFO_PATH, field=name)
         if len(columns["index"]) != total:
             raise DatasetError(
                 f"data files hold {len(columns['index'])} frames, the episodes table says {total}", path=self.root / "data"
@@ -338,6 +342,18 @@ class RobotDataset:
                 item[key] = self._columns[key][i]
         item["task"] = self.tasks[int(self._columns[TASK_INDEX][i])]
         return item
+
+    def check_videos(self) -> None:
+        """The cheap part of validate, run before any work: every video file opens as a container and decodes the last
+        frame the episodes table places in it (a file of random bytes, a truncated one or a lying table fails here)."""
+        last: dict[tuple[str, Path], int] = {}
+        for e, ep in enumerate(self.episodes):
+            for key in self.video_keys:
+                span = ep.videos[key]
+                if (key, span.path) not in last or span.to_timestamp > self.episodes[last[key, span.path]].videos[key].to_timestamp:
+                    last[key, span.path] = e
+        for (key, _), e in last.items():
+            self.frames(key, self.episode_rows(e)[-1:])
 
     def validate(self, decode_videos: bool = True) -> None:
         """Full check beyond what opening does: every video decodes and covers its episodes' frames."""

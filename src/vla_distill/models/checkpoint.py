@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vla_distill.config import from_dict, to_dict
@@ -28,7 +30,7 @@ def save_pretrained(policy: Policy, out: str | Path, provenance: dict | None = N
     tmp.mkdir(parents=True)
     cfg = {"type": policy.name, **to_dict(policy.config)}
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-    save_file(_unshared(policy.state_dict()), str(tmp / "model.safetensors"))
+    save_tensors(_unshared(policy.state_dict()), tmp / "model.safetensors")
     (tmp / "provenance.json").write_text(json.dumps(provenance or {}, indent=2))
     if out.exists():
         shutil.rmtree(out)
@@ -94,3 +96,16 @@ def load_pretrained(path: str | Path, device: str = "cpu") -> Policy:
     policy.load_state_dict(state, strict=True)
     policy.provenance = read_provenance(d)
     return policy.to(device).eval()
+
+
+def save_tensors(tensors: dict, path: str | Path) -> None:
+    """safetensors' save_file, its I/O failures (a full disk, a read-only directory) raised as the OSError they are,
+    with errno and path, instead of SafetensorError's text: the CLI reports disk errors in one line naming the path."""
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as e:
+        code = re.search(r"code: (\d+)", str(e))
+        if code is None:
+            raise
+        number = int(code.group(1))
+        raise OSError(number, os.strerror(number), str(path)) from None

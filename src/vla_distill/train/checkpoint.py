@@ -17,14 +17,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from vla_distill.errors import ConfigError
 from vla_distill.models.base import Policy
-from vla_distill.models.checkpoint import save_pretrained
+from vla_distill.models.checkpoint import save_pretrained, save_tensors
 
 CHECKPOINTS = "checkpoints"
 LAST = "last"
@@ -51,14 +52,14 @@ def save_checkpoint(run: Path, step: int, policy: Policy, optimizer: torch.optim
     state = tmp / TRAINING_STATE
     state.mkdir()
     tensors, groups = _flatten_optimizer(optimizer)
-    save_file(tensors, str(state / "optimizer_state.safetensors"))
+    save_tensors(tensors, state / "optimizer_state.safetensors")
     (state / "optimizer_param_groups.json").write_text(json.dumps(groups, indent=2))
     (state / "scheduler_state.json").write_text(json.dumps(scheduler_state, indent=2))
-    save_file({"torch": torch.get_rng_state()}, str(state / "rng_state.safetensors"))
+    save_tensors({"torch": torch.get_rng_state()}, state / "rng_state.safetensors")
     (state / "training_step.json").write_text(json.dumps({"step": step}))
     if ema is not None:
-        save_file({k: v.contiguous() for k, v in ema.items()}, str(state / "ema.safetensors"))
-        save_file(live, str(state / "live_weights.safetensors"))
+        save_tensors({k: v.contiguous() for k, v in ema.items()}, state / "ema.safetensors")
+        save_tensors(live, state / "live_weights.safetensors")
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -78,10 +79,32 @@ def remove_partial(run: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def has_complete_checkpoint(run: Path) -> bool:
+    """Whether the run has a checkpoint to continue from: a step directory is renamed into place, and `last` pointed
+    at it, only once every file of it is written."""
+    return (run / CHECKPOINTS / LAST / TRAINING_STATE / "training_step.json").is_file()
+
+
+RUN_FILES = ("train_config.json", "metrics.jsonl", "tensorboard", CHECKPOINTS)  # what training writes in a run
+
+
+def remove_run_files(run: Path) -> None:
+    """Removes what an earlier attempt at this run wrote when it left no complete checkpoint (killed before the first
+    save finished, or a full disk during it), so that the rerun starts over; other files in the directory are left."""
+    found = [run / name for name in RUN_FILES if (run / name).exists() or (run / name).is_symlink()]
+    if found:
+        print(f"{run}: no complete checkpoint from an earlier attempt; starting over", file=sys.stderr)
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def load_training_state(run: Path, policy: Policy, optimizer: torch.optim.Optimizer, ema: dict | None) -> int:
     """Restores weights, optimizer, EMA and RNG from RUN/checkpoints/last; returns the step to continue from."""
     last = run / CHECKPOINTS / LAST
-    if not (last / TRAINING_STATE / "training_step.json").is_file():
+    if not has_complete_checkpoint(run):
         raise ConfigError("nothing to resume: no complete checkpoint (checkpoints/last/training_state)", path=run)
     state = last / TRAINING_STATE
     weights = load_file(str(last / PRETRAINED / "model.safetensors"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import subprocess
 import sys
 import threading
@@ -32,7 +33,8 @@ from vla_distill.data.dataset import RobotDataset
 from vla_distill.data.format import single_writer
 from vla_distill.data.windows import WindowedDataset, split_episodes
 from vla_distill.errors import ConfigError, DatasetError
-from vla_distill.train.checkpoint import CHECKPOINTS, LAST, load_training_state, remove_partial, save_checkpoint
+from vla_distill.train.checkpoint import (CHECKPOINTS, LAST, has_complete_checkpoint, load_training_state, remove_partial,
+                                         remove_run_files, save_checkpoint)
 from vla_distill.train.config import RunConfig
 from vla_distill.train.device import DeviceSetup, autocast, to_device
 from vla_distill.types import AUGMENT_KEY
@@ -42,24 +44,39 @@ RESUMABLE = ("steps", "batch_size", "grad_accum")  # what --resume may change
 
 
 # ---------------------------------------------------------------- a run
-def prepare_run(cfg: RunConfig, resume: bool, overrides: tuple[str, ...] = ("steps",)) -> RunConfig:
-    """A new run's config, or the saved one of the run being resumed. Only the length and how each step's batch is
-    split may change (--steps, --batch-size per process, --grad-accum): a run resumed on another number of
-    processes keeps its optimizer batch by adjusting the per-process batch."""
+def prepare_run(cfg: RunConfig, resume: bool, overrides: tuple[str, ...] = ("steps",)) -> tuple[RunConfig, bool]:
+    """The run's config and whether it resumes. Rerunning the command that started a run continues it from its last
+    complete checkpoint (as collect, annotate and eval continue); a run with none starts over, its own half-written
+    files removed. --resume continues a run without repeating its flags: `overrides` (from --steps, --batch-size,
+    --grad-accum) replace the saved ones, and nothing else may change. Only the length and how each step's batch is
+    split may change: a run resumed on another number of processes keeps its optimizer batch by adjusting the
+    per-process batch."""
     run = Path(cfg.out)
     saved = run / "train_config.json"
     if resume:
         if not saved.exists():
             raise ConfigError("nothing to resume (no train_config.json); drop --resume to start a new run", path=run)
-        old = from_dict(type(cfg), json.loads(saved.read_text()))
         bad = set(overrides) - set(RESUMABLE)
         if bad:
             raise ConfigError(f"a resumed run keeps its settings; only {list(RESUMABLE)} may change", field=sorted(bad)[0])
-        return from_dict(type(cfg), {**old.to_dict(), **{k: getattr(cfg, k) for k in overrides}})
-    if (run / CHECKPOINTS).exists():
-        raise ConfigError("this run directory already has checkpoints: pass --resume to continue it, or choose a new --out",
-                          path=run)
-    return cfg
+        return _saved_with(cfg, saved, overrides), True
+    if has_complete_checkpoint(run) and saved.exists():
+        old = json.loads(saved.read_text())
+        new = json.loads(json.dumps(cfg.to_dict()))  # as saved: tuples become lists
+        changed = [k for k in new if k not in RESUMABLE and old.get(k) != new[k]]
+        if changed:
+            k = changed[0]
+            raise ConfigError(f"this directory holds a run with other settings ({k}: {old.get(k)!r} there, {new[k]!r} "
+                              "now): rerun its own command to continue it, or choose a new --out", path=run, field=k)
+        return _saved_with(cfg, saved, RESUMABLE), True
+    if os.environ.get("RANK", "0") == "0":  # under torchrun the first process alone tidies up
+        remove_run_files(run)
+    return cfg, False
+
+
+def _saved_with(cfg: RunConfig, saved: Path, fields: tuple[str, ...]) -> RunConfig:
+    old = from_dict(type(cfg), json.loads(saved.read_text()))
+    return from_dict(type(cfg), {**old.to_dict(), **{k: getattr(cfg, k) for k in fields}})
 
 
 def provenance(ds: RobotDataset, cfg: RunConfig, annotation: dict) -> dict:

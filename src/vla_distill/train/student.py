@@ -29,9 +29,10 @@ from vla_distill.types import (ACTION, DIRECTION_INDEX, DIRECTIONS_PATH, OBS_PRE
 def train(cfg: TrainConfig, resume: bool = False, overrides: tuple[str, ...] = ("steps",)) -> Path:
     """Trains (or resumes: `overrides` are the fields of cfg that replace the saved run's) and returns the last
     checkpoint's directory."""
-    cfg = prepare_run(cfg, resume, overrides)
+    cfg, resume = prepare_run(cfg, resume, overrides)
     dev = setup_device(cfg)
     ds = RobotDataset(cfg.dataset)
+    ds.check_videos()
     target = check_dataset(ds, cfg)
     train_eps, val_eps = training_episodes(ds, cfg)
     annotation = read_annotation(ds.root)

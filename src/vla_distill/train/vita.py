@@ -84,9 +84,10 @@ def validate(policy: VitaPolicy, views: Views, cfg: VitaTrainConfig, dev: Device
 
 def vita_train(cfg: VitaTrainConfig, resume: bool = False, overrides: tuple[str, ...] = ("steps",)) -> Path:
     """Runs (or resumes, as train.student.train) one stage; returns the last checkpoint's directory."""
-    cfg = prepare_run(cfg, resume, overrides)
+    cfg, resume = prepare_run(cfg, resume, overrides)
     dev = setup_device(cfg)
     ds = RobotDataset(cfg.dataset)
+    ds.check_videos()
     target = cfg.target_column
     if target not in ds.features:
         raise DatasetError(f"no column '{target}' (annotate with a teacher, or --target dataset)", path=ds.root, field=target)
