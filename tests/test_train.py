@@ -109,6 +109,24 @@ def test_kill_9_loses_only_steps_since_the_last_checkpoint(annotated, tmp_path):
     assert not list((run / "checkpoints").glob(".*.tmp"))
 
 
+def test_ctrl_c_says_where_the_run_stands_and_the_same_command_continues(annotated, tmp_path):
+    run = tmp_path / "run"
+    args = [*CLI, "train", "--dataset", str(annotated), "--out", str(run), "--steps", "400", "--batch-size", "8",
+            "--save-every", "4", "--log-every", "1", "--val-batches", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "000004").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    done = int(json.loads((run / "checkpoints/last/training_state/training_step.json").read_text())["step"])
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (f"interrupted: the last checkpoint is {done:06d} in {run}; "
+                                            "run the same command again to continue")
+    r = subprocess.run([*args[:9], str(done + 2), *args[10:]], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and [x["step"] for x in curve(run)] == list(range(1, done + 3))
+
+
 def test_bad_input_names_the_loss_the_column_and_the_way_out(metaworld_dataset, annotated, tmp_path):
     def cli(*a):
         return subprocess.run([*CLI, "train", "--out", str(tmp_path / "r"), "--steps", "2", *a], capture_output=True, text=True)

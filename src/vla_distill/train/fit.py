@@ -237,7 +237,14 @@ def fit(job: Job, cfg: RunConfig, dev: DeviceSetup, resume: bool) -> Path:
     if dev.rank != 0:  # rank 0 alone writes the run directory
         return _fit(job, cfg, dev, resume)
     with single_writer(Path(cfg.out)):
-        return _fit(job, cfg, dev, resume)
+        try:
+            return _fit(job, cfg, dev, resume)
+        except KeyboardInterrupt:
+            run = Path(cfg.out)
+            kept = (f"the last checkpoint is {(run / CHECKPOINTS / LAST).resolve().name}" if has_complete_checkpoint(run)
+                    else "no checkpoint was completed")
+            print(f"\ninterrupted: {kept} in {run}; run the same command again to continue", file=sys.stderr)
+            raise
 
 
 def _optimizer(job: Job, cfg: RunConfig) -> torch.optim.Optimizer:
