@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,3 +100,52 @@ def test_a_corrupt_dataset_is_one_line_before_any_work(corrupt, case, stage, cap
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err
     assert CORRUPTIONS[case][1] in err, err
     assert sorted(p.relative_to(ds.parent) for p in ds.parent.rglob("*")) == before  # nothing written, nothing removed
+
+
+# ---------------------------------------------------------------- kill -9 at seeded random moments
+def _collect_cmd(out: Path) -> list[str]:
+    return [sys.executable, "-m", "vla_distill.cli", "collect", "--tasks", "reach-v3", "--episodes", "3",
+            "--image-size", "48", "--steps-after-success", "2", "--workers", "1", "--out", str(out)]
+
+
+def _content(root: Path) -> dict:
+    """What a dataset holds, for comparing two runs: every parquet column and every decoded video frame."""
+    from vla_distill.data.dataset import RobotDataset
+
+    ds = RobotDataset(root)
+    out = {k: ds.column(k) for k in ds.features if k in ds._columns and ds.features[k]["dtype"] not in ("image", "string")}
+    out |= {k: ds.frames(k, np.arange(ds.num_frames)) for k in ds.video_keys}
+    out["episodes"] = np.array([(ep.index, ep.length, ep.from_index, ep.extra.get("seed", -1)) for ep in ds.episodes])
+    return out
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    """An uninterrupted collection and how long it took."""
+    out = tmp_path_factory.mktemp("collect") / "ds"
+    t0 = time.perf_counter()
+    subprocess.run(_collect_cmd(out), check=True, capture_output=True, timeout=300)
+    return _content(out), time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("trial", [0, 1, "assembly"])
+def test_collect_killed_at_a_random_moment_reruns_to_the_same_dataset(collected, tmp_path, trial):
+    """kill -9 at a seeded moment of the run (or as the last attempt lands, when the dataset is being assembled);
+    the same command then finishes with exactly the dataset an uninterrupted run wrote."""
+    reference, seconds = collected
+    out = tmp_path / "ds"
+    proc = subprocess.Popen(_collect_cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if trial == "assembly":
+        deadline = time.time() + 300
+        while time.time() < deadline and len(list((out / ".partial/attempts").glob("*.json"))) < 3:
+            time.sleep(0.01)
+    else:
+        time.sleep(np.random.default_rng(trial).uniform(0.3, 0.95) * seconds)
+    proc.kill()
+    proc.wait()
+    r = subprocess.run(_collect_cmd(out), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = _content(out)
+    assert got.keys() == reference.keys()
+    for key, value in reference.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
