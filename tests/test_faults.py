@@ -149,3 +149,64 @@ def test_collect_killed_at_a_random_moment_reruns_to_the_same_dataset(collected,
     assert got.keys() == reference.keys()
     for key, value in reference.items():
         np.testing.assert_array_equal(got[key], value, err_msg=key)
+
+
+def _annotate_cmd(dataset: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "vla_distill.cli", "annotate", "--dataset", str(dataset), "--out", str(out),
+            "--teacher", "scripted"]
+
+
+def _annotation(root: Path) -> dict:
+    tables = {name: pq.read_table(root / "meta" / name).to_pydict() for name in ("phases.parquet", "directions.parquet")}
+    return {**_content(root), **{f"{n}/{k}": np.asarray(v, dtype=object) for n, t in tables.items() for k, v in t.items()}}
+
+
+@pytest.fixture(scope="module")
+def annotated_once(metaworld_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("annotate") / "ann"
+    t0 = time.perf_counter()
+    subprocess.run(_annotate_cmd(metaworld_dataset, out), check=True, capture_output=True, timeout=300)
+    return _annotation(out), time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("trial", [0, "assembly"])
+def test_annotate_killed_at_a_random_moment_reruns_to_the_same_dataset(metaworld_dataset, annotated_once, tmp_path, trial):
+    from vla_distill.annotate.episode import staged_episodes
+
+    reference, seconds = annotated_once
+    out = tmp_path / "ann"
+    proc = subprocess.Popen(_annotate_cmd(metaworld_dataset, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if trial == "assembly":  # every episode staged: the output dataset is being written
+        deadline = time.time() + 300
+        while time.time() < deadline and len(staged_episodes(out.with_name("ann.partial"))) < 4:
+            time.sleep(0.01)
+    else:
+        time.sleep(np.random.default_rng(trial).uniform(0.3, 0.95) * seconds)
+    proc.kill()
+    proc.wait()
+    r = subprocess.run(_annotate_cmd(metaworld_dataset, out), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = _annotation(out)
+    assert got.keys() == reference.keys()
+    for key, value in reference.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+
+
+def test_annotate_killed_after_writing_its_output_finishes_on_the_rerun(metaworld_dataset, annotated_once, tmp_path):
+    """The window a random kill rarely hits: the dataset renamed into place, its staging and audit not yet done. The
+    same command finishes them; another command on that output is still refused."""
+    reference, _ = annotated_once
+    out = tmp_path / "ann"
+    subprocess.run(_annotate_cmd(metaworld_dataset, out), check=True, capture_output=True, timeout=300)
+    for name in ("audit.json", "audit.md"):
+        (out / "meta" / name).unlink()
+    (tmp_path / "ann.partial" / "staging").mkdir(parents=True)
+    r = subprocess.run(_annotate_cmd(metaworld_dataset, out), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "meta/audit.json").is_file() and (out / "meta/audit.md").is_file()
+    assert not (tmp_path / "ann.partial").exists()
+    got = _annotation(out)
+    for key, value in reference.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    r = subprocess.run([*_annotate_cmd(metaworld_dataset, out)[:-1], "noisy:scripted"], capture_output=True, text=True)
+    assert r.returncode == 2 and "output directory already exists" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -36,8 +36,9 @@ from vla_distill.data.columns import add_columns
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.data.format import cache_root, single_writer, write_json_atomic
 from vla_distill.errors import ConfigError, DatasetError
-from vla_distill.types import (ACTION, ANNOTATION_PATH, DIRECTION_INDEX, DIRECTIONS_PATH, PHASE_INDEX, PHASES_PATH,
-                               TASK_EMBEDDINGS_PATH, TASK_INDEX, TAXONOMIES, TEACHER_ACTION, WINDOWS_PATH)
+from vla_distill.types import (ACTION, ANNOTATION_PATH, AUDIT_PATH, AUDIT_REPORT_PATH, DIRECTION_INDEX, DIRECTIONS_PATH,
+                               PHASE_INDEX, PHASES_PATH, TASK_EMBEDDINGS_PATH, TASK_INDEX, TAXONOMIES, TEACHER_ACTION,
+                               WINDOWS_PATH)
 
 SOURCES = ("kinematic", "vlm", "none")
 
@@ -166,9 +167,11 @@ def annotate(dataset: str | Path, out: str | Path, cfg: AnnotateConfig = Annotat
     ds = RobotDataset(dataset)
     ds.check_videos()  # before any work: the output hard-links these files
     out = Path(out)
-    if out.exists():
-        raise DatasetError("output directory already exists (annotation writes a new dataset)", path=out)
     partial = out.with_name(out.name + ".partial")
+    if out.exists():
+        if not _annotated_by(out, _plan(ds, cfg)):
+            raise DatasetError("output directory already exists (annotation writes a new dataset)", path=out)
+        return _finish(out, partial, cfg)  # this command's own output: a kill landed after it was written
     with single_writer(partial):
         try:
             return _annotate(ds, out, partial, cfg, executor or LocalExecutor(), hook, t0)
@@ -240,12 +243,29 @@ def _annotate(ds: RobotDataset, out: Path, partial: Path, cfg: AnnotateConfig, e
     provenance["frames"] = ds.num_frames
     extra[ANNOTATION_PATH] = json.dumps(provenance, indent=2, default=str).encode()
     add_columns(ds.root, columns, features, out=out, extra_files=extra)
+    _finish(out, partial, cfg)
+    print(f"annotated {ds.num_frames} frames in {time.perf_counter() - t0:.1f} s -> {out}", file=sys.stderr)
+    return out
+
+
+def _annotated_by(out: Path, plan: dict) -> bool:
+    """Whether `out` is the annotation this plan describes (same input data, same settings)."""
+    try:
+        done = json.loads((out / ANNOTATION_PATH).read_text())
+    except (OSError, ValueError):
+        return False
+    return (done.get("dataset_fingerprint") == plan["fingerprint"]
+            and done.get("config") == json.loads(json.dumps(plan["config"])))
+
+
+def _finish(out: Path, partial: Path, cfg: AnnotateConfig) -> Path:
+    """What follows writing the annotated dataset, repeated when a rerun finds it written: the staging removed and the
+    audit, unless it is complete."""
     shutil.rmtree(partial, ignore_errors=True)
-    if cfg.audit and PHASE_INDEX in columns:
+    if cfg.audit and cfg.phases != "none" and not all((out / p).is_file() for p in (AUDIT_PATH, AUDIT_REPORT_PATH)):
         from vla_distill.annotate.audit import audit_dataset
 
         audit_dataset(out)
-    print(f"annotated {ds.num_frames} frames in {time.perf_counter() - t0:.1f} s -> {out}", file=sys.stderr)
     return out
 
 
