@@ -103,6 +103,12 @@ def test_a_corrupt_dataset_is_one_line_before_any_work(corrupt, case, stage, cap
 
 
 # ---------------------------------------------------------------- kill -9 at seeded random moments
+def trials(default: list) -> list:
+    """The kill moments of a stage: `default` in the default suite, 20 seeded ones in all under `make test-slow`."""
+    extra = [s for s in range(20) if s not in default][: 20 - len(default)]
+    return default + [pytest.param(s, marks=pytest.mark.slow) for s in extra]
+
+
 def _collect_cmd(out: Path) -> list[str]:
     return [sys.executable, "-m", "vla_distill.cli", "collect", "--tasks", "reach-v3", "--episodes", "3",
             "--image-size", "48", "--steps-after-success", "2", "--workers", "1", "--out", str(out)]
@@ -128,7 +134,7 @@ def collected(tmp_path_factory):
     return _content(out), time.perf_counter() - t0
 
 
-@pytest.mark.parametrize("trial", [0, 1, "assembly"])
+@pytest.mark.parametrize("trial", trials([0, "assembly"]))
 def test_collect_killed_at_a_random_moment_reruns_to_the_same_dataset(collected, tmp_path, trial):
     """kill -9 at a seeded moment of the run (or as the last attempt lands, when the dataset is being assembled);
     the same command then finishes with exactly the dataset an uninterrupted run wrote."""
@@ -169,7 +175,7 @@ def annotated_once(metaworld_dataset, tmp_path_factory):
     return _annotation(out), time.perf_counter() - t0
 
 
-@pytest.mark.parametrize("trial", [0, "assembly"])
+@pytest.mark.parametrize("trial", trials([0]) + [pytest.param("assembly", marks=pytest.mark.slow)])
 def test_annotate_killed_at_a_random_moment_reruns_to_the_same_dataset(metaworld_dataset, annotated_once, tmp_path, trial):
     from vla_distill.annotate.episode import staged_episodes
 
