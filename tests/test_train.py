@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from conftest import popen_interruptible
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.models.checkpoint import load_pretrained
 from vla_distill.train.config import TrainConfig
@@ -113,7 +114,7 @@ def test_ctrl_c_says_where_the_run_stands_and_the_same_command_continues(annotat
     run = tmp_path / "run"
     args = [*CLI, "train", "--dataset", str(annotated), "--out", str(run), "--steps", "400", "--batch-size", "8",
             "--save-every", "4", "--log-every", "1", "--val-batches", "1"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = popen_interruptible(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (run / "checkpoints" / "000004").exists() and time.time() < deadline:
         time.sleep(0.1)
