@@ -92,9 +92,8 @@ def trained(ds: Path, run: Path, steps: int, *extra: str) -> tuple[Path, float]:
     wall, record = (time.perf_counter() - t0) / 60, run / "bench_wall_minutes.json"
     if fresh and wall > 1:
         record.write_text(json.dumps({"minutes": wall, "steps": steps}))
-    if record.exists() and json.loads(record.read_text())["steps"] == steps:
-        return run, json.loads(record.read_text())["minutes"]
-    return run, train_minutes(run)
+    kept = json.loads(record.read_text()) if record.exists() else {}
+    return run, kept["minutes"] if kept.get("steps") == steps else train_minutes(run)
 
 
 def train_minutes(run: Path) -> float:

@@ -59,31 +59,6 @@ def test_undecodable_mp4(ds_root, capsys):
     assert VIDEO in err and "observation.images.cam" in err
 
 
-@pytest.mark.parametrize("quick", [True, False])
-def test_random_bytes_for_a_video_fail_even_the_quick_check(ds_root, capsys, quick):
-    path = ds_root / VIDEO
-    path.write_bytes(np.random.default_rng(0).bytes(path.stat().st_size))
-    code = main(["inspect", str(ds_root), *(["--quick"] if quick else [])])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and VIDEO in err and "observation.images.cam" in err
-    if quick:  # annotate checks before any work, and writes nothing (it would hard-link the bad file)
-        code = main(["annotate", "--dataset", str(ds_root), "--out", str(ds_root.parent / "ann"), "--teacher", "scripted"])
-        err = capsys.readouterr().err.strip()
-        assert code == 2 and len(err.splitlines()) == 1 and VIDEO in err
-        assert sorted(p.name for p in ds_root.parent.iterdir()) == ["ds"]
-
-
-@pytest.mark.parametrize(("field", "delta"), [("total_frames", 100), ("total_frames", -100), ("total_episodes", 1)])
-def test_info_totals_that_disagree_with_the_data(ds_root, capsys, field, delta):
-    info_path = ds_root / "meta/info.json"
-    info = json.loads(info_path.read_text())
-    info[field] += delta
-    info_path.write_text(json.dumps(info))
-    code, err = run_inspect(ds_root, capsys)
-    assert code == 2 and len(err.splitlines()) == 1
-    assert "meta/info.json" in err and f"'{field}'" in err and str(info[field]) in err
-
-
 def test_feature_shape_disagrees_with_info(ds_root, capsys):
     info_path = ds_root / "meta/info.json"
     info = json.loads(info_path.read_text())
@@ -141,13 +116,13 @@ def test_a_second_run_on_a_busy_output_is_one_line_error(command, annotated, tmp
     assert list(out.iterdir()) == []  # nothing written beside the first run's files
 
 
-@pytest.mark.parametrize("flag", [["--port", "70000"], ["--port", "-5"], ["--max-batch", "0"], ["--batch-wait-ms", "-1"]])
-def test_serve_flags_out_of_range_are_refused_before_any_work(flag, capsys):
+@pytest.mark.parametrize(("flag", "value", "bounds"), [("--port", "70000", "[0, 65535]"), ("--port", "-5", "[0, 65535]"),
+                                                     ("--max-batch", "0", "[1, inf]"), ("--batch-wait-ms", "-1", "[0, inf]")])
+def test_serve_flags_out_of_range_are_refused_before_any_work(flag, value, bounds, capsys):
     with pytest.raises(SystemExit) as e:
-        main(["serve", "--policy", "does-not-exist", *flag])
+        main(["serve", "--policy", "does-not-exist", flag, value])
     err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and err[-1].endswith(f"argument {flag[0]}: {flag[1]} is not in "
-                                                  f"{'[0, 65535]' if flag[0] == '--port' else err[-1].split(' is not in ')[1]}")
+    assert e.value.code == 2 and err[-1].endswith(f"argument {flag}: {value} is not in {bounds}")
     assert "Traceback" not in "\n".join(err)
 
 

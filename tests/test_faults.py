@@ -21,6 +21,7 @@ from vla_distill.cli import main
 DATA = "data/chunk-000/file-000.parquet"
 EPISODES = "meta/episodes/chunk-000/file-000.parquet"
 INFO = "meta/info.json"
+VIDEO_FIELD = "chunk-000/file-000.mp4: field 'observation.images."  # the file and its camera key
 
 
 def _video(root: Path) -> Path:
@@ -56,14 +57,18 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
     "missing parquet": (lambda r: (r / DATA).unlink(), DATA),
     "truncated parquet": (lambda r: (r / DATA).write_bytes((r / DATA).read_bytes()[:2000]), DATA),
     "video of random bytes": (lambda r: _video(r).write_bytes(np.random.default_rng(0).bytes(_video(r).stat().st_size)),
-                              "file-000.mp4"),
+                              VIDEO_FIELD),
     "video truncated": (lambda r: _video(r).write_bytes(_video(r).read_bytes()[: _video(r).stat().st_size // 3]),
-                        "file-000.mp4"),
-    "video missing": (lambda r: _video(r).unlink(), "file-000.mp4"),
+                        VIDEO_FIELD),
+    "video missing": (lambda r: _video(r).unlink(), VIDEO_FIELD),
     "info.json missing": (lambda r: (r / INFO).unlink(), INFO),
     "info.json not JSON": (lambda r: (r / INFO).write_text("{\"fps\": 80,"), INFO),
-    "info total_frames lies": (lambda r: _edit_info(r, lambda i: i.update(total_frames=i["total_frames"] + 100)),
-                               "total_frames"),
+    "info total_frames too many": (lambda r: _edit_info(r, lambda i: i.update(total_frames=99999)),
+                                   "meta/info.json: field 'total_frames': says 99999,"),
+    "info total_frames too few": (lambda r: _edit_info(r, lambda i: i.update(total_frames=1)),
+                                  "meta/info.json: field 'total_frames': says 1,"),
+    "info total_episodes lies": (lambda r: _edit_info(r, lambda i: i.update(total_episodes=99)),
+                                 "meta/info.json: field 'total_episodes': says 99,"),
     "info shape lies": (lambda r: _edit_info(r, lambda i: i["features"]["action"].update(shape=[3])), "action"),
     "NaN in the state": (lambda r: _edit_column(r / DATA, "observation.state", _nan_state), "observation.state"),
     "episode offsets lie": (lambda r: _edit_column(r / EPISODES, "dataset_from_index", lambda v: v + 1), "index"),
@@ -119,7 +124,7 @@ def _content(root: Path) -> dict:
     from vla_distill.data.dataset import RobotDataset
 
     ds = RobotDataset(root)
-    out = {k: ds.column(k) for k in ds.features if k in ds._columns and ds.features[k]["dtype"] not in ("image", "string")}
+    out = {k: ds.column(k) for k, ft in ds.features.items() if ft["dtype"] not in ("video", "image", "string")}
     out |= {k: ds.frames(k, np.arange(ds.num_frames)) for k in ds.video_keys}
     out["episodes"] = np.array([(ep.index, ep.length, ep.from_index, ep.extra.get("seed", -1)) for ep in ds.episodes])
     return out

@@ -155,9 +155,10 @@ def _inspect(args: argparse.Namespace) -> None:
     from vla_distill.data.dataset import RobotDataset
 
     ds = RobotDataset(args.dataset)
-    ds.check_videos()
-    if not args.quick:
-        ds.validate(decode_videos=True)
+    if args.quick:
+        ds.check_videos()
+    else:
+        ds.validate(decode_videos=True)  # every frame, which covers check_videos
     print(f"{ds.root}: LeRobotDataset {ds.version}, {ds.num_episodes} episodes, {ds.num_frames} frames at {ds.fps:g} fps, {len(ds.tasks)} tasks")
     for key, ft in ds.features.items():
         extra = f" ({ft['info'].get('video.codec')})" if ft["dtype"] == "video" and "info" in ft else ""

@@ -346,14 +346,13 @@ class RobotDataset:
     def check_videos(self) -> None:
         """The cheap part of validate, run before any work: every video file opens as a container and decodes the last
         frame the episodes table places in it (a file of random bytes, a truncated one or a lying table fails here)."""
-        last: dict[tuple[str, Path], int] = {}
-        for e, ep in enumerate(self.episodes):
-            for key in self.video_keys:
+        for key in self.video_keys:
+            last: dict[Path, tuple[float, int]] = {}  # file -> (end, episode position) of its latest episode
+            for e, ep in enumerate(self.episodes):
                 span = ep.videos[key]
-                if (key, span.path) not in last or span.to_timestamp > self.episodes[last[key, span.path]].videos[key].to_timestamp:
-                    last[key, span.path] = e
-        for (key, _), e in last.items():
-            self.frames(key, self.episode_rows(e)[-1:])
+                last[span.path] = max(last.get(span.path, (-1.0, e)), (span.to_timestamp, e))
+            for _, e in last.values():
+                self.frames(key, self.episode_rows(e)[-1:])
 
     def validate(self, decode_videos: bool = True) -> None:
         """Full check beyond what opening does: every video decodes and covers its episodes' frames."""

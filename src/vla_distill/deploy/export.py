@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from vla_distill.deploy.onnx_graph import fold_pads, traceable
 from vla_distill.errors import ConfigError
 from vla_distill.models.base import Policy, frames_to_batch
 from vla_distill.models.bundle import BUNDLE_FILE, FORMAT, REFERENCE_FILE, VERSION, sha256
 from vla_distill.models.checkpoint import load_pretrained, resolve_pretrained_dir, save_pretrained
-from vla_distill.deploy.onnx_graph import fold_pads, traceable
 from vla_distill.models.onnx_policy import (INSTALL_HINT, INT8_FILE, ONNX_FILE, graph_inputs, input_names, output_names,
                                             session, uses_instruction)
 from vla_distill.types import TASK_EMBEDDING, TASK_INDEX

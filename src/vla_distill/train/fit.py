@@ -59,7 +59,7 @@ def prepare_run(cfg: RunConfig, resume: bool, overrides: tuple[str, ...] = ("ste
         bad = set(overrides) - set(RESUMABLE)
         if bad:
             raise ConfigError(f"a resumed run keeps its settings; only {list(RESUMABLE)} may change", field=sorted(bad)[0])
-        return _saved_with(cfg, saved, overrides), True
+        return _saved_with(cfg, json.loads(saved.read_text()), overrides), True
     if has_complete_checkpoint(run) and saved.exists():
         old = json.loads(saved.read_text())
         new = json.loads(json.dumps(cfg.to_dict()))  # as saved: tuples become lists
@@ -68,14 +68,15 @@ def prepare_run(cfg: RunConfig, resume: bool, overrides: tuple[str, ...] = ("ste
             k = changed[0]
             raise ConfigError(f"this directory holds a run with other settings ({k}: {old.get(k)!r} there, {new[k]!r} "
                               "now): rerun its own command to continue it, or choose a new --out", path=run, field=k)
-        return _saved_with(cfg, saved, RESUMABLE), True
+        return _saved_with(cfg, old, RESUMABLE), True
     if os.environ.get("RANK", "0") == "0":  # under torchrun the first process alone tidies up
         remove_run_files(run)
     return cfg, False
 
 
-def _saved_with(cfg: RunConfig, saved: Path, fields: tuple[str, ...]) -> RunConfig:
-    old = from_dict(type(cfg), json.loads(saved.read_text()))
+def _saved_with(cfg: RunConfig, saved: dict, fields: tuple[str, ...]) -> RunConfig:
+    """The saved run's config (train_config.json's contents) with `fields` taken from cfg."""
+    old = from_dict(type(cfg), saved)
     return from_dict(type(cfg), {**old.to_dict(), **{k: getattr(cfg, k) for k in fields}})
 
 
