@@ -96,6 +96,12 @@ def trained(ds: Path, run: Path, steps: int, *extra: str) -> tuple[Path, float]:
     return run, kept["minutes"] if kept.get("steps") == steps else train_minutes(run)
 
 
+def trained_steps(run: Path) -> int:
+    """The step of the run's last complete checkpoint (0 without one)."""
+    state = run / "checkpoints" / "last" / "training_state" / "training_step.json"
+    return json.loads(state.read_text())["step"] if state.is_file() else 0
+
+
 def train_minutes(run: Path) -> float:
     cfg = json.loads((run / "train_config.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -158,7 +164,7 @@ def multitask(args, name: str, tasks: str) -> dict:
     if args.variant in DAGGER:
         prev = DAGGER[args.variant]
         driver = work / f"student-{prev}"
-        if not (driver / "checkpoints" / "last").exists():  # from nothing: the driving student first
+        if trained_steps(driver) < args.steps:  # the driving student first (resumed if it was interrupted)
             trained(dataset(work, tasks, args.demos, 128, collect_flags=VARIANTS[prev][0]), driver, args.steps,
                     *VARIANTS[prev][1])
         ann = dagger_dataset(work, tasks, args.demos, driver, collect_flags)

@@ -139,6 +139,7 @@ def test_errors_inside_ray_workers_arrive_as_themselves(ray_cluster, metaworld_d
     assert not list(tmp_path.iterdir())  # nothing half-written, nothing to resume from
 
 
+@pytest.mark.slow  # a Ray cluster of its own and a server: the default suite keeps the other Ray cases
 def test_vlm_labels_on_ray_workers_share_one_answer_cache(ray_cluster, metaworld_dataset, tmp_path, server):  # noqa: F811
     from vla_distill.annotate.directions import windows
     from vla_distill.annotate.executors import RayExecutor
@@ -161,6 +162,7 @@ def test_vlm_labels_on_ray_workers_share_one_answer_cache(ray_cluster, metaworld
     assert len(s.lines()) - asked == n_windows  # everything from the cache
 
 
+@pytest.mark.slow  # a Ray cluster of its own and a server: the default suite keeps the other Ray cases
 def test_interrupted_ray_job_resumes_from_the_cli(ray_cluster, metaworld_dataset, state_policy_dir, tmp_path, server):  # noqa: F811
     s = server("openpi", state_policy_dir, env={"DELAY_S": "0.01"})
     out = tmp_path / "ann"

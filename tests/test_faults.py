@@ -4,11 +4,13 @@ naming the file (and field), exit 2, before any work, with nothing written."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,11 @@ def _edit_column(path: Path, name: str, change: Callable[[np.ndarray], np.ndarra
                                     arrow), path)
 
 
+def _zero_tail(raw: bytes) -> bytes:
+    """The container's header kept, the frames after the first third zeroed."""
+    return raw[: len(raw) // 3] + bytes(len(raw) - len(raw) // 3)
+
+
 def _nan_state(v: np.ndarray) -> np.ndarray:
     v = v.astype(np.float32)
     v[3, 0] = np.nan
@@ -54,24 +61,31 @@ def _nan_state(v: np.ndarray) -> np.ndarray:
 
 # name: (what it does to the dataset, a fragment the error must contain)
 CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
-    "missing parquet": (lambda r: (r / DATA).unlink(), DATA),
-    "truncated parquet": (lambda r: (r / DATA).write_bytes((r / DATA).read_bytes()[:2000]), DATA),
+    "missing parquet": (lambda r: (r / DATA).unlink(), f"{DATA}: parquet file is missing"),
+    "truncated parquet": (lambda r: (r / DATA).write_bytes((r / DATA).read_bytes()[:2000]),
+                          f"{DATA}: cannot read parquet (truncated or corrupt"),
     "video of random bytes": (lambda r: _video(r).write_bytes(np.random.default_rng(0).bytes(_video(r).stat().st_size)),
                               VIDEO_FIELD),
     "video truncated": (lambda r: _video(r).write_bytes(_video(r).read_bytes()[: _video(r).stat().st_size // 3]),
                         VIDEO_FIELD),
+    "video frames zeroed": (lambda r: _video(r).write_bytes(_zero_tail(_video(r).read_bytes())), VIDEO_FIELD),
     "video missing": (lambda r: _video(r).unlink(), VIDEO_FIELD),
-    "info.json missing": (lambda r: (r / INFO).unlink(), INFO),
-    "info.json not JSON": (lambda r: (r / INFO).write_text("{\"fps\": 80,"), INFO),
+    "info.json missing": (lambda r: (r / INFO).unlink(), f"{INFO}: file is missing"),
+    "info.json not JSON": (lambda r: (r / INFO).write_text("{\"fps\": 80,"), f"{INFO}: not valid JSON"),
     "info total_frames too many": (lambda r: _edit_info(r, lambda i: i.update(total_frames=99999)),
                                    "meta/info.json: field 'total_frames': says 99999,"),
     "info total_frames too few": (lambda r: _edit_info(r, lambda i: i.update(total_frames=1)),
                                   "meta/info.json: field 'total_frames': says 1,"),
     "info total_episodes lies": (lambda r: _edit_info(r, lambda i: i.update(total_episodes=99)),
                                  "meta/info.json: field 'total_episodes': says 99,"),
-    "info shape lies": (lambda r: _edit_info(r, lambda i: i["features"]["action"].update(shape=[3])), "action"),
-    "NaN in the state": (lambda r: _edit_column(r / DATA, "observation.state", _nan_state), "observation.state"),
-    "episode offsets lie": (lambda r: _edit_column(r / EPISODES, "dataset_from_index", lambda v: v + 1), "index"),
+    "info shape lies": (lambda r: _edit_info(r, lambda i: i["features"]["action"].update(shape=[3])),
+                        f"{DATA}: field 'action': column holds 4 values per frame, info.json shape is [3]"),
+    "NaN in the state": (lambda r: _edit_column(r / DATA, "observation.state", _nan_state),
+                         f"{DATA}: field 'observation.state': holds NaN/inf (frame index 3)"),
+    "NaN in the actions": (lambda r: _edit_column(r / DATA, "action", _nan_state),
+                           f"{DATA}: field 'action': holds NaN/inf (frame index 3)"),
+    "episode offsets lie": (lambda r: _edit_column(r / EPISODES, "dataset_from_index", lambda v: v + 1),
+                            f"{DATA}: field 'index': episode 0 rows are not at index [1,"),
 }
 STAGES = {
     "inspect": lambda ds, out: ["inspect", str(ds)],
@@ -108,10 +122,41 @@ def test_a_corrupt_dataset_is_one_line_before_any_work(corrupt, case, stage, cap
 
 
 # ---------------------------------------------------------------- kill -9 at seeded random moments
+# Each stage is run once uninterrupted (a module fixture: what it ended with, its seconds, its output); each trial
+# kills the same command with SIGKILL at a seeded fraction of those seconds, or at a named moment, reruns it, and
+# asserts it ends with exactly the uninterrupted run's result.
 def trials(default: list) -> list:
     """The kill moments of a stage: `default` in the default suite, 20 seeded ones in all under `make test-slow`."""
     extra = [s for s in range(20) if s not in default][: 20 - len(default)]
     return default + [pytest.param(s, marks=pytest.mark.slow) for s in extra]
+
+
+def _uninterrupted(cmd: list[str], out: Path, result: Callable[[Path], dict]) -> tuple[dict, float, Path]:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    return result(out), time.perf_counter() - t0, out
+
+
+def _kill_and_rerun(cmd: list[str], trial, seconds: float, moments: dict[str, Callable[[], bool]] | None = None) -> None:
+    """kill -9 at the seeded moment `trial` (a fraction of the uninterrupted run's seconds), or as soon as the named
+    moment's condition holds (polled every millisecond); then the same command, which must finish."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if moments and trial in moments:
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline and not moments[trial]():
+            time.sleep(0.001)
+    else:
+        time.sleep(np.random.default_rng(trial).uniform(0.3, 0.95) * seconds)
+    proc.kill()
+    proc.wait()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def _assert_same(got: dict, reference: dict) -> None:
+    assert got.keys() == reference.keys()
+    for key, value in reference.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
 
 
 def _collect_cmd(out: Path) -> list[str]:
@@ -132,34 +177,18 @@ def _content(root: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory):
-    """An uninterrupted collection and how long it took."""
     out = tmp_path_factory.mktemp("collect") / "ds"
-    t0 = time.perf_counter()
-    subprocess.run(_collect_cmd(out), check=True, capture_output=True, timeout=300)
-    return _content(out), time.perf_counter() - t0
+    return _uninterrupted(_collect_cmd(out), out, _content)
 
 
 @pytest.mark.parametrize("trial", trials([0, "assembly"]))
 def test_collect_killed_at_a_random_moment_reruns_to_the_same_dataset(collected, tmp_path, trial):
-    """kill -9 at a seeded moment of the run (or as the last attempt lands, when the dataset is being assembled);
-    the same command then finishes with exactly the dataset an uninterrupted run wrote."""
-    reference, seconds = collected
+    """kill -9 at a seeded moment of the run, or as the last attempt lands (the dataset is being assembled)."""
+    reference, seconds, _ = collected
     out = tmp_path / "ds"
-    proc = subprocess.Popen(_collect_cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if trial == "assembly":
-        deadline = time.time() + 300
-        while time.time() < deadline and len(list((out / ".partial/attempts").glob("*.json"))) < 3:
-            time.sleep(0.01)
-    else:
-        time.sleep(np.random.default_rng(trial).uniform(0.3, 0.95) * seconds)
-    proc.kill()
-    proc.wait()
-    r = subprocess.run(_collect_cmd(out), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    got = _content(out)
-    assert got.keys() == reference.keys()
-    for key, value in reference.items():
-        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    assembly = lambda: len(list((out / ".partial/attempts").glob("*.json"))) == 3  # noqa: E731
+    _kill_and_rerun(_collect_cmd(out), trial, seconds, {"assembly": assembly})
+    _assert_same(_content(out), reference)
 
 
 def _annotate_cmd(dataset: Path, out: Path) -> list[str]:
@@ -175,38 +204,25 @@ def _annotation(root: Path) -> dict:
 @pytest.fixture(scope="module")
 def annotated_once(metaworld_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("annotate") / "ann"
-    t0 = time.perf_counter()
-    subprocess.run(_annotate_cmd(metaworld_dataset, out), check=True, capture_output=True, timeout=300)
-    return _annotation(out), time.perf_counter() - t0
+    return _uninterrupted(_annotate_cmd(metaworld_dataset, out), out, _annotation)
 
 
 @pytest.mark.parametrize("trial", trials([0]) + [pytest.param("assembly", marks=pytest.mark.slow)])
 def test_annotate_killed_at_a_random_moment_reruns_to_the_same_dataset(metaworld_dataset, annotated_once, tmp_path, trial):
+    """kill -9 at a seeded moment, or once every episode is staged (the output dataset is being written)."""
     from vla_distill.annotate.episode import staged_episodes
 
-    reference, seconds = annotated_once
+    reference, seconds, _ = annotated_once
     out = tmp_path / "ann"
-    proc = subprocess.Popen(_annotate_cmd(metaworld_dataset, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if trial == "assembly":  # every episode staged: the output dataset is being written
-        deadline = time.time() + 300
-        while time.time() < deadline and len(staged_episodes(out.with_name("ann.partial"))) < 4:
-            time.sleep(0.01)
-    else:
-        time.sleep(np.random.default_rng(trial).uniform(0.3, 0.95) * seconds)
-    proc.kill()
-    proc.wait()
-    r = subprocess.run(_annotate_cmd(metaworld_dataset, out), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    got = _annotation(out)
-    assert got.keys() == reference.keys()
-    for key, value in reference.items():
-        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    assembly = lambda: len(staged_episodes(out.with_name("ann.partial"))) == 4  # noqa: E731
+    _kill_and_rerun(_annotate_cmd(metaworld_dataset, out), trial, seconds, {"assembly": assembly})
+    _assert_same(_annotation(out), reference)
 
 
 def test_annotate_killed_after_writing_its_output_finishes_on_the_rerun(metaworld_dataset, annotated_once, tmp_path):
     """The window a random kill rarely hits: the dataset renamed into place, its staging and audit not yet done. The
     same command finishes them; another command on that output is still refused."""
-    reference, _ = annotated_once
+    reference, _, _ = annotated_once
     out = tmp_path / "ann"
     subprocess.run(_annotate_cmd(metaworld_dataset, out), check=True, capture_output=True, timeout=300)
     for name in ("audit.json", "audit.md"):
@@ -216,8 +232,147 @@ def test_annotate_killed_after_writing_its_output_finishes_on_the_rerun(metaworl
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / "meta/audit.json").is_file() and (out / "meta/audit.md").is_file()
     assert not (tmp_path / "ann.partial").exists()
-    got = _annotation(out)
-    for key, value in reference.items():
-        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    _assert_same(_annotation(out), reference)
     r = subprocess.run([*_annotate_cmd(metaworld_dataset, out)[:-1], "noisy:scripted"], capture_output=True, text=True)
     assert r.returncode == 2 and "output directory already exists" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def _train_cmd(dataset: Path, run: Path) -> list[str]:
+    return [sys.executable, "-m", "vla_distill.cli", "train", "--dataset", str(dataset), "--out", str(run), "--steps",
+            "12", "--batch-size", "8", "--save-every", "4", "--log-every", "1", "--val-batches", "1"]
+
+
+def _training(run: Path) -> dict:
+    """What a run ends with: every checkpoint's weights and training state, and the logged curve without timings."""
+    from safetensors.numpy import load_file
+
+    out = {}
+    for f in sorted((run / "checkpoints").glob("[0-9]*/**/*.safetensors")):
+        out |= {f"{f.relative_to(run)}/{k}": v for k, v in load_file(str(f)).items()}
+    rows = [{k: v for k, v in json.loads(line).items() if not _timing(k)}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+    out["metrics"] = np.array([json.dumps(r, sort_keys=True) for r in rows])
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_once(annotated, tmp_path_factory):
+    run = tmp_path_factory.mktemp("train") / "run"
+    return _uninterrupted(_train_cmd(annotated, run), run, _training)
+
+
+@pytest.mark.parametrize("trial", trials(["checkpoint"]) + [pytest.param("first checkpoint", marks=pytest.mark.slow)])
+def test_train_killed_at_a_random_moment_reruns_to_the_same_run(annotated, trained_once, tmp_path, trial):
+    """kill -9 at a seeded moment, or while a checkpoint's step directory is being written (the first one: nothing to
+    continue from, the run starts over; a later one: it continues from the one before); the same command then ends
+    with every checkpoint and every logged number of an uninterrupted run."""
+    reference, seconds, _ = trained_once
+    run = tmp_path / "run"
+    writing = lambda step: lambda: (run / "checkpoints" / f".{step:06d}.tmp").exists()  # noqa: E731
+    _kill_and_rerun(_train_cmd(annotated, run), trial, seconds, {"first checkpoint": writing(4), "checkpoint": writing(8)})
+    _assert_same(_training(run), reference)
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+
+
+def _eval_cmd(out: Path) -> list[str]:
+    return [sys.executable, "-m", "vla_distill.cli", "eval", "--policy", "noisy:scripted", "--tasks", "reach-v3,push-v3",
+            "--episodes", "3", "--max-steps", "60", "--workers", "1", "--videos", "1", "--latency-steps", "5",
+            "--out", str(out)]
+
+
+def _timing(key: str) -> bool:
+    return any(word in key for word in ("latency", "second", "_s", "time"))
+
+
+def _evaluation(out: Path) -> dict:
+    """What an evaluation ends with: each episode's record and arrays, and the results, without timings."""
+    got = {}
+    for f in sorted((out / "episodes").glob("*/*.npz")):
+        with np.load(f) as z:
+            got |= {f"{f.relative_to(out)}/{k}": z[k] for k in z.files if not _timing(k)}
+    for f in sorted((out / "episodes").glob("*/*.json")):
+        record = json.loads(f.read_text())
+        got[str(f.relative_to(out))] = np.array(json.dumps({k: v for k, v in record.items() if not _timing(k)},
+                                                           sort_keys=True))
+    info = json.loads((out / "eval_info.json").read_text())
+    got["per_task"] = np.array(json.dumps(info["per_task"], sort_keys=True))
+    got["overall"] = np.array(json.dumps({k: v for k, v in info["overall"].items() if not _timing(k)}, sort_keys=True))
+    got["videos"] = np.array(sorted(str(p.relative_to(out)) for p in (out / "videos").rglob("*.mp4")))
+    return got
+
+
+@pytest.fixture(scope="module")
+def evaluated_once(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "ev"
+    return _uninterrupted(_eval_cmd(out), out, _evaluation)
+
+
+@pytest.mark.parametrize("trial", trials([0]))
+def test_eval_killed_at_a_random_moment_reruns_to_the_same_results(evaluated_once, tmp_path, trial):
+    reference, seconds, _ = evaluated_once
+    out = tmp_path / "ev"
+    _kill_and_rerun(_eval_cmd(out), trial, seconds)
+    _assert_same(_evaluation(out), reference)
+
+
+# ---------------------------------------------------------------- a full disk and a read-only output
+@contextmanager
+def _tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A real small or read-only filesystem (root can write through file permissions, not through a mount)."""
+    path.mkdir(parents=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def _bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+# stage: (the reference fixture, its command on an output path, what it ends with)
+DISK_STAGES = {
+    "collect": ("collected", lambda req, out: _collect_cmd(out), _content),
+    "annotate": ("annotated_once", lambda req, out: _annotate_cmd(req.getfixturevalue("metaworld_dataset"), out),
+                 _annotation),
+    "train": ("trained_once", lambda req, out: _train_cmd(req.getfixturevalue("annotated"), out), _training),
+    "eval": ("evaluated_once", lambda req, out: _eval_cmd(out), _evaluation),
+}
+
+
+@pytest.mark.parametrize("stage", [s if s == "train" else pytest.param(s, marks=pytest.mark.slow) for s in DISK_STAGES])
+def test_a_full_disk_is_one_line_and_the_rerun_after_freeing_space_finishes(stage, request, tmp_path):
+    """The disk holds half of what the stage writes: one line naming the output, exit 2, no half-written dataset or
+    checkpoint beside it; once there is room the same command ends as an uninterrupted run."""
+    fixture, command, ends_with = DISK_STAGES[stage]
+    reference, _, reference_out = request.getfixturevalue(fixture)
+    with _tmpfs(tmp_path / "disk", f"size={max(_bytes(reference_out) // 2, 64 * 1024)}") as disk:
+        out = disk / "out"
+        r = subprocess.run(command(request, out), capture_output=True, text=True, timeout=300)
+        err = r.stderr.strip().splitlines()[-1]
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert err.startswith(f"error: {out}") and err.endswith(
+            "No space left on device; free space, then run the same command again to continue"), err
+        left = {p.name for p in disk.rglob("*") if p.name.endswith((".tmp", ".tmp-columns", ".building"))}
+        assert not left, left
+        subprocess.run(["mount", "-o", "remount,size=1g", str(disk)], check=True)
+        r = subprocess.run(command(request, out), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        _assert_same(ends_with(out), reference)
+
+
+@pytest.mark.parametrize("stage", list(DISK_STAGES) + ["export"])
+def test_a_read_only_output_is_one_line_naming_it(stage, request, tiny_student, tmp_path):
+    with _tmpfs(tmp_path / "ro", "ro,size=1m") as disk:
+        out = disk / "out"
+        cmd = ([sys.executable, "-m", "vla_distill.cli", "export", "--policy", str(tiny_student), "--out", str(out)]
+               if stage == "export" else DISK_STAGES[stage][1](request, out))
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        err = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert err[-1].startswith(f"error: {out}") and err[-1].endswith(": Read-only file system"), err[-1]

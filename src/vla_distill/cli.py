@@ -17,6 +17,7 @@ from vla_distill.errors import ConfigError, VlaDistillError
 
 # Errors of the machine's disks rather than of the code: one line naming the path, as for bad input.
 DISK_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+RESUMABLE = ("collect", "annotate", "train", "eval")  # stages whose rerun continues what a failed run left
 
 # Each stage below is a pair: `_<stage>_args(parser)` declares its flags, `_<stage>(args)` runs it. Flags that set a
 # config field are declared with `_field`: they take the field's dataclass default (shown in --help), and only the
@@ -546,6 +547,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def disk_error(args: argparse.Namespace, e: OSError) -> str:
+    """One line for a full disk or an unwritable output: the path (the file where the error names one, which
+    pyarrow's and a plain write's do not, else the stage's output) and what a rerun does."""
+    where = e.filename or getattr(args, "out", None) or "the output"
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT) and args.command in RESUMABLE
+    return f"{where}: {os.strerror(e.errno)}" + ("; free space, then run the same command again to continue" if full else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     stage = next((a for a in argv if not a.startswith("-")), None)
@@ -563,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if e.errno not in DISK_ERRORS:
             raise
-        print(f"error: {e.filename or 'output'}: {e.strerror}", file=sys.stderr)
+        print(f"error: {disk_error(args, e)}", file=sys.stderr)
         return 2
     return 0
 

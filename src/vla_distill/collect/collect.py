@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from vla_distill.collect.config import CollectConfig
 from vla_distill.data import stats as stats_lib
-from vla_distill.data.format import INFO_PATH, single_writer, video_feature, write_json_atomic
+from vla_distill.data.format import INFO_PATH, removed_on_failure, single_writer, video_feature, write_json_atomic
 from vla_distill.data.video import encode_video
 from vla_distill.data.writer import DatasetWriter, EncodedVideo, Episode
 from vla_distill.errors import ConfigError
@@ -187,14 +187,14 @@ def _store_episode(final: Path, frames: dict[str, np.ndarray], cfg: CollectConfi
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    features = dataset_features(cfg)
-    stats = stats_lib.episode_stats(frames, features)
+    stats = stats_lib.episode_stats(frames, dataset_features(cfg))
     arrays = dict(frames)
-    if cfg.image_format == "video":
-        for key in cfg.cameras.keys:
-            encode_video(arrays.pop(key), tmp / f"{key}.mp4", FPS, cfg.video_codec)
-    np.savez(tmp / "frames.npz", **arrays)
-    (tmp / "episode.json").write_text(json.dumps({"marker": marker, "stats": stats_lib.to_json(stats)}))
+    with removed_on_failure(tmp):
+        if cfg.image_format == "video":
+            for key in cfg.cameras.keys:
+                encode_video(arrays.pop(key), tmp / f"{key}.mp4", FPS, cfg.video_codec)
+        np.savez(tmp / "frames.npz", **arrays)
+        (tmp / "episode.json").write_text(json.dumps({"marker": marker, "stats": stats_lib.to_json(stats)}))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
 
@@ -300,10 +300,11 @@ class Collector:
                     frames += marker["frames"]
                     bar.update(int(self._kept(marker)))
                     bar.set_postfix(tried=len(done), frames_per_s=f"{frames / (time.perf_counter() - t0):.0f}")
-        except KeyboardInterrupt:
+        except BaseException as e:  # Ctrl-C, a full disk: the bar ends before the CLI's one line
             pool.shutdown(wait=False, cancel_futures=True)
             bar.close()
-            print(f"\ninterrupted: {kept()} episodes kept in {self.partial}; run the same command again to resume")
+            if isinstance(e, KeyboardInterrupt):
+                print(f"\ninterrupted: {kept()} episodes kept in {self.partial}; run the same command again to resume")
             raise
         pool.shutdown()
         bar.close()
@@ -312,11 +313,12 @@ class Collector:
         building = self.out / BUILDING
         shutil.rmtree(building, ignore_errors=True)
         per_task = self._summary(markers)
-        with DatasetWriter(building, FPS, dataset_features(self.cfg), robot_type="sawyer", video_codec=self.cfg.video_codec) as writer:
-            for task in self.cfg.tasks:
-                for name in per_task[task]["kept_attempts"]:
-                    writer.add_episode(self._load_episode(self.partial / "episodes" / name, task))
-        write_json_atomic(building / "meta" / "collection.json", {"config": self.cfg.plan(), "tasks": per_task})
+        with removed_on_failure(building):  # .partial keeps the episodes for the rerun
+            with DatasetWriter(building, FPS, dataset_features(self.cfg), robot_type="sawyer", video_codec=self.cfg.video_codec) as writer:
+                for task in self.cfg.tasks:
+                    for name in per_task[task]["kept_attempts"]:
+                        writer.add_episode(self._load_episode(self.partial / "episodes" / name, task))
+            write_json_atomic(building / "meta" / "collection.json", {"config": self.cfg.plan(), "tasks": per_task})
         for sub in PUBLISHED:  # meta last: info.json marks the dataset complete
             shutil.rmtree(self.out / sub, ignore_errors=True)
         for sub in PUBLISHED:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from vla_distill.data import stats as stats_lib
 from vla_distill.data.arrow import check_values, to_arrow
 from vla_distill.data.dataset import RobotDataset, read_parquet
-from vla_distill.data.format import INFO_PATH, STATS_PATH, arrow_type, validate_features, write_json_atomic
+from vla_distill.data.format import INFO_PATH, STATS_PATH, arrow_type, removed_on_failure, validate_features, write_json_atomic
 from vla_distill.errors import DatasetError
 
 
@@ -50,16 +50,18 @@ def add_columns(
     shutil.rmtree(tmp, ignore_errors=True)
     info = dict(ds.info)
     info["features"] = {**ds.features, **{k: features[k] for k in columns}}
-    _write_data_files(ds, columns, info["features"], tmp)
-    _write_meta(ds, columns, info, tmp)
-    for rel, content in (extra_files or {}).items():
-        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp / rel).write_bytes(content)
+    with removed_on_failure(tmp):
+        _write_data_files(ds, columns, info["features"], tmp)
+        _write_meta(ds, columns, info, tmp)
+        for rel, content in (extra_files or {}).items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_bytes(content)
+        if out is not None:
+            _link_tree(src / "videos", tmp / "videos")
+            _link_tree(src / "images", tmp / "images")
     if out is None:
         _replace_in_place(tmp, src)
     else:
-        _link_tree(src / "videos", tmp / "videos")
-        _link_tree(src / "images", tmp / "images")
         os.replace(tmp, dst)
     return dst
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -156,10 +157,24 @@ def single_writer(directory: Path) -> Iterator[None]:
         os.close(fd)
 
 
+@contextmanager
+def removed_on_failure(path: Path) -> Iterator[Path]:
+    """Yields `path` (a staging file or directory, renamed into place once complete); if the body fails (a full disk,
+    Ctrl-C), removes what it wrote there, so that nothing half-written is left and the space is given back."""
+    try:
+        yield path
+    except BaseException:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        raise
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=4, default=_json_default))
+    with removed_on_failure(path.with_name(path.name + ".tmp")) as tmp:
+        tmp.write_text(json.dumps(obj, indent=4, default=_json_default))
     os.replace(tmp, path)
 
 

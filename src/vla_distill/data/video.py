@@ -6,6 +6,7 @@ random frame costs at most one extra decoded frame.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from vla_distill.data.format import TOLERANCE_S
+from vla_distill.data.format import TOLERANCE_S, removed_on_failure
 from vla_distill.errors import DatasetError
 
 DEFAULT_CODEC = "libsvtav1"
@@ -32,11 +33,17 @@ def encode_video(frames: np.ndarray, path: Path, fps: int, codec: str = DEFAULT_
         options["preset"] = "12"
         # One thread per encoder: collection already runs one process per core.
         options["svtav1-params"] = "lp=1"
-    with av.open(str(tmp), "w") as out:
+    with removed_on_failure(tmp), av.open(str(tmp), "w") as out:
         stream = out.add_stream(codec, rate=fps, options=options)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.time_base = Fraction(1, fps)
+        _encode_all(out, stream, frames)
+    os.replace(tmp, path)
+
+
+def _encode_all(out: av.container.OutputContainer, stream: av.video.stream.VideoStream, frames: np.ndarray) -> None:
+    try:
         for i, img in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
             frame.pts = i
@@ -44,7 +51,10 @@ def encode_video(frames: np.ndarray, path: Path, fps: int, codec: str = DEFAULT_
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
-    os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(Exception):  # end the stream, or SVT-AV1 prints an error as it is freed
+            stream.encode()
+        raise
 
 
 class VideoConcatenator:

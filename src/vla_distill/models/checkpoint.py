@@ -104,7 +104,7 @@ def save_tensors(tensors: dict, path: str | Path) -> None:
     try:
         save_file(tensors, str(path))
     except SafetensorError as e:
-        code = re.search(r"code: (\d+)", str(e))
+        code = re.search(r"(?:code: |os error )(\d+)", str(e))  # both spellings safetensors' versions use
         if code is None:
             raise
         number = int(code.group(1))

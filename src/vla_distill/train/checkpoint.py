@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from vla_distill.data.format import removed_on_failure
 from vla_distill.errors import ConfigError
 from vla_distill.models.base import Policy
 from vla_distill.models.checkpoint import save_pretrained, save_tensors
@@ -35,31 +36,15 @@ TRAINING_STATE = "training_state"
 
 def save_checkpoint(run: Path, step: int, policy: Policy, optimizer: torch.optim.Optimizer, ema: dict | None,
                     train_config: dict, provenance: dict, scheduler_state: dict) -> Path:
+    """Writes RUN/checkpoints/NNNNNN and points `last` at it; the step directory appears, by rename, only once every
+    file of it is written."""
     root = run / CHECKPOINTS
-    final = root / f"{step:06d}"
-    tmp = root / f".{step:06d}.tmp"
+    final, tmp = root / f"{step:06d}", root / f".{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    pretrained = tmp / PRETRAINED
-    live = {k: v.detach().clone().contiguous() for k, v in policy.state_dict().items()}
-    if ema is not None:  # ship the EMA weights; the live ones go to training_state
-        policy.load_state_dict({**live, **ema})
-    save_pretrained(policy, pretrained, provenance)
-    policy.load_state_dict(live)
-    (pretrained / "train_config.json").write_text(json.dumps(train_config, indent=2))
-    stats = {k: v.tolist() for k, v in policy.state_dict().items() if k.endswith(("_mean", "_std", "_min", "_max"))}
-    (pretrained / "stats.json").write_text(json.dumps(stats, indent=2))
-    state = tmp / TRAINING_STATE
-    state.mkdir()
-    tensors, groups = _flatten_optimizer(optimizer)
-    save_tensors(tensors, state / "optimizer_state.safetensors")
-    (state / "optimizer_param_groups.json").write_text(json.dumps(groups, indent=2))
-    (state / "scheduler_state.json").write_text(json.dumps(scheduler_state, indent=2))
-    save_tensors({"torch": torch.get_rng_state()}, state / "rng_state.safetensors")
-    (state / "training_step.json").write_text(json.dumps({"step": step}))
-    if ema is not None:
-        save_tensors({k: v.contiguous() for k, v in ema.items()}, state / "ema.safetensors")
-        save_tensors(live, state / "live_weights.safetensors")
+    with removed_on_failure(tmp):
+        live = _write_pretrained(tmp / PRETRAINED, policy, ema, train_config, provenance)
+        _write_training_state(tmp / TRAINING_STATE, step, optimizer, ema, live, scheduler_state)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -69,6 +54,35 @@ def save_checkpoint(run: Path, step: int, policy: Policy, optimizer: torch.optim
     link.symlink_to(final.name)
     os.replace(link, root / LAST)
     return final
+
+
+def _write_pretrained(d: Path, policy: Policy, ema: dict | None, train_config: dict, provenance: dict) -> dict:
+    """The shipped policy (the EMA weights when EMA is on) with its config and stats; returns the live weights."""
+    live = {k: v.detach().clone().contiguous() for k, v in policy.state_dict().items()}
+    if ema is not None:
+        policy.load_state_dict({**live, **ema})
+    try:
+        save_pretrained(policy, d, provenance)
+    finally:
+        policy.load_state_dict(live)
+    (d / "train_config.json").write_text(json.dumps(train_config, indent=2))
+    stats = {k: v.tolist() for k, v in policy.state_dict().items() if k.endswith(("_mean", "_std", "_min", "_max"))}
+    (d / "stats.json").write_text(json.dumps(stats, indent=2))
+    return live
+
+
+def _write_training_state(d: Path, step: int, optimizer: torch.optim.Optimizer, ema: dict | None, live: dict,
+                          scheduler_state: dict) -> None:
+    d.mkdir()
+    tensors, groups = _flatten_optimizer(optimizer)
+    save_tensors(tensors, d / "optimizer_state.safetensors")
+    (d / "optimizer_param_groups.json").write_text(json.dumps(groups, indent=2))
+    (d / "scheduler_state.json").write_text(json.dumps(scheduler_state, indent=2))
+    save_tensors({"torch": torch.get_rng_state()}, d / "rng_state.safetensors")
+    (d / "training_step.json").write_text(json.dumps({"step": step}))
+    if ema is not None:  # pretrained_model holds the EMA weights; the live ones continue training
+        save_tensors({k: v.contiguous() for k, v in ema.items()}, d / "ema.safetensors")
+        save_tensors(live, d / "live_weights.safetensors")
 
 
 def remove_partial(run: Path) -> None:
