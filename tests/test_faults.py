@@ -376,3 +376,43 @@ def test_a_read_only_output_is_one_line_naming_it(stage, request, tiny_student, 
         err = r.stderr.strip().splitlines()
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
         assert err[-1].startswith(f"error: {out}") and err[-1].endswith(": Read-only file system"), err[-1]
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process started under `pid` (children, theirs, ...), found through /proc."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through /proc")
+@pytest.mark.parametrize("stage", ["collect", "eval"])
+def test_kill_9_leaves_no_worker_processes_behind(stage, tmp_path):
+    """A killed stage's worker pool (forkserver, workers, resource tracker) goes with it, within seconds."""
+    cmd = _collect_cmd(tmp_path / "out") if stage == "collect" else _eval_cmd(tmp_path / "out")
+    cmd[cmd.index("--workers") + 1] = "2"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(_descendants(proc.pid)) < 3 and time.time() < deadline:  # the server and its two workers
+        time.sleep(0.05)
+    workers = _descendants(proc.pid)
+    assert len(workers) >= 3, workers
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
+        time.sleep(0.1)
+    left = [p for p in workers if Path(f"/proc/{p}").exists()]
+    for p in left:
+        os.kill(p, 9)
+    assert not left, f"{len(left)} of {len(workers)} processes outlived the killed {stage}"

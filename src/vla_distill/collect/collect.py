@@ -10,14 +10,12 @@ and moved into place with `meta/` last; a dataset directory therefore never hold
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import multiprocessing.util as mp_util
 import os
 import shutil
-import sys
 import time
 import warnings
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from vla_distill.data.writer import DatasetWriter, EncodedVideo, Episode
 from vla_distill.errors import ConfigError
 from vla_distill.sim.metaworld import ACTION_NAMES, FPS, STATE_NAMES, MetaWorldEnv, expert_action, expert_policy
 from vla_distill.sim.metaworld_tasks import INSTRUCTIONS, difficulty_of
+from vla_distill.sim.workers import worker_pool
 from vla_distill.types import ACTION, DONE, OBS_ENV_STATE, OBS_STATE, REWARD, SUCCESS
 
 PARTIAL = ".partial"
@@ -277,12 +276,7 @@ class Collector:
         kept = lambda: sum(self._kept(m) for m in done.values())  # noqa: E731
         bar = tqdm(total=total, initial=min(kept(), total), desc="collect", unit="ep", dynamic_ncols=True)
         frames, t0 = 0, time.perf_counter()
-        # forkserver: workers fork from a clean server that has metaworld imported (fast start), never from
-        # the caller, whose GL contexts or OpenMP threads (a test, a notebook) would deadlock a forked child.
-        ctx = mp.get_context("forkserver" if sys.platform == "linux" else "spawn")
-        if sys.platform == "linux":
-            ctx.set_forkserver_preload([__name__])
-        pool = ProcessPoolExecutor(max_workers=self.cfg.num_workers, mp_context=ctx, initializer=_init_worker)
+        pool = worker_pool(self.cfg.num_workers, _init_worker, preload=(__name__,))  # metaworld imported once
         running: dict[Future, Attempt] = {}
         try:
             while True:

@@ -13,13 +13,12 @@ the main process with the CPU to itself.
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import multiprocessing.util as mp_util
 import os
 import resource
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from vla_distill.eval.rollout import run_episode
 from vla_distill.sim.base import SimulatorUnavailable
 from vla_distill.sim.kinematics import kinematics
 from vla_distill.sim.registry import DEFAULT_ENV, Simulator, get_simulator
+from vla_distill.sim.workers import worker_pool
 from vla_distill.models.chunking import CHUNK_MODES
 from vla_distill.types import to_phase4
 
@@ -263,8 +263,7 @@ def _run_jobs(cfg: EvalConfig, jobs: list[tuple[str, int, int]], bar: tqdm, reco
             _ACTOR = None
             _close_env()
         return
-    ctx = mp.get_context("forkserver" if sys.platform == "linux" else "spawn")
-    pool = ProcessPoolExecutor(cfg.num_workers, mp_context=ctx, initializer=_init_worker, initargs=(cfg,))
+    pool = worker_pool(cfg.num_workers, _init_worker, (cfg,))
     try:
         pending = {pool.submit(episode_job, cfg, *job) for job in jobs}
         while pending:
