@@ -101,6 +101,7 @@ def test_ray_annotation_equals_single_process(ray_cluster, metaworld_dataset, an
     assert run["executor"] == "ray" and run["workers"] == 2 and run["lost_workers"] == 0
 
 
+@pytest.mark.slow  # the default suite keeps Ray's equivalence with one process and its errors
 def test_ray_worker_killed_mid_run_is_recovered(ray_cluster, metaworld_dataset, state_policy_dir, tmp_path, server):  # noqa: F811
     from vla_distill.annotate.executors import RayExecutor
 
@@ -189,6 +190,7 @@ def test_interrupted_ray_job_resumes_from_the_cli(ray_cluster, metaworld_dataset
     assert len(s.lines()) - asked_before <= ds.num_frames - done_frames  # staged episodes were not asked again
 
 
+@pytest.mark.slow
 def test_job_started_in_process_finishes_on_ray(ray_cluster, metaworld_dataset, annotated, tmp_path):
     from vla_distill.annotate.executors import RayExecutor
 

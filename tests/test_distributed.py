@@ -51,6 +51,7 @@ def test_two_processes_match_one_with_the_same_global_batch(annotated, single, t
     assert max(float(np.abs(wa[k] - wb[k]).max()) for k in wa) < 1e-4
 
 
+@pytest.mark.slow  # the default suite keeps the one-vs-two-process equivalence
 def test_resume_on_a_different_world_size(annotated, single, tmp_path):
     import shutil
 
