@@ -2,7 +2,8 @@
 
 Usage: python benchmarks/bench_annotate.py [--dataset DIR | --tasks mt10 --episodes 5] [--rate 0.1] [--seed 0]
 1. Kinematic phase labeller vs ground truth recovered from the scripted experts' branches, per task (4-phase, and
-   the 9-phase taxonomy collapsed onto 4). Goal >= 95% frame agreement.
+   the 9-phase taxonomy collapsed onto 4), with the (ground truth x label) confusion per task. Goal >= 95% frame
+   agreement.
 2. Audit: start from clean labels (ground-truth phases, kinematic cues), inject errors into `rate` of the units
    (episodes for phase errors: a boundary shifted by 24 frames = 0.3 s, or two adjacent phase segments swapped;
    cue windows for direction errors: a direction word flipped, or a motion invented on an axis the cue did not
@@ -82,6 +83,15 @@ def inject_cue_error(text: str, kin, s: int, e: int, rng) -> str:
     return f"moving the gripper {dirs.AXIS_WORDS[axis][sign]}"
 
 
+def _worst_confusion(c: np.ndarray) -> str:
+    """The largest off-diagonal cell of a (ground truth x label) confusion matrix, as text."""
+    off = c * (1 - np.eye(len(c), dtype=c.dtype))
+    if not off.any():
+        return "-"
+    g, lab = np.unravel_index(int(np.argmax(off)), off.shape)
+    return f"{PHASES_4[g]} -> {PHASES_4[lab]}: {int(off[g, lab])} of {int(c[g].sum())}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset")
@@ -95,14 +105,16 @@ def main() -> None:
     es = ds.column("observation.environment_state")
     rng = np.random.default_rng(args.seed)
     cue_cfg = dirs.DirectionConfig()
-    agree4, agree9 = {}, {}
+    agree4, agree9, confusion = {}, {}, {}
     kins, gts, tasks = [], [], []
     for e, ep in enumerate(ds.episodes):
         rows = ds.episode_rows(e)
         kin = episode_kinematics(ds, rows)
         task = ep.extra["task_name"]
         gt = ground_truth_phases(task, es[rows], kin)
-        agree4.setdefault(task, []).append(float((label_phases(kin) == gt).mean()))
+        labels = label_phases(kin)
+        agree4.setdefault(task, []).append(float((labels == gt).mean()))
+        np.add.at(confusion.setdefault(task, np.zeros((4, 4), np.int64)), (gt, labels), 1)
         p9 = label_phases(kin, PhaseConfig(taxonomy="9"))
         agree9.setdefault(task, []).append(float((to_phase4(p9, PHASES_9) == gt).mean()))
         kins.append(kin), gts.append(gt), tasks.append(task)
@@ -153,7 +165,7 @@ def main() -> None:
     teacher_fps = n / (time.perf_counter() - t0)
 
     per_task = {t: {"agreement_4": round(float(np.mean(agree4[t])), 4), "agreement_9_as_4": round(float(np.mean(agree9[t])), 4),
-                    "episodes": len(agree4[t])} for t in agree4}
+                    "episodes": len(agree4[t]), "confusion": confusion[t].tolist()} for t in agree4}
     result = {
         "frames": n, "episodes": ds.num_episodes, "per_task": per_task,
         "mean_agreement_4": round(float(np.mean([v["agreement_4"] for v in per_task.values()])), 4),
@@ -167,9 +179,9 @@ def main() -> None:
         },
         "kinematic_frames_per_s": round(kin_fps), "scripted_teacher_frames_per_s": round(teacher_fps),
     }
-    print(f"{'task':28s} {'4-phase':>8s} {'9 as 4':>8s}")
+    print(f"{'task':28s} {'4-phase':>8s} {'9 as 4':>8s}  most frequent disagreement (ground truth -> label: frames)")
     for t, v in per_task.items():
-        print(f"{t:28s} {v['agreement_4']:8.3f} {v['agreement_9_as_4']:8.3f}")
+        print(f"{t:28s} {v['agreement_4']:8.3f} {v['agreement_9_as_4']:8.3f}  {_worst_confusion(confusion[t])}")
     print(f"{'mean':28s} {result['mean_agreement_4']:8.3f} {result['mean_agreement_9_as_4']:8.3f}")
     a = result["audit"]
     print(f"audit phases: recall {a['phase']['recall']:.3f} ({a['phase']['injected']} injected), "

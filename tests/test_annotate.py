@@ -7,11 +7,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from vla_distill.annotate import directions as dirs
 from vla_distill.annotate.audit import audit_cue, audit_dataset, audit_phases
 from vla_distill.data.annotations import dropped_episodes
-from vla_distill.sim.metaworld_phases import ground_truth_phases
+from vla_distill.sim.metaworld_phases import ARM_ROLES, ground_truth_phases
 from vla_distill.annotate.phases import PhaseConfig, label_phases
 from vla_distill.types import PHASES_4, PHASES_9
 from vla_distill.annotate.annotate import AnnotateConfig, annotate
@@ -54,6 +55,27 @@ def test_kinematic_phases_agree_with_expert_branches(metaworld_dataset):
             assert list(dict.fromkeys(gt.tolist())) == [0, 1, 2, 3]
     nine = label_phases(kin, PhaseConfig(taxonomy="9"))
     assert {PHASES_9[i] for i in nine} >= {"grasping", "completed"}
+
+
+@pytest.mark.parametrize("task", ["door-close-v3", "door-lock-v3", "stick-pull-v3", "stick-push-v3", "sweep-v3", "push-v3"]
+                         + [pytest.param(t, marks=pytest.mark.slow) for t in sorted(ARM_ROLES) if t not in
+                            ("door-close-v3", "door-lock-v3", "stick-pull-v3", "stick-push-v3", "sweep-v3", "push-v3")])
+def test_no_expert_starts_an_episode_in_a_transport_arm(task):
+    """At reset no expert is carrying or operating anything yet, so the arm it starts in is an approach arm. The
+    branch→role tables name arms in source order; sweep's and the stick tasks' had been written in another order,
+    calling their first arm transport (door-close's and door-lock's too, but their experts never start there)."""
+    from vla_distill.sim.metaworld import CameraConfig, MetaWorldEnv
+    from vla_distill.sim.metaworld_phases import expert_arms
+    from vla_distill.types import OBS_ENV_STATE
+
+    env = MetaWorldEnv(task, CameraConfig(height=16, width=16))
+    try:
+        first = np.stack([env.reset(seed)[OBS_ENV_STATE] for seed in (0, 1, 2)])
+    finally:
+        env.close()
+    arms, _ = expert_arms(task, first)
+    roles = ARM_ROLES[task]
+    assert [roles[min(a, len(roles) - 1)] for a in arms] == ["A"] * 3, arms
 
 
 def test_direction_cues_describe_motion():

@@ -30,7 +30,7 @@ ARM_ROLES: dict[str, str] = {
     "assembly-v3": "ATATT", "basketball-v3": "AATT", "bin-picking-v3": "AATTT", "box-close-v3": "AATT",
     "button-press-topdown-v3": "AT", "button-press-topdown-wall-v3": "AT", "button-press-v3": "AT",
     "button-press-wall-v3": "AATT", "coffee-button-v3": "AT", "coffee-pull-v3": "AAT", "coffee-push-v3": "AAT",
-    "dial-turn-v3": "AAT", "disassemble-v3": "AAT", "door-close-v3": "TAAT", "door-lock-v3": "ATAT",
+    "dial-turn-v3": "AAT", "disassemble-v3": "AAT", "door-close-v3": "AAAT", "door-lock-v3": "AAAT",
     "door-open-v3": "AAT", "door-unlock-v3": "AAT", "drawer-close-v3": "AAAT", "drawer-open-v3": "AAT",
     "faucet-close-v3": "AAT", "faucet-open-v3": "AAT", "hammer-v3": "AATT", "hand-insert-v3": "AATT",
     "handle-press-side-v3": "AT", "handle-press-v3": "AT", "handle-pull-side-v3": "AAT", "handle-pull-v3": "AAT",
@@ -38,7 +38,7 @@ ARM_ROLES: dict[str, str] = {
     "pick-place-v3": "AAGT", "pick-place-wall-v3": "AATTTT", "plate-slide-back-side-v3": "AAT",
     "plate-slide-back-v3": "AATTT", "plate-slide-side-v3": "AATT", "plate-slide-v3": "AAT", "push-back-v3": "AAT",
     "push-v3": "AAT", "push-wall-v3": "AATTT", "reach-v3": "A", "reach-wall-v3": "AA", "shelf-place-v3": "AATTT",
-    "soccer-v3": "AT", "stick-pull-v3": "TAATTT", "stick-push-v3": "TAATTT", "sweep-into-v3": "AAT", "sweep-v3": "TAA",
+    "soccer-v3": "AT", "stick-pull-v3": "AATTTT", "stick-push-v3": "AATTTT", "sweep-into-v3": "AAT", "sweep-v3": "AAT",
     "window-close-v3": "AAT", "window-open-v3": "AAT",
 }
 GRASP_RADIUS = 0.08  # m: a close command farther than this from the object is not a grasp (door-open closes at start)
