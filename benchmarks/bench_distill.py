@@ -37,6 +37,7 @@ from common import RESULTS, cli, write_result
 
 from vla_distill.eval.stats import compare, distinguishable
 from vla_distill.sim.metaworld_tasks import GROUPS
+from vla_distill.train.checkpoint import last_step
 
 RECIPE = ("--preset", "tiny", "--vision", "efficientnet-lite0", "--horizon", "5", "--batch-size", "64")
 CAMERAS = "corner2,gripper"
@@ -94,12 +95,6 @@ def trained(ds: Path, run: Path, steps: int, *extra: str) -> tuple[Path, float]:
         record.write_text(json.dumps({"minutes": wall, "steps": steps}))
     kept = json.loads(record.read_text()) if record.exists() else {}
     return run, kept["minutes"] if kept.get("steps") == steps else train_minutes(run)
-
-
-def trained_steps(run: Path) -> int:
-    """The step of the run's last complete checkpoint (0 without one)."""
-    state = run / "checkpoints" / "last" / "training_state" / "training_step.json"
-    return json.loads(state.read_text())["step"] if state.is_file() else 0
 
 
 def train_minutes(run: Path) -> float:
@@ -164,7 +159,7 @@ def multitask(args, name: str, tasks: str) -> dict:
     if args.variant in DAGGER:
         prev = DAGGER[args.variant]
         driver = work / f"student-{prev}"
-        if trained_steps(driver) < args.steps:  # the driving student first (resumed if it was interrupted)
+        if last_step(driver) < args.steps:  # the driving student first (resumed if it was interrupted)
             trained(dataset(work, tasks, args.demos, 128, collect_flags=VARIANTS[prev][0]), driver, args.steps,
                     *VARIANTS[prev][1])
         ann = dagger_dataset(work, tasks, args.demos, driver, collect_flags)

@@ -99,6 +99,13 @@ def has_complete_checkpoint(run: Path) -> bool:
     return (run / CHECKPOINTS / LAST / TRAINING_STATE / "training_step.json").is_file()
 
 
+def last_step(run: Path) -> int:
+    """The step of the run's last complete checkpoint; 0 without one."""
+    if not has_complete_checkpoint(run):
+        return 0
+    return int(json.loads((run / CHECKPOINTS / LAST / TRAINING_STATE / "training_step.json").read_text())["step"])
+
+
 RUN_FILES = ("train_config.json", "metrics.jsonl", "tensorboard", CHECKPOINTS)  # what training writes in a run
 
 
@@ -131,7 +138,7 @@ def load_training_state(run: Path, policy: Policy, optimizer: torch.optim.Optimi
     policy.load_state_dict(live)
     optimizer.load_state_dict(_unflatten_optimizer(tensors, groups))
     torch.set_rng_state(load_file(str(state / "rng_state.safetensors"))["torch"])
-    return int(json.loads((state / "training_step.json").read_text())["step"])
+    return last_step(run)
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
