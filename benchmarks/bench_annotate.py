@@ -4,11 +4,11 @@ Usage: python benchmarks/bench_annotate.py [--dataset DIR | --tasks mt10 --episo
 1. Kinematic phase labeller vs ground truth recovered from the scripted experts' branches, per task (4-phase, and
    the 9-phase taxonomy collapsed onto 4), with the (ground truth x label) confusion per task. Goal >= 95% frame
    agreement.
-2. Audit: start from clean labels (ground-truth phases, kinematic cues), inject errors into `rate` of the units
-   (episodes for phase errors: a boundary shifted by 24 frames = 0.3 s, or two adjacent phase segments swapped;
-   cue windows for direction errors: a direction word flipped, or a motion invented on an axis the cue did not
-   name, against that axis's actual motion), and measure recall on the
-   corrupted units and false alarms on the clean ones. Goal >= 95% recall at <= 5% false alarms.
+2. Audit: start from clean labels (ground-truth phases, kinematic cues) and inject errors. Phases: every episode
+   audited clean and once with each kind of error (a boundary shifted 24 frames = 0.3 s later or earlier, two
+   adjacent phase segments swapped). Cues: `rate` of the windows, a direction word flipped or a motion invented on
+   an axis the cue did not name, against that axis's actual motion. Recall on the corrupted units, false alarms on
+   the clean ones, with Wilson intervals. Goal >= 95% recall at <= 5% false alarms.
 3. Throughput of the kinematic path (phases + cues, per frame) and of the scripted teacher. Target >= 100k frames/s.
 Writes benchmarks/results/annotate.json.
 """
@@ -16,6 +16,7 @@ Writes benchmarks/results/annotate.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 import warnings
@@ -31,6 +32,7 @@ from vla_distill.annotate.phases import PhaseConfig, label_phases
 from vla_distill.types import PHASES_4, PHASES_9, to_phase4
 from vla_distill.annotate.episode import episode_kinematics
 from vla_distill.data.dataset import RobotDataset
+from vla_distill.eval import stats
 
 SHIFT = 24
 
@@ -49,12 +51,18 @@ def get_dataset(args) -> Path:
     return root
 
 
-def inject_phase_error(labels: np.ndarray, rng) -> np.ndarray:
+PHASE_ERRORS = ("later", "earlier", "swap")
+
+
+def inject_phase_error(labels: np.ndarray, rng, kind: str | None = None) -> np.ndarray:
+    """One of the seed's phase mislabelings: a boundary moved SHIFT frames later or earlier, or two adjacent phase
+    segments swapped (a random kind unless `kind` names one)."""
+    kind = kind or PHASE_ERRORS[int(rng.integers(3)) if rng.random() < 0.5 else 2]
     runs = np.flatnonzero(np.diff(labels)) + 1
     out = labels.copy()
-    if rng.random() < 0.5 and len(runs):  # shift one boundary later or earlier
+    if kind != "swap" and len(runs):
         b = int(rng.choice(runs))
-        if rng.random() < 0.5:
+        if kind == "later":
             out[b : b + SHIFT] = labels[b - 1]
         else:
             out[max(b - SHIFT, 0) : b] = labels[b]
@@ -83,6 +91,16 @@ def inject_cue_error(text: str, kin, s: int, e: int, rng) -> str:
     return f"moving the gripper {dirs.AXIS_WORDS[axis][sign]}"
 
 
+def wilson(k: int, n: int) -> list[float]:
+    """As fractions (eval.stats.wilson answers in percent)."""
+    return [x / 100 for x in stats.wilson(k, n)] if n else [0.0, 1.0]
+
+
+def precision(recall: float, false_alarm: float, rate: float) -> float:
+    caught = recall * rate
+    return caught / max(caught + false_alarm * (1 - rate), 1e-9)
+
+
 def _worst_confusion(c: np.ndarray) -> str:
     """The largest off-diagonal cell of a (ground truth x label) confusion matrix, as text."""
     off = c * (1 - np.eye(len(c), dtype=c.dtype))
@@ -105,7 +123,7 @@ def main() -> None:
     es = ds.column("observation.environment_state")
     rng = np.random.default_rng(args.seed)
     cue_cfg = dirs.DirectionConfig()
-    agree4, agree9, confusion = {}, {}, {}
+    agree4, agree9, confusion, agree_arms, truth_moved = {}, {}, {}, {}, {}
     kins, gts, tasks = [], [], []
     for e, ep in enumerate(ds.episodes):
         rows = ds.episode_rows(e)
@@ -114,22 +132,37 @@ def main() -> None:
         gt = ground_truth_phases(task, es[rows], kin)
         labels = label_phases(kin)
         agree4.setdefault(task, []).append(float((labels == gt).mean()))
+        if kin.contact is not None:  # the ground truth of the expert's arms alone, as before contact was recorded
+            arms_only = ground_truth_phases(task, es[rows], dataclasses.replace(kin, contact=None))
+            agree_arms.setdefault(task, []).append(float((labels == arms_only).mean()))
+            truth_moved.setdefault(task, []).append(float((arms_only != gt).mean()))
         np.add.at(confusion.setdefault(task, np.zeros((4, 4), np.int64)), (gt, labels), 1)
         p9 = label_phases(kin, PhaseConfig(taxonomy="9"))
         agree9.setdefault(task, []).append(float((to_phase4(p9, PHASES_9) == gt).mean()))
         kins.append(kin), gts.append(gt), tasks.append(task)
 
-    # -- audit on injected errors
+    # -- audit on injected errors. Phases: the audit judges each episode on its own, so recall and false alarms do not
+    # depend on the injection rate; every episode is audited clean and once with each kind of error (n = episodes
+    # per kind), and the rate enters only the precision a dataset with that share of bad episodes would see.
     ph_tp = ph_fn = ph_fp = ph_tn = 0
+    by_kind = {k: [0, 0] for k in PHASE_ERRORS}  # kind -> [caught, injected]
+    missed_tasks: dict[str, int] = {}
+    false_tasks: dict[str, int] = {}
     cue_tp = cue_fn = cue_fp = cue_tn = 0
     for kin, gt, task in zip(kins, gts, tasks):
-        corrupt_ep = rng.random() < args.rate
-        labels = inject_phase_error(gt, rng) if corrupt_ep else gt
-        flagged = bool(audit_phases(labels, kin))
-        ph_tp += corrupt_ep and flagged
-        ph_fn += corrupt_ep and not flagged
-        ph_fp += (not corrupt_ep) and flagged
-        ph_tn += (not corrupt_ep) and not flagged
+        clean_flag = bool(audit_phases(gt, kin))
+        ph_fp += clean_flag
+        ph_tn += not clean_flag
+        if clean_flag:
+            false_tasks[task] = false_tasks.get(task, 0) + 1
+        for kind in PHASE_ERRORS:
+            caught = bool(audit_phases(inject_phase_error(gt, rng, kind), kin))
+            by_kind[kind][0] += caught
+            by_kind[kind][1] += 1
+            ph_tp += caught
+            ph_fn += not caught
+            if not caught:
+                missed_tasks[task] = missed_tasks.get(task, 0) + 1
         noun = dirs.object_noun(ds.episodes[0].tasks[0])
         for s, t in dirs.windows(len(kin), cue_cfg):
             text = dirs.describe(kin, gt, int(s), int(t), noun, cue_cfg)
@@ -166,6 +199,9 @@ def main() -> None:
 
     per_task = {t: {"agreement_4": round(float(np.mean(agree4[t])), 4), "agreement_9_as_4": round(float(np.mean(agree9[t])), 4),
                     "episodes": len(agree4[t]), "confusion": confusion[t].tolist()} for t in agree4}
+    for t in agree_arms:
+        per_task[t] |= {"agreement_4_vs_arms_only": round(float(np.mean(agree_arms[t])), 4),
+                        "truth_changed_by_contact": round(float(np.mean(truth_moved[t])), 4)}
     result = {
         "frames": n, "episodes": ds.num_episodes, "per_task": per_task,
         "mean_agreement_4": round(float(np.mean([v["agreement_4"] for v in per_task.values()])), 4),
@@ -173,19 +209,35 @@ def main() -> None:
         "audit": {
             "rate": args.rate,
             "phase": {"recall": ph_tp / max(ph_tp + ph_fn, 1), "false_alarm": ph_fp / max(ph_fp + ph_tn, 1),
-                      "injected": ph_tp + ph_fn, "clean": ph_fp + ph_tn},
+                      "recall_ci95": wilson(ph_tp, ph_tp + ph_fn), "false_alarm_ci95": wilson(ph_fp, ph_fp + ph_tn),
+                      "injected": ph_tp + ph_fn, "clean": ph_fp + ph_tn,
+                      "recall_by_kind": {k: c / max(n, 1) for k, (c, n) in by_kind.items()},
+                      "precision_at_rate": precision(ph_tp / max(ph_tp + ph_fn, 1), ph_fp / max(ph_fp + ph_tn, 1), args.rate),
+                      "missed_by_task": missed_tasks, "false_alarms_by_task": false_tasks,
+                      "reference": "kinematic labeller with recorded contact" if kins and kins[0].contact is not None
+                                   else "kinematic labeller (no contact recorded)"},
             "cue": {"recall": cue_tp / max(cue_tp + cue_fn, 1), "false_alarm": cue_fp / max(cue_fp + cue_tn, 1),
                     "injected": cue_tp + cue_fn, "clean": cue_fp + cue_tn},
         },
         "kinematic_frames_per_s": round(kin_fps), "scripted_teacher_frames_per_s": round(teacher_fps),
     }
-    print(f"{'task':28s} {'4-phase':>8s} {'9 as 4':>8s}  most frequent disagreement (ground truth -> label: frames)")
+    arms = "agreement_4_vs_arms_only"
+    if agree_arms:
+        result["mean_agreement_4_vs_arms_only"] = round(float(np.mean([v[arms] for v in per_task.values()])), 4)
+    print(f"{'task':28s} {'4-phase':>8s} {'9 as 4':>8s} {'arms only':>9s}  most frequent disagreement (ground truth -> label: frames)")
     for t, v in per_task.items():
-        print(f"{t:28s} {v['agreement_4']:8.3f} {v['agreement_9_as_4']:8.3f}  {_worst_confusion(confusion[t])}")
-    print(f"{'mean':28s} {result['mean_agreement_4']:8.3f} {result['mean_agreement_9_as_4']:8.3f}")
+        print(f"{t:28s} {v['agreement_4']:8.3f} {v['agreement_9_as_4']:8.3f} {v.get(arms, float('nan')):9.3f}  "
+              f"{_worst_confusion(confusion[t])}")
+    print(f"{'mean':28s} {result['mean_agreement_4']:8.3f} {result['mean_agreement_9_as_4']:8.3f} "
+          f"{result.get('mean_agreement_4_vs_arms_only', float('nan')):9.3f}")
+    print(f"tasks >= 0.95: {sum(v['agreement_4'] >= 0.95 for v in per_task.values())} of {len(per_task)}")
     a = result["audit"]
-    print(f"audit phases: recall {a['phase']['recall']:.3f} ({a['phase']['injected']} injected), "
-          f"false alarms {a['phase']['false_alarm']:.3f} ({a['phase']['clean']} clean episodes)")
+    ci = lambda x: f"{100 * x[0]:.1f}–{100 * x[1]:.1f}%"  # noqa: E731
+    print(f"audit phases: recall {a['phase']['recall']:.3f} ({ci(a['phase']['recall_ci95'])}, {a['phase']['injected']} "
+          f"injected), false alarms {a['phase']['false_alarm']:.3f} ({ci(a['phase']['false_alarm_ci95'])}, "
+          f"{a['phase']['clean']} clean episodes); precision at {args.rate:.0%} bad episodes "
+          f"{a['phase']['precision_at_rate']:.3f}; reference: {a['phase']['reference']}")
+    print(f"  recall by kind {a['phase']['recall_by_kind']}; missed {missed_tasks}; false alarms {false_tasks}")
     print(f"audit cues:   recall {a['cue']['recall']:.3f} ({a['cue']['injected']} injected), "
           f"false alarms {a['cue']['false_alarm']:.3f} ({a['cue']['clean']} clean windows)")
     print(f"kinematic path {kin_fps:,.0f} frames/s; scripted teacher {teacher_fps:,.0f} frames/s")

@@ -30,6 +30,7 @@ import numpy as np
 OBS_PREFIX = "observation."
 OBS_STATE = "observation.state"
 OBS_ENV_STATE = "observation.environment_state"
+OBS_CONTACT = "observation.contact"  # (1,) 1.0 while the gripper touches a movable object (simulators that know)
 OBS_IMAGES = "observation.images"
 ACTION = "action"
 TASK = "task"

@@ -31,7 +31,7 @@ from vla_distill.annotate.phases import PhaseConfig, label_phases
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.errors import ConfigError
 from vla_distill.sim.kinematics import Kinematics, kinematics
-from vla_distill.types import ACTION, OBS_ENV_STATE, OBS_STATE, SUCCESS, TAXONOMIES
+from vla_distill.types import ACTION, OBS_CONTACT, OBS_ENV_STATE, OBS_STATE, SUCCESS, TAXONOMIES
 
 if TYPE_CHECKING:
     from vla_distill.annotate.annotate import AnnotateConfig
@@ -44,7 +44,8 @@ def episode_kinematics(ds: RobotDataset, rows: np.ndarray) -> Kinematics:
     """The kinematics of a dataset's rows (one episode), decoded by its simulator's state layout (sim.kinematics)."""
     success = ds.column(SUCCESS)[rows].astype(bool) if SUCCESS in ds.features else None
     env = ds.column(OBS_ENV_STATE)[rows] if OBS_ENV_STATE in ds.features else None
-    return kinematics(ds.column(OBS_STATE)[rows], env, success, ds.fps)
+    contact = ds.column(OBS_CONTACT)[rows].reshape(-1) > 0.5 if OBS_CONTACT in ds.features else None
+    return kinematics(ds.column(OBS_STATE)[rows], env, success, ds.fps, contact)
 
 
 # ---------------------------------------------------------------- teacher answers, journaled

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vla_distill.sim.kinematics import Kinematics, gripper_rate, rate, speed
+from vla_distill.sim.kinematics import Kinematics, gripper_rate, rate, speed, sustained
 from vla_distill.types import PHASES_9, TAXONOMIES
 
 
@@ -25,6 +25,7 @@ class PhaseConfig:
     moving_speed: float = 0.05  # m/s, object speed above which it is being moved
     moving_frames: int = 4  # consecutive frames of object motion that start transport (a brushed object jiggles)
     contact_radius: float = 0.15  # m, object motion farther than this from the gripper is settling, not manipulation
+    contact_frames: int = 5  # with recorded contact: object motion this many frames after the last touch is still the hand's
     still_speed: float = 0.01  # m/s, end-effector speed below which it is idle / holding
     min_frames: int = 2  # a phase shorter than this is merged into its neighbours
     push_alignment: float = 0.5  # cosine between hand velocity and object->goal above which a close-in is a push
@@ -52,7 +53,9 @@ def _signals(kin: Kinematics, cfg: PhaseConfig) -> dict[str, np.ndarray]:
     if kin.obj is not None:
         dist = np.linalg.norm(kin.ee - kin.obj, axis=1)
         near = dist < cfg.grasp_radius
-        obj_moving = (speed(kin.obj, kin.fps) > cfg.moving_speed) & (dist < cfg.contact_radius)
+        # Recorded contact says who moves the object; without it, nearness stands in for touch.
+        touching = _recent(kin.contact, cfg.contact_frames) if kin.contact is not None else dist < cfg.contact_radius
+        obj_moving = (speed(kin.obj, kin.fps) > cfg.moving_speed) & touching
     else:  # without object state, a close is taken as a grasp and any closed-gripper motion as transport
         near = np.ones(n, bool)
         obj_moving = (kin.gripper < kin.gripper[:1] - 0.1) & (speed(kin.ee, kin.fps) > cfg.moving_speed)
@@ -68,9 +71,11 @@ def _label_4(kin: Kinematics, cfg: PhaseConfig) -> np.ndarray:
     phase = np.full(len(kin), approach, np.int64)
     phase[s["closing"] & s["near"]] = grasp
     # Transport starts at the first sustained object motion and never goes back to approach.
-    moving = _sustained(s["obj_moving"], cfg.moving_frames)
+    moving = sustained(s["obj_moving"], cfg.moving_frames)
+    start = int(np.argmax(moving)) if moving.any() else len(kin)
+    _hold(phase, (gripper_rate(kin) > cfg.closing_rate) | ~s["near"], start)
     if moving.any():
-        start = _contact_onset(kin, int(np.argmax(moving)), phase, cfg)
+        start = _contact_onset(kin, start, phase, cfg)
         phase[start:] = np.where(phase[start:] == grasp, grasp, transport)
         # After transport started, the fingers closing again is a regrasp; that's a grasp only if the object stops.
         phase[start:][s["obj_moving"][start:]] = transport
@@ -78,21 +83,34 @@ def _label_4(kin: Kinematics, cfg: PhaseConfig) -> np.ndarray:
     return _merge_short(phase, cfg.min_frames)
 
 
-def _sustained(x: np.ndarray, k: int) -> np.ndarray:
-    """x[t] and the k - 1 frames after it all true."""
+def _hold(phase: np.ndarray, released: np.ndarray, end: int) -> None:
+    """In place: approach frames before `end` that follow a grasp, the fingers not opened nor the hand gone since
+    (`released`), are still the grasp: the fingers closed on the object and the hand waits before moving it."""
+    approach, grasp = 0, 1
+    p = phase[:end]
+    last = np.maximum.accumulate(np.where((p == grasp) | released[:end], np.arange(end), -1))
+    p[(last >= 0) & (p[np.maximum(last, 0)] == grasp) & (p == approach)] = grasp
+
+
+def _recent(x: np.ndarray, k: int) -> np.ndarray:
+    """x true at t or in the k - 1 frames before it."""
     out = x.copy()
     for i in range(1, k):
-        out[: len(x) - i] &= x[i:]
-        out[len(x) - i :] = False
+        out[i:] |= x[:-i]
     return out
 
 
 def _contact_onset(kin: Kinematics, start: int, phase: np.ndarray, cfg: PhaseConfig) -> int:
-    """Walk the transport start back over the close-in that already pushes toward the goal.
+    """Walk the transport start back over the close-in that already pushes toward the goal (or, where contact is
+    recorded, over the touch before the object gave).
 
     A pushing hand (door, drawer, button) moves along object->goal for several frames before the object gives;
     that close-in is the push, not the approach. Needs object and goal state; grasps are never walked over.
     """
+    if kin.contact is not None:  # the push began at the touch that set the object moving
+        while start > 0 and phase[start - 1] == 0 and kin.contact[start - 1]:
+            start -= 1
+        return start
     if kin.obj is None or kin.goal is None:
         return start
     vel = rate(kin.ee.astype(np.float64), kin.fps)

@@ -31,7 +31,7 @@ from vla_distill.errors import ConfigError
 from vla_distill.sim.metaworld import ACTION_NAMES, FPS, STATE_NAMES, MetaWorldEnv, expert_action, expert_policy
 from vla_distill.sim.metaworld_tasks import INSTRUCTIONS, difficulty_of
 from vla_distill.sim.workers import worker_pool
-from vla_distill.types import ACTION, DONE, OBS_ENV_STATE, OBS_STATE, REWARD, SUCCESS
+from vla_distill.types import ACTION, DONE, OBS_CONTACT, OBS_ENV_STATE, OBS_STATE, REWARD, SUCCESS
 
 PARTIAL = ".partial"
 BUILDING = ".building"
@@ -58,6 +58,7 @@ def dataset_features(cfg: CollectConfig) -> dict[str, dict]:
         **cams,
         OBS_STATE: {"dtype": "float32", "shape": [4], "names": STATE_NAMES},
         OBS_ENV_STATE: {"dtype": "float32", "shape": [39], "names": None},
+        OBS_CONTACT: {"dtype": "float32", "shape": [1], "names": ["gripper_object_contact"]},
         ACTION: {"dtype": "float32", "shape": [4], "names": ACTION_NAMES},
         REWARD: {"dtype": "float32", "shape": [1], "names": None},
         SUCCESS: {"dtype": "bool", "shape": [1], "names": None},

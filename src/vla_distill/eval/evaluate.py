@@ -157,7 +157,7 @@ def _reference_phases(cfg: EvalConfig, task: str, res, names: tuple[str, ...]) -
     the rollout."""
     out: dict[str, np.ndarray] = {}
     try:
-        kin = kinematics(res.state, res.env_state, res.success, cfg.sim.fps)
+        kin = kinematics(res.state, res.env_state, res.success, cfg.sim.fps, res.contact)
     except DatasetError:  # a state layout without known kinematics: no reference timeline
         return out
     taxonomy = "9" if len(names) == 9 else "4"

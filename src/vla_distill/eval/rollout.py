@@ -8,6 +8,7 @@ through the one chunk scheduler (models.chunking).
 Per-step arrays of an EpisodeResult (T steps run):
   state      (T, S) float32      observation.state seen before each action
   env_state  (T, S_env) float32|None observation.environment_state (MetaWorld: 39-d), for reference phases
+  contact    (T,)   bool|None    observation.contact, where the simulator records it (reference phases)
   actions    (T, D) float32      what was sent to the simulator
   success    (T,)   bool         info["success"] after each action
   reward     (T,)   float32
@@ -24,13 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vla_distill.types import OBS_ENV_STATE, OBS_STATE
+from vla_distill.types import OBS_CONTACT, OBS_ENV_STATE, OBS_STATE
 
 
 @dataclass
 class EpisodeResult:
     state: np.ndarray
     env_state: np.ndarray | None
+    contact: np.ndarray | None  # (T,) bool, where the simulator records it (observation.contact)
     actions: np.ndarray
     success: np.ndarray
     reward: np.ndarray
@@ -60,7 +62,7 @@ def run_episode(env, actor, task_name: str, seed: int, max_steps: int, steps_aft
                 video_key: str | None = None, phase_names: tuple[str, ...] = ()) -> EpisodeResult:
     actor.reset(task_name, env.instruction, seed)
     obs = env.reset(seed)
-    cols: dict[str, list] = {k: [] for k in ("state", "env", "action", "success", "reward", "phase", "dir", "dir_t", "lat", "frames")}
+    cols: dict[str, list] = {k: [] for k in ("state", "env", "contact", "action", "success", "reward", "phase", "dir", "dir_t", "lat", "frames")}
     phase, first = -1, None
     for t in range(max_steps):
         step = actor.act(obs)
@@ -74,6 +76,8 @@ def run_episode(env, actor, task_name: str, seed: int, max_steps: int, steps_aft
         cols["state"].append(obs[OBS_STATE])
         if OBS_ENV_STATE in obs:
             cols["env"].append(obs[OBS_ENV_STATE])
+        if OBS_CONTACT in obs:
+            cols["contact"].append(obs[OBS_CONTACT][0] > 0.5)
         if video_key is not None:
             name = phase_names[phase] if 0 <= phase < len(phase_names) else ("-" if phase < 0 else str(phase))
             cols["frames"].append(overlay(obs[video_key], t, name, first is not None))
@@ -90,6 +94,7 @@ def run_episode(env, actor, task_name: str, seed: int, max_steps: int, steps_aft
     return EpisodeResult(
         state=np.stack(cols["state"]).astype(np.float32),
         env_state=np.stack(cols["env"]).astype(np.float32) if cols["env"] else None,
+        contact=np.array(cols["contact"], bool) if cols["contact"] else None,
         actions=np.stack(cols["action"]), success=np.array(cols["success"], bool),
         reward=np.array(cols["reward"], np.float32), phase=np.array(cols["phase"], np.int64),
         directions=np.stack(cols["dir"]) if cols["dir"] else np.zeros((0, e_dim), np.float16),

@@ -10,6 +10,7 @@ Layouts understood (first match wins):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,7 +26,8 @@ class Kinematics:
 
     ee: (T, 3) end-effector position; gripper: (T,) opening, larger = more open; obj: (T, 3) position of the
     manipulated object, or None where the dataset has no object state; goal: (T, 3) or None;
-    success: (T,) bool or None; fps: frames per second.
+    success: (T,) bool or None; fps: frames per second; contact: (T,) bool, the gripper touching a movable object,
+    or None where the dataset does not record it (observation.contact; simulators only).
     """
 
     ee: np.ndarray
@@ -34,6 +36,7 @@ class Kinematics:
     obj: np.ndarray | None = None
     goal: np.ndarray | None = None
     success: np.ndarray | None = None
+    contact: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ee)
@@ -49,6 +52,15 @@ def rate(x: np.ndarray, fps: float) -> np.ndarray:
 def speed(x: np.ndarray, fps: float) -> np.ndarray:
     """(T, 3) positions -> (T,) speed in units per second."""
     return np.linalg.norm(rate(x.astype(np.float64), fps), axis=1)
+
+
+def sustained(x: np.ndarray, k: int) -> np.ndarray:
+    """(T,) bool -> x[t] and the k - 1 frames after it all true."""
+    out = x.copy()
+    for i in range(1, k):
+        out[: len(x) - i] &= x[i:]
+        out[len(x) - i :] = False
+    return out
 
 
 def gripper_rate(kin: Kinematics) -> np.ndarray:
@@ -76,12 +88,15 @@ LAYOUTS = (
 )
 
 
-def kinematics(state: np.ndarray, env: np.ndarray | None, success: np.ndarray | None, fps: float) -> Kinematics:
-    """state (T, S), env (T, S_env) or None, success (T,) or None -> Kinematics, by the first layout that matches."""
+def kinematics(state: np.ndarray, env: np.ndarray | None, success: np.ndarray | None, fps: float,
+               contact: np.ndarray | None = None) -> Kinematics:
+    """state (T, S), env (T, S_env) or None, success (T,) or None, contact (T,) bool or None -> Kinematics, by the
+    first layout that matches."""
     state = np.asarray(state, np.float64)
     env = None if env is None else np.asarray(env, np.float64)
     for layout in LAYOUTS:
         if layout.matches(state.shape[1], None if env is None else env.shape[1]):
-            return layout.decode(state, env, success, fps)
+            kin = layout.decode(state, env, success, fps)
+            return kin if contact is None else dataclasses.replace(kin, contact=np.asarray(contact, bool))
     raise DatasetError(f"unknown state layout of {state.shape[1]} values: kinematic phases and cues support MetaWorld "
                        "(4 + 39-d environment state) and LIBERO (8); use --phases vlm --directions vlm", field=OBS_STATE)

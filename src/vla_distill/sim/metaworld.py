@@ -4,6 +4,8 @@ Observation dict (one step):
   "observation.images.<cam>"      (H, W, 3) uint8     cameras from CameraConfig (corner2 rotated 180 degrees)
   "observation.state"             (4,) float32        hand xyz + gripper opening (proprioception only)
   "observation.environment_state" (39,) float32       the full MetaWorld observation (objects, goal)
+  "observation.contact"           (1,) float32        1.0 while the gripper touches a movable body other than the
+                                                      robot (what the phase ground truth and the audit read)
 Action: (4,) float32 in [-1, 1], xyz end-effector delta + gripper effort.
 """
 
@@ -21,7 +23,7 @@ import numpy as np  # noqa: E402
 
 from vla_distill.errors import ConfigError  # noqa: E402
 from vla_distill.sim.metaworld_tasks import FPS, INSTRUCTIONS, MAX_STEPS  # noqa: E402, F401  (FPS: collect's)
-from vla_distill.types import OBS_ENV_STATE, OBS_STATE, camera_key  # noqa: E402
+from vla_distill.types import OBS_CONTACT, OBS_ENV_STATE, OBS_STATE, camera_key  # noqa: E402
 
 STATE_NAMES = ["hand_x", "hand_y", "hand_z", "gripper_opening"]
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
@@ -31,6 +33,8 @@ CAMERAS = {"corner2": "corner2", "gripper": "gripperPOV", "corner": "corner", "c
 CORNER2_POS = (0.75, 0.075, 0.7)
 # The corner cameras' frames come out upside down: rotate 180 degrees.
 _FLIPPED = {"corner", "corner2", "corner3", "corner4"}
+# The Sawyer's gripper: the bodies whose touch counts as contact (the arm's links brushing a door do not).
+GRIPPER_BODIES = ("right_hand", "hand", "rightclaw", "leftclaw", "rightpad", "leftpad")
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class MetaWorldEnv:
         self._renderer = mujoco.Renderer(model, cameras.height, cameras.width)
         # Close the GL context at interpreter exit at the latest, while EGL is still loaded.
         self._close_renderer = weakref.finalize(self, self._renderer.close)
+        self._gripper, self._movable = contact_bodies(model)
         self._obs: np.ndarray | None = None
 
     def reset(self, seed: int) -> dict[str, np.ndarray]:
@@ -117,7 +122,17 @@ class MetaWorldEnv:
         out = {camera_key(n): self.render(n) for n in self.cameras.names}
         out[OBS_STATE] = obs[:4].astype(np.float32)
         out[OBS_ENV_STATE] = obs.astype(np.float32)
+        out[OBS_CONTACT] = np.array([self.in_contact()], np.float32)
         return out
+
+    def in_contact(self) -> bool:
+        """Whether a gripper body touches a movable body that is not the robot's, in the current state."""
+        d = self.env.data
+        if d.ncon == 0:
+            return False
+        bodies = self.env.model.geom_bodyid
+        b1, b2 = bodies[d.contact.geom1[: d.ncon]], bodies[d.contact.geom2[: d.ncon]]
+        return bool(((self._gripper[b1] & self._movable[b2]) | (self._gripper[b2] & self._movable[b1])).any())
 
     def close(self) -> None:
         # Free the GL context now: a renderer garbage-collected after a newer one exists blanks every later frame.
@@ -130,6 +145,24 @@ class MetaWorldEnv:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def contact_bodies(model) -> tuple[np.ndarray, np.ndarray]:
+    """(nbody,) bool masks: the gripper's bodies, and the bodies that can move (a joint on their chain to the world)
+    and are not the robot's. The table, walls and shelves are welded to the world; the objects, doors, buttons and
+    levers the tasks manipulate all hang on a joint."""
+    names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_BODY, i) for i in range(model.nbody)]
+    gripper = np.isin(names, GRIPPER_BODIES)
+    root = np.arange(model.nbody)
+    movable = model.body_dofnum > 0
+    for b in range(1, model.nbody):  # parents come before children in MuJoCo's body order
+        parent = model.body_parentid[b]
+        root[b] = b if parent == 0 else root[parent]
+        movable[b] |= parent > 0 and movable[parent]
+    robot = root == root[names.index("right_hand")]
+    movable &= ~robot
+    movable[0] = False
+    return gripper, movable
 
 
 def expert_policy(task: str):

@@ -10,6 +10,11 @@ expert was doing. ARM_ROLES maps each arm, in source order, to a role read off t
 Phases then follow: approach arms become `grasp` while the expert commands the fingers closed near the object and
 they are still closing, and every frame from the first recorded success on is `release` (the experts never open the
 gripper: the task is done and the episode ends a few frames later).
+
+Where the dataset records contact (observation.contact), the arms' intent is checked against what happened: an
+operate arm whose hand has not touched anything yet is still an approach (door-close switches to its push target
+10 cm before the door), and an approach arm whose hand already moves the object is transport (lever-pull and
+soccer re-aim at an object that is already moving in their hand).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from vla_distill.sim.kinematics import Kinematics, gripper_rate
+from vla_distill.sim.kinematics import Kinematics, gripper_rate, speed, sustained
 from vla_distill.sim.metaworld import expert_policy
 from vla_distill.types import PHASES_4
 
@@ -42,6 +47,8 @@ ARM_ROLES: dict[str, str] = {
     "window-close-v3": "AAT", "window-open-v3": "AAT",
 }
 GRASP_RADIUS = 0.08  # m: a close command farther than this from the object is not a grasp (door-open closes at start)
+MOVING_SPEED = 0.05  # m/s: the object is being moved above this speed ...
+MOVING_FRAMES = 4  # ... for this many frames in a row (a brushed object jiggles for one or two)
 
 
 @lru_cache(maxsize=None)
@@ -100,10 +107,34 @@ def ground_truth_phases(task: str, env_state: np.ndarray, kin: Kinematics) -> np
     phase = np.where(roles == "T", PHASES_4.index("transport"), PHASES_4.index("approach"))
     near = np.linalg.norm(kin.ee - kin.obj, axis=1) < GRASP_RADIUS if kin.obj is not None else np.zeros(len(arms), bool)
     closing = (efforts > 0) & (gripper_rate(kin) < 0) & near
-    phase[(roles == "G") | ((roles == "A") & closing)] = PHASES_4.index("grasp")
+    grasp = PHASES_4.index("grasp")
+    phase[(roles == "G") | ((roles == "A") & closing)] = grasp
+    # An approach arm still commanding the fingers shut after they closed near the object is waiting on its grasp.
+    holding = (roles == "A") & (efforts > 0) & near & np.maximum.accumulate(phase == grasp)
+    phase[holding] = grasp
+    if kin.contact is not None and kin.obj is not None:
+        phase = _checked_by_contact(phase, kin, closing)
     # Once the expert has started transporting, a brief return to an earlier arm is still transport.
     started = np.maximum.accumulate(phase == PHASES_4.index("transport"))
     phase[started] = PHASES_4.index("transport")
     if kin.success is not None and kin.success.any():
         phase[int(np.argmax(kin.success)):] = PHASES_4.index("release")
     return phase
+
+
+def _checked_by_contact(phase: np.ndarray, kin: Kinematics, closing: np.ndarray) -> np.ndarray:
+    """The arms' phases corrected by recorded contact: transport frames before the first touch of their run become
+    approach (grasp while the fingers close); approach or holding frames that touch an object moving for
+    MOVING_FRAMES in a row, the fingers not closing (a squeeze shifts the object), become transport."""
+    approach, grasp, transport = (PHASES_4.index(p) for p in ("approach", "grasp", "transport"))
+    out = phase.copy()
+    t = phase == transport
+    starts = np.flatnonzero(t & ~np.r_[False, t[:-1]])
+    ends = np.flatnonzero(t & ~np.r_[t[1:], False]) + 1
+    for s, e in zip(starts, ends):
+        touched = np.flatnonzero(kin.contact[s:e])
+        before = slice(s, s + (touched[0] if len(touched) else e - s))
+        out[before] = np.where(closing[before], grasp, approach)
+    moved = sustained(speed(kin.obj, kin.fps) > MOVING_SPEED, MOVING_FRAMES)
+    out[((phase == approach) | (phase == grasp) & ~closing) & kin.contact & moved] = transport
+    return out
