@@ -125,7 +125,8 @@ def test_contact_is_the_gripper_on_a_movable_object():
         env.close()
 
 
-@pytest.mark.parametrize("task", ["door-close-v3", "lever-pull-v3", "soccer-v3", "button-press-v3"])
+@pytest.mark.parametrize("task", ["door-close-v3", "lever-pull-v3"] + [pytest.param(t, marks=pytest.mark.slow)
+                                                                   for t in ("soccer-v3", "button-press-v3")])
 def test_contact_makes_ground_truth_and_labels_agree(task):
     """The four kinds of disagreement contact settles: an operate arm chosen 10 cm before the door (door-close) or
     the button (button-press) is still an approach until the hand touches; an approach arm re-aiming at a lever or a

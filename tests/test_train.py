@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import popen_interruptible
@@ -87,6 +88,7 @@ def test_resume_matches_an_uninterrupted_run(annotated, tmp_path):
     np.testing.assert_allclose([r["grad_norm"] for r in b], [r["grad_norm"] for r in a], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_kill_9_loses_only_steps_since_the_last_checkpoint(annotated, tmp_path):
     run = tmp_path / "run"
     args = [*CLI, "train", "--dataset", str(annotated), "--out", str(run), "--steps", "400", "--batch-size", "8",
@@ -159,6 +161,7 @@ def test_dataset_actions_train_and_a_rerun_with_other_settings_is_refused(metawo
     assert "other settings" in r.stderr and str(run) in r.stderr and "new --out" in r.stderr
 
 
+@pytest.mark.slow
 def test_a_run_without_a_complete_checkpoint_starts_over(annotated, tmp_path):
     """kill -9 (or a full disk) while the first checkpoint was written leaves its step directory half-written and no
     `last`: the same command starts over, removing what the attempt left, and ends as an uninterrupted run."""

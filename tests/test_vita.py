@@ -91,6 +91,7 @@ def test_a_tiny_acting_vlm_runs_through_the_evaluator(expert, tmp_path):
     assert info["policy"]["image_keys"] == list(expert.config.image_keys) and info["policy"]["latency_ms_p50"] > 0
 
 
+@pytest.mark.slow
 def test_vita_train_cli_runs_both_stages_and_resumes(tiny_student, annotated, tmp_path):
     import json
     import subprocess
