@@ -54,10 +54,9 @@ def get_dataset(args) -> Path:
 PHASE_ERRORS = ("later", "earlier", "swap")
 
 
-def inject_phase_error(labels: np.ndarray, rng, kind: str | None = None) -> np.ndarray:
-    """One of the seed's phase mislabelings: a boundary moved SHIFT frames later or earlier, or two adjacent phase
-    segments swapped (a random kind unless `kind` names one)."""
-    kind = kind or PHASE_ERRORS[int(rng.integers(3)) if rng.random() < 0.5 else 2]
+def inject_phase_error(labels: np.ndarray, rng, kind: str) -> np.ndarray:
+    """One of the seed's phase mislabelings (`kind` in PHASE_ERRORS): a boundary moved SHIFT frames later or
+    earlier, or two adjacent phase segments swapped; rng picks which boundary or pair."""
     runs = np.flatnonzero(np.diff(labels)) + 1
     out = labels.copy()
     if kind != "swap" and len(runs):

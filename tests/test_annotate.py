@@ -79,26 +79,15 @@ def test_no_expert_starts_an_episode_in_a_transport_arm(task):
 
 
 def _expert_rollout(task: str, seed: int = 0):
-    """One scripted-expert episode straight from the simulator: (39-d states, Kinematics with recorded contact)."""
+    """One scripted-expert episode as collect records it: (39-d states, Kinematics with recorded contact)."""
+    from vla_distill.collect.collect import rollout
     from vla_distill.sim.kinematics import kinematics
-    from vla_distill.sim.metaworld import CameraConfig, MetaWorldEnv, expert_action, expert_policy
-    from vla_distill.types import OBS_CONTACT, OBS_ENV_STATE, OBS_STATE
+    from vla_distill.sim.metaworld import FPS, CameraConfig, MetaWorldEnv
+    from vla_distill.types import OBS_CONTACT, OBS_ENV_STATE, OBS_STATE, SUCCESS
 
-    env = MetaWorldEnv(task, CameraConfig(names=("corner2",), height=16, width=16))
-    try:
-        obs, expert, rows = env.reset(seed), expert_policy(task), []
-        for _ in range(env.max_steps):  # as collect: until 10 frames after the first success
-            action = expert_action(expert, env.raw_obs)
-            rows.append(obs)
-            obs, _, success = env.step(action)
-            rows[-1] = {**rows[-1], "success": success}
-            if sum(r["success"] for r in rows) > 10:
-                break
-    finally:
-        env.close()
-    col = lambda k: np.stack([r[k] for r in rows])  # noqa: E731
-    kin = kinematics(col(OBS_STATE), col(OBS_ENV_STATE), col("success"), 80.0, col(OBS_CONTACT)[:, 0] > 0.5)
-    return col(OBS_ENV_STATE), kin
+    with MetaWorldEnv(task, CameraConfig(names=("corner2",), height=16, width=16)) as env:
+        f, _ = rollout(env, seed, steps_after_success=10)
+    return f[OBS_ENV_STATE], kinematics(f[OBS_STATE], f[OBS_ENV_STATE], f[SUCCESS], FPS, f[OBS_CONTACT][:, 0] > 0.5)
 
 
 def test_contact_is_the_gripper_on_a_movable_object():

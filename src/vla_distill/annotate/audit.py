@@ -21,13 +21,13 @@ import pyarrow.parquet as pq
 
 from vla_distill.annotate.directions import DirectionConfig, cue_direction, window_motion
 from vla_distill.annotate.episode import episode_kinematics
-from vla_distill.annotate.phases import PhaseConfig, label_phases, runs
+from vla_distill.annotate.phases import PhaseConfig, label_phases
 from vla_distill.data.annotations import read_annotation, read_directions, read_phase_names
 from vla_distill.data.columns import add_columns
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.data.format import write_json_atomic
 from vla_distill.errors import DatasetError
-from vla_distill.sim.kinematics import Kinematics
+from vla_distill.sim.kinematics import Kinematics, runs
 from vla_distill.types import (ANNOTATION_PATH, AUDIT_PATH, AUDIT_REPORT_PATH, DIRECTION_INDEX, PHASE_INDEX, PHASES_4,
                                WINDOWS_PATH, to_phase4)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vla_distill.sim.kinematics import Kinematics, gripper_rate, rate, speed, sustained
+from vla_distill.sim.kinematics import Kinematics, gripper_rate, rate, runs, speed, sustained
 from vla_distill.types import PHASES_9, TAXONOMIES
 
 
@@ -145,14 +145,6 @@ def _refine_9(kin: Kinematics, phases4: np.ndarray, cfg: PhaseConfig) -> np.ndar
         out[carried & near_goal] = idx["placing"]
     out[phases4 == 3] = idx["completed"]
     return out
-
-
-def runs(x: np.ndarray) -> list[tuple[int, int, int]]:
-    """[(value, start, end)] of the constant runs of a label sequence."""
-    if len(x) == 0:
-        return []
-    cut = np.flatnonzero(np.diff(x)) + 1
-    return [(int(x[s]), int(s), int(e)) for s, e in zip(np.r_[0, cut], np.r_[cut, len(x)])]
 
 
 def _merge_short(phase: np.ndarray, min_frames: int) -> np.ndarray:

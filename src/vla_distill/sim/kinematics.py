@@ -63,6 +63,14 @@ def sustained(x: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def runs(x: np.ndarray) -> list[tuple[int, int, int]]:
+    """[(value, start, end)] of the constant runs of a label sequence."""
+    if len(x) == 0:
+        return []
+    cut = np.flatnonzero(np.diff(x)) + 1
+    return [(int(x[s]), int(s), int(e)) for s, e in zip(np.r_[0, cut], np.r_[cut, len(x)])]
+
+
 def gripper_rate(kin: Kinematics) -> np.ndarray:
     return rate(kin.gripper.astype(np.float64), kin.fps)
 

@@ -27,7 +27,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from vla_distill.sim.kinematics import Kinematics, gripper_rate, speed, sustained
+from vla_distill.sim.kinematics import Kinematics, gripper_rate, runs, speed, sustained
 from vla_distill.sim.metaworld import expert_policy
 from vla_distill.types import PHASES_4
 
@@ -128,10 +128,7 @@ def _checked_by_contact(phase: np.ndarray, kin: Kinematics, closing: np.ndarray)
     MOVING_FRAMES in a row, the fingers not closing (a squeeze shifts the object), become transport."""
     approach, grasp, transport = (PHASES_4.index(p) for p in ("approach", "grasp", "transport"))
     out = phase.copy()
-    t = phase == transport
-    starts = np.flatnonzero(t & ~np.r_[False, t[:-1]])
-    ends = np.flatnonzero(t & ~np.r_[t[1:], False]) + 1
-    for s, e in zip(starts, ends):
+    for s, e in ((s, e) for v, s, e in runs(phase) if v == transport):
         touched = np.flatnonzero(kin.contact[s:e])
         before = slice(s, s + (touched[0] if len(touched) else e - s))
         out[before] = np.where(closing[before], grasp, approach)
