@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -12,7 +13,8 @@ from vla_distill.data.arrow import to_arrow
 from vla_distill.data.columns import add_columns
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.data.video import encode_video
-from vla_distill.data.windows import WindowedDataset, deltas_from_timestamps, split_episodes
+from vla_distill.data.windows import (FrameCache, WindowedDataset, deltas_from_timestamps, frame_identity,
+                                     split_episodes)
 from vla_distill.errors import ConfigError, DatasetError
 from vla_distill.types import DEFAULT_FEATURES
 
@@ -135,3 +137,22 @@ def test_add_columns_without_reencoding_videos(fake_dataset, tmp_path):
     with pytest.raises(DatasetError, match="shape"):
         add_columns(root, {"action.teacher": teacher[:, :2]}, feats, out=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_copies_sharing_a_recordings_videos_share_its_frame_cache(fake_dataset, tmp_path):
+    """An annotated copy hard-links the recording's videos: decoded once for both. Frames kept in the data files,
+    a re-encoded video, or other spans of the same file get their own cache."""
+    root, episodes = fake_dataset
+    feats = {"phase_index": {"dtype": "int64", "shape": [1], "names": None}}
+    n = RobotDataset(root).num_frames
+    copy = add_columns(root, {"phase_index": np.zeros(n, np.int64)}, feats, out=tmp_path / "annotated")
+    cam, png = "observation.images.cam", "observation.images.png"
+    a, b = RobotDataset(root), RobotDataset(copy)
+    assert frame_identity(a, cam) == frame_identity(b, cam) and frame_identity(a, png) != frame_identity(b, png)
+    first = FrameCache(a, cam)
+    assert FrameCache(b, cam).path == first.path
+    np.testing.assert_array_equal(FrameCache(b, cam).frames, first.frames)
+    video = copy / "videos/observation.images.cam/chunk-000/file-000.mp4"
+    video.unlink()  # replaced by a copy: the same frames, a new file
+    shutil.copyfile(root / "videos/observation.images.cam/chunk-000/file-000.mp4", video)
+    assert frame_identity(RobotDataset(copy), cam) != frame_identity(a, cam)

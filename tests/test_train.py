@@ -201,11 +201,12 @@ def test_pretrained_encoder_trains_on_cached_features_and_ships_its_weights(anno
     cache = sorted((Path(os.environ["VLA_DISTILL_CACHE"]) / "frames").glob("*/*.efficientnet-lite0-s8.f16.npy"))
     ds = RobotDataset(annotated)
     assert len(cache) == len(ds.camera_keys)
+    cam = sorted(ds.camera_keys)[0]
+    cache = [p for p in cache if p.name.startswith(cam + ".")]
     feats = np.load(cache[0], mmap_mode="r")
     assert feats.shape == (ds.num_frames, 40, 8, 8) and np.isfinite(feats).all()  # 64 px at stride 8
     # The cache holds what the checkpoint's own trunk computes from the pixels of that frame.
     policy = load_pretrained(run).eval()
-    cam = sorted(ds.camera_keys)[0]
     pixels = torch.from_numpy(ds.frames(cam, np.array([5]))).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
         torch.testing.assert_close(policy.encoder.trunk(pixels), torch.from_numpy(np.asarray(feats[5:6], np.float32)),
@@ -251,3 +252,51 @@ def test_aux_state_needs_a_numeric_column(annotated, tmp_path):
     r = cli("--aux-state", cam)
     assert r.returncode == 2 and "numeric column" in r.stderr and cam in r.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_phase_consistent_gripper_is_one_command_per_gripper_state_switching_where_the_teacher_did():
+    from vla_distill.train.targets import phase_consistent_gripper
+
+    # approach (open, a toggling burst inside), the close commanded 2 frames before the fingers move (the labelled
+    # grasp), grasp + transport (shut, one toggle), then two frames with unknown phase
+    g = np.array([-1, -1, 1, -1, 1, -1, -1, -1, 1, 1] + [1, 1, 1, -1, 1, 1, 1, 1, 1, 1] + [0.3, -0.2], np.float32)
+    phases = np.array([0] * 10 + [1] * 2 + [2] * 8 + [-1] * 2)
+    actions = np.stack([np.full_like(g, 0.5), g], 1)
+    out = phase_consistent_gripper(actions, phases, [(0, 22)])
+    assert out[:8, 1].tolist() == [-1] * 8 and out[8:20, 1].tolist() == [1] * 12  # switched where the teacher did
+    assert out[20:, 1].tolist() == pytest.approx([0.3, -0.2])  # unknown phase: the teacher's own command
+    assert (out[:, 0] == 0.5).all() and actions[2, 1] == 1  # other dimensions and the input untouched
+    chunks = np.stack([actions, actions], 1)  # (N, K, D) teacher chunks: each chunk step alike
+    assert np.array_equal(phase_consistent_gripper(chunks, phases, [(0, 22)])[:, :, 1], np.stack([out[:, 1]] * 2, 1))
+    two = phase_consistent_gripper(actions, np.zeros(22, np.int64), [(0, 3), (3, 22)])  # stretches end with episodes
+    assert two[:3, 1].tolist() == [-1] * 3 and two[3:, 1].tolist() == [1] * 19
+
+
+def test_gripper_from_phases_trains_on_the_anchored_targets(metaworld_dataset, annotated, tmp_path):
+    """A clean teacher's commands pass through unchanged; a toggling one's are pulled back to what it meant, and the
+    run trains and normalizes on those."""
+    from vla_distill.data.columns import add_columns
+    from vla_distill.teachers.noisy import NoiseConfig, corrupt
+    from vla_distill.train.student import action_targets
+
+    ds = RobotDataset(annotated)
+    clean = np.asarray(ds.column("action.teacher"))
+    assert np.array_equal(action_targets(ds, small(annotated, tmp_path, gripper_from_phases=True), "action.teacher"), clean)
+    noise = NoiseConfig(std=0.1, toggle=0.1, burst=10, stale=0.0, seed=0)
+    noisy = np.concatenate([corrupt(clean[r][:, None], e, noise)[:, 0] for e, r in
+                            enumerate(map(ds.episode_rows, range(ds.num_episodes)))])
+    copy = add_columns(annotated, {"action.teacher": noisy}, {"action.teacher": ds.features["action.teacher"]},
+                       out=tmp_path / "noisy", overwrite=True)
+    cfg = small(copy, tmp_path / "g", gripper_from_phases=True, steps=2, save_every=2)
+    anchored = action_targets(RobotDataset(copy), cfg, "action.teacher")
+    assert np.array_equal(anchored[:, :3], noisy[:, :3])
+    assert np.abs(anchored[:, 3] - clean[:, 3]).mean() < 0.5 * np.abs(noisy[:, 3] - clean[:, 3]).mean()
+    train(cfg)
+    assert json.loads((tmp_path / "g" / "train_config.json").read_text())["gripper_from_phases"] is True
+    policy = load_pretrained(tmp_path / "g")
+    assert abs(policy.action_std.numpy()[3] - anchored[:, 3].std()) < abs(policy.action_std.numpy()[3] - noisy[:, 3].std())
+    r = subprocess.run([*CLI, "train", "--dataset", str(metaworld_dataset), "--out", str(tmp_path / "r"), "--target",
+                        "dataset", "--no-phase-loss", "--no-direction-loss", "--gripper-from-phases"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--gripper-from-phases" in r.stderr and "phase_index" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()

@@ -313,6 +313,9 @@ def _train_args(t: argparse.ArgumentParser) -> None:
            "observation.environment_state (object and goal positions): it teaches the vision where small targets "
            "are; nothing extra is needed at run time")
     _field(t, "--aux-state-weight", LossConfig, type=float)
+    t.add_argument("--gripper-from-phases", action="store_true", default=argparse.SUPPRESS,
+                   help="train the gripper (the last action dimension) on the median of the teacher's commands over "
+                        "each phase segment: phase labels filter a teacher's gripper toggling and jitter")
 
 
 def _train(args: argparse.Namespace) -> None:

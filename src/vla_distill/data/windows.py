@@ -79,23 +79,16 @@ def _alive(pid: int) -> bool:
 class FrameCache:
     """All frames of one camera as a (N, H, W, 3) uint8 memmap, decoded once and reused across runs.
 
-    The cache is keyed by the dataset's path and the size/mtime of its info.json and video files, so a changed
-    dataset never reads stale frames. It is written to a temporary name and renamed when complete."""
+    A video camera's cache is keyed by what decoding reads (frame_identity): the files and the spans of them each
+    episode plays, so the annotated, corrupted or audited copies of one recording, which hard-link its videos, share
+    one cache, and a changed file never reads stale frames. Frames stored in the data files are keyed by the
+    dataset's path and the size/mtime of its info.json. Written to a temporary name and renamed when complete."""
 
     def __init__(self, ds: RobotDataset, key: str, cache_dir: Path | None = None):
-        self.path = self._path(ds, key, cache_dir)
+        self.path = Path(cache_dir or cache_root()) / "frames" / frame_identity(ds, key) / f"{key}.npy"
         if not self.path.exists():
             self._build(ds, key)
         self.frames = np.load(self.path, mmap_mode="r")
-
-    @staticmethod
-    def _path(ds: RobotDataset, key: str, cache_dir: Path | None) -> Path:
-        base = Path(cache_dir or cache_root()) / "frames"
-        h = hashlib.sha1(str(ds.root.resolve()).encode())
-        for p in sorted({ds.root / INFO_PATH, *(span.path for ep in ds.episodes for span in ep.videos.values())}):
-            st = p.stat()
-            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-        return base / h.hexdigest()[:16] / f"{key}.npy"
 
     def _build(self, ds: RobotDataset, key: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +101,23 @@ class FrameCache:
         out.flush()
         del out
         os.replace(tmp, self.path)
+
+
+def frame_identity(ds: RobotDataset, key: str) -> str:
+    """16 hex digits naming the frames of camera `key` in row order: for a video camera each episode's length and
+    span (the file's device, inode, size and mtime, and the timestamps played); otherwise the dataset's path and
+    its info.json's size and mtime."""
+    h = hashlib.sha1(key.encode())
+    if ds.features[key]["dtype"] == "video":
+        for ep in ds.episodes:
+            span = ep.videos[key]
+            st = span.path.stat()
+            h.update(f"{ep.length}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:"
+                     f"{span.from_timestamp}:{span.to_timestamp};".encode())
+    else:
+        st = (ds.root / INFO_PATH).stat()
+        h.update(f"{ds.root.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
 
 
 class WindowedDataset(torch.utils.data.Dataset):
@@ -124,11 +134,18 @@ class WindowedDataset(torch.utils.data.Dataset):
         cache_dir: Path | None = None,
         use_cache: bool = True,
         row_arrays: dict[str, np.ndarray] | None = None,
+        columns: dict[str, np.ndarray] | None = None,
     ):
         """row_arrays: {name: (N, ...) array by dataset row}, e.g. a frozen encoder's features of every frame;
-        each item gets name: the current frame's row, as float32."""
+        each item gets name: the current frame's row, as float32. columns: {feature key: (N, ...) array by dataset
+        row} read instead of that column, windowed as the column would be (a target derived from it)."""
         self.ds = ds
         self.row_arrays = dict(row_arrays or {})
+        self.columns = dict(columns or {})
+        for key, values in self.columns.items():
+            if key not in ds.features or len(values) != ds.num_frames:
+                raise ConfigError(f"a replacement column needs the feature and one row per frame ({ds.num_frames})",
+                                  field=f"columns.{key}")
         self.deltas = {k: np.asarray(list(v), dtype=np.int64) for k, v in deltas.items()}
         for key in self.deltas:
             if key not in ds.features:
@@ -162,7 +179,8 @@ class WindowedDataset(torch.utils.data.Dataset):
             imgs = imgs[np.argsort(np.argsort(flat))]  # memmap fancy indexing is fastest in row order
             t = images_to_float(imgs)
             return t.reshape(*rows.shape, *t.shape[1:])
-        return torch.from_numpy(np.asarray(self.ds.column(key)[rows]))
+        column = self.columns[key] if key in self.columns else self.ds.column(key)
+        return torch.from_numpy(np.asarray(column[rows]))
 
     def batch(self, js: Sequence[int] | np.ndarray) -> dict:
         """Samples js stacked: {key: (B, T, ...) or (B, ...), key_is_pad: (B, T), "task": list[str], "task_index": (B,)}."""

@@ -78,6 +78,7 @@ class TrainConfig(RunConfig):
     feature_cache: bool = True  # a frozen pretrained encoder's features computed once per dataset frame
     feature_shift: int = 0  # random shift of cached features during training, in feature cells (0 = none)
     aux_state: str = ""  # a state column predicted in training only, e.g. observation.environment_state ("" = none)
+    gripper_from_phases: bool = False  # the gripper target is its median over each phase segment (train/targets.py)
 
     def __post_init__(self):
         preset_config(self.preset)  # raises with a did-you-mean on an unknown name

@@ -19,11 +19,12 @@ from vla_distill.models.vision import VisionConfig
 from vla_distill.train.config import TrainConfig
 from vla_distill.train.device import DeviceSetup, autocast, setup_device
 from vla_distill.train.feature_cache import cached_features
+from vla_distill.train.targets import phase_consistent_gripper
 from vla_distill.train.fit import (BatchStream, Job, effective_batch, fit, prepare_run, provenance, training_episodes,
                                    validation_batches)
 from vla_distill.train.views import Views, make_views, policy_batch
 from vla_distill.types import (ACTION, DIRECTION_INDEX, DIRECTIONS_PATH, OBS_PREFIX, PAD_SUFFIX, PHASE_INDEX, PHASES_4,
-                               feature_key)
+                               feature_key, to_phase4)
 
 
 def train(cfg: TrainConfig, resume: bool = False, overrides: tuple[str, ...] = ("steps",)) -> Path:
@@ -36,8 +37,9 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: tuple[str, ...] = (
     target = check_dataset(ds, cfg)
     train_eps, val_eps = training_episodes(ds, cfg)
     annotation = read_annotation(ds.root)
-    policy = build_policy(ds, cfg, target, train_eps, annotation).to(dev.device)
-    views = build_views(ds, cfg, target, train_eps, val_eps, policy)
+    targets = action_targets(ds, cfg, target)
+    policy = build_policy(ds, cfg, targets, train_eps, annotation).to(dev.device)
+    views = build_views(ds, cfg, target, train_eps, val_eps, policy, {target: targets})
     job = Job(policy=policy, params=[(n, p) for n, p in policy.named_parameters() if p.requires_grad],
               stream=BatchStream(views.train, cfg.batch_size, cfg.seed, dev.rank, dev.world, cfg.grad_accum),
               to_batch=lambda raw: policy_batch(raw, views), loss=lambda model, batch, gen: model(batch, cfg.loss, gen),
@@ -62,6 +64,9 @@ def check_dataset(ds: RobotDataset, cfg: TrainConfig) -> str:
     if cfg.loss.phase_weight > 0 and PHASE_INDEX not in ds.features:
         raise DatasetError(f"the phase loss needs column '{PHASE_INDEX}': annotate with --phases kinematic|vlm, "
                            "or turn the loss off with --phase-weight 0", path=ds.root, field=PHASE_INDEX)
+    if cfg.gripper_from_phases and PHASE_INDEX not in ds.features:
+        raise DatasetError(f"--gripper-from-phases needs column '{PHASE_INDEX}': annotate with --phases kinematic|vlm",
+                           path=ds.root, field=PHASE_INDEX)
     if cfg.loss.direction_weight > 0:
         if DIRECTION_INDEX not in ds.features or not (ds.root / DIRECTIONS_PATH).exists():
             raise DatasetError(f"the direction loss needs column '{DIRECTION_INDEX}' and {DIRECTIONS_PATH}: "
@@ -84,10 +89,21 @@ def cameras(ds: RobotDataset, cfg: TrainConfig) -> list[str]:
     return list(cfg.cameras or ds.camera_keys)
 
 
+def action_targets(ds: RobotDataset, cfg: TrainConfig, target: str) -> np.ndarray:
+    """(N, D) or (N, K_teacher, D): the target column's values by dataset row, with the gripper anchored to the phase
+    labels under --gripper-from-phases."""
+    values = np.asarray(ds.column(target))
+    if not cfg.gripper_from_phases:
+        return values
+    bounds = [(int(r[0]), int(r[-1]) + 1) for r in map(ds.episode_rows, range(ds.num_episodes)) if len(r)]
+    phases = to_phase4(np.asarray(ds.column(PHASE_INDEX)).reshape(-1), read_phase_names(ds.root) or ())
+    return phase_consistent_gripper(values, phases, bounds)
+
+
 def build_views(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list[int], val_eps: list[int],
-                policy: StudentPolicy) -> Views:
-    """The training views; a frozen pretrained encoder's trunk features come from the feature cache instead of the
-    pixels (cfg.feature_cache)."""
+                policy: StudentPolicy, columns: dict[str, np.ndarray]) -> Views:
+    """The training views (columns: target values replacing the dataset's, action_targets); a frozen pretrained
+    encoder's trunk features come from the feature cache instead of the pixels (cfg.feature_cache)."""
     if len(ds.features[target]["shape"]) == 2 and ds.features[target]["shape"][0] < cfg.horizon:
         raise ConfigError(f"the teacher answered {ds.features[target]['shape'][0]}-step chunks; --horizon "
                           f"{cfg.horizon} needs at least that many", field="horizon")
@@ -100,15 +116,16 @@ def build_views(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list
     cue_emb = None
     if (ds.root / DIRECTIONS_PATH).exists():  # check_dataset made sure it is there when the loss needs it
         cue_emb = torch.from_numpy(read_directions(ds.root)[1].copy())
-    return make_views(ds, keys, target, cfg.horizon, train_eps, val_eps, cue_emb, row_arrays)
+    return make_views(ds, keys, target, cfg.horizon, train_eps, val_eps, cue_emb, row_arrays, columns)
 
 
 # ---------------------------------------------------------------- the model
-def normalization(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list[int]) -> dict:
-    """Stats of the training split only (validation episodes never leak into normalization)."""
+def normalization(ds: RobotDataset, cfg: TrainConfig, targets: np.ndarray, train_eps: list[int]) -> dict:
+    """Stats of the training split only (validation episodes never leak into normalization); targets: the action
+    targets by dataset row (action_targets)."""
     rows = np.concatenate([ds.episode_rows(e) for e in train_eps])
     state = np.concatenate([_rows(ds, k, rows) for k in cfg.state_keys], 1)
-    act = np.asarray(ds.column(target)[rows], np.float64)
+    act = np.asarray(targets[rows], np.float64)
     act = act.reshape(-1, act.shape[-1])
     img = ds.episode_stats(train_eps)
     cams = cameras(ds, cfg)
@@ -142,7 +159,8 @@ def task_embeddings(ds: RobotDataset, text_encoder: str) -> np.ndarray:
     return TextEncoder(text_encoder).encode(list(ds.tasks))
 
 
-def build_policy(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list[int], annotation: dict) -> StudentPolicy:
+def build_policy(ds: RobotDataset, cfg: TrainConfig, targets: np.ndarray, train_eps: list[int],
+                 annotation: dict) -> StudentPolicy:
     text_encoder = annotation.get("config", {}).get("text_encoder", "")
     cams = cameras(ds, cfg)
     h, w = ds.features[cams[0]]["shape"][:2]
@@ -155,7 +173,7 @@ def build_policy(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: lis
         config = preset_config(
             cfg.preset, image_keys=tuple(cams), image_size=(h, w), depth_keys=tuple(cfg.depth_keys),
             state_keys=tuple(cfg.state_keys), state_dims=tuple(int(np.prod(ds.features[k]["shape"])) for k in cfg.state_keys),
-            action_dim=int(ds.features[target]["shape"][-1]), horizon=cfg.horizon, n_phases=len(phase_names),
+            action_dim=int(targets.shape[-1]), horizon=cfg.horizon, n_phases=len(phase_names),
             phase_names=phase_names,
             text_dim=int(emb.shape[1]), tasks=tuple(ds.tasks), text_encoder=text_encoder, vision=vision,
             feature_shift=cfg.feature_shift, aux_state_key=cfg.aux_state,
@@ -166,7 +184,7 @@ def build_policy(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: lis
     torch.manual_seed(cfg.seed)
     policy = StudentPolicy(config)
     policy.load_pretrained_vision()
-    policy.set_normalization(normalization(ds, cfg, target, train_eps), emb)
+    policy.set_normalization(normalization(ds, cfg, targets, train_eps), emb)
     return policy
 
 

@@ -26,14 +26,17 @@ class Views:
 
 
 def make_views(ds, keys: list[str], target: str, horizon: int, train_eps: list[int], val_eps: list[int],
-               cue_emb: torch.Tensor | None = None, row_arrays: dict | None = None) -> Views:
+               cue_emb: torch.Tensor | None = None, row_arrays: dict | None = None,
+               columns: dict | None = None) -> Views:
     """keys: the columns to read, the target among them. A target that holds single actions is windowed K frames
     ahead (padded past the episode's end); one that holds chunks is read as it is. row_arrays: per-frame arrays
-    (cached encoder features) passed through to WindowedDataset."""
+    (cached encoder features) passed through to WindowedDataset; columns: dataset columns replaced by derived values
+    (a derived action target), windowed like the column."""
     chunked = len(ds.features[target]["shape"]) == 2
     deltas = {} if chunked else {target: range(horizon)}
-    train = WindowedDataset(ds, deltas, episodes=train_eps, keys=keys, row_arrays=row_arrays)
-    val = WindowedDataset(ds, deltas, episodes=val_eps, keys=keys, row_arrays=row_arrays) if val_eps else None
+    kw = {"keys": keys, "row_arrays": row_arrays, "columns": columns}
+    train = WindowedDataset(ds, deltas, episodes=train_eps, **kw)
+    val = WindowedDataset(ds, deltas, episodes=val_eps, **kw) if val_eps else None
     return Views(train, val, target, chunked, horizon, cue_emb)
 
 

@@ -1,0 +1,320 @@
+"""Semantic guidance where the gripper matters: does it make a student robust to a noisy teacher?
+
+Usage (every stage runs through the CLI as a user would, and is skipped or resumed when its output exists):
+  python benchmarks/bench_guidance.py robustness [--noise heavy,seed] [--arms unguided,guided,phase-gripper] [--seeds 3]
+                                                 [--steps 6000] [--episodes 50]
+      GRIPPER_TASKS x 50 DART demonstrations (the recipe's data), relabelled by `noisy:scripted` at each NOISE
+      level; one multi-task student of the recipe per (level, arm, training seed); training seed s is evaluated on
+      held-out seed stream s, the same episodes for every arm -> results/guidance_robustness.json
+  python benchmarks/bench_guidance.py labels [--noise heavy] [--arm phase-gripper] [--rates 0.1,0.3] [--seeds 1]
+      what bad labels cost: the same students trained on the robustness suite's annotation at one level (clean: the
+      robustness runs themselves), on copies with `rate` of the episodes corrupted (corrupted(): the seed's phase
+      mislabeling and directional hallucination), and on those copies after `vla-distill audit --mask` and
+      `--drop`; same seeds and held-out episodes -> results/guidance_labels.json
+  python benchmarks/bench_guidance.py summary
+      results/guidance.json: the headline numbers of both suites with MT50's phase agreement and audit
+      (results/annotate_mt50.json, bench_annotate.py)
+Arms (ARMS): unguided = action loss only; guided = action + 0.1 phase CE + 0.05 direction InfoNCE (the paper);
+phase-gripper = guided, its gripper target the median of the teacher's commands over each phase segment
+(train --gripper-from-phases).
+Besides success, each episode's physical timeline (the kinematic annotator run on the rollout, reading contact)
+gives the seed's failure signatures for every arm alike, with or without a phase head: premature release (the
+fingers open on the object before success) and stuck phases; and the grip: the mean gripper command while the
+rollout's reference says transport.
+Work directories live under --work (default outputs/bench_guidance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import bench_eval
+from bench_annotate import PHASE_ERRORS, inject_cue_error, inject_phase_error
+from bench_distill import AUX, CAMERAS, DART, RECIPE, trained
+from bench_eval import evaluated
+from common import RESULTS, cli, write_result
+
+from vla_distill.annotate.annotate import directions_table
+from vla_distill.annotate.episode import episode_kinematics
+from vla_distill.data.annotations import read_annotation, read_directions
+from vla_distill.data.columns import add_columns
+from vla_distill.data.dataset import RobotDataset
+from vla_distill.eval.observe import TRANSPORT, phase_flags
+from vla_distill.eval.stats import paired, wilson
+from vla_distill.models.text import TextEncoder
+from vla_distill.types import AUDIT_PATH, AUDIT_REPORT_PATH, DIRECTION_INDEX, DIRECTIONS_PATH, PHASE_INDEX, WINDOWS_PATH
+
+# MetaWorld tasks that need a grasp (phase and gripper matter) and that the recipe's student solves from a clean
+# teacher (DART + aux student, 50 held-out episodes: pick-place 92%, basketball 88%, stick-pull 86%, stick-push
+# 100%, sweep 100%; results/mt10.json and results/mt50_subset.json)
+GRIPPER_TASKS = "pick-place-v3,basketball-v3,stick-pull-v3,stick-push-v3,sweep-v3"
+NOISE = {  # level -> teacher spec; "seed" is the noisy teacher's defaults (the seed's imperfections, mild)
+    "clean": "scripted",  # the reference: what the same students reach from a clean teacher
+    "seed": "noisy:scripted",
+    "heavy": "noisy[std=0.3,toggle=0.1,burst=10,stale=0.2]:scripted",
+}
+ARMS = {"unguided": ("--no-phase-loss", "--no-direction-loss"), "guided": (), "guided-l1": ("--action-loss", "l1"),
+        "phase-gripper": ("--gripper-from-phases",)}
+PAIRS = (("guided", "unguided"), ("guided-l1", "guided"), ("guided-l1", "unguided"), ("phase-gripper", "guided"))
+
+
+CORRUPTION = "meta/corruption.json"
+
+
+def corrupted(ann: Path, out: Path, rate: float, seed: int = 0) -> Path:
+    """A copy of the annotated dataset `ann` in which `rate` of the episodes carry the seed's annotation failure
+    modes: one phase mislabeling each (a boundary 0.3 s later, 0.3 s earlier or two segments swapped, in turn) and
+    half of their cue windows hallucinated (a claimed direction flipped or a motion invented). The teacher's actions
+    are untouched; meta/corruption.json lists what was done, episode by episode."""
+    if (out / CORRUPTION).exists():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(ann, tmp, copy_function=os.link)  # videos shared; every file changed below is replaced, not edited
+    for stale in (AUDIT_PATH, AUDIT_REPORT_PATH):
+        (tmp / stale).unlink(missing_ok=True)
+    ds = RobotDataset(tmp)
+    phases, cues = np.array(ds.column(PHASE_INDEX)), np.array(ds.column(DIRECTION_INDEX))
+    texts, emb = read_directions(tmp)
+    windows = pq.read_table(tmp / WINDOWS_PATH).to_pydict()
+    rng = np.random.default_rng(seed)
+    chosen = sorted(int(e) for e in rng.choice(ds.num_episodes, round(rate * ds.num_episodes), replace=False))
+    lookup, done = {t: i for i, t in enumerate(texts)}, []
+    for k, e in enumerate(chosen):
+        rows, index = ds.episode_rows(e), ds.episodes[e].index
+        kin, kind = episode_kinematics(ds, rows), PHASE_ERRORS[k % len(PHASE_ERRORS)]
+        phases[rows] = inject_phase_error(phases[rows].reshape(-1), rng, kind).reshape(phases[rows].shape)
+        flipped = 0
+        for w in (i for i, ep in enumerate(windows["episode_index"]) if ep == index):
+            s, t, cid = windows["start"][w], windows["end"][w], windows[DIRECTION_INDEX][w]
+            if cid < 0 or rng.random() >= 0.5:
+                continue
+            new = lookup.setdefault(inject_cue_error(texts[cid], kin, s, t, rng), len(lookup))
+            span = rows[s:t]
+            cues[span] = np.where(cues[span] == cid, new, cues[span])
+            windows[DIRECTION_INDEX][w], flipped = new, flipped + 1
+        done.append({"episode_index": index, "phase_error": kind, "cue_windows_corrupted": flipped})
+    added = list(lookup)[len(texts):]
+    if added:
+        encoder = read_annotation(tmp).get("text_encoder", {}).get("name", "")  # the annotation's own encoder
+        emb = np.concatenate([emb, TextEncoder(encoder if Path(encoder).is_dir() else "").encode(added)])
+    counts = np.bincount(np.asarray(windows[DIRECTION_INDEX])[np.asarray(windows[DIRECTION_INDEX]) >= 0],
+                         minlength=len(lookup)).tolist()
+    _replace_table(directions_table(list(lookup), emb, counts, "corrupted"), tmp / DIRECTIONS_PATH)
+    _replace_table(pa.table({k: pa.array(v, pa.int64()) for k, v in windows.items()}), tmp / WINDOWS_PATH)
+    add_columns(tmp, {PHASE_INDEX: phases, DIRECTION_INDEX: cues}, {k: ds.features[k] for k in (PHASE_INDEX, DIRECTION_INDEX)},
+                overwrite=True)
+    (tmp / CORRUPTION).write_text(json.dumps({"source": str(ann), "rate": rate, "seed": seed, "episodes": done}, indent=1))
+    os.replace(tmp, out)
+    return out
+
+
+def _replace_table(table: pa.Table, path: Path) -> None:
+    """Written beside and renamed over: `path` is a hard link into the source dataset until replaced."""
+    pq.write_table(table, path.with_suffix(".new"))
+    os.replace(path.with_suffix(".new"), path)
+
+
+def episodes(out: Path) -> list[dict]:
+    """Every evaluated episode of an eval directory, in (task, episode) order, with its physical signatures."""
+    rows = []
+    for rec_path in sorted((out / "episodes").glob("*/*.json")):
+        rec = json.loads(rec_path.read_text())
+        arr = np.load(rec_path.with_suffix(".npz"))
+        ref = arr["reference_annotator"]
+        kinds = {f["kind"] for f in phase_flags(ref, ref, arr["success"], arr["hand"])}
+        grip = arr["actions"][ref == TRANSPORT, -1]
+        rows.append({"task": rec["task"], "episode": rec["episode"], "success": rec["success"],
+                     "premature_release": "premature_release" in kinds, "stuck_phase": "stuck_phase" in kinds,
+                     "transport_grip": float(grip.mean()) if len(grip) else None,
+                     "predicted_flags": sorted({f["kind"] for f in rec["flags"]})})
+    return rows
+
+
+def arm_summary(rows: list[dict]) -> dict:
+    n = len(rows)
+    out = {"n_episodes": n}
+    for key in ("success", "premature_release", "stuck_phase"):
+        k = sum(r[key] for r in rows)
+        out[key] = {"pc": 100 * k / n, "ci95": wilson(k, n)}
+    grips = [r["transport_grip"] for r in rows if r["transport_grip"] is not None]
+    out["transport_grip_mean"] = float(np.mean(grips)) if grips else None
+    out["per_task"] = {t: 100 * np.mean([r["success"] for r in rows if r["task"] == t])
+                       for t in dict.fromkeys(r["task"] for r in rows)}
+    return out
+
+
+def robustness(args) -> dict:
+    work = Path(args.work)
+    raw = bench_eval.dataset(work, args.tasks, args.demos, 128, cameras=CAMERAS, name="dataset-128-dart",
+                             collect_flags=DART)
+    levels = {}
+    for level in args.noise.split(","):
+        ann = bench_eval.annotated(work, raw, NOISE[level], f"annotated-128-{level}")
+        rows: dict[str, list[dict]] = {arm: [] for arm in args.arms.split(",")}
+        per_seed: dict[str, list[float]] = {arm: [] for arm in rows}
+        for seed in range(args.seeds):
+            for arm in rows:
+                run, _ = trained(ann, work / f"{level}-{arm}-s{seed}", args.steps, *RECIPE, *AUX, "--seed", str(seed),
+                                 *ARMS[arm])
+                out = work / f"eval-{level}-{arm}-s{seed}"
+                info = evaluated(str(run), args.tasks, out, args.episodes, "--seed", str(seed))
+                per_seed[arm].append(info["overall"]["pc_success"])
+                rows[arm] += [{**r, "seed": seed} for r in episodes(out)]
+        levels[level] = {"teacher": NOISE[level], "arms": {a: {**arm_summary(r), "per_seed": per_seed[a]}
+                                                            for a, r in rows.items()}}
+        levels[level]["paired"] = {}
+        for a, b in (p for p in PAIRS if p[0] in rows and p[1] in rows):
+            d = paired([r["success"] for r in rows[b]], [r["success"] for r in rows[a]])
+            levels[level]["paired"][f"{a} - {b}"] = {k: d[k] for k in ("difference", "ci95", "mcnemar_p", "only_a", "only_b")}
+        table(level, levels[level])
+    return {"suite": "robustness", "tasks": args.tasks, "demos_per_task": args.demos, "steps": args.steps,
+            "seeds": args.seeds, "episodes_per_task": args.episodes, "recipe": " ".join(RECIPE + AUX),
+            "collect_flags": " ".join(DART), "levels": levels}
+
+
+def labels(args) -> dict:
+    """Part 3: what bad labels cost and what the audit wins back, on the robustness suite's dataset at one noise level
+    with one arm (the clean-label students are the robustness suite's own)."""
+    work = Path(args.work)
+    ann = work / f"annotated-128-{args.noise}"
+    if not (ann / "meta" / "annotation.json").exists():
+        raise SystemExit(f"run the robustness suite at --noise {args.noise} first ({ann} is missing)")
+    variants = {"clean": ann}
+    for rate in (float(x) for x in args.rates.split(",")):
+        pct = round(100 * rate)
+        bad = corrupted(ann, work / f"{ann.name}-corrupt{pct}", rate)
+        variants[f"corrupt{pct}"] = bad
+        for how in ("mask", "drop"):
+            variants[f"corrupt{pct}-{how}"] = audited(bad, work / f"{bad.name}-{how}", how)
+    rows: dict[str, list[dict]] = {v: [] for v in variants}
+    for seed in range(args.seeds):
+        for name, ds in variants.items():
+            tag = f"{args.noise}-{args.arm}-s{seed}" if name == "clean" else f"{args.noise}-{args.arm}-{name}-s{seed}"
+            run, _ = trained(ds, work / tag, args.steps, *RECIPE, *AUX, "--seed", str(seed), *ARMS[args.arm])
+            out = work / f"eval-{tag}"
+            evaluated(str(run), args.tasks, out, args.episodes, "--seed", str(seed))
+            rows[name] += [{**r, "seed": seed} for r in episodes(out)]
+    result = {name: {**arm_summary(r), "audit": audit_catch(variants[name]) if name != "clean" else None}
+              for name, r in rows.items()}
+    for name in variants:
+        if name != "clean":
+            d = paired([r["success"] for r in rows["clean"]], [r["success"] for r in rows[name]])
+            result[name]["vs_clean"] = {k: d[k] for k in ("difference", "ci95", "mcnemar_p", "only_a", "only_b")}
+    print(f"\n{args.arm} students, teacher {NOISE[args.noise]}")
+    print("| labels | success % (95% CI) | vs clean (paired, 95% CI) | premature release % | stuck % | audit: caught / "
+          "false alarms | n |\n|---|---:|---:|---:|---:|---|---:|")
+    for name, r in result.items():
+        vs = r.get("vs_clean")
+        a = r["audit"]
+        print(f"| {name} | {r['success']['pc']:.1f} ({_ci(r['success']['ci95'])}) | "
+              + (f"{vs['difference']:+.1f} ({vs['ci95'][0]:.1f} to {vs['ci95'][1]:.1f})" if vs else "-")
+              + f" | {r['premature_release']['pc']:.1f} | {r['stuck_phase']['pc']:.1f} | "
+              + (f"{a['caught']}/{a['corrupted']} / {a['false_alarms']}/{a['clean']}" if a else "-") + f" | {r['n_episodes']} |")
+    return {"suite": "labels", "tasks": args.tasks, "teacher": NOISE[args.noise], "arm": args.arm, "steps": args.steps,
+            "seeds": args.seeds, "episodes_per_task": args.episodes, "variants": result}
+
+
+def audited(src: Path, out: Path, how: str) -> Path:
+    """A copy of `src` after `vla-distill audit --mask` or `--drop`."""
+    if (out / AUDIT_PATH).exists():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, copy_function=os.link)  # the audit replaces the files it changes
+    cli("audit", "--dataset", str(tmp), f"--{how}")
+    os.replace(tmp, out)
+    return out
+
+
+def audit_catch(ds: Path) -> dict | None:
+    """Episodes the dataset's audit flagged, against the episodes corrupted() corrupted."""
+    if not (ds / AUDIT_PATH).exists() or not (ds / CORRUPTION).exists():
+        return None
+    report = json.loads((ds / AUDIT_PATH).read_text())
+    bad = {e["episode_index"] for e in json.loads((ds / CORRUPTION).read_text())["episodes"]}
+    flagged = {e["episode_index"] for e in report["episodes"] if e["phase_flags"] or e["cue_flags"]}
+    n = len(report["episodes"])
+    return {"corrupted": len(bad), "caught": len(flagged & bad), "clean": n - len(bad),
+            "false_alarms": len(flagged - bad), "dropped": len(report.get("dropped_episodes", []))}
+
+
+def _ci(ci) -> str:
+    return f"{ci[0]:.1f}–{ci[1]:.1f}"
+
+
+def table(level: str, r: dict) -> None:
+    print(f"\n{level}: {r['teacher']}")
+    print("| arm | success % (95% CI) | per seed | premature release % | stuck % | grip in transport | n |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for arm, a in r["arms"].items():
+        print(f"| {arm} | {a['success']['pc']:.1f} ({_ci(a['success']['ci95'])}) | "
+              f"{', '.join(f'{x:.0f}' for x in a['per_seed'])} | {a['premature_release']['pc']:.1f} | "
+              f"{a['stuck_phase']['pc']:.1f} | {a['transport_grip_mean'] or float('nan'):.2f} | {a['n_episodes']} |")
+    for name, d in r["paired"].items():
+        print(f"{name}, paired: {d['difference']:+.1f} points ({d['ci95'][0]:.1f} to {d['ci95'][1]:.1f}), "
+              f"McNemar p {d['mcnemar_p']:.2g}")
+
+
+def summary(args) -> dict:
+    """results/guidance.json: the headline numbers of the three parts, each with the command that measured it."""
+    rob = json.loads((RESULTS / "guidance_robustness.json").read_text())
+    ann = json.loads((RESULTS / "annotate_mt50.json").read_text())
+    level = "heavy" if "heavy" in rob["levels"] else next(iter(rob["levels"]))
+    r = rob["levels"][level]
+    arms = {a: v["success"]["pc"] for a, v in r["arms"].items()}
+    d = r["paired"].get("guided - unguided", {})
+    out = {"robustness": {"guided": arms.get("guided"), "unguided": arms.get("unguided"),
+                          "difference": d.get("difference"), "ci95": d.get("ci95"), "tasks": rob["tasks"].split(","),
+                          "noise": r["teacher"], "arms": arms, "paired": r["paired"],
+                          "n_episodes": r["arms"][next(iter(r["arms"]))]["n_episodes"], "seeds": rob["seeds"],
+                          "levels": rob["levels"]},
+           "mt50_phases": {"mean": ann["mean_agreement_4"], "min": min(t["agreement_4"] for t in ann["per_task"].values()),
+                           "per_task": {k: t["agreement_4"] for k, t in ann["per_task"].items()}},
+           "audit_mt50": {k: ann["audit"]["phase"][k] for k in ("recall", "false_alarm", "recall_ci95", "false_alarm_ci95")},
+           "command": {"robustness": rob["command"], "mt50": "cd benchmarks && ../.venv/bin/python bench_annotate.py "
+                       "--dataset ../outputs/diag/mt50-4c --out results/annotate_mt50.json"}}
+    labels_path = RESULTS / "guidance_labels.json"
+    if labels_path.exists():
+        lab = json.loads(labels_path.read_text())
+        v = lab["variants"]
+        worst = max((k for k in v if k.startswith("corrupt") and k.count("-") == 0), key=lambda k: int(k[7:]))
+        best_audit = max((k for k in v if k.startswith(worst + "-")), key=lambda k: v[k]["success"]["pc"])
+        out["audit_value"] = {"clean": v["clean"]["success"]["pc"], "corrupted": v[worst]["success"]["pc"],
+                              "audited": v[best_audit]["success"]["pc"], "rate": worst, "audit": best_audit,
+                              "recovered_points": v[best_audit]["success"]["pc"] - v[worst]["success"]["pc"],
+                              "variants": v}
+        out["command"]["labels"] = lab["command"]
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("suite", choices=["robustness", "labels", "summary"])
+    p.add_argument("--work", default="outputs/bench_guidance")
+    p.add_argument("--tasks", default=GRIPPER_TASKS)
+    p.add_argument("--noise", default="heavy,seed", help=f"comma-separated levels of {sorted(NOISE)} (labels: one)")
+    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--arm", default="phase-gripper", help="labels: the arm whose students the labels train")
+    p.add_argument("--rates", default="0.1,0.3", help="labels: shares of corrupted episodes")
+    p.add_argument("--demos", type=int, default=50)
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--episodes", type=int, default=50)
+    args = p.parse_args()
+    result = {"robustness": robustness, "labels": labels, "summary": summary}[args.suite](args)
+    if args.suite != "summary":
+        result["command"] = "python benchmarks/bench_guidance.py " + " ".join(sys.argv[1:])
+    write_result(RESULTS / (f"guidance_{args.suite}.json" if args.suite != "summary" else "guidance.json"), result)
+
+
+if __name__ == "__main__":
+    main()
