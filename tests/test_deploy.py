@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
@@ -230,6 +231,26 @@ def test_chunk_queue_and_temporal_ensembling():
     assert np.isclose(e.action(1, 0)[0], (10 * w[0] + 20 * w[1]) / w.sum())
 
 
+def test_inference_ahead_drops_what_passed_and_blends_the_seam():
+    a = ChunkScheduler("ahead")
+    assert a.needs_inference(0, lead=2)
+    a.add(0, np.arange(8, dtype=np.float32)[:, None])  # actions 0..7 due at ticks 0..7
+    assert not a.needs_inference(5, lead=2) and a.needs_inference(6, lead=2) and a.remaining(6) == 2
+    # asked at tick 6 (from tick 6's observation), answered at tick 7: its first action is already past
+    a.merge(6, np.full((4, 1), 100.0, np.float32), 7)
+    got = [float(a.action(t, t - 1)[0]) for t in range(7, 10)]
+    assert got == [0.5 * 7 + 0.5 * 100, 100.0, 100.0]  # one overlapping step: half and half, then the new chunk
+    assert a.action(10, 9) is None and a.remaining(10) == 0
+    b = ChunkScheduler("ahead")
+    b.add(0, np.zeros((6, 1), np.float32))
+    b.merge(2, np.full((6, 1), 30.0, np.float32), 3)  # overlap of 3 steps (3, 4, 5): old weights 3/4, 2/4, 1/4
+    assert [float(b.action(t, t - 1)[0]) for t in range(3, 8)] == [7.5, 15.0, 22.5, 30.0, 30.0]
+    c = ChunkScheduler("ahead")
+    c.add(0, np.zeros((2, 1), np.float32))
+    c.merge(0, np.ones((3, 1), np.float32), 5)  # so late that all of it has passed: nothing changes
+    assert c.remaining(2) == 0 and c.action(5, 4) is None
+
+
 def test_safe_action_holds_on_nan_and_clips_out_of_range():
     hold, low, high = np.zeros(4, np.float32), -np.ones(4, np.float32), np.ones(4, np.float32)
     a, flag = safe_action(np.array([0.1, np.nan, 0, 0], np.float32), hold, low, high)
@@ -298,6 +319,22 @@ def test_loop_drops_late_actions_and_never_sends_nan():
     assert np.isfinite(sent).all() and np.abs(sent).max() <= 1.0
     assert np.array_equal(sent[1], np.zeros(4)) and np.array_equal(sent[2], np.zeros(4))  # the hold action
     assert s["timing_ms"]["inference"]["max"] >= 150 and s["timing_ms"]["inference"]["n"] == 8
+
+
+def test_inference_ahead_never_waits_for_a_policy_slower_than_the_period():
+    """A policy that takes 3 periods per chunk of 12: synchronously every 12th tick overruns; ahead, the next chunk
+    is computed while the current one runs, no tick is late or starved, and the seams are blended."""
+    up, down = [[0.2, 0, 0, 0]] * 12, [[-0.2, 0, 0, 0]] * 12
+    logs = {}
+    for mode in ("queue", "ahead"):
+        cfg = LoopConfig(hz=20, max_steps=48, chunk=mode)
+        logs[mode] = summarize(run_loop(ScriptedPolicy([up, down], delays=[0.15]), FakeRobot(), "t", cfg), cfg)
+    sync, ahead = logs["queue"], logs["ahead"]
+    assert sync["late_dropped"] >= 3 and sync["deadline_misses"] >= 3
+    assert ahead["late_dropped"] == 0 and ahead["starved"] == 0 and ahead["deadline_misses"] == 0
+    assert ahead["ticks"] == 48 and ahead["timing_ms"]["inference"]["p50"] >= 150  # measured on its own thread
+    assert ahead["seams"]["at_seams"]["n"] >= 3 and ahead["seams"]["at_seams"]["max"] < 0.3  # blended (unblended: 0.4)
+    assert ahead["seams"]["inside"]["max"] < 0.3
 
 
 def test_loop_refuses_an_observation_the_policy_cannot_read():
@@ -396,6 +433,98 @@ def test_server_answers_bad_requests_with_error_frames_and_keeps_serving(served,
         assert np.allclose(unpackb(ws.recv())["actions"], expected[0], atol=1e-5)
         other.send(packb(good))  # and so does everyone else's
         assert np.allclose(unpackb(other.recv())["actions"], expected[0], atol=1e-5)
+
+
+def test_a_steady_client_keeps_its_pace_while_another_sends_new_prompts_and_extreme_inputs(served, onnx_bundle):
+    """New instructions are embedded off the inference thread (the encoder loaded at warm-up); non-finite actions
+    are never sent; every refusal is counted in /healthz."""
+    from websockets.sync.client import connect
+
+    from vla_distill.data.msgpack_numpy import packb, unpackb
+
+    frames, tasks, expected = _reference(onnx_bundle)
+    good = _request(frames, 0, tasks[0])
+    before = json.loads(urllib.request.urlopen(f"http://{served}/healthz", timeout=10).read())
+    rtts, replies = [], {"new prompt": 0, "not finite": 0, "too long": 0}
+    done = threading.Event()
+
+    def steady():
+        with connect(f"ws://{served}", compression=None, max_size=None) as ws:
+            ws.recv()
+            while not done.is_set():
+                t0 = time.perf_counter()
+                ws.send(packb(good))
+                assert np.allclose(unpackb(ws.recv())["actions"], expected[0], atol=1e-5)
+                rtts.append(time.perf_counter() - t0)
+
+    thread = threading.Thread(target=steady)
+    thread.start()
+    try:
+        with connect(f"ws://{served}", compression=None, max_size=None) as ws:
+            ws.recv()
+            for i in range(12):
+                prompt = f"instruction number {i}: " + "push the block a little further " * 20  # ~700 characters
+                ws.send(packb({**good, "prompt": prompt}))
+                replies["new prompt"] += unpackb(ws.recv())["actions"].shape == expected[0].shape
+                ws.send(packb({**good, "observation.state": np.full(4, 1e30, np.float32)}))
+                replies["not finite"] += "not finite" in ws.recv()
+            ws.send(packb({**good, "prompt": "x" * 5000}))
+            replies["too long"] += "the limit is 2000" in ws.recv()
+    finally:
+        done.set()
+        thread.join()
+    assert replies == {"new prompt": 12, "not finite": 12, "too long": 1}
+    assert len(rtts) >= 20 and np.percentile(rtts, 99) < 0.25, sorted(rtts)[-5:]
+    after = json.loads(urllib.request.urlopen(f"http://{served}/healthz", timeout=10).read())
+    assert after["errors"] - before["errors"] == 13 and after["prompts_cached"] - before["prompts_cached"] == 12
+
+
+def test_health_says_ready_only_when_warm_and_prompt_embeddings_are_bounded(tiny_student):
+    from websockets.sync.client import connect
+
+    from vla_distill.data.msgpack_numpy import packb, unpackb
+    from vla_distill.deploy.openpi_server import Prompts, make_server, metadata_for, policy_infer_fn
+    from vla_distill.models.backends import load_policy
+
+    policy = load_policy(tiny_student, "torch")
+    prompts = Prompts(policy, capacity=3)
+    infer, ready = policy_infer_fn(policy, prompts=prompts), threading.Event()
+    server = make_server(infer, metadata_for(policy, "torch"), "127.0.0.1", 0, ready=ready)
+    host, port = server.socket.getsockname()[:2]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as warming:
+            urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=10)
+        assert warming.value.code == 503
+        assert not prompts.warm() and prompts.encoder is not None
+        ready.set()
+        assert json.loads(urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=10).read())["ready"]
+        spec = policy.observation_spec
+        obs = {k: np.zeros(v["shape"], np.uint8 if v["dtype"] == "uint8" else np.float32) for k, v in spec.items()
+               if v["dtype"] != "str"}
+        with connect(f"ws://{host}:{port}", compression=None, max_size=None) as ws:
+            ws.recv()
+            for i in range(5):
+                ws.send(packb({**obs, "prompt": f"new instruction {i}"}))
+                assert unpackb(ws.recv())["actions"].shape == (policy.horizon, policy.action_dim)
+        assert list(prompts.cache) == ["new instruction 2", "new instruction 3", "new instruction 4"]
+        assert prompts.embedded == 5 and not policy._new_tasks  # the policy's own table never grows
+    finally:
+        server.shutdown()
+
+
+def test_without_a_text_encoder_the_server_serves_the_policys_own_instructions(onnx_bundle, monkeypatch):
+    from vla_distill.deploy.openpi_server import Prompts, RequestError
+    from vla_distill.models.backends import load_policy
+
+    frames, tasks, expected = _reference(onnx_bundle)
+    policy = load_policy(onnx_bundle, "onnx")
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # as on a robot's computer without it
+    prompts = Prompts(policy)
+    assert "sentence_transformers" in prompts.warm()
+    assert prompts.embedding(tasks[0]).shape == (policy.config.text_dim,)
+    with pytest.raises(RequestError, match="not one of the policy's instructions.*no text encoder"):
+        prompts.embedding("an instruction it never saw")
 
 
 def test_server_batches_concurrent_clients_and_our_openpi_teacher_uses_it(served, onnx_bundle):

@@ -443,8 +443,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _run_loop_args(rn: argparse.ArgumentParser) -> None:
-    from vla_distill.deploy.control_loop import LoopConfig
-    from vla_distill.models.chunking import CHUNK_MODES
+    from vla_distill.deploy.control_loop import LOOP_CHUNK_MODES, LoopConfig
     from vla_distill.sim.registry import DEFAULT_ENV, ENVS
 
     rn.add_argument("--policy", default="", help="bundle or checkpoint")
@@ -457,9 +456,12 @@ def _run_loop_args(rn: argparse.ArgumentParser) -> None:
     rn.add_argument("--seed", type=int, default=0, help="held-out seed stream, as for eval")
     _field(rn, "--max-steps", LoopConfig, type=int)
     _field(rn, "--chunk", LoopConfig, "queue: execute the chunk, then replan; ensemble: infer every tick, ACT temporal "
-           "ensembling", choices=list(CHUNK_MODES))
+           "ensembling; ahead: compute the next chunk on another thread while this one executes (asked early enough "
+           "for the measured inference delay), the seam blended", choices=list(LOOP_CHUNK_MODES))
     _field(rn, "--n-action-steps", LoopConfig, "queue: actions executed per chunk (0: all)", type=int)
     _field(rn, "--ensemble-coeff", LoopConfig, type=float)
+    _field(rn, "--overlap", LoopConfig, "ahead: steps the queued and the next chunk overlap, blended (also the margin "
+           "for an inference slower than measured)", type=int)
     _field(rn, "--max-latency-ms", LoopConfig, "drop actions later than this (0: one period)", type=float)
     rn.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     rn.add_argument("--record", default="", help="save each episode's observations and sent actions here")

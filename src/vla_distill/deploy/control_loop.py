@@ -3,21 +3,29 @@ eval.rollout's loop: see there.)
 
 Tick k starts at t0 + k/hz: the loop sleeps until shortly before it, then spins (sleep alone overshoots by up to a
 scheduler quantum). Per tick: observe, infer when no queued action covers the tick (or every tick when temporal
-ensembling; models.chunking schedules the chunks), check the action, send it.
+ensembling; models.chunking schedules the chunks), check the action, send it. With chunk "ahead" the policy runs on
+its own thread instead: the next chunk is asked for when the queue holds no more actions than the measured inference
+delay covers plus `overlap`, computed while the current chunk executes, and merged at the tick it arrives (the steps
+that passed dropped, the overlap blended); no tick waits for the model. It keeps up while a chunk outlasts two
+inference delays (K > 2 d + overlap); below that, the queue can run dry (counted as starved).
 Safety, in this order, each counted:
+  starved   no action is due this tick (an inference-ahead queue ran dry): the hold action is sent
   late      the action is ready more than max_latency after its tick started: dropped, the hold action is sent
   nan_hold  a non-finite action is never sent: the hold action is
   clipped   an action outside the robot's bounds is clipped into them
 A tick whose work runs past the next deadline is a deadline miss; the ticks it overran are skipped, not run in a
 burst, and their queued actions are dropped (counted as late).
 
-Per-tick arrays (T ticks run): jitter_ms, obs_ms, infer_ms (nan on ticks without a model call), act_ms, work_ms
-(tick start to action sent); raw (T, D) the policy's action for the tick, sent (T, D) what the robot got.
+Per-tick arrays (T ticks run): jitter_ms, obs_ms, infer_ms (nan on ticks without a model call; ahead: the inference
+time of the chunk merged on that tick), act_ms, work_ms (tick start to action sent); raw (T, D) the policy's action
+for the tick, sent (T, D) what the robot got; seam (T,) whether a new chunk took over on that tick.
 """
 
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -26,7 +34,9 @@ import torch
 
 from vla_distill.errors import ConfigError
 from vla_distill.models.base import observation_to_batch
-from vla_distill.models.chunking import CHUNK_MODES, ChunkScheduler
+from vla_distill.models.chunking import AHEAD, CHUNK_MODES, ChunkScheduler
+
+LOOP_CHUNK_MODES = (*CHUNK_MODES, AHEAD)
 
 
 @dataclass(frozen=True)
@@ -34,8 +44,10 @@ class LoopConfig:
     hz: float = 12.5
     max_steps: int = 500
     chunk: str = "queue"  # queue: execute n_action_steps of a chunk, then replan | ensemble: ACT temporal ensembling
+                          # | ahead: the next chunk computed while the current one executes, the seam blended
     n_action_steps: int = 0  # queue: actions used per chunk (0 = all K)
     ensemble_coeff: float = 0.01  # ACT's m: weight exp(-m * i) for the i-th oldest prediction of a tick
+    overlap: int = 2  # ahead: steps the queued and the new chunk should overlap (blended; the margin for a slow call)
     max_latency_ms: float = 0.0  # an action later than this after its tick started is dropped (0 = one period)
     spin_ms: float = 2.0  # busy-wait this last stretch before each deadline
     steps_after_success: int = 10  # simulated robots: stop this many ticks after the first success
@@ -43,10 +55,10 @@ class LoopConfig:
     def __post_init__(self):
         if not self.hz > 0:
             raise ValueError(f"hz: must be > 0 (got {self.hz})")
-        if self.chunk not in CHUNK_MODES:
-            raise ValueError(f"chunk: {self.chunk!r} is not one of {list(CHUNK_MODES)}")
-        if self.max_steps < 1 or self.n_action_steps < 0:
-            raise ValueError("max_steps must be >= 1 and n_action_steps >= 0")
+        if self.chunk not in LOOP_CHUNK_MODES:
+            raise ValueError(f"chunk: {self.chunk!r} is not one of {list(LOOP_CHUNK_MODES)}")
+        if self.max_steps < 1 or self.n_action_steps < 0 or self.overlap < 1:
+            raise ValueError("max_steps and overlap must be >= 1 and n_action_steps >= 0")
 
     @property
     def period(self) -> float:
@@ -100,7 +112,8 @@ class StepLog:
     work_ms: list[float] = field(default_factory=list)
     raw: list[np.ndarray] = field(default_factory=list)
     sent: list[np.ndarray] = field(default_factory=list)
-    flags: list[str] = field(default_factory=list)  # "" | late | nan_hold | clipped
+    flags: list[str] = field(default_factory=list)  # "" | starved | late | nan_hold | clipped
+    seam: list[bool] = field(default_factory=list)
     observations: list[dict] = field(default_factory=list)
     skipped: int = 0  # ticks overrun (never run) plus queued actions that were due in them
     interrupted: bool = False
@@ -126,15 +139,81 @@ def safe_action(action: np.ndarray | None, hold: np.ndarray, low: np.ndarray, hi
     return clipped.astype(np.float32), ("clipped" if np.any(clipped != action) else "")
 
 
+class AheadInference:
+    """The policy on its own thread for inference-ahead control: one request at a time; `delay` is the running mean
+    of measured inference times (seconds), from which the loop decides how early to ask."""
+
+    def __init__(self, policy, task: str):
+        self.policy, self.task, self.keys = policy, task, policy.input_keys
+        self.requests: queue.Queue = queue.Queue()
+        self.done: tuple[int, np.ndarray, float] | None = None
+        self.busy, self.delay, self.lock = False, 0.0, threading.Lock()
+        self.thread = threading.Thread(target=self._work, daemon=True, name="inference-ahead")
+        self.thread.start()
+
+    def predict(self, obs: dict) -> tuple[np.ndarray, float]:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            chunk = self.policy.predict_action_chunk(observation_to_batch(obs, self.keys, self.task))[0]
+        secs = time.perf_counter() - t
+        self.delay = secs if self.delay == 0 else 0.8 * self.delay + 0.2 * secs
+        return chunk.float().cpu().numpy(), secs
+
+    def start(self, obs: dict, tick: int) -> None:
+        self.busy = True
+        self.requests.put((obs, tick))
+
+    def poll(self) -> tuple[int, np.ndarray, float] | None:
+        """(tick of the observation, (K, D) chunk, inference seconds) once the request finished, else None."""
+        with self.lock:
+            done, self.done = self.done, None
+        if done is not None:
+            self.busy = False
+        return done
+
+    def _work(self) -> None:
+        while (item := self.requests.get()) is not None:
+            obs, tick = item
+            chunk, secs = self.predict(obs)
+            with self.lock:
+                self.done = (tick, chunk, secs)
+
+    def close(self) -> None:
+        self.requests.put(None)
+
+
+def _next_action(sched: ChunkScheduler, ahead: AheadInference | None, policy, obs: dict, task: str, tick: int,
+                 last_tick: int, cfg: LoopConfig) -> tuple[np.ndarray | None, float, bool]:
+    """This tick's action from the scheduler, asking the policy as the mode says: (action or None, inference ms or
+    nan, whether a new chunk took over)."""
+    if ahead is not None:
+        got = ahead.poll()
+        if got is not None:
+            sched.merge(got[0], got[1], tick)
+        lead = math.ceil(ahead.delay / cfg.period) + cfg.overlap
+        if not ahead.busy and sched.needs_inference(tick, lead):
+            ahead.start(obs, tick)
+        return sched.action(tick, last_tick), (got[2] * 1e3 if got else math.nan), got is not None
+    if not sched.needs_inference(tick):
+        return sched.action(tick, last_tick), math.nan, False
+    t = time.perf_counter()
+    with torch.inference_mode():
+        chunk = policy.predict_action_chunk(observation_to_batch(obs, policy.input_keys, task))[0]
+    sched.add(tick, chunk.float().cpu().numpy())
+    return sched.action(tick, tick - 1), (time.perf_counter() - t) * 1e3, True
+
+
 def run_loop(policy, robot, task: str, cfg: LoopConfig, record: bool = False) -> StepLog:
     """Drives `robot` (connected) with `policy` until max_steps or, for a simulated robot, its success plus
     steps_after_success. Ctrl-C sends the hold action and returns what was run so far."""
-    keys = policy.input_keys
     sched = ChunkScheduler(cfg.chunk, cfg.n_action_steps, cfg.ensemble_coeff)
     pacer = Pacer(cfg.period, cfg.spin_ms / 1e3)
     log = StepLog()
     policy.reset(task=task)
     check_observation(robot.get_observation(), policy.observation_spec)
+    ahead = AheadInference(policy, task) if cfg.chunk == AHEAD else None
+    if ahead is not None:  # the first chunk before the first tick: nothing to execute while it is computed
+        sched.add(0, ahead.predict(robot.get_observation())[0])
     last_tick = -1
     try:
         for _ in range(cfg.max_steps):
@@ -143,16 +222,11 @@ def run_loop(policy, robot, task: str, cfg: LoopConfig, record: bool = False) ->
             t = time.perf_counter()
             obs = robot.get_observation()
             t_obs = time.perf_counter()
-            infer_ms = math.nan
-            raw = sched.action(tick, last_tick)
-            if sched.needs_inference(tick):
-                with torch.inference_mode():
-                    chunk = policy.predict_action_chunk(observation_to_batch(obs, keys, task))[0]
-                sched.add(tick, chunk.float().cpu().numpy())
-                raw = sched.action(tick, tick - 1)
-                infer_ms = (time.perf_counter() - t_obs) * 1e3
+            raw, infer_ms, seam = _next_action(sched, ahead, policy, obs, task, tick, last_tick, cfg)
             last_tick = tick
-            if time.perf_counter() - start > cfg.max_latency:
+            if raw is None:
+                action, flag = robot.hold_action(), "starved"
+            elif time.perf_counter() - start > cfg.max_latency:
                 action, flag = robot.hold_action(), "late"
             else:
                 action, flag = safe_action(raw, robot.hold_action(), robot.action_low, robot.action_high)
@@ -161,12 +235,16 @@ def run_loop(policy, robot, task: str, cfg: LoopConfig, record: bool = False) ->
             done = time.perf_counter()
             _log_tick(log, tick, jitter, t_obs - t, infer_ms, done - t_act, done - start, raw, action, flag,
                       obs if record else None, robot.action_low.shape)
+            log.seam.append(seam)
             first = getattr(robot, "first_success", None)
             if first is not None and robot.steps - 1 - first >= cfg.steps_after_success:
                 break
     except KeyboardInterrupt:
         robot.send_action(robot.hold_action())
         log.interrupted = True
+    finally:
+        if ahead is not None:
+            ahead.close()
     log.skipped = pacer.skipped + sched.dropped
     return log
 
@@ -203,4 +281,20 @@ def summarize(log: StepLog, cfg: LoopConfig) -> dict:
         "deadline_misses": int(sum(w > period_ms for w in log.work_ms)),
         "skipped": log.skipped,
         "late_dropped": flags.count("late"), "nan_hold": flags.count("nan_hold"), "clipped": flags.count("clipped"),
+        "starved": flags.count("starved"), "seams": seam_jumps(log),
     }
+
+
+def seam_jumps(log: StepLog) -> dict:
+    """|Δa| between consecutive sent actions (max over dimensions): on ticks where a new chunk took over against all
+    other ticks, mean and max; a smooth seam looks like the inside of a chunk."""
+    sent = np.asarray(log.sent, np.float64)
+    if len(sent) < 2:
+        return {}
+    jump = np.abs(np.diff(sent, axis=0)).max(1)
+    seam = np.asarray(log.seam[1:], bool) if len(log.seam) == len(sent) else np.zeros(len(jump), bool)
+    out = {}
+    for name, sel in (("at_seams", seam), ("inside", ~seam)):
+        out[name] = {"n": int(sel.sum()), "mean": round(float(jump[sel].mean()), 4) if sel.any() else None,
+                     "max": round(float(jump[sel].max()), 4) if sel.any() else None}
+    return out

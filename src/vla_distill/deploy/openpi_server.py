@@ -5,8 +5,11 @@ On connect: one msgpack frame with the metadata (self-describing: observation_sp
 Per request: one msgpack obs dict in; {"actions": (K, D) float32, "policy_timing", "server_timing"} out.
 A bad request (not msgpack, not a dict, missing key, wrong shape or dtype, over the size limit) gets a text frame
 naming the problem and the connection stays usable; an internal error gets the traceback as a text frame and the
-connection is closed (1011), as openpi does. Either way the server goes on serving everyone else.
-`GET /healthz` answers 200 OK.
+connection is closed (1011), as openpi does. Either way the server goes on serving everyone else. Actions that come
+out non-finite (an input far outside what the policy was trained on) are never sent: the request gets an error frame.
+A prompt the policy was not trained on is embedded on its own connection's thread by the text encoder loaded before
+the server says it is ready, and kept in a bounded cache: a client's new instruction never stalls the others.
+`GET /healthz` answers 503 while the server warms up (text encoder, first forward pass), then 200 with the counts.
 
 Request keys: ours ("observation.images.corner2") or openpi's slash form ("observation/images/corner2"); the
 instruction under "prompt" (openpi) or "task".
@@ -15,10 +18,12 @@ instruction under "prompt" (openpi) or "task".
 from __future__ import annotations
 
 import http
+import json
 import queue
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from concurrent.futures import Future
 from typing import Callable
 
@@ -31,10 +36,13 @@ from vla_distill.data.msgpack_numpy import packb, unpackb
 from vla_distill.errors import ConfigError
 from vla_distill.models.backends import weights_bytes
 from vla_distill.models.base import frames_to_batch
-from vla_distill.types import TASK
+from vla_distill.models.onnx_policy import instruction_table
+from vla_distill.types import TASK, TASK_EMBEDDING
 
 InferFn = Callable[[dict], "np.ndarray | tuple[np.ndarray, dict]"]  # request -> (K, D) actions [, policy timing]
 MAX_MESSAGE_BYTES = 16 * 2**20  # a 224 px 3-camera request is ~0.5 MB
+MAX_PROMPT_CHARS = 2000  # LIBERO's and MetaWorld's instructions are under 200
+PROMPT_CACHE = 1024  # embeddings of prompts the policy was not trained on, least recently used dropped first
 
 
 class RequestError(ValueError):
@@ -105,30 +113,104 @@ class Batcher:
                 fut.set_result((actions[i], timing))
 
 
+class Prompts:
+    """Instruction embeddings for the server, off the inference thread: the policy's own instructions are looked up;
+    any other prompt is embedded on the asking connection's thread (one at a time) by the encoder warm() loads before
+    the server is ready, and kept in a least-recently-used cache of `capacity` prompts."""
+
+    def __init__(self, policy, capacity: int = PROMPT_CACHE, max_chars: int = MAX_PROMPT_CHARS):
+        self.table = instruction_table(policy)  # None: the policy reads no instruction embedding
+        self.capacity, self.max_chars = capacity, max_chars
+        self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.lock, self.encoding = threading.Lock(), threading.Lock()
+        self.encoder, self.missing = None, ""  # missing: why this machine cannot embed new prompts
+        self.embedded = 0
+
+    def warm(self) -> str:
+        """Loads the text encoder; returns why it cannot be loaded ("" when it can or is not needed): then only the
+        policy's own instructions are served (a robot's computer may have no sentence-transformers)."""
+        if self.table is not None and self.encoder is None and not self.missing:
+            from vla_distill.models.text import TextEncoder
+
+            try:
+                self.encoder = TextEncoder(self.table.config.text_encoder)
+            except (ImportError, ConfigError) as e:
+                self.missing = str(e)
+        return self.missing
+
+    def embedding(self, prompt: str) -> np.ndarray:
+        """(E,) float32 for one prompt."""
+        if len(prompt) > self.max_chars:
+            raise RequestError(f"prompt: {len(prompt)} characters, the limit is {self.max_chars}")
+        known = self.table.instruction_embedding(prompt)
+        if known is not None:
+            return known
+        with self.lock:
+            if prompt in self.cache:
+                self.cache.move_to_end(prompt)
+                return self.cache[prompt]
+        with self.encoding:
+            if self.warm():
+                raise RequestError(f"prompt {prompt[:60]!r} is not one of the policy's instructions and this server "
+                                   f"cannot embed new ones (no text encoder: {self.missing})")
+            e = np.asarray(self.encoder.encode([prompt])[0], np.float32)
+        with self.lock:
+            self.cache[prompt] = e
+            while len(self.cache) > self.capacity:
+                self.cache.popitem(last=False)
+            self.embedded += 1
+        return e
+
+
 def policy_runner(policy) -> Callable[[list[dict]], np.ndarray]:
-    """Normalized requests -> (B, K, D) actions from one batched forward pass."""
+    """Normalized requests (with their instruction embedded, where the policy reads one) -> (B, K, D) actions from one
+    batched forward pass."""
     keys = policy.input_keys
 
     def run(requests: list[dict]) -> np.ndarray:
         frames = {k: np.stack([r[k] for r in requests]) for k in keys}
         batch = frames_to_batch(frames, keys, [r[TASK] for r in requests])
+        if all(TASK_EMBEDDING in r for r in requests):
+            batch[TASK_EMBEDDING] = torch.from_numpy(np.stack([r[TASK_EMBEDDING] for r in requests]))
         with torch.inference_mode():
             return policy.predict_action_chunk(batch).float().cpu().numpy()
 
     return run
 
 
-def policy_infer_fn(policy, max_batch: int = 1, wait_ms: float = 2.0) -> InferFn:
-    """request (openpi or our keys) -> ((K, D) actions, policy timing); validated, then batched with concurrent
-    requests."""
+def policy_infer_fn(policy, max_batch: int = 1, wait_ms: float = 2.0, prompts: Prompts | None = None) -> InferFn:
+    """request (openpi or our keys) -> ((K, D) actions, policy timing); validated, its prompt embedded (prompts), then
+    batched with concurrent requests; actions that are not all finite are refused, never sent."""
     spec = policy.observation_spec
     batcher = Batcher(policy_runner(policy), max_batch, wait_ms)
+    prompts = prompts or Prompts(policy)
 
     def infer(obs) -> tuple[np.ndarray, dict]:
-        return batcher.submit(normalize_request(obs, spec))
+        request = normalize_request(obs, spec)
+        if prompts.table is not None:
+            request[TASK_EMBEDDING] = prompts.embedding(request[TASK])
+        actions, timing = batcher.submit(request)
+        if not np.all(np.isfinite(actions)):
+            raise RequestError("the policy's actions for this observation are not finite (inputs far outside its "
+                               "training range?); none were sent")
+        return actions, timing
 
-    infer.batcher = batcher
+    infer.batcher, infer.prompts = batcher, prompts
     return infer
+
+
+def warm_up(infer: InferFn, policy) -> str:
+    """Loads the text encoder and runs one request with a blank observation: the first client waits for neither.
+    Returns why new prompts cannot be embedded ("" when they can)."""
+    missing = infer.prompts.warm()
+    spec = policy.observation_spec
+    blank = {k: np.zeros(s["shape"], np.uint8 if s["dtype"] == "uint8" else np.float32)
+             for k, s in spec.items() if s["dtype"] != "str"}
+    try:
+        infer({**blank, "prompt": (list(getattr(policy.config, "tasks", ())) or [""])[0]})
+    except RequestError:  # a blank observation may be far from anything seen; the forward pass ran all the same
+        pass
+    return missing
 
 
 def metadata_for(policy, backend: str, max_message_bytes: int = MAX_MESSAGE_BYTES, max_batch: int = 1) -> dict:
@@ -157,19 +239,28 @@ def _jsonable(obj):
     return obj if isinstance(obj, (str, int, float, bool)) or obj is None else str(obj)
 
 
-def _health(connection, request):
-    if request.path == "/healthz":
-        return connection.respond(http.HTTPStatus.OK, "OK\n")
-    return None
-
-
 def make_server(infer: InferFn, metadata: dict, host: str = "127.0.0.1", port: int = 8000,
-                max_message_bytes: int = MAX_MESSAGE_BYTES):
+                max_message_bytes: int = MAX_MESSAGE_BYTES, ready: threading.Event | None = None):
     """Returns a websockets server; call .serve_forever() (and .shutdown() from another thread). Messages over
-    max_message_bytes get an error frame; the websocket layer itself closes connections that send over 4x that."""
+    max_message_bytes get an error frame; the websocket layer itself closes connections that send over 4x that.
+    Until `ready` is set (None: ready now), /healthz answers 503 and a new connection waits for it before the metadata
+    frame."""
     stats = {"requests": 0, "errors": 0, "dropped": 0}
+    if ready is None:
+        ready = threading.Event()
+        ready.set()
+
+    def health(connection, request):
+        if request.path != "/healthz":
+            return None
+        if not ready.is_set():
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "warming up\n")
+        prompts = getattr(infer, "prompts", None)
+        counts = {**stats, "prompts_cached": len(prompts.cache) if prompts else 0}
+        return connection.respond(http.HTTPStatus.OK, json.dumps({"ready": True, **counts}) + "\n")
 
     def handler(ws):
+        ready.wait()
         try:
             answer(ws)
         except ConnectionClosed:  # a client that went away (killed, timed out) ends its own session, nothing else
@@ -205,8 +296,8 @@ def make_server(infer: InferFn, metadata: dict, host: str = "127.0.0.1", port: i
                 ws.close(1011, "internal error")
                 return
 
-    server = serve(handler, host, port, compression=None, max_size=4 * max_message_bytes, process_request=_health)
-    server.stats = stats
+    server = serve(handler, host, port, compression=None, max_size=4 * max_message_bytes, process_request=health)
+    server.stats, server.ready = stats, ready
     return server
 
 
@@ -214,14 +305,33 @@ def serve_policy(policy, backend: str, host: str = "127.0.0.1", port: int = 8000
                  wait_ms: float = 2.0, max_message_bytes: int = MAX_MESSAGE_BYTES, log=print) -> None:
     """Serves until Ctrl-C; prints the address, the expected observation and the request counts at exit."""
     meta = metadata_for(policy, backend, max_message_bytes, max_batch)
+    infer, ready = policy_infer_fn(policy, max_batch, wait_ms), threading.Event()
     try:
-        server = make_server(policy_infer_fn(policy, max_batch, wait_ms), meta, host, port, max_message_bytes)
+        server = make_server(infer, meta, host, port, max_message_bytes, ready)
     except OSError as e:
         raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e})", field="port") from None
     bound = server.socket.getsockname()
     log(f"serving {meta['policy_type']} ({backend}) on ws://{bound[0]}:{bound[1]}  (health: http://{bound[0]}:{bound[1]}/healthz)")
     log("expects: " + ", ".join(f"{k} {v['dtype']}{v['shape']}" for k, v in meta["observation_spec"].items())
         + f"; returns actions float32{meta['action_shape']}")
+
+    failed: list[str] = []
+
+    def warm() -> None:
+        t0 = time.perf_counter()
+        try:
+            missing = warm_up(infer, policy)
+        except Exception as e:  # noqa: BLE001 (a policy that cannot answer a blank observation is not served)
+            failed.append(f"{type(e).__name__}: {e}")
+            server.shutdown()
+            return
+        if missing:
+            log(f"no text encoder ({missing}): prompts other than the policy's "
+                f"{len(getattr(policy.config, 'tasks', ()))} instructions get an error frame")
+        ready.set()
+        log(f"ready ({time.perf_counter() - t0:.1f} s warm-up)")
+
+    threading.Thread(target=warm, daemon=True, name="warm-up").start()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -230,3 +340,5 @@ def serve_policy(policy, backend: str, host: str = "127.0.0.1", port: int = 8000
         server.shutdown()
         log(f"served {server.stats['requests']} requests, {server.stats['errors']} errors, "
             f"{server.stats['dropped']} clients gone mid-session")
+    if failed:
+        raise ConfigError(f"the policy could not answer a blank observation at warm-up ({failed[0]}); nothing served")

@@ -15,7 +15,7 @@ from vla_distill.sim.registry import get_simulator
 from vla_distill.types import OBS_STATE
 
 HEADER = ("task", "episode", "success", "ticks", "infer p50/p99/max ms", "tick p99 ms", "jitter p99 ms", "misses",
-          "late", "nan", "clipped")
+          "late", "starved", "nan", "clipped", "seam |Δa| mean/max")
 
 
 def rows(summaries: list[dict]) -> list[list[str]]:
@@ -27,9 +27,15 @@ def rows(summaries: list[dict]) -> list[list[str]]:
         inf = t["inference"]
         row = (s["task"], i, "yes" if s["success"] else "no", s["ticks"],
                f"{inf.get('p50', 0):.2f}/{inf.get('p99', 0):.2f}/{inf.get('max', 0):.2f}", f"{t['tick_work']['p99']:.2f}",
-               f"{t['jitter']['p99']:.3f}", s["deadline_misses"], s["late_dropped"], s["nan_hold"], s["clipped"])
+               f"{t['jitter']['p99']:.3f}", s["deadline_misses"], s["late_dropped"], s["starved"], s["nan_hold"],
+               s["clipped"], _seam(s["seams"]))
         out.append([str(x) for x in row])
     return out
+
+
+def _seam(seams: dict) -> str:
+    at = seams.get("at_seams", {})
+    return f"{at['mean']:.3f}/{at['max']:.3f}" if at.get("n") else "-"
 
 
 def run_tasks(policy, policy_spec: str, backend: str, env: str, tasks: list[str], episodes: int, seed: int,

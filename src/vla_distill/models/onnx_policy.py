@@ -100,3 +100,10 @@ class OnnxPolicy(Policy):
     def num_parameters(self, deployed: bool = False) -> int:
         p = self._policy[0]
         return p.num_parameters(deployed) if hasattr(p, "num_parameters") else sum(t.numel() for t in p.parameters())
+
+
+def instruction_table(policy: Policy) -> Policy | None:
+    """The student whose instruction embeddings `policy` acts on: the policy itself, or an ONNX student graph's torch
+    twin; None for a policy that reads no instruction embedding."""
+    inner = policy._policy[0] if isinstance(policy, OnnxPolicy) else policy
+    return inner if uses_instruction(inner) else None

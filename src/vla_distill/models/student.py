@@ -186,6 +186,11 @@ class StudentPolicy(Policy):
         if task is not None:
             self._embed_new([task])
 
+    def instruction_embedding(self, text: str) -> np.ndarray | None:
+        """(E,) the stored embedding of one of the training instructions, None for any other text."""
+        i = self._task_index.get(text)
+        return None if i is None else self.task_embeddings[i].float().cpu().numpy()
+
     def _embed_new(self, tasks: list[str]) -> None:
         new = sorted({t for t in tasks if t not in self._task_index and t not in self._new_tasks})
         if not new:
