@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -337,6 +338,41 @@ def test_inference_ahead_never_waits_for_a_policy_slower_than_the_period():
     assert ahead["seams"]["inside"]["max"] < 0.3
 
 
+def _serve(policy_path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "vla_distill.cli", "serve", "--policy", str(policy_path), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert "serving" in line, line + proc.stderr.read()
+    return proc, line.split("ws://")[1].split()[0]
+
+
+def test_the_loop_drives_a_robot_from_a_policy_served_elsewhere_and_holds_when_it_goes(state_policy_dir):
+    from vla_distill.deploy.remote_policy import RemotePolicy
+    from vla_distill.models.backends import load_policy
+
+    proc, address = _serve(state_policy_dir)
+    try:
+        host, port = address.split(":")
+        remote = RemotePolicy(host, int(port), timeout_s=5)
+        assert remote.input_keys == ("observation.state",) and (remote.horizon, remote.action_dim) == (1, 4)
+        robot, cfg = FakeRobot(), LoopConfig(hz=20, max_steps=10)
+        s = summarize(run_loop(remote, robot, "t", cfg), cfg)
+        assert s["ticks"] == 10 and s["unavailable"] == 0 and s["late_dropped"] == 0
+        local = load_policy(state_policy_dir)  # what the server computes, for the same first observation
+        with torch.inference_mode():
+            want = local.predict_action_chunk({"observation.state": torch.zeros(1, 4), "task": ["t"]})[0, 0].numpy()
+        assert np.allclose(robot.sent[0], np.clip(want, -1, 1), atol=1e-5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    robot = FakeRobot()
+    s = summarize(run_loop(remote, robot, "t", LoopConfig(hz=20, max_steps=5)), LoopConfig(hz=20))
+    assert s["ticks"] == 5 and s["unavailable"] == 5 and all(np.array_equal(a, np.zeros(4)) for a in robot.sent)
+    r = subprocess.run([sys.executable, "-m", "vla_distill.cli", "run", "--policy", f"openpi://{address}", "--tasks",
+                        "reach-v3"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "cannot connect" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 def test_loop_refuses_an_observation_the_policy_cannot_read():
     robot = FakeRobot()
     policy = ScriptedPolicy([[[0, 0, 0, 0]]], [0.0])
@@ -525,6 +561,16 @@ def test_without_a_text_encoder_the_server_serves_the_policys_own_instructions(o
     assert prompts.embedding(tasks[0]).shape == (policy.config.text_dim,)
     with pytest.raises(RequestError, match="not one of the policy's instructions.*no text encoder"):
         prompts.embedding("an instruction it never saw")
+
+
+def test_run_drives_a_simulated_robot_from_a_served_policy(served):
+    r = subprocess.run([sys.executable, "-m", "vla_distill.cli", "run", "--policy", f"openpi://{served}", "--tasks",
+                        "reach-v3", "--max-steps", "25", "--hz", "20"],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "MUJOCO_GL": "egl"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = next(line for line in r.stdout.splitlines() if line.startswith("| reach-v3"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == "25" and cells[9] == cells[10] == "0" and "(remote)" in r.stdout  # 25 ticks, none starved or lost
 
 
 def test_server_batches_concurrent_clients_and_our_openpi_teacher_uses_it(served, onnx_bundle):

@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import errno
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -446,9 +447,15 @@ def _run_loop_args(rn: argparse.ArgumentParser) -> None:
     from vla_distill.deploy.control_loop import LOOP_CHUNK_MODES, LoopConfig
     from vla_distill.sim.registry import DEFAULT_ENV, ENVS
 
-    rn.add_argument("--policy", default="", help="bundle or checkpoint")
+    rn.add_argument("--policy", default="", help="bundle or checkpoint, or openpi://HOST:PORT: a policy served elsewhere "
+                    "(`vla-distill serve`, or any openpi-protocol server whose metadata has an observation_spec)")
     rn.add_argument("--backend", default="torch", help="torch | torch-bf16 | onnx | onnx-int8 (onnx: bundles exported "
                     "with --format onnx)")
+    rn.add_argument("--obs-map", action="append", default=[], metavar="SERVER_KEY=ROBOT_KEY",
+                    help="openpi://: a server observation key read from another robot key, repeatable "
+                         "(e.g. observation/image=observation.images.corner2)")
+    rn.add_argument("--timeout-s", type=_bounded(float, 0.001), default=10.0,
+                    help="openpi://: seconds to wait for a reply before the tick holds (default 10)")
     rn.add_argument("--tasks", default="", help="tasks, as for eval")
     rn.add_argument("--env", default=DEFAULT_ENV, choices=list(ENVS))
     _field(rn, "--hz", LoopConfig, "control rate (a replay: the recorded rate)", type=float)
@@ -486,7 +493,19 @@ def _run_loop(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = _config(LoopConfig, **_given(args, LoopConfig))
-    policy = load_policy(args.policy, args.backend)
+    if args.policy.startswith("openpi://"):
+        from vla_distill.deploy.remote_policy import RemotePolicy
+
+        m = re.fullmatch(r"openpi://([^:/]+):(\d+)/?", args.policy)
+        if not m:
+            raise ConfigError(f"expected openpi://HOST:PORT, got {args.policy!r}", field="policy")
+        policy = RemotePolicy(m.group(1), int(m.group(2)), args.timeout_s, dict(_key_values(args.obs_map, "--obs-map")))
+        args.backend = "remote"
+    else:
+        policy = load_policy(args.policy, args.backend)
+    if cfg.chunk == "ahead" and policy.horizon == 1:
+        print("note: --chunk ahead needs chunks of several actions to run ahead; this policy predicts one per call, so "
+              "ticks hold while it computes (counted as starved)", file=sys.stderr)
     summaries = sim_runs.run_tasks(policy, args.policy, args.backend, args.env,
                                    get_simulator(args.env).resolve_tasks(args.tasks), args.episodes, args.seed, cfg,
                                    args.record or None)

@@ -9,6 +9,7 @@ delay covers plus `overlap`, computed while the current chunk executes, and merg
 that passed dropped, the overlap blended); no tick waits for the model. It keeps up while a chunk outlasts two
 inference delays (K > 2 d + overlap); below that, the queue can run dry (counted as starved).
 Safety, in this order, each counted:
+  unavailable  a remote policy gave no action (error frame, lost connection, timeout): the hold action is sent
   starved   no action is due this tick (an inference-ahead queue ran dry): the hold action is sent
   late      the action is ready more than max_latency after its tick started: dropped, the hold action is sent
   nan_hold  a non-finite action is never sent: the hold action is
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from vla_distill.deploy.remote_policy import PolicyUnavailable
 from vla_distill.errors import ConfigError
 from vla_distill.models.base import observation_to_batch
 from vla_distill.models.chunking import AHEAD, CHUNK_MODES, ChunkScheduler
@@ -174,7 +176,11 @@ class AheadInference:
     def _work(self) -> None:
         while (item := self.requests.get()) is not None:
             obs, tick = item
-            chunk, secs = self.predict(obs)
+            t = time.perf_counter()
+            try:
+                chunk, secs = self.predict(obs)
+            except PolicyUnavailable:  # asked again on the next tick; meanwhile the queue drains (starved when dry)
+                chunk, secs = None, time.perf_counter() - t
             with self.lock:
                 self.done = (tick, chunk, secs)
 
@@ -188,12 +194,13 @@ def _next_action(sched: ChunkScheduler, ahead: AheadInference | None, policy, ob
     nan, whether a new chunk took over)."""
     if ahead is not None:
         got = ahead.poll()
-        if got is not None:
+        if got is not None and got[1] is not None:
             sched.merge(got[0], got[1], tick)
         lead = math.ceil(ahead.delay / cfg.period) + cfg.overlap
         if not ahead.busy and sched.needs_inference(tick, lead):
             ahead.start(obs, tick)
-        return sched.action(tick, last_tick), (got[2] * 1e3 if got else math.nan), got is not None
+        merged = got is not None and got[1] is not None
+        return sched.action(tick, last_tick), (got[2] * 1e3 if got else math.nan), merged
     if not sched.needs_inference(tick):
         return sched.action(tick, last_tick), math.nan, False
     t = time.perf_counter()
@@ -222,10 +229,14 @@ def run_loop(policy, robot, task: str, cfg: LoopConfig, record: bool = False) ->
             t = time.perf_counter()
             obs = robot.get_observation()
             t_obs = time.perf_counter()
-            raw, infer_ms, seam = _next_action(sched, ahead, policy, obs, task, tick, last_tick, cfg)
+            try:
+                raw, infer_ms, seam = _next_action(sched, ahead, policy, obs, task, tick, last_tick, cfg)
+                lost = False
+            except PolicyUnavailable:
+                raw, infer_ms, seam, lost = None, math.nan, False, True
             last_tick = tick
             if raw is None:
-                action, flag = robot.hold_action(), "starved"
+                action, flag = robot.hold_action(), "unavailable" if lost else "starved"
             elif time.perf_counter() - start > cfg.max_latency:
                 action, flag = robot.hold_action(), "late"
             else:
@@ -281,7 +292,7 @@ def summarize(log: StepLog, cfg: LoopConfig) -> dict:
         "deadline_misses": int(sum(w > period_ms for w in log.work_ms)),
         "skipped": log.skipped,
         "late_dropped": flags.count("late"), "nan_hold": flags.count("nan_hold"), "clipped": flags.count("clipped"),
-        "starved": flags.count("starved"), "seams": seam_jumps(log),
+        "starved": flags.count("starved"), "unavailable": flags.count("unavailable"), "seams": seam_jumps(log),
     }
 
 

@@ -15,7 +15,7 @@ from vla_distill.sim.registry import get_simulator
 from vla_distill.types import OBS_STATE
 
 HEADER = ("task", "episode", "success", "ticks", "infer p50/p99/max ms", "tick p99 ms", "jitter p99 ms", "misses",
-          "late", "starved", "nan", "clipped", "seam |Δa| mean/max")
+          "late", "starved", "lost", "nan", "clipped", "seam |Δa| mean/max")
 
 
 def rows(summaries: list[dict]) -> list[list[str]]:
@@ -27,8 +27,8 @@ def rows(summaries: list[dict]) -> list[list[str]]:
         inf = t["inference"]
         row = (s["task"], i, "yes" if s["success"] else "no", s["ticks"],
                f"{inf.get('p50', 0):.2f}/{inf.get('p99', 0):.2f}/{inf.get('max', 0):.2f}", f"{t['tick_work']['p99']:.2f}",
-               f"{t['jitter']['p99']:.3f}", s["deadline_misses"], s["late_dropped"], s["starved"], s["nan_hold"],
-               s["clipped"], _seam(s["seams"]))
+               f"{t['jitter']['p99']:.3f}", s["deadline_misses"], s["late_dropped"], s["starved"], s["unavailable"],
+               s["nan_hold"], s["clipped"], _seam(s["seams"]))
         out.append([str(x) for x in row])
     return out
 
