@@ -11,6 +11,11 @@ Usage:
   python benchmarks/bench_deploy.py server [--clients 32] [--seconds 60] [--backend onnx]
       `vla-distill serve` under N concurrent clients on loopback, without and with batching
       -> results/deploy_server.json (goal: 0 errors)
+  python benchmarks/bench_deploy.py async --policy CHECKPOINT [--tasks ...] [--episodes 20] [--delay-ms 100] [--hz 12.5]
+      the real-time loop with a policy slower than the control period (its inference plus an injected delay), on
+      the same held-out seeds: synchronous queue vs temporal ensembling vs inference-ahead (--chunk ahead): success
+      with intervals and paired differences, late and starved ticks, the action jump at chunk seams against inside
+      chunks, ticks to success -> results/deploy_async.json
 Presets without a trained checkpoint are measured with random weights and the demo dataset's normalization
 (latency does not depend on the weights' values; their action error is a numerical, not a behavioural, measure).
 """
@@ -169,6 +174,63 @@ def success(args) -> None:
     write_result(RESULTS / "deploy_success.json", result)
 
 
+class Delayed:
+    """A policy whose every call takes `delay` seconds longer (a bigger model, a remote one): same interface."""
+
+    def __init__(self, policy, delay: float):
+        self.policy, self.delay = policy, delay
+
+    def __getattr__(self, name):
+        return getattr(self.policy, name)
+
+    def predict_action_chunk(self, batch):
+        time.sleep(self.delay)
+        return self.policy.predict_action_chunk(batch)
+
+
+def async_loop(args) -> None:
+    from vla_distill.deploy import sim_runs
+    from vla_distill.deploy.control_loop import LoopConfig
+    from vla_distill.eval.stats import paired, wilson
+    from vla_distill.models.backends import load_policy
+
+    slow = Delayed(load_policy(args.policy, args.backend), args.delay_ms / 1e3)
+    tasks = args.tasks.split(",")
+    result = {"policy": args.policy, "backend": args.backend, "tasks": tasks, "episodes_per_task": args.episodes,
+              "hz": args.hz, "injected_delay_ms": args.delay_ms, "horizon": slow.horizon, "modes": {}}
+    runs = {}
+    for mode in ("queue", "ensemble", "ahead"):
+        cfg = LoopConfig(hz=args.hz, chunk=mode)
+        runs[mode] = sim_runs.run_tasks(slow, args.policy, args.backend, "metaworld", tasks, args.episodes, 0, cfg)
+    rows = []
+    for mode, summaries in runs.items():
+        ok = [s["success"] for s in summaries]
+        seams = [s["seams"] for s in summaries if s["seams"]]
+        at = [x["at_seams"]["mean"] for x in seams if x["at_seams"]["n"]]
+        inside = [x["inside"]["mean"] for x in seams if x["inside"]["n"]]
+        ticks = [s["first_success"] for s in summaries if s["first_success"] is not None]
+        r = {"pc_success": 100 * np.mean(ok), "ci95": wilson(sum(ok), len(ok)), "n": len(ok),
+             "late_per_episode": float(np.mean([s["late_dropped"] for s in summaries])),
+             "starved_per_episode": float(np.mean([s["starved"] for s in summaries])),
+             "misses_per_episode": float(np.mean([s["deadline_misses"] for s in summaries])),
+             "seam_jump_mean": float(np.mean(at)) if at else None, "seam_jump_max": max((x["at_seams"]["max"] for x in seams
+                                                                                          if x["at_seams"]["n"]), default=None),
+             "inside_jump_mean": float(np.mean(inside)) if inside else None,
+             "ticks_to_success_median": float(np.median(ticks)) if ticks else None}
+        if mode != "queue":
+            d = paired([s["success"] for s in runs["queue"]], ok)
+            r["vs_queue"] = {k: d[k] for k in ("difference", "ci95", "mcnemar_p")}
+        result["modes"][mode] = r
+        rows.append((mode, f"{r['pc_success']:.1f} ({r['ci95'][0]:.1f}–{r['ci95'][1]:.1f})", str(r["n"]),
+                     f"{r['late_per_episode']:.1f}", f"{r['starved_per_episode']:.1f}", f"{r['misses_per_episode']:.1f}",
+                     f"{r['seam_jump_mean'] or float('nan'):.3f} / {r['inside_jump_mean'] or float('nan'):.3f}",
+                     f"{r['ticks_to_success_median'] or float('nan'):.0f}"))
+    print(table(("chunking", "success % (95% CI)", "n", "late/ep", "starved/ep", "misses/ep",
+                 "|Δa| at seams / inside", "ticks to success"), rows))
+    result["command"] = "python benchmarks/bench_deploy.py " + " ".join(sys.argv[1:])
+    write_result(RESULTS / "deploy_async.json", result)
+
+
 def load_client(uri: str, request: bytes, until: float, lat: list, errors: list) -> None:
     from websockets.sync.client import connect
 
@@ -231,7 +293,7 @@ def server(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("suite", choices=["latency", "success", "server"])
+    p.add_argument("suite", choices=["latency", "success", "server", "async"])
     p.add_argument("--work", default="outputs/bench_deploy")
     p.add_argument("--presets", default="tiny,small,base")
     p.add_argument("--policy-tiny", default="", help="a trained tiny checkpoint (default: random weights)")
@@ -244,8 +306,12 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--backend", default="onnx")
+    p.add_argument("--delay-ms", type=float, default=100.0, help="async: added to every policy call")
+    p.add_argument("--hz", type=float, default=12.5, help="async: control rate")
     args = p.parse_args()
-    {"latency": latency, "success": success, "server": server}[args.suite](args)
+    if args.suite == "async" and "--backend" not in sys.argv:
+        args.backend = "torch"
+    {"latency": latency, "success": success, "server": server, "async": async_loop}[args.suite](args)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ def run_tasks(policy, policy_spec: str, backend: str, env: str, tasks: list[str]
                 steps = run_loop(policy, robot, robot.instruction, cfg, record=record is not None)
             finally:
                 robot.disconnect()
-            summary = {**summarize(steps, cfg), "task": task, "seed": s, "success": robot.success}
+            summary = {**summarize(steps, cfg), "task": task, "seed": s, "success": robot.success,
+                       "first_success": robot.first_success}
             if record is not None:
                 meta = {"env": env, "task": task, "seed": s, "instruction": robot.instruction, "policy": policy_spec,
                         "backend": backend, "image_keys": list(keys), "image_size": list(size or ()),
