@@ -19,8 +19,9 @@ phase-gripper = guided, its gripper target the median of the teacher's commands 
 (train --gripper-from-phases).
 Besides success, each episode's physical timeline (the kinematic annotator run on the rollout, reading contact)
 gives the seed's failure signatures for every arm alike, with or without a phase head: premature release (the
-fingers open on the object before success) and stuck phases; and the grip: the mean gripper command while the
-rollout's reference says transport.
+timeline leaves transport for approach or grasp before success: the object got away) and stuck phases (one phase
+or a still hand for 2 s); the grip (the mean gripper command while the timeline says transport) and the gripper's
+jitter (mean |Δ| between consecutive commands). Guided students' own phase heads add the evaluator's predicted flags.
 Work directories live under --work (default outputs/bench_guidance).
 """
 
@@ -50,6 +51,7 @@ from vla_distill.data.dataset import RobotDataset
 from vla_distill.eval.observe import TRANSPORT, phase_flags
 from vla_distill.eval.stats import paired, wilson
 from vla_distill.models.text import TextEncoder
+from vla_distill.sim.kinematics import runs
 from vla_distill.types import AUDIT_PATH, AUDIT_REPORT_PATH, DIRECTION_INDEX, DIRECTIONS_PATH, PHASE_INDEX, WINDOWS_PATH
 
 # MetaWorld tasks that need a grasp (phase and gripper matter) and that the recipe's student solves from a clean
@@ -123,6 +125,14 @@ def _replace_table(table: pa.Table, path: Path) -> None:
     os.replace(path.with_suffix(".new"), path)
 
 
+def dropped(reference: np.ndarray, success: np.ndarray) -> bool:
+    """The seed's premature release, seen in the rollout itself: its reference timeline leaves transport for approach
+    or grasp (the object got away) before the task first succeeded."""
+    horizon = int(np.argmax(success)) if success.any() else len(reference)
+    seq = [v for v, _, _ in runs(reference[:horizon]) if v >= 0]
+    return any(a == TRANSPORT and b < TRANSPORT for a, b in zip(seq, seq[1:]))
+
+
 def episodes(out: Path) -> list[dict]:
     """Every evaluated episode of an eval directory, in (task, episode) order, with its physical signatures."""
     rows = []
@@ -133,8 +143,9 @@ def episodes(out: Path) -> list[dict]:
         kinds = {f["kind"] for f in phase_flags(ref, ref, arr["success"], arr["hand"])}
         grip = arr["actions"][ref == TRANSPORT, -1]
         rows.append({"task": rec["task"], "episode": rec["episode"], "success": rec["success"],
-                     "premature_release": "premature_release" in kinds, "stuck_phase": "stuck_phase" in kinds,
+                     "premature_release": dropped(ref, arr["success"]), "stuck_phase": "stuck_phase" in kinds,
                      "transport_grip": float(grip.mean()) if len(grip) else None,
+                     "gripper_jitter": float(np.abs(np.diff(arr["actions"][:, -1])).mean()) if len(ref) > 1 else 0.0,
                      "predicted_flags": sorted({f["kind"] for f in rec["flags"]})})
     return rows
 
@@ -147,6 +158,9 @@ def arm_summary(rows: list[dict]) -> dict:
         out[key] = {"pc": 100 * k / n, "ci95": wilson(k, n)}
     grips = [r["transport_grip"] for r in rows if r["transport_grip"] is not None]
     out["transport_grip_mean"] = float(np.mean(grips)) if grips else None
+    out["gripper_jitter_mean"] = float(np.mean([r["gripper_jitter"] for r in rows]))
+    k = sum("premature_release" in r["predicted_flags"] for r in rows)  # what a guided student's phase head says
+    out["predicted_premature_release"] = {"pc": 100 * k / n, "ci95": wilson(k, n)}
     out["per_task"] = {t: 100 * np.mean([r["success"] for r in rows if r["task"] == t])
                        for t in dict.fromkeys(r["task"] for r in rows)}
     return out
@@ -163,9 +177,9 @@ def robustness(args) -> dict:
         per_seed: dict[str, list[float]] = {arm: [] for arm in rows}
         for seed in range(args.seeds):
             for arm in rows:
-                run, _ = trained(ann, work / f"{level}-{arm}-s{seed}", args.steps, *RECIPE, *AUX, "--seed", str(seed),
-                                 *ARMS[arm])
-                out = work / f"eval-{level}-{arm}-s{seed}"
+                run, out = work / f"{level}-{arm}-s{seed}", work / f"eval-{level}-{arm}-s{seed}"
+                if not (out / "eval_info.json").exists():  # evaluated: the run is complete, nothing to resume
+                    trained(ann, run, args.steps, *RECIPE, *AUX, "--seed", str(seed), *ARMS[arm])
                 info = evaluated(str(run), args.tasks, out, args.episodes, "--seed", str(seed))
                 per_seed[arm].append(info["overall"]["pc_success"])
                 rows[arm] += [{**r, "seed": seed} for r in episodes(out)]
@@ -199,8 +213,9 @@ def labels(args) -> dict:
     for seed in range(args.seeds):
         for name, ds in variants.items():
             tag = f"{args.noise}-{args.arm}-s{seed}" if name == "clean" else f"{args.noise}-{args.arm}-{name}-s{seed}"
-            run, _ = trained(ds, work / tag, args.steps, *RECIPE, *AUX, "--seed", str(seed), *ARMS[args.arm])
-            out = work / f"eval-{tag}"
+            run, out = work / tag, work / f"eval-{tag}"
+            if not (out / "eval_info.json").exists():
+                trained(ds, run, args.steps, *RECIPE, *AUX, "--seed", str(seed), *ARMS[args.arm])
             evaluated(str(run), args.tasks, out, args.episodes, "--seed", str(seed))
             rows[name] += [{**r, "seed": seed} for r in episodes(out)]
     result = {name: {**arm_summary(r), "audit": audit_catch(variants[name]) if name != "clean" else None}
@@ -253,12 +268,13 @@ def _ci(ci) -> str:
 
 def table(level: str, r: dict) -> None:
     print(f"\n{level}: {r['teacher']}")
-    print("| arm | success % (95% CI) | per seed | premature release % | stuck % | grip in transport | n |")
-    print("|---|---:|---|---:|---:|---:|---:|")
+    print("| arm | success % (95% CI) | per seed | premature release % | stuck % | grip in transport | gripper "
+          "jitter | n |\n|---|---:|---|---:|---:|---:|---:|---:|")
     for arm, a in r["arms"].items():
         print(f"| {arm} | {a['success']['pc']:.1f} ({_ci(a['success']['ci95'])}) | "
               f"{', '.join(f'{x:.0f}' for x in a['per_seed'])} | {a['premature_release']['pc']:.1f} | "
-              f"{a['stuck_phase']['pc']:.1f} | {a['transport_grip_mean'] or float('nan'):.2f} | {a['n_episodes']} |")
+              f"{a['stuck_phase']['pc']:.1f} | {a['transport_grip_mean'] or float('nan'):.2f} | "
+              f"{a['gripper_jitter_mean']:.2f} | {a['n_episodes']} |")
     for name, d in r["paired"].items():
         print(f"{name}, paired: {d['difference']:+.1f} points ({d['ci95'][0]:.1f} to {d['ci95'][1]:.1f}), "
               f"McNemar p {d['mcnemar_p']:.2g}")
