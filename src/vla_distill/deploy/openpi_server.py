@@ -301,20 +301,9 @@ def make_server(infer: InferFn, metadata: dict, host: str = "127.0.0.1", port: i
     return server
 
 
-def serve_policy(policy, backend: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 1,
-                 wait_ms: float = 2.0, max_message_bytes: int = MAX_MESSAGE_BYTES, log=print) -> None:
-    """Serves until Ctrl-C; prints the address, the expected observation and the request counts at exit."""
-    meta = metadata_for(policy, backend, max_message_bytes, max_batch)
-    infer, ready = policy_infer_fn(policy, max_batch, wait_ms), threading.Event()
-    try:
-        server = make_server(infer, meta, host, port, max_message_bytes, ready)
-    except OSError as e:
-        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e})", field="port") from None
-    bound = server.socket.getsockname()
-    log(f"serving {meta['policy_type']} ({backend}) on ws://{bound[0]}:{bound[1]}  (health: http://{bound[0]}:{bound[1]}/healthz)")
-    log("expects: " + ", ".join(f"{k} {v['dtype']}{v['shape']}" for k, v in meta["observation_spec"].items())
-        + f"; returns actions float32{meta['action_shape']}")
-
+def _warm_in_background(server, infer: InferFn, policy, ready: threading.Event, log) -> list[str]:
+    """Warms up on another thread while the socket already listens; sets `ready`, or shuts the server down and leaves
+    the reason in the returned list."""
     failed: list[str] = []
 
     def warm() -> None:
@@ -332,6 +321,24 @@ def serve_policy(policy, backend: str, host: str = "127.0.0.1", port: int = 8000
         log(f"ready ({time.perf_counter() - t0:.1f} s warm-up)")
 
     threading.Thread(target=warm, daemon=True, name="warm-up").start()
+    return failed
+
+
+def serve_policy(policy, backend: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 1,
+                 wait_ms: float = 2.0, max_message_bytes: int = MAX_MESSAGE_BYTES, log=print) -> None:
+    """Serves until Ctrl-C; prints the address, the expected observation and the request counts at exit."""
+    meta = metadata_for(policy, backend, max_message_bytes, max_batch)
+    infer, ready = policy_infer_fn(policy, max_batch, wait_ms), threading.Event()
+    try:
+        server = make_server(infer, meta, host, port, max_message_bytes, ready)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e})", field="port") from None
+    bound = server.socket.getsockname()
+    log(f"serving {meta['policy_type']} ({backend}) on ws://{bound[0]}:{bound[1]}  (health: http://{bound[0]}:{bound[1]}/healthz)")
+    log("expects: " + ", ".join(f"{k} {v['dtype']}{v['shape']}" for k, v in meta["observation_spec"].items())
+        + f"; returns actions float32{meta['action_shape']}")
+
+    failed = _warm_in_background(server, infer, policy, ready, log)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
