@@ -338,8 +338,10 @@ def test_inference_ahead_never_waits_for_a_policy_slower_than_the_period():
     assert ahead["seams"]["inside"]["max"] < 0.3
 
 
-def _serve(policy_path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "vla_distill.cli", "serve", "--policy", str(policy_path), "--port", "0"],
+def _serve(policy_path, *flags: str) -> tuple[subprocess.Popen, str]:
+    """`vla-distill serve POLICY --port 0 FLAGS` as a process, and the address it printed."""
+    proc = subprocess.Popen([sys.executable, "-m", "vla_distill.cli", "serve", "--policy", str(policy_path), "--port", "0",
+                             *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     assert "serving" in line, line + proc.stderr.read()
@@ -402,12 +404,7 @@ def test_run_cli_records_and_replays_a_metaworld_episode(onnx_bundle, tmp_path):
 @pytest.fixture(scope="module")
 def served(onnx_bundle):
     """`vla-distill serve` on the bundle (torch backend, batching up to 4), as a separate process."""
-    proc = subprocess.Popen([sys.executable, "-m", "vla_distill.cli", "serve", "--policy", str(onnx_bundle), "--port", "0",
-                             "--max-batch", "4", "--batch-wait-ms", "20", "--max-message-mb", "0.05"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    assert "serving" in line, line + proc.stderr.read()
-    host_port = line.split("ws://")[1].split()[0]
+    proc, host_port = _serve(onnx_bundle, "--max-batch", "4", "--batch-wait-ms", "20", "--max-message-mb", "0.05")
     yield host_port
     proc.terminate()
     proc.wait(timeout=30)

@@ -146,7 +146,7 @@ class AheadInference:
     of measured inference times (seconds), from which the loop decides how early to ask."""
 
     def __init__(self, policy, task: str):
-        self.policy, self.task, self.keys = policy, task, policy.input_keys
+        self.policy, self.task = policy, task
         self.requests: queue.Queue = queue.Queue()
         self.done: tuple[int, np.ndarray, float] | None = None
         self.busy, self.delay, self.lock = False, 0.0, threading.Lock()
@@ -155,11 +155,10 @@ class AheadInference:
 
     def predict(self, obs: dict) -> tuple[np.ndarray, float]:
         t = time.perf_counter()
-        with torch.inference_mode():
-            chunk = self.policy.predict_action_chunk(observation_to_batch(obs, self.keys, self.task))[0]
+        chunk = predict_chunk(self.policy, obs, self.task)
         secs = time.perf_counter() - t
         self.delay = secs if self.delay == 0 else 0.8 * self.delay + 0.2 * secs
-        return chunk.float().cpu().numpy(), secs
+        return chunk, secs
 
     def start(self, obs: dict, tick: int) -> None:
         self.busy = True
@@ -188,25 +187,29 @@ class AheadInference:
         self.requests.put(None)
 
 
+def predict_chunk(policy, obs: dict, task: str) -> np.ndarray:
+    """One live observation -> the policy's (K, D) chunk as numpy."""
+    with torch.inference_mode():
+        return policy.predict_action_chunk(observation_to_batch(obs, policy.input_keys, task))[0].float().cpu().numpy()
+
+
 def _next_action(sched: ChunkScheduler, ahead: AheadInference | None, policy, obs: dict, task: str, tick: int,
                  last_tick: int, cfg: LoopConfig) -> tuple[np.ndarray | None, float, bool]:
     """This tick's action from the scheduler, asking the policy as the mode says: (action or None, inference ms or
     nan, whether a new chunk took over)."""
     if ahead is not None:
         got = ahead.poll()
-        if got is not None and got[1] is not None:
+        merged = got is not None and got[1] is not None
+        if merged:
             sched.merge(got[0], got[1], tick)
         lead = math.ceil(ahead.delay / cfg.period) + cfg.overlap
         if not ahead.busy and sched.needs_inference(tick, lead):
             ahead.start(obs, tick)
-        merged = got is not None and got[1] is not None
         return sched.action(tick, last_tick), (got[2] * 1e3 if got else math.nan), merged
     if not sched.needs_inference(tick):
         return sched.action(tick, last_tick), math.nan, False
     t = time.perf_counter()
-    with torch.inference_mode():
-        chunk = policy.predict_action_chunk(observation_to_batch(obs, policy.input_keys, task))[0]
-    sched.add(tick, chunk.float().cpu().numpy())
+    sched.add(tick, predict_chunk(policy, obs, task))
     return sched.action(tick, tick - 1), (time.perf_counter() - t) * 1e3, True
 
 
@@ -217,10 +220,11 @@ def run_loop(policy, robot, task: str, cfg: LoopConfig, record: bool = False) ->
     pacer = Pacer(cfg.period, cfg.spin_ms / 1e3)
     log = StepLog()
     policy.reset(task=task)
-    check_observation(robot.get_observation(), policy.observation_spec)
+    first = robot.get_observation()
+    check_observation(first, policy.observation_spec)
     ahead = AheadInference(policy, task) if cfg.chunk == AHEAD else None
     if ahead is not None:  # the first chunk before the first tick: nothing to execute while it is computed
-        sched.add(0, ahead.predict(robot.get_observation())[0])
+        sched.add(0, ahead.predict(first)[0])
     last_tick = -1
     try:
         for _ in range(cfg.max_steps):

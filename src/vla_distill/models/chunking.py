@@ -69,7 +69,7 @@ class ChunkScheduler:
         start = max(step, obs_step)
         if self.chunks:
             t0, old = self.chunks[0]
-            overlap = np.asarray(old[start - t0 :], np.float32)[: len(new)] if start - t0 < len(old) else new[:0]
+            overlap = np.asarray(old[start - t0 :], np.float32)[: len(new)]
             if len(overlap):
                 w = 1.0 - np.arange(1, len(overlap) + 1, dtype=np.float32) / (len(overlap) + 1)  # (L,), 1 -> 0
                 new = new.copy()
