@@ -2,7 +2,7 @@
 
 Usage (every stage runs through the CLI as a user would, and is skipped or resumed when its output exists):
   python benchmarks/bench_guidance.py robustness [--noise heavy,seed] [--arms unguided,guided,phase-gripper] [--seeds 3]
-                                                 [--steps 6000] [--episodes 50]
+                                                 [--steps 6000] [--episodes 50] [--finished-only]
       GRIPPER_TASKS x 50 DART demonstrations (the recipe's data), relabelled by `noisy:scripted` at each NOISE
       level; one multi-task student of the recipe per (level, arm, training seed); training seed s is evaluated on
       held-out seed stream s, the same episodes for every arm -> results/guidance_robustness.json
@@ -15,6 +15,7 @@ Usage (every stage runs through the CLI as a user would, and is skipped or resum
       results/guidance.json: the headline numbers of both suites with MT50's phase agreement and audit
       (results/annotate_mt50.json, bench_annotate.py)
 Arms (ARMS): unguided = action loss only; guided = action + 0.1 phase CE + 0.05 direction InfoNCE (the paper);
+guided-l1 / unguided-l1 = the same with an L1 action loss (each state's median command, not its mean);
 phase-gripper = guided, its gripper target the median of the teacher's commands over each phase segment
 (train --gripper-from-phases).
 Besides success, each episode's physical timeline (the kinematic annotator run on the rollout, reading contact)
@@ -63,9 +64,12 @@ NOISE = {  # level -> teacher spec; "seed" is the noisy teacher's defaults (the 
     "seed": "noisy:scripted",
     "heavy": "noisy[std=0.3,toggle=0.1,burst=10,stale=0.2]:scripted",
 }
-ARMS = {"unguided": ("--no-phase-loss", "--no-direction-loss"), "guided": (), "guided-l1": ("--action-loss", "l1"),
+UNGUIDED = ("--no-phase-loss", "--no-direction-loss")
+L1 = ("--action-loss", "l1")
+ARMS = {"unguided": UNGUIDED, "guided": (), "guided-l1": L1, "unguided-l1": UNGUIDED + L1,
         "phase-gripper": ("--gripper-from-phases",)}
-PAIRS = (("guided", "unguided"), ("guided-l1", "guided"), ("guided-l1", "unguided"), ("phase-gripper", "guided"))
+PAIRS = (("guided", "unguided"), ("guided-l1", "guided"), ("guided-l1", "unguided"), ("guided-l1", "unguided-l1"),
+         ("unguided-l1", "unguided"), ("phase-gripper", "guided"))
 
 
 CORRUPTION = "meta/corruption.json"
@@ -174,21 +178,28 @@ def robustness(args) -> dict:
     for level in args.noise.split(","):
         ann = bench_eval.annotated(work, raw, NOISE[level], f"annotated-128-{level}")
         rows: dict[str, list[dict]] = {arm: [] for arm in args.arms.split(",")}
-        per_seed: dict[str, list[float]] = {arm: [] for arm in rows}
+        per_seed: dict[str, dict[int, float]] = {arm: {} for arm in rows}
         for seed in range(args.seeds):
             for arm in rows:
                 run, out = work / f"{level}-{arm}-s{seed}", work / f"eval-{level}-{arm}-s{seed}"
                 if not (out / "eval_info.json").exists():  # evaluated: the run is complete, nothing to resume
+                    if args.finished_only:
+                        continue
                     trained(ann, run, args.steps, *RECIPE, *AUX, "--seed", str(seed), *ARMS[arm])
                 info = evaluated(str(run), args.tasks, out, args.episodes, "--seed", str(seed))
-                per_seed[arm].append(info["overall"]["pc_success"])
+                per_seed[arm][seed] = info["overall"]["pc_success"]
                 rows[arm] += [{**r, "seed": seed} for r in episodes(out)]
-        levels[level] = {"teacher": NOISE[level], "arms": {a: {**arm_summary(r), "per_seed": per_seed[a]}
-                                                            for a, r in rows.items()}}
+        rows = {a: r for a, r in rows.items() if r}
+        levels[level] = {"teacher": NOISE[level], "arms": {
+            a: {**arm_summary(r), "per_seed": list(per_seed[a].values()), "seeds": list(per_seed[a])}
+            for a, r in rows.items()}}
         levels[level]["paired"] = {}
         for a, b in (p for p in PAIRS if p[0] in rows and p[1] in rows):
-            d = paired([r["success"] for r in rows[b]], [r["success"] for r in rows[a]])
-            levels[level]["paired"][f"{a} - {b}"] = {k: d[k] for k in ("difference", "ci95", "mcnemar_p", "only_a", "only_b")}
+            common = sorted(set(per_seed[a]) & set(per_seed[b]))  # same seeds, same held-out episodes
+            d = paired([r["success"] for r in rows[b] if r["seed"] in common],
+                       [r["success"] for r in rows[a] if r["seed"] in common])
+            levels[level]["paired"][f"{a} - {b}"] = {**{k: d[k] for k in ("difference", "ci95", "mcnemar_p", "only_a", "only_b")},
+                                                     "seeds": common}
         table(level, levels[level])
     return {"suite": "robustness", "tasks": args.tasks, "demos_per_task": args.demos, "steps": args.steps,
             "seeds": args.seeds, "episodes_per_task": args.episodes, "recipe": " ".join(RECIPE + AUX),
@@ -324,6 +335,8 @@ def main() -> None:
     p.add_argument("--demos", type=int, default=50)
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--finished-only", action="store_true",
+                   help="robustness: report the (arm, seed) runs already evaluated; train and evaluate nothing")
     p.add_argument("--episodes", type=int, default=50)
     args = p.parse_args()
     result = {"robustness": robustness, "labels": labels, "summary": summary}[args.suite](args)

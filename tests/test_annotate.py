@@ -81,7 +81,7 @@ def test_no_expert_starts_an_episode_in_a_transport_arm(task):
 def _expert_rollout(task: str, seed: int = 0):
     """One scripted-expert episode as collect records it: (39-d states, Kinematics with recorded contact)."""
     from vla_distill.collect.collect import rollout
-    from vla_distill.sim.kinematics import kinematics
+    from vla_distill.sim.layout import kinematics
     from vla_distill.sim.metaworld import FPS, CameraConfig, MetaWorldEnv
     from vla_distill.types import OBS_CONTACT, OBS_ENV_STATE, OBS_STATE, SUCCESS
 

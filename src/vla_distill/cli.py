@@ -168,14 +168,29 @@ def _inspect(args: argparse.Namespace) -> None:
     for i, task in enumerate(ds.tasks):
         n = sum(task in ep.tasks for ep in ds.episodes)
         print(f"  task {i}: {task!r} ({n} episodes)")
+    print(_layout_line(ds))
     print("ok" if not args.quick else "ok (metadata, parquet and each video's container and extent checked; not every "
           "frame decoded)")
+
+
+def _layout_line(ds) -> str:
+    """How `annotate` will read observation.state (sim.layout), or why it cannot without --state-map."""
+    from vla_distill.annotate.episode import dataset_layout
+    from vla_distill.errors import VlaDistillError
+
+    try:
+        layout = dataset_layout(ds)
+    except VlaDistillError as e:
+        return f"  state layout: none ({str(e).split(': ', 1)[-1]})"
+    d = layout.describe()
+    return f"  state layout: {d['layout']} ({d['state_map']})" + "".join(f"; {x}" for x in d["left_out"][:1])
 
 
 # ---------------------------------------------------------------- annotate
 def _annotate_args(a: argparse.ArgumentParser) -> None:
     from vla_distill.annotate.annotate import SOURCES, AnnotateConfig
     from vla_distill.annotate.vlm import VLMConfig
+    from vla_distill.sim.robot_model import JOINT_UNITS
     from vla_distill.types import TAXONOMIES
 
     a.add_argument("--dataset", required=True, help="input LeRobot dataset")
@@ -204,6 +219,13 @@ def _annotate_args(a: argparse.ArgumentParser) -> None:
     _field(a, "--vlm-concurrency", VLMConfig, field="concurrency", type=int)
     _field(a, "--vlm-cache", AnnotateConfig, "answer cache (default $VLA_DISTILL_CACHE/vlm.sqlite)")
     a.add_argument("--no-audit", dest="audit", action="store_false", default=argparse.SUPPRESS)
+    k = a.add_argument_group("your robot's state (read from info.json's names where they say it; see README)")
+    _field(k, "--state-map", AnnotateConfig, "roles of observation.state's values: ee=0:3 (x y z), gripper=6 (an "
+           "opening; larger = open) or gripper=6-7 (two fingers), joints=0:5")
+    _field(k, "--robot-model", AnnotateConfig, "MJCF or URDF of a joint-space arm: the end effector by forward kinematics")
+    _field(k, "--ee-frame", AnnotateConfig, "the end effector's site or body in --robot-model (e.g. gripperframe)")
+    _field(k, "--joint-units", AnnotateConfig, "the dataset's joint values: deg, rad, or m100 (lerobot's default "
+           "-100..100 over the calibrated range)", choices=list(JOINT_UNITS))
     r = a.add_argument_group("scale out (pip install 'vla-distill[ray]')")
     r.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="local: this process; ray: episodes sharded over Ray actors, one teacher/VLM client each")
@@ -525,6 +547,9 @@ def _serve_args(sv: argparse.ArgumentParser) -> None:
     sv.add_argument("--batch-wait-ms", type=_bounded(float, 0), default=2.0,
                     help="how long a batch waits to fill (default 2 ms)")
     sv.add_argument("--max-message-mb", type=_bounded(float, 0.001), default=16.0)
+    sv.add_argument("--obs-map", action="append", default=[], metavar="CLIENT_KEY=POLICY_KEY",
+                    help="repeatable: accept a client's own key for an input, e.g. openpi's LIBERO example "
+                         "observation/image=observation.images.image (slash forms of our keys need none)")
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -533,7 +558,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     policy = load_policy(args.policy, args.backend)
     serve_policy(policy, args.backend, args.host, args.port, args.max_batch, args.batch_wait_ms,
-                 int(args.max_message_mb * 2**20))
+                 int(args.max_message_mb * 2**20), obs_map=dict(_key_values(args.obs_map, "--obs-map")))
 
 
 # ---------------------------------------------------------------- the parser

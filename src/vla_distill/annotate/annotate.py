@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from vla_distill.annotate import directions as dirs
-from vla_distill.annotate.episode import EpisodeResult, WorkerSpec, load_staged, stage, staged_episodes
+from vla_distill.annotate.episode import EpisodeResult, WorkerSpec, dataset_layout, load_staged, stage, staged_episodes
 from vla_distill.annotate.executors import LocalExecutor, RayExecutor
 from vla_distill.annotate.phases import PhaseConfig
 from vla_distill.annotate.vlm import VLMConfig
@@ -36,6 +36,7 @@ from vla_distill.data.columns import add_columns
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.data.format import cache_root, single_writer, write_json_atomic
 from vla_distill.errors import ConfigError, DatasetError
+from vla_distill.sim.layout import StateLayout
 from vla_distill.types import (ACTION, ANNOTATION_PATH, AUDIT_PATH, AUDIT_REPORT_PATH, DIRECTION_INDEX, DIRECTIONS_PATH,
                                PHASE_INDEX, PHASES_PATH, TASK_EMBEDDINGS_PATH, TASK_INDEX, TAXONOMIES, TEACHER_ACTION,
                                WINDOWS_PATH)
@@ -58,6 +59,11 @@ class AnnotateConfig:
     vlm_cache: str = ""  # "" = $VLA_DISTILL_CACHE/vlm.sqlite (kept across runs: a rerun costs nothing)
     audit: bool = True
     phase: PhaseConfig = field(default_factory=PhaseConfig)
+    # observation.state's roles where neither a simulator's layout nor the feature names give them (sim.layout)
+    state_map: str = ""  # e.g. "ee=0:3,gripper=6", "joints=0:5,gripper=5"
+    robot_model: str = ""  # MJCF or URDF: the end effector by forward kinematics of a joint-space arm
+    ee_frame: str = ""  # its site or body
+    joint_units: str = "deg"  # sim.robot_model.JOINT_UNITS
 
     def __post_init__(self):
         for name in ("phases", "directions"):
@@ -154,9 +160,15 @@ def _fixed_list(emb: np.ndarray) -> pa.FixedSizeListArray:
 
 
 # ---------------------------------------------------------------- the command
+LAYOUT_FIELDS = ("state_map", "robot_model", "ee_frame", "joint_units")
+
+
 def _plan(ds: RobotDataset, cfg: AnnotateConfig) -> dict:
     c = asdict(cfg)
     c.pop("audit")
+    for k in LAYOUT_FIELDS:  # at their defaults they are left out: earlier annotations keep their plans
+        if c[k] == getattr(AnnotateConfig, k):
+            c.pop(k)
     return {"dataset": str(ds.root), "fingerprint": ds.fingerprint(), "config": c}
 
 
@@ -166,6 +178,7 @@ def annotate(dataset: str | Path, out: str | Path, cfg: AnnotateConfig = Annotat
     t0 = time.perf_counter()
     ds = RobotDataset(dataset)
     ds.check_videos()  # before any work: the output hard-links these files
+    layout = _layout(ds, cfg)  # a state it cannot read fails here, before anything is written
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
     if out.exists():
@@ -174,7 +187,7 @@ def annotate(dataset: str | Path, out: str | Path, cfg: AnnotateConfig = Annotat
         return _finish(out, partial, cfg)  # this command's own output: a kill landed after it was written
     with single_writer(partial):
         try:
-            return _annotate(ds, out, partial, cfg, executor or LocalExecutor(), hook, t0)
+            return _annotate(ds, out, partial, cfg, executor or LocalExecutor(), hook, t0, layout)
         except BaseException:
             if not staged_episodes(partial) and not _journal_has_answers(partial):
                 shutil.rmtree(partial, ignore_errors=True)  # nothing to resume from: leave nothing behind
@@ -192,7 +205,17 @@ def _journal_has_answers(partial: Path) -> bool:
             return False
 
 
-def _annotate(ds: RobotDataset, out: Path, partial: Path, cfg: AnnotateConfig, executor, hook, t0: float) -> Path:
+def _layout(ds: RobotDataset, cfg: AnnotateConfig) -> StateLayout | None:
+    if "kinematic" not in (cfg.phases, cfg.directions):
+        return None
+    layout = dataset_layout(ds, cfg.state_map, cfg.robot_model, cfg.ee_frame, cfg.joint_units)
+    for what in layout.left_out():
+        print(f"notice: {what}", file=sys.stderr)
+    return layout
+
+
+def _annotate(ds: RobotDataset, out: Path, partial: Path, cfg: AnnotateConfig, executor, hook, t0: float,
+              layout: StateLayout | None) -> Path:
     plan = _plan(ds, cfg)
     plan_path = partial / "plan.json"
     if plan_path.exists() and json.loads(plan_path.read_text()) != json.loads(json.dumps(plan)):
@@ -208,6 +231,8 @@ def _annotate(ds: RobotDataset, out: Path, partial: Path, cfg: AnnotateConfig, e
     features: dict[str, dict] = {}
     extra: dict[str, bytes] = {}
     provenance: dict = {"dataset": plan["dataset"], "dataset_fingerprint": plan["fingerprint"], "config": plan["config"]}
+    if layout is not None:
+        provenance["state_layout"] = layout.describe()
     timings = {k: sum(r.stats.get(k, 0.0) for r in results.values()) for k in ("teacher_s", "labels_s")}
     if actions is not None:
         provenance["teacher"] = results[0].teacher

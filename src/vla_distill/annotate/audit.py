@@ -8,7 +8,8 @@ Phase checks (per episode, labels collapsed to the 4-phase taxonomy, -1 = masked
   stuck     one label covering most of an episode whose kinematics pass through several phases
 Cue checks (per window): a claimed direction opposite to the window's motion ("left" while moving right), an
 axis claimed where there is no motion (invented), motion while the cue says still, or a gripper claim
-contradicted by the fingers. Embedding spread: windows with near-identical kinematics (same phase, same
+contradicted by the fingers (an arm known only by its joints: claimed joint motion against the joints'). Checks
+the dataset's state cannot support are listed under "not_checked". Embedding spread: windows with near-identical kinematics (same phase, same
 dominant motion) whose cue embeddings are far apart — the symptom of a hallucinating labeller.
 """
 
@@ -19,8 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.parquet as pq
 
-from vla_distill.annotate.directions import DirectionConfig, cue_direction, window_motion
-from vla_distill.annotate.episode import episode_kinematics
+from vla_distill.annotate.directions import (DirectionConfig, cue_direction, joint_claims, joint_motion, joint_word,
+                                             window_motion)
+from vla_distill.annotate.episode import dataset_layout, episode_kinematics
 from vla_distill.annotate.phases import PhaseConfig, label_phases
 from vla_distill.data.annotations import read_annotation, read_directions, read_phase_names
 from vla_distill.data.columns import add_columns
@@ -79,6 +81,8 @@ def audit_phases(labels4: np.ndarray, kin: Kinematics, cfg: AuditConfig = AuditC
 
 def audit_cue(text: str, kin: Kinematics, start: int, end: int, dcfg: DirectionConfig, cfg: AuditConfig = AuditConfig()) -> str | None:
     """The reason a window's cue contradicts its kinematics, or None."""
+    if kin.ee is None:
+        return _audit_joint_cue(text, kin, start, end, dcfg, cfg)
     delta, dg = window_motion(kin, start, end)
     largest = float(np.abs(delta).max())
     moving = np.linalg.norm(delta) >= dcfg.min_move
@@ -89,11 +93,30 @@ def audit_cue(text: str, kin: Kinematics, start: int, end: int, dcfg: DirectionC
             return f"claims motion on axis {'xyz'[axis]} that is not there ({delta[axis]:+.3f} m)"
     if "still" in text and np.linalg.norm(delta) > 2 * dcfg.min_move:
         return f"says still but moves {np.linalg.norm(delta):.3f} m"
+    return _audit_gripper_claim(text, dg, dcfg)
+
+
+def _audit_gripper_claim(text: str, dg: float, dcfg: DirectionConfig) -> str | None:
     if "closing" in text and dg > 0.5 * dcfg.gripper_change:
         return "says closing but the gripper opens"
     if "opening" in text and dg < -0.5 * dcfg.gripper_change:
         return "says opening but the gripper closes"
     return None
+
+
+def _audit_joint_cue(text: str, kin: Kinematics, start: int, end: int, dcfg: DirectionConfig, cfg: AuditConfig) -> str | None:
+    """audit_cue() for an arm known only by its joints: joint claims against joint motion (fractions of range)."""
+    dq, dg = joint_motion(kin, start, end), window_motion(kin, start, end)[1]
+    largest = float(np.abs(dq).max()) if len(dq) else 0.0
+    for j, sign in joint_claims(text, kin.joint_names).items():
+        word = joint_word(kin.joint_names[j])
+        if dq[j] * sign < 0 and abs(dq[j]) > max(cfg.opposite_fraction * largest, 0.25 * dcfg.min_joint_move):
+            return f"says {text!r} but {word} moves {dq[j]:+.2f} of its range"
+        if abs(dq[j]) < cfg.invented_fraction * largest or abs(dq[j]) < 0.5 * dcfg.min_joint_move:
+            return f"claims motion of {word} that is not there ({dq[j]:+.2f} of its range)"
+    if "still" in text and largest > 2 * dcfg.min_joint_move:
+        return f"says still but a joint moves {largest:.2f} of its range"
+    return _audit_gripper_claim(text, dg, dcfg)
 
 
 def embedding_spread(groups: np.ndarray, cue_ids: np.ndarray, embeddings: np.ndarray, cfg: AuditConfig = AuditConfig()) -> list[dict]:
@@ -136,6 +159,8 @@ def audit_dataset(root, mask: bool = False, drop: bool = False, cfg: AuditConfig
     if c is None:
         raise DatasetError("no annotation settings (run vla-distill annotate first)", path=ds.root / ANNOTATION_PATH)
     dcfg = DirectionConfig(window=c["window"], stride=c["stride"])
+    layout = dataset_layout(ds, c.get("state_map", ""), c.get("robot_model", ""), c.get("ee_frame", ""),
+                            c.get("joint_units", "deg"))
     phases = ds.column(PHASE_INDEX).astype(np.int64)
     has_cues = DIRECTION_INDEX in ds.features
     if has_cues:
@@ -146,7 +171,7 @@ def audit_dataset(root, mask: bool = False, drop: bool = False, cfg: AuditConfig
     w = 0
     for e in range(ds.num_episodes):
         ep, rows = ds.episodes[e], ds.episode_rows(e)
-        kin = episode_kinematics(ds, rows)
+        kin = episode_kinematics(ds, rows, layout)
         p4 = to_phase4(phases[rows], taxonomy)
         flags = audit_phases(p4, kin, cfg)
         cue_flags = []
@@ -177,6 +202,7 @@ def audit_dataset(root, mask: bool = False, drop: bool = False, cfg: AuditConfig
             "cue_windows": n_windows, "cue_windows_flagged": sum(len(x["cue_flags"]) for x in episodes),
             "spread_groups_flagged": len(spread), "masked": mask,
         },
+        "not_checked": not_checked(layout),
         "dropped_episodes": [x["episode_index"] for x in episodes if x["phase_flags"] or x["cue_flags"]] if drop else [],
         "spread": spread, "episodes": episodes,
     }
@@ -192,6 +218,18 @@ def audit_dataset(root, mask: bool = False, drop: bool = False, cfg: AuditConfig
     return report
 
 
+def not_checked(layout) -> list[str]:
+    """The audit's checks this dataset's state cannot support, one phrase each (sim.layout.StateLayout)."""
+    out = []
+    if not layout.has_ee:
+        out.append("cue directions (left/right, up/down, forward/backward): no end-effector position; "
+                   "joint-space cues are checked against joint motion instead")
+    if not layout.env_object:
+        out.append("object motion: no object state, so the phase reference takes a close as a grasp and "
+                   "closed-gripper motion as transport")
+    return out
+
+
 def _markdown(report: dict) -> str:
     s = report["summary"]
     lines = [
@@ -201,7 +239,8 @@ def _markdown(report: dict) -> str:
         f"- cue windows: {s['cue_windows']}, flagged: {s['cue_windows_flagged']}",
         f"- kinematic groups with widely spread cue embeddings: {s['spread_groups_flagged']}",
         f"- flagged labels masked: {'yes' if s['masked'] else 'no'}",
-        f"- episodes dropped from training: {len(report['dropped_episodes'])}", "",
+        f"- episodes dropped from training: {len(report['dropped_episodes'])}",
+        *(f"- not checked: {x}" for x in report.get("not_checked", [])), "",
     ]
     flagged = [e for e in report["episodes"] if e["phase_flags"] or e["cue_flags"]]
     if flagged:

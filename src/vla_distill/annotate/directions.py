@@ -1,6 +1,8 @@
 """Direction cues: a short sentence describing the motion over a sliding window of frames.
 
-Axes follow the robot base frame (MetaWorld/LIBERO): +x right, +y forward (away from the robot), +z up.
+Axes follow the robot base frame (MetaWorld/LIBERO): +x right, +y forward (away from the robot), +z up; an arm given
+by forward kinematics speaks in its model's base frame. An arm known only by its joints gets cues that name the
+joints that move ("moving the arm: shoulder pan increasing, elbow flex decreasing").
 Windows: start = 0, S, 2S, ... each covering [start, start + W) clipped to the episode; frame t takes the cue of
 window min(t // S, last), which always contains it.
 """
@@ -25,6 +27,7 @@ class DirectionConfig:
     min_move: float = 0.01  # m over the window; less is "still"
     secondary: float = 0.5  # another axis is named when its motion is at least this fraction of the largest
     gripper_change: float = 0.1  # opening change over the window that counts as opening/closing
+    min_joint_move: float = 0.05  # joint-space arms: fraction of a joint's range over the window; less is "still"
 
     def __post_init__(self):
         if self.window < 2 or self.stride < 1:
@@ -63,9 +66,45 @@ def axis_phrase(delta: np.ndarray, cfg: DirectionConfig) -> str:
 
 
 def window_motion(kin: Kinematics, start: int, end: int) -> tuple[np.ndarray, float]:
-    """(end-effector displacement (3,), gripper opening change) from the first to the last frame of [start, end)."""
+    """(end-effector displacement (3,), gripper opening change) from the first to the last frame of [start, end);
+    zero displacement where the end effector is unknown."""
     end = max(end, start + 1)
-    return kin.ee[end - 1] - kin.ee[start], float(kin.gripper[end - 1] - kin.gripper[start])
+    delta = kin.ee[end - 1] - kin.ee[start] if kin.ee is not None else np.zeros(3)
+    return delta, float(kin.gripper[end - 1] - kin.gripper[start])
+
+
+def joint_motion(kin: Kinematics, start: int, end: int) -> np.ndarray:
+    """(J,) change of each joint over [start, end) as a fraction of its range; (0,) without joints."""
+    if kin.joints is None:
+        return np.zeros(0)
+    end = max(end, start + 1)
+    return kin.joints[end - 1] - kin.joints[start]
+
+
+def joint_word(name: str) -> str:
+    """'shoulder_pan.pos' -> 'shoulder pan'."""
+    return re.sub(r"[._](pos|position)$", "", name).replace("_", " ").replace(".", " ").strip()
+
+
+def joint_phrase(delta: np.ndarray, names: tuple[str, ...], cfg: DirectionConfig) -> str:
+    """(J,) joint changes -> 'shoulder pan increasing, elbow flex decreasing' ('' when below min_joint_move); at most
+    the two largest."""
+    mag = np.abs(delta)
+    if len(delta) == 0 or mag.max() < cfg.min_joint_move:
+        return ""
+    order = np.argsort(-mag)
+    return ", ".join(f"{joint_word(names[i])} {'increasing' if delta[i] > 0 else 'decreasing'}"
+                     for i in order[:2] if mag[i] >= max(cfg.secondary * mag[order[0]], cfg.min_joint_move))
+
+
+def joint_claims(text: str, names: tuple[str, ...]) -> dict[int, int]:
+    """Joint -> sign claimed by a joint-space cue ('elbow flex decreasing' -> {2: -1}); used by the audit."""
+    claims = {}
+    for j, name in enumerate(names):
+        m = re.search(rf"\b{re.escape(joint_word(name))} (increasing|decreasing)\b", text)
+        if m:
+            claims[j] = 1 if m.group(1) == "increasing" else -1
+    return claims
 
 
 def describe(kin: Kinematics, phases4: np.ndarray, start: int, end: int, noun: str, cfg: DirectionConfig) -> str:
@@ -73,13 +112,11 @@ def describe(kin: Kinematics, phases4: np.ndarray, start: int, end: int, noun: s
     delta, dg = window_motion(kin, start, end)
     end = max(end, start + 1)
     phase = PHASES_4[int(np.bincount(phases4[start:end], minlength=4).argmax())]
+    if kin.ee is None:
+        return _describe_joints(kin, phase, dg, joint_motion(kin, start, end), noun, cfg)
     dirs = axis_phrase(delta, cfg)
-    if dg < -cfg.gripper_change and not dirs:
-        return f"closing the gripper on the {noun}" if phase in ("grasp", "transport") else "closing the gripper"
-    if dg > cfg.gripper_change and not dirs:
-        return f"opening the gripper to release the {noun}" if phase in ("transport", "release") else "opening the gripper"
     if not dirs:
-        return "holding the gripper still"
+        return _gripper_cue(dg, phase, noun, cfg) or "holding the gripper still"
     if phase == "transport":
         carrying = bool((phases4[:start] == PHASES_4.index("grasp")).any())  # grasped earlier: holding, not pushing
         verb = "carrying" if carrying else "pushing"
@@ -92,6 +129,27 @@ def describe(kin: Kinematics, phases4: np.ndarray, start: int, end: int, noun: s
         if after < before - 0.5 * cfg.min_move:
             return f"moving the gripper {dirs} toward the {noun}"
     return f"moving the gripper {dirs}"
+
+
+def _gripper_cue(dg: float, phase: str, noun: str, cfg: DirectionConfig) -> str:
+    """The cue of a window whose hand does not move: what the fingers do, or '' when they keep still too."""
+    if dg < -cfg.gripper_change:
+        return f"closing the gripper on the {noun}" if phase in ("grasp", "transport") else "closing the gripper"
+    if dg > cfg.gripper_change:
+        return f"opening the gripper to release the {noun}" if phase in ("transport", "release") else "opening the gripper"
+    return ""
+
+
+def _describe_joints(kin: Kinematics, phase: str, dg: float, dq: np.ndarray, noun: str, cfg: DirectionConfig) -> str:
+    """describe() for an arm known only by its joints: the gripper as usual, motion named by joint."""
+    moves = joint_phrase(dq, kin.joint_names, cfg)
+    if not moves:
+        return _gripper_cue(dg, phase, noun, cfg) or "holding the arm still"
+    if phase == "transport":
+        return f"carrying the {noun}: {moves}"
+    if phase == "release":
+        return f"moving the arm away from the {noun}: {moves}"
+    return f"moving the arm: {moves}"
 
 
 def kinematic_cues(kin: Kinematics, phases: np.ndarray, taxonomy: tuple[str, ...], noun: str, cfg: DirectionConfig) -> list[str]:

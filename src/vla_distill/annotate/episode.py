@@ -29,8 +29,10 @@ import numpy as np
 from vla_distill.annotate import directions as dirs
 from vla_distill.annotate.phases import PhaseConfig, label_phases
 from vla_distill.data.dataset import RobotDataset
+from vla_distill.data.format import feature_names
 from vla_distill.errors import ConfigError
-from vla_distill.sim.kinematics import Kinematics, kinematics
+from vla_distill.sim.kinematics import Kinematics
+from vla_distill.sim.layout import StateLayout, resolve_layout
 from vla_distill.types import ACTION, OBS_CONTACT, OBS_ENV_STATE, OBS_STATE, SUCCESS, TAXONOMIES
 
 if TYPE_CHECKING:
@@ -40,12 +42,25 @@ STAGING_DIR = "episodes"
 
 
 # ---------------------------------------------------------------- a dataset episode's kinematics
-def episode_kinematics(ds: RobotDataset, rows: np.ndarray) -> Kinematics:
-    """The kinematics of a dataset's rows (one episode), decoded by its simulator's state layout (sim.kinematics)."""
+def dataset_layout(ds: RobotDataset, state_map: str = "", robot_model: str = "", ee_frame: str = "",
+                   joint_units: str = "deg") -> StateLayout:
+    """The dataset's state layout (sim.layout): the user's map, a simulator's, or its feature names'."""
+    if OBS_STATE not in ds.features:
+        raise ConfigError("the dataset has no observation.state: kinematic phases and cues need one; "
+                          "use --phases vlm --directions vlm", field=OBS_STATE)
+    state = ds.column(OBS_STATE)
+    env = ds.features.get(OBS_ENV_STATE, {}).get("shape", [None])[-1]
+    return resolve_layout(state.shape[1], env, feature_names(ds.features[OBS_STATE]), state.min(0), state.max(0),
+                          state_map, robot_model, ee_frame, joint_units)
+
+
+def episode_kinematics(ds: RobotDataset, rows: np.ndarray, layout: StateLayout | None = None) -> Kinematics:
+    """The kinematics of a dataset's rows (one episode), decoded by `layout` (default: dataset_layout(ds))."""
+    layout = layout or dataset_layout(ds)
     success = ds.column(SUCCESS)[rows].astype(bool) if SUCCESS in ds.features else None
     env = ds.column(OBS_ENV_STATE)[rows] if OBS_ENV_STATE in ds.features else None
     contact = ds.column(OBS_CONTACT)[rows].reshape(-1) > 0.5 if OBS_CONTACT in ds.features else None
-    return kinematics(ds.column(OBS_STATE)[rows], env, success, ds.fps, contact)
+    return layout.decode(ds.column(OBS_STATE)[rows], env, success, ds.fps, contact)
 
 
 # ---------------------------------------------------------------- teacher answers, journaled
@@ -138,6 +153,9 @@ class EpisodeWorker:
         cfg = spec.cfg
         self.ds, self.cfg, self.dataset_id = RobotDataset(spec.dataset), cfg, spec.dataset_id
         self.names = TAXONOMIES[cfg.taxonomy]
+        self.layout = None
+        if "kinematic" in (cfg.phases, cfg.directions):
+            self.layout = dataset_layout(self.ds, cfg.state_map, cfg.robot_model, cfg.ee_frame, cfg.joint_units)
         self.phase_cfg = PhaseConfig(**{**asdict(cfg.phase), "taxonomy": cfg.taxonomy})
         if cfg.teacher != "none":
             options = dict(cfg.teacher_options)
@@ -206,7 +224,7 @@ class EpisodeWorker:
         window_of_frame = dirs.frame_windows(len(rows), cfg.cue_config).astype(np.int64)
         if cfg.phases == "none" and cfg.directions == "none":
             return None, wins, [None] * len(wins), window_of_frame
-        kin = episode_kinematics(self.ds, rows) if "kinematic" in (cfg.phases, cfg.directions) else None
+        kin = episode_kinematics(self.ds, rows, self.layout) if self.layout is not None else None
         phases = label_phases(kin, self.phase_cfg).astype(np.int64) if cfg.phases == "kinematic" else None
         vlm_out = None
         if self.vlm is not None:

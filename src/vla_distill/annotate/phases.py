@@ -3,8 +3,8 @@ relative to the gripper.
 
 Two taxonomies (types.py). PHASES_4 is the seed's (approach, grasp, transport, release). PHASES_9 is the finer
 rule-based one (idle ... completed); it collapses onto PHASES_4 through TO_4 so both can be compared with one
-ground truth. All signals are per episode, (T, ...) arrays in the dataset's own units (sim.kinematics decodes them);
-thresholds are in metres and seconds.
+ground truth. All signals are per episode, (T, ...) arrays (sim.layout decodes them); thresholds are in metres and
+seconds, and, for an arm known only by its joints, in fractions of each joint's range per second.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vla_distill.sim.kinematics import Kinematics, gripper_rate, rate, runs, speed, sustained
+from vla_distill.sim.kinematics import Kinematics, arm_moving, gripper_rate, rate, runs, speed, sustained
 from vla_distill.types import PHASES_9, TAXONOMIES
 
 
@@ -29,6 +29,8 @@ class PhaseConfig:
     still_speed: float = 0.01  # m/s, end-effector speed below which it is idle / holding
     min_frames: int = 2  # a phase shorter than this is merged into its neighbours
     push_alignment: float = 0.5  # cosine between hand velocity and object->goal above which a close-in is a push
+    joint_moving_speed: float = 0.15  # joint-space arms without forward kinematics: range fractions/s, all joints
+    joint_still_speed: float = 0.05
 
     def __post_init__(self):
         if self.taxonomy not in TAXONOMIES:
@@ -58,7 +60,7 @@ def _signals(kin: Kinematics, cfg: PhaseConfig) -> dict[str, np.ndarray]:
         obj_moving = (speed(kin.obj, kin.fps) > cfg.moving_speed) & touching
     else:  # without object state, a close is taken as a grasp and any closed-gripper motion as transport
         near = np.ones(n, bool)
-        obj_moving = (kin.gripper < kin.gripper[:1] - 0.1) & (speed(kin.ee, kin.fps) > cfg.moving_speed)
+        obj_moving = (kin.gripper < kin.gripper[:1] - 0.1) & arm_moving(kin, cfg.moving_speed, cfg.joint_moving_speed)
     done = np.zeros(n, bool)
     if kin.success is not None and kin.success.any():
         done[int(np.argmax(kin.success)):] = True
@@ -79,6 +81,10 @@ def _label_4(kin: Kinematics, cfg: PhaseConfig) -> np.ndarray:
         phase[start:] = np.where(phase[start:] == grasp, grasp, transport)
         # After transport started, the fingers closing again is a regrasp; that's a grasp only if the object stops.
         phase[start:][s["obj_moving"][start:]] = transport
+        if kin.success is None:  # no recorded success to start the release: the fingers opening after transport do
+            opens = np.flatnonzero((gripper_rate(kin) > cfg.closing_rate) & (phase == transport))
+            if len(opens):
+                phase[opens[0]:] = release
     phase[s["done"]] = release
     return _merge_short(phase, cfg.min_frames)
 
@@ -125,12 +131,12 @@ def _contact_onset(kin: Kinematics, start: int, phase: np.ndarray, cfg: PhaseCon
 
 def _refine_9(kin: Kinematics, phases4: np.ndarray, cfg: PhaseConfig) -> np.ndarray:
     idx = {name: i for i, name in enumerate(PHASES_9)}
-    ee_speed = speed(kin.ee, kin.fps)
+    moving = arm_moving(kin, cfg.still_speed, cfg.joint_still_speed)
     holding = kin.gripper < (kin.gripper.max() - 0.15) if len(kin) else np.zeros(0, bool)
     out = np.empty(len(kin), np.int64)
     seen_transport = np.maximum.accumulate(phases4 == 2) if len(kin) else phases4.astype(bool)
     out[phases4 == 0] = idx["approaching"]
-    first_move = int(np.argmax(ee_speed > cfg.still_speed)) if (ee_speed > cfg.still_speed).any() else len(kin)
+    first_move = int(np.argmax(moving)) if moving.any() else len(kin)
     out[:first_move][phases4[:first_move] == 0] = idx["idle"]
     grasp = phases4 == 1
     out[grasp] = idx["grasping"]
@@ -139,7 +145,7 @@ def _refine_9(kin: Kinematics, phases4: np.ndarray, cfg: PhaseConfig) -> np.ndar
     carried = tr & holding
     out[tr & ~holding] = idx["operating"]
     out[carried] = idx["transporting"]
-    out[carried & (ee_speed < cfg.still_speed)] = idx["holding"]
+    out[carried & ~moving] = idx["holding"]
     if kin.goal is not None and kin.obj is not None:
         near_goal = np.linalg.norm(kin.obj - kin.goal, axis=1) < 0.05
         out[carried & near_goal] = idx["placing"]

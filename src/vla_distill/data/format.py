@@ -193,3 +193,13 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"not valid JSON ({e})", path=path) from None
+
+
+def feature_names(feature: dict) -> list[str] | None:
+    """info.json's names of a feature: a list, or lerobot's {"motors": [...]} / {"axes": [...]} dict."""
+    names = feature.get("names")
+    if isinstance(names, dict):
+        names = next(iter(names.values()), None) if len(names) == 1 else None
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+        return names
+    return None

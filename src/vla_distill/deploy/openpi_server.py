@@ -12,7 +12,10 @@ the server says it is ready, and kept in a bounded cache: a client's new instruc
 `GET /healthz` answers 503 while the server warms up (text encoder, first forward pass), then 200 with the counts.
 
 Request keys: ours ("observation.images.corner2") or openpi's slash form ("observation/images/corner2"); the
-instruction under "prompt" (openpi) or "task".
+instruction under "prompt" (openpi) or "task"; a camera also without ".images" (openpi's LIBERO client sends
+"observation/image" and "observation/wrist_image": a policy trained on lerobot's LIBERO datasets, whose cameras are
+observation.images.image and .wrist_image, needs no map); other names through the server's key map
+(`serve --obs-map CLIENT=OURS`).
 """
 
 from __future__ import annotations
@@ -49,18 +52,23 @@ class RequestError(ValueError):
     """The client's request is malformed: answered with an error frame, the connection kept."""
 
 
-def normalize_request(obs, spec: dict[str, dict]) -> dict:
-    """A decoded request -> {our key: array} plus "task", checked against the policy's observation_spec."""
+def normalize_request(obs, spec: dict[str, dict], obs_map: dict[str, str] | None = None) -> dict:
+    """A decoded request -> {our key: array} plus "task", checked against the policy's observation_spec.
+    obs_map: {client key: our key}, applied before the slash form is read."""
     if not isinstance(obs, dict):
         raise RequestError(f"request must be a map of observation keys, got {type(obs).__name__}")
-    obs = {(k.decode() if isinstance(k, bytes) else str(k)).replace("/", "."): v for k, v in obs.items()}
+    obs_map = obs_map or {}
+    keys = ((k.decode() if isinstance(k, bytes) else str(k), v) for k, v in obs.items())
+    obs = {obs_map.get(k, k.replace("/", ".")): v for k, v in keys}
     out = {TASK: str(obs.get("prompt", obs.get(TASK, "")))}
     for key, s in spec.items():
         if s["dtype"] == "str":
             continue
-        if key not in obs:
+        short = key.replace(".images.", ".", 1)  # openpi's LIBERO keys: observation/image for observation.images.image
+        key_in = short if key not in obs and short in obs else key
+        if key_in not in obs:
             raise RequestError(f"{key}: missing (expected keys: {sorted(k for k in spec if spec[k]['dtype'] != 'str')})")
-        value = obs[key]
+        value = obs[key_in]
         if not isinstance(value, np.ndarray) or value.dtype.kind not in "uif":
             raise RequestError(f"{key}: expected a numeric numpy array, got {type(value).__name__}")
         if list(value.shape) != list(s["shape"]):
@@ -178,15 +186,25 @@ def policy_runner(policy) -> Callable[[list[dict]], np.ndarray]:
     return run
 
 
-def policy_infer_fn(policy, max_batch: int = 1, wait_ms: float = 2.0, prompts: Prompts | None = None) -> InferFn:
+def check_obs_map(obs_map: dict[str, str], spec: dict[str, dict]) -> dict[str, str]:
+    """{client key: our key}, every target one of the policy's inputs (or the prompt)."""
+    for client, ours in obs_map.items():
+        if ours not in spec and ours != TASK:
+            raise ConfigError(f"{client}={ours}: the policy has no input {ours!r} (inputs: {sorted(spec)})", field="obs_map")
+    return obs_map
+
+
+def policy_infer_fn(policy, max_batch: int = 1, wait_ms: float = 2.0, prompts: Prompts | None = None,
+                    obs_map: dict[str, str] | None = None) -> InferFn:
     """request (openpi or our keys) -> ((K, D) actions, policy timing); validated, its prompt embedded (prompts), then
     batched with concurrent requests; actions that are not all finite are refused, never sent."""
     spec = policy.observation_spec
+    obs_map = check_obs_map(obs_map or {}, spec)
     batcher = Batcher(policy_runner(policy), max_batch, wait_ms)
     prompts = prompts or Prompts(policy)
 
     def infer(obs) -> tuple[np.ndarray, dict]:
-        request = normalize_request(obs, spec)
+        request = normalize_request(obs, spec, obs_map)
         if prompts.table is not None:
             request[TASK_EMBEDDING] = prompts.embedding(request[TASK])
         actions, timing = batcher.submit(request)
@@ -325,10 +343,13 @@ def _warm_in_background(server, infer: InferFn, policy, ready: threading.Event, 
 
 
 def serve_policy(policy, backend: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 1,
-                 wait_ms: float = 2.0, max_message_bytes: int = MAX_MESSAGE_BYTES, log=print) -> None:
-    """Serves until Ctrl-C; prints the address, the expected observation and the request counts at exit."""
+                 wait_ms: float = 2.0, max_message_bytes: int = MAX_MESSAGE_BYTES, log=print,
+                 obs_map: dict[str, str] | None = None) -> None:
+    """Serves until Ctrl-C; prints the address, the expected observation and the request counts at exit.
+    obs_map: {client key: our key} for clients that name inputs their own way (openpi's LIBERO example)."""
     meta = metadata_for(policy, backend, max_message_bytes, max_batch)
-    infer, ready = policy_infer_fn(policy, max_batch, wait_ms), threading.Event()
+    infer, ready = policy_infer_fn(policy, max_batch, wait_ms, obs_map=obs_map), threading.Event()
+    meta["obs_map"] = dict(obs_map or {})
     try:
         server = make_server(infer, meta, host, port, max_message_bytes, ready)
     except OSError as e:

@@ -34,7 +34,7 @@ from vla_distill.eval.metrics import aggregate, latency_summary
 from vla_distill.eval.observe import ObserveConfig, agreement, direction_spread, phase_flags, progress_profile
 from vla_distill.eval.rollout import run_episode
 from vla_distill.sim.base import SimulatorUnavailable
-from vla_distill.sim.kinematics import kinematics
+from vla_distill.sim.layout import kinematics
 from vla_distill.sim.registry import DEFAULT_ENV, Simulator, get_simulator
 from vla_distill.sim.workers import worker_pool
 from vla_distill.models.chunking import CHUNK_MODES

@@ -64,6 +64,9 @@ class StudentConfig:
     feature_shift: int = 0  # training-time random shift of cached trunk features, feature cells (8 px at stride 8)
     aux_state_key: str = ""  # a column predicted from the readout in training only ("" = no auxiliary state head)
     aux_state_dim: int = 0  # A, its flattened size
+    # action dimensions kept inside the training data's range at inference (grippers: lerobot's 0..100, robosuite's
+    # -1..1; a regression head's overshoot means nothing there)
+    bounded_dims: tuple[int, ...] = ()
     preset: str = ""
 
     def __post_init__(self):
@@ -177,7 +180,12 @@ class StudentPolicy(Policy):
     def unnormalize_action(self, a: torch.Tensor) -> torch.Tensor:
         if self.config.action_head == "discrete":
             return (a + 1) / 2 * (self.action_max - self.action_min).clamp_min(1e-6) + self.action_min
-        return a * self.action_std + self.action_mean
+        a = a * self.action_std + self.action_mean
+        if not self.config.bounded_dims:
+            return a
+        bounded = torch.zeros(self.config.action_dim, dtype=torch.bool, device=a.device)
+        bounded[list(self.config.bounded_dims)] = True
+        return torch.where(bounded, torch.minimum(torch.maximum(a, self.action_min), self.action_max), a)
 
     # ------------------------------------------------------------------ instructions
     def reset(self, task: str | None = None) -> None:

@@ -11,6 +11,7 @@ import torch
 
 from vla_distill.data.annotations import read_annotation, read_directions, read_phase_names, read_task_embeddings
 from vla_distill.data.dataset import RobotDataset
+from vla_distill.data.format import feature_names
 from vla_distill.errors import ConfigError, DatasetError
 from vla_distill.models.losses import action_loss
 from vla_distill.models.student import PRESETS, StudentPolicy, preset_config
@@ -159,6 +160,12 @@ def task_embeddings(ds: RobotDataset, text_encoder: str) -> np.ndarray:
     return TextEncoder(text_encoder).encode(list(ds.tasks))
 
 
+def gripper_dims(ds: RobotDataset, action_dim: int) -> tuple[int, ...]:
+    """The action dimensions info.json names as a gripper (kept in their range at inference: StudentConfig)."""
+    names = feature_names(ds.features.get(ACTION, {})) or []
+    return tuple(i for i, n in enumerate(names) if len(names) == action_dim and "gripper" in n.lower())
+
+
 def build_policy(ds: RobotDataset, cfg: TrainConfig, targets: np.ndarray, train_eps: list[int],
                  annotation: dict) -> StudentPolicy:
     text_encoder = annotation.get("config", {}).get("text_encoder", "")
@@ -178,7 +185,8 @@ def build_policy(ds: RobotDataset, cfg: TrainConfig, targets: np.ndarray, train_
             text_dim=int(emb.shape[1]), tasks=tuple(ds.tasks), text_encoder=text_encoder, vision=vision,
             feature_shift=cfg.feature_shift, aux_state_key=cfg.aux_state,
             aux_state_dim=int(np.prod(ds.features[cfg.aux_state]["shape"])) if cfg.aux_state else 0,
-            action_head="discrete" if cfg.loss.action == "discrete" else "continuous")
+            action_head="discrete" if cfg.loss.action == "discrete" else "continuous",
+            bounded_dims=gripper_dims(ds, int(targets.shape[-1])))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     torch.manual_seed(cfg.seed)
