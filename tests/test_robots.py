@@ -324,3 +324,37 @@ def test_a_gripper_stays_in_its_range_and_the_arm_does_not():
     out = policy.unnormalize_action(torch.full((2, 1, 6), 3.0))  # 150 in every dimension
     assert out[..., :5].eq(150.0).all() and out[..., 5].eq(100.0).all()
     assert policy.unnormalize_action(torch.full((1, 6), -3.0))[0, 5] == 0.0
+
+
+ALOHA = tuple(f"{side}_{j}" for side in ("left", "right")
+              for j in ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "gripper"))
+
+
+@pytest.mark.slow
+def test_aloha_shape_three_cameras_fourteen_joints_fifty_fps(tmp_path):
+    """ALOHA's shape: two 7-joint arms (14-d state and actions, names as lerobot's aloha datasets), three 224 px
+    cameras, 50 fps; both grippers stay in their range."""
+    pytest.importorskip("onnxruntime")
+    cams = ("cam_high", "cam_left_wrist", "cam_right_wrist")
+    features = {"observation.state": {"dtype": "float32", "shape": [14], "names": list(ALOHA)},
+                "action": {"dtype": "float32", "shape": [14], "names": list(ALOHA)},
+                **{f"observation.images.{c}": video_feature(224, 224, 50, "libsvtav1") for c in cams}}
+    with DatasetWriter(tmp_path / "ds", 50, features, robot_type="aloha") as w:
+        for e in range(2):
+            q = np.concatenate([so101_episode(e)[:, :5] / 100, so101_episode(e)[:, 5:] / 100, np.zeros((60, 1)),
+                                so101_episode(e + 5)[:, :5] / 100, so101_episode(e + 5)[:, 5:] / 100, np.zeros((60, 1))],
+                               axis=1)[:, [0, 1, 2, 3, 4, 6, 5, 7, 8, 9, 10, 11, 13, 12]].astype(np.float32)
+            w.add_episode(Episode({"observation.state": q, "action": np.roll(q, -1, axis=0),
+                                   **{f"observation.images.{c}": smooth_frames(60, 224, 30 * e + 7 * i) for i, c in enumerate(cams)}},
+                                  task="transfer the cube"))
+    ann = tmp_path / "ann"
+    _run("annotate", "--dataset", tmp_path / "ds", "--out", ann, "--teacher", "none")
+    prov = json.loads((ann / "meta" / "annotation.json").read_text())
+    assert prov["state_layout"]["state_map"] == "gripper=6,joints=0 1 2 3 4 5 7 8 9 10 11 12"
+    request = {**{f"observation/images/{c}": np.zeros((224, 224, 3), np.uint8) for c in cams},
+               "observation/state": np.zeros(14, np.float32), "prompt": "transfer the cube"}
+    actions = _train_export_serve(ann, tmp_path, request, [])
+    assert actions.shape[-1] == 14 and np.isfinite(actions).all()
+    from vla_distill.models.checkpoint import load_pretrained
+
+    assert load_pretrained(tmp_path / "run").config.bounded_dims == (6, 13)
