@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -257,11 +258,14 @@ def server(args) -> None:
     from vla_distill.data.msgpack_numpy import packb
 
     work = Path(args.work)
-    bundle = work / f"bundle_tiny_{args.image_size}"
+    bundle = work / ("bundle_server" if args.policy else f"bundle_tiny_{args.image_size}")
     if not (bundle / "bundle.json").exists():
-        ds = observations(work, args.image_size)
-        export(args.policy or random_checkpoint("tiny", ds, work / "random_tiny" / "pretrained_model"), bundle, "onnx",
-               observations=str(ds))
+        if args.policy:  # its recorded observations are its own training data's
+            export(args.policy, bundle, "onnx")
+        else:
+            ds = observations(work, args.image_size)
+            export(random_checkpoint("tiny", ds, work / "random_tiny" / "pretrained_model"), bundle, "onnx",
+                   observations=str(ds))
     z = np.load(bundle / REFERENCE_FILE)
     request = packb({**{k[4:]: z[k][0] for k in z.files if k.startswith("obs/")}, "prompt": str(z["tasks"][0])})
     rows, result = [], {"clients": args.clients, "seconds": args.seconds, "backend": args.backend, "runs": {}}
@@ -288,7 +292,68 @@ def server(args) -> None:
                      f"{r['p99_ms']:.1f}", str(r["errors"])))
         print(" | ".join(rows[-1]), flush=True)
     print(table(("max batch", "requests", "req/s", "p50 ms", "p99 ms", "errors"), rows))
+    result["stall"] = stall(bundle, z, args)
     write_result(RESULTS / "deploy_server.json", result)
+
+
+def disrupt(uri: str, obs: dict, until: float, out: dict) -> None:
+    """Every 0.25 s, alternately, a prompt the policy never saw (embedded on the server's side) and a finite but
+    absurd state (1e30: its actions come out non-finite and must be refused with an error frame)."""
+    from websockets.sync.client import connect
+
+    from vla_distill.data.msgpack_numpy import packb, unpackb
+
+    state_key = next(k for k in obs if k.endswith("state"))
+    with connect(uri, compression=None, max_size=None, open_timeout=30) as ws:
+        ws.recv()
+        i = 0
+        while time.perf_counter() < until:
+            extreme = i % 2 == 1
+            request = {**obs, "prompt": f"new instruction number {i}: move the {i % 7}th object to the left"}
+            if extreme:
+                request[state_key] = np.full_like(obs[state_key], 1e30)
+            t0 = time.perf_counter()
+            ws.send(packb(request))
+            reply = ws.recv(timeout=60)
+            ok = not isinstance(reply, str) and "actions" in unpackb(reply)
+            out["extreme_refused" if extreme and not ok else "extreme_sent" if extreme else
+                "prompt_answered" if ok else "prompt_failed"] += 1
+            out["max_ms"] = max(out["max_ms"], (time.perf_counter() - t0) * 1e3)
+            i += 1
+            time.sleep(0.25)
+
+
+def stall(bundle: Path, z, args) -> dict:
+    """One steady client at full speed while another sends new prompts and extreme inputs (issue 20's stall)."""
+    from vla_distill.data.msgpack_numpy import packb
+
+    obs = {k[4:]: z[k][0] for k in z.files if k.startswith("obs/")}
+    proc = subprocess.Popen(BIN + ["serve", "--policy", str(bundle), "--backend", args.backend, "--port", "0"],
+                            stdout=subprocess.PIPE, text=True)
+    host_port = proc.stdout.readline().split("ws://")[1].split()[0]
+    for _ in range(600):  # ready only once warm (text encoder loaded, first forward pass)
+        try:
+            if urllib.request.urlopen(f"http://{host_port}/healthz", timeout=5).status == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    lat, errors = [], []
+    other = {"prompt_answered": 0, "prompt_failed": 0, "extreme_refused": 0, "extreme_sent": 0, "max_ms": 0.0}
+    until = time.perf_counter() + args.seconds
+    threads = [threading.Thread(target=load_client, args=(f"ws://{host_port}", packb({**obs, "prompt": str(z["tasks"][0])}),
+                                                          until, lat, errors)),
+               threading.Thread(target=disrupt, args=(f"ws://{host_port}", obs, until, other))]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    proc.terminate()
+    proc.wait(timeout=30)
+    ms = np.asarray(lat) * 1e3
+    r = {"steady_requests": len(lat), "steady_errors": len(errors), "steady_p50_ms": round(float(np.median(ms)), 2),
+         "steady_p99_ms": round(float(np.percentile(ms, 99)), 2), "steady_max_ms": round(float(ms.max()), 2),
+         "other": {k: round(v, 1) for k, v in other.items()}}
+    print(f"stall: steady client p50 {r['steady_p50_ms']} ms, p99 {r['steady_p99_ms']} ms, max {r['steady_max_ms']} ms "
+          f"over {len(lat)} requests ({len(errors)} errors); the other client: {r['other']}")
+    return r
 
 
 def main() -> None:
