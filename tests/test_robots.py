@@ -358,3 +358,30 @@ def test_aloha_shape_three_cameras_fourteen_joints_fifty_fps(tmp_path):
     from vla_distill.models.checkpoint import load_pretrained
 
     assert load_pretrained(tmp_path / "run").config.bounded_dims == (6, 13)
+
+
+def test_the_audit_of_labels_on_an_unmapped_state_says_it_checked_nothing(tmp_path):
+    """VLM labels (here: written directly) on a state whose layout nobody gave: the audit reports, it does not fail."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from conftest import write_fake_dataset
+    from vla_distill.annotate.annotate import phases_table
+    from vla_distill.annotate.audit import audit_dataset
+    from vla_distill.data.columns import add_columns
+    from vla_distill.data.dataset import RobotDataset
+    from vla_distill.types import ANNOTATION_PATH, PHASE_INDEX, PHASES_PATH
+
+    write_fake_dataset(tmp_path / "ds", video=False)  # 3-d state named a, b, c
+    ds = RobotDataset(tmp_path / "ds")
+    buf = io.BytesIO()
+    pq.write_table(phases_table("4"), buf)
+    config = {"window": 8, "stride": 4, "phases": "vlm", "directions": "none"}
+    add_columns(ds.root, {PHASE_INDEX: np.zeros(ds.num_frames, np.int64)},
+                {PHASE_INDEX: {"dtype": "int64", "shape": [1], "names": None}}, out=tmp_path / "ann",
+                extra_files={PHASES_PATH: buf.getvalue(), ANNOTATION_PATH: json.dumps({"config": config}).encode()})
+    report = audit_dataset(tmp_path / "ann")
+    assert report["not_checked"][0].startswith("every check against the kinematics: no gripper among the names")
+    assert report["summary"]["phase_flags"] == 0 and len(report["episodes"]) == ds.num_episodes
+    assert "Nothing was checked" in (tmp_path / "ann" / "meta" / "audit.md").read_text()

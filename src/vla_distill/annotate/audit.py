@@ -159,8 +159,11 @@ def audit_dataset(root, mask: bool = False, drop: bool = False, cfg: AuditConfig
     if c is None:
         raise DatasetError("no annotation settings (run vla-distill annotate first)", path=ds.root / ANNOTATION_PATH)
     dcfg = DirectionConfig(window=c["window"], stride=c["stride"])
-    layout = dataset_layout(ds, c.get("state_map", ""), c.get("robot_model", ""), c.get("ee_frame", ""),
-                            c.get("joint_units", "deg"))
+    try:
+        layout = dataset_layout(ds, c.get("state_map", ""), c.get("robot_model", ""), c.get("ee_frame", ""),
+                                c.get("joint_units", "deg"))
+    except DatasetError as e:  # labels from a VLM on a state nobody mapped: report what could not be checked
+        layout, unreadable = None, str(e).split(": ", 1)[-1]
     phases = ds.column(PHASE_INDEX).astype(np.int64)
     has_cues = DIRECTION_INDEX in ds.features
     if has_cues:
@@ -169,7 +172,7 @@ def audit_dataset(root, mask: bool = False, drop: bool = False, cfg: AuditConfig
     new_phases, new_dirs = phases.copy(), ds.column(DIRECTION_INDEX).astype(np.int64).copy() if has_cues else None
     episodes, groups, group_cues = [], [], []
     w = 0
-    for e in range(ds.num_episodes):
+    for e in range(ds.num_episodes if layout is not None else 0):
         ep, rows = ds.episodes[e], ds.episode_rows(e)
         kin = episode_kinematics(ds, rows, layout)
         p4 = to_phase4(phases[rows], taxonomy)
@@ -191,6 +194,9 @@ def audit_dataset(root, mask: bool = False, drop: bool = False, cfg: AuditConfig
                 new_phases[rows[f["start"] : f["end"]]] = -1
         episodes.append({"episode_index": ep.index, "task": ep.tasks[0], "frames": len(rows),
                          "phase_flags": flags, "cue_flags": cue_flags})
+    if layout is None:
+        episodes = [{"episode_index": ep.index, "task": ep.tasks[0], "frames": ep.length, "phase_flags": [],
+                     "cue_flags": []} for ep in ds.episodes]
     spread = embedding_spread(np.array(groups), np.array(group_cues), emb, cfg) if has_cues and groups else []
     n_windows = len(group_cues)
     report = {
@@ -202,7 +208,7 @@ def audit_dataset(root, mask: bool = False, drop: bool = False, cfg: AuditConfig
             "cue_windows": n_windows, "cue_windows_flagged": sum(len(x["cue_flags"]) for x in episodes),
             "spread_groups_flagged": len(spread), "masked": mask,
         },
-        "not_checked": not_checked(layout),
+        "not_checked": not_checked(layout) if layout is not None else [f"every check against the kinematics: {unreadable}"],
         "dropped_episodes": [x["episode_index"] for x in episodes if x["phase_flags"] or x["cue_flags"]] if drop else [],
         "spread": spread, "episodes": episodes,
     }
@@ -250,6 +256,8 @@ def _markdown(report: dict) -> str:
             what = first.get("detail") or first.get("reason")
             lines.append(f"| {e['episode_index']} | {e['task']} | {len(e['phase_flags'])} | {len(e['cue_flags'])} | "
                          f"frames {first['start']}-{first['end']}: {what} |")
+    elif any(x.startswith("every check") for x in report.get("not_checked", [])):
+        lines.append("Nothing was checked: the state has no layout the kinematics can be read from.")
     else:
         lines.append("No label disagrees with the recorded kinematics.")
     return "\n".join(lines) + "\n"
