@@ -338,6 +338,15 @@ def test_inference_ahead_never_waits_for_a_policy_slower_than_the_period():
     assert ahead["seams"]["inside"]["max"] < 0.3
 
 
+def test_inference_ahead_leaves_no_thread_behind_a_request_in_flight():
+    """The loop ends while the next chunk is still being computed: it waits for that call, so no thread is left inside
+    ONNX Runtime or torch when the interpreter exits (that aborted the process, exit 134)."""
+    chunk = [[0.1, 0, 0, 0]] * 12
+    cfg = LoopConfig(hz=20, max_steps=14, chunk="ahead")
+    run_loop(ScriptedPolicy([chunk, chunk, chunk], delays=[0.0, 0.6, 0.6]), FakeRobot(), "t", cfg)
+    assert not any(t.name == "inference-ahead" and t.is_alive() for t in threading.enumerate())
+
+
 def _serve(policy_path, *flags: str) -> tuple[subprocess.Popen, str]:
     """`vla-distill serve POLICY --port 0 FLAGS` as a process, and the address it printed."""
     proc = subprocess.Popen([sys.executable, "-m", "vla_distill.cli", "serve", "--policy", str(policy_path), "--port", "0",

@@ -183,8 +183,11 @@ class AheadInference:
             with self.lock:
                 self.done = (tick, chunk, secs)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Stops after the request in flight. Waits for it: a thread still inside ONNX Runtime or torch when the
+        interpreter exits aborts the process ("terminate called without an active exception", exit 134)."""
         self.requests.put(None)
+        self.thread.join(timeout)
 
 
 def predict_chunk(policy, obs: dict, task: str) -> np.ndarray:
