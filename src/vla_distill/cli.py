@@ -532,6 +532,11 @@ def _run_loop(args: argparse.Namespace) -> None:
                                    get_simulator(args.env).resolve_tasks(args.tasks), args.episodes, args.seed, cfg,
                                    args.record or None)
     print(markdown_table(list(sim_runs.HEADER), sim_runs.rows(summaries)))
+    late, ticks = sum(s["late_dropped"] for s in summaries), sum(s["ticks"] for s in summaries)
+    if cfg.chunk != "ahead" and ticks and late > 0.5 * ticks:
+        print(f"note: {late} of {ticks} actions came after their tick and were dropped: the policy is slower than the "
+              f"{1e3 / cfg.hz:.0f} ms period ({cfg.chunk} waits for it in the loop); --chunk ahead computes the next "
+              "chunk while the current one runs", file=sys.stderr)
     ok = sum(s["success"] for s in summaries)
     print(f"{ok}/{len(summaries)} episodes succeeded at {cfg.hz:g} Hz ({args.backend})"
           + (f"; recordings in {args.record}" if args.record else ""))
