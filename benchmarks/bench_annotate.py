@@ -30,7 +30,7 @@ from vla_distill.annotate.audit import audit_cue, audit_phases
 from vla_distill.sim.metaworld_phases import ground_truth_phases
 from vla_distill.annotate.phases import PhaseConfig, label_phases
 from vla_distill.types import PHASES_4, PHASES_9, to_phase4
-from vla_distill.annotate.episode import episode_kinematics
+from vla_distill.annotate.episode import dataset_layout, episode_kinematics
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.eval import stats
 
@@ -124,9 +124,10 @@ def main() -> None:
     cue_cfg = dirs.DirectionConfig()
     agree4, agree9, confusion, agree_arms, truth_moved = {}, {}, {}, {}, {}
     kins, gts, tasks = [], [], []
+    layout = dataset_layout(ds)
     for e, ep in enumerate(ds.episodes):
         rows = ds.episode_rows(e)
-        kin = episode_kinematics(ds, rows)
+        kin = episode_kinematics(ds, rows, layout)
         task = ep.extra["task_name"]
         gt = ground_truth_phases(task, es[rows], kin)
         labels = label_phases(kin)

@@ -252,6 +252,13 @@ def load_client(uri: str, request: bytes, until: float, lat: list, errors: list)
         errors.append(repr(e))
 
 
+def start_server(bundle: Path, backend: str, *flags: str) -> tuple[subprocess.Popen, str]:
+    """`vla-distill serve` on any free port, as a process, and the HOST:PORT it printed."""
+    proc = subprocess.Popen(BIN + ["serve", "--policy", str(bundle), "--backend", backend, "--port", "0", *flags],
+                            stdout=subprocess.PIPE, text=True)
+    return proc, proc.stdout.readline().split("ws://")[1].split()[0]
+
+
 def server(args) -> None:
     from vla_distill.deploy.export import export
     from vla_distill.models.bundle import REFERENCE_FILE
@@ -270,9 +277,8 @@ def server(args) -> None:
     request = packb({**{k[4:]: z[k][0] for k in z.files if k.startswith("obs/")}, "prompt": str(z["tasks"][0])})
     rows, result = [], {"clients": args.clients, "seconds": args.seconds, "backend": args.backend, "runs": {}}
     for max_batch in (1, 8):
-        proc = subprocess.Popen(BIN + ["serve", "--policy", str(bundle), "--backend", args.backend, "--port", "0",
-                                       "--max-batch", str(max_batch)], stdout=subprocess.PIPE, text=True)
-        uri = "ws://" + proc.stdout.readline().split("ws://")[1].split()[0]
+        proc, host_port = start_server(bundle, args.backend, "--max-batch", str(max_batch))
+        uri = f"ws://{host_port}"
         lat: list[float] = []
         errors: list[str] = []
         until = time.perf_counter() + args.seconds
@@ -328,9 +334,7 @@ def stall(bundle: Path, z, args) -> dict:
     from vla_distill.data.msgpack_numpy import packb
 
     obs = {k[4:]: z[k][0] for k in z.files if k.startswith("obs/")}
-    proc = subprocess.Popen(BIN + ["serve", "--policy", str(bundle), "--backend", args.backend, "--port", "0"],
-                            stdout=subprocess.PIPE, text=True)
-    host_port = proc.stdout.readline().split("ws://")[1].split()[0]
+    proc, host_port = start_server(bundle, args.backend)
     for _ in range(600):  # ready only once warm (text encoder loaded, first forward pass)
         try:
             if urllib.request.urlopen(f"http://{host_port}/healthz", timeout=5).status == 200:

@@ -45,7 +45,7 @@ from bench_eval import evaluated
 from common import RESULTS, cli, write_result
 
 from vla_distill.annotate.annotate import directions_table
-from vla_distill.annotate.episode import episode_kinematics
+from vla_distill.annotate.episode import dataset_layout, episode_kinematics
 from vla_distill.data.annotations import read_annotation, read_directions
 from vla_distill.data.columns import add_columns
 from vla_distill.data.dataset import RobotDataset
@@ -93,10 +93,10 @@ def corrupted(ann: Path, out: Path, rate: float, seed: int = 0) -> Path:
     windows = pq.read_table(tmp / WINDOWS_PATH).to_pydict()
     rng = np.random.default_rng(seed)
     chosen = sorted(int(e) for e in rng.choice(ds.num_episodes, round(rate * ds.num_episodes), replace=False))
-    lookup, done = {t: i for i, t in enumerate(texts)}, []
+    lookup, done, layout = {t: i for i, t in enumerate(texts)}, [], dataset_layout(ds)
     for k, e in enumerate(chosen):
         rows, index = ds.episode_rows(e), ds.episodes[e].index
-        kin, kind = episode_kinematics(ds, rows), PHASE_ERRORS[k % len(PHASE_ERRORS)]
+        kin, kind = episode_kinematics(ds, rows, layout), PHASE_ERRORS[k % len(PHASE_ERRORS)]
         phases[rows] = inject_phase_error(phases[rows].reshape(-1), rng, kind).reshape(phases[rows].shape)
         flipped = 0
         for w in (i for i, ep in enumerate(windows["episode_index"]) if ep == index):

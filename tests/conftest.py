@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,16 @@ def popen_interruptible(cmd: list[str], **kwargs) -> subprocess.Popen:
     non-interactive shell: that shell ignores SIGINT for it, the ignore is inherited, and Python then installs no
     KeyboardInterrupt handler."""
     return subprocess.Popen(cmd, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
+
+
+def serve_process(policy_path, *flags: str) -> tuple[subprocess.Popen, str]:
+    """`vla-distill serve POLICY --port 0 FLAGS` as a process, and the HOST:PORT it printed."""
+    proc = subprocess.Popen([sys.executable, "-m", "vla_distill.cli", "serve", "--policy", str(policy_path), "--port", "0",
+                             *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert "serving" in line, line + proc.stderr.read()
+    return proc, line.split("ws://")[1].split()[0]
 
 
 def fake_features(video: bool = True, image: bool = True, size: int = 32) -> dict[str, dict]:

@@ -16,7 +16,7 @@ from vla_distill.sim.metaworld_phases import ARM_ROLES, ground_truth_phases
 from vla_distill.annotate.phases import PhaseConfig, label_phases
 from vla_distill.types import PHASES_4, PHASES_9
 from vla_distill.annotate.annotate import AnnotateConfig, annotate
-from vla_distill.annotate.episode import episode_kinematics
+from vla_distill.annotate.episode import dataset_layout, episode_kinematics
 from vla_distill.data.annotations import read_directions, read_task_embeddings
 from vla_distill.annotate.vlm import VLMConfig, parse_reply
 from vla_distill.data.dataset import RobotDataset
@@ -44,10 +44,10 @@ def test_annotated_dataset_is_complete_and_valid(annotated):
 
 def test_kinematic_phases_agree_with_expert_branches(metaworld_dataset):
     ds = RobotDataset(metaworld_dataset)
-    es = ds.column("observation.environment_state")
+    es, layout = ds.column("observation.environment_state"), dataset_layout(ds)
     for e, ep in enumerate(ds.episodes):
         rows = ds.episode_rows(e)
-        kin = episode_kinematics(ds, rows)
+        kin = episode_kinematics(ds, rows, layout)
         gt = ground_truth_phases(ep.extra["task_name"], es[rows], kin)
         pred = label_phases(kin)
         assert (gt == pred).mean() >= 0.95, ep.extra["task_name"]
@@ -149,7 +149,7 @@ def test_direction_cues_describe_motion():
 def test_audit_flags_injected_errors(metaworld_dataset):
     ds = RobotDataset(metaworld_dataset)
     e = next(i for i, ep in enumerate(ds.episodes) if ep.extra["task_name"] == "pick-place-v3")
-    kin = episode_kinematics(ds, ds.episode_rows(e))
+    kin = episode_kinematics(ds, ds.episode_rows(e), dataset_layout(ds))
     clean = label_phases(kin)
     assert audit_phases(clean, kin) == []
     swapped = clean.copy()

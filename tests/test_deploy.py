@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import serve_process
 from vla_distill.deploy import export as export_mod
 from vla_distill.deploy.control_loop import LoopConfig, Pacer, run_loop, safe_action, summarize
 from vla_distill.deploy.robot import Robot
@@ -347,21 +348,11 @@ def test_inference_ahead_leaves_no_thread_behind_a_request_in_flight():
     assert not any(t.name == "inference-ahead" and t.is_alive() for t in threading.enumerate())
 
 
-def _serve(policy_path, *flags: str) -> tuple[subprocess.Popen, str]:
-    """`vla-distill serve POLICY --port 0 FLAGS` as a process, and the address it printed."""
-    proc = subprocess.Popen([sys.executable, "-m", "vla_distill.cli", "serve", "--policy", str(policy_path), "--port", "0",
-                             *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    assert "serving" in line, line + proc.stderr.read()
-    return proc, line.split("ws://")[1].split()[0]
-
-
 def test_the_loop_drives_a_robot_from_a_policy_served_elsewhere_and_holds_when_it_goes(state_policy_dir):
     from vla_distill.deploy.remote_policy import RemotePolicy
     from vla_distill.models.backends import load_policy
 
-    proc, address = _serve(state_policy_dir)
+    proc, address = serve_process(state_policy_dir)
     try:
         host, port = address.split(":")
         remote = RemotePolicy(host, int(port), timeout_s=5)
@@ -413,7 +404,7 @@ def test_run_cli_records_and_replays_a_metaworld_episode(onnx_bundle, tmp_path):
 @pytest.fixture(scope="module")
 def served(onnx_bundle):
     """`vla-distill serve` on the bundle (torch backend, batching up to 4), as a separate process."""
-    proc, host_port = _serve(onnx_bundle, "--max-batch", "4", "--batch-wait-ms", "20", "--max-message-mb", "0.05")
+    proc, host_port = serve_process(onnx_bundle, "--max-batch", "4", "--batch-wait-ms", "20", "--max-message-mb", "0.05")
     yield host_port
     proc.terminate()
     proc.wait(timeout=30)

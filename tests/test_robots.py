@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import smooth_frames
+from conftest import serve_process, smooth_frames
 from vla_distill.data.format import video_feature
 from vla_distill.data.writer import DatasetWriter, Episode
 
@@ -254,13 +254,9 @@ def _train_export_serve(ann: Path, tmp_path: Path, request: dict, obs_map: list[
     assert {"action", "phase", "direction"} <= set(train_rows[-1]), train_rows[-1]
     onnx = tmp_path / "onnx"
     _run("export", "--policy", run, "--out", onnx, "--format", "onnx", "--n-observations", 4)
-    server = subprocess.Popen(CLI + ["serve", "--policy", str(onnx), "--backend", "onnx", "--port", "0",
-                                     *sum((["--obs-map", m] for m in obs_map), [])],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server, host_port = serve_process(onnx, "--backend", "onnx", *sum((["--obs-map", m] for m in obs_map), []))
     try:
-        line = server.stdout.readline()
-        assert "serving" in line, line + server.stderr.read()
-        with connect("ws://" + line.split("ws://")[1].split()[0], compression=None, max_size=None) as ws:
+        with connect(f"ws://{host_port}", compression=None, max_size=None) as ws:
             meta = unpackb(ws.recv())
             assert meta["obs_map"] == dict(m.split("=") for m in obs_map)
             ws.send(packb(request))

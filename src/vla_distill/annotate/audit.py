@@ -105,17 +105,18 @@ def _audit_gripper_claim(text: str, dg: float, dcfg: DirectionConfig) -> str | N
 
 
 def _audit_joint_cue(text: str, kin: Kinematics, start: int, end: int, dcfg: DirectionConfig, cfg: AuditConfig) -> str | None:
-    """audit_cue() for an arm known only by its joints: joint claims against joint motion (fractions of range)."""
+    """audit_cue() for an arm known only by its joints: joint claims against joint motion (fractions of the widest
+    joint's range)."""
     dq, dg = joint_motion(kin, start, end), window_motion(kin, start, end)[1]
     largest = float(np.abs(dq).max()) if len(dq) else 0.0
     for j, sign in joint_claims(text, kin.joint_names).items():
         word = joint_word(kin.joint_names[j])
         if dq[j] * sign < 0 and abs(dq[j]) > max(cfg.opposite_fraction * largest, 0.25 * dcfg.min_joint_move):
-            return f"says {text!r} but {word} moves {dq[j]:+.2f} of its range"
+            return f"says {text!r} but {word} moves {dq[j]:+.2f} of the widest joint's range"
         if abs(dq[j]) < cfg.invented_fraction * largest or abs(dq[j]) < 0.5 * dcfg.min_joint_move:
-            return f"claims motion of {word} that is not there ({dq[j]:+.2f} of its range)"
+            return f"claims motion of {word} that is not there ({dq[j]:+.2f} of the widest joint's range)"
     if "still" in text and largest > 2 * dcfg.min_joint_move:
-        return f"says still but a joint moves {largest:.2f} of its range"
+        return f"says still but a joint moves {largest:.2f} of the widest joint's range"
     return _audit_gripper_claim(text, dg, dcfg)
 
 

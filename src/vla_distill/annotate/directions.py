@@ -27,7 +27,7 @@ class DirectionConfig:
     min_move: float = 0.01  # m over the window; less is "still"
     secondary: float = 0.5  # another axis is named when its motion is at least this fraction of the largest
     gripper_change: float = 0.1  # opening change over the window that counts as opening/closing
-    min_joint_move: float = 0.05  # joint-space arms: fraction of a joint's range over the window; less is "still"
+    min_joint_move: float = 0.05  # joint-space arms: fraction of the widest joint's range over the window; less is "still"
 
     def __post_init__(self):
         if self.window < 2 or self.stride < 1:
@@ -74,7 +74,8 @@ def window_motion(kin: Kinematics, start: int, end: int) -> tuple[np.ndarray, fl
 
 
 def joint_motion(kin: Kinematics, start: int, end: int) -> np.ndarray:
-    """(J,) change of each joint over [start, end) as a fraction of its range; (0,) without joints."""
+    """(J,) change of each joint over [start, end) as a fraction of the widest joint's range (Kinematics.joints);
+    (0,) without joints."""
     if kin.joints is None:
         return np.zeros(0)
     end = max(end, start + 1)

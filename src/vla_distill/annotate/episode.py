@@ -54,9 +54,9 @@ def dataset_layout(ds: RobotDataset, state_map: str = "", robot_model: str = "",
                           state_map, robot_model, ee_frame, joint_units)
 
 
-def episode_kinematics(ds: RobotDataset, rows: np.ndarray, layout: StateLayout | None = None) -> Kinematics:
-    """The kinematics of a dataset's rows (one episode), decoded by `layout` (default: dataset_layout(ds))."""
-    layout = layout or dataset_layout(ds)
+def episode_kinematics(ds: RobotDataset, rows: np.ndarray, layout: StateLayout) -> Kinematics:
+    """The kinematics of a dataset's rows (one episode), decoded by `layout` (dataset_layout(ds), resolved once per
+    dataset: it reads the whole state column)."""
     success = ds.column(SUCCESS)[rows].astype(bool) if SUCCESS in ds.features else None
     env = ds.column(OBS_ENV_STATE)[rows] if OBS_ENV_STATE in ds.features else None
     contact = ds.column(OBS_CONTACT)[rows].reshape(-1) > 0.5 if OBS_CONTACT in ds.features else None

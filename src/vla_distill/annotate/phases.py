@@ -4,7 +4,7 @@ relative to the gripper.
 Two taxonomies (types.py). PHASES_4 is the seed's (approach, grasp, transport, release). PHASES_9 is the finer
 rule-based one (idle ... completed); it collapses onto PHASES_4 through TO_4 so both can be compared with one
 ground truth. All signals are per episode, (T, ...) arrays (sim.layout decodes them); thresholds are in metres and
-seconds, and, for an arm known only by its joints, in fractions of each joint's range per second.
+seconds, and, for an arm known only by its joints, in fractions of its widest joint's range per second.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class PhaseConfig:
     still_speed: float = 0.01  # m/s, end-effector speed below which it is idle / holding
     min_frames: int = 2  # a phase shorter than this is merged into its neighbours
     push_alignment: float = 0.5  # cosine between hand velocity and object->goal above which a close-in is a push
-    joint_moving_speed: float = 0.15  # joint-space arms without forward kinematics: range fractions/s, all joints
+    joint_moving_speed: float = 0.15  # joint-space arms without forward kinematics: widest-range fractions/s, all joints
     joint_still_speed: float = 0.05
 
     def __post_init__(self):

@@ -71,7 +71,7 @@ def gripper_rate(kin: Kinematics) -> np.ndarray:
 
 def arm_moving(kin: Kinematics, metres_per_s: float, range_per_s: float) -> np.ndarray:
     """(T,) bool: the hand moves faster than metres_per_s, or, without an end-effector position, the joints faster
-    than range_per_s (fraction of their range per second, all joints together)."""
+    than range_per_s (fraction of the widest joint's range per second, all joints together)."""
     if kin.ee is not None:
         return speed(kin.ee, kin.fps) > metres_per_s
     if kin.joints is not None:  # over ±0.1 s: encoder noise on a still arm must not read as motion
