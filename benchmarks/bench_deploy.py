@@ -160,6 +160,7 @@ def success(args) -> None:
     bundle = work / "bundle_success"
     if not (bundle / "bundle.json").exists():
         cli("export", "--policy", args.policy, "--format", "onnx", "--out", str(bundle))
+    args.tasks = args.tasks or DEMO_TASKS
     rows, result = [], {"policy": args.policy, "tasks": args.tasks, "episodes": args.episodes, "backends": {}}
     for backend in BACKENDS:
         out = work / f"eval_{backend}"
@@ -189,6 +190,15 @@ class Delayed:
         return self.policy.predict_action_chunk(batch)
 
 
+def policy_tasks(policy) -> list[str]:
+    """The MetaWorld tasks whose instructions the policy was trained on (a task it never saw fails every mode alike
+    and only runs each episode to its limit)."""
+    from vla_distill.sim.metaworld_tasks import INSTRUCTIONS
+
+    known = set(policy.config.tasks or ())
+    return [t for t, text in INSTRUCTIONS.items() if text in known] or DEMO_TASKS.split(",")
+
+
 def async_loop(args) -> None:
     from vla_distill.deploy import sim_runs
     from vla_distill.deploy.control_loop import LoopConfig
@@ -196,13 +206,16 @@ def async_loop(args) -> None:
     from vla_distill.models.backends import load_policy
 
     slow = Delayed(load_policy(args.policy, args.backend), args.delay_ms / 1e3)
-    tasks = args.tasks.split(",")
+    tasks = args.tasks.split(",") if args.tasks else policy_tasks(slow)
     result = {"policy": args.policy, "backend": args.backend, "tasks": tasks, "episodes_per_task": args.episodes,
               "hz": args.hz, "injected_delay_ms": args.delay_ms, "horizon": slow.horizon, "modes": {}}
     runs = {}
     for mode in ("queue", "ensemble", "ahead"):
         cfg = LoopConfig(hz=args.hz, chunk=mode)
-        runs[mode] = sim_runs.run_tasks(slow, args.policy, args.backend, "metaworld", tasks, args.episodes, 0, cfg)
+        runs[mode] = []
+        for task in tasks:  # one task at a time, so the progress shows
+            runs[mode] += sim_runs.run_tasks(slow, args.policy, args.backend, "metaworld", [task], args.episodes, 0, cfg)
+            print(f"{mode} {task}: {sum(s['success'] for s in runs[mode][-args.episodes:])}/{args.episodes}", flush=True)
     rows = []
     for mode, summaries in runs.items():
         ok = [s["success"] for s in summaries]
@@ -370,7 +383,7 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=300)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--policy", default="outputs/demo/student")
-    p.add_argument("--tasks", default=DEMO_TASKS)
+    p.add_argument("--tasks", default="", help=f"default: {DEMO_TASKS}; async: the policy's own tasks")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--seconds", type=float, default=60)

@@ -6,7 +6,7 @@ Usage (every stage runs through the CLI as a user would, and is skipped or resum
       GRIPPER_TASKS x 50 DART demonstrations (the recipe's data), relabelled by `noisy:scripted` at each NOISE
       level; one multi-task student of the recipe per (level, arm, training seed); training seed s is evaluated on
       held-out seed stream s, the same episodes for every arm -> results/guidance_robustness.json
-  python benchmarks/bench_guidance.py labels [--noise heavy] [--arm phase-gripper] [--rates 0.1,0.3] [--seeds 1]
+  python benchmarks/bench_guidance.py labels [--noise heavy] [--arm phase-gripper] [--rates 0.1,0.3] [--label-seeds 1]
       what bad labels cost: the same students trained on the robustness suite's annotation at one level (clean: the
       robustness runs themselves), on copies with `rate` of the episodes corrupted (corrupted(): the seed's phase
       mislabeling and directional hallucination), and on those copies after `vla-distill audit --mask` and
@@ -23,7 +23,9 @@ gives the seed's failure signatures for every arm alike, with or without a phase
 timeline leaves transport for approach or grasp before success: the object got away) and stuck phases (one phase
 or a still hand for 2 s); the grip (the mean gripper command while the timeline says transport) and the gripper's
 jitter (mean |Δ| between consecutive commands). Guided students' own phase heads add the evaluator's predicted flags.
-Work directories live under --work (default outputs/bench_guidance).
+Work directories live under --work (default outputs/bench_guidance); every evaluated run's episodes are also kept in
+results/guidance_episodes.json, so a suite resumes on a fresh checkout: runs found there are neither trained nor
+evaluated again.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from vla_distill.data.annotations import read_annotation, read_directions
 from vla_distill.data.columns import add_columns
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.eval.observe import TRANSPORT, phase_flags
-from vla_distill.eval.stats import paired, wilson
+from vla_distill.eval.stats import paired, paired_counts, wilson
 from vla_distill.models.text import TextEncoder
 from vla_distill.sim.kinematics import runs
 from vla_distill.types import AUDIT_PATH, AUDIT_REPORT_PATH, DIRECTION_INDEX, DIRECTIONS_PATH, PHASE_INDEX, WINDOWS_PATH
@@ -170,6 +172,52 @@ def arm_summary(rows: list[dict]) -> dict:
     return out
 
 
+# Every evaluated run's episodes, kept with the results: a fresh checkout has no eval directories, and a suite of
+# 15+ half-hour runs spans sessions. "counts" holds runs evaluated before episodes were kept (pooled 2x2 tables).
+ARCHIVE = RESULTS / "guidance_episodes.json"
+FIELDS = ("task", "episode", "success", "premature_release", "stuck_phase", "transport_grip", "gripper_jitter",
+          "predicted_flags")
+
+
+def archived(tag: str, out: Path) -> list[dict] | None:
+    """The episodes of run `tag` ("level/arm/sSEED"): read from its eval directory (and archived) where it exists,
+    else from the archive; None where neither has it."""
+    store = json.loads(ARCHIVE.read_text()) if ARCHIVE.exists() else {"episodes": {}, "counts": {}}
+    if (out / "eval_info.json").exists():
+        rows = episodes(out)
+        store["episodes"][tag] = {k: [r[k] for r in rows] for k in FIELDS}
+        write_result(ARCHIVE, store)
+        return rows
+    cols = store["episodes"].get(tag)
+    return None if cols is None else [dict(zip(FIELDS, v)) for v in zip(*(cols[k] for k in FIELDS))]
+
+
+def legacy(level: str) -> dict:
+    """The pooled counts of runs evaluated before episodes were archived: {"arms": {arm: arm_summary + seeds},
+    "paired": {"a - b": 2x2 table + seeds}}."""
+    store = json.loads(ARCHIVE.read_text()) if ARCHIVE.exists() else {}
+    return store.get("counts", {}).get(level, {"arms": {}, "paired": {}})
+
+
+def pooled(parts: list[dict]) -> dict:
+    """arm_summary()s of disjoint seeds -> the summary of all their episodes (rates from counts; means weighted by
+    episodes; per task weighted alike, each seed holding the same episodes per task)."""
+    n = sum(p["n_episodes"] for p in parts)
+    out = {"n_episodes": n, "per_seed": [x for p in parts for x in p["per_seed"]], "seeds": [x for p in parts for x in p["seeds"]]}
+    for key in ("success", "premature_release", "stuck_phase", "predicted_premature_release"):
+        k = round(sum(p[key]["pc"] * p["n_episodes"] / 100 for p in parts))
+        out[key] = {"pc": 100 * k / n, "ci95": wilson(k, n)}
+    for key in ("transport_grip_mean", "gripper_jitter_mean"):
+        have = [p for p in parts if p[key] is not None]
+        out[key] = sum(p[key] * p["n_episodes"] for p in have) / sum(p["n_episodes"] for p in have) if have else None
+    out["per_task"] = {t: sum(p["per_task"][t] * p["n_episodes"] for p in parts) / n for t in parts[0]["per_task"]}
+    return out
+
+
+def table_counts(d: dict) -> tuple[int, int, int, int]:
+    return d["both"], d["only_a"], d["only_b"], d["neither"]
+
+
 def robustness(args) -> dict:
     work = Path(args.work)
     raw = bench_eval.dataset(work, args.tasks, args.demos, 128, cameras=CAMERAS, name="dataset-128-dart",
@@ -177,29 +225,38 @@ def robustness(args) -> dict:
     levels = {}
     for level in args.noise.split(","):
         ann = bench_eval.annotated(work, raw, NOISE[level], f"annotated-128-{level}")
-        rows: dict[str, list[dict]] = {arm: [] for arm in args.arms.split(",")}
-        per_seed: dict[str, dict[int, float]] = {arm: {} for arm in rows}
+        old = legacy(level)
+        rows: dict[str, dict[int, list[dict]]] = {arm: {} for arm in args.arms.split(",")}
         for seed in range(args.seeds):
             for arm in rows:
+                if seed in old["arms"].get(arm, {}).get("seeds", []):
+                    continue  # measured before episodes were archived: its counts are pooled below
                 run, out = work / f"{level}-{arm}-s{seed}", work / f"eval-{level}-{arm}-s{seed}"
-                if not (out / "eval_info.json").exists():  # evaluated: the run is complete, nothing to resume
-                    if args.finished_only:
-                        continue
+                got = archived(f"{level}/{arm}/s{seed}", out)
+                if got is None and not args.finished_only:
                     trained(ann, run, args.steps, *RECIPE, *AUX, "--seed", str(seed), *ARMS[arm])
-                info = evaluated(str(run), args.tasks, out, args.episodes, "--seed", str(seed))
-                per_seed[arm][seed] = info["overall"]["pc_success"]
-                rows[arm] += [{**r, "seed": seed} for r in episodes(out)]
-        rows = {a: r for a, r in rows.items() if r}
-        levels[level] = {"teacher": NOISE[level], "arms": {
-            a: {**arm_summary(r), "per_seed": list(per_seed[a].values()), "seeds": list(per_seed[a])}
-            for a, r in rows.items()}}
-        levels[level]["paired"] = {}
-        for a, b in (p for p in PAIRS if p[0] in rows and p[1] in rows):
-            common = sorted(set(per_seed[a]) & set(per_seed[b]))  # same seeds, same held-out episodes
-            d = paired([r["success"] for r in rows[b] if r["seed"] in common],
-                       [r["success"] for r in rows[a] if r["seed"] in common])
-            levels[level]["paired"][f"{a} - {b}"] = {**{k: d[k] for k in ("difference", "ci95", "mcnemar_p", "only_a", "only_b")},
-                                                     "seeds": common}
+                    evaluated(str(run), args.tasks, out, args.episodes, "--seed", str(seed))
+                    got = archived(f"{level}/{arm}/s{seed}", out)
+                if got is not None:
+                    rows[arm][seed] = [{**r, "seed": seed} for r in got]
+        arms = {}
+        for arm, by_seed in rows.items():
+            parts = [old["arms"][arm]] if arm in old["arms"] else []
+            parts += [{**arm_summary(r), "per_seed": [100 * np.mean([x["success"] for x in r])], "seeds": [s]}
+                      for s, r in sorted(by_seed.items())]
+            if parts:
+                arms[arm] = pooled(parts)
+        levels[level] = {"teacher": NOISE[level], "arms": arms, "paired": {}}
+        for a, b in (p for p in PAIRS if p[0] in arms and p[1] in arms):
+            common = sorted(set(rows[a]) & set(rows[b]))  # same seeds, same held-out episodes
+            new = paired([x["success"] for s in common for x in rows[b][s]], [x["success"] for s in common for x in rows[a][s]])
+            cells, seeds = table_counts(new), common
+            before = old["paired"].get(f"{a} - {b}")
+            if before:  # its seeds were never rerun (skipped above), so the two tables hold different episodes
+                cells, seeds = tuple(x + y for x, y in zip(cells, table_counts(before))), sorted(before["seeds"] + common)
+            d = paired_counts(*cells)
+            levels[level]["paired"][f"{a} - {b}"] = {**{k: d[k] for k in ("difference", "ci95", "mcnemar_p", "both", "only_a",
+                                                                         "only_b", "neither")}, "seeds": seeds}
         table(level, levels[level])
     return {"suite": "robustness", "tasks": args.tasks, "demos_per_task": args.demos, "steps": args.steps,
             "seeds": args.seeds, "episodes_per_task": args.episodes, "recipe": " ".join(RECIPE + AUX),
@@ -221,14 +278,17 @@ def labels(args) -> dict:
         for how in ("mask", "drop"):
             variants[f"corrupt{pct}-{how}"] = audited(bad, work / f"{bad.name}-{how}", how)
     rows: dict[str, list[dict]] = {v: [] for v in variants}
-    for seed in range(args.seeds):
+    for seed in (int(x) for x in args.label_seeds.split(",")):
         for name, ds in variants.items():
             tag = f"{args.noise}-{args.arm}-s{seed}" if name == "clean" else f"{args.noise}-{args.arm}-{name}-s{seed}"
             run, out = work / tag, work / f"eval-{tag}"
-            if not (out / "eval_info.json").exists():
+            key = f"{args.noise}/{args.arm}/s{seed}" if name == "clean" else f"{args.noise}/{args.arm}-{name}/s{seed}"
+            got = archived(key, out)
+            if got is None:
                 trained(ds, run, args.steps, *RECIPE, *AUX, "--seed", str(seed), *ARMS[args.arm])
-            evaluated(str(run), args.tasks, out, args.episodes, "--seed", str(seed))
-            rows[name] += [{**r, "seed": seed} for r in episodes(out)]
+                evaluated(str(run), args.tasks, out, args.episodes, "--seed", str(seed))
+                got = archived(key, out)
+            rows[name] += [{**r, "seed": seed} for r in got]
     result = {name: {**arm_summary(r), "audit": audit_catch(variants[name]) if name != "clean" else None}
               for name, r in rows.items()}
     for name in variants:
@@ -246,7 +306,7 @@ def labels(args) -> dict:
               + f" | {r['premature_release']['pc']:.1f} | {r['stuck_phase']['pc']:.1f} | "
               + (f"{a['caught']}/{a['corrupted']} / {a['false_alarms']}/{a['clean']}" if a else "-") + f" | {r['n_episodes']} |")
     return {"suite": "labels", "tasks": args.tasks, "teacher": NOISE[args.noise], "arm": args.arm, "steps": args.steps,
-            "seeds": args.seeds, "episodes_per_task": args.episodes, "variants": result}
+            "seeds": args.label_seeds, "episodes_per_task": args.episodes, "variants": result}
 
 
 def audited(src: Path, out: Path, how: str) -> Path:
@@ -332,6 +392,8 @@ def main() -> None:
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--arm", default="phase-gripper", help="labels: the arm whose students the labels train")
     p.add_argument("--rates", default="0.1,0.3", help="labels: shares of corrupted episodes")
+    p.add_argument("--label-seeds", default="1",
+                   help="labels: training seeds (seed 0's clean runs were evaluated before episodes were archived)")
     p.add_argument("--demos", type=int, default=50)
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--seeds", type=int, default=3)

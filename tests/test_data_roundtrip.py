@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -166,3 +167,12 @@ def test_merge_refuses_different_features_and_a_used_output(tmp_path):
     (tmp_path / "a" / "meta" / "annotation.json").write_text("{}")
     with pytest.raises(DatasetError, match="annotated"):
         merge([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+
+
+def test_encoding_leaves_the_threads_scheduling_alone(tmp_path):
+    # As root, SVT-AV1 moved the encoding thread to SCHED_FIFO 99 for good (collect workers starved the machine).
+    from vla_distill.data.video import encode_video
+
+    before = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+    encode_video(np.zeros((3, 32, 32, 3), np.uint8), tmp_path / "v.mp4", 10)
+    assert (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) == before

@@ -19,7 +19,7 @@ from vla_distill.eval.metrics import aggregate, latency_summary
 from vla_distill.eval.observe import GRASP, RELEASE, TRANSPORT, ObserveConfig, direction_spread, phase_flags, progress_profile
 from vla_distill.eval.evaluate import EvalConfig, evaluate
 from vla_distill.errors import ConfigError
-from vla_distill.eval.stats import compare, distinguishable, paired, wilson
+from vla_distill.eval.stats import compare, distinguishable, paired, paired_counts, wilson
 
 CLI = [sys.executable, "-m", "vla_distill.cli"]
 A, G, T, R = 0, GRASP, TRANSPORT, RELEASE
@@ -346,3 +346,13 @@ def test_a_task_the_policy_never_trained_on_is_named_in_a_warning(tiny_student, 
     assert info["eval"]["untrained_tasks"] == ["button-press-topdown-v3"] and info["policy"]["chunk"] == "ensemble"
     with pytest.raises(ConfigError, match="chunk"):
         EvalConfig(out=str(tmp_path / "x"), tasks=("reach-v3",), chunk="average", **common)
+
+
+def test_pooling_two_by_two_tables_equals_pooling_the_episodes():
+    rng = np.random.default_rng(1)
+    a, b = (rng.random(80) < 0.4).tolist(), (rng.random(80) < 0.6).tolist()
+    first, second = paired(a[:50], b[:50]), paired(a[50:], b[50:])
+    pooled = paired_counts(*(first[k] + second[k] for k in ("both", "only_a", "only_b", "neither")))
+    whole = paired(a, b)
+    assert pooled["difference"] == pytest.approx(whole["difference"]) and pooled["ci95"] == pytest.approx(whole["ci95"])
+    assert pooled["mcnemar_p"] == whole["mcnemar_p"]

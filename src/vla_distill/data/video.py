@@ -33,13 +33,26 @@ def encode_video(frames: np.ndarray, path: Path, fps: int, codec: str = DEFAULT_
         options["preset"] = "12"
         # One thread per encoder: collection already runs one process per core.
         options["svtav1-params"] = "lp=1"
-    with removed_on_failure(tmp), av.open(str(tmp), "w") as out:
+    with removed_on_failure(tmp), own_scheduling(), av.open(str(tmp), "w") as out:
         stream = out.add_stream(codec, rate=fps, options=options)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.time_base = Fraction(1, fps)
         _encode_all(out, stream, frames)
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def own_scheduling():
+    """Keeps the calling thread's scheduling policy. Run as root (a container, a robot's computer), SVT-AV1 moves the
+    thread that encodes to SCHED_FIFO priority 99 and leaves it there: a collect worker or a recording control loop
+    would then never yield its core to anything else on the machine."""
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if os.sched_getscheduler(0) != policy:
+            os.sched_setscheduler(0, policy, param)
 
 
 def _encode_all(out: av.container.OutputContainer, stream: av.video.stream.VideoStream, frames: np.ndarray) -> None:

@@ -36,11 +36,15 @@ def paired(a: Sequence[bool], b: Sequence[bool], level: float = LEVEL) -> dict:
     McNemar's p, and the 2x2 counts."""
     if len(a) != len(b):
         raise ValueError(f"paired: {len(a)} episodes against {len(b)}")
-    n = len(a)
     both = sum(1 for x, y in zip(a, b) if x and y)
     only_a = sum(1 for x, y in zip(a, b) if x and not y)
     only_b = sum(1 for x, y in zip(a, b) if y and not x)
-    neither = n - both - only_a - only_b
+    return paired_counts(both, only_a, only_b, len(a) - both - only_a - only_b, level)
+
+
+def paired_counts(both: int, only_a: int, only_b: int, neither: int, level: float = LEVEL) -> dict:
+    """paired() from its 2x2 table: what pools comparisons whose episodes are kept only as counts."""
+    n = both + only_a + only_b + neither
     out = {"n_episodes": n, "both": both, "only_a": only_a, "only_b": only_b, "neither": neither,
            "mcnemar_p": mcnemar_exact(only_a, only_b)}
     if n == 0:
