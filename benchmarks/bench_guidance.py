@@ -185,11 +185,17 @@ def archived(tag: str, out: Path) -> list[dict] | None:
     store = json.loads(ARCHIVE.read_text()) if ARCHIVE.exists() else {"episodes": {}, "counts": {}}
     if (out / "eval_info.json").exists():
         rows = episodes(out)
-        store["episodes"][tag] = {k: [r[k] for r in rows] for k in FIELDS}
-        write_result(ARCHIVE, store)
+        cols = {k: [r[k] for r in rows] for k in FIELDS}
+        if store["episodes"].get(tag) != cols:  # a report over finished runs rewrites nothing
+            store["episodes"][tag] = cols
+            write_result(ARCHIVE, store)
         return rows
     cols = store["episodes"].get(tag)
     return None if cols is None else [dict(zip(FIELDS, v)) for v in zip(*(cols[k] for k in FIELDS))]
+
+
+def run_key(level: str, arm: str, seed: int) -> str:
+    return f"{level}/{arm}/s{seed}"
 
 
 def legacy(level: str) -> dict:
@@ -232,11 +238,11 @@ def robustness(args) -> dict:
                 if seed in old["arms"].get(arm, {}).get("seeds", []):
                     continue  # measured before episodes were archived: its counts are pooled below
                 run, out = work / f"{level}-{arm}-s{seed}", work / f"eval-{level}-{arm}-s{seed}"
-                got = archived(f"{level}/{arm}/s{seed}", out)
+                got = archived(run_key(level, arm, seed), out)
                 if got is None and not args.finished_only:
                     trained(ann, run, args.steps, *RECIPE, *AUX, "--seed", str(seed), *ARMS[arm])
                     evaluated(str(run), args.tasks, out, args.episodes, "--seed", str(seed))
-                    got = archived(f"{level}/{arm}/s{seed}", out)
+                    got = archived(run_key(level, arm, seed), out)
                 if got is not None:
                     rows[arm][seed] = [{**r, "seed": seed} for r in got]
         arms = {}
@@ -282,7 +288,7 @@ def labels(args) -> dict:
         for name, ds in variants.items():
             tag = f"{args.noise}-{args.arm}-s{seed}" if name == "clean" else f"{args.noise}-{args.arm}-{name}-s{seed}"
             run, out = work / tag, work / f"eval-{tag}"
-            key = f"{args.noise}/{args.arm}/s{seed}" if name == "clean" else f"{args.noise}/{args.arm}-{name}/s{seed}"
+            key = run_key(args.noise, args.arm if name == "clean" else f"{args.arm}-{name}", seed)
             got = archived(key, out)
             if got is None:
                 trained(ds, run, args.steps, *RECIPE, *AUX, "--seed", str(seed), *ARMS[args.arm])
