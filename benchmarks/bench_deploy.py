@@ -3,7 +3,8 @@ under load.
 
 Usage:
   python benchmarks/bench_deploy.py latency [--presets tiny,small,base] [--image-size 96] [--iters 300]
-      batch-1 Hz and p50/p99 per preset x backend (torch fp32, torch bf16, ONNX Runtime fp32 and int8), each
+      batch-1 Hz and p50/p99 per preset x backend (torch fp32, torch bf16, ONNX Runtime fp32, int8 and the
+      static int8 of `export --int8 static`), each
       backend's action error against torch fp32 on recorded observations -> results/deploy_latency.json
       Targets (2 CPU cores): tiny >= 500 Hz with p99 <= 3 ms; base >= 50 Hz.
   python benchmarks/bench_deploy.py success --policy outputs/demo/student [--tasks ...] [--episodes 10]
@@ -137,8 +138,12 @@ def latency(args) -> None:
             export(ckpt, bundle, "onnx", observations=str(ds))
         params = StudentPolicy(preset_config(preset, image_size=(args.image_size,) * 2)).num_parameters(deployed=True)
         per = {"parameters": params, "weights": "trained" if trained else "random", "backends": {}}
-        for backend in BACKENDS:
-            r = time_backend(bundle, backend, args.iters, args.threads)
+        static = work / f"bundle_{preset}_{args.image_size}_static"
+        if not (static / "bundle.json").exists():
+            export(ckpt, static, "onnx", observations=str(ds), int8="static")
+        for backend in BACKENDS + ("onnx-int8-static",):
+            r = (time_backend(static, "onnx-int8", args.iters, args.threads) if backend == "onnx-int8-static" else
+                 time_backend(bundle, backend, args.iters, args.threads))
             per["backends"][backend] = r
             hz_goal, p99_goal = TARGETS.get(preset, (None, None))
             met = "" if hz_goal is None else ("yes" if r["hz"] >= hz_goal and (p99_goal is None or r["p99_ms"] <= p99_goal) else "no")

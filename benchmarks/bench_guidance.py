@@ -31,6 +31,7 @@ evaluated again.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -182,14 +183,17 @@ FIELDS = ("task", "episode", "success", "premature_release", "stuck_phase", "tra
 def archived(tag: str, out: Path) -> list[dict] | None:
     """The episodes of run `tag` ("level/arm/sSEED"): read from its eval directory (and archived) where it exists,
     else from the archive; None where neither has it."""
-    store = json.loads(ARCHIVE.read_text()) if ARCHIVE.exists() else {"episodes": {}, "counts": {}}
     if (out / "eval_info.json").exists():
         rows = episodes(out)
         cols = {k: [r[k] for r in rows] for k in FIELDS}
-        if store["episodes"].get(tag) != cols:  # a report over finished runs rewrites nothing
-            store["episodes"][tag] = cols
-            write_result(ARCHIVE, store)
+        with open(ARCHIVE.with_suffix(".lock"), "w") as lock:  # suites on two cores finish runs into one file
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            store = json.loads(ARCHIVE.read_text()) if ARCHIVE.exists() else {"episodes": {}, "counts": {}}
+            if store["episodes"].get(tag) != cols:  # a report over finished runs rewrites nothing
+                store["episodes"][tag] = cols
+                write_result(ARCHIVE, store)
         return rows
+    store = json.loads(ARCHIVE.read_text()) if ARCHIVE.exists() else {"episodes": {}, "counts": {}}
     cols = store["episodes"].get(tag)
     return None if cols is None else [dict(zip(FIELDS, v)) for v in zip(*(cols[k] for k in FIELDS))]
 
@@ -283,6 +287,7 @@ def labels(args) -> dict:
         variants[f"corrupt{pct}"] = bad
         for how in ("mask", "drop"):
             variants[f"corrupt{pct}-{how}"] = audited(bad, work / f"{bad.name}-{how}", how)
+    wanted = set(args.variants.split(",")) if args.variants else set(variants)
     rows: dict[str, list[dict]] = {v: [] for v in variants}
     for seed in (int(x) for x in args.label_seeds.split(",")):
         for name, ds in variants.items():
@@ -290,11 +295,16 @@ def labels(args) -> dict:
             run, out = work / tag, work / f"eval-{tag}"
             key = run_key(args.noise, args.arm if name == "clean" else f"{args.arm}-{name}", seed)
             got = archived(key, out)
-            if got is None:
+            if got is None and name in wanted:
                 trained(ds, run, args.steps, *RECIPE, *AUX, "--seed", str(seed), *ARMS[args.arm])
                 evaluated(str(run), args.tasks, out, args.episodes, "--seed", str(seed))
                 got = archived(key, out)
-            rows[name] += [{**r, "seed": seed} for r in got]
+            if got is not None:
+                rows[name] += [{**r, "seed": seed} for r in got]
+    missing = [name for name, r in rows.items() if not r]
+    if missing:  # another process trains them (one variant per core); the report waits for all of them
+        print(f"not yet evaluated: {', '.join(missing)}; no report")
+        return {}
     result = {name: {**arm_summary(r), "audit": audit_catch(variants[name]) if name != "clean" else None}
               for name, r in rows.items()}
     for name in variants:
@@ -398,6 +408,9 @@ def main() -> None:
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--arm", default="phase-gripper", help="labels: the arm whose students the labels train")
     p.add_argument("--rates", default="0.1,0.3", help="labels: shares of corrupted episodes")
+    p.add_argument("--variants", default="",
+                   help="labels: train and evaluate only these (e.g. corrupt30-mask, to run variants on two cores "
+                        "side by side); the report waits until every variant is evaluated")
     p.add_argument("--label-seeds", default="1",
                    help="labels: training seeds (seed 0's clean runs were evaluated before episodes were archived)")
     p.add_argument("--demos", type=int, default=50)
@@ -408,6 +421,8 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=50)
     args = p.parse_args()
     result = {"robustness": robustness, "labels": labels, "summary": summary}[args.suite](args)
+    if not result:
+        return
     if args.suite != "summary":
         result["command"] = "python benchmarks/bench_guidance.py " + " ".join(sys.argv[1:])
     write_result(RESULTS / (f"guidance_{args.suite}.json" if args.suite != "summary" else "guidance.json"), result)

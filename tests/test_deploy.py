@@ -102,6 +102,33 @@ def test_onnx_parity_manifest_and_backends(onnx_bundle, tiny_student):
         load_policy(tiny_student, "onnx")
 
 
+def test_static_int8_quantizes_convolutions_on_other_frames_and_keeps_activation_products_fp32(tiny_student, tmp_path):
+    import onnx
+
+    from vla_distill.models.backends import load_policy
+
+    out = tmp_path / "static"
+    m = export_mod.export(tiny_student, out, "onnx", int8="static", log=lambda *_: None)
+    assert m["int8"] == "static" and 0 < m["parity"]["onnx-int8"]["max_abs"] < 0.5 and m["parity"]["onnx"]["max_abs"] <= 1e-4
+    assert json.loads((out / "provenance.json").read_text())["exported"]["int8"] == "static"
+    graph = onnx.load(str(out / "model.int8.onnx")).graph
+    made = {o: n for n in graph.node for o in n.output}
+    def dequantized(n, i):
+        return n.input[i] in made and made[n.input[i]].op_type == "DequantizeLinear"
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert convs and all(dequantized(n, 0) and dequantized(n, 1) for n in convs)  # activations and weights in int8
+    traced_products = [n for n in graph.node if n.op_type == "MatMul" and not dequantized(n, 1)]
+    assert traced_products  # attention's scores (and weighted values) stay fp32
+    frames, tasks, reference = _reference(out)
+    policy = load_policy(out, "onnx-int8")
+    with torch.inference_mode():
+        a = policy.predict_action_chunk(frames_to_batch(frames, policy.input_keys, tasks)).numpy()
+    assert np.abs(a - reference).max() == pytest.approx(m["parity"]["onnx-int8"]["max_abs"], abs=1e-5)
+    with pytest.raises(ConfigError, match="'weekly' is not one of"):
+        export_mod.export(tiny_student, tmp_path / "bad", "onnx", int8="weekly", log=lambda *_: None)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_corrupt_bundle_and_a_failed_parity_write_nothing(tiny_student, onnx_bundle, tmp_path, monkeypatch):
     import shutil
 

@@ -454,12 +454,15 @@ def _export_args(x: argparse.ArgumentParser) -> None:
     x.add_argument("--observations", default="", help="dataset whose frames are the parity observations "
                    "(default: the policy's training dataset)")
     x.add_argument("--n-observations", type=int, default=32)
+    x.add_argument("--int8", default="dynamic", choices=["dynamic", "static"],
+                   help="onnx: how model.int8.onnx is quantized; static also quantizes convolutions, activation ranges "
+                        "calibrated on other recorded observations (faster for large presets, slower for tiny)")
 
 
 def _export(args: argparse.Namespace) -> None:
     from vla_distill.deploy.export import export
 
-    m = export(args.policy, args.out, args.format, args.dtype, args.observations or None, args.n_observations)
+    m = export(args.policy, args.out, args.format, args.dtype, args.observations or None, args.n_observations, args.int8)
     size = sum(f.stat().st_size for f in Path(args.out).iterdir()) / 2**20
     print(f"bundle: {args.out} ({size:.1f} MB; backends {', '.join(m['backends'])}; "
           f"observation {', '.join(k for k in m['observation_spec'])}; actions {m['action']['shape']})")
