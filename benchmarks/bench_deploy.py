@@ -13,6 +13,7 @@ Usage:
       `vla-distill serve` under N concurrent clients on loopback, without and with batching
       -> results/deploy_server.json (goal: 0 errors)
   python benchmarks/bench_deploy.py async --policy CHECKPOINT [--tasks ...] [--episodes 20] [--delay-ms 100] [--hz 12.5]
+                                     [--modes queue,ensemble,ahead] [--out results/deploy_async.json]
       the real-time loop with a policy slower than the control period (its inference plus an injected delay), on
       the same held-out seeds: synchronous queue vs temporal ensembling vs inference-ahead (--chunk ahead): success
       with intervals and paired differences, late and starved ticks, the action jump at chunk seams against inside
@@ -215,7 +216,7 @@ def async_loop(args) -> None:
     result = {"policy": args.policy, "backend": args.backend, "tasks": tasks, "episodes_per_task": args.episodes,
               "hz": args.hz, "injected_delay_ms": args.delay_ms, "horizon": slow.horizon, "modes": {}}
     runs = {}
-    for mode in ("queue", "ensemble", "ahead"):
+    for mode in args.modes.split(","):
         cfg = LoopConfig(hz=args.hz, chunk=mode)
         runs[mode] = []
         for task in tasks:  # one task at a time, so the progress shows
@@ -235,8 +236,9 @@ def async_loop(args) -> None:
              "seam_jump_mean": float(np.mean(at)) if at else None, "seam_jump_max": max((x["at_seams"]["max"] for x in seams
                                                                                           if x["at_seams"]["n"]), default=None),
              "inside_jump_mean": float(np.mean(inside)) if inside else None,
-             "ticks_to_success_median": float(np.median(ticks)) if ticks else None}
-        if mode != "queue":
+             "ticks_to_success_median": float(np.median(ticks)) if ticks else None,
+             "per_task": {t: f"{sum(s['success'] for s in summaries if s['task'] == t)}/{args.episodes}" for t in tasks}}
+        if mode != "queue" and "queue" in runs:
             d = paired([s["success"] for s in runs["queue"]], ok)
             r["vs_queue"] = {k: d[k] for k in ("difference", "ci95", "mcnemar_p")}
         result["modes"][mode] = r
@@ -247,7 +249,7 @@ def async_loop(args) -> None:
     print(table(("chunking", "success % (95% CI)", "n", "late/ep", "starved/ep", "misses/ep",
                  "|Δa| at seams / inside", "ticks to success"), rows))
     result["command"] = "python benchmarks/bench_deploy.py " + " ".join(sys.argv[1:])
-    write_result(RESULTS / "deploy_async.json", result)
+    write_result(args.out or RESULTS / "deploy_async.json", result)
 
 
 def load_client(uri: str, request: bytes, until: float, lat: list, errors: list) -> None:
@@ -395,6 +397,8 @@ def main() -> None:
     p.add_argument("--backend", default="onnx")
     p.add_argument("--delay-ms", type=float, default=100.0, help="async: added to every policy call")
     p.add_argument("--hz", type=float, default=12.5, help="async: control rate")
+    p.add_argument("--modes", default="queue,ensemble,ahead", help="async: chunk modes, in this order")
+    p.add_argument("--out", default="", help="async: result JSON (default results/deploy_async.json)")
     args = p.parse_args()
     if args.suite == "async" and "--backend" not in sys.argv:
         args.backend = "torch"

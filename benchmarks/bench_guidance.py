@@ -7,6 +7,7 @@ Usage (every stage runs through the CLI as a user would, and is skipped or resum
       level; one multi-task student of the recipe per (level, arm, training seed); training seed s is evaluated on
       held-out seed stream s, the same episodes for every arm -> results/guidance_robustness.json
   python benchmarks/bench_guidance.py labels [--noise heavy] [--arm phase-gripper] [--rates 0.1,0.3] [--label-seeds 1]
+                                             [--variants corrupt30,corrupt30-mask] [--finished-only]
       what bad labels cost: the same students trained on the robustness suite's annotation at one level (clean: the
       robustness runs themselves), on copies with `rate` of the episodes corrupted (corrupted(): the seed's phase
       mislabeling and directional hallucination), and on those copies after `vla-distill audit --mask` and
@@ -295,34 +296,41 @@ def labels(args) -> dict:
             run, out = work / tag, work / f"eval-{tag}"
             key = run_key(args.noise, args.arm if name == "clean" else f"{args.arm}-{name}", seed)
             got = archived(key, out)
-            if got is None and name in wanted:
+            if got is None and name in wanted and not args.finished_only:
                 trained(ds, run, args.steps, *RECIPE, *AUX, "--seed", str(seed), *ARMS[args.arm])
                 evaluated(str(run), args.tasks, out, args.episodes, "--seed", str(seed))
                 got = archived(key, out)
             if got is not None:
                 rows[name] += [{**r, "seed": seed} for r in got]
-    missing = [name for name, r in rows.items() if not r]
-    if missing:  # another process trains them (one variant per core); the report waits for all of them
-        print(f"not yet evaluated: {', '.join(missing)}; no report")
+    missing = [name for name, r in rows.items() if not r]  # another process trains them (one variant per core)
+    if "clean" in missing:
+        print("the clean-label students are not evaluated yet; no report")
         return {}
+    rows = {name: r for name, r in rows.items() if r}
     result = {name: {**arm_summary(r), "audit": audit_catch(variants[name]) if name != "clean" else None}
               for name, r in rows.items()}
-    for name in variants:
-        if name != "clean":
-            d = paired([r["success"] for r in rows["clean"]], [r["success"] for r in rows[name]])
-            result[name]["vs_clean"] = {k: d[k] for k in ("difference", "ci95", "mcnemar_p", "only_a", "only_b")}
+    for name in rows:
+        # against the clean labels (what a bad annotator costs); an audited copy also against its corrupted source
+        # (what the audit wins back)
+        for ref, key in (("clean", "vs_clean"), (name.split("-")[0], "vs_corrupted")):
+            if name not in ("clean", ref) and ref in rows:
+                d = paired([r["success"] for r in rows[ref]], [r["success"] for r in rows[name]])
+                result[name][key] = {k: d[k] for k in ("difference", "ci95", "mcnemar_p", "only_a", "only_b")}
     print(f"\n{args.arm} students, teacher {NOISE[args.noise]}")
-    print("| labels | success % (95% CI) | vs clean (paired, 95% CI) | premature release % | stuck % | audit: caught / "
-          "false alarms | n |\n|---|---:|---:|---:|---:|---|---:|")
+    print("| labels | success % (95% CI) | vs clean (paired, 95% CI) | vs corrupted | premature release % | stuck % | "
+          "audit: caught / false alarms | n |\n|---|---:|---:|---:|---:|---:|---|---:|")
     for name, r in result.items():
-        vs = r.get("vs_clean")
+        vs, won = r.get("vs_clean"), r.get("vs_corrupted")
         a = r["audit"]
         print(f"| {name} | {r['success']['pc']:.1f} ({_ci(r['success']['ci95'])}) | "
-              + (f"{vs['difference']:+.1f} ({vs['ci95'][0]:.1f} to {vs['ci95'][1]:.1f})" if vs else "-")
+              + (f"{vs['difference']:+.1f} ({vs['ci95'][0]:.1f} to {vs['ci95'][1]:.1f})" if vs else "-") + " | "
+              + (f"{won['difference']:+.1f} ({won['ci95'][0]:.1f} to {won['ci95'][1]:.1f})" if won else "-")
               + f" | {r['premature_release']['pc']:.1f} | {r['stuck_phase']['pc']:.1f} | "
               + (f"{a['caught']}/{a['corrupted']} / {a['false_alarms']}/{a['clean']}" if a else "-") + f" | {r['n_episodes']} |")
+    if missing:
+        print(f"not evaluated yet: {', '.join(missing)}")
     return {"suite": "labels", "tasks": args.tasks, "teacher": NOISE[args.noise], "arm": args.arm, "steps": args.steps,
-            "seeds": args.label_seeds, "episodes_per_task": args.episodes, "variants": result}
+            "seeds": args.label_seeds, "episodes_per_task": args.episodes, "variants": result, "not_evaluated": missing}
 
 
 def audited(src: Path, out: Path, how: str) -> Path:
@@ -394,7 +402,11 @@ def summary(args) -> dict:
         out["audit_value"] = {"clean": v["clean"]["success"]["pc"], "corrupted": v[worst]["success"]["pc"],
                               "audited": v[best_audit]["success"]["pc"], "rate": worst, "audit": best_audit,
                               "recovered_points": v[best_audit]["success"]["pc"] - v[worst]["success"]["pc"],
-                              "variants": v}
+                              "recovered_ci95": v[best_audit].get("vs_corrupted", {}).get("ci95"),
+                              "cost_points": v[worst]["vs_clean"]["difference"], "cost_ci95": v[worst]["vs_clean"]["ci95"],
+                              "seeds": lab["seeds"], "variants": v,
+                              "note": "intervals over held-out episodes of fixed students; with one training seed a "
+                                      "change of labels perturbs training as a new seed would (BENCHMARKS.md, part 3)"}
         out["command"]["labels"] = lab["command"]
     return out
 
@@ -410,14 +422,14 @@ def main() -> None:
     p.add_argument("--rates", default="0.1,0.3", help="labels: shares of corrupted episodes")
     p.add_argument("--variants", default="",
                    help="labels: train and evaluate only these (e.g. corrupt30-mask, to run variants on two cores "
-                        "side by side); the report waits until every variant is evaluated")
+                        "side by side); the report shows the variants evaluated so far and lists the others")
     p.add_argument("--label-seeds", default="1",
                    help="labels: training seeds (seed 0's clean runs were evaluated before episodes were archived)")
     p.add_argument("--demos", type=int, default=50)
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--finished-only", action="store_true",
-                   help="robustness: report the (arm, seed) runs already evaluated; train and evaluate nothing")
+                   help="robustness, labels: report the runs already evaluated; train and evaluate nothing")
     p.add_argument("--episodes", type=int, default=50)
     args = p.parse_args()
     result = {"robustness": robustness, "labels": labels, "summary": summary}[args.suite](args)
