@@ -5,7 +5,8 @@ Usage (every stage runs through the CLI as a user would, and is skipped or resum
                                                  [--steps 6000] [--episodes 50] [--finished-only]
       GRIPPER_TASKS x 50 DART demonstrations (the recipe's data), relabelled by `noisy:scripted` at each NOISE
       level; one multi-task student of the recipe per (level, arm, training seed); training seed s is evaluated on
-      held-out seed stream s, the same episodes for every arm -> results/guidance_robustness.json
+      held-out seed stream s, the same episodes for every arm -> results/guidance_robustness.json, which reports
+      every arm and seed evaluated so far: --arms and --seeds say what to train, not what to report
   python benchmarks/bench_guidance.py labels [--noise heavy] [--arm phase-gripper] [--rates 0.1,0.3] [--label-seeds 1]
                                              [--variants corrupt30,corrupt30-mask] [--finished-only]
       what bad labels cost: the same students trained on the robustness suite's annotation at one level (clean: the
@@ -203,6 +204,13 @@ def run_key(level: str, arm: str, seed: int) -> str:
     return f"{level}/{arm}/s{seed}"
 
 
+def archived_seeds(level: str) -> set[int]:
+    """The training seeds with archived runs at `level` (reruns, "sN-rerun-...", are not seeds of the suite)."""
+    store = json.loads(ARCHIVE.read_text()) if ARCHIVE.exists() else {"episodes": {}}
+    tags = (k.split("/")[-1] for k in store["episodes"] if k.startswith(f"{level}/"))
+    return {int(t[1:]) for t in tags if t[1:].isdigit()} | {0}
+
+
 def legacy(level: str) -> dict:
     """The pooled counts of runs evaluated before episodes were archived: {"arms": {arm: arm_summary + seeds},
     "paired": {"a - b": 2x2 table + seeds}}."""
@@ -236,15 +244,18 @@ def robustness(args) -> dict:
     levels = {}
     for level in args.noise.split(","):
         ann = bench_eval.annotated(work, raw, NOISE[level], f"annotated-128-{level}")
-        old = legacy(level)
-        rows: dict[str, dict[int, list[dict]]] = {arm: {} for arm in args.arms.split(",")}
-        for seed in range(args.seeds):
+        old, wanted = legacy(level), args.arms.split(",")
+        # the report covers every arm and seed evaluated so far (the file is the suite's, not this command's);
+        # only the asked arms and seeds are trained
+        rows: dict[str, dict[int, list[dict]]] = {arm: {} for arm in ARMS}
+        n_seeds = max(args.seeds, *(s + 1 for s in archived_seeds(level)))
+        for seed in range(n_seeds):
             for arm in rows:
                 if seed in old["arms"].get(arm, {}).get("seeds", []):
                     continue  # measured before episodes were archived: its counts are pooled below
                 run, out = work / f"{level}-{arm}-s{seed}", work / f"eval-{level}-{arm}-s{seed}"
                 got = archived(run_key(level, arm, seed), out)
-                if got is None and not args.finished_only:
+                if got is None and arm in wanted and seed < args.seeds and not args.finished_only:
                     trained(ann, run, args.steps, *RECIPE, *AUX, "--seed", str(seed), *ARMS[arm])
                     evaluated(str(run), args.tasks, out, args.episodes, "--seed", str(seed))
                     got = archived(run_key(level, arm, seed), out)
@@ -257,7 +268,7 @@ def robustness(args) -> dict:
                       for s, r in sorted(by_seed.items())]
             if parts:
                 arms[arm] = pooled(parts)
-        levels[level] = {"teacher": NOISE[level], "arms": arms, "paired": {}}
+        levels[level] = {"teacher": NOISE[level], "seeds": n_seeds, "arms": arms, "paired": {}}
         for a, b in (p for p in PAIRS if p[0] in arms and p[1] in arms):
             common = sorted(set(rows[a]) & set(rows[b]))  # same seeds, same held-out episodes
             new = paired([x["success"] for s in common for x in rows[b][s]], [x["success"] for s in common for x in rows[a][s]])
@@ -270,7 +281,7 @@ def robustness(args) -> dict:
                                                                          "only_b", "neither")}, "seeds": seeds}
         table(level, levels[level])
     return {"suite": "robustness", "tasks": args.tasks, "demos_per_task": args.demos, "steps": args.steps,
-            "seeds": args.seeds, "episodes_per_task": args.episodes, "recipe": " ".join(RECIPE + AUX),
+            "seeds": max(v["seeds"] for v in levels.values()), "episodes_per_task": args.episodes, "recipe": " ".join(RECIPE + AUX),
             "collect_flags": " ".join(DART), "levels": levels}
 
 
