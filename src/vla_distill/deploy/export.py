@@ -4,8 +4,8 @@ with ONNX graphs (fp32 and int8) checked against torch on recorded observations.
 The ONNX graph's interface (inputs, outputs) is models/onnx_policy.py's, which runs it. The int8 variant quantizes
 the weights of MatMul/Gemm (transformer and linear layers) dynamically by default, as torch's dynamic quantization
 does; convolutions stay fp32 (ONNX Runtime's ConvInteger was slower than fp32 here). `int8="static"` quantizes
-convolutions and matrix multiplies with activation ranges calibrated on a second set of recorded observations: 1.3x
-faster for `base` (88 vs 70 Hz batch-1 on 2 cores), slower for `tiny` (BENCHMARKS.md).
+convolutions and matrix multiplies with activation ranges calibrated on a second draw of recorded observations:
+1.17x faster for `base` (91 vs 78 Hz batch-1 on 2 cores of a Zen 5), slower for `tiny` (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -145,10 +145,10 @@ def _export_onnx(policy: Policy, batch: dict, reference: np.ndarray, tmp: Path, 
     products = activation_products(tmp / ONNX_FILE)  # on the traced graph, where constants are not yet weights
     if calibration is None:
         quantize_int8(tmp / ONNX_FILE, tmp / INT8_FILE, products)
-    fold_pads(tmp / ONNX_FILE)
-    if calibration is None:
+        fold_pads(tmp / ONNX_FILE)
         fold_pads(tmp / INT8_FILE)
     else:  # after the fold: a Pad left before a quantized Conv would keep ONNX Runtime off its blocked layout
+        fold_pads(tmp / ONNX_FILE)
         quantize_int8_static(tmp / ONNX_FILE, tmp / INT8_FILE, products, graph_inputs(policy, calibration))
     feed = graph_inputs(policy, batch)
     parity = {"observations": int(reference.shape[0]), "tolerance": PARITY_TOLERANCE}
