@@ -142,9 +142,9 @@ def latency(args) -> None:
         static = work / f"bundle_{preset}_{args.image_size}_static"
         if not (static / "bundle.json").exists():
             export(ckpt, static, "onnx", observations=str(ds), int8="static")
-        for backend in BACKENDS + ("onnx-int8-static",):
-            r = (time_backend(static, "onnx-int8", args.iters, args.threads) if backend == "onnx-int8-static" else
-                 time_backend(bundle, backend, args.iters, args.threads))
+        timed = {**{b: (bundle, b) for b in BACKENDS}, "onnx-int8-static": (static, "onnx-int8")}
+        for backend, (where, how) in timed.items():
+            r = time_backend(where, how, args.iters, args.threads)
             per["backends"][backend] = r
             hz_goal, p99_goal = TARGETS.get(preset, (None, None))
             met = "" if hz_goal is None else ("yes" if r["hz"] >= hz_goal and (p99_goal is None or r["p99_ms"] <= p99_goal) else "no")

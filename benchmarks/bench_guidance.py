@@ -182,6 +182,10 @@ FIELDS = ("task", "episode", "success", "premature_release", "stuck_phase", "tra
           "predicted_flags")
 
 
+def _store() -> dict:
+    return json.loads(ARCHIVE.read_text()) if ARCHIVE.exists() else {"episodes": {}, "counts": {}}
+
+
 def archived(tag: str, out: Path) -> list[dict] | None:
     """The episodes of run `tag` ("level/arm/sSEED"): read from its eval directory (and archived) where it exists,
     else from the archive; None where neither has it."""
@@ -190,13 +194,12 @@ def archived(tag: str, out: Path) -> list[dict] | None:
         cols = {k: [r[k] for r in rows] for k in FIELDS}
         with open(ARCHIVE.with_suffix(".lock"), "w") as lock:  # suites on two cores finish runs into one file
             fcntl.flock(lock, fcntl.LOCK_EX)
-            store = json.loads(ARCHIVE.read_text()) if ARCHIVE.exists() else {"episodes": {}, "counts": {}}
+            store = _store()
             if store["episodes"].get(tag) != cols:  # a report over finished runs rewrites nothing
                 store["episodes"][tag] = cols
                 write_result(ARCHIVE, store)
         return rows
-    store = json.loads(ARCHIVE.read_text()) if ARCHIVE.exists() else {"episodes": {}, "counts": {}}
-    cols = store["episodes"].get(tag)
+    cols = _store()["episodes"].get(tag)
     return None if cols is None else [dict(zip(FIELDS, v)) for v in zip(*(cols[k] for k in FIELDS))]
 
 
@@ -206,16 +209,14 @@ def run_key(level: str, arm: str, seed: int) -> str:
 
 def archived_seeds(level: str) -> set[int]:
     """The training seeds with archived runs at `level` (reruns, "sN-rerun-...", are not seeds of the suite)."""
-    store = json.loads(ARCHIVE.read_text()) if ARCHIVE.exists() else {"episodes": {}}
-    tags = (k.split("/")[-1] for k in store["episodes"] if k.startswith(f"{level}/"))
-    return {int(t[1:]) for t in tags if t[1:].isdigit()} | {0}
+    tags = (k.split("/")[-1] for k in _store()["episodes"] if k.startswith(f"{level}/"))
+    return {int(t[1:]) for t in tags if t[1:].isdigit()}
 
 
 def legacy(level: str) -> dict:
     """The pooled counts of runs evaluated before episodes were archived: {"arms": {arm: arm_summary + seeds},
     "paired": {"a - b": 2x2 table + seeds}}."""
-    store = json.loads(ARCHIVE.read_text()) if ARCHIVE.exists() else {}
-    return store.get("counts", {}).get(level, {"arms": {}, "paired": {}})
+    return _store()["counts"].get(level, {"arms": {}, "paired": {}})
 
 
 def pooled(parts: list[dict]) -> dict:
@@ -248,7 +249,7 @@ def robustness(args) -> dict:
         # the report covers every arm and seed evaluated so far (the file is the suite's, not this command's);
         # only the asked arms and seeds are trained
         rows: dict[str, dict[int, list[dict]]] = {arm: {} for arm in ARMS}
-        n_seeds = max(args.seeds, *(s + 1 for s in archived_seeds(level)))
+        n_seeds = max([args.seeds, *(s + 1 for s in archived_seeds(level))])
         for seed in range(n_seeds):
             for arm in rows:
                 if seed in old["arms"].get(arm, {}).get("seeds", []):
