@@ -278,8 +278,11 @@ def robustness(args) -> dict:
             if before:  # its seeds were never rerun (skipped above), so the two tables hold different episodes
                 cells, seeds = tuple(x + y for x, y in zip(cells, table_counts(before))), sorted(before["seeds"] + common)
             d = paired_counts(*cells)
+            per_seed = {s: paired([x["success"] for x in rows[b][s]], [x["success"] for x in rows[a][s]]) for s in common}
             levels[level]["paired"][f"{a} - {b}"] = {**{k: d[k] for k in ("difference", "ci95", "mcnemar_p", "both", "only_a",
-                                                                         "only_b", "neither")}, "seeds": seeds}
+                                                                         "only_b", "neither")}, "seeds": seeds,
+                                                    "per_seed": {s: {k: v[k] for k in ("difference", "ci95", "mcnemar_p")}
+                                                                 for s, v in per_seed.items()}}
         table(level, levels[level])
     return {"suite": "robustness", "tasks": args.tasks, "demos_per_task": args.demos, "steps": args.steps,
             "seeds": max(v["seeds"] for v in levels.values()), "episodes_per_task": args.episodes, "recipe": " ".join(RECIPE + AUX),
@@ -301,7 +304,7 @@ def labels(args) -> dict:
         for how in ("mask", "drop"):
             variants[f"corrupt{pct}-{how}"] = audited(bad, work / f"{bad.name}-{how}", how)
     wanted = set(args.variants.split(",")) if args.variants else set(variants)
-    rows: dict[str, list[dict]] = {v: [] for v in variants}
+    rows: dict[str, dict[int, list[dict]]] = {v: {} for v in variants}
     for seed in (int(x) for x in args.label_seeds.split(",")):
         for name, ds in variants.items():
             tag = f"{args.noise}-{args.arm}-s{seed}" if name == "clean" else f"{args.noise}-{args.arm}-{name}-s{seed}"
@@ -313,28 +316,32 @@ def labels(args) -> dict:
                 evaluated(str(run), args.tasks, out, args.episodes, "--seed", str(seed))
                 got = archived(key, out)
             if got is not None:
-                rows[name] += [{**r, "seed": seed} for r in got]
+                rows[name][seed] = [{**r, "seed": seed} for r in got]
     missing = [name for name, r in rows.items() if not r]  # another process trains them (one variant per core)
     if "clean" in missing:
         print("the clean-label students are not evaluated yet; no report")
         return {}
     rows = {name: r for name, r in rows.items() if r}
-    result = {name: {**arm_summary(r), "audit": audit_catch(variants[name]) if name != "clean" else None}
+    result = {name: {**arm_summary([x for s in sorted(r) for x in r[s]]), "seeds": sorted(r),
+                     "audit": audit_catch(variants[name]) if name != "clean" else None}
               for name, r in rows.items()}
     for name in rows:
         # against the clean labels (what a bad annotator costs); an audited copy also against its corrupted source
-        # (what the audit wins back)
+        # (what the audit wins back); each pair on the seeds both have, so pooling never mixes seeds
         for ref, key in (("clean", "vs_clean"), (name.split("-")[0], "vs_corrupted")):
             if name not in ("clean", ref) and ref in rows:
-                d = paired([r["success"] for r in rows[ref]], [r["success"] for r in rows[name]])
-                result[name][key] = {k: d[k] for k in ("difference", "ci95", "mcnemar_p", "only_a", "only_b")}
+                common = sorted(set(rows[ref]) & set(rows[name]))
+                d = paired([r["success"] for s in common for r in rows[ref][s]],
+                           [r["success"] for s in common for r in rows[name][s]])
+                result[name][key] = {**{k: d[k] for k in ("difference", "ci95", "mcnemar_p", "only_a", "only_b")},
+                                     "seeds": common}
     print(f"\n{args.arm} students, teacher {NOISE[args.noise]}")
-    print("| labels | success % (95% CI) | vs clean (paired, 95% CI) | vs corrupted | premature release % | stuck % | "
-          "audit: caught / false alarms | n |\n|---|---:|---:|---:|---:|---:|---|---:|")
+    print("| labels | seeds | success % (95% CI) | vs clean (paired, 95% CI) | vs corrupted | premature release % | "
+          "stuck % | audit: caught / false alarms | n |\n|---|---|---:|---:|---:|---:|---:|---|---:|")
     for name, r in result.items():
         vs, won = r.get("vs_clean"), r.get("vs_corrupted")
         a = r["audit"]
-        print(f"| {name} | {r['success']['pc']:.1f} ({_ci(r['success']['ci95'])}) | "
+        print(f"| {name} | {', '.join(map(str, r['seeds']))} | {r['success']['pc']:.1f} ({_ci(r['success']['ci95'])}) | "
               + (f"{vs['difference']:+.1f} ({vs['ci95'][0]:.1f} to {vs['ci95'][1]:.1f})" if vs else "-") + " | "
               + (f"{won['difference']:+.1f} ({won['ci95'][0]:.1f} to {won['ci95'][1]:.1f})" if won else "-")
               + f" | {r['premature_release']['pc']:.1f} | {r['stuck_phase']['pc']:.1f} | "
@@ -383,8 +390,18 @@ def table(level: str, r: dict) -> None:
               f"{a['stuck_phase']['pc']:.1f} | {a['transport_grip_mean'] or float('nan'):.2f} | "
               f"{a['gripper_jitter_mean']:.2f} | {a['n_episodes']} |")
     for name, d in r["paired"].items():
+        each = "; ".join(f"seed {s} {v['difference']:+.1f} ({v['ci95'][0]:.1f} to {v['ci95'][1]:.1f})"
+                         for s, v in d.get("per_seed", {}).items())
         print(f"{name}, paired: {d['difference']:+.1f} points ({d['ci95'][0]:.1f} to {d['ci95'][1]:.1f}), "
-              f"McNemar p {d['mcnemar_p']:.2g}")
+              f"McNemar p {d['mcnemar_p']:.2g}" + (f" [{each}]" if each else ""))
+
+
+def headline(level: dict) -> dict:
+    """guided vs unguided at one noise level: each arm's success and n, their paired difference and its seeds."""
+    arms, d = level["arms"], level["paired"].get("guided - unguided", {})
+    return {"noise": level["teacher"], **{a: {"success": arms[a]["success"], "seeds": arms[a]["seeds"],
+                                             "n_episodes": arms[a]["n_episodes"]} for a in ("guided", "unguided") if a in arms},
+            **{k: d.get(k) for k in ("difference", "ci95", "mcnemar_p", "seeds")}}
 
 
 def summary(args) -> dict:
@@ -399,6 +416,7 @@ def summary(args) -> dict:
                           "difference": d.get("difference"), "ci95": d.get("ci95"), "tasks": rob["tasks"].split(","),
                           "noise": r["teacher"], "arms": arms, "paired": r["paired"],
                           "n_episodes": r["arms"][next(iter(r["arms"]))]["n_episodes"], "seeds": rob["seeds"],
+                          "per_level": {name: headline(lv) for name, lv in rob["levels"].items()},
                           "levels": rob["levels"]},
            "mt50_phases": {"mean": ann["mean_agreement_4"], "min": min(t["agreement_4"] for t in ann["per_task"].values()),
                            "per_task": {k: t["agreement_4"] for k, t in ann["per_task"].items()}},
@@ -410,15 +428,18 @@ def summary(args) -> dict:
         lab = json.loads(labels_path.read_text())
         v = lab["variants"]
         worst = max((k for k in v if k.startswith("corrupt") and k.count("-") == 0), key=lambda k: int(k[7:]))
-        best_audit = max((k for k in v if k.startswith(worst + "-")), key=lambda k: v[k]["success"]["pc"])
+        audits = [k for k in v if k.startswith(worst + "-") and "vs_corrupted" in v[k]]
+        best = max(audits, key=lambda k: v[k]["vs_corrupted"]["difference"])
+        won = v[best]["vs_corrupted"]
         out["audit_value"] = {"clean": v["clean"]["success"]["pc"], "corrupted": v[worst]["success"]["pc"],
-                              "audited": v[best_audit]["success"]["pc"], "rate": worst, "audit": best_audit,
-                              "recovered_points": v[best_audit]["success"]["pc"] - v[worst]["success"]["pc"],
-                              "recovered_ci95": v[best_audit].get("vs_corrupted", {}).get("ci95"),
+                              "audited": v[best]["success"]["pc"], "rate": worst, "audit": best,
+                              "recovered_points": won["difference"], "recovered_ci95": won["ci95"],
+                              "recovered_seeds": won["seeds"],
                               "cost_points": v[worst]["vs_clean"]["difference"], "cost_ci95": v[worst]["vs_clean"]["ci95"],
-                              "seeds": lab["seeds"], "variants": v,
-                              "note": "intervals over held-out episodes of fixed students; with one training seed a "
-                                      "change of labels perturbs training as a new seed would (BENCHMARKS.md, part 3)"}
+                              "cost_seeds": v[worst]["vs_clean"]["seeds"], "seeds": lab["seeds"], "variants": v,
+                              "note": "paired differences over the held-out episodes of the training seeds both "
+                                      "variants have; the intervals do not cover training variance, which a change "
+                                      "of labels perturbs as a new seed would (BENCHMARKS.md, part 3)"}
         out["command"]["labels"] = lab["command"]
     return out
 
