@@ -7,12 +7,13 @@ Usage (every stage runs through the CLI as a user would, and is skipped or resum
       level; one multi-task student of the recipe per (level, arm, training seed); training seed s is evaluated on
       held-out seed stream s, the same episodes for every arm -> results/guidance_robustness.json, which reports
       every arm and seed evaluated so far: --arms and --seeds say what to train, not what to report
-  python benchmarks/bench_guidance.py labels [--noise heavy] [--arm phase-gripper] [--rates 0.1,0.3] [--label-seeds 1]
+  python benchmarks/bench_guidance.py labels [--noise heavy] [--arm phase-gripper] [--rates 0.1,0.3] [--label-seeds 1,2]
                                              [--variants corrupt30,corrupt30-mask] [--finished-only]
       what bad labels cost: the same students trained on the robustness suite's annotation at one level (clean: the
       robustness runs themselves), on copies with `rate` of the episodes corrupted (corrupted(): the seed's phase
       mislabeling and directional hallucination), and on those copies after `vla-distill audit --mask` and
-      `--drop`; same seeds and held-out episodes -> results/guidance_labels.json
+      `--drop`; same seeds and held-out episodes, each variant pooled over its seeds and each comparison paired on
+      the seeds both sides have -> results/guidance_labels.json
   python benchmarks/bench_guidance.py summary
       results/guidance.json: the headline numbers of both suites with MT50's phase agreement and audit
       (results/annotate_mt50.json, bench_annotate.py)
@@ -234,6 +235,15 @@ def pooled(parts: list[dict]) -> dict:
     return out
 
 
+def wins(by_seed: dict[int, list[dict]], seeds: list[int]) -> list[bool]:
+    """Episode successes of `seeds`, in seed then episode order: what paired() lines up between two arms."""
+    return [x["success"] for s in seeds for x in by_seed[s]]
+
+
+def pick(d: dict, *keys: str) -> dict:
+    return {k: d[k] for k in keys}
+
+
 def table_counts(d: dict) -> tuple[int, int, int, int]:
     return d["both"], d["only_a"], d["only_b"], d["neither"]
 
@@ -272,17 +282,16 @@ def robustness(args) -> dict:
         levels[level] = {"teacher": NOISE[level], "seeds": n_seeds, "arms": arms, "paired": {}}
         for a, b in (p for p in PAIRS if p[0] in arms and p[1] in arms):
             common = sorted(set(rows[a]) & set(rows[b]))  # same seeds, same held-out episodes
-            new = paired([x["success"] for s in common for x in rows[b][s]], [x["success"] for s in common for x in rows[a][s]])
+            new = paired(wins(rows[b], common), wins(rows[a], common))
             cells, seeds = table_counts(new), common
             before = old["paired"].get(f"{a} - {b}")
             if before:  # its seeds were never rerun (skipped above), so the two tables hold different episodes
                 cells, seeds = tuple(x + y for x, y in zip(cells, table_counts(before))), sorted(before["seeds"] + common)
-            d = paired_counts(*cells)
-            per_seed = {s: paired([x["success"] for x in rows[b][s]], [x["success"] for x in rows[a][s]]) for s in common}
-            levels[level]["paired"][f"{a} - {b}"] = {**{k: d[k] for k in ("difference", "ci95", "mcnemar_p", "both", "only_a",
-                                                                         "only_b", "neither")}, "seeds": seeds,
-                                                    "per_seed": {s: {k: v[k] for k in ("difference", "ci95", "mcnemar_p")}
-                                                                 for s, v in per_seed.items()}}
+            levels[level]["paired"][f"{a} - {b}"] = {
+                **pick(paired_counts(*cells), "difference", "ci95", "mcnemar_p", "both", "only_a", "only_b", "neither"),
+                "seeds": seeds,
+                "per_seed": {s: pick(paired(wins(rows[b], [s]), wins(rows[a], [s])), "difference", "ci95", "mcnemar_p")
+                             for s in common}}
         table(level, levels[level])
     return {"suite": "robustness", "tasks": args.tasks, "demos_per_task": args.demos, "steps": args.steps,
             "seeds": max(v["seeds"] for v in levels.values()), "episodes_per_task": args.episodes, "recipe": " ".join(RECIPE + AUX),
@@ -331,10 +340,8 @@ def labels(args) -> dict:
         for ref, key in (("clean", "vs_clean"), (name.split("-")[0], "vs_corrupted")):
             if name not in ("clean", ref) and ref in rows:
                 common = sorted(set(rows[ref]) & set(rows[name]))
-                d = paired([r["success"] for s in common for r in rows[ref][s]],
-                           [r["success"] for s in common for r in rows[name][s]])
-                result[name][key] = {**{k: d[k] for k in ("difference", "ci95", "mcnemar_p", "only_a", "only_b")},
-                                     "seeds": common}
+                d = paired(wins(rows[ref], common), wins(rows[name], common))
+                result[name][key] = {**pick(d, "difference", "ci95", "mcnemar_p", "only_a", "only_b"), "seeds": common}
     print(f"\n{args.arm} students, teacher {NOISE[args.noise]}")
     print("| labels | seeds | success % (95% CI) | vs clean (paired, 95% CI) | vs corrupted | premature release % | "
           "stuck % | audit: caught / false alarms | n |\n|---|---|---:|---:|---:|---:|---:|---|---:|")
@@ -457,7 +464,7 @@ def main() -> None:
                    help="labels: train and evaluate only these (e.g. corrupt30-mask, to run variants on two cores "
                         "side by side); the report shows the variants evaluated so far and lists the others")
     p.add_argument("--label-seeds", default="1",
-                   help="labels: training seeds (seed 0's clean runs were evaluated before episodes were archived)")
+                   help="labels: comma-separated training seeds (seed 0's clean runs were evaluated before episodes were archived)")
     p.add_argument("--demos", type=int, default=50)
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--seeds", type=int, default=3)
