@@ -418,12 +418,13 @@ def summary(args) -> dict:
     level = "heavy" if "heavy" in rob["levels"] else next(iter(rob["levels"]))
     r = rob["levels"][level]
     arms = {a: v["success"]["pc"] for a, v in r["arms"].items()}
-    d = r["paired"].get("guided - unguided", {})
+    per_level = {name: headline(lv) for name, lv in rob["levels"].items()}
+    h = per_level[level]
     out = {"robustness": {"guided": arms.get("guided"), "unguided": arms.get("unguided"),
-                          "difference": d.get("difference"), "ci95": d.get("ci95"), "tasks": rob["tasks"].split(","),
-                          "noise": r["teacher"], "arms": arms, "paired": r["paired"],
+                          "difference": h["difference"], "ci95": h["ci95"], "tasks": rob["tasks"].split(","),
+                          "noise": h["noise"], "arms": arms, "paired": r["paired"],
                           "n_episodes": r["arms"][next(iter(r["arms"]))]["n_episodes"], "seeds": rob["seeds"],
-                          "per_level": {name: headline(lv) for name, lv in rob["levels"].items()},
+                          "per_level": per_level,
                           "levels": rob["levels"]},
            "mt50_phases": {"mean": ann["mean_agreement_4"], "min": min(t["agreement_4"] for t in ann["per_task"].values()),
                            "per_task": {k: t["agreement_4"] for k, t in ann["per_task"].items()}},
