@@ -220,7 +220,11 @@ def async_loop(args) -> None:
         cfg = LoopConfig(hz=args.hz, chunk=mode)
         runs[mode] = []
         for task in tasks:  # one task at a time, so the progress shows
-            runs[mode] += sim_runs.run_tasks(slow, args.policy, args.backend, "metaworld", [task], args.episodes, 0, cfg)
+            done, interrupted = sim_runs.run_tasks(slow, args.policy, args.backend, "metaworld", [task], args.episodes, 0,
+                                                   cfg)
+            if interrupted:
+                raise KeyboardInterrupt
+            runs[mode] += done
             print(f"{mode} {task}: {sum(s['success'] for s in runs[mode][-args.episodes:])}/{args.episodes}", flush=True)
     rows = []
     for mode, summaries in runs.items():

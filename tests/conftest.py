@@ -143,3 +143,55 @@ def tiny_student(annotated, tmp_path_factory):
     train(TrainConfig(dataset=str(annotated), out=str(run), preset="tiny", steps=4, batch_size=4, warmup_steps=1,
                       save_every=4, log_every=2, val_batches=1))
     return run
+
+
+@pytest.fixture(scope="session")
+def onnx_bundle(tiny_student, tmp_path_factory):
+    """tiny_student exported with --format onnx (its reference observations and actions inside)."""
+    from vla_distill.deploy import export as export_mod
+
+    out = tmp_path_factory.mktemp("export") / "bundle"
+    export_mod.export(tiny_student, out, "onnx", log=lambda *_: None)
+    return out
+
+
+def bundle_reference(bundle: Path) -> tuple[dict, list[str], np.ndarray]:
+    """A bundle's recorded parity observations {key: (N, ...)}, their N instructions and the (N, K, D) actions."""
+    from vla_distill.models import bundle as bundle_mod
+
+    z = np.load(bundle / bundle_mod.REFERENCE_FILE)
+    return {k[4:]: z[k] for k in z.files if k.startswith("obs/")}, list(z["tasks"]), z["actions"]
+
+
+def bundle_request(frames: dict, i: int, task: str, slash: bool = False) -> dict:
+    """Observation i of bundle_reference as an openpi request (our keys, or openpi's slash form)."""
+    obs = {k.replace(".", "/") if slash else k: np.ascontiguousarray(v[i]) for k, v in frames.items()}
+    return {**obs, "prompt": task}
+
+
+@pytest.fixture(scope="session")
+def served(served_process):
+    """HOST:PORT of served_process."""
+    return served_process[1]
+
+
+@pytest.fixture(scope="session")
+def served_process(onnx_bundle):
+    """`vla-distill serve` on the bundle (ONNX backend, batching up to 4), as a separate process, and its HOST:PORT."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    proc, host_port = serve_process(onnx_bundle, "--backend", "onnx", "--max-batch", "4", "--batch-wait-ms", "20",
+                                    "--max-message-mb", "0.05")
+    deadline = time.monotonic() + 120
+    while True:  # ready: the text encoder loaded and the first forward pass done (503 until then)
+        try:
+            urllib.request.urlopen(f"http://{host_port}/healthz", timeout=10)
+            break
+        except urllib.error.HTTPError:
+            assert time.monotonic() < deadline and proc.poll() is None, "serve did not get ready"
+            time.sleep(0.2)
+    yield proc, host_port
+    proc.terminate()
+    proc.wait(timeout=30)

@@ -148,8 +148,12 @@ def test_policy_drives_and_every_rollout_is_kept(tmp_path, tiny_student):
     state = ds.column("observation.environment_state")
     relabel = np.stack([expert_action(expert, s) for s in state])
     assert np.abs(ds.column("action") - relabel).mean() > 0.05  # the actions are the (untrained) policy's
-    with pytest.raises(ConfigError, match="image-size 64"):
+    with pytest.raises(ConfigError, match="field 'image_size': .* collect with --image-size 64$"):
         collect(CollectConfig(tasks=("reach-v3",), cameras=CameraConfig(height=32, width=32), policy=str(tiny_student)),
+                tmp_path / "wrong")
+    with pytest.raises(ConfigError, match="field 'cameras and image_size': .* collect with --cameras corner2,gripper "
+                                          "--image-size 64$"):  # both wrong: both named
+        collect(CollectConfig(tasks=("reach-v3",), cameras=CameraConfig(("corner2",), 32, 32), policy=str(tiny_student)),
                 tmp_path / "wrong")
     assert not (tmp_path / "wrong").exists()
     with pytest.raises(ConfigError, match="action_noise"):

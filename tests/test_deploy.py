@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import serve_process
+from conftest import bundle_reference as _reference
+from conftest import bundle_request as _request
+from conftest import popen_interruptible, serve_process
 from vla_distill.deploy import export as export_mod
 from vla_distill.deploy.control_loop import LoopConfig, Pacer, run_loop, safe_action, summarize
 from vla_distill.deploy.robot import Robot
@@ -27,18 +29,6 @@ from vla_distill.models.base import frames_to_batch
 from vla_distill.models.chunking import ChunkScheduler
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def onnx_bundle(tiny_student, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "bundle"
-    export_mod.export(tiny_student, out, "onnx", log=lambda *_: None)
-    return out
-
-
-def _reference(bundle: Path) -> tuple[dict, list[str], np.ndarray]:
-    z = np.load(bundle / bundle_mod.REFERENCE_FILE)
-    return {k[4:]: z[k] for k in z.files if k.startswith("obs/")}, list(z["tasks"]), z["actions"]
 
 
 # ---------------------------------------------------------------- export
@@ -427,21 +417,36 @@ def test_run_cli_records_and_replays_a_metaworld_episode(onnx_bundle, tmp_path):
     assert replay.returncode == 0 and "max |observation.state - recorded| = 0," in replay.stdout, replay.stdout + replay.stderr
 
 
+@pytest.mark.parametrize("when", ["start-up", "mid-episode", "twice"])
+def test_run_interrupted_says_what_finished_and_exits_130(onnx_bundle, tmp_path, when):
+    """Ctrl-C while the policy loads, during an episode, or twice in a row: one behaviour (what finished, exit 130)."""
+    import signal
+
+    cmd = [sys.executable, "-m", "vla_distill.cli", "run", "--policy", str(onnx_bundle), "--backend", "onnx",
+           "--tasks", "reach-v3,push-v3", "--hz", "12.5"]
+    proc = popen_interruptible(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for = "loading " if when == "start-up" else "episode 1/2: reach-v3"
+    seen = ""
+    while wait_for not in seen:
+        line = proc.stdout.readline()
+        assert line, seen + proc.stderr.read()
+        seen += line
+    if when != "start-up":
+        time.sleep(1.0)  # a dozen ticks into the episode
+    proc.send_signal(signal.SIGINT)
+    if when == "twice":
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and "episodes succeeded" not in out
+    summary = out.strip().splitlines()[-1]
+    assert summary.startswith("interrupted: 0 of 2 episodes finished, 0 succeeded"), out
+    if when == "mid-episode":
+        assert "| reach-v3 | 0 | stopped |" in out and "the episode running was stopped after" in summary, out
+
+
 # ---------------------------------------------------------------- the server
-@pytest.fixture(scope="module")
-def served(onnx_bundle):
-    """`vla-distill serve` on the bundle (torch backend, batching up to 4), as a separate process."""
-    proc, host_port = serve_process(onnx_bundle, "--max-batch", "4", "--batch-wait-ms", "20", "--max-message-mb", "0.05")
-    yield host_port
-    proc.terminate()
-    proc.wait(timeout=30)
-
-
-def _request(frames: dict, i: int, task: str, slash: bool = False) -> dict:
-    obs = {k.replace(".", "/") if slash else k: np.ascontiguousarray(v[i]) for k, v in frames.items()}
-    return {**obs, "prompt": task}
-
-
 def test_server_round_trip_metadata_and_health(served, onnx_bundle):
     from websockets.sync.client import connect
 
@@ -526,7 +531,7 @@ def test_a_steady_client_keeps_its_pace_while_another_sends_new_prompts_and_extr
                 prompt = f"instruction number {i}: " + "push the block a little further " * 20  # ~700 characters
                 ws.send(packb({**good, "prompt": prompt}))
                 replies["new prompt"] += unpackb(ws.recv())["actions"].shape == expected[0].shape
-                ws.send(packb({**good, "observation.state": np.full(4, 1e30, np.float32)}))
+                ws.send(packb({**good, "observation.state": np.full(4, 3e38, np.float32)}))  # finite, far out
                 replies["not finite"] += "not finite" in ws.recv()
             ws.send(packb({**good, "prompt": "x" * 5000}))
             replies["too long"] += "the limit is 2000" in ws.recv()
@@ -621,6 +626,12 @@ def test_server_batches_concurrent_clients_and_our_openpi_teacher_uses_it(served
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert not errors and len(sizes) == 40 and max(sizes) > 1  # concurrent requests shared forward passes
+    with connect(f"ws://{served}", compression=None, max_size=None) as ws:  # alone: no wait for a batch to fill
+        ws.recv()
+        for _ in range(3):  # the last, once the eight clients' connections have surely been closed on the server
+            ws.send(packb(_request(frames, 0, tasks[0])))
+            timing = unpackb(ws.recv())["policy_timing"]
+    assert timing["batch_size"] == 1 and timing["batch_wait_ms"] < 10  # --batch-wait-ms 20
     options = {f"obs_map.{k.replace('.', '/')}": k for k in frames} | {"image_size": "64"}
     teacher = make_teacher(f"openpi://{served}", options)
     try:

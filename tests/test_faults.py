@@ -24,6 +24,7 @@ DATA = "data/chunk-000/file-000.parquet"
 EPISODES = "meta/episodes/chunk-000/file-000.parquet"
 INFO = "meta/info.json"
 VIDEO_FIELD = "chunk-000/file-000.mp4: field 'observation.images."  # the file and its camera key
+CAMERA = "observation.images.corner2"
 
 
 def _video(root: Path) -> Path:
@@ -51,6 +52,15 @@ def _edit_column(path: Path, name: str, change: Callable[[np.ndarray], np.ndarra
 def _zero_tail(raw: bytes) -> bytes:
     """The container's header kept, the frames after the first third zeroed."""
     return raw[: len(raw) // 3] + bytes(len(raw) - len(raw) // 3)
+
+
+def _last_plus(amount):
+    """A column edit: the last episode's value moved by `amount`."""
+    def change(v: np.ndarray) -> np.ndarray:
+        v[-1] += amount
+        return v
+
+    return change
 
 
 def _nan_state(v: np.ndarray) -> np.ndarray:
@@ -85,12 +95,24 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
     "NaN in the actions": (lambda r: _edit_column(r / DATA, "action", _nan_state),
                            f"{DATA}: field 'action': holds NaN/inf (frame index 3)"),
     "episode offsets lie": (lambda r: _edit_column(r / EPISODES, "dataset_from_index", lambda v: v + 1),
-                            f"{DATA}: field 'index': episode 0 rows are not at index [1,"),
+                            f"{EPISODES}: field 'dataset_from_index': episode 0 starts at row 1; the rows before it end "
+                            "at 0"),
+    "last episode ends 1 row past the data": (lambda r: _edit_column(r / EPISODES, "dataset_to_index", _last_plus(1)),
+                                              f"{EPISODES}: field 'dataset_to_index': episode 3 ends at row"),
+    "last episode ends 500 rows past the data": (lambda r: _edit_column(r / EPISODES, "dataset_to_index", _last_plus(500)),
+                                                 f"{EPISODES}: field 'dataset_to_index': episode 3 ends at row"),
+    "video span 100 s past its clip": (lambda r: _edit_column(r / EPISODES, f"videos/{CAMERA}/to_timestamp",
+                                                              _last_plus(100.0)),
+                                       f"{EPISODES}: field 'videos/{CAMERA}/to_timestamp': episode 3 spans 10"),
+    "episodes table names the wrong episode": (lambda r: _edit_column(r / EPISODES, "episode_index",
+                                                                      lambda v: np.where(v == 1, 7, v)),
+                                               f"{EPISODES}: field 'episode_index': says 7 for rows"),
 }
 STAGES = {
     "inspect": lambda ds, out: ["inspect", str(ds)],
     "inspect --quick": lambda ds, out: ["inspect", "--quick", str(ds)],
     "annotate": lambda ds, out: ["annotate", "--dataset", str(ds), "--out", str(out), "--teacher", "scripted"],
+    "audit": lambda ds, out: ["audit", "--dataset", str(ds)],
     "train": lambda ds, out: ["train", "--dataset", str(ds), "--out", str(out), "--steps", "2", "--batch-size", "4"],
 }
 
@@ -119,6 +141,77 @@ def test_a_corrupt_dataset_is_one_line_before_any_work(corrupt, case, stage, cap
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err
     assert CORRUPTIONS[case][1] in err, err
     assert sorted(p.relative_to(ds.parent) for p in ds.parent.rglob("*")) == before  # nothing written, nothing removed
+
+
+# ---------------------------------------------------------------- bad flags and broken checkpoints
+def _truncated_copy(run: Path, dest: Path) -> Path:
+    """A copy of a training run whose last checkpoint's model.safetensors lost its second half."""
+    shutil.copytree(run, dest)
+    weights = dest / "checkpoints" / "last" / "pretrained_model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return dest
+
+
+# name: (the command's arguments from (annotated dataset, tmp_path, the tiny student run), a fragment of its one line)
+BAD_COMMANDS: dict[str, tuple[Callable[[Path, Path, Path], list[str]], str]] = {
+    "train --lr nan": (lambda ds, t, run: ["train", "--dataset", str(ds), "--out", str(t / "out"), "--lr", "nan"],
+                       "lr: must be a finite number > 0, got nan"),
+    "train --dim-weights of the wrong length": (
+        lambda ds, t, run: ["train", "--dataset", str(ds), "--out", str(t / "out"), "--dim-weights", "1,2", "--steps", "2"],
+        "field 'dim_weights': 2 weights given, the action 'action.teacher' has 4 dimensions"),
+    "train --dim-weights nan": (lambda ds, t, run: ["train", "--dataset", str(ds), "--out", str(t / "out"),
+                                                    "--dim-weights", "1,1,nan,1"], "dim_weights: each must be a finite"),
+    "train without --dataset": (lambda ds, t, run: ["train", "--out", str(t / "out")], "--dataset is required"),
+    "export of truncated weights": (
+        lambda ds, t, run: ["export", "--policy", str(_truncated_copy(run, t / "run")), "--out", str(t / "out")],
+        "model.safetensors: cannot read the weights"),
+    "eval of truncated weights": (
+        lambda ds, t, run: ["eval", "--policy", str(_truncated_copy(run, t / "run")), "--tasks", "reach-v3",
+                            "--episodes", "1", "--out", str(t / "out")], "model.safetensors: cannot read the weights"),
+    "eval --seed=-21475": (lambda ds, t, run: ["eval", "--policy", "scripted", "--tasks", "reach-v3", "--seed=-21475",
+                                               "--out", str(t / "out")], "field 'seed': must be >= 0, got -21475"),
+    "eval --seed -1": (lambda ds, t, run: ["eval", "--policy", "scripted", "--tasks", "reach-v3", "--seed", "-1",
+                                           "--out", str(t / "out")], "field 'seed': must be >= 0, got -1"),
+    "collect --seed -3": (lambda ds, t, run: ["collect", "--tasks", "reach-v3", "--seed", "-3", "--out", str(t / "out")],
+                          "field 'seed': must be >= 0, got -3"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_COMMANDS))
+def test_a_bad_flag_or_a_broken_checkpoint_is_one_line_with_nothing_written(case, annotated, tiny_student, tmp_path,
+                                                                             capsys):
+    args, fragment = BAD_COMMANDS[case]
+    code = main(args(annotated, tmp_path, tiny_student))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: ") and fragment in err, err
+    assert not (tmp_path / "out").exists()  # no train_config.json, eval_plan.json or bundle started
+
+
+def test_train_resume_needs_only_out_and_steps_and_runs_resolve_their_dataset_from_anywhere(annotated, tmp_path,
+                                                                                           monkeypatch):
+    """README's `train --out RUN --steps N --resume`, from another directory than the run was started in; the run
+    records its dataset absolute, and a run that recorded it relative (before) still finds it from anywhere."""
+    shutil.copytree(annotated, tmp_path / "work" / "ds")
+    monkeypatch.chdir(tmp_path / "work")
+    base = ["--preset", "tiny", "--batch-size", "4", "--warmup-steps", "1", "--val-batches", "1", "--log-every", "1"]
+    assert main(["train", "--dataset", "ds", "--out", "runs/r", "--steps", "2", "--save-every", "2", *base]) == 0
+    saved = json.loads((tmp_path / "work/runs/r/train_config.json").read_text())
+    assert saved["dataset"] == str(tmp_path / "work" / "ds")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--out", "work/runs/r", "--steps", "4", "--resume"]) == 0
+    assert json.loads((tmp_path / "work/runs/r/train_config.json").read_text())["steps"] == 4
+    assert (tmp_path / "work/runs/r/checkpoints/000004").is_dir() and not (tmp_path / "runs").exists()
+    # a run as older versions wrote it: dataset and out relative to where `train` ran (tmp_path/work)
+    for f in (tmp_path / "work/runs/r").rglob("*.json"):
+        if f.name in ("train_config.json", "provenance.json"):
+            d = json.loads(f.read_text())
+            d.update({"dataset": "ds"} if "dataset" in d else {}, **({"out": "runs/r"} if "out" in d else {}))
+            f.write_text(json.dumps(d))
+    from vla_distill.models.checkpoint import read_provenance
+
+    assert read_provenance(tmp_path / "work/runs/r")["dataset"] == str(tmp_path / "work" / "ds")
+    assert main(["export", "--policy", "work/runs/r", "--out", "bundle"]) == 0
+    assert main(["train", "--out", "work/runs/r", "--steps", "6", "--resume"]) == 0
 
 
 # ---------------------------------------------------------------- kill -9 at seeded random moments
@@ -365,6 +458,16 @@ def test_a_full_disk_is_one_line_and_the_rerun_after_freeing_space_finishes(stag
         r = subprocess.run(command(request, out), capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
         _assert_same(ends_with(out), reference)
+
+
+def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(tiny_student, tmp_path):
+    with _tmpfs(tmp_path / "disk", "size=1m") as disk:  # the tiny student's weights alone are ~10 MB
+        out = disk / "bundle"
+        r = subprocess.run([sys.executable, "-m", "vla_distill.cli", "export", "--policy", str(tiny_student), "--out",
+                            str(out)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert r.stderr.strip().splitlines()[-1].endswith("No space left on device"), r.stderr
+        assert list(disk.iterdir()) == []  # neither the bundle nor bundle.partial nor bundle.partial.tmp
 
 
 @pytest.mark.parametrize("stage", list(DISK_STAGES) + ["export"])

@@ -283,7 +283,8 @@ def _audit(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- train, vita-train
 def _run_args(t: argparse.ArgumentParser, cls) -> None:
     """The flags of the training loop both jobs share (train.config.RunConfig)."""
-    t.add_argument("--dataset", required=True, help="annotated dataset (vla-distill annotate)")
+    t.add_argument("--dataset", default=argparse.SUPPRESS, help="annotated dataset (vla-distill annotate); a --resume "
+                   "takes the run's own")
     t.add_argument("--out", required=True, help="run directory: checkpoints/, metrics.jsonl, train_config.json")
     t.add_argument("--resume", action="store_true", help="continue --out from checkpoints/last without repeating its "
                    "flags (rerunning the command that started it also continues it; --steps may extend it)")
@@ -307,6 +308,18 @@ def _run_args(t: argparse.ArgumentParser, cls) -> None:
     _field(t, "--device", cls, "auto | cpu | cuda | cuda:N")
     t.add_argument("--keep-dropped", dest="drop_audited", action="store_false", default=argparse.SUPPRESS,
                    help="train on episodes `audit --drop` excluded")
+
+
+def _run_config(args: argparse.Namespace, cls, **fields):
+    """The job's config from the command line; with --resume, the run's own (its dataset and flags need not be
+    repeated) with what may change (--steps, the batch split) from this command line."""
+    if args.resume:
+        from vla_distill.train.fit import resumed_config
+
+        return resumed_config(cls, args.out, {k: getattr(args, k) for k in _resume_overrides(args) if k in vars(args)})
+    if "dataset" not in vars(args):
+        raise ConfigError("--dataset is required (or --resume to continue the run in --out)", field="dataset")
+    return _config(cls, **_given(args, cls), **fields)
 
 
 def _train_args(t: argparse.ArgumentParser) -> None:
@@ -351,7 +364,7 @@ def _train(args: argparse.Namespace) -> None:
         loss["phase_weight"] = 0.0
     if args.no_direction_loss:
         loss["direction_weight"] = 0.0
-    cfg = _config(TrainConfig, **_given(args, TrainConfig), loss=_config(LossConfig, **loss))
+    cfg = _run_config(args, TrainConfig, loss=_config(LossConfig, **loss))
     last = train(cfg, resume=args.resume, overrides=_resume_overrides(args))
     _print_rank0(f"checkpoint: {last}/pretrained_model")
 
@@ -379,7 +392,7 @@ def _vita_train(args: argparse.Namespace) -> None:
     from vla_distill.train.config import VitaTrainConfig
     from vla_distill.train.vita import vita_train
 
-    cfg = _config(VitaTrainConfig, **_given(args, VitaTrainConfig))
+    cfg = _run_config(args, VitaTrainConfig)
     last = vita_train(cfg, resume=args.resume, overrides=_resume_overrides(args))
     _print_rank0(f"checkpoint: {last}/pretrained_model")
 
@@ -484,8 +497,8 @@ def _run_loop_args(rn: argparse.ArgumentParser) -> None:
     rn.add_argument("--tasks", default="", help="tasks, as for eval")
     rn.add_argument("--env", default=DEFAULT_ENV, choices=list(ENVS))
     _field(rn, "--hz", LoopConfig, "control rate (a replay: the recorded rate)", type=float)
-    rn.add_argument("--episodes", type=int, default=1, help="episodes per task (default 1)")
-    rn.add_argument("--seed", type=int, default=0, help="held-out seed stream, as for eval")
+    rn.add_argument("--episodes", type=_bounded(int, 1), default=1, help="episodes per task (default 1)")
+    rn.add_argument("--seed", type=_bounded(int, 0), default=0, help="held-out seed stream, as for eval")
     _field(rn, "--max-steps", LoopConfig, type=int)
     _field(rn, "--chunk", LoopConfig, "queue: execute the chunk, then replan; ensemble: infer every tick, ACT temporal "
            "ensembling; ahead: compute the next chunk on another thread while this one executes (asked early enough "
@@ -500,24 +513,41 @@ def _run_loop_args(rn: argparse.ArgumentParser) -> None:
     rn.add_argument("--replay", default="", help="send a recording's actions again (DIR/TASK/episode_000) and compare")
 
 
-def _run_loop(args: argparse.Namespace) -> None:
+def _run_loop(args: argparse.Namespace) -> int:
     _passive_omp()
-    import torch
-
     from vla_distill.deploy import sim_runs
     from vla_distill.deploy.control_loop import LoopConfig
-    from vla_distill.eval.report import markdown_table
-    from vla_distill.models.backends import load_policy
     from vla_distill.sim.registry import get_simulator
 
     if args.replay:
         sim_runs.replay_recording(args.replay, vars(args).get("hz"))
-        return
+        return 0
     if not args.policy or not args.tasks:
         raise ConfigError("--policy and --tasks are required (or --replay RECORDING)")
+    cfg = _config(LoopConfig, **_given(args, LoopConfig))
+    tasks = get_simulator(args.env).resolve_tasks(args.tasks)
+    summaries, interrupted = [], False
+    try:  # a Ctrl-C at any moment ends the same way: what finished, then exit 130
+        print(f"loading {args.policy} ({args.backend})", flush=True)  # progress on stdout: stderr is for errors
+        policy = _loop_policy(args, cfg)
+        summaries, interrupted = sim_runs.run_tasks(policy, args.policy, args.backend, args.env, tasks, args.episodes,
+                                                    args.seed, cfg, args.record or None,
+                                                    log=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        interrupted = True
+    with sim_runs.interrupts_deferred():  # a second Ctrl-C still gets the summary
+        _run_summary(summaries, interrupted, len(tasks) * args.episodes, cfg, args)
+    return 130 if interrupted else 0
+
+
+def _loop_policy(args: argparse.Namespace, cfg):
+    """The policy `run` drives: a bundle or checkpoint on a local backend, or one served at openpi://HOST:PORT."""
+    import torch
+
+    from vla_distill.models.backends import load_policy
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = _config(LoopConfig, **_given(args, LoopConfig))
     if args.policy.startswith("openpi://"):
         from vla_distill.deploy.remote_policy import RemotePolicy
 
@@ -531,18 +561,30 @@ def _run_loop(args: argparse.Namespace) -> None:
     if cfg.chunk == "ahead" and policy.horizon == 1:
         print("note: --chunk ahead needs chunks of several actions to run ahead; this policy predicts one per call, so "
               "ticks hold while it computes (counted as starved)", file=sys.stderr)
-    summaries = sim_runs.run_tasks(policy, args.policy, args.backend, args.env,
-                                   get_simulator(args.env).resolve_tasks(args.tasks), args.episodes, args.seed, cfg,
-                                   args.record or None)
-    print(markdown_table(list(sim_runs.HEADER), sim_runs.rows(summaries)))
+    return policy
+
+
+def _run_summary(summaries: list[dict], interrupted: bool, planned: int, cfg, args: argparse.Namespace) -> None:
+    from vla_distill.deploy import sim_runs
+    from vla_distill.eval.report import markdown_table
+
+    if summaries:
+        print(markdown_table(list(sim_runs.HEADER), sim_runs.rows(summaries)))
     late, ticks = sum(s["late_dropped"] for s in summaries), sum(s["ticks"] for s in summaries)
     if cfg.chunk != "ahead" and ticks and late > 0.5 * ticks:
         print(f"note: {late} of {ticks} actions came after their tick and were dropped: the policy is slower than the "
               f"{1e3 / cfg.hz:.0f} ms period ({cfg.chunk} waits for it in the loop); --chunk ahead computes the next "
               "chunk while the current one runs", file=sys.stderr)
-    ok = sum(s["success"] for s in summaries)
-    print(f"{ok}/{len(summaries)} episodes succeeded at {cfg.hz:g} Hz ({args.backend})"
-          + (f"; recordings in {args.record}" if args.record else ""))
+    done = [s for s in summaries if not s["interrupted"]]
+    ok = sum(s["success"] for s in done)
+    where = f"; recordings in {args.record}" if args.record and summaries else ""
+    if not interrupted:
+        print(f"{ok}/{len(done)} episodes succeeded at {cfg.hz:g} Hz ({args.backend}){where}")
+        return
+    stopped = [s for s in summaries if s["interrupted"]]
+    print(f"interrupted: {len(done)} of {planned} episodes finished, {ok} succeeded"
+          + (f"; the episode running was stopped after {stopped[0]['ticks']} ticks (not counted)" if stopped else "")
+          + where)
 
 
 def _serve_args(sv: argparse.ArgumentParser) -> None:
@@ -617,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     stage = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(stage if stage in STAGES else None).parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except VlaDistillError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -631,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {disk_error(args, e)}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -155,6 +155,7 @@ def audit_dataset(root, mask: bool = False, drop: bool = False, cfg: AuditConfig
     ds = RobotDataset(root)
     if PHASE_INDEX not in ds.features:
         raise DatasetError("not an annotated dataset (run vla-distill annotate first)", path=ds.root, field=PHASE_INDEX)
+    ds.check_videos()  # the audit reads no frame, but training will: a broken video is found here, as elsewhere
     taxonomy = read_phase_names(ds.root)
     c = read_annotation(ds.root).get("config")
     if c is None:

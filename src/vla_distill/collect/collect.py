@@ -146,12 +146,14 @@ def check_policy(cfg: CollectConfig) -> None:
     from vla_distill.models.base import policy_cameras
 
     cams, size = policy_cameras(load_policy(cfg.policy))
-    missing = [k for k in cams if k not in cfg.cameras.keys]
-    if missing:
-        raise ConfigError(f"the policy reads {', '.join(missing)}; collect with --cameras including it", field="cameras")
+    wrong = []  # (field, the flag that fixes it): both named when both are wrong
+    if any(k not in cfg.cameras.keys for k in cams):
+        wrong.append(("cameras", "--cameras " + ",".join(k.split(".")[-1] for k in cams)))
     if size is not None and tuple(size) != (cfg.cameras.height, cfg.cameras.width):
-        raise ConfigError(f"the policy reads {size[0]}x{size[1]} images; collect with --image-size {size[0]}",
-                          field="image_size")
+        wrong.append(("image_size", f"--image-size {size[0]}"))
+    if wrong:
+        raise ConfigError(f"the policy reads {', '.join(cams)} at {size[0]}x{size[1]} px; collect with "
+                          f"{' '.join(fix for _, fix in wrong)}", field=" and ".join(f for f, _ in wrong))
 
 
 def _init_worker() -> None:

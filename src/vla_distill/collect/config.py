@@ -34,6 +34,8 @@ class CollectConfig:
             raise ConfigError("no task given", field="tasks")
         if self.episodes < 1:
             raise ConfigError("must be >= 1", field="episodes")
+        if self.seed < 0:
+            raise ConfigError(f"must be >= 0, got {self.seed}", field="seed")
         if self.steps_after_success < 0:
             raise ConfigError("must be >= 0", field="steps_after_success")
         if not 0 <= self.action_noise <= 2:

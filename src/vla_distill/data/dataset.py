@@ -52,6 +52,7 @@ class EpisodeInfo:
     data_path: Path
     videos: dict[str, VideoSpan] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # any other episodes-table column, stats excluded
+    meta_path: Path | None = None  # the episodes-table file of its row (v3.0)
 
 
 def read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
@@ -169,8 +170,14 @@ class RobotDataset:
         files = sorted((self.root / "meta/episodes").glob("chunk-*/file-*.parquet"))
         if not files:
             raise DatasetError("no episode metadata", path=self.root / EPISODES_PATH.format(chunk_index=0, file_index=0))
-        table = pa.concat_tables([read_parquet(f) for f in files], promote_options="default")
-        table = table.sort_by("episode_index")
+        tables = [read_parquet(f) for f in files]
+        if any("episode_index" not in t.column_names for t in tables):
+            bad = next(f for f, t in zip(files, tables) if "episode_index" not in t.column_names)
+            raise DatasetError("column is missing", path=bad, field="episode_index")
+        source = {e: f for f, t in zip(files, tables) for e in t.column("episode_index").to_pylist()}
+        table = pa.concat_tables(tables, promote_options="default")
+        # in row order, so that a wrong episode_index is reported as such rather than moving its episode
+        table = table.sort_by([("dataset_from_index", "ascending"), ("episode_index", "ascending")])
         self._episodes_table = table
         keep = [c for c in table.column_names if not c.startswith("stats/")]
         rows = table.select(keep).to_pylist()
@@ -201,6 +208,7 @@ class RobotDataset:
                     data_path=data_path,
                     videos=videos,
                     extra=extra,
+                    meta_path=source[row["episode_index"]],
                 )
             )
         return episodes
@@ -277,11 +285,36 @@ class RobotDataset:
                 f"data files hold {len(columns['index'])} frames, the episodes table says {total}", path=self.root / "data"
             )
         first = int(columns["index"][0]) if total else 0
+        self._check_spans(first)
         for ep in self.episodes:
             ep_index = columns["episode_index"][ep.from_index - first : ep.to_index - first]
+            if len(ep_index) == ep.length and len(set(ep_index.tolist())) == 1 and ep_index[0] != ep.index:
+                raise DatasetError(f"says {ep.index} for rows [{ep.from_index}, {ep.to_index}), which the data files give "
+                                   f"to episode {ep_index[0]}", path=ep.meta_path or ep.data_path, field="episode_index")
             if len(ep_index) != ep.length or (ep_index != ep.index).any():
                 raise DatasetError(f"episode {ep.index} rows are not at index [{ep.from_index}, {ep.to_index})", path=ep.data_path, field="index")
         self._index_offset = first
+
+    def _check_spans(self, first: int) -> None:
+        """The episodes table (v3.0) against itself: each episode's rows follow the one before it and number its length,
+        and each video span lasts its length (lerobot writes to_timestamp = from_timestamp + the clip's duration)."""
+        if not self.version.startswith("v3"):
+            return
+        start, frame = first, 1.0 / self.fps
+        for ep in self.episodes:
+            if ep.from_index != start:
+                raise DatasetError(f"episode {ep.index} starts at row {ep.from_index}; the rows before it end at {start}",
+                                   path=ep.meta_path, field="dataset_from_index")
+            if ep.to_index - ep.from_index != ep.length:
+                raise DatasetError(f"episode {ep.index} ends at row {ep.to_index}, not at dataset_from_index "
+                                   f"{ep.from_index} + length {ep.length}", path=ep.meta_path, field="dataset_to_index")
+            start = ep.to_index
+            for key, span in ep.videos.items():
+                seconds = span.to_timestamp - span.from_timestamp
+                if not abs(seconds - ep.length * frame) <= frame + self.tolerance_s:
+                    raise DatasetError(f"episode {ep.index} spans {seconds:.3f} s of video ({span.from_timestamp:.3f} to "
+                                       f"{span.to_timestamp:.3f}); its {ep.length} frames at {self.fps:g} fps last "
+                                       f"{ep.length * frame:.3f} s", path=ep.meta_path, field=f"videos/{key}/to_timestamp")
 
     def column(self, key: str) -> np.ndarray:
         """All frames of a numeric feature, (N, *shape)."""

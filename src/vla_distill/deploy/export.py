@@ -32,7 +32,9 @@ from vla_distill.models.onnx_policy import (INSTALL_HINT, INT8_FILE, ONNX_FILE, 
 from vla_distill.types import TASK_EMBEDDING, TASK_INDEX
 
 FORMATS, DTYPES, INT8 = ("bundle", "onnx"), ("fp32", "bf16"), ("dynamic", "static")
-PARITY_TOLERANCE = 1e-4  # max |onnx - torch| over the recorded observations, raw action units
+# max |onnx - torch| over the recorded observations in the policy's normalized action units (Policy.action_scale): a
+# raw tolerance was 1e-6 of the range of joints in lerobot's -100..100 units and refused fp32 round-off
+PARITY_TOLERANCE = 1e-4
 _NORM_BUFFERS = ("state_mean", "state_std", "action_mean", "action_std", "action_min", "action_max",
                  "image_mean", "image_std", "in_mean", "in_std", "act_mean", "act_std")
 
@@ -151,7 +153,9 @@ def _export_onnx(policy: Policy, batch: dict, reference: np.ndarray, tmp: Path, 
         fold_pads(tmp / ONNX_FILE)
         quantize_int8_static(tmp / ONNX_FILE, tmp / INT8_FILE, products, graph_inputs(policy, calibration))
     feed = graph_inputs(policy, batch)
-    parity = {"observations": int(reference.shape[0]), "tolerance": PARITY_TOLERANCE}
+    scale = policy.action_scale().detach().cpu().numpy().astype(np.float64)
+    parity = {"observations": int(reference.shape[0]), "tolerance": PARITY_TOLERANCE, "units": "normalized actions",
+              "action_scale": scale.round(7).tolist()}
     for name, graph in (("onnx", ONNX_FILE), ("onnx-int8", INT8_FILE)):
         sess = session(tmp / graph)
         # the recorded observations as one batch, and the first alone: a batch size fixed by the trace fails here
@@ -160,14 +164,28 @@ def _export_onnx(policy: Policy, batch: dict, reference: np.ndarray, tmp: Path, 
             actions = np.concatenate([one, sess.run(["actions"], feed)[0][1:]])
         except Exception as e:  # noqa: BLE001 (ONNX Runtime's errors have no common type)
             raise ConfigError(f"the exported {graph} does not run: {str(e).splitlines()[0][:300]}", field="format") from None
-        err = np.abs(actions - reference)
-        parity[name] = {"max_abs": float(err.max()), "mean_abs": float(err.mean())}
-        log(f"parity {name:9s} vs torch fp32 on {len(reference)} recorded observations: "
-            f"max |diff| {err.max():.2e}, mean {err.mean():.2e}")
-    if not parity["onnx"]["max_abs"] <= PARITY_TOLERANCE:  # `not <=` also catches NaN
-        raise ConfigError(f"ONNX parity failed: max |diff| {parity['onnx']['max_abs']:.3g} > {PARITY_TOLERANCE} "
-                          "against torch on the recorded observations; nothing was written", field="format")
+        parity[name] = parity_error(actions, reference, scale)
+        log(f"parity {name:9s} vs torch fp32 on {len(reference)} recorded observations: max |diff| "
+            f"{parity[name]['max_normalized']:.2e} normalized ({parity[name]['max_abs']:.2e} raw)")
+    check_parity(parity["onnx"])
     return parity
+
+
+def parity_error(actions: np.ndarray, reference: np.ndarray, scale: np.ndarray) -> dict:
+    """(N, K, D) actions against the (N, K, D) reference, both raw; scale (D,) raw units per normalized unit."""
+    err = np.abs(actions.astype(np.float64) - reference)
+    normalized = err / np.maximum(scale, 1e-12)
+    worst = np.unravel_index(np.argmax(np.nan_to_num(normalized, nan=np.inf)), normalized.shape)
+    return {"max_normalized": float(normalized.max()), "max_abs": float(err.max()), "mean_abs": float(err.mean()),
+            "worst_dim": int(worst[-1])}
+
+
+def check_parity(err: dict) -> None:
+    if not err["max_normalized"] <= PARITY_TOLERANCE:  # `not <=` also catches NaN
+        raise ConfigError(f"ONNX parity failed: max |diff| {err['max_normalized']:.3g} in the policy's normalized "
+                          f"action units (action dimension {err['worst_dim']}; {err['max_abs']:.3g} raw) > "
+                          f"{PARITY_TOLERANCE} against torch on the recorded observations; nothing was written",
+                          field="format")
 
 
 # ---------------------------------------------------------------- ONNX

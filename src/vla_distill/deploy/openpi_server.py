@@ -35,7 +35,7 @@ import torch
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import serve
 
-from vla_distill.data.msgpack_numpy import packb, unpackb
+from vla_distill.data.msgpack_numpy import WireError, packb, unpackb
 from vla_distill.errors import ConfigError
 from vla_distill.models.backends import weights_bytes
 from vla_distill.models.base import frames_to_batch
@@ -45,6 +45,7 @@ from vla_distill.types import TASK, TASK_EMBEDDING
 InferFn = Callable[[dict], "np.ndarray | tuple[np.ndarray, dict]"]  # request -> (K, D) actions [, policy timing]
 MAX_MESSAGE_BYTES = 16 * 2**20  # a 224 px 3-camera request is ~0.5 MB
 MAX_PROMPT_CHARS = 2000  # LIBERO's and MetaWorld's instructions are under 200
+MAX_ERROR_CHARS = 1000  # an error frame quotes the request at most this far
 PROMPT_CACHE = 1024  # embeddings of prompts the policy was not trained on, least recently used dropped first
 
 
@@ -58,9 +59,9 @@ def normalize_request(obs, spec: dict[str, dict], obs_map: dict[str, str] | None
     if not isinstance(obs, dict):
         raise RequestError(f"request must be a map of observation keys, got {type(obs).__name__}")
     obs_map = obs_map or {}
-    keys = ((k.decode() if isinstance(k, bytes) else str(k), v) for k, v in obs.items())
+    keys = ((k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k), v) for k, v in obs.items())
     obs = {obs_map.get(k, k.replace("/", ".")): v for k, v in keys}
-    out = {TASK: str(obs.get("prompt", obs.get(TASK, "")))}
+    out = {TASK: request_prompt(obs, any(s["dtype"] == "str" for s in spec.values()))}
     for key, s in spec.items():
         if s["dtype"] == "str":
             continue
@@ -81,16 +82,40 @@ def normalize_request(obs, spec: dict[str, dict], obs_map: dict[str, str] | None
     return out
 
 
+def request_prompt(obs: dict, required: bool) -> str:
+    """The instruction under "prompt" (openpi) or "task": a string. A policy that reads one gets no default (an empty
+    or guessed instruction would act on the wrong task); a policy that reads none ignores a missing prompt."""
+    key = "prompt" if "prompt" in obs else TASK
+    if key not in obs:
+        if required:
+            raise RequestError("prompt: missing (this policy conditions on an instruction; send it as a string under "
+                               "'prompt')")
+        return ""
+    if not isinstance(obs[key], str):
+        raise RequestError(f"{key}: expected a string, got {type(obs[key]).__name__}")
+    return obs[key]
+
+
 class Batcher:
     """One inference thread: requests from all connections queue here; up to max_batch that arrive within
     wait_ms of the first run as one batch. With max_batch 1 it only serializes (torch calls from 32 connection
-    threads at once would contend for the same cores)."""
+    threads at once would contend for the same cores). A batch waits only while a connected client has no request
+    in it yet (openpi clients send one at a time): a lone robot never pays the wait."""
 
     def __init__(self, run_batch: Callable[[list[dict]], np.ndarray], max_batch: int = 1, wait_ms: float = 2.0):
         self.run_batch, self.max_batch, self.wait = run_batch, max(1, max_batch), wait_ms / 1e3
         self.q: queue.Queue = queue.Queue()
         self.batches = self.requests = 0
+        self.clients = 0  # connections open now (the server counts them); 0: unknown, wait for max_batch
+        self._count = threading.Lock()
         threading.Thread(target=self._loop, daemon=True, name="inference").start()
+
+    def connected(self, change: int) -> None:
+        with self._count:
+            self.clients += change
+
+    def _fill(self) -> int:
+        return min(self.max_batch, self.clients or self.max_batch)
 
     def submit(self, obs: dict) -> tuple[np.ndarray, dict]:
         fut: Future = Future()
@@ -100,8 +125,9 @@ class Batcher:
     def _loop(self) -> None:
         while True:
             items = [self.q.get()]
-            deadline = time.perf_counter() + self.wait
-            while len(items) < self.max_batch:
+            first = time.perf_counter()
+            deadline = first + self.wait
+            while len(items) < self._fill():
                 remaining = deadline - time.perf_counter()
                 try:
                     items.append(self.q.get(timeout=remaining) if remaining > 0 else self.q.get_nowait())
@@ -114,7 +140,8 @@ class Batcher:
                 for _, fut in items:
                     fut.set_exception(e)
                 continue
-            timing = {"infer_ms": (time.perf_counter() - t0) * 1e3, "batch_size": len(items)}
+            timing = {"infer_ms": (time.perf_counter() - t0) * 1e3, "batch_size": len(items),
+                      "batch_wait_ms": (t0 - first) * 1e3}
             self.batches += 1
             self.requests += len(items)
             for i, (_, fut) in enumerate(items):
@@ -277,12 +304,19 @@ def make_server(infer: InferFn, metadata: dict, host: str = "127.0.0.1", port: i
         counts = {**stats, "prompts_cached": len(prompts.cache) if prompts else 0}
         return connection.respond(http.HTTPStatus.OK, json.dumps({"ready": True, **counts}) + "\n")
 
+    batcher = getattr(infer, "batcher", None)
+
     def handler(ws):
         ready.wait()
+        if batcher is not None:
+            batcher.connected(+1)
         try:
             answer(ws)
         except ConnectionClosed:  # a client that went away (killed, timed out) ends its own session, nothing else
             stats["dropped"] += 1
+        finally:
+            if batcher is not None:
+                batcher.connected(-1)
 
     def answer(ws):
         ws.send(packb(metadata))
@@ -295,8 +329,8 @@ def make_server(infer: InferFn, metadata: dict, host: str = "127.0.0.1", port: i
                     raise RequestError(f"message of {len(message)} bytes exceeds the limit of {max_message_bytes}")
                 try:
                     obs = unpackb(message)
-                except Exception as e:  # noqa: BLE001 (any decoding failure is the client's)
-                    raise RequestError(f"not a msgpack-numpy message ({type(e).__name__}: {e})") from None
+                except WireError as e:
+                    raise RequestError(f"not a msgpack-numpy message ({e})") from None
                 result = infer(obs)
                 actions, timing = result if isinstance(result, tuple) else (result, {})
                 reply = {"actions": np.asarray(actions, np.float32), "policy_timing": timing,
@@ -305,7 +339,7 @@ def make_server(infer: InferFn, metadata: dict, host: str = "127.0.0.1", port: i
                 stats["requests"] += 1
             except RequestError as e:
                 stats["errors"] += 1
-                ws.send(f"bad request: {e}")
+                ws.send("bad request: " + " ".join(str(e).split())[:MAX_ERROR_CHARS])  # one line, whatever was sent
             except ConnectionClosed:
                 raise
             except Exception:  # noqa: BLE001

@@ -88,7 +88,7 @@ class RemotePolicy(Policy):
             if self.spec[key]["dtype"] == "uint8":  # (3, H, W) in [0, 1] -> the (H, W, 3) pixels the wire carries
                 x = (x.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8)
             request[self.wire[key]] = np.ascontiguousarray(x.cpu().numpy())
-        return torch.from_numpy(np.asarray(self._ask(packb(request)), np.float32))[None]
+        return torch.from_numpy(np.array(self._ask(packb(request)), np.float32))[None]  # decoded arrays are read-only
 
     def _ask(self, message: bytes) -> np.ndarray:
         for attempt in (0, 1):

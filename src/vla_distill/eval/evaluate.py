@@ -78,6 +78,8 @@ class EvalConfig:
         for name in ("max_steps", "workers", "videos", "n_action_steps", "image_size", "latency_steps", "steps_after_success"):
             if getattr(self, name) < 0:
                 raise ConfigError("must be >= 0", field=name)
+        if self.seed < 0:  # a negative stream lands among the seeds demonstrations are collected from
+            raise ConfigError(f"must be >= 0, got {self.seed}", field="seed")
 
     @property
     def sim(self) -> Simulator:

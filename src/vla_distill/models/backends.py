@@ -50,14 +50,18 @@ def load_policy(path: str | Path, backend: str = "torch", device: str = "cpu", t
 def _without_weights(path: str | Path) -> Policy:
     """The torch policy object for its config, observation spec and instruction lookup only: built on the meta
     device (no memory for weights, which ONNX Runtime holds), with the instruction embeddings loaded."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     cls, config = read_config(path)
     with torch.device("meta"):
         policy = cls(config)
     if hasattr(policy, "task_embeddings"):
-        with safe_open(str(Path(path) / "model.safetensors"), "pt") as f:
-            policy.task_embeddings = f.get_tensor("task_embeddings").float()
+        weights = Path(path) / "model.safetensors"
+        try:
+            with safe_open(str(weights), "pt") as f:
+                policy.task_embeddings = f.get_tensor("task_embeddings").float()
+        except SafetensorError as e:
+            raise ConfigError(f"cannot read the weights ({e}): truncated or corrupt", path=weights) from None
     policy.provenance = read_provenance(path)
     return policy.eval()
 

@@ -64,6 +64,11 @@ class Policy(nn.Module):
         """(B, K, D) actions in raw units."""
         raise NotImplementedError
 
+    def action_scale(self) -> torch.Tensor:
+        """(D,) raw action units per normalized unit: tolerances on actions (export parity) are set in the normalized
+        space, so joints in lerobot's -100..100 units get the same one as a gripper in metres."""
+        return torch.ones(self.action_dim)
+
     @torch.no_grad()
     def select_action(self, batch: dict) -> torch.Tensor:
         """(B, D): the next action, replanning when the last chunk is used up."""

@@ -28,10 +28,14 @@ def save_pretrained(policy: Policy, out: str | Path, provenance: dict | None = N
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    cfg = {"type": policy.name, **to_dict(policy.config)}
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-    save_tensors(_unshared(policy.state_dict()), tmp / "model.safetensors")
-    (tmp / "provenance.json").write_text(json.dumps(provenance or {}, indent=2))
+    try:
+        cfg = {"type": policy.name, **to_dict(policy.config)}
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        save_tensors(_unshared(policy.state_dict()), tmp / "model.safetensors")
+        (tmp / "provenance.json").write_text(json.dumps(provenance or {}, indent=2))
+    except BaseException:  # a full disk, a Ctrl-C: nothing half-written left beside `out`
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
@@ -78,15 +82,48 @@ def read_config(path: str | Path) -> tuple[type[Policy], object]:
 
 
 def read_provenance(path: str | Path) -> dict:
-    f = resolve_pretrained_dir(path) / "provenance.json"
-    return json.loads(f.read_text()) if f.exists() else {}
+    d = resolve_pretrained_dir(path)
+    f = d / "provenance.json"
+    provenance = json.loads(f.read_text()) if f.exists() else {}
+    if provenance.get("dataset"):
+        provenance["dataset"] = _absolute_dataset(d, provenance["dataset"])
+    return provenance
+
+
+def _absolute_dataset(checkpoint: Path, dataset: str) -> str:
+    """Runs record their dataset absolute; older runs recorded it as given (train_config.json beside the weights)."""
+    saved = checkpoint / "train_config.json"
+    if Path(dataset).is_absolute() or not saved.is_file():
+        return dataset
+    parents = checkpoint.resolve().parents  # RUN/checkpoints/STEP/pretrained_model
+    return started_from(dataset, parents[2], json.loads(saved.read_text()).get("out", "")) if len(parents) > 2 else dataset
+
+
+def started_from(path: str, run: Path, out: str) -> str:
+    """A relative `path` a run's command was given, made absolute: relative to the directory that command ran in,
+    which is the run directory `run` with the `--out` it was given (`out`) taken off its end. Unchanged where that
+    cannot be told (an absolute or `..` out, or a run that was moved)."""
+    run_parts, out_parts = Path(run).resolve().parts, Path(out).parts
+    n = len(out_parts)
+    if Path(path).is_absolute() or not out or Path(out).is_absolute() or ".." in out_parts or n >= len(run_parts) \
+            or run_parts[len(run_parts) - n:] != out_parts:
+        return path
+    return str(Path(*run_parts[: len(run_parts) - n]) / path)
+
+
+def load_tensors(path: Path) -> dict:
+    """safetensors' load_file, a truncated or corrupt file as the one-line ConfigError naming it."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise ConfigError(f"cannot read the weights ({e}): truncated or corrupt", path=path) from None
 
 
 def load_pretrained(path: str | Path, device: str = "cpu") -> Policy:
     d = resolve_pretrained_dir(path)
     cls, config = read_config(d)
     policy = cls(config)
-    state = load_file(str(d / "model.safetensors"))
+    state = load_tensors(d / "model.safetensors")
     expected = policy.state_dict()
     for key, value in expected.items():
         if key not in state:

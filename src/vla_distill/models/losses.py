@@ -31,8 +31,11 @@ class LossConfig:
     def __post_init__(self):
         if self.action not in ACTION_LOSSES:
             raise ValueError(f"action loss: {self.action!r} is not one of {list(ACTION_LOSSES)}")
-        if min(self.phase_weight, self.direction_weight, self.aux_state_weight) < 0:
-            raise ValueError("loss weights must be >= 0")
+        for name in ("phase_weight", "direction_weight", "aux_state_weight"):
+            if not 0 <= getattr(self, name) < float("inf"):  # also refuses NaN
+                raise ValueError(f"{name}: must be a finite number >= 0, got {getattr(self, name)}")
+        if self.dim_weights and not (all(0 <= w < float("inf") for w in self.dim_weights) and sum(self.dim_weights) > 0):
+            raise ValueError(f"dim_weights: each must be a finite number >= 0, not all 0; got {list(self.dim_weights)}")
 
 
 def action_loss(pred: torch.Tensor, target: torch.Tensor, pad: torch.Tensor | None, kind: str = "mse",

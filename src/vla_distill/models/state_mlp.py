@@ -63,6 +63,9 @@ class StateMLPPolicy(Policy):
         y = self.net(self._inputs(batch)).view(-1, self.config.horizon, self.config.action_dim)
         return y * self.act_std + self.act_mean
 
+    def action_scale(self) -> torch.Tensor:
+        return self.act_std.float()
+
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         target = (batch[ACTION].float().view(-1, self.config.horizon, self.config.action_dim) - self.act_mean) / self.act_std
         pred = self.net(self._inputs(batch)).view_as(target)

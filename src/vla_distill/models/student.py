@@ -173,6 +173,11 @@ class StudentPolicy(Policy):
             return 2 * (a - self.action_min) / (self.action_max - self.action_min).clamp_min(1e-6) - 1
         return (a - self.action_mean) / self.action_std
 
+    def action_scale(self) -> torch.Tensor:
+        if self.config.action_head == "discrete":
+            return (self.action_max - self.action_min).clamp_min(1e-6).float() / 2
+        return self.action_std.float()
+
     def normalize_aux_state(self, x: torch.Tensor) -> torch.Tensor:
         """(B, ...) raw auxiliary state column -> (B, A) normalized."""
         return (x.float().reshape(x.shape[0], -1) - self.aux_state_mean) / self.aux_state_std

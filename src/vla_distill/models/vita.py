@@ -339,6 +339,9 @@ class VitaPolicy(Policy):
         return raw
 
     @torch.no_grad()
+    def action_scale(self) -> torch.Tensor:
+        return self.expert.action_scale()  # the expert's decoder and stats make the actions
+
     def predict_action_chunk(self, batch: dict) -> torch.Tensor:
         return self.to_actions(self.decode(self.mapped_features(batch)))
 

@@ -47,7 +47,12 @@ def _load(path: Path):
             return mujoco.MjModel.from_xml_string(ET.tostring(root, encoding="unicode"))
         return mujoco.MjModel.from_xml_path(str(path))
     except (ValueError, ET.ParseError) as e:
-        raise ConfigError(f"MuJoCo cannot read it: {str(e).splitlines()[0]}", path=path) from e
+        raise ConfigError(f"MuJoCo cannot read it: {mujoco_error(e)}", path=path) from e
+
+
+def mujoco_error(e: Exception) -> str:
+    """MuJoCo's multi-line message as one line: "XML parse error 6:" says nothing until the lines after it."""
+    return " ".join(" ".join(line.split()) for line in str(e).splitlines() if line.strip()) or type(e).__name__
 
 
 class ForwardKinematics:

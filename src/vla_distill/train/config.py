@@ -18,6 +18,18 @@ from vla_distill.types import ACTION, OBS_STATE, TEACHER_ACTION
 
 TARGETS = ("teacher", "dataset")
 PRECISIONS = ("auto", "fp32", "bf16")
+INF = float("inf")
+CHECKS = {  # field: (test, what it must be); every test is False for NaN
+    "lr": (lambda x: 0 < x < INF, "a finite number > 0"),
+    "weight_decay": (lambda x: 0 <= x < INF, "a finite number >= 0"),
+    "min_lr_ratio": (lambda x: 0 <= x <= 1, "in [0, 1]"),
+    "grad_clip": (lambda x: 0 < x < INF, "a finite number > 0"),
+    "ema_decay": (lambda x: 0 <= x < 1, "in [0, 1)"),
+    "val_fraction": (lambda x: 0 <= x < 1, "in [0, 1)"),
+    "seed": (lambda x: x >= 0, ">= 0"),
+    "warmup_steps": (lambda x: x >= 0, ">= 0"),
+    "val_batches": (lambda x: x >= 0, ">= 0"),
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,9 @@ class RunConfig:
         for name in self._at_least_one():
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1")
+        for name, (ok, what) in CHECKS.items():
+            if not ok(getattr(self, name)):
+                raise ValueError(f"{name}: must be {what}, got {getattr(self, name)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: {self.precision!r} is not one of {list(PRECISIONS)}")
 

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from vla_distill.data.dataset import RobotDataset
 from vla_distill.data.format import single_writer
 from vla_distill.data.windows import WindowedDataset, split_episodes
 from vla_distill.errors import ConfigError, DatasetError
+from vla_distill.models.checkpoint import started_from
 from vla_distill.train.checkpoint import (CHECKPOINTS, LAST, has_complete_checkpoint, load_training_state, remove_partial,
                                          remove_run_files, save_checkpoint)
 from vla_distill.train.config import RunConfig
@@ -59,19 +60,34 @@ def prepare_run(cfg: RunConfig, resume: bool, overrides: tuple[str, ...] = ("ste
         bad = set(overrides) - set(RESUMABLE)
         if bad:
             raise ConfigError(f"a resumed run keeps its settings; only {list(RESUMABLE)} may change", field=sorted(bad)[0])
-        return _saved_with(cfg, json.loads(saved.read_text()), overrides), True
+        return _saved_with(cfg, _read_saved(saved), (*overrides, "out")), True
+    cfg = replace(cfg, dataset=str(Path(cfg.dataset).resolve()))  # recorded so it resolves from anywhere
     if has_complete_checkpoint(run) and saved.exists():
-        old = json.loads(saved.read_text())
+        old = _read_saved(saved)
         new = json.loads(json.dumps(cfg.to_dict()))  # as saved: tuples become lists
-        changed = [k for k in new if k not in RESUMABLE and old.get(k) != new[k]]
+        changed = [k for k in new if k not in (*RESUMABLE, "out") and old.get(k) != new[k]]
         if changed:
             k = changed[0]
             raise ConfigError(f"this directory holds a run with other settings ({k}: {old.get(k)!r} there, {new[k]!r} "
                               "now): rerun its own command to continue it, or choose a new --out", path=run, field=k)
-        return _saved_with(cfg, old, RESUMABLE), True
+        return _saved_with(cfg, old, (*RESUMABLE, "out")), True
     if os.environ.get("RANK", "0") == "0":  # under torchrun the first process alone tidies up
         remove_run_files(run)
     return cfg, False
+
+
+def resumed_config(cls: type[RunConfig], out: str | Path, changes: dict) -> RunConfig:
+    """`--resume`: the run's own config from its train_config.json, with `changes` (what may change) applied."""
+    saved = Path(out) / "train_config.json"
+    if not saved.exists():
+        raise ConfigError("nothing to resume (no train_config.json); drop --resume to start a new run", path=out)
+    return from_dict(cls, {**_read_saved(saved), **changes, "out": str(out)})
+
+
+def _read_saved(path: Path) -> dict:
+    """A run's train_config.json, its dataset absolute (runs before that recorded it relative to where they ran)."""
+    saved = json.loads(path.read_text())
+    return {**saved, "dataset": started_from(saved["dataset"], path.parent, saved.get("out", ""))}
 
 
 def _saved_with(cfg: RunConfig, saved: dict, fields: tuple[str, ...]) -> RunConfig:
@@ -88,7 +104,7 @@ def provenance(ds: RobotDataset, cfg: RunConfig, annotation: dict) -> dict:
                              text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"dataset": str(ds.root), "dataset_fingerprint": ds.fingerprint(), "target": cfg.target,
+    return {"dataset": str(Path(ds.root).resolve()), "dataset_fingerprint": ds.fingerprint(), "target": cfg.target,
             "teacher": annotation.get("teacher"), "annotation_config": annotation.get("config"),
             "code_version": __version__ + (f"+g{git}" if git else "")}
 

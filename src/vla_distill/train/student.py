@@ -73,6 +73,10 @@ def check_dataset(ds: RobotDataset, cfg: TrainConfig) -> str:
             raise DatasetError(f"the direction loss needs column '{DIRECTION_INDEX}' and {DIRECTIONS_PATH}: "
                                "annotate with --directions kinematic|vlm, or turn the loss off with --direction-weight 0",
                                path=ds.root, field=DIRECTION_INDEX)
+    dims = int(np.prod(ds.features[target]["shape"]))
+    if cfg.loss.dim_weights and len(cfg.loss.dim_weights) != dims:
+        raise ConfigError(f"{len(cfg.loss.dim_weights)} weights given, the action '{target}' has {dims} dimensions",
+                          field="dim_weights")
     for key in (*cfg.cameras, *cfg.depth_keys, *cfg.state_keys, *([cfg.aux_state] if cfg.aux_state else [])):
         if key not in ds.features:
             raise DatasetError(f"no such feature (have: {sorted(k for k in ds.features if k.startswith(OBS_PREFIX))})",
