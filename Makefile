@@ -49,9 +49,11 @@ demo: $(STAMP)
 	$(BIN)/vla-distill run --policy $(DEMO_OUT)/bundle --backend onnx --tasks $(DEMO_RUN_TASK) --hz 12.5 \
 		--record $(DEMO_OUT)/run
 
-# The import-linter contracts in pyproject.toml (the one-way layers) first, then the suite.
+# The import-linter contracts in pyproject.toml (the one-way layers, no import cycle anywhere) and ruff (pyproject.toml's
+# rule set, 120 columns) first, then the suite.
 test: $(STAMP)
 	$(BIN)/lint-imports
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/pytest -q
 
 test-slow: $(STAMP)

@@ -27,12 +27,12 @@ import numpy as np
 from common import RESULTS, write_result
 from vla_distill.annotate import directions as dirs
 from vla_distill.annotate.audit import audit_cue, audit_phases
-from vla_distill.sim.metaworld_phases import ground_truth_phases
-from vla_distill.annotate.phases import PhaseConfig, label_phases
-from vla_distill.types import PHASES_4, PHASES_9, to_phase4
 from vla_distill.annotate.episode import dataset_layout, episode_kinematics
+from vla_distill.annotate.phases import PhaseConfig, label_phases
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.eval import stats
+from vla_distill.sim.metaworld.phases import ground_truth_phases
+from vla_distill.types import PHASES_4, PHASES_9, to_phase4
 
 SHIFT = 24
 
@@ -42,8 +42,8 @@ def get_dataset(args) -> Path:
         return Path(args.dataset)
     from vla_distill.collect.collect import collect
     from vla_distill.collect.config import CollectConfig
-    from vla_distill.sim.metaworld import CameraConfig
-    from vla_distill.sim.metaworld_tasks import resolve_tasks
+    from vla_distill.sim.base import CameraConfig
+    from vla_distill.sim.metaworld.tasks import resolve_tasks
 
     root = Path(tempfile.mkdtemp()) / "ds"
     collect(CollectConfig(tasks=tuple(resolve_tasks(args.tasks)), episodes=args.episodes, seed=1000,
@@ -109,6 +109,177 @@ def _worst_confusion(c: np.ndarray) -> str:
     return f"{PHASES_4[g]} -> {PHASES_4[lab]}: {int(off[g, lab])} of {int(c[g].sum())}"
 
 
+@dataclasses.dataclass
+class Labelled:
+    """Part 1's per-episode results, which parts 2 and 3 reuse."""
+
+    agree4: dict = dataclasses.field(default_factory=dict)  # task -> per-episode agreement
+    agree9: dict = dataclasses.field(default_factory=dict)
+    agree_arms: dict = dataclasses.field(default_factory=dict)
+    truth_moved: dict = dataclasses.field(default_factory=dict)
+    confusion: dict = dataclasses.field(default_factory=dict)  # task -> (4, 4) ground truth x label
+    episodes: list = dataclasses.field(default_factory=list)  # (Kinematics, ground truth, task)
+
+
+def label_agreement(ds: RobotDataset) -> Labelled:
+    """Part 1: every episode's kinematic labels against the expert's ground truth (and the 9-phase taxonomy)."""
+    es, layout, out = ds.column("observation.environment_state"), dataset_layout(ds), Labelled()
+    for e, ep in enumerate(ds.episodes):
+        rows = ds.episode_rows(e)
+        kin = episode_kinematics(ds, rows, layout)
+        task = ep.extra["task_name"]
+        gt = ground_truth_phases(task, es[rows], kin)
+        labels = label_phases(kin)
+        out.agree4.setdefault(task, []).append(float((labels == gt).mean()))
+        if kin.contact is not None:  # the ground truth of the expert's arms alone, as before contact was recorded
+            arms_only = ground_truth_phases(task, es[rows], dataclasses.replace(kin, contact=None))
+            out.agree_arms.setdefault(task, []).append(float((labels == arms_only).mean()))
+            out.truth_moved.setdefault(task, []).append(float((arms_only != gt).mean()))
+        np.add.at(out.confusion.setdefault(task, np.zeros((4, 4), np.int64)), (gt, labels), 1)
+        p9 = label_phases(kin, PhaseConfig(taxonomy="9"))
+        out.agree9.setdefault(task, []).append(float((to_phase4(p9, PHASES_9) == gt).mean()))
+        out.episodes.append((kin, gt, task))
+    return out
+
+
+@dataclasses.dataclass
+class AuditCounts:
+    """Part 2's tallies: phases per episode (clean and each injected kind), cues per window."""
+
+    ph_tp: int = 0
+    ph_fn: int = 0
+    ph_fp: int = 0
+    ph_tn: int = 0
+    by_kind: dict = dataclasses.field(default_factory=lambda: {k: [0, 0] for k in PHASE_ERRORS})  # [caught, n]
+    missed_tasks: dict = dataclasses.field(default_factory=dict)
+    false_tasks: dict = dataclasses.field(default_factory=dict)
+    cue_tp: int = 0
+    cue_fn: int = 0
+    cue_fp: int = 0
+    cue_tn: int = 0
+
+
+def audit_injected(ds: RobotDataset, labelled: Labelled, rate: float, rng) -> AuditCounts:
+    """Part 2. Phases: the audit judges each episode on its own, so recall and false alarms do not depend on the
+    injection rate; every episode is audited clean and once with each kind of error (n = episodes per kind), and
+    the rate enters only the precision a dataset with that share of bad episodes would see. Cues: `rate` of the
+    windows corrupted. One rng, drawn episode by episode, phases then cues (the order fixes the results)."""
+    c, cue_cfg = AuditCounts(), dirs.DirectionConfig()
+    noun = dirs.object_noun(ds.episodes[0].tasks[0])
+    for kin, gt, task in labelled.episodes:
+        _audit_phases(c, kin, gt, task, rng)
+        for s, t in dirs.windows(len(kin), cue_cfg):
+            text = dirs.describe(kin, gt, int(s), int(t), noun, cue_cfg)
+            bad = rng.random() < rate
+            if bad:
+                text = inject_cue_error(text, kin, int(s), int(t), rng)
+            hit = audit_cue(text, kin, int(s), int(t), cue_cfg) is not None
+            c.cue_tp += bad and hit
+            c.cue_fn += bad and not hit
+            c.cue_fp += (not bad) and hit
+            c.cue_tn += (not bad) and not hit
+    return c
+
+
+def _audit_phases(c: AuditCounts, kin, gt: np.ndarray, task: str, rng) -> None:
+    clean_flag = bool(audit_phases(gt, kin))
+    c.ph_fp += clean_flag
+    c.ph_tn += not clean_flag
+    if clean_flag:
+        c.false_tasks[task] = c.false_tasks.get(task, 0) + 1
+    for kind in PHASE_ERRORS:
+        caught = bool(audit_phases(inject_phase_error(gt, rng, kind), kin))
+        c.by_kind[kind][0] += caught
+        c.by_kind[kind][1] += 1
+        c.ph_tp += caught
+        c.ph_fn += not caught
+        if not caught:
+            c.missed_tasks[task] = c.missed_tasks.get(task, 0) + 1
+
+
+def throughput(ds: RobotDataset, labelled: Labelled) -> tuple[float, float]:
+    """Part 3: frames/s of the kinematic path (phases + cues, 3 s of repeats) and of the scripted teacher."""
+    from vla_distill.annotate.episode import episode_frames
+    from vla_distill.teachers.scripted import ScriptedTeacher
+
+    kins, cue_cfg = [k for k, _, _ in labelled.episodes], dirs.DirectionConfig()
+    t0, reps = time.perf_counter(), 0
+    while time.perf_counter() - t0 < 3.0:
+        for kin in kins:
+            dirs.kinematic_cues(kin, label_phases(kin), PHASES_4, "puck", cue_cfg)
+        reps += 1
+    kin_fps = reps * ds.num_frames / (time.perf_counter() - t0)
+    teacher, t0 = ScriptedTeacher(), time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for e in range(ds.num_episodes):
+            f = episode_frames(ds, e, [])
+            teacher.label(f, np.arange(len(f)))
+    return kin_fps, ds.num_frames / (time.perf_counter() - t0)
+
+
+def _mean(values) -> float:
+    return round(float(np.mean(values)), 4)
+
+
+def summary(ds: RobotDataset, lab: Labelled, c: AuditCounts, rate: float, speeds: tuple[float, float]) -> dict:
+    per_task = {t: {"agreement_4": _mean(lab.agree4[t]), "agreement_9_as_4": _mean(lab.agree9[t]),
+                    "episodes": len(lab.agree4[t]), "confusion": lab.confusion[t].tolist()} for t in lab.agree4}
+    for t in lab.agree_arms:
+        per_task[t] |= {"agreement_4_vs_arms_only": _mean(lab.agree_arms[t]),
+                        "truth_changed_by_contact": _mean(lab.truth_moved[t])}
+    recall, false_alarm = c.ph_tp / max(c.ph_tp + c.ph_fn, 1), c.ph_fp / max(c.ph_fp + c.ph_tn, 1)
+    contact = lab.episodes and lab.episodes[0][0].contact is not None
+    result = {
+        "frames": ds.num_frames, "episodes": ds.num_episodes, "per_task": per_task,
+        "mean_agreement_4": _mean([v["agreement_4"] for v in per_task.values()]),
+        "mean_agreement_9_as_4": _mean([v["agreement_9_as_4"] for v in per_task.values()]),
+        "audit": {
+            "rate": rate,
+            "phase": {"recall": recall, "false_alarm": false_alarm,
+                      "recall_ci95": wilson(c.ph_tp, c.ph_tp + c.ph_fn),
+                      "false_alarm_ci95": wilson(c.ph_fp, c.ph_fp + c.ph_tn),
+                      "injected": c.ph_tp + c.ph_fn, "clean": c.ph_fp + c.ph_tn,
+                      "recall_by_kind": {k: caught / max(n, 1) for k, (caught, n) in c.by_kind.items()},
+                      "precision_at_rate": precision(recall, false_alarm, rate),
+                      "missed_by_task": c.missed_tasks, "false_alarms_by_task": c.false_tasks,
+                      "reference": "kinematic labeller with recorded contact" if contact
+                                   else "kinematic labeller (no contact recorded)"},
+            "cue": {"recall": c.cue_tp / max(c.cue_tp + c.cue_fn, 1),
+                    "false_alarm": c.cue_fp / max(c.cue_fp + c.cue_tn, 1),
+                    "injected": c.cue_tp + c.cue_fn, "clean": c.cue_fp + c.cue_tn},
+        },
+        "kinematic_frames_per_s": round(speeds[0]), "scripted_teacher_frames_per_s": round(speeds[1]),
+    }
+    if lab.agree_arms:
+        result["mean_agreement_4_vs_arms_only"] = _mean([v["agreement_4_vs_arms_only"] for v in per_task.values()])
+    return result
+
+
+def print_report(result: dict, lab: Labelled) -> None:
+    arms = "agreement_4_vs_arms_only"
+    print(f"{'task':28s} {'4-phase':>8s} {'9 as 4':>8s} {'arms only':>9s}  most frequent disagreement (ground truth "
+          "-> label: frames)")
+    for t, v in result["per_task"].items():
+        print(f"{t:28s} {v['agreement_4']:8.3f} {v['agreement_9_as_4']:8.3f} {v.get(arms, float('nan')):9.3f}  "
+              f"{_worst_confusion(lab.confusion[t])}")
+    print(f"{'mean':28s} {result['mean_agreement_4']:8.3f} {result['mean_agreement_9_as_4']:8.3f} "
+          f"{result.get('mean_agreement_4_vs_arms_only', float('nan')):9.3f}")
+    print(f"tasks >= 0.95: {sum(v['agreement_4'] >= 0.95 for v in result['per_task'].values())} of "
+          f"{len(result['per_task'])}")
+    a, ph = result["audit"], result["audit"]["phase"]
+    ci = lambda x: f"{100 * x[0]:.1f}–{100 * x[1]:.1f}%"  # noqa: E731
+    print(f"audit phases: recall {ph['recall']:.3f} ({ci(ph['recall_ci95'])}, {ph['injected']} injected), false "
+          f"alarms {ph['false_alarm']:.3f} ({ci(ph['false_alarm_ci95'])}, {ph['clean']} clean episodes); precision "
+          f"at {a['rate']:.0%} bad episodes {ph['precision_at_rate']:.3f}; reference: {ph['reference']}")
+    print(f"  recall by kind {ph['recall_by_kind']}; missed {ph['missed_by_task']}; false alarms "
+          f"{ph['false_alarms_by_task']}")
+    print(f"audit cues:   recall {a['cue']['recall']:.3f} ({a['cue']['injected']} injected), "
+          f"false alarms {a['cue']['false_alarm']:.3f} ({a['cue']['clean']} clean windows)")
+    print(f"kinematic path {result['kinematic_frames_per_s']:,.0f} frames/s; scripted teacher "
+          f"{result['scripted_teacher_frames_per_s']:,.0f} frames/s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset")
@@ -119,128 +290,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "annotate.json"))
     args = ap.parse_args()
     ds = RobotDataset(get_dataset(args))
-    es = ds.column("observation.environment_state")
     rng = np.random.default_rng(args.seed)
-    cue_cfg = dirs.DirectionConfig()
-    agree4, agree9, confusion, agree_arms, truth_moved = {}, {}, {}, {}, {}
-    kins, gts, tasks = [], [], []
-    layout = dataset_layout(ds)
-    for e, ep in enumerate(ds.episodes):
-        rows = ds.episode_rows(e)
-        kin = episode_kinematics(ds, rows, layout)
-        task = ep.extra["task_name"]
-        gt = ground_truth_phases(task, es[rows], kin)
-        labels = label_phases(kin)
-        agree4.setdefault(task, []).append(float((labels == gt).mean()))
-        if kin.contact is not None:  # the ground truth of the expert's arms alone, as before contact was recorded
-            arms_only = ground_truth_phases(task, es[rows], dataclasses.replace(kin, contact=None))
-            agree_arms.setdefault(task, []).append(float((labels == arms_only).mean()))
-            truth_moved.setdefault(task, []).append(float((arms_only != gt).mean()))
-        np.add.at(confusion.setdefault(task, np.zeros((4, 4), np.int64)), (gt, labels), 1)
-        p9 = label_phases(kin, PhaseConfig(taxonomy="9"))
-        agree9.setdefault(task, []).append(float((to_phase4(p9, PHASES_9) == gt).mean()))
-        kins.append(kin), gts.append(gt), tasks.append(task)
-
-    # -- audit on injected errors. Phases: the audit judges each episode on its own, so recall and false alarms do not
-    # depend on the injection rate; every episode is audited clean and once with each kind of error (n = episodes
-    # per kind), and the rate enters only the precision a dataset with that share of bad episodes would see.
-    ph_tp = ph_fn = ph_fp = ph_tn = 0
-    by_kind = {k: [0, 0] for k in PHASE_ERRORS}  # kind -> [caught, injected]
-    missed_tasks: dict[str, int] = {}
-    false_tasks: dict[str, int] = {}
-    cue_tp = cue_fn = cue_fp = cue_tn = 0
-    for kin, gt, task in zip(kins, gts, tasks):
-        clean_flag = bool(audit_phases(gt, kin))
-        ph_fp += clean_flag
-        ph_tn += not clean_flag
-        if clean_flag:
-            false_tasks[task] = false_tasks.get(task, 0) + 1
-        for kind in PHASE_ERRORS:
-            caught = bool(audit_phases(inject_phase_error(gt, rng, kind), kin))
-            by_kind[kind][0] += caught
-            by_kind[kind][1] += 1
-            ph_tp += caught
-            ph_fn += not caught
-            if not caught:
-                missed_tasks[task] = missed_tasks.get(task, 0) + 1
-        noun = dirs.object_noun(ds.episodes[0].tasks[0])
-        for s, t in dirs.windows(len(kin), cue_cfg):
-            text = dirs.describe(kin, gt, int(s), int(t), noun, cue_cfg)
-            bad = rng.random() < args.rate
-            if bad:
-                text = inject_cue_error(text, kin, int(s), int(t), rng)
-            hit = audit_cue(text, kin, int(s), int(t), cue_cfg) is not None
-            cue_tp += bad and hit
-            cue_fn += bad and not hit
-            cue_fp += (not bad) and hit
-            cue_tn += (not bad) and not hit
-
-    # -- throughput
-    n = ds.num_frames
-    t0 = time.perf_counter()
-    reps = 0
-    while time.perf_counter() - t0 < 3.0:
-        for kin in kins:
-            p = label_phases(kin)
-            dirs.kinematic_cues(kin, p, PHASES_4, "puck", cue_cfg)
-        reps += 1
-    kin_fps = reps * n / (time.perf_counter() - t0)
-    from vla_distill.teachers.scripted import ScriptedTeacher
-    from vla_distill.annotate.episode import episode_frames
-
-    teacher = ScriptedTeacher()
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for e in range(ds.num_episodes):
-            f = episode_frames(ds, e, [])
-            teacher.label(f, np.arange(len(f)))
-    teacher_fps = n / (time.perf_counter() - t0)
-
-    per_task = {t: {"agreement_4": round(float(np.mean(agree4[t])), 4), "agreement_9_as_4": round(float(np.mean(agree9[t])), 4),
-                    "episodes": len(agree4[t]), "confusion": confusion[t].tolist()} for t in agree4}
-    for t in agree_arms:
-        per_task[t] |= {"agreement_4_vs_arms_only": round(float(np.mean(agree_arms[t])), 4),
-                        "truth_changed_by_contact": round(float(np.mean(truth_moved[t])), 4)}
-    result = {
-        "frames": n, "episodes": ds.num_episodes, "per_task": per_task,
-        "mean_agreement_4": round(float(np.mean([v["agreement_4"] for v in per_task.values()])), 4),
-        "mean_agreement_9_as_4": round(float(np.mean([v["agreement_9_as_4"] for v in per_task.values()])), 4),
-        "audit": {
-            "rate": args.rate,
-            "phase": {"recall": ph_tp / max(ph_tp + ph_fn, 1), "false_alarm": ph_fp / max(ph_fp + ph_tn, 1),
-                      "recall_ci95": wilson(ph_tp, ph_tp + ph_fn), "false_alarm_ci95": wilson(ph_fp, ph_fp + ph_tn),
-                      "injected": ph_tp + ph_fn, "clean": ph_fp + ph_tn,
-                      "recall_by_kind": {k: c / max(n, 1) for k, (c, n) in by_kind.items()},
-                      "precision_at_rate": precision(ph_tp / max(ph_tp + ph_fn, 1), ph_fp / max(ph_fp + ph_tn, 1), args.rate),
-                      "missed_by_task": missed_tasks, "false_alarms_by_task": false_tasks,
-                      "reference": "kinematic labeller with recorded contact" if kins and kins[0].contact is not None
-                                   else "kinematic labeller (no contact recorded)"},
-            "cue": {"recall": cue_tp / max(cue_tp + cue_fn, 1), "false_alarm": cue_fp / max(cue_fp + cue_tn, 1),
-                    "injected": cue_tp + cue_fn, "clean": cue_fp + cue_tn},
-        },
-        "kinematic_frames_per_s": round(kin_fps), "scripted_teacher_frames_per_s": round(teacher_fps),
-    }
-    arms = "agreement_4_vs_arms_only"
-    if agree_arms:
-        result["mean_agreement_4_vs_arms_only"] = round(float(np.mean([v[arms] for v in per_task.values()])), 4)
-    print(f"{'task':28s} {'4-phase':>8s} {'9 as 4':>8s} {'arms only':>9s}  most frequent disagreement (ground truth -> label: frames)")
-    for t, v in per_task.items():
-        print(f"{t:28s} {v['agreement_4']:8.3f} {v['agreement_9_as_4']:8.3f} {v.get(arms, float('nan')):9.3f}  "
-              f"{_worst_confusion(confusion[t])}")
-    print(f"{'mean':28s} {result['mean_agreement_4']:8.3f} {result['mean_agreement_9_as_4']:8.3f} "
-          f"{result.get('mean_agreement_4_vs_arms_only', float('nan')):9.3f}")
-    print(f"tasks >= 0.95: {sum(v['agreement_4'] >= 0.95 for v in per_task.values())} of {len(per_task)}")
-    a = result["audit"]
-    ci = lambda x: f"{100 * x[0]:.1f}–{100 * x[1]:.1f}%"  # noqa: E731
-    print(f"audit phases: recall {a['phase']['recall']:.3f} ({ci(a['phase']['recall_ci95'])}, {a['phase']['injected']} "
-          f"injected), false alarms {a['phase']['false_alarm']:.3f} ({ci(a['phase']['false_alarm_ci95'])}, "
-          f"{a['phase']['clean']} clean episodes); precision at {args.rate:.0%} bad episodes "
-          f"{a['phase']['precision_at_rate']:.3f}; reference: {a['phase']['reference']}")
-    print(f"  recall by kind {a['phase']['recall_by_kind']}; missed {missed_tasks}; false alarms {false_tasks}")
-    print(f"audit cues:   recall {a['cue']['recall']:.3f} ({a['cue']['injected']} injected), "
-          f"false alarms {a['cue']['false_alarm']:.3f} ({a['cue']['clean']} clean windows)")
-    print(f"kinematic path {kin_fps:,.0f} frames/s; scripted teacher {teacher_fps:,.0f} frames/s")
+    labelled = label_agreement(ds)
+    counts = audit_injected(ds, labelled, args.rate, rng)
+    result = summary(ds, labelled, counts, args.rate, throughput(ds, labelled))
+    print_report(result, labelled)
     write_result(args.out, result)
 
 

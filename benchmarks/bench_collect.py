@@ -18,13 +18,14 @@ from common import RESULTS, write_result
 from vla_distill.collect.collect import collect
 from vla_distill.collect.config import CollectConfig
 from vla_distill.data.dataset import RobotDataset
-from vla_distill.sim.metaworld import CameraConfig
-from vla_distill.sim.metaworld_tasks import resolve_tasks
+from vla_distill.sim.base import CameraConfig
+from vla_distill.sim.metaworld.tasks import resolve_tasks
 
 
 def run(tasks: list[str], episodes: int, workers: int, size: int) -> dict:
     out = Path(tempfile.mkdtemp(prefix="bench-collect-")) / "ds"
-    cfg = CollectConfig(tasks=tuple(tasks), episodes=episodes, cameras=CameraConfig(height=size, width=size), workers=workers)
+    cfg = CollectConfig(tasks=tuple(tasks), episodes=episodes, cameras=CameraConfig(height=size, width=size),
+                        workers=workers)
     t0 = time.perf_counter()
     collect(cfg, out)
     wall = time.perf_counter() - t0
@@ -33,7 +34,8 @@ def run(tasks: list[str], episodes: int, workers: int, size: int) -> dict:
     tried_frames = ds.num_frames  # kept frames; failed attempts also cost time and are counted below
     tried = sum(t["tried"] for t in prov["tasks"].values())
     shutil.rmtree(out.parent)
-    return {"workers": workers, "episodes": ds.num_episodes, "attempts": tried, "frames": tried_frames, "wall_s": round(wall, 2),
+    return {"workers": workers, "episodes": ds.num_episodes, "attempts": tried, "frames": tried_frames,
+            "wall_s": round(wall, 2),
             "frames_per_s": round(tried_frames / wall, 1)}
 
 
@@ -54,7 +56,8 @@ def main() -> None:
     print(f"speed-up with {rows[1]['workers']} workers: {speedup:.2f}x; target >= 100 frames/s: "
           f"{'met' if rows[1]['frames_per_s'] >= 100 else 'NOT met'}")
     write_result(args.out, {"benchmark": "collect", "tasks": tasks, "episodes_per_task": args.episodes,
-                            "image_size": args.image_size, "rows": rows, "speedup": round(speedup, 2), "target_frames_per_s": 100})
+                            "image_size": args.image_size, "rows": rows, "speedup": round(speedup, 2),
+                            "target_frames_per_s": 100})
 
 
 if __name__ == "__main__":

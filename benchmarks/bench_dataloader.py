@@ -82,7 +82,8 @@ def main() -> None:
     print(f"cache speed-up: {ratio:.1f}x (cache built once in {cache_build_s:.1f}s); target >= 2000 samples/s: "
           f"{'met' if rows['decoded-frame cache'] >= 2000 else 'NOT met'}")
     write_result(args.out, {"benchmark": "dataloader", "frames": ds.num_frames, "image_size": args.image_size,
-                            "samples_per_s": {k: round(v, 1) for k, v in rows.items()}, "cache_speedup": round(ratio, 2),
+                            "samples_per_s": {k: round(v, 1) for k, v in rows.items()},
+                            "cache_speedup": round(ratio, 2),
                             "cache_build_s": round(cache_build_s, 2), "target_samples_per_s": 2000})
 
 

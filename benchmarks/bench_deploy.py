@@ -35,6 +35,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+
 from common import BIN, DEMO_TASKS, RESULTS, cli, write_result
 
 BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
@@ -44,7 +45,8 @@ TARGETS = {"tiny": (500.0, 3.0), "base": (50.0, None)}  # (Hz at least, p99 ms a
 def observations(work: Path, size: int) -> Path:
     """A small dataset whose frames are the recorded observations (the demo's when it is there)."""
     demo = Path("outputs/demo/dataset")
-    if demo.exists() and json.loads((demo / "meta/info.json").read_text())["features"]["observation.images.corner2"]["shape"][0] == size:
+    features = json.loads((demo / "meta/info.json").read_text())["features"] if demo.exists() else {}
+    if features.get("observation.images.corner2", {}).get("shape", [0])[0] == size:
         return demo
     ds = work / f"obs_{size}"
     if not (ds / "meta" / "info.json").exists():
@@ -85,18 +87,18 @@ def time_backend(bundle: Path, backend: str, iters: int, threads: int) -> dict:
     """Measured in a fresh process per backend, so that one backend's thread pools (OpenMP's, ONNX Runtime's, which
     keep spinning after work) never run beside another's."""
     code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import torch; "
-            f"torch.set_num_threads({threads}); from bench_deploy import _time_here; "
-            f"print('RESULT', json.dumps(_time_here({str(bundle)!r}, {backend!r}, {iters})))")
+            f"torch.set_num_threads({threads}); from bench_deploy import time_here; "
+            f"print('RESULT', json.dumps(time_here({str(bundle)!r}, {backend!r}, {iters})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return json.loads(out.split("RESULT ", 1)[1])
 
 
-def _time_here(bundle: str, backend: str, iters: int) -> dict:
+def time_here(bundle: str, backend: str, iters: int) -> dict:
     import torch
 
-    from vla_distill.models.bundle import REFERENCE_FILE
     from vla_distill.models.backends import load_policy
     from vla_distill.models.base import frames_to_batch
+    from vla_distill.models.bundle import REFERENCE_FILE
 
     z = np.load(Path(bundle) / REFERENCE_FILE)
     frames = {k[4:]: z[k] for k in z.files if k.startswith("obs/")}
@@ -133,7 +135,8 @@ def latency(args) -> None:
                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"), "presets": {}}
     for preset in args.presets.split(","):
         trained = getattr(args, f"policy_{preset}", "")
-        ckpt = Path(trained) if trained else random_checkpoint(preset, ds, work / f"random_{preset}" / "pretrained_model")
+        ckpt = Path(trained) if trained else random_checkpoint(preset, ds,
+                                                               work / f"random_{preset}" / "pretrained_model")
         bundle = work / f"bundle_{preset}_{args.image_size}"
         if not (bundle / "bundle.json").exists():
             export(ckpt, bundle, "onnx", observations=str(ds))
@@ -147,18 +150,21 @@ def latency(args) -> None:
             r = time_backend(where, how, args.iters, args.threads)
             per["backends"][backend] = r
             hz_goal, p99_goal = TARGETS.get(preset, (None, None))
-            met = "" if hz_goal is None else ("yes" if r["hz"] >= hz_goal and (p99_goal is None or r["p99_ms"] <= p99_goal) else "no")
-            rows.append((preset, f"{params / 1e6:.1f}M", backend, f"{r['hz']:.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
-                         f"{r['max_abs_err']:.2e}", f"{r['mean_abs_err']:.2e}", met))
+            ok = hz_goal is not None and r["hz"] >= hz_goal and (p99_goal is None or r["p99_ms"] <= p99_goal)
+            met = "" if hz_goal is None else ("yes" if ok else "no")
+            rows.append((preset, f"{params / 1e6:.1f}M", backend, f"{r['hz']:.0f}", f"{r['p50_ms']:.2f}",
+                         f"{r['p99_ms']:.2f}", f"{r['max_abs_err']:.2e}", f"{r['mean_abs_err']:.2e}", met))
             print(" | ".join(rows[-1]), flush=True)
         result["presets"][preset] = per
-    header = ("preset", "params", "backend", "Hz", "p50 ms", "p99 ms", "max |a - fp32|", "mean |a - fp32|", "target met")
+    header = ("preset", "params", "backend", "Hz", "p50 ms", "p99 ms", "max |a - fp32|", "mean |a - fp32|",
+              "target met")
     print(table(header, rows))
     write_result(RESULTS / "deploy_latency.json", result)
 
 
 def table(header, rows) -> str:
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows])
+    return "\n".join(["| " + " | ".join(header) + " |",
+                      "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def success(args) -> None:
@@ -170,7 +176,8 @@ def success(args) -> None:
     rows, result = [], {"policy": args.policy, "tasks": args.tasks, "episodes": args.episodes, "backends": {}}
     for backend in BACKENDS:
         out = work / f"eval_{backend}"
-        cli("eval", "--policy", str(bundle), "--backend", backend, "--tasks", args.tasks, "--episodes", str(args.episodes),
+        cli("eval", "--policy", str(bundle), "--backend", backend, "--tasks", args.tasks, "--episodes",
+            str(args.episodes),
             "--out", str(out), "--videos", "0")
         info = json.loads((out / "eval_info.json").read_text())
         per_task = {t["task"]: t["pc_success"] for t in info["per_task"]}
@@ -199,7 +206,7 @@ class Delayed:
 def policy_tasks(policy) -> list[str]:
     """The MetaWorld tasks whose instructions the policy was trained on (a task it never saw fails every mode alike
     and only runs each episode to its limit)."""
-    from vla_distill.sim.metaworld_tasks import INSTRUCTIONS
+    from vla_distill.sim.metaworld.tasks import INSTRUCTIONS
 
     known = set(policy.config.tasks or ())
     return [t for t, text in INSTRUCTIONS.items() if text in known] or DEMO_TASKS.split(",")
@@ -207,7 +214,7 @@ def policy_tasks(policy) -> list[str]:
 
 def async_loop(args) -> None:
     from vla_distill.deploy import sim_runs
-    from vla_distill.deploy.control_loop import LoopConfig
+    from vla_distill.deploy.config import LoopConfig
     from vla_distill.eval.stats import paired, wilson
     from vla_distill.models.backends import load_policy
 
@@ -220,12 +227,14 @@ def async_loop(args) -> None:
         cfg = LoopConfig(hz=args.hz, chunk=mode)
         runs[mode] = []
         for task in tasks:  # one task at a time, so the progress shows
-            done, interrupted = sim_runs.run_tasks(slow, args.policy, args.backend, "metaworld", [task], args.episodes, 0,
+            done, interrupted = sim_runs.run_tasks(slow, args.policy, args.backend, "metaworld", [task], args.episodes,
+                                                   0,
                                                    cfg)
             if interrupted:
                 raise KeyboardInterrupt
             runs[mode] += done
-            print(f"{mode} {task}: {sum(s['success'] for s in runs[mode][-args.episodes:])}/{args.episodes}", flush=True)
+            print(f"{mode} {task}: {sum(s['success'] for s in runs[mode][-args.episodes:])}/{args.episodes}",
+                  flush=True)
     rows = []
     for mode, summaries in runs.items():
         ok = [s["success"] for s in summaries]
@@ -237,17 +246,21 @@ def async_loop(args) -> None:
              "late_per_episode": float(np.mean([s["late_dropped"] for s in summaries])),
              "starved_per_episode": float(np.mean([s["starved"] for s in summaries])),
              "misses_per_episode": float(np.mean([s["deadline_misses"] for s in summaries])),
-             "seam_jump_mean": float(np.mean(at)) if at else None, "seam_jump_max": max((x["at_seams"]["max"] for x in seams
-                                                                                          if x["at_seams"]["n"]), default=None),
+             "seam_jump_mean": float(np.mean(at)) if at else None,
+             "seam_jump_max": max((x["at_seams"]["max"] for x in seams
+                                                                                          if x["at_seams"]["n"]),
+                                                                                          default=None),
              "inside_jump_mean": float(np.mean(inside)) if inside else None,
              "ticks_to_success_median": float(np.median(ticks)) if ticks else None,
-             "per_task": {t: f"{sum(s['success'] for s in summaries if s['task'] == t)}/{args.episodes}" for t in tasks}}
+             "per_task": {t: f"{sum(s['success'] for s in summaries if s['task'] == t)}/{args.episodes}"
+                          for t in tasks}}
         if mode != "queue" and "queue" in runs:
             d = paired([s["success"] for s in runs["queue"]], ok)
             r["vs_queue"] = {k: d[k] for k in ("difference", "ci95", "mcnemar_p")}
         result["modes"][mode] = r
         rows.append((mode, f"{r['pc_success']:.1f} ({r['ci95'][0]:.1f}–{r['ci95'][1]:.1f})", str(r["n"]),
-                     f"{r['late_per_episode']:.1f}", f"{r['starved_per_episode']:.1f}", f"{r['misses_per_episode']:.1f}",
+                     f"{r['late_per_episode']:.1f}", f"{r['starved_per_episode']:.1f}",
+                     f"{r['misses_per_episode']:.1f}",
                      f"{r['seam_jump_mean'] or float('nan'):.3f} / {r['inside_jump_mean'] or float('nan'):.3f}",
                      f"{r['ticks_to_success_median'] or float('nan'):.0f}"))
     print(table(("chunking", "success % (95% CI)", "n", "late/ep", "starved/ep", "misses/ep",
@@ -284,9 +297,9 @@ def start_server(bundle: Path, backend: str, *flags: str) -> tuple[subprocess.Po
 
 
 def server(args) -> None:
+    from vla_distill.data.msgpack_numpy import packb
     from vla_distill.deploy.export import export
     from vla_distill.models.bundle import REFERENCE_FILE
-    from vla_distill.data.msgpack_numpy import packb
 
     work = Path(args.work)
     bundle = work / ("bundle_server" if args.policy else f"bundle_tiny_{args.image_size}")
@@ -306,7 +319,8 @@ def server(args) -> None:
         lat: list[float] = []
         errors: list[str] = []
         until = time.perf_counter() + args.seconds
-        threads = [threading.Thread(target=load_client, args=(uri, request, until, lat, errors)) for _ in range(args.clients)]
+        threads = [threading.Thread(target=load_client,
+                                    args=(uri, request, until, lat, errors)) for _ in range(args.clients)]
         t0 = time.perf_counter()
         [t.start() for t in threads]
         [t.join() for t in threads]
@@ -368,7 +382,8 @@ def stall(bundle: Path, z, args) -> dict:
     lat, errors = [], []
     other = {"prompt_answered": 0, "prompt_failed": 0, "extreme_refused": 0, "extreme_sent": 0, "max_ms": 0.0}
     until = time.perf_counter() + args.seconds
-    threads = [threading.Thread(target=load_client, args=(f"ws://{host_port}", packb({**obs, "prompt": str(z["tasks"][0])}),
+    threads = [threading.Thread(target=load_client,
+                                args=(f"ws://{host_port}", packb({**obs, "prompt": str(z["tasks"][0])}),
                                                           until, lat, errors)),
                threading.Thread(target=disrupt, args=(f"ws://{host_port}", obs, until, other))]
     [t.start() for t in threads]

@@ -29,30 +29,31 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import bench_eval
+import numpy as np
 from bench_deploy import time_backend
 from bench_eval import evaluated
-from common import RESULTS, cli, write_result
 
+from common import RESULTS, cli, write_result
+from vla_distill.config import recipe
 from vla_distill.eval.stats import compare, distinguishable
-from vla_distill.sim.metaworld_tasks import GROUPS
+from vla_distill.sim.metaworld.tasks import GROUPS
 from vla_distill.train.checkpoint import last_step
 
-RECIPE = ("--preset", "tiny", "--vision", "efficientnet-lite0", "--horizon", "5", "--batch-size", "64")
-CAMERAS = "corner2,gripper"
-AUX = ("--aux-state", "observation.environment_state")
-DART = ("--action-noise", "0.5")
+MT10 = recipe("mt10")  # the recipe by name (vla_distill.config.RECIPES; `train --recipe mt10`)
+RECIPE = ("--recipe", "mt10")
+CAMERAS = ",".join(MT10.collect["names"])
+DART = ("--action-noise", str(MT10.collect["action_noise"]))
 # MT10 variants, each one change on the one before: name -> (collect flags, train flags). The first is the baseline
 # every other is paired against; VARIANT is the recipe, whose result is results/mt10.json.
 VARIANTS = {
-    "keypoints": ((), RECIPE),
-    "aux": ((), RECIPE + AUX),
-    "dart-aux": (DART, RECIPE + AUX),
-    "dagger": (DART, RECIPE + AUX),  # + one DAgger round driven by the dart-aux student (DAGGER)
+    "keypoints": ((), RECIPE + ("--aux-state", "")),  # the recipe without its auxiliary state head
+    "aux": ((), RECIPE),
+    "dart-aux": (DART, RECIPE),
+    "dagger": (DART, RECIPE),  # + one DAgger round driven by the dart-aux student (DAGGER)
 }
 VARIANT = "dagger"
-DAGGER = {"dagger": "dart-aux"}  # variant: the variant whose student drives its DAgger round and which it is paired with
+DAGGER = {"dagger": "dart-aux"}  # variant: the variant whose student drives its DAgger round, and is paired with
 
 
 def dataset(work: Path, tasks: str, demos: int, size: int, cameras: str = CAMERAS, collect_flags: tuple = ()) -> Path:
@@ -67,7 +68,8 @@ def dataset(work: Path, tasks: str, demos: int, size: int, cameras: str = CAMERA
 def dagger_dataset(work: Path, tasks: str, demos: int, driver: Path, collect_flags: tuple) -> Path:
     """One DAgger round (Ross et al. 2011): `driver`'s own rollouts on new placements (seed stream 1), failures
     included, merged with the demonstrations it was trained on and annotated together with the scripted teacher,
-    which labels every state the student reached: work/dagger-128, work/dataset-128-dagger, work/annotated-128-dagger."""
+    which labels every state the student reached: work/dagger-128, work/dataset-128-dagger,
+    work/annotated-128-dagger."""
     dataset(work, tasks, demos, 128, collect_flags=collect_flags)
     demos_raw = work / ("dataset-128-dart" if collect_flags else "dataset-128")
     rollouts = bench_eval.dataset(work, tasks, demos, 128, seed=1, cameras=CAMERAS, name="dagger-128",
@@ -115,7 +117,8 @@ def onnx_speed(run: Path, observations: Path, bundle: Path) -> dict:
     backend (a fresh process, the bundle's recorded observations): hz over the mean latency, p50_ms, p99_ms. Nothing
     else may run beside it; repeats on the idle 2-core machine spread widely (see BENCHMARKS.md)."""
     if not (bundle / "model.onnx").exists():
-        cli("export", "--policy", str(run), "--format", "onnx", "--observations", str(observations), "--out", str(bundle))
+        cli("export", "--policy", str(run), "--format", "onnx", "--observations", str(observations), "--out",
+            str(bundle))
     return time_backend(bundle, "onnx", 2000, 2)
 
 
@@ -130,7 +133,8 @@ def table(teacher: dict, student: dict, paired: dict) -> None:
     o = paired["overall"]
     print(f"| **all {o['n_episodes']} episodes** | **{teacher['overall']['pc_success']:.1f}** "
           f"({_ci(teacher['overall']['pc_success_ci95'])}) | **{student['overall']['pc_success']:.1f}** "
-          f"({_ci(student['overall']['pc_success_ci95'])}) | {o['difference']:+.1f} ({_ci(o['ci95'])}) | {o['mcnemar_p']:.2g} |")
+          f"({_ci(student['overall']['pc_success_ci95'])}) | {o['difference']:+.1f} ({_ci(o['ci95'])}) | "
+          f"{o['mcnemar_p']:.2g} |")
 
 
 def paired_with(label: str, baseline: dict, student: dict) -> dict:
@@ -187,7 +191,8 @@ def multitask(args, name: str, tasks: str) -> dict:
           f"trained {minutes:.0f} min; ONNX Runtime batch-1 {hz:.0f} Hz (p50 {speed['p50_ms']:.2f} ms, "
           f"p99 {speed['p99_ms']:.2f} ms)")
     o = paired["overall"]
-    per_task = {x["task"]: {"teacher": x["pc_success"], "teacher_ci95": x["pc_success_ci95"]} for x in teacher["per_task"]}
+    per_task = {x["task"]: {"teacher": x["pc_success"],
+                            "teacher_ci95": x["pc_success_ci95"]} for x in teacher["per_task"]}
     for x in student["per_task"]:
         per_task[x["task"]] |= {"student": x["pc_success"], "student_ci95": x["pc_success_ci95"],
                                 "difference": paired["per_task"][x["task"]]["difference"],
@@ -201,8 +206,10 @@ def multitask(args, name: str, tasks: str) -> dict:
             "student_onnx_max_abs_err": speed["max_abs_err"],
             "student_hz_backend": "onnxruntime fp32, batch 1, 2 threads",
             "evaluations": {"teacher": str(work / "eval-teacher"), "student": str(work / f"eval-student{tag}")},
-            "recipe": " ".join(train_flags), "collect_flags": " ".join(collect_flags), "demos_per_task": args.demos, "steps": args.steps,
-            "episodes_per_task": args.episodes, "goal_met": s["pc_success"] >= 95 and t["pc_success"] - s["pc_success"] <= 2,
+            "recipe": " ".join(train_flags), "collect_flags": " ".join(collect_flags), "demos_per_task": args.demos,
+            "steps": args.steps,
+            "episodes_per_task": args.episodes,
+            "goal_met": s["pc_success"] >= 95 and t["pc_success"] - s["pc_success"] <= 2,
             "command": " ".join(["python benchmarks/bench_distill.py", args.suite, *sys.argv[2:]])}
 
 
@@ -235,7 +242,8 @@ def mt50_estimate(rates: dict[str, tuple[float, float]], episodes: int, draws: i
     """MT50's task-weighted success from the measured tasks (task -> (student %, teacher %)): each difficulty group's
     mean over its measured tasks, weighted by the group's share of the 50. The 95% interval is a stratified bootstrap
     (tasks resampled within each group, then each task's episodes), so it covers both the unmeasured tasks and the
-    episodes' noise. MT10's tasks were chosen, not drawn, so they enter as if they were a random sample: an assumption."""
+    episodes' noise. MT10's tasks were chosen, not drawn, so they enter as if they were a random sample: an
+    assumption."""
     rng = np.random.default_rng(0)
     groups = {g: [t for t in GROUPS[g] if t in rates] for g in ("easy", "medium", "hard", "very_hard")}
     out = {"groups": {g: {"tasks_in_group": len(GROUPS[g]), "measured": ts} for g, ts in groups.items()}}
@@ -267,7 +275,7 @@ def ablations(args) -> dict:
     rows, infos = [], {}
     for name, (size, cams, change) in ABLATIONS.items():
         ann = dataset(work, args.tasks, args.demos, size, cams)
-        base = RECIPE + AUX  # the model recipe; its data-side steps (DART, DAgger) are measured on MT10 instead
+        base = RECIPE  # the model recipe; its data-side steps (DART, DAgger) are measured on MT10 instead
         flags = dict(zip(base[::2], base[1::2])) | dict(zip(change[::2], change[1::2]))
         slug = name.split(" (")[0].replace(" ", "-").replace("=", "")
         steps = steps_for_minutes(ann, work / f"probe-{slug}", args.minutes, flags)
@@ -290,8 +298,8 @@ def ablations(args) -> dict:
 def steps_for_minutes(ann: Path, probe: Path, minutes: float, flags: dict) -> int:
     """Steps that fit the budget at this variant's measured training speed (a 60-step probe run after its cache)."""
     if not (probe / "metrics.jsonl").exists():
-        cli("train", "--dataset", str(ann), "--out", str(probe), "--steps", "60", "--save-every", "60", "--log-every", "20",
-            "--val-batches", "1", *[x for kv in flags.items() for x in kv])
+        cli("train", "--dataset", str(ann), "--out", str(probe), "--steps", "60", "--save-every", "60",
+            "--log-every", "20", "--val-batches", "1", *[x for kv in flags.items() for x in kv])
     rows = [json.loads(line) for line in (probe / "metrics.jsonl").read_text().splitlines()]
     sps = np.median([r["samples_per_s"] for r in rows if "samples_per_s" in r][1:])  # the first interval warms up
     return int(minutes * 60 * sps / int(flags["--batch-size"]))
@@ -306,7 +314,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--episodes", type=int, default=0)
     p.add_argument("--minutes", type=float, default=8.0, help="ablations: training budget per variant")
-    p.add_argument("--variant", choices=list(VARIANTS), default=VARIANT, help="mt10: which recipe (default: the recipe)")
+    p.add_argument("--variant", choices=list(VARIANTS), default=VARIANT,
+                   help="mt10: which recipe (default: the recipe)")
     args = p.parse_args()
     if args.suite == "mt10":
         args.demos, args.episodes = args.demos or 50, args.episodes or 50

@@ -20,13 +20,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from common import BIN, DEMO_TASKS, RESULTS, write_result
 
 
 def run(dataset: str, out: Path, procs: int, batch: int, steps: int, threads: int) -> float:
-    args = ["-m", "vla_distill", "train", "--dataset", dataset, "--preset", "tiny", "--steps", str(steps), "--device", "cpu",
-            "--batch-size", str(batch // procs), "--log-every", "10", "--save-every", str(steps), "--out", str(out)]
-    launcher = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs)]
+    args = ["-m", "vla_distill", "train", "--dataset", dataset, "--preset", "tiny", "--steps", str(steps),
+            "--device", "cpu", "--batch-size", str(batch // procs), "--log-every", "10", "--save-every", str(steps),
+            "--out", str(out)]
+    launcher = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                                                    str(procs)]
     print(f"$ {'torchrun --nproc_per_node ' + str(procs) if procs > 1 else 'python'} {' '.join(args)}", flush=True)
     subprocess.run(launcher + args, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)},
                    stderr=subprocess.DEVNULL)
@@ -36,7 +39,8 @@ def run(dataset: str, out: Path, procs: int, batch: int, steps: int, threads: in
 
 def annotate_run(dataset: Path, out: Path, teacher: str, executor: list[str], extra: list[str]) -> dict:
     """One `vla-distill annotate` as a user runs it: wall seconds of the command, and the executor's own split."""
-    args = ["annotate", "--dataset", str(dataset), "--out", str(out), "--teacher", teacher, "--no-audit", *extra, *executor]
+    args = ["annotate", "--dataset", str(dataset), "--out", str(out), "--teacher", teacher, "--no-audit", *extra,
+            *executor]
     print("$ vla-distill " + " ".join(args), flush=True)
     t0 = time.perf_counter()
     subprocess.run(BIN + args, check=True, stderr=subprocess.DEVNULL)
@@ -57,7 +61,8 @@ def bench_annotate(work: Path, episodes: int) -> None:
     teacher = random_checkpoint("small", dataset, work / "teacher_small" / "pretrained_model")
     workloads = {  # name -> (teacher, extra flags)
         "scripted + kinematic phases and cues": ("scripted", []),
-        "checkpoint teacher (small student, pixels)": (f"checkpoint:{teacher}", ["--phases", "none", "--directions", "none"]),
+        "checkpoint teacher (small student, pixels)": (f"checkpoint:{teacher}",
+                                                       ["--phases", "none", "--directions", "none"]),
     }
     executors = {"in-process": [], "ray, 1 worker": ["--executor", "ray", "--workers", "1"],
                  "ray, 2 workers": ["--executor", "ray", "--workers", "2"]}
@@ -70,7 +75,8 @@ def bench_annotate(work: Path, episodes: int) -> None:
             r = annotate_run(dataset, out, spec, flags, extra)
             result["workloads"][w][name] = r
             base = result["workloads"][w]["in-process"]
-            rows.append(f"| {w} | {name} | {r['wall_s']:.1f} | {r['frames_per_s']:.0f} ({r['frames_per_s'] / base['frames_per_s']:.2f}x) "
+            rows.append(f"| {w} | {name} | {r['wall_s']:.1f} | {r['frames_per_s']:.0f} "
+                        f"({r['frames_per_s'] / base['frames_per_s']:.2f}x) "
                         f"| {r['startup_s']:.1f} | {r['steady_frames_per_s']:.0f} "
                         f"({r['steady_frames_per_s'] / base['steady_frames_per_s']:.2f}x) |")
             print(rows[-1], flush=True)

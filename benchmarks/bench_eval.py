@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from common import RESULTS, cli, write_result
-
 from vla_distill.eval.stats import paired, wilson
-
 
 
 def eval_info(path: Path) -> dict:
@@ -58,7 +57,8 @@ def trained(ds: Path, run: Path, steps: int, *extra: str) -> Path:
 
 def evaluated(policy: str, tasks: str, out: Path, episodes: int, *extra: str) -> dict:
     if not (out / "eval_info.json").exists():
-        cli("eval", "--policy", policy, "--tasks", tasks, "--episodes", str(episodes), "--out", str(out), "--videos", "0", *extra)
+        cli("eval", "--policy", policy, "--tasks", tasks, "--episodes", str(episodes), "--out", str(out), "--videos",
+            "0", *extra)
     return eval_info(out)
 
 
@@ -80,7 +80,8 @@ def throughput(args) -> dict:
             out = work / f"case{i}-w{workers}"
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
-            cli("eval", "--policy", policy, "--tasks", tasks, "--episodes", eps, "--out", str(out), "--workers", str(workers),
+            cli("eval", "--policy", policy, "--tasks", tasks, "--episodes", eps, "--out", str(out), "--workers",
+                str(workers),
                 "--latency-steps", "0", *extra)
             rows.append(_rate(label, workers, out, time.perf_counter() - t0))
     print("| actor | workers | env steps | steps/s (rollouts) | wall s (incl. start-up) |\n|---|---:|---:|---:|---:|")
@@ -135,7 +136,8 @@ def robustness(args) -> dict:
             episodes[name] += [ok for t in info["per_task"] for ok in t["metrics"]["successes"]]
     g, u = np.array(out["guided"]), np.array(out["unguided"])
     n = len(episodes["guided"])
-    pooled = {k: {"pc_success": 100 * sum(v) / n, "ci95": wilson(sum(v), n), "n_episodes": n} for k, v in episodes.items()}
+    pooled = {k: {"pc_success": 100 * sum(v) / n, "ci95": wilson(sum(v), n), "n_episodes": n} for k,
+              v in episodes.items()}
     diff = paired(episodes["unguided"], episodes["guided"])
     print("| student | success % per seed | all episodes % (95% CI) | n |\n|---|---|---:|---:|")
     for name, v in (("guided", g), ("unguided", u)):
@@ -147,7 +149,8 @@ def robustness(args) -> dict:
     return {"suite": "robustness", "tasks": args.tasks, "teacher": args.teacher, "demos_per_task": args.demos,
             "steps": args.steps, "batch_size": args.batch_size, "image_size": args.size, "seeds": args.seeds,
             "episodes_per_task": args.episodes, "guided": out["guided"], "unguided": out["unguided"],
-            "guided_mean": float(g.mean()), "unguided_mean": float(u.mean()), "difference_points": float(g.mean() - u.mean()),
+            "guided_mean": float(g.mean()), "unguided_mean": float(u.mean()),
+            "difference_points": float(g.mean() - u.mean()),
             "pooled": pooled, "paired": {k: diff[k] for k in ("difference", "ci95", "mcnemar_p", "only_a", "only_b")},
             "goal_met": bool(diff["difference"] >= 5 and diff["ci95"][0] > 0)}
 

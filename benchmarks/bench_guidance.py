@@ -41,18 +41,17 @@ import shutil
 import sys
 from pathlib import Path
 
+import bench_eval
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import bench_eval
 from bench_annotate import PHASE_ERRORS, inject_cue_error, inject_phase_error
-from bench_distill import AUX, CAMERAS, DART, RECIPE, trained
+from bench_distill import CAMERAS, DART, RECIPE, trained
 from bench_eval import evaluated
-from common import RESULTS, cli, write_result
 
-from vla_distill.annotate.annotate import directions_table
+from common import RESULTS, cli, write_result
 from vla_distill.annotate.episode import dataset_layout, episode_kinematics
-from vla_distill.data.annotations import read_annotation, read_directions
+from vla_distill.data.annotations import directions_table, read_annotation, read_directions
 from vla_distill.data.columns import add_columns
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.eval.observe import TRANSPORT, phase_flags
@@ -122,9 +121,11 @@ def corrupted(ann: Path, out: Path, rate: float, seed: int = 0) -> Path:
                          minlength=len(lookup)).tolist()
     _replace_table(directions_table(list(lookup), emb, counts, "corrupted"), tmp / DIRECTIONS_PATH)
     _replace_table(pa.table({k: pa.array(v, pa.int64()) for k, v in windows.items()}), tmp / WINDOWS_PATH)
-    add_columns(tmp, {PHASE_INDEX: phases, DIRECTION_INDEX: cues}, {k: ds.features[k] for k in (PHASE_INDEX, DIRECTION_INDEX)},
+    add_columns(tmp, {PHASE_INDEX: phases, DIRECTION_INDEX: cues},
+                {k: ds.features[k] for k in (PHASE_INDEX, DIRECTION_INDEX)},
                 overwrite=True)
-    (tmp / CORRUPTION).write_text(json.dumps({"source": str(ann), "rate": rate, "seed": seed, "episodes": done}, indent=1))
+    (tmp / CORRUPTION).write_text(json.dumps({"source": str(ann), "rate": rate, "seed": seed, "episodes": done},
+                                             indent=1))
     os.replace(tmp, out)
     return out
 
@@ -224,7 +225,8 @@ def pooled(parts: list[dict]) -> dict:
     """arm_summary()s of disjoint seeds -> the summary of all their episodes (rates from counts; means weighted by
     episodes; per task weighted alike, each seed holding the same episodes per task)."""
     n = sum(p["n_episodes"] for p in parts)
-    out = {"n_episodes": n, "per_seed": [x for p in parts for x in p["per_seed"]], "seeds": [x for p in parts for x in p["seeds"]]}
+    out = {"n_episodes": n, "per_seed": [x for p in parts for x in p["per_seed"]],
+           "seeds": [x for p in parts for x in p["seeds"]]}
     for key in ("success", "premature_release", "stuck_phase", "predicted_premature_release"):
         k = round(sum(p[key]["pc"] * p["n_episodes"] / 100 for p in parts))
         out[key] = {"pc": 100 * k / n, "ci95": wilson(k, n)}
@@ -267,7 +269,7 @@ def robustness(args) -> dict:
                 run, out = work / f"{level}-{arm}-s{seed}", work / f"eval-{level}-{arm}-s{seed}"
                 got = archived(run_key(level, arm, seed), out)
                 if got is None and arm in wanted and seed < args.seeds and not args.finished_only:
-                    trained(ann, run, args.steps, *RECIPE, *AUX, "--seed", str(seed), *ARMS[arm])
+                    trained(ann, run, args.steps, *RECIPE, "--seed", str(seed), *ARMS[arm])
                     evaluated(str(run), args.tasks, out, args.episodes, "--seed", str(seed))
                     got = archived(run_key(level, arm, seed), out)
                 if got is not None:
@@ -286,7 +288,8 @@ def robustness(args) -> dict:
             cells, seeds = table_counts(new), common
             before = old["paired"].get(f"{a} - {b}")
             if before:  # its seeds were never rerun (skipped above), so the two tables hold different episodes
-                cells, seeds = tuple(x + y for x, y in zip(cells, table_counts(before))), sorted(before["seeds"] + common)
+                cells, seeds = tuple(x + y for x,
+                                     y in zip(cells, table_counts(before))), sorted(before["seeds"] + common)
             levels[level]["paired"][f"{a} - {b}"] = {
                 **pick(paired_counts(*cells), "difference", "ci95", "mcnemar_p", "both", "only_a", "only_b", "neither"),
                 "seeds": seeds,
@@ -294,7 +297,8 @@ def robustness(args) -> dict:
                              for s in common}}
         table(level, levels[level])
     return {"suite": "robustness", "tasks": args.tasks, "demos_per_task": args.demos, "steps": args.steps,
-            "seeds": max(v["seeds"] for v in levels.values()), "episodes_per_task": args.episodes, "recipe": " ".join(RECIPE + AUX),
+            "seeds": max(v["seeds"] for v in levels.values()), "episodes_per_task": args.episodes,
+            "recipe": " ".join(RECIPE),
             "collect_flags": " ".join(DART), "levels": levels}
 
 
@@ -321,7 +325,7 @@ def labels(args) -> dict:
             key = run_key(args.noise, args.arm if name == "clean" else f"{args.arm}-{name}", seed)
             got = archived(key, out)
             if got is None and name in wanted and not args.finished_only:
-                trained(ds, run, args.steps, *RECIPE, *AUX, "--seed", str(seed), *ARMS[args.arm])
+                trained(ds, run, args.steps, *RECIPE, "--seed", str(seed), *ARMS[args.arm])
                 evaluated(str(run), args.tasks, out, args.episodes, "--seed", str(seed))
                 got = archived(key, out)
             if got is not None:
@@ -348,11 +352,13 @@ def labels(args) -> dict:
     for name, r in result.items():
         vs, won = r.get("vs_clean"), r.get("vs_corrupted")
         a = r["audit"]
-        print(f"| {name} | {', '.join(map(str, r['seeds']))} | {r['success']['pc']:.1f} ({_ci(r['success']['ci95'])}) | "
+        print(f"| {name} | {', '.join(map(str, r['seeds']))} | {r['success']['pc']:.1f} "
+              f"({_ci(r['success']['ci95'])}) | "
               + (f"{vs['difference']:+.1f} ({vs['ci95'][0]:.1f} to {vs['ci95'][1]:.1f})" if vs else "-") + " | "
               + (f"{won['difference']:+.1f} ({won['ci95'][0]:.1f} to {won['ci95'][1]:.1f})" if won else "-")
               + f" | {r['premature_release']['pc']:.1f} | {r['stuck_phase']['pc']:.1f} | "
-              + (f"{a['caught']}/{a['corrupted']} / {a['false_alarms']}/{a['clean']}" if a else "-") + f" | {r['n_episodes']} |")
+              + (f"{a['caught']}/{a['corrupted']} / {a['false_alarms']}/{a['clean']}" if a else "-")
+              + f" | {r['n_episodes']} |")
     if missing:
         print(f"not evaluated yet: {', '.join(missing)}")
     return {"suite": "labels", "tasks": args.tasks, "teacher": NOISE[args.noise], "arm": args.arm, "steps": args.steps,
@@ -407,7 +413,8 @@ def headline(level: dict) -> dict:
     """guided vs unguided at one noise level: each arm's success and n, their paired difference and its seeds."""
     arms, d = level["arms"], level["paired"].get("guided - unguided", {})
     return {"noise": level["teacher"], **{a: {"success": arms[a]["success"], "seeds": arms[a]["seeds"],
-                                             "n_episodes": arms[a]["n_episodes"]} for a in ("guided", "unguided") if a in arms},
+                                             "n_episodes": arms[a]["n_episodes"]} for a in ("guided",
+                                                                                            "unguided") if a in arms},
             **{k: d.get(k) for k in ("difference", "ci95", "mcnemar_p", "seeds")}}
 
 
@@ -426,9 +433,11 @@ def summary(args) -> dict:
                           "n_episodes": r["arms"][next(iter(r["arms"]))]["n_episodes"], "seeds": rob["seeds"],
                           "per_level": per_level,
                           "levels": rob["levels"]},
-           "mt50_phases": {"mean": ann["mean_agreement_4"], "min": min(t["agreement_4"] for t in ann["per_task"].values()),
+           "mt50_phases": {"mean": ann["mean_agreement_4"],
+                           "min": min(t["agreement_4"] for t in ann["per_task"].values()),
                            "per_task": {k: t["agreement_4"] for k, t in ann["per_task"].items()}},
-           "audit_mt50": {k: ann["audit"]["phase"][k] for k in ("recall", "false_alarm", "recall_ci95", "false_alarm_ci95")},
+           "audit_mt50": {k: ann["audit"]["phase"][k] for k in ("recall", "false_alarm", "recall_ci95",
+                                                                "false_alarm_ci95")},
            "command": {"robustness": rob["command"], "mt50": "cd benchmarks && ../.venv/bin/python bench_annotate.py "
                        "--dataset ../outputs/diag/mt50-4c --out results/annotate_mt50.json"}}
     labels_path = RESULTS / "guidance_labels.json"
@@ -443,7 +452,8 @@ def summary(args) -> dict:
                               "audited": v[best]["success"]["pc"], "rate": worst, "audit": best,
                               "recovered_points": won["difference"], "recovered_ci95": won["ci95"],
                               "recovered_seeds": won["seeds"],
-                              "cost_points": v[worst]["vs_clean"]["difference"], "cost_ci95": v[worst]["vs_clean"]["ci95"],
+                              "cost_points": v[worst]["vs_clean"]["difference"],
+                              "cost_ci95": v[worst]["vs_clean"]["ci95"],
                               "cost_seeds": v[worst]["vs_clean"]["seeds"], "seeds": lab["seeds"], "variants": v,
                               "note": "paired differences over the held-out episodes of the training seeds both "
                                       "variants have; the intervals do not cover training variance, which a change "
@@ -465,7 +475,8 @@ def main() -> None:
                    help="labels: train and evaluate only these (e.g. corrupt30-mask, to run variants on two cores "
                         "side by side); the report shows the variants evaluated so far and lists the others")
     p.add_argument("--label-seeds", default="1",
-                   help="labels: comma-separated training seeds (seed 0's clean runs were evaluated before episodes were archived)")
+                   help="labels: comma-separated training seeds (seed 0's clean runs were evaluated before episodes "
+                        "were archived)")
     p.add_argument("--demos", type=int, default=50)
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--seeds", type=int, default=3)

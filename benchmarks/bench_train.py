@@ -1,6 +1,7 @@
 """Student presets side by side: training samples/s and peak memory, batch-1 inference Hz in fp32 and bf16.
 
-Usage: python benchmarks/bench_train.py [--presets tiny,small,base] [--cameras 2] [--size 128] [--batch 32] [--threads 2]
+Usage: python benchmarks/bench_train.py [--presets tiny,small,base] [--cameras 2] [--size 128] [--batch 32]
+       [--threads 2]
 Each preset runs in its own process (peak memory is per process). Inputs are the MetaWorld default: two 128 px
 cameras, 4-d state, 4-d action, the three losses on. Training samples/s is the model step only (forward, backward,
 AdamW); the data path is measured by bench_dataloader.py. A preset may name its encoder, `tiny:efficientnet-lite0`:
@@ -45,9 +46,12 @@ def one(preset: str, args) -> dict:
             out = {feature_key(key): torch.randn(n, c, h, w, device=device) for key in cams}
         else:
             out = {key: torch.rand(n, 3, args.size, args.size, device=device) for key in cams}
-        out.update({"observation.state": torch.randn(n, 4, device=device), "task_index": torch.zeros(n, dtype=torch.long, device=device),
-                    "action": torch.randn(n, k, 4, device=device), "action_is_pad": torch.zeros(n, k, dtype=torch.bool, device=device),
-                    "phase_index": torch.randint(0, 4, (n,), device=device), "direction_index": torch.arange(n, device=device) % 8,
+        out.update({"observation.state": torch.randn(n, 4, device=device),
+                    "task_index": torch.zeros(n, dtype=torch.long, device=device),
+                    "action": torch.randn(n, k, 4, device=device),
+                    "action_is_pad": torch.zeros(n, k, dtype=torch.bool, device=device),
+                    "phase_index": torch.randint(0, 4, (n,), device=device),
+                    "direction_index": torch.arange(n, device=device) % 8,
                     "direction_embedding": torch.nn.functional.normalize(torch.randn(n, 384, device=device), dim=-1)})
         return out
 
@@ -93,8 +97,10 @@ def one(preset: str, args) -> dict:
     bf16 = policy.to(torch.bfloat16)
     bf16_obs = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in one_obs.items()}
     bf16_hz, bf16_p50 = hz(bf16, bf16_obs)
-    return {"preset": preset, "params_m": policy.num_parameters() / 1e6, "deployed_params_m": policy.num_parameters(deployed=True) / 1e6,
-            "train_samples_per_s": train_sps, "peak_train_mb": peak_train_mb, "fp32_hz": fp32_hz, "fp32_p50_ms": fp32_p50,
+    return {"preset": preset, "params_m": policy.num_parameters() / 1e6,
+            "deployed_params_m": policy.num_parameters(deployed=True) / 1e6,
+            "train_samples_per_s": train_sps, "peak_train_mb": peak_train_mb, "fp32_hz": fp32_hz,
+            "fp32_p50_ms": fp32_p50,
             "bf16_hz": bf16_hz, "bf16_p50_ms": bf16_p50, "device": str(device), "threads": args.threads, "batch": b}
 
 
@@ -122,7 +128,8 @@ def main() -> None:
         r = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
         print(f"measured {preset}", file=sys.stderr)
-    print(f"{'preset':8s} {'params':>8s} {'train samples/s':>16s} {'peak MB':>8s} {'fp32 Hz':>8s} {'bf16 Hz':>8s} {'bf16/fp32':>9s}")
+    print(f"{'preset':8s} {'params':>8s} {'train samples/s':>16s} {'peak MB':>8s} {'fp32 Hz':>8s} {'bf16 Hz':>8s} "
+          f"{'bf16/fp32':>9s}")
     for r in rows:
         print(f"{r['preset']:8s} {r['params_m']:7.1f}M {r['train_samples_per_s']:16.1f} {r['peak_train_mb']:8.0f} "
               f"{r['fp32_hz']:8.1f} {r['bf16_hz']:8.1f} {r['bf16_hz'] / r['fp32_hz']:8.2f}x")
@@ -130,7 +137,8 @@ def main() -> None:
     for r in rows[1:]:
         print(f"{r['preset']} vs {base['preset']}: {r['params_m'] / base['params_m']:.1f}x parameters, "
               f"{base['fp32_hz'] / r['fp32_hz']:.1f}x slower at batch 1 (fp32)")
-    write_result(args.out, {"config": {k: getattr(args, k) for k in ("cameras", "size", "batch", "horizon", "threads", "device")},
+    write_result(args.out,
+                 {"config": {k: getattr(args, k) for k in ("cameras", "size", "batch", "horizon", "threads", "device")},
                             "presets": rows})
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from common import DEMO_TASKS, RESULTS, cli, write_result
 
 
-
 def curve(run: Path, key: str) -> list[tuple[int, float]]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
     return [(r["step"], round(r[key], 4)) for r in rows if key in r and r.get("split", "train") == "train"]
@@ -39,10 +38,12 @@ def main() -> None:
     common = ["--dataset", args.dataset, "--batch-size", str(args.batch_size), "--log-every", "50"]
     if not (align / "checkpoints" / "last").exists():
         cli("vita-train", *common, "--expert", args.expert, "--vlm", f"tiny:{args.family}", "--stage", "align",
-            "--steps", str(args.align_steps), "--save-every", str(args.align_steps // 4), "--lr", "1e-3", "--out", str(align))
+            "--steps", str(args.align_steps), "--save-every", str(args.align_steps // 4), "--lr", "1e-3", "--out",
+            str(align))
     if not (ft / "checkpoints" / "last").exists():
         cli("vita-train", *common, "--init", str(align), "--stage", "finetune", "--steps", str(args.finetune_steps),
-            "--save-every", str(args.finetune_steps // 3), "--lr", "3e-4", "--lora-rank", str(args.lora_rank), "--out", str(ft))
+            "--save-every", str(args.finetune_steps // 3), "--lr", "3e-4", "--lora-rank", str(args.lora_rank), "--out",
+            str(ft))
     evals = {}
     for name, policy in (("expert", args.expert), ("vita_align", str(align)), (f"vita_{ft.name}", str(ft))):
         out = work / f"eval_{name}"

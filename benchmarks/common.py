@@ -28,8 +28,10 @@ def cpu() -> str:
         return platform.processor() or platform.machine()
     fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
     field = {k.strip(): v.strip() for k, v in fields.items()}
-    ext = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in field.get("flags", "").split()]
-    return f"{field.get('model name', '?')} (family {field.get('cpu family', '?')}, model {field.get('model', '?')}; {' '.join(ext)})"
+    ext = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in field.get("flags",
+                                                                                                      "").split()]
+    return (f"{field.get('model name', '?')} (family {field.get('cpu family', '?')}, model {field.get('model', '?')}; "
+            f"{' '.join(ext)})")
 
 
 def write_result(out: str | Path, result: dict) -> None:

@@ -38,15 +38,18 @@ for sub in ("dataset", "annotated"):
             x, y = (a / sub / f), (b / sub / f)
             if f.endswith(".json"):
                 jx, jy = json.loads(x.read_text()), json.loads(y.read_text())
-                jx.pop("dataset", None); jy.pop("dataset", None)
+                jx.pop("dataset", None)
+                jy.pop("dataset", None)
                 check(f"{sub}/{f}", jx == jy)
             else:
                 check(f"{sub}/{f} bytes", sha(x) == sha(y))
-ma = [json.loads(l) for l in (a / "student/metrics.jsonl").read_text().splitlines()]
-mb = [json.loads(l) for l in (b / "student/metrics.jsonl").read_text().splitlines()]
-keys = ("loss", "action", "phase", "direction", "grad_norm", "lr", "action_mse", "action_mae", "phase_accuracy", "direction_top1")
+ma = [json.loads(line) for line in (a / "student/metrics.jsonl").read_text().splitlines()]
+mb = [json.loads(line) for line in (b / "student/metrics.jsonl").read_text().splitlines()]
+keys = ("loss", "action", "phase", "direction", "grad_norm", "lr", "action_mse", "action_mae", "phase_accuracy",
+        "direction_top1")
 check("training curve (every logged loss, grad norm, lr and validation metric, bit for bit)",
-      len(ma) == len(mb) and all(x["step"] == y["step"] and all(x.get(k) == y.get(k) for k in keys) for x, y in zip(ma, mb)),
+      len(ma) == len(mb) and all(x["step"] == y["step"] and all(x.get(k) == y.get(k) for k in keys) for x,
+                                 y in zip(ma, mb)),
       f"{len(ma)} rows")
 for step in ("000500", "001000"):
     check(f"checkpoint {step} weights bytes", sha(a / f"student/checkpoints/{step}/pretrained_model/model.safetensors")
@@ -54,12 +57,14 @@ for step in ("000500", "001000"):
 for who in ("teacher", "student"):
     ia, ib = (json.loads((x / f"eval/{who}/eval_info.json").read_text()) for x in (a, b))
     check(f"eval {who} per-task success", [(t["task"], t["metrics"]["successes"]) for t in ia["per_task"]]
-          == [(t["task"], t["metrics"]["successes"]) for t in ib["per_task"]], f"{ia['overall']['pc_success']:.1f}% vs {ib['overall']['pc_success']:.1f}%")
+          == [(t["task"], t["metrics"]["successes"]) for t in ib["per_task"]],
+          f"{ia['overall']['pc_success']:.1f}% vs {ib['overall']['pc_success']:.1f}%")
     n = same = 0
     for f in sorted((a / f"eval/{who}/episodes").rglob("*.npz")):
         za, zb = np.load(f), np.load(b / f"eval/{who}/episodes" / f.relative_to(a / f"eval/{who}/episodes"))
         n += 1
-        same += all(np.array_equal(za[k], zb[k]) for k in ("actions", "phase", "success", "hand", "directions", "direction_steps"))
+        same += all(np.array_equal(za[k], zb[k]) for k in ("actions", "phase", "success", "hand", "directions",
+                                                           "direction_steps"))
     check(f"eval {who} episodes: actions, phases, directions, hand path", same == n, f"{same}/{n} episodes identical")
     oa, ob = (json.loads((x / f"eval/{who}/observability.json").read_text()) for x in (a, b))
     check(f"eval {who} observability", oa["flag_counts"] == ob["flag_counts"] and oa["per_task"] == ob["per_task"])
@@ -67,7 +72,9 @@ ra, rb = np.load(a / "bundle/reference_io.npz"), np.load(b / "bundle/reference_i
 check("bundle reference observations and torch actions", all(np.array_equal(ra[k], rb[k]) for k in ra.files))
 pa, pb = (json.loads((x / "bundle/bundle.json").read_text())["parity"] for x in (a, b))
 check("bundle ONNX parity numbers", pa == pb, json.dumps(pb["onnx"]))
-sa, sb = (np.load(x / "run/button-press-topdown-v3/episode_000.npz") for x in (a, b))
-check("real-time episode: actions sent", np.array_equal(sa["sent"], sb["sent"]), f"{len(sa['sent'])} vs {len(sb['sent'])} ticks")
+episode = sorted((a / "run").glob("*/episode_000.npz"))[0].relative_to(a)  # the demo's DEMO_RUN_TASK
+sa, sb = (np.load(x / episode) for x in (a, b))
+check("real-time episode: actions sent", np.array_equal(sa["sent"], sb["sent"]),
+      f"{len(sa['sent'])} vs {len(sb['sent'])} ticks")
 print("ALL SAME" if ok else "SOME DIFFER")
 sys.exit(0 if ok else 1)

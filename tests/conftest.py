@@ -28,8 +28,8 @@ def popen_interruptible(cmd: list[str], **kwargs) -> subprocess.Popen:
 
 def serve_process(policy_path, *flags: str) -> tuple[subprocess.Popen, str]:
     """`vla-distill serve POLICY --port 0 FLAGS` as a process, and the HOST:PORT it printed."""
-    proc = subprocess.Popen([sys.executable, "-m", "vla_distill.cli", "serve", "--policy", str(policy_path), "--port", "0",
-                             *flags],
+    proc = subprocess.Popen([sys.executable, "-m", "vla_distill.cli", "serve", "--policy", str(policy_path),
+                             "--port", "0", *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     assert "serving" in line, line + proc.stderr.read()
@@ -44,7 +44,8 @@ def fake_features(video: bool = True, image: bool = True, size: int = 32) -> dic
     if video:
         feats["observation.images.cam"] = video_feature(size, size, FPS, "libsvtav1")
     if image:
-        feats["observation.images.png"] = {"dtype": "image", "shape": [size, size, 3], "names": ["height", "width", "channels"]}
+        feats["observation.images.png"] = {"dtype": "image", "shape": [size, size, 3],
+                                           "names": ["height", "width", "channels"]}
     return feats
 
 
@@ -104,10 +105,11 @@ def metaworld_dataset(tmp_path_factory):
     """A small real MetaWorld dataset (reach + pick-place, 2 episodes each, 64 px), collected once per session."""
     from vla_distill.collect.collect import collect
     from vla_distill.collect.config import CollectConfig
-    from vla_distill.sim.metaworld import CameraConfig
+    from vla_distill.sim.base import CameraConfig
 
     root = tmp_path_factory.mktemp("mw") / "ds"
-    cfg = CollectConfig(tasks=("reach-v3", "pick-place-v3"), episodes=2, seed=3, cameras=CameraConfig(height=64, width=64), workers=1)
+    cfg = CollectConfig(tasks=("reach-v3", "pick-place-v3"), episodes=2, seed=3,
+                        cameras=CameraConfig(height=64, width=64), workers=1)
     collect(cfg, root)
     return root
 
@@ -115,7 +117,8 @@ def metaworld_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def annotated(metaworld_dataset, tmp_path_factory):
     """metaworld_dataset annotated with the defaults (scripted teacher, kinematic phases and cues, audit)."""
-    from vla_distill.annotate.annotate import AnnotateConfig, annotate
+    from vla_distill.annotate.annotate import annotate
+    from vla_distill.annotate.config import AnnotateConfig
 
     return annotate(metaworld_dataset, tmp_path_factory.mktemp("ann") / "ds", AnnotateConfig())
 

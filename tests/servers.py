@@ -54,7 +54,8 @@ def serve_openpi(policy_dir: str) -> None:
     infer = policy_infer_fn(policy)
 
     def logged(obs):
-        log("infer " + ",".join(sorted(obs)) + " " + ";".join(f"{k}:{getattr(v, 'shape', '')}" for k, v in sorted(obs.items())))
+        log("infer " + ",".join(sorted(obs)) + " " + ";".join(f"{k}:{getattr(v, 'shape', '')}" for k,
+                                                              v in sorted(obs.items())))
         if os.environ.get("FAIL_EVERY") and np.random.rand() < 0.3:
             raise RuntimeError("injected failure")
         time.sleep(float(os.environ.get("DELAY_S", "0")))  # a slow teacher, as a 7B VLA is
@@ -83,7 +84,8 @@ def serve_openvla(policy_dir: str) -> None:
             if "encoded" in payload:
                 payload = json_numpy.loads(payload["encoded"])
             image, instruction = payload["image"], payload["instruction"]
-            log(f"act image={image.shape}{image.dtype} instruction={instruction!r} unnorm_key={payload.get('unnorm_key')}")
+            log(f"act image={image.shape}{image.dtype} instruction={instruction!r} "
+                f"unnorm_key={payload.get('unnorm_key')}")
             # A 7-d action as OpenVLA returns, computed by the policy from the image statistics.
             feats = torch.as_tensor(np.tile(image.reshape(-1, 3).mean(0) / 255.0, 2)[:4], dtype=torch.float32)[None]
             with torch.no_grad():
@@ -125,7 +127,8 @@ def serve_vlm(mode: str) -> None:
                 phase = labels[int(hashlib.sha256(json.dumps(content).encode()).hexdigest(), 16) % len(labels)]
                 answer = json.dumps({"phase": phase, "direction": "moving the gripper left"})
             out = json.dumps({"id": f"chatcmpl-{n}", "object": "chat.completion", "model": body["model"],
-                              "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]}).encode()
+                              "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
+                                           "finish_reason": "stop"}]}).encode()
             send_json(self, out)
 
     serve_http(Handler)

@@ -8,21 +8,19 @@ import sys
 
 import numpy as np
 import pytest
-
-from vla_distill.annotate import directions as dirs
-from vla_distill.annotate.audit import audit_cue, audit_dataset, audit_phases
-from vla_distill.data.annotations import dropped_episodes
-from vla_distill.sim.metaworld_phases import ARM_ROLES, ground_truth_phases
-from vla_distill.annotate.phases import PhaseConfig, label_phases
-from vla_distill.types import PHASES_4, PHASES_9
-from vla_distill.annotate.annotate import AnnotateConfig, annotate
-from vla_distill.annotate.episode import dataset_layout, episode_kinematics
-from vla_distill.data.annotations import read_directions, read_task_embeddings
-from vla_distill.annotate.vlm import VLMConfig, parse_reply
-from vla_distill.data.dataset import RobotDataset
-
 from test_teachers import server  # noqa: F401  (fixture)
 
+from vla_distill.annotate import directions as dirs
+from vla_distill.annotate.annotate import annotate
+from vla_distill.annotate.audit import audit_cue, audit_dataset, audit_phases
+from vla_distill.annotate.config import AnnotateConfig
+from vla_distill.annotate.episode import dataset_layout, episode_kinematics
+from vla_distill.annotate.phases import PhaseConfig, label_phases
+from vla_distill.annotate.vlm import VLMConfig, parse_reply
+from vla_distill.data.annotations import dropped_episodes, read_directions, read_task_embeddings
+from vla_distill.data.dataset import RobotDataset
+from vla_distill.sim.metaworld.phases import ARM_ROLES, ground_truth_phases
+from vla_distill.types import PHASES_4, PHASES_9
 
 
 def test_annotated_dataset_is_complete_and_valid(annotated):
@@ -57,15 +55,17 @@ def test_kinematic_phases_agree_with_expert_branches(metaworld_dataset):
     assert {PHASES_9[i] for i in nine} >= {"grasping", "completed"}
 
 
-@pytest.mark.parametrize("task", ["door-close-v3", "door-lock-v3", "stick-pull-v3", "stick-push-v3", "sweep-v3", "push-v3"]
+@pytest.mark.parametrize("task",
+                         ["door-close-v3", "door-lock-v3", "stick-pull-v3", "stick-push-v3", "sweep-v3", "push-v3"]
                          + [pytest.param(t, marks=pytest.mark.slow) for t in sorted(ARM_ROLES) if t not in
                             ("door-close-v3", "door-lock-v3", "stick-pull-v3", "stick-push-v3", "sweep-v3", "push-v3")])
 def test_no_expert_starts_an_episode_in_a_transport_arm(task):
     """At reset no expert is carrying or operating anything yet, so the arm it starts in is an approach arm. The
     branch→role tables name arms in source order; sweep's and the stick tasks' had been written in another order,
     calling their first arm transport (door-close's and door-lock's too, but their experts never start there)."""
-    from vla_distill.sim.metaworld import CameraConfig, MetaWorldEnv
-    from vla_distill.sim.metaworld_phases import expert_arms
+    from vla_distill.sim.base import CameraConfig
+    from vla_distill.sim.metaworld.env import MetaWorldEnv
+    from vla_distill.sim.metaworld.phases import expert_arms
     from vla_distill.types import OBS_ENV_STATE
 
     env = MetaWorldEnv(task, CameraConfig(height=16, width=16))
@@ -81,12 +81,15 @@ def test_no_expert_starts_an_episode_in_a_transport_arm(task):
 def _expert_rollout(task: str, seed: int = 0):
     """One scripted-expert episode as collect records it: (39-d states, Kinematics with recorded contact)."""
     from vla_distill.collect.collect import rollout
+    from vla_distill.sim.base import CameraConfig
     from vla_distill.sim.layout import kinematics
-    from vla_distill.sim.metaworld import FPS, CameraConfig, MetaWorldEnv
+    from vla_distill.sim.metaworld.env import MetaWorldEnv
+    from vla_distill.sim.metaworld.tasks import FPS
+    from vla_distill.sim.registry import get_simulator
     from vla_distill.types import OBS_CONTACT, OBS_ENV_STATE, OBS_STATE, SUCCESS
 
     with MetaWorldEnv(task, CameraConfig(names=("corner2",), height=16, width=16)) as env:
-        f, _ = rollout(env, seed, steps_after_success=10)
+        f, _ = rollout(env, seed, steps_after_success=10, expert=get_simulator("metaworld").expert(task))
     return f[OBS_ENV_STATE], kinematics(f[OBS_STATE], f[OBS_ENV_STATE], f[SUCCESS], FPS, f[OBS_CONTACT][:, 0] > 0.5)
 
 
@@ -100,8 +103,9 @@ def test_contact_is_the_gripper_on_a_movable_object():
     assert not pick.contact[:10].any() and 10 < first
     assert np.linalg.norm(pick.ee[first] - pick.obj[first]) < 0.05  # touching is where the puck is
     assert pick.contact[first:].mean() > 0.9  # held until success
-    from vla_distill.sim.metaworld import MetaWorldEnv, contact_bodies
     import mujoco
+
+    from vla_distill.sim.metaworld.env import MetaWorldEnv, contact_bodies
 
     env = MetaWorldEnv("pick-place-v3")
     try:
@@ -137,11 +141,13 @@ def test_direction_cues_describe_motion():
     from vla_distill.sim.kinematics import Kinematics
 
     t = np.linspace(0, 1, 20)[:, None]
-    kin = Kinematics(ee=np.hstack([-0.2 * t, 0 * t, -0.1 * t]), gripper=np.ones(20), fps=10, obj=np.tile([-0.3, 0, -0.15], (20, 1)))
+    kin = Kinematics(ee=np.hstack([-0.2 * t, 0 * t, -0.1 * t]), gripper=np.ones(20), fps=10,
+                     obj=np.tile([-0.3, 0, -0.15], (20, 1)))
     cues = dirs.kinematic_cues(kin, np.zeros(20, np.int64), PHASES_4, "puck", dirs.DirectionConfig(window=8, stride=4))
     assert cues[0] == "moving the gripper left and down toward the puck"
     assert dirs.object_noun("pick up the puck and place it at the goal") == "puck"
-    assert dirs.frame_windows(20, dirs.DirectionConfig(8, 4)).tolist() == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4
+    assert dirs.frame_windows(20,
+                              dirs.DirectionConfig(8, 4)).tolist() == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4
     closing = Kinematics(ee=np.zeros((8, 3)), gripper=np.linspace(1, 0.3, 8), fps=10)
     assert dirs.describe(closing, np.zeros(8, np.int64), 0, 8, "puck", dirs.DirectionConfig()) == "closing the gripper"
 
@@ -191,7 +197,8 @@ def test_audit_mask_sets_flagged_labels_to_minus_one(annotated, tmp_path):
 
 def test_parse_reply_schema():
     labels = PHASES_4
-    assert parse_reply('```json\n{"phase": "Grasp", "direction": "closing the gripper"}\n```', labels, 100) == (1, "closing the gripper")
+    reply = '```json\n{"phase": "Grasp", "direction": "closing the gripper"}\n```'
+    assert parse_reply(reply, labels, 100) == (1, "closing the gripper")
     assert parse_reply('{"phase": "wiggle", "direction": "x"}', labels, 100) is None
     assert parse_reply('{"phase": "grasp"}', labels, 100) is None
     assert parse_reply("no json here", labels, 100) is None

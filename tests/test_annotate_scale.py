@@ -13,17 +13,18 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from test_teachers import NO_CUES, _policy_on_states, server  # noqa: F401  (fixture)
 
 from conftest import popen_interruptible
+from vla_distill.annotate.annotate import annotate
+from vla_distill.annotate.config import AnnotateConfig
 from vla_distill.annotate.episode import staged_episodes
-from vla_distill.annotate.annotate import AnnotateConfig, annotate
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.errors import ConfigError
 
-from test_teachers import NO_CUES, _policy_on_states, server  # noqa: F401  (fixture)
-
 LABEL_COLUMNS = ("action.teacher", "phase_index", "direction_index")
-META_TABLES = ("meta/phases.parquet", "meta/directions.parquet", "meta/direction_windows.parquet", "meta/task_embeddings.parquet")
+META_TABLES = ("meta/phases.parquet", "meta/directions.parquet", "meta/direction_windows.parquet",
+               "meta/task_embeddings.parquet")
 
 
 def assert_same_annotation(a, b, columns=LABEL_COLUMNS, tables=META_TABLES):
@@ -102,7 +103,8 @@ def test_ray_annotation_equals_single_process(ray_cluster, metaworld_dataset, an
 
 
 @pytest.mark.slow  # the default suite keeps Ray's equivalence with one process and its errors
-def test_ray_worker_killed_mid_run_is_recovered(ray_cluster, metaworld_dataset, state_policy_dir, tmp_path, server):  # noqa: F811
+def test_ray_worker_killed_mid_run_is_recovered(ray_cluster, metaworld_dataset, state_policy_dir, tmp_path,
+                                                server):  # noqa: F811
     from vla_distill.annotate.executors import RayExecutor
 
     s = server("openpi", state_policy_dir)
@@ -131,7 +133,8 @@ def test_errors_inside_ray_workers_arrive_as_themselves(ray_cluster, metaworld_d
     from vla_distill.teachers.remote import TeacherError
 
     with pytest.raises(ConfigError, match="teacher"):  # raised while the actor builds its teacher
-        annotate(metaworld_dataset, tmp_path / "a", AnnotateConfig(teacher="opnepi://x:1", **NO_CUES), RayExecutor(workers=1))
+        annotate(metaworld_dataset, tmp_path / "a", AnnotateConfig(teacher="opnepi://x:1", **NO_CUES),
+                 RayExecutor(workers=1))
     cfg = AnnotateConfig(teacher="openpi://127.0.0.1:9", teacher_options=(("retries", "0"),), **NO_CUES)
     with pytest.raises(TeacherError, match="no answer after 1 attempts"):  # raised while annotating an episode
         annotate(metaworld_dataset, tmp_path / "b", cfg, RayExecutor(workers=1))
@@ -141,7 +144,8 @@ def test_errors_inside_ray_workers_arrive_as_themselves(ray_cluster, metaworld_d
 
 
 @pytest.mark.slow  # a Ray cluster of its own and a server: the default suite keeps the other Ray cases
-def test_vlm_labels_on_ray_workers_share_one_answer_cache(ray_cluster, metaworld_dataset, tmp_path, server):  # noqa: F811
+def test_vlm_labels_on_ray_workers_share_one_answer_cache(ray_cluster, metaworld_dataset, tmp_path,
+                                                          server):  # noqa: F811
     from vla_distill.annotate.directions import windows
     from vla_distill.annotate.executors import RayExecutor
     from vla_distill.annotate.vlm import VLMConfig
@@ -164,7 +168,8 @@ def test_vlm_labels_on_ray_workers_share_one_answer_cache(ray_cluster, metaworld
 
 
 @pytest.mark.slow  # a Ray cluster of its own and a server: the default suite keeps the other Ray cases
-def test_interrupted_ray_job_resumes_from_the_cli(ray_cluster, metaworld_dataset, state_policy_dir, tmp_path, server):  # noqa: F811
+def test_interrupted_ray_job_resumes_from_the_cli(ray_cluster, metaworld_dataset, state_policy_dir, tmp_path,
+                                                  server):  # noqa: F811
     s = server("openpi", state_policy_dir, env={"DELAY_S": "0.01"})
     out = tmp_path / "ann"
     cmd = [sys.executable, "-m", "vla_distill.cli", "annotate", "--dataset", str(metaworld_dataset), "--out", str(out),

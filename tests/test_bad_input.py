@@ -54,7 +54,8 @@ def test_a_second_run_on_a_busy_output_is_one_line_error(command, annotated, tmp
     out = tmp_path / "out"
     out.mkdir()
     args = {"collect": ["collect", "--tasks", "reach-v3", "--episodes", "1", "--out", str(out)],
-            "train": ["train", "--dataset", str(annotated), "--preset", "tiny", "--steps", "1", "--out", str(out)]}[command]
+            "train": ["train", "--dataset", str(annotated), "--preset", "tiny", "--steps", "1", "--out",
+                      str(out)]}[command]
     with single_writer(out):  # a first run, still going
         assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -62,8 +63,10 @@ def test_a_second_run_on_a_busy_output_is_one_line_error(command, annotated, tmp
     assert list(out.iterdir()) == []  # nothing written beside the first run's files
 
 
-@pytest.mark.parametrize(("flag", "value", "bounds"), [("--port", "70000", "[0, 65535]"), ("--port", "-5", "[0, 65535]"),
-                                                     ("--max-batch", "0", "[1, inf]"), ("--batch-wait-ms", "-1", "[0, inf]")])
+@pytest.mark.parametrize(("flag", "value", "bounds"),
+                         [("--port", "70000", "[0, 65535]"), ("--port", "-5", "[0, 65535]"),
+                                                     ("--max-batch", "0", "[1, inf]"),
+                                                     ("--batch-wait-ms", "-1", "[0, inf]")])
 def test_serve_flags_out_of_range_are_refused_before_any_work(flag, value, bounds, capsys):
     with pytest.raises(SystemExit) as e:
         main(["serve", "--policy", "does-not-exist", flag, value])

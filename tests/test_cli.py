@@ -17,13 +17,13 @@ def test_every_stage_has_help(stage, capsys):
 
 
 def _config_fields(stage: str) -> set[str]:
-    from vla_distill.annotate.annotate import AnnotateConfig
+    from vla_distill.annotate.config import AnnotateConfig
     from vla_distill.annotate.vlm import VLMConfig
     from vla_distill.collect.config import CollectConfig
-    from vla_distill.deploy.control_loop import LoopConfig
-    from vla_distill.eval.evaluate import EvalConfig
+    from vla_distill.deploy.config import LoopConfig
+    from vla_distill.eval.config import EvalConfig
     from vla_distill.models.losses import LossConfig
-    from vla_distill.sim.metaworld import CameraConfig
+    from vla_distill.sim.base import CameraConfig
     from vla_distill.train.config import TrainConfig, VitaTrainConfig
 
     classes = {"train": (TrainConfig, LossConfig), "vita-train": (VitaTrainConfig,), "eval": (EvalConfig,),
@@ -52,7 +52,8 @@ def test_flags_reach_the_config_under_their_field_names():
     args = build_parser("train").parse_args(["train", "--dataset", "d", "--out", "o", "--ema", "0.99", "--keep-dropped",
                                              "--cameras", "a, b", "--dim-weights", "1,2", "--action-loss", "l1",
                                              "--vision", "efficientnet-lite0", "--no-feature-cache",
-                                             "--aux-state", "observation.environment_state", "--aux-state-weight", "0.5"])
+                                             "--aux-state", "observation.environment_state", "--aux-state-weight",
+                                             "0.5"])
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
     loss = LossConfig(**{k: v for k, v in vars(args).items() if k in LossConfig.__dataclass_fields__})
     assert cfg.ema_decay == 0.99 and cfg.drop_audited is False and cfg.cameras == ("a", "b") and cfg.steps == 2000

@@ -13,10 +13,11 @@ from vla_distill.collect.collect import collect
 from vla_distill.collect.config import CollectConfig
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.errors import ConfigError
-from vla_distill.sim.metaworld import CameraConfig, MetaWorldEnv
-from vla_distill.sim.metaworld_tasks import GROUPS, resolve_tasks
+from vla_distill.sim.base import CameraConfig
+from vla_distill.sim.metaworld.env import MetaWorldEnv
+from vla_distill.sim.metaworld.tasks import GROUPS, resolve_tasks
 
-SMALL = CameraConfig(height=64, width=64)
+SMALL = CameraConfig(("corner2", "gripper"), height=64, width=64)
 
 
 def test_resolve_tasks():
@@ -41,12 +42,12 @@ def test_env_observation_and_cameras():
         corner = obs["observation.images.corner2"].astype(float)
         redness = corner[..., 0] - corner[..., 2]
         assert redness[-16:].mean() > redness[:16].mean() + 5
-        puck_a = env.raw_obs[4:7].copy()
+        puck_a = env.env_state[4:7].copy()
     with MetaWorldEnv("push-v3", SMALL) as env:
         env.reset(seed=4)
-        assert not np.allclose(puck_a, env.raw_obs[4:7])  # a different seed places the puck elsewhere
+        assert not np.allclose(puck_a, env.env_state[4:7])  # a different seed places the puck elsewhere
         env.reset(seed=3)
-        np.testing.assert_allclose(puck_a, env.raw_obs[4:7])
+        np.testing.assert_allclose(puck_a, env.env_state[4:7])
 
 
 def test_collect_one_episode_two_tasks(tmp_path):
@@ -64,7 +65,8 @@ def test_collect_one_episode_two_tasks(tmp_path):
         assert success.any() and ep.extra["success_frame"] == first
         assert len(rows) == first + 1 + 3  # stops 3 frames after the first success
         assert ds.column("next.done")[rows].tolist() == [False] * (len(rows) - 1) + [True]
-        np.testing.assert_array_equal(ds.column("observation.state")[rows], ds.column("observation.environment_state")[rows][:, :4])
+        np.testing.assert_array_equal(ds.column("observation.state")[rows],
+                                      ds.column("observation.environment_state")[rows][:, :4])
         assert np.abs(ds.column("action")[rows]).max() <= 1.0
         for key in ("observation.images.corner2", "observation.images.gripper"):
             imgs = ds.frames(key, rows[[0, len(rows) // 2, -1]])
@@ -83,10 +85,12 @@ def _collect_cmd(out):
 
 
 # kill -9 at seeded moments is test_faults.py's; the default suite keeps Ctrl-C here
-@pytest.mark.parametrize("sig", [pytest.param(signal.SIGKILL, marks=pytest.mark.slow), signal.SIGINT], ids=["kill-9", "ctrl-c"])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGKILL, marks=pytest.mark.slow), signal.SIGINT],
+                         ids=["kill-9", "ctrl-c"])
 def test_resume_after_interrupt(tmp_path, sig):
     out = tmp_path / "ds"
-    proc = popen_interruptible(_collect_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    proc = popen_interruptible(_collect_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / ".partial/attempts").glob("*.json"))) < 2:
         time.sleep(0.05)
@@ -114,12 +118,14 @@ def test_action_noise_perturbs_the_executed_xyz_reproducibly():
     """DART: the executed xyz actions leave the expert's (seeded, so a resumed run repeats them); the gripper stays
     the expert's; the states differ from the clean rollout's, which is what the teacher's relabels are for."""
     from vla_distill.collect.collect import rollout
-    from vla_distill.sim.metaworld import expert_action, expert_policy
+    from vla_distill.sim.metaworld.expert import expert_action, expert_policy
+    from vla_distill.sim.registry import get_simulator
 
     with MetaWorldEnv("reach-v3", CameraConfig(names=("corner2",), height=16, width=16)) as env:
-        clean, _ = rollout(env, 7, 3)
-        noisy, first = rollout(env, 7, 3, action_noise=0.5)
-        again, _ = rollout(env, 7, 3, action_noise=0.5)
+        mw = get_simulator("metaworld")
+        clean, _ = rollout(env, 7, 3, mw.expert("reach-v3"))
+        noisy, first = rollout(env, 7, 3, mw.expert("reach-v3"), action_noise=0.5, noise_dims=mw.noise_dims)
+        again, _ = rollout(env, 7, 3, mw.expert("reach-v3"), action_noise=0.5, noise_dims=mw.noise_dims)
     np.testing.assert_array_equal(noisy["action"], again["action"])
     expert = expert_policy("reach-v3")
     relabel = np.stack([expert_action(expert, s) for s in noisy["observation.environment_state"]])
@@ -131,13 +137,15 @@ def test_action_noise_perturbs_the_executed_xyz_reproducibly():
     with pytest.raises(ConfigError, match="action_noise"):
         CollectConfig(tasks=("reach-v3",), action_noise=-0.1)
     plan = CollectConfig(tasks=("reach-v3",)).plan()
-    assert "action_noise" not in plan and CollectConfig(tasks=("reach-v3",), action_noise=0.5).plan()["action_noise"] == 0.5
+    assert "action_noise" not in plan and CollectConfig(tasks=("reach-v3",),
+                                                        action_noise=0.5).plan()["action_noise"] == 0.5
 
 
 def test_policy_drives_and_every_rollout_is_kept(tmp_path, tiny_student):
     """DAgger: a trained policy acts instead of the expert; every rollout becomes an episode whether it succeeded or
-    not, so `annotate --teacher scripted` can relabel the states the policy reached; the cameras must be the policy's."""
-    from vla_distill.sim.metaworld import expert_action, expert_policy
+    not, so `annotate --teacher scripted` can relabel the states the policy reached; the cameras must be the
+    policy's."""
+    from vla_distill.sim.metaworld.expert import expert_action, expert_policy
 
     cfg = CollectConfig(tasks=("reach-v3",), episodes=1, seed=5, cameras=SMALL, workers=1, policy=str(tiny_student))
     ds = RobotDataset(collect(cfg, tmp_path / "dagger"))
@@ -153,7 +161,8 @@ def test_policy_drives_and_every_rollout_is_kept(tmp_path, tiny_student):
                 tmp_path / "wrong")
     with pytest.raises(ConfigError, match="field 'cameras and image_size': .* collect with --cameras corner2,gripper "
                                           "--image-size 64$"):  # both wrong: both named
-        collect(CollectConfig(tasks=("reach-v3",), cameras=CameraConfig(("corner2",), 32, 32), policy=str(tiny_student)),
+        collect(CollectConfig(tasks=("reach-v3",), cameras=CameraConfig(("corner2",), 32, 32),
+                              policy=str(tiny_student)),
                 tmp_path / "wrong")
     assert not (tmp_path / "wrong").exists()
     with pytest.raises(ConfigError, match="action_noise"):

@@ -32,7 +32,8 @@ def test_layout_matches_lerobot_v30(fake_dataset):
     assert tasks.column_names == ["task_index", "__index_level_0__"]
     eps = pq.read_table(root / "meta/episodes/chunk-000/file-000.parquet")
     for col in ("episode_index", "tasks", "length", "data/chunk_index", "data/file_index", "dataset_from_index",
-                "dataset_to_index", "videos/observation.images.cam/from_timestamp", "videos/observation.images.cam/to_timestamp",
+                "dataset_to_index", "videos/observation.images.cam/from_timestamp",
+                "videos/observation.images.cam/to_timestamp",
                 "stats/action/mean", "stats/observation.images.cam/q50", "meta/episodes/chunk_index"):
         assert col in eps.column_names, col
     starts = eps.column("videos/observation.images.cam/from_timestamp").to_pylist()
@@ -97,10 +98,12 @@ def test_stats_against_numpy(fake_dataset):
     np.testing.assert_allclose(st["q50"], (per_ep * lengths[:, None]).sum(0) / lengths.sum(), rtol=1e-6)
     # image stats are per channel in [0, 1]
     pixels = np.concatenate([e["observation.images.png"] for e in episodes]).astype(np.float64) / 255
-    np.testing.assert_allclose(ds.stats["observation.images.png"]["mean"].reshape(3), pixels.mean(axis=(0, 1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(ds.stats["observation.images.png"]["mean"].reshape(3), pixels.mean(axis=(0, 1, 2)),
+                               rtol=1e-6)
     # stats over a subset of episodes (a training split) come from the episodes table
     sub = ds.episode_stats([1, 3])
-    np.testing.assert_allclose(sub["action"]["mean"], np.concatenate([episodes[1]["action"], episodes[3]["action"]]).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(sub["action"]["mean"],
+                               np.concatenate([episodes[1]["action"], episodes[3]["action"]]).mean(0), rtol=1e-5)
 
 
 def test_image_stats_match_numpy_exactly():
@@ -144,7 +147,8 @@ def test_merge_copies_every_frame_and_renumbers(tmp_path):
             assert np.allclose(m.episode_stats([e])["action"]["mean"], src.episode_stats([i])["action"]["mean"])
             e += 1
     assert sorted(m.tasks) == ["task 0", "task 1"]
-    assert np.allclose(m.stats["action"]["mean"], np.concatenate([s.column("action") for s in sources]).mean(0), atol=1e-5)
+    assert np.allclose(m.stats["action"]["mean"], np.concatenate([s.column("action") for s in sources]).mean(0),
+                       atol=1e-5)
     ranges = json.loads((tmp_path / "m" / MERGE_PATH).read_text())["sources"]
     assert [r["episodes"] for r in ranges] == [[0, 2], [2, 5]]
     assert not (tmp_path / "m.building").exists()
@@ -167,6 +171,29 @@ def test_merge_refuses_different_features_and_a_used_output(tmp_path):
     (tmp_path / "a" / "meta" / "annotation.json").write_text("{}")
     with pytest.raises(DatasetError, match="annotated"):
         merge([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+
+
+def test_merge_drops_a_feature_only_some_datasets_have_when_asked(tmp_path):
+    """A column recorded since a later version (as observation.contact): refused by default with the way out named;
+    `drop` leaves it out of the merge, every other column and frame copied."""
+    from vla_distill.cli import main
+    from vla_distill.data.dataset import RobotDataset
+    from vla_distill.data.merge import MERGE_PATH, merge
+    from vla_distill.errors import ConfigError, DatasetError
+
+    write_fake_dataset(tmp_path / "a", lengths=(4, 3))
+    write_fake_dataset(tmp_path / "b", lengths=(5,), image=False)
+    with pytest.raises(DatasetError, match="--drop-features observation.images.png"):
+        merge([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+    assert main(["merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m"),
+                 "--drop-features", "observation.images.png"]) == 0
+    m = RobotDataset(tmp_path / "m")
+    m.validate()
+    assert "observation.images.png" not in m.features and m.num_frames == 12 and "observation.images.cam" in m.features
+    assert set(m.stats) >= {"action", "observation.state"} and "observation.images.png" not in m.stats
+    assert json.loads((tmp_path / "m" / MERGE_PATH).read_text())["dropped_features"] == ["observation.images.png"]
+    with pytest.raises(ConfigError, match="'observation.nothing' is not a feature"):
+        merge([tmp_path / "a", tmp_path / "b"], tmp_path / "m2", drop=("observation.nothing",))
 
 
 def test_encoding_leaves_the_threads_scheduling_alone(tmp_path):

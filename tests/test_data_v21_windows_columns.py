@@ -13,8 +13,7 @@ from vla_distill.data.arrow import to_arrow
 from vla_distill.data.columns import add_columns
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.data.video import encode_video
-from vla_distill.data.windows import (FrameCache, WindowedDataset, deltas_from_timestamps, frame_identity,
-                                     split_episodes)
+from vla_distill.data.windows import FrameCache, WindowedDataset, deltas_from_timestamps, frame_identity, split_episodes
 from vla_distill.errors import ConfigError, DatasetError
 from vla_distill.types import DEFAULT_FEATURES
 
@@ -38,7 +37,8 @@ def write_v21(root, lengths=(5, 8, 6)):
         episodes.append(frames)
         cols = {
             "observation.state": frames["observation.state"], "action": frames["action"],
-            "timestamp": (np.arange(n) / FPS).astype(np.float32), "frame_index": np.arange(n), "episode_index": np.full(n, e),
+            "timestamp": (np.arange(n) / FPS).astype(np.float32), "frame_index": np.arange(n),
+            "episode_index": np.full(n, e),
             "index": np.arange(start, start + n), "task_index": np.full(n, e % 2),
         }
         path = root / f"data/chunk-000/episode_{e:06d}.parquet"

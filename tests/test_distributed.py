@@ -71,6 +71,7 @@ def test_resume_on_a_different_world_size(annotated, single, tmp_path):
 
 
 def test_gradient_accumulation_keeps_the_optimizer_batch(annotated, tmp_path):
-    proc = _train(annotated, tmp_path / "acc", "--batch-size", "4", "--grad-accum", "2", "--steps", "2", "--save-every", "2")
+    proc = _train(annotated, tmp_path / "acc", "--batch-size", "4", "--grad-accum", "2", "--steps", "2",
+                  "--save-every", "2")
     assert "effective batch 8 = 4 per process x 1 processes x 2 accumulation" in proc.stderr
     assert "'observation.state': (4, 4)" in proc.stderr  # micro-batches of 4

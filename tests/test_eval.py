@@ -13,25 +13,37 @@ import pytest
 import torch
 
 from vla_distill.data.dataset import RobotDataset
-from vla_distill.sim.metaworld_tasks import EVAL_SEED_BASE
-from vla_distill.sim.registry import get_simulator
-from vla_distill.eval.metrics import aggregate, latency_summary
-from vla_distill.eval.observe import GRASP, RELEASE, TRANSPORT, ObserveConfig, direction_spread, phase_flags, progress_profile
-from vla_distill.eval.evaluate import EvalConfig, evaluate
 from vla_distill.errors import ConfigError
+from vla_distill.eval.config import EvalConfig
+from vla_distill.eval.evaluate import evaluate
+from vla_distill.eval.metrics import aggregate, latency_summary
+from vla_distill.eval.observe import (
+    GRASP,
+    RELEASE,
+    TRANSPORT,
+    ObserveConfig,
+    direction_spread,
+    phase_flags,
+    progress_profile,
+)
+from vla_distill.eval.records import EpisodeRecord
 from vla_distill.eval.stats import compare, distinguishable, paired, paired_counts, wilson
+from vla_distill.sim.metaworld.tasks import EVAL_SEED_BASE
+from vla_distill.sim.registry import get_simulator
 
 CLI = [sys.executable, "-m", "vla_distill.cli"]
 A, G, T, R = 0, GRASP, TRANSPORT, RELEASE
 
 
-def rec(task: str, group: str, episode: int, success: bool) -> dict:
-    return {"task": task, "task_group": group, "episode": episode, "success": success, "sum_reward": 1.0 + episode,
-            "max_reward": 0.5, "video_path": None}
+def rec(task: str, group: str, episode: int, success: bool) -> EpisodeRecord:
+    return EpisodeRecord(task=task, task_group=group, episode=episode, seed=episode, success=success,
+                         first_success=3 if success else None, steps=10, sum_reward=1.0 + episode, max_reward=0.5,
+                         calls=10, seconds=0.1, video_path=None)
 
 
 def test_aggregate_reports_lerobot_shape_and_both_means():
-    records = [rec("a", "easy", 0, True), rec("a", "easy", 1, True), rec("b", "easy", 0, True), rec("b", "easy", 1, False),
+    records = [rec("a", "easy", 0, True), rec("a", "easy", 1, True), rec("b", "easy", 0, True),
+               rec("b", "easy", 1, False),
                rec("c", "hard", 0, False), rec("c", "hard", 1, False)]
     info = aggregate(records, eval_s=6.0)
     assert [t["task"] for t in info["per_task"]] == ["a", "b", "c"]
@@ -79,7 +91,8 @@ def test_paired_interval_covers_the_true_difference_95_percent_of_the_time():
 
 def test_compare_pairs_episodes_by_seed_and_counts_the_unpaired():
     def info(task_rows):
-        return {"per_task": [{"task": t, "metrics": {"seeds": list(s), "successes": list(ok)}} for t, s, ok in task_rows]}
+        return {"per_task": [{"task": t, "metrics": {"seeds": list(s), "successes": list(ok)}} for t, s,
+                             ok in task_rows]}
 
     a = info([("x", [1, 2, 3], [True, True, False]), ("y", [7], [True])])
     b = info([("x", [3, 2, 1, 4], [True, False, True, True]), ("z", [7], [False])])
@@ -105,7 +118,8 @@ def test_held_out_seeds_never_meet_collection_seeds():
 
 def test_noisy_teacher_in_closed_loop_is_seeded_per_episode():
     from vla_distill.eval.actors import make_actor
-    from vla_distill.sim.metaworld import CameraConfig, MetaWorldEnv
+    from vla_distill.sim.base import CameraConfig
+    from vla_distill.sim.metaworld.env import MetaWorldEnv
 
     actor = make_actor("noisy[std=0.2,toggle=0.2]:scripted")
     with MetaWorldEnv("reach-v3", CameraConfig(names=())) as env:
@@ -204,13 +218,15 @@ def test_eval_info_of_teacher_and_fake_policy(teacher_and_frozen):
         assert t["metrics"]["seeds"] == on_disk["eval"]["seeds"][t["task"]]
         assert t["pc_success_ci95"][1] == 100.0 and 30 < t["pc_success_ci95"][0] < 40  # Wilson, 2/2
     assert on_disk["overall"]["pc_success_ci95"][0] > 50 and frozen["overall"]["pc_success_ci95"][0] == 0.0
-    assert set(on_disk["per_group"]["easy"]) >= {"avg_sum_reward", "avg_max_reward", "pc_success", "n_episodes", "video_paths"}
+    assert set(on_disk["per_group"]["easy"]) >= {"avg_sum_reward", "avg_max_reward", "pc_success", "n_episodes",
+                                                 "video_paths"}
     p = frozen["policy"]
     assert p["kind"] == "policy" and p["parameters"] > 0 and p["latency_ms_p50"] > 0 and p["calls"] == 20
     assert p["peak_rss_mb"] > 0 and p["control_hz"] > 0
     # The frozen arm is flagged: its hand never moves before the step limit.
     obs = json.loads((root / "frozen" / "observability.json").read_text())
-    assert {(f["task"], f["kind"]) for f in obs["flags"]} == {("reach-v3", "stuck_phase"), ("button-press-topdown-v3", "stuck_phase")}
+    assert {(f["task"], f["kind"]) for f in obs["flags"]} == {("reach-v3", "stuck_phase"),
+                                                              ("button-press-topdown-v3", "stuck_phase")}
     seeds = on_disk["eval"]["seeds"]["reach-v3"]
     assert seeds == get_simulator("metaworld").eval_seeds("reach-v3", 2, 0)
     # The teacher's video shows the scene (not a blank frame) for every step it ran.
@@ -243,13 +259,16 @@ def test_eval_of_a_real_tiny_checkpoint_over_two_processes_resumes(tiny_student,
     info = evaluate(cfg)
     assert info["overall"]["n_episodes"] == 2 and info["eval"]["workers"] == 2
     assert info["overall"]["pc_success"] == 0.0  # 30 steps are too few to reach
-    assert info["per_task"][0]["metrics"]["video_paths"] == ["videos/reach-v3/episode_0.mp4", "videos/reach-v3/episode_1.mp4"]
+    assert info["per_task"][0]["metrics"]["video_paths"] == ["videos/reach-v3/episode_0.mp4",
+                                                             "videos/reach-v3/episode_1.mp4"]
     p = info["policy"]
     assert p["kind"] == "student" and p["phase_names"] == ["approach", "grasp", "transport", "release"]
     assert p["parameters"] > 1e6 and p["horizon"] == 1
     z = np.load(out / "episodes" / "reach-v3" / "0001.npz")
     assert z["phase"].shape == (30,) and set(np.unique(z["phase"])) <= {0, 1, 2, 3}
-    assert z["directions"].shape == (30, 384) and np.allclose(np.linalg.norm(z["directions"].astype(np.float32), axis=1), 1, atol=1e-2)
+    assert z["directions"].shape == (30,
+                                     384) and np.allclose(np.linalg.norm(z["directions"].astype(np.float32), axis=1), 1,
+                                                          atol=1e-2)
     assert "reference_ground_truth" in z and "reference_annotator" in z
     ep0 = json.loads((out / "episodes" / "reach-v3" / "0000.json").read_text())
     assert set(ep0["phase_agreement"]) == {"ground_truth", "annotator"}
@@ -271,7 +290,8 @@ def test_eval_of_a_real_tiny_checkpoint_over_two_processes_resumes(tiny_student,
 
 
 def test_eval_cli_bad_input_is_one_line(tmp_path):
-    r = subprocess.run(CLI + ["eval", "--policy", str(tmp_path / "nope"), "--tasks", "reach-v3", "--out", str(tmp_path / "e")],
+    r = subprocess.run(CLI + ["eval", "--policy", str(tmp_path / "nope"), "--tasks", "reach-v3", "--out",
+                              str(tmp_path / "e")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "policy" in r.stderr
     r = subprocess.run(CLI + ["eval", "--policy", "scripted", "--tasks", "reach-v9", "--out", str(tmp_path / "e")],
@@ -282,18 +302,19 @@ def test_eval_cli_bad_input_is_one_line(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- LIBERO
 def test_libero_task_names_and_state_conventions():
-    from vla_distill.sim import libero
+    from vla_distill.sim.libero import env, tasks
 
-    assert libero.resolve_tasks("libero_goal/3,libero_spatial")[:2] == ["libero_goal/3", "libero_spatial/0"]
-    assert len(libero.resolve_tasks("libero_90")) == 90 and libero.MAX_STEPS["libero_10"] == 520
+    assert tasks.resolve_tasks("libero_goal/3,libero_spatial")[:2] == ["libero_goal/3", "libero_spatial/0"]
+    assert len(tasks.resolve_tasks("libero_90")) == 90 and tasks.MAX_STEPS["libero_10"] == 520
     with pytest.raises(Exception, match="suites"):
-        libero.resolve_tasks("libero_long")
+        tasks.resolve_tasks("libero_long")
     # robosuite quaternions are (x, y, z, w): 90 degrees about z.
     q = np.array([0, 0, np.sin(np.pi / 4), np.cos(np.pi / 4)])
-    np.testing.assert_allclose(libero.quat_to_axis_angle(q), [0, 0, np.pi / 2], atol=1e-6)
+    np.testing.assert_allclose(env.quat_to_axis_angle(q), [0, 0, np.pi / 2], atol=1e-6)
 
 
-@pytest.mark.skipif(__import__("vla_distill.sim.libero", fromlist=["x"]).unavailable() is None, reason="LIBERO is installed")
+@pytest.mark.skipif(__import__("vla_distill.sim.libero.env", fromlist=["x"]).unavailable() is None,
+                    reason="LIBERO is installed")
 def test_libero_missing_gives_the_install_hint(tmp_path):
     r = subprocess.run(CLI + ["eval", "--env", "libero", "--policy", "scripted", "--tasks", "libero_spatial/0",
                               "--out", str(tmp_path / "e")], capture_output=True, text=True)
@@ -301,10 +322,10 @@ def test_libero_missing_gives_the_install_hint(tmp_path):
     assert not (tmp_path / "e").exists()
 
 
-@pytest.mark.skipif(__import__("vla_distill.sim.libero", fromlist=["x"]).unavailable() is not None,
+@pytest.mark.skipif(__import__("vla_distill.sim.libero.env", fromlist=["x"]).unavailable() is not None,
                     reason="LIBERO and its assets are not installed (pip install hf-libero robosuite==1.4.0)")
 def test_libero_env_runs_with_openpi_conventions():
-    from vla_distill.sim.libero import LiberoEnv
+    from vla_distill.sim.libero.env import LiberoEnv
 
     env = LiberoEnv("libero_spatial/0")
     obs = env.reset(0)
@@ -339,7 +360,8 @@ def test_an_ablated_head_is_not_reported(tiny_student, tmp_path):
 def test_a_task_the_policy_never_trained_on_is_named_in_a_warning(tiny_student, tmp_path, capsys):
     # tiny_student learned reach and pick-place only
     common = dict(policy=str(tiny_student), episodes=1, max_steps=3, workers=1, videos=0, latency_steps=0)
-    info = evaluate(EvalConfig(out=str(tmp_path / "new"), tasks=("button-press-topdown-v3", "reach-v3"), chunk="ensemble",
+    info = evaluate(EvalConfig(out=str(tmp_path / "new"), tasks=("button-press-topdown-v3", "reach-v3"),
+                               chunk="ensemble",
                                **common))
     err = capsys.readouterr().err
     assert "never trained on button-press-topdown-v3" in err and "never trained on reach-v3" not in err

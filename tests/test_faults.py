@@ -95,11 +95,12 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
     "NaN in the actions": (lambda r: _edit_column(r / DATA, "action", _nan_state),
                            f"{DATA}: field 'action': holds NaN/inf (frame index 3)"),
     "episode offsets lie": (lambda r: _edit_column(r / EPISODES, "dataset_from_index", lambda v: v + 1),
-                            f"{EPISODES}: field 'dataset_from_index': episode 0 starts at row 1; the rows before it end "
-                            "at 0"),
+                            f"{EPISODES}: field 'dataset_from_index': episode 0 starts at row 1; the rows before it "
+                            "end at 0"),
     "last episode ends 1 row past the data": (lambda r: _edit_column(r / EPISODES, "dataset_to_index", _last_plus(1)),
                                               f"{EPISODES}: field 'dataset_to_index': episode 3 ends at row"),
-    "last episode ends 500 rows past the data": (lambda r: _edit_column(r / EPISODES, "dataset_to_index", _last_plus(500)),
+    "last episode ends 500 rows past the data": (lambda r: _edit_column(r / EPISODES, "dataset_to_index",
+                                                                        _last_plus(500)),
                                                  f"{EPISODES}: field 'dataset_to_index': episode 3 ends at row"),
     "video span 100 s past its clip": (lambda r: _edit_column(r / EPISODES, f"videos/{CAMERA}/to_timestamp",
                                                               _last_plus(100.0)),
@@ -157,10 +158,12 @@ BAD_COMMANDS: dict[str, tuple[Callable[[Path, Path, Path], list[str]], str]] = {
     "train --lr nan": (lambda ds, t, run: ["train", "--dataset", str(ds), "--out", str(t / "out"), "--lr", "nan"],
                        "lr: must be a finite number > 0, got nan"),
     "train --dim-weights of the wrong length": (
-        lambda ds, t, run: ["train", "--dataset", str(ds), "--out", str(t / "out"), "--dim-weights", "1,2", "--steps", "2"],
+        lambda ds, t,
+        run: ["train", "--dataset", str(ds), "--out", str(t / "out"), "--dim-weights", "1,2", "--steps", "2"],
         "field 'dim_weights': 2 weights given, the action 'action.teacher' has 4 dimensions"),
     "train --dim-weights nan": (lambda ds, t, run: ["train", "--dataset", str(ds), "--out", str(t / "out"),
-                                                    "--dim-weights", "1,1,nan,1"], "dim_weights: each must be a finite"),
+                                                    "--dim-weights", "1,1,nan,1"],
+                                                    "dim_weights: each must be a finite"),
     "train without --dataset": (lambda ds, t, run: ["train", "--out", str(t / "out")], "--dataset is required"),
     "export of truncated weights": (
         lambda ds, t, run: ["export", "--policy", str(_truncated_copy(run, t / "run")), "--out", str(t / "out")],
@@ -172,7 +175,8 @@ BAD_COMMANDS: dict[str, tuple[Callable[[Path, Path, Path], list[str]], str]] = {
                                                "--out", str(t / "out")], "field 'seed': must be >= 0, got -21475"),
     "eval --seed -1": (lambda ds, t, run: ["eval", "--policy", "scripted", "--tasks", "reach-v3", "--seed", "-1",
                                            "--out", str(t / "out")], "field 'seed': must be >= 0, got -1"),
-    "collect --seed -3": (lambda ds, t, run: ["collect", "--tasks", "reach-v3", "--seed", "-3", "--out", str(t / "out")],
+    "collect --seed -3": (lambda ds, t,
+                          run: ["collect", "--tasks", "reach-v3", "--seed", "-3", "--out", str(t / "out")],
                           "field 'seed': must be >= 0, got -3"),
 }
 
@@ -230,7 +234,8 @@ def _uninterrupted(cmd: list[str], out: Path, result: Callable[[Path], dict]) ->
     return result(out), time.perf_counter() - t0, out
 
 
-def _kill_and_rerun(cmd: list[str], trial, seconds: float, moments: dict[str, Callable[[], bool]] | None = None) -> None:
+def _kill_and_rerun(cmd: list[str], trial, seconds: float,
+                    moments: dict[str, Callable[[], bool]] | None = None) -> None:
     """kill -9 at the seeded moment `trial` (a fraction of the uninterrupted run's seconds), or as soon as the named
     moment's condition holds (polled every millisecond); then the same command, which must finish."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -290,8 +295,10 @@ def _annotate_cmd(dataset: Path, out: Path) -> list[str]:
 
 
 def _annotation(root: Path) -> dict:
-    tables = {name: pq.read_table(root / "meta" / name).to_pydict() for name in ("phases.parquet", "directions.parquet")}
-    return {**_content(root), **{f"{n}/{k}": np.asarray(v, dtype=object) for n, t in tables.items() for k, v in t.items()}}
+    tables = {name: pq.read_table(root / "meta" / name).to_pydict() for name in ("phases.parquet",
+                                                                                 "directions.parquet")}
+    return {**_content(root),
+            **{f"{n}/{k}": np.asarray(v, dtype=object) for n, t in tables.items() for k, v in t.items()}}
 
 
 @pytest.fixture(scope="module")
@@ -301,7 +308,8 @@ def annotated_once(metaworld_dataset, tmp_path_factory):
 
 
 @pytest.mark.parametrize("trial", trials([]) + [pytest.param("assembly", marks=pytest.mark.slow)])
-def test_annotate_killed_at_a_random_moment_reruns_to_the_same_dataset(metaworld_dataset, annotated_once, tmp_path, trial):
+def test_annotate_killed_at_a_random_moment_reruns_to_the_same_dataset(metaworld_dataset, annotated_once, tmp_path,
+                                                                       trial):
     """kill -9 at a seeded moment, or once every episode is staged (the output dataset is being written)."""
     from vla_distill.annotate.episode import staged_episodes
 
@@ -328,7 +336,8 @@ def test_annotate_killed_after_writing_its_output_finishes_on_the_rerun(metaworl
     assert not (tmp_path / "ann.partial").exists()
     _assert_same(_annotation(out), reference)
     r = subprocess.run([*_annotate_cmd(metaworld_dataset, out)[:-1], "noisy:scripted"], capture_output=True, text=True)
-    assert r.returncode == 2 and "output directory already exists" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 2 and "output directory already exists" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def _train_cmd(dataset: Path, run: Path) -> list[str]:
@@ -363,13 +372,15 @@ def test_train_killed_at_a_random_moment_reruns_to_the_same_run(annotated, train
     reference, seconds, _ = trained_once
     run = tmp_path / "run"
     writing = lambda step: lambda: (run / "checkpoints" / f".{step:06d}.tmp").exists()  # noqa: E731
-    _kill_and_rerun(_train_cmd(annotated, run), trial, seconds, {"first checkpoint": writing(4), "checkpoint": writing(8)})
+    _kill_and_rerun(_train_cmd(annotated, run), trial, seconds,
+                    {"first checkpoint": writing(4), "checkpoint": writing(8)})
     _assert_same(_training(run), reference)
     assert not list((run / "checkpoints").glob(".*.tmp"))
 
 
 def _eval_cmd(out: Path) -> list[str]:
-    return [sys.executable, "-m", "vla_distill.cli", "eval", "--policy", "noisy:scripted", "--tasks", "reach-v3,push-v3",
+    return [sys.executable, "-m", "vla_distill.cli", "eval", "--policy", "noisy:scripted", "--tasks",
+            "reach-v3,push-v3",
             "--episodes", "3", "--max-steps", "60", "--workers", "1", "--videos", "1", "--latency-steps", "5",
             "--out", str(out)]
 

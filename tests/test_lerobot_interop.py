@@ -44,7 +44,8 @@ def assert_matches_lerobot(ds: RobotDataset, expected: dict[str, np.ndarray]) ->
                     dists = np.abs(want[ep] - got[i]).mean(axis=(1, 2, 3))
                     assert ep[int(dists.argmin())] == i, f"{key}: frame {i} decoded as another frame"
         else:
-            np.testing.assert_array_equal(np.asarray(ds.column(key)).reshape(expected[key].shape), expected[key], err_msg=key)
+            np.testing.assert_array_equal(np.asarray(ds.column(key)).reshape(expected[key].shape), expected[key],
+                                          err_msg=key)
 
 
 def test_golden_dataset_written_by_lerobot_opens_frame_exact():
@@ -60,7 +61,8 @@ def test_golden_dataset_written_by_lerobot_opens_frame_exact():
 def run_lerobot(*args: str) -> None:
     if not Path(LEROBOT_PY).exists():
         pytest.skip("lerobot reference environment missing: run `make interop`")
-    result = subprocess.run([LEROBOT_PY, str(HERE / "interop" / "lerobot_side.py"), *args], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([LEROBOT_PY, str(HERE / "interop" / "lerobot_side.py"), *args], capture_output=True,
+                            text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -98,7 +100,8 @@ def test_our_layout_matches_what_lerobot_writes(tmp_path):
     theirs_info = json.loads((GOLDEN / "meta/info.json").read_text())
     ours_info = json.loads((root / "meta/info.json").read_text())
     assert set(ours_info) == set(theirs_info)
-    assert ours_info["features"]["observation.images.cam"]["info"].keys() == theirs_info["features"]["observation.images.cam"]["info"].keys()
+    cam = "observation.images.cam"
+    assert ours_info["features"][cam]["info"].keys() == theirs_info["features"][cam]["info"].keys()
     episodes = "meta/episodes/chunk-000/file-000.parquet"
     theirs_cols = set(pq.read_schema(GOLDEN / episodes).names)
     ours_cols = set(pq.read_schema(root / episodes).names)

@@ -55,7 +55,8 @@ def write_so101(root: Path, episodes: int = 2, size: int = 224, cameras=("front"
         for e in range(episodes):
             q = so101_episode(e)
             frames = {"observation.state": q, "action": np.roll(q, -1, axis=0),
-                      **{f"observation.images.{c}": smooth_frames(60, size, 30 * e + 9 * i) for i, c in enumerate(cameras)}}
+                      **{f"observation.images.{c}": smooth_frames(60, size, 30 * e + 9 * i) for i,
+                         c in enumerate(cameras)}}
             w.add_episode(Episode(frames, task="pick up the cube and place it in the box"))
     return root
 
@@ -64,7 +65,8 @@ def write_libero_shaped(root: Path, episodes: int = 2, size: int = 256) -> Path:
     """LIBERO's shape as openpi and lerobot store it: 8-d state (eef xyz, axis-angle, two fingers), 7-d actions, an
     agent-view and a wrist camera at 256 px, 10 fps."""
     features = {
-        "observation.state": {"dtype": "float32", "shape": [8], "names": ["x", "y", "z", "ax", "ay", "az", "gripper", "gripper"]},
+        "observation.state": {"dtype": "float32", "shape": [8],
+                              "names": ["x", "y", "z", "ax", "ay", "az", "gripper", "gripper"]},
         "action": {"dtype": "float32", "shape": [7], "names": ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]},
         "observation.images.image": video_feature(size, size, 10, "libsvtav1"),
         "observation.images.wrist_image": video_feature(size, size, 10, "libsvtav1"),
@@ -72,11 +74,15 @@ def write_libero_shaped(root: Path, episodes: int = 2, size: int = 256) -> Path:
     with DatasetWriter(root, 10, features, robot_type="panda") as w:
         for e in range(episodes):
             t = 30
-            ee = np.concatenate([_ease(np.array([0, 0, 0.3]), np.array([0.1, 0.05, 0.05]), 10), np.tile([0.1, 0.05, 0.05], (5, 1)),
-                                 _ease(np.array([0.1, 0.05, 0.05]), np.array([-0.1, 0.1, 0.2]), 10), np.tile([-0.1, 0.1, 0.2], (5, 1))])
-            finger = np.concatenate([np.full(10, 0.04), _ease(0.04, 0.01, 5)[:, 0], np.full(10, 0.01), _ease(0.01, 0.04, 5)[:, 0]])
+            ee = np.concatenate([_ease(np.array([0, 0, 0.3]), np.array([0.1, 0.05, 0.05]), 10),
+                                 np.tile([0.1, 0.05, 0.05], (5, 1)),
+                                 _ease(np.array([0.1, 0.05, 0.05]), np.array([-0.1, 0.1, 0.2]), 10),
+                                 np.tile([-0.1, 0.1, 0.2], (5, 1))])
+            finger = np.concatenate([np.full(10, 0.04), _ease(0.04, 0.01, 5)[:, 0], np.full(10, 0.01),
+                                     _ease(0.01, 0.04, 5)[:, 0]])
             state = np.column_stack([ee, np.zeros((t, 3)), finger, -finger]).astype(np.float32)
-            action = np.column_stack([np.gradient(ee, axis=0) * 10, np.zeros((t, 3)), np.where(finger < 0.03, 1.0, -1.0)])
+            action = np.column_stack([np.gradient(ee, axis=0) * 10, np.zeros((t, 3)),
+                                      np.where(finger < 0.03, 1.0, -1.0)])
             w.add_episode(Episode({"observation.state": state, "action": action.astype(np.float32),
                                    "observation.images.image": smooth_frames(t, size, 20 * e),
                                    "observation.images.wrist_image": smooth_frames(t, size, 20 * e + 90)},
@@ -89,8 +95,10 @@ def test_layout_from_lerobot_names_and_from_a_state_map():
     from vla_distill.sim.layout import name_roles, parse_state_map, resolve_layout
 
     assert name_roles(list(SO101)) == {"joints": (0, 1, 2, 3, 4), "gripper": (5,)}
-    assert name_roles(["x", "y", "z", "roll", "pitch", "yaw", "gripper", "gripper"]) == {"ee": (0, 1, 2), "gripper": (6, 7)}
-    aloha = [f"{side}_{j}" for side in ("left", "right") for j in ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "gripper")]
+    assert name_roles(["x", "y", "z", "roll", "pitch", "yaw", "gripper", "gripper"]) == {"ee": (0, 1, 2),
+                                                                                         "gripper": (6, 7)}
+    aloha = [f"{side}_{j}" for side in ("left", "right") for j in ("waist", "shoulder", "elbow", "forearm_roll",
+                                                                   "wrist_angle", "gripper")]
     assert name_roles(aloha)["gripper"] == (5,) and len(name_roles(aloha)["joints"]) == 10  # the left arm's gripper
     assert name_roles([f"{k}.vel" for k in SO101]) == {}  # velocities play no role
     assert parse_state_map("ee=0:3,gripper=6-7", 8) == {"ee": (0, 1, 2), "gripper": (6, 7)}
@@ -102,7 +110,8 @@ def test_layout_from_lerobot_names_and_from_a_state_map():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("ee=0:2,gripper=5", "ee needs 3 indices"), ("gripper=9", "index 9 is outside"), ("hand=0:3", "expected ROLE=INDICES"),
+    ("ee=0:2,gripper=5", "ee needs 3 indices"), ("gripper=9", "index 9 is outside"),
+    ("hand=0:3", "expected ROLE=INDICES"),
     ("gripper=a", "indices are N"), ("joints=0:5", "gripper needs one index"),
 ])
 def test_a_bad_state_map_is_one_line_naming_the_field(spec, message):
@@ -122,7 +131,7 @@ def test_unknown_layout_without_names_asks_for_a_state_map():
         resolve_layout(6, None, None, np.zeros(6), np.ones(6))
 
 
-# ---------------------------------------------------------------------------------------------------- forward kinematics
+# ---------------------------------------------------------------------------------------------- forward kinematics
 @pytest.mark.parametrize("units", ["deg", "rad", "m100"])
 def test_forward_kinematics_matches_mujocos_own_positions(units):
     import mujoco
@@ -224,7 +233,8 @@ def test_so101_annotates_without_end_effector_and_the_audit_says_what_it_skipped
 def test_so101_with_its_robot_model_gets_cartesian_cues(so101_dataset, tmp_path):
     out = tmp_path / "ann"
     r = _run("annotate", "--dataset", so101_dataset, "--out", out, "--teacher", "none",
-             "--robot-model", so101_assets() / "so101_new_calib.xml", "--ee-frame", "gripperframe", "--joint-units", "m100")
+             "--robot-model", so101_assets() / "so101_new_calib.xml", "--ee-frame", "gripperframe",
+             "--joint-units", "m100")
     assert "no end-effector position" not in r.stderr
     prov = json.loads((out / "meta" / "annotation.json").read_text())
     fk = prov["state_layout"]["forward_kinematics"]
@@ -318,7 +328,8 @@ def test_onnx_parity_of_joints_in_lerobot_units_is_judged_in_normalized_actions(
         assert m["parity"]["onnx"]["max_abs"] > 1e-4 >= m["parity"]["onnx"]["max_normalized"], m["parity"]["onnx"]
         assert m["parity"]["units"] == "normalized actions" and len(m["parity"]["action_scale"]) == 6
         return
-    with pytest.raises(ConfigError, match=r"ONNX parity failed: max \|diff\| [0-9.e-]+ in the policy's normalized action "
+    with pytest.raises(ConfigError,
+                       match=r"ONNX parity failed: max \|diff\| [0-9.e-]+ in the policy's normalized action "
                                           r"units \(action dimension \d; [0-9.e-]+ raw\) > 0.0001"):
         export_mod.export(run, out, "onnx", n_observations=8, log=lambda *_: None)
     assert not out.exists() and not list(tmp_path.glob("onnx.partial*"))
@@ -338,7 +349,8 @@ def test_a_student_of_so101_data_teaches_it(so101_dataset, tmp_path):
     from vla_distill.types import TEACHER_ACTION
 
     teacher = RobotDataset(relabelled).column(TEACHER_ACTION)
-    lo, hi = RobotDataset(so101_dataset).column("action")[:, 5].min(), RobotDataset(so101_dataset).column("action")[:, 5].max()
+    lo, hi = RobotDataset(so101_dataset).column("action")[:, 5].min(), RobotDataset(so101_dataset).column("action")[:,
+                                                                                                                    5].max()
     assert teacher.shape == (120, 6) and np.isfinite(teacher).all()
     assert (teacher[:, 5] >= lo - 1e-4).all() and (teacher[:, 5] <= hi + 1e-4).all()
 
@@ -393,10 +405,12 @@ def test_aloha_shape_three_cameras_fourteen_joints_fifty_fps(tmp_path):
     with DatasetWriter(tmp_path / "ds", 50, features, robot_type="aloha") as w:
         for e in range(2):
             q = np.concatenate([so101_episode(e)[:, :5] / 100, so101_episode(e)[:, 5:] / 100, np.zeros((60, 1)),
-                                so101_episode(e + 5)[:, :5] / 100, so101_episode(e + 5)[:, 5:] / 100, np.zeros((60, 1))],
+                                so101_episode(e + 5)[:, :5] / 100, so101_episode(e + 5)[:, 5:] / 100,
+                                np.zeros((60, 1))],
                                axis=1)[:, [0, 1, 2, 3, 4, 6, 5, 7, 8, 9, 10, 11, 13, 12]].astype(np.float32)
             w.add_episode(Episode({"observation.state": q, "action": np.roll(q, -1, axis=0),
-                                   **{f"observation.images.{c}": smooth_frames(60, 224, 30 * e + 7 * i) for i, c in enumerate(cams)}},
+                                   **{f"observation.images.{c}": smooth_frames(60, 224, 30 * e + 7 * i) for i,
+                                      c in enumerate(cams)}},
                                   task="transfer the cube"))
     ann = tmp_path / "ann"
     _run("annotate", "--dataset", tmp_path / "ds", "--out", ann, "--teacher", "none")
@@ -418,8 +432,8 @@ def test_the_audit_of_labels_on_an_unmapped_state_says_it_checked_nothing(tmp_pa
     import pyarrow.parquet as pq
 
     from conftest import write_fake_dataset
-    from vla_distill.annotate.annotate import phases_table
     from vla_distill.annotate.audit import audit_dataset
+    from vla_distill.data.annotations import phases_table
     from vla_distill.data.columns import add_columns
     from vla_distill.data.dataset import RobotDataset
     from vla_distill.types import ANNOTATION_PATH, PHASE_INDEX, PHASES_PATH

@@ -9,9 +9,9 @@ import torch
 from torch.nn import functional as F
 
 from vla_distill.models.checkpoint import load_pretrained, save_pretrained
+from vla_distill.models.losses import LossConfig, action_loss, combine, direction_loss, phase_loss
 from vla_distill.models.student import StudentPolicy, preset_config
 from vla_distill.models.vision import VisionConfig, random_shift
-from vla_distill.models.losses import LossConfig, action_loss, combine, direction_loss, phase_loss
 
 CAMS = ("observation.images.a", "observation.images.b")
 
@@ -38,10 +38,12 @@ def test_unknown_preset_suggests_the_closest():
         preset_config("tinny")
 
 
-@pytest.mark.parametrize("kind,horizon,head", [("resnet", 1, "continuous"), ("vit", 5, "continuous"), ("resnet", 5, "discrete"),
+@pytest.mark.parametrize("kind,horizon,head",
+                         [("resnet", 1, "continuous"), ("vit", 5, "continuous"), ("resnet", 5, "discrete"),
                                                ("efficientnet-lite0", 5, "continuous")])
 def test_output_shapes(kind, horizon, head):
-    cfg = preset_config("tiny", image_keys=CAMS, image_size=(64, 64), tasks=("pick",), horizon=horizon, action_head=head,
+    cfg = preset_config("tiny", image_keys=CAMS, image_size=(64, 64), tasks=("pick",), horizon=horizon,
+                        action_head=head,
                         vision=VisionConfig(kind=kind, widths=(8, 16, 16, 32), vit_width=32, vit_depth=1, vit_heads=2),
                         d_model=64, n_layers=1, n_heads=2, n_phases=9)
     policy = StudentPolicy(cfg).eval()
@@ -55,7 +57,8 @@ def test_output_shapes(kind, horizon, head):
 
 
 def kp_student(**fields) -> StudentPolicy:
-    cfg = preset_config("tiny", image_keys=CAMS, image_size=(64, 64), tasks=("pick",), horizon=2, d_model=64, n_layers=1,
+    cfg = preset_config("tiny", image_keys=CAMS, image_size=(64, 64), tasks=("pick",), horizon=2, d_model=64,
+                        n_layers=1,
                         n_heads=2, vision=VisionConfig(kind="efficientnet-lite0"), **fields)
     policy = StudentPolicy(cfg)
     policy.load_pretrained_vision()
@@ -105,7 +108,8 @@ def test_cached_features_are_shifted_in_training_only_and_by_sample_key():
     policy = kp_student(feature_shift=1)
     b = batch()
     with torch.no_grad():
-        feats = {k: v for k, v in b.items() if k not in CAMS} | {feature_key(k): policy.encoder.trunk(b[k]) for k in CAMS}
+        feats = {k: v for k,
+                 v in b.items() if k not in CAMS} | {feature_key(k): policy.encoder.trunk(b[k]) for k in CAMS}
         feats["augment_key"] = torch.arange(3)
         policy.train()
         a1, a2 = policy.encode(feats)["action"], policy.encode(feats)["action"]
@@ -121,7 +125,8 @@ def test_pretrained_encoder_refuses_a_depth_channel():
 
 
 def test_depth_channel_and_select_action_queue():
-    cfg = preset_config("tiny", image_keys=CAMS, image_size=(64, 64), depth_keys=("observation.images.da", "observation.images.db"),
+    cfg = preset_config("tiny", image_keys=CAMS, image_size=(64, 64),
+                        depth_keys=("observation.images.da", "observation.images.db"),
                         tasks=("pick",), horizon=3, d_model=64, n_layers=1, n_heads=2)
     policy = StudentPolicy(cfg).eval()
     assert policy.encoder.stem[0].in_channels == 4
@@ -133,7 +138,8 @@ def test_depth_channel_and_select_action_queue():
 
 
 def test_new_instruction_is_embedded_once_at_reset():
-    cfg = preset_config("tiny", image_keys=CAMS[:1], image_size=(64, 64), tasks=("pick",), d_model=64, n_layers=1, n_heads=2)
+    cfg = preset_config("tiny", image_keys=CAMS[:1], image_size=(64, 64), tasks=("pick",), d_model=64, n_layers=1,
+                        n_heads=2)
     policy = StudentPolicy(cfg).eval()
     calls = []
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from conftest import popen_interruptible
-from vla_distill.annotate.annotate import AnnotateConfig, annotate
+from vla_distill.annotate.annotate import annotate
+from vla_distill.annotate.config import AnnotateConfig
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.data.msgpack_numpy import packb, unpackb
 from vla_distill.models.checkpoint import load_pretrained
@@ -63,7 +64,8 @@ def _policy_on_states(policy_dir, states):
 
 
 def test_msgpack_numpy_roundtrip_matches_openpi_layout():
-    obs = {"observation/state": np.arange(4, dtype=np.float32), "prompt": "pick", "x": np.float64(2.5), "img": np.zeros((2, 3, 3), np.uint8)}
+    obs = {"observation/state": np.arange(4, dtype=np.float32), "prompt": "pick", "x": np.float64(2.5),
+           "img": np.zeros((2, 3, 3), np.uint8)}
     raw = packb(obs)
     back = unpackb(raw)
     assert back["prompt"] == "pick" and back["x"] == 2.5 and back["img"].shape == (2, 3, 3)
@@ -97,7 +99,8 @@ def test_noisy_teacher_is_seeded_and_corrupts():
 
 
 def test_checkpoint_teacher_matches_policy(metaworld_dataset, state_policy_dir, tmp_path):
-    out = annotate(metaworld_dataset, tmp_path / "ann", AnnotateConfig(teacher=f"checkpoint:{state_policy_dir}", **NO_CUES))
+    out = annotate(metaworld_dataset, tmp_path / "ann",
+                   AnnotateConfig(teacher=f"checkpoint:{state_policy_dir}", **NO_CUES))
     ds = RobotDataset(out)
     expected = _policy_on_states(state_policy_dir, ds.column("observation.state").astype(np.float32))
     np.testing.assert_allclose(ds.column("action.teacher"), expected, atol=1e-5)
@@ -116,12 +119,14 @@ def test_openpi_teacher_over_websocket(metaworld_dataset, state_policy_dir, tmp_
     import json
 
     prov = json.loads((out / "meta/annotation.json").read_text())["teacher"]
-    assert prov["server_metadata"]["policy_type"] == "state_mlp" and prov["server_metadata"]["provenance"]["note"] == "test policy"
+    served = prov["server_metadata"]
+    assert served["policy_type"] == "state_mlp" and served["provenance"]["note"] == "test policy"
 
 
 def test_openpi_teacher_retries_server_errors(metaworld_dataset, state_policy_dir, tmp_path, server):
     s = server("openpi", state_policy_dir, env={"FAIL_EVERY": "1"})
-    cfg = AnnotateConfig(teacher=f"openpi://127.0.0.1:{s.port}", teacher_options=(("backoff_s", "0.01"), ("retries", "8")), **NO_CUES)
+    cfg = AnnotateConfig(teacher=f"openpi://127.0.0.1:{s.port}",
+                         teacher_options=(("backoff_s", "0.01"), ("retries", "8")), **NO_CUES)
     ds = RobotDataset(annotate(metaworld_dataset, tmp_path / "ann", cfg))
     expected = _policy_on_states(state_policy_dir, ds.column("observation.state").astype(np.float32))
     np.testing.assert_allclose(ds.column("action.teacher"), expected, atol=1e-5)
@@ -130,29 +135,33 @@ def test_openpi_teacher_retries_server_errors(metaworld_dataset, state_policy_di
 
 def test_openvla_teacher_over_rest(metaworld_dataset, state_policy_dir, tmp_path, server):
     s = server("openvla", state_policy_dir)
-    cfg = AnnotateConfig(teacher=f"openvla://127.0.0.1:{s.port}", teacher_options=(("unnorm_key", "metaworld"),), **NO_CUES)
+    cfg = AnnotateConfig(teacher=f"openvla://127.0.0.1:{s.port}", teacher_options=(("unnorm_key", "metaworld"),),
+                         **NO_CUES)
     ds = RobotDataset(annotate(metaworld_dataset, tmp_path / "ann", cfg))
     assert ds.features["action.teacher"]["shape"] == [4]  # OpenVLA's 7-d answer cut to our 4 dims
     lines = s.lines()
     assert len(lines) == ds.num_frames
-    assert "image=(224, 224, 3)uint8" in lines[0] and "unnorm_key=metaworld" in lines[0] and "reach the goal" in lines[0]
+    assert all(x in lines[0] for x in ("image=(224, 224, 3)uint8", "unnorm_key=metaworld", "reach the goal"))
 
 
 def test_remote_teacher_unreachable_is_one_clear_error(metaworld_dataset, tmp_path):
     from vla_distill.teachers.remote import TeacherError
 
-    cfg = AnnotateConfig(teacher="openpi://127.0.0.1:9", teacher_options=(("retries", "1"), ("backoff_s", "0.01")), **NO_CUES)
+    cfg = AnnotateConfig(teacher="openpi://127.0.0.1:9", teacher_options=(("retries", "1"), ("backoff_s", "0.01")),
+                         **NO_CUES)
     with pytest.raises(TeacherError, match="no answer after 2 attempts"):
         annotate(metaworld_dataset, tmp_path / "ann", cfg)
     assert not (tmp_path / "ann").exists() and not (tmp_path / "ann.partial").exists()  # nothing to resume from
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_interrupted_remote_annotation_resumes_without_asking_twice(metaworld_dataset, state_policy_dir, tmp_path, server, sig):
+def test_interrupted_remote_annotation_resumes_without_asking_twice(metaworld_dataset, state_policy_dir, tmp_path,
+                                                                    server, sig):
     s = server("openpi", state_policy_dir)
     out = tmp_path / "ann"
     cmd = [sys.executable, "-m", "vla_distill.cli", "annotate", "--dataset", str(metaworld_dataset), "--out", str(out),
-           "--teacher", f"openpi://127.0.0.1:{s.port}", "--teacher-opt", "concurrency=2", "--phases", "none", "--directions", "none"]
+           "--teacher", f"openpi://127.0.0.1:{s.port}", "--teacher-opt", "concurrency=2", "--phases", "none",
+           "--directions", "none"]
     proc = popen_interruptible(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     n_frames = RobotDataset(metaworld_dataset).num_frames
     deadline = time.time() + 60
@@ -187,7 +196,8 @@ def test_teacher_spec_errors():
 def test_openpi_teacher_drives_the_closed_loop_evaluator(state_policy_dir, tmp_path, server):
     """The evaluator's remote actor asks the server once per step with live observations, and acts exactly as the
     served checkpoint does when evaluated directly."""
-    from vla_distill.eval.evaluate import EvalConfig, evaluate
+    from vla_distill.eval.config import EvalConfig
+    from vla_distill.eval.evaluate import evaluate
 
     s = server("openpi", state_policy_dir)
     common = dict(tasks=("reach-v3",), episodes=1, max_steps=20, workers=1, videos=0, latency_steps=0)

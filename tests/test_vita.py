@@ -33,15 +33,17 @@ def batch(expert, annotated):
 def test_trainable_parameters_per_stage(expert, batch, family):
     p = from_expert(expert, family)
     align = set(p.set_stage("align"))
-    assert align and all(n.startswith(("action_tokens", "arm_proj", "gripper_proj", "state_out", "mapper")) for n in align)
+    assert align and all(n.startswith(("action_tokens", "arm_proj", "gripper_proj", "state_out",
+                                       "mapper")) for n in align)
     finetune = set(p.set_stage("finetune"))
     added = finetune - align
     assert any(n.startswith("expert.action_head") for n in added)
     language = {"paligemma": "vlm.model.language_model", "idefics3": "vlm.model.text_model",
                 "qwen2_vl": "vlm.model.language_model", "qwen2_5_vl": "vlm.model.language_model"}[family]
-    assert all(n.startswith((language, "expert.action_head")) for n in added) and any(n.startswith(language) for n in added)
-    vision = [n for n, _ in p.named_parameters() if n.startswith(("vlm.model.vision", "vlm.model.visual", "vlm.model.multi_modal",
-                                                                     "vlm.model.connector"))]
+    assert all(n.startswith((language,
+                             "expert.action_head")) for n in added) and any(n.startswith(language) for n in added)
+    towers = ("vlm.model.vision", "vlm.model.visual", "vlm.model.multi_modal", "vlm.model.connector")
+    vision = [n for n, _ in p.named_parameters() if n.startswith(towers)]
     assert vision and not (set(vision) & finetune)  # the vision tower stays frozen
     assert not any(n.startswith(("expert.encoder", "expert.transformer")) for n in finetune)
     loss, named = p(batch, "finetune")
@@ -82,9 +84,11 @@ def test_checkpoint_round_trip_rebuilds_offline(expert, batch, tmp_path):
 
 
 def test_a_tiny_acting_vlm_runs_through_the_evaluator(expert, tmp_path):
-    from vla_distill.eval.evaluate import EvalConfig, evaluate
+    from vla_distill.eval.config import EvalConfig
+    from vla_distill.eval.evaluate import evaluate
 
-    save_pretrained(from_expert(expert, "paligemma").eval(), tmp_path / "vita" / "pretrained_model", {"note": "vita eval"})
+    save_pretrained(from_expert(expert, "paligemma").eval(), tmp_path / "vita" / "pretrained_model",
+                    {"note": "vita eval"})
     info = evaluate(EvalConfig(policy=str(tmp_path / "vita"), out=str(tmp_path / "ev"), tasks=("reach-v3",), episodes=2,
                                max_steps=10, workers=1, videos=0, latency_steps=5))
     assert info["overall"]["n_episodes"] == 2 and info["policy"]["kind"] == "policy"
@@ -99,7 +103,8 @@ def test_vita_train_cli_runs_both_stages_and_resumes(tiny_student, annotated, tm
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "vla_distill.cli", "vita-train", "--dataset", str(annotated),
-                               "--batch-size", "4", "--log-every", "2", *args], capture_output=True, text=True, timeout=300)
+                               "--batch-size", "4", "--log-every", "2", *args], capture_output=True, text=True,
+                               timeout=300)
 
     align = cli("--expert", str(tiny_student), "--vlm", "tiny:qwen2_vl", "--stage", "align", "--steps", "4",
                 "--save-every", "2", "--out", str(tmp_path / "align"))

@@ -61,7 +61,8 @@ def _frames(good: dict, keys: list[str]):
     """Whole frames: raw bytes, text, arbitrary msgpack, a good request with one field replaced or removed, and a
     good request's bytes cut short or with one byte changed."""
     packed = packb(good)
-    replaced = st.builds(lambda k, v: packb({**good, k: v}), st.sampled_from(keys + ["prompt", "task", "extra"]), VALUES)
+    replaced = st.builds(lambda k, v: packb({**good, k: v}), st.sampled_from(keys + ["prompt", "task", "extra"]),
+                         VALUES)
     removed = st.sampled_from(keys + ["prompt"]).map(lambda k: packb({x: v for x, v in good.items() if x != k}))
     cut = st.integers(0, len(packed) - 1).map(lambda n: packed[:n])
     flipped = st.tuples(st.integers(0, len(packed) - 1), st.integers(0, 255)).map(

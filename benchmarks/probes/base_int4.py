@@ -64,7 +64,8 @@ def timed(graph: str, iters: int = 200) -> dict:
             times.append(time.perf_counter() - t0)
     ms, err = np.asarray(times) * 1e3, np.abs(actions - z["actions"])
     return {"graph": graph, "hz": round(float(1e3 / ms.mean()), 1), "p50_ms": round(float(np.median(ms)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_abs_err": float(err.max()), "mean_abs_err": float(err.mean())}
+            "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_abs_err": float(err.max()),
+            "mean_abs_err": float(err.mean())}
 
 
 if __name__ == "__main__":

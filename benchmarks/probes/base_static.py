@@ -48,7 +48,8 @@ def prepare(name: str) -> None:
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     graph = onnx.load(str(pre)).graph
     weights = {i.name for i in graph.initializer}
-    products = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and not any(i in weights for i in n.input)]
+    products = [n.name for n in graph.node if n.op_type in ("MatMul",
+                                                            "Gemm") and not any(i in weights for i in n.input)]
 
     class Reader(CalibrationDataReader):
         def __init__(self):

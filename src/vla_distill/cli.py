@@ -9,7 +9,6 @@ import argparse
 import dataclasses
 import errno
 import os
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -40,8 +39,27 @@ def _field(parser, flag: str, cls, help: str = "", field: str | None = None, **k
 
 
 def _given(args: argparse.Namespace, cls) -> dict:
-    """The fields of config class `cls` given on the command line."""
-    return {k: v for k, v in vars(args).items() if k in cls.__dataclass_fields__}
+    """The fields of config class `cls` given on the command line, over those of the named --recipe (if any)."""
+    from_recipe = _recipe(args).get(args.command, {}) if "recipe" in vars(args) else {}
+    return {k: v for k, v in {**from_recipe, **vars(args)}.items() if k in cls.__dataclass_fields__}
+
+
+def _recipe(args: argparse.Namespace) -> dict:
+    """{stage: fields} of the named recipe (vla_distill.config.RECIPES)."""
+    if not getattr(args, "recipe", ""):
+        return {}
+    from vla_distill.config import recipe
+
+    r = _config(recipe, args.recipe)
+    return {"collect": r.collect, "train": r.train}
+
+
+def _recipe_flag(parser: argparse.ArgumentParser) -> None:
+    from vla_distill.config import RECIPES
+
+    names = "; ".join(f"{k}: {r.summary}; use {r.use}" for k, r in RECIPES.items())
+    parser.add_argument("--recipe", default="", metavar="NAME",
+                        help=f"a benchmark's settings by name, flags given here override them ({names})")
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -74,10 +92,10 @@ def _key_values(items: list[str], flag: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def _config(cls, **fields):
-    """cls(**fields), a ValueError from its validation as the one-line ConfigError."""
+def _config(cls, *args, **fields):
+    """cls(*args, **fields), a ValueError from its validation as the one-line ConfigError."""
     try:
-        return cls(**fields)
+        return cls(*args, **fields)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -94,20 +112,26 @@ def _print_rank0(line: str) -> None:
 
 def _passive_omp() -> None:
     """Before torch loads OpenMP: a simulator's renderer shares the cores with the policy, and spinning OpenMP
-    threads made batch-1 calls ~50x slower when one more process was busy (measured; see BENCHMARKS.md)."""
+    threads made batch-1 calls far slower when one more process was busy (BENCHMARKS.md)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 # ---------------------------------------------------------------- collect
 def _collect_args(c: argparse.ArgumentParser) -> None:
     from vla_distill.collect.config import CollectConfig
-    from vla_distill.sim.metaworld import CameraConfig
+    from vla_distill.sim.base import CameraConfig
+    from vla_distill.sim.registry import ENVS
 
-    c.add_argument("--tasks", dest="task_spec", metavar="TASKS", required=True, help="task names (reach-v3,push-v3), mt10, mt50, easy, medium, hard or very_hard")
+    c.add_argument("--tasks", dest="task_spec", metavar="TASKS", required=True,
+                   help="MetaWorld: task names (reach-v3,push-v3), mt10, mt50, easy, medium, hard or very_hard; "
+                        "LIBERO: libero_object, libero_spatial/3, ...")
+    _field(c, "--env", CollectConfig, choices=list(ENVS))
+    _recipe_flag(c)
     _field(c, "--episodes", CollectConfig, "successful episodes kept per task", type=int)
     c.add_argument("--out", required=True, help="output dataset directory (rerun the same command to resume)")
     _field(c, "--seed", CollectConfig, type=int)
-    _field(c, "--cameras", CameraConfig, "camera aliases", field="names", type=_csv)
+    _field(c, "--cameras", CameraConfig, "camera names (default: the simulator's; MetaWorld corner2,gripper)",
+           field="names", type=_csv)
     _field(c, "--image-size", CameraConfig, field="height", type=int)
     _field(c, "--image-format", CollectConfig, "AV1 mp4 or PNG in parquet", choices=["video", "image"])
     _field(c, "--steps-after-success", CollectConfig, "frames kept after the first success", type=int)
@@ -125,13 +149,14 @@ def _collect_args(c: argparse.ArgumentParser) -> None:
 def _collect(args: argparse.Namespace) -> None:
     from vla_distill.collect.collect import collect
     from vla_distill.collect.config import CollectConfig
-    from vla_distill.sim.metaworld import CameraConfig
-    from vla_distill.sim.metaworld_tasks import resolve_tasks
+    from vla_distill.sim.base import CameraConfig
+    from vla_distill.sim.registry import DEFAULT_ENV, get_simulator
 
     camera = _given(args, CameraConfig)
     if "height" in camera:
         camera["width"] = camera["height"]
-    cfg = CollectConfig(tasks=tuple(resolve_tasks(args.task_spec)), cameras=CameraConfig(**camera), **_given(args, CollectConfig))
+    tasks = get_simulator(vars(args).get("env", DEFAULT_ENV)).resolve_tasks(args.task_spec)
+    cfg = CollectConfig(tasks=tuple(tasks), cameras=CameraConfig(**camera), **_given(args, CollectConfig))
     collect(cfg, args.out)
 
 
@@ -139,12 +164,15 @@ def _collect(args: argparse.Namespace) -> None:
 def _merge_args(m: argparse.ArgumentParser) -> None:
     m.add_argument("datasets", nargs="+", help="LeRobot v3.0 datasets with the same features, in episode order")
     m.add_argument("--out", required=True, help="the merged dataset's directory (new or empty)")
+    m.add_argument("--drop-features", type=_csv, default=(), metavar="KEYS",
+                   help="features to leave out of the merge, comma-separated: one that only some datasets have (e.g. "
+                        "observation.contact, recorded since a later version) is otherwise refused")
 
 
 def _merge(args: argparse.Namespace) -> None:
     from vla_distill.data.merge import merge
 
-    merge(args.datasets, args.out)
+    merge(args.datasets, args.out, args.drop_features)
 
 
 # ---------------------------------------------------------------- inspect
@@ -161,7 +189,8 @@ def _inspect(args: argparse.Namespace) -> None:
         ds.check_videos()
     else:
         ds.validate(decode_videos=True)  # every frame, which covers check_videos
-    print(f"{ds.root}: LeRobotDataset {ds.version}, {ds.num_episodes} episodes, {ds.num_frames} frames at {ds.fps:g} fps, {len(ds.tasks)} tasks")
+    print(f"{ds.root}: LeRobotDataset {ds.version}, {ds.num_episodes} episodes, {ds.num_frames} frames at {ds.fps:g} "
+          f"fps, {len(ds.tasks)} tasks")
     for key, ft in ds.features.items():
         extra = f" ({ft['info'].get('video.codec')})" if ft["dtype"] == "video" and "info" in ft else ""
         print(f"  {key:<34} {ft['dtype']:<8} {ft['shape']}{extra}")
@@ -188,7 +217,7 @@ def _layout_line(ds) -> str:
 
 # ---------------------------------------------------------------- annotate
 def _annotate_args(a: argparse.ArgumentParser) -> None:
-    from vla_distill.annotate.annotate import SOURCES, AnnotateConfig
+    from vla_distill.annotate.config import SOURCES, AnnotateConfig
     from vla_distill.annotate.vlm import VLMConfig
     from vla_distill.sim.robot_model import JOINT_UNITS
     from vla_distill.types import TAXONOMIES
@@ -199,16 +228,17 @@ def _annotate_args(a: argparse.ArgumentParser) -> None:
            "scripted | noisy[std=,toggle=,burst=,stale=,seed=]:KIND | checkpoint:PATH | openpi://HOST:PORT | "
            "openvla://HOST:PORT | none")
     a.add_argument("--teacher-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="remote teacher option, repeatable: obs_map.<server key>=<our key>, image_size, action_dim, horizon, "
-                        "gripper (keep|flip|unit_to_signed|unit_to_signed_flip), concurrency, timeout_s, retries, unnorm_key, api_key; "
-                        "checkpoint teachers: device (auto|cpu|cuda)")
+                   help="remote teacher option, repeatable: obs_map.<server key>=<our key>, image_size, action_dim, "
+                        "horizon, gripper (keep|flip|unit_to_signed|unit_to_signed_flip), concurrency, timeout_s, "
+                        "retries, unnorm_key, api_key; checkpoint teachers: device (auto|cpu|cuda)")
     _field(a, "--phases", AnnotateConfig, choices=list(SOURCES))
     _field(a, "--taxonomy", AnnotateConfig, "4: approach/grasp/transport/release; 9: idle ... completed",
            choices=sorted(TAXONOMIES))
     _field(a, "--directions", AnnotateConfig, choices=list(SOURCES))
     _field(a, "--window", AnnotateConfig, "frames per direction-cue window", type=int)
     _field(a, "--stride", AnnotateConfig, "frames between window starts", type=int)
-    _field(a, "--text-encoder", AnnotateConfig, "local sentence-transformers model dir (default: bundled all-MiniLM-L6-v2)")
+    _field(a, "--text-encoder", AnnotateConfig,
+           "local sentence-transformers model dir (default: bundled all-MiniLM-L6-v2)")
     _field(a, "--vlm-url", VLMConfig, "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1", field="url")
     _field(a, "--vlm-model", VLMConfig, field="model")
     _field(a, "--vlm-api-key", VLMConfig, field="api_key")
@@ -222,24 +252,29 @@ def _annotate_args(a: argparse.ArgumentParser) -> None:
     k = a.add_argument_group("your robot's state (read from info.json's names where they say it; see README)")
     _field(k, "--state-map", AnnotateConfig, "roles of observation.state's values: ee=0:3 (x y z), gripper=6 (an "
            "opening; larger = open) or gripper=6-7 (two fingers), joints=0:5")
-    _field(k, "--robot-model", AnnotateConfig, "MJCF or URDF of a joint-space arm: the end effector by forward kinematics")
+    _field(k, "--robot-model", AnnotateConfig,
+           "MJCF or URDF of a joint-space arm: the end effector by forward kinematics")
     _field(k, "--ee-frame", AnnotateConfig, "the end effector's site or body in --robot-model (e.g. gripperframe)")
     _field(k, "--joint-units", AnnotateConfig, "the dataset's joint values: deg, rad, or m100 (lerobot's default "
            "-100..100 over the calibrated range)", choices=list(JOINT_UNITS))
     r = a.add_argument_group("scale out (pip install 'vla-distill[ray]')")
     r.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="local: this process; ray: episodes sharded over Ray actors, one teacher/VLM client each")
-    r.add_argument("--address", default="local", help="Ray: local (start one here) | auto (the cluster of `ray start`) | "
+    r.add_argument("--address", default="local",
+                   help="Ray: local (start one here) | auto (the cluster of `ray start`) | "
                    "HOST:PORT | ray://HOST:10001 (default local)")
-    r.add_argument("--workers", type=int, default=0, help="Ray actors (default: as many as the cluster's CPUs/GPUs hold)")
+    r.add_argument("--workers", type=int, default=0,
+                   help="Ray actors (default: as many as the cluster's CPUs/GPUs hold)")
     r.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs per Ray actor (default 1)")
     r.add_argument("--worker-gpus", type=float, default=None,
                    help="GPUs per Ray actor (default: 1 for a checkpoint: teacher when the cluster has GPUs, else 0)")
-    r.add_argument("--max-retries", type=int, default=3, help="times an episode is asked again after its worker was lost")
+    r.add_argument("--max-retries", type=int, default=3,
+                   help="times an episode is asked again after its worker was lost")
 
 
 def _annotate(args: argparse.Namespace) -> None:
-    from vla_distill.annotate.annotate import AnnotateConfig, annotate
+    from vla_distill.annotate.annotate import annotate
+    from vla_distill.annotate.config import AnnotateConfig
     from vla_distill.annotate.executors import make_executor
     from vla_distill.annotate.vlm import VLMConfig
 
@@ -275,8 +310,8 @@ def _audit(args: argparse.Namespace) -> None:
     print(f"{s['episodes_with_phase_flags']} of {s['episodes']} episodes with phase flags ({s['phase_flags']} flags); "
           f"{s['cue_windows_flagged']} of {s['cue_windows']} cue windows flagged; "
           f"{s['spread_groups_flagged']} kinematic groups with widely spread cues")
-    done = [x for x, on in (("flagged labels masked", args.mask),
-                            (f"{len(report['dropped_episodes'])} flagged episodes dropped from training", args.drop)) if on]
+    dropped = f"{len(report['dropped_episodes'])} flagged episodes dropped from training"
+    done = [x for x, on in (("flagged labels masked", args.mask), (dropped, args.drop)) if on]
     print(f"report: {report['dataset']}/meta/audit.md" + (f" ({'; '.join(done)})" if done else ""))
 
 
@@ -328,6 +363,7 @@ def _train_args(t: argparse.ArgumentParser) -> None:
     from vla_distill.train.config import TrainConfig
 
     _run_args(t, TrainConfig)
+    _recipe_flag(t)
     _field(t, "--preset", TrainConfig, "tiny (~2.7M) | small (~37M) | base (~158M, the paper's size)")
     _field(t, "--horizon", TrainConfig, "action chunk length K (the paper's variant: 5)", type=int)
     _field(t, "--action-loss", LossConfig, field="action", choices=list(ACTION_LOSSES))
@@ -384,7 +420,8 @@ def _vita_train_args(v: argparse.ArgumentParser) -> None:
     _field(v, "--stage", VitaTrainConfig, choices=list(STAGES))
     _field(v, "--init", VitaTrainConfig, "finetune: the align run to start from")
     _field(v, "--n-action-tokens", VitaTrainConfig, "1 (the paper) or the expert's chunk length", type=int)
-    _field(v, "--lora-rank", VitaTrainConfig, "finetune: LoRA adapters (peft) on the language model's attention instead "
+    _field(v, "--lora-rank", VitaTrainConfig,
+           "finetune: LoRA adapters (peft) on the language model's attention instead "
            "of training all of it (0: full)", type=int)
 
 
@@ -399,12 +436,14 @@ def _vita_train(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- eval, report
 def _eval_args(e: argparse.ArgumentParser) -> None:
-    from vla_distill.eval.evaluate import EvalConfig
+    from vla_distill.eval.config import EvalConfig
     from vla_distill.sim.registry import ENVS
 
-    e.add_argument("--policy", required=True, help="checkpoint (run dir, checkpoint dir or pretrained_model) or a teacher "
+    e.add_argument("--policy", required=True,
+                   help="checkpoint (run dir, checkpoint dir or pretrained_model) or a teacher "
                    "kind: scripted | noisy[...]:KIND | checkpoint:PATH | openpi://HOST:PORT | openvla://HOST:PORT")
-    e.add_argument("--tasks", dest="task_spec", metavar="TASKS", required=True, help="MetaWorld: task names, mt10, mt50, easy...; LIBERO: libero_spatial, "
+    e.add_argument("--tasks", dest="task_spec", metavar="TASKS", required=True,
+                   help="MetaWorld: task names, mt10, mt50, easy...; LIBERO: libero_spatial, "
                    "libero_goal/3, ...")
     e.add_argument("--out", required=True, help="evaluation directory (rerun the same command to resume)")
     _field(e, "--env", EvalConfig, choices=list(ENVS))
@@ -420,7 +459,8 @@ def _eval_args(e: argparse.ArgumentParser) -> None:
            "ensembling", choices=["queue", "ensemble"])
     _field(e, "--image-size", EvalConfig, "camera size for teachers (0: 128; LIBERO 256)", type=int)
     _field(e, "--latency-steps", EvalConfig, "closed-loop steps of the batch-1 latency measurement", type=int)
-    e.add_argument("--teacher-opt", action="append", default=[], metavar="KEY=VALUE", help="remote teacher option (see annotate)")
+    e.add_argument("--teacher-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="remote teacher option (see annotate)")
     _field(e, "--device", EvalConfig)
     _field(e, "--backend", EvalConfig, "for policies: torch | torch-bf16 | onnx | onnx-int8 (a bundle from "
            "`vla-distill export`)")
@@ -429,7 +469,8 @@ def _eval_args(e: argparse.ArgumentParser) -> None:
 def _eval(args: argparse.Namespace) -> None:
     _passive_omp()
 
-    from vla_distill.eval.evaluate import EvalConfig, evaluate
+    from vla_distill.eval.config import EvalConfig
+    from vla_distill.eval.evaluate import evaluate
     from vla_distill.eval.report import summary_table
     from vla_distill.sim.registry import get_simulator
 
@@ -441,7 +482,8 @@ def _eval(args: argparse.Namespace) -> None:
     o = info["overall"]
     print(summary_table([info]))
     print(f"success {o['pc_success']:.1f}% task-weighted, {o['pc_success_group_mean']:.1f}% mean of difficulty groups "
-          f"({o['n_episodes']} episodes); {info['observability']['flagged_episodes']} episodes flagged -> {args.out}/eval_info.json")
+          f"({o['n_episodes']} episodes); {info['observability']['flagged_episodes']} episodes flagged -> "
+          f"{args.out}/eval_info.json")
 
 
 def _report_args(r: argparse.ArgumentParser) -> None:
@@ -475,17 +517,19 @@ def _export_args(x: argparse.ArgumentParser) -> None:
 def _export(args: argparse.Namespace) -> None:
     from vla_distill.deploy.export import export
 
-    m = export(args.policy, args.out, args.format, args.dtype, args.observations or None, args.n_observations, args.int8)
+    m = export(args.policy, args.out, args.format, args.dtype, args.observations or None, args.n_observations,
+               args.int8)
     size = sum(f.stat().st_size for f in Path(args.out).iterdir()) / 2**20
     print(f"bundle: {args.out} ({size:.1f} MB; backends {', '.join(m['backends'])}; "
           f"observation {', '.join(k for k in m['observation_spec'])}; actions {m['action']['shape']})")
 
 
 def _run_loop_args(rn: argparse.ArgumentParser) -> None:
-    from vla_distill.deploy.control_loop import LOOP_CHUNK_MODES, LoopConfig
+    from vla_distill.deploy.config import LOOP_CHUNK_MODES, LoopConfig
     from vla_distill.sim.registry import DEFAULT_ENV, ENVS
 
-    rn.add_argument("--policy", default="", help="bundle or checkpoint, or openpi://HOST:PORT: a policy served elsewhere "
+    rn.add_argument("--policy", default="",
+                    help="bundle or checkpoint, or openpi://HOST:PORT: a policy served elsewhere "
                     "(`vla-distill serve`, or any openpi-protocol server whose metadata has an observation_spec)")
     rn.add_argument("--backend", default="torch", help="torch | torch-bf16 | onnx | onnx-int8 (onnx: bundles exported "
                     "with --format onnx)")
@@ -516,7 +560,7 @@ def _run_loop_args(rn: argparse.ArgumentParser) -> None:
 def _run_loop(args: argparse.Namespace) -> int:
     _passive_omp()
     from vla_distill.deploy import sim_runs
-    from vla_distill.deploy.control_loop import LoopConfig
+    from vla_distill.deploy.config import LoopConfig
     from vla_distill.sim.registry import get_simulator
 
     if args.replay:
@@ -549,12 +593,11 @@ def _loop_policy(args: argparse.Namespace, cfg):
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.policy.startswith("openpi://"):
+        from vla_distill.data.openpi_client import parse_address
         from vla_distill.deploy.remote_policy import RemotePolicy
 
-        m = re.fullmatch(r"openpi://([^:/]+):(\d+)/?", args.policy)
-        if not m:
-            raise ConfigError(f"expected openpi://HOST:PORT, got {args.policy!r}", field="policy")
-        policy = RemotePolicy(m.group(1), int(m.group(2)), args.timeout_s, dict(_key_values(args.obs_map, "--obs-map")))
+        host, port = parse_address(args.policy)
+        policy = RemotePolicy(host, port, args.timeout_s, dict(_key_values(args.obs_map, "--obs-map")))
         args.backend = "remote"
     else:
         policy = load_policy(args.policy, args.backend)
@@ -619,7 +662,8 @@ STAGES = {  # name: (help, flags, run), in pipeline order
               _merge_args, _merge),
     "annotate": ("teacher actions, phase anchors and direction cues for every frame, then an audit", _annotate_args,
                  _annotate),
-    "audit": ("cross-check phase labels and cues against the kinematics; writes meta/audit.{json,md}", _audit_args, _audit),
+    "audit": ("cross-check phase labels and cues against the kinematics; writes meta/audit.{json,md}", _audit_args,
+              _audit),
     "train": ("train a student on an annotated dataset (action + phase + direction losses)", _train_args, _train),
     "vita-train": ("VITA-VLA: teach a VLM to act from a student expert (stage align, then finetune)", _vita_train_args,
                    _vita_train),
@@ -651,7 +695,8 @@ def disk_error(args: argparse.Namespace, e: OSError) -> str:
     pyarrow's and a plain write's do not, else the stage's output) and what a rerun does."""
     where = e.filename or getattr(args, "out", None) or "the output"
     full = e.errno in (errno.ENOSPC, errno.EDQUOT) and args.command in RESUMABLE
-    return f"{where}: {os.strerror(e.errno)}" + ("; free space, then run the same command again to continue" if full else "")
+    again = "; free space, then run the same command again to continue" if full else ""
+    return f"{where}: {os.strerror(e.errno)}{again}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,12 @@
-"""Frozen config dataclasses to and from their JSON form (config.json, train_config.json)."""
+"""Frozen config dataclasses to and from their JSON form (config.json, train_config.json), and the named recipes:
+a benchmark's student by name (`collect --recipe`, `train --recipe`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
+from dataclasses import dataclass
 
 
 def from_dict(cls: type, d: dict):
@@ -31,3 +34,39 @@ def _plain(obj):
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     return obj
+
+
+# ---------------------------------------------------------------- named recipes
+@dataclass(frozen=True)
+class Recipe:
+    """A benchmark's student by name: the settings of `collect` and `train` that reproduce it (CLI flags by field).
+    Flags given on the command line override the recipe's."""
+
+    summary: str
+    collect: dict = dataclasses.field(default_factory=dict)  # CollectConfig and CameraConfig fields
+    train: dict = dataclasses.field(default_factory=dict)  # TrainConfig fields
+    use: str = ""  # when it is the right choice, and when not
+
+
+RECIPES: dict[str, Recipe] = {
+    # BENCHMARKS.md, "Distillation quality": 97.2% on MT10 against the teacher's 98.6% (n = 500, paired)
+    "mt10": Recipe(
+        summary="tiny student on frozen ImageNet EfficientNet-Lite0 features with trained keypoints, action chunks "
+                "of K = 5, an auxiliary head that predicts the privileged object and goal state in training only; "
+                "two 128 px cameras (corner2, gripper), DART demonstrations (action noise 0.5)",
+        collect={"names": ("corner2", "gripper"), "height": 128, "width": 128, "action_noise": 0.5},
+        train={"preset": "tiny", "vision": "efficientnet-lite0", "horizon": 5, "batch_size": 64,
+               "aux_state": "observation.environment_state", "steps": 20000, "save_every": 4000, "log_every": 50},
+        use="with enough demonstrations (50 per task) and a DAgger round; with few (20 per task) the frozen "
+            "encoder's head overfits: use the from-scratch default preset instead (BENCHMARKS.md, \"Ablations\")",
+    ),
+}
+
+
+def recipe(name: str) -> Recipe:
+    """The named recipe; a ValueError with a did-you-mean on an unknown name."""
+    if name not in RECIPES:
+        close = difflib.get_close_matches(name, list(RECIPES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"recipe: unknown {name!r}{hint}; recipes: {', '.join(RECIPES)}")
+    return RECIPES[name]

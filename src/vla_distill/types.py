@@ -86,7 +86,8 @@ AUGMENT_KEY = "augment_key"  # (B,) int64 per-sample key that fixes its augmenta
 
 # ---------------------------------------------------------------- phase taxonomies
 PHASES_4 = ("approach", "grasp", "transport", "release")  # the seed's
-PHASES_9 = ("idle", "approaching", "grasping", "transporting", "holding", "placing", "operating", "regrasping", "completed")
+PHASES_9 = ("idle", "approaching", "grasping", "transporting", "holding", "placing", "operating", "regrasping",
+            "completed")
 TAXONOMIES = {"4": PHASES_4, "9": PHASES_9}
 TO_4 = {
     "idle": "approach", "approaching": "approach", "grasping": "grasp", "regrasping": "grasp",

@@ -34,7 +34,8 @@ def dump(ds: LeRobotDataset, out: Path) -> None:
             arrays[k].append(v)
         tasks.append(item["task"])
     np.savez(out, **{k: np.stack(v) for k, v in arrays.items()}, task=np.array(tasks))
-    summary = {"num_episodes": ds.meta.total_episodes, "num_frames": len(ds), "codebase_version": ds.meta.info["codebase_version"]}
+    summary = {"num_episodes": ds.meta.total_episodes, "num_frames": len(ds),
+               "codebase_version": ds.meta.info["codebase_version"]}
     out.with_suffix(".json").write_text(json.dumps(summary))
 
 
@@ -46,7 +47,8 @@ def write(root: Path) -> LeRobotDataset:
         "observation.state": {"dtype": "float32", "shape": (3,), "names": ["a", "b", "c"]},
         "action": {"dtype": "float32", "shape": (2,), "names": ["x", "y"]},
     }
-    ds = LeRobotDataset.create("local/lerobot_written", FPS, features=features, root=root, robot_type="fake", use_videos=True)
+    ds = LeRobotDataset.create("local/lerobot_written", FPS, features=features, root=root, robot_type="fake",
+                               use_videos=True)
     yy, xx = np.mgrid[0:32, 0:32]
     for e, n in enumerate((6, 9, 7)):
         for t in range(n):

@@ -11,77 +11,47 @@ them (annotate/executors.py: this process, or Ray actors); the driver alone writ
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import sqlite3
 import sys
 import time
 from contextlib import closing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from vla_distill.annotate import directions as dirs
+from vla_distill.annotate.config import AnnotateConfig
 from vla_distill.annotate.episode import EpisodeResult, WorkerSpec, dataset_layout, load_staged, stage, staged_episodes
 from vla_distill.annotate.executors import LocalExecutor, RayExecutor
-from vla_distill.annotate.phases import PhaseConfig
-from vla_distill.annotate.vlm import VLMConfig
+from vla_distill.data.annotations import (
+    directions_table,
+    parquet_bytes,
+    phases_table,
+    task_embeddings_table,
+    windows_table,
+)
 from vla_distill.data.columns import add_columns
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.data.format import cache_root, single_writer, write_json_atomic
 from vla_distill.errors import ConfigError, DatasetError
 from vla_distill.sim.layout import StateLayout
-from vla_distill.types import (ACTION, ANNOTATION_PATH, AUDIT_PATH, AUDIT_REPORT_PATH, DIRECTION_INDEX, DIRECTIONS_PATH,
-                               PHASE_INDEX, PHASES_PATH, TASK_EMBEDDINGS_PATH, TASK_INDEX, TAXONOMIES, TEACHER_ACTION,
-                               WINDOWS_PATH)
-
-SOURCES = ("kinematic", "vlm", "none")
-
-
-@dataclass(frozen=True)
-class AnnotateConfig:
-    teacher: str = "scripted"
-    teacher_options: tuple[tuple[str, str], ...] = ()
-    phases: str = "kinematic"
-    taxonomy: str = "4"
-    directions: str = "kinematic"
-    window: int = 8
-    stride: int = 4
-    text_encoder: str = ""  # "" = bundled all-MiniLM-L6-v2; else a local sentence-transformers directory
-    vlm: VLMConfig | None = None
-    vlm_camera: str = ""  # "" = the dataset's first camera
-    vlm_cache: str = ""  # "" = $VLA_DISTILL_CACHE/vlm.sqlite (kept across runs: a rerun costs nothing)
-    audit: bool = True
-    phase: PhaseConfig = field(default_factory=PhaseConfig)
-    # observation.state's roles where neither a simulator's layout nor the feature names give them (sim.layout)
-    state_map: str = ""  # e.g. "ee=0:3,gripper=6", "joints=0:5,gripper=5"
-    robot_model: str = ""  # MJCF or URDF: the end effector by forward kinematics of a joint-space arm
-    ee_frame: str = ""  # its site or body
-    joint_units: str = "deg"  # sim.robot_model.JOINT_UNITS
-
-    def __post_init__(self):
-        for name in ("phases", "directions"):
-            if getattr(self, name) not in SOURCES:
-                raise ConfigError(f"{getattr(self, name)!r} is not one of {SOURCES}", field=name)
-        if self.taxonomy not in TAXONOMIES:
-            raise ConfigError(f"{self.taxonomy!r} is not one of {sorted(TAXONOMIES)}", field="taxonomy")
-        if "vlm" in (self.phases, self.directions) and self.vlm is None:
-            raise ConfigError("phases or directions from the VLM need --vlm-url and --vlm-model", field="vlm")
-        dirs.DirectionConfig(window=self.window, stride=self.stride)
-
-    @property
-    def uses_vlm(self) -> bool:
-        return self.vlm is not None and "vlm" in (self.phases, self.directions)
-
-    @property
-    def cue_config(self) -> dirs.DirectionConfig:
-        return dirs.DirectionConfig(window=self.window, stride=self.stride)
+from vla_distill.types import (
+    ACTION,
+    ANNOTATION_PATH,
+    AUDIT_PATH,
+    AUDIT_REPORT_PATH,
+    DIRECTION_INDEX,
+    DIRECTIONS_PATH,
+    PHASE_INDEX,
+    PHASES_PATH,
+    TASK_EMBEDDINGS_PATH,
+    TEACHER_ACTION,
+    WINDOWS_PATH,
+)
 
 
 # ---------------------------------------------------------------- episodes -> one dataset's columns
@@ -135,30 +105,6 @@ def run_episodes(ds: RobotDataset, spec: WorkerSpec, executor, partial: Path,
     return {e: load_staged(partial, e) for e in range(ds.num_episodes)}, info
 
 
-# ---------------------------------------------------------------- tables
-def _parquet_bytes(table: pa.Table) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()
-
-
-def phases_table(taxonomy: str) -> pa.Table:
-    names = TAXONOMIES[taxonomy]
-    return pa.table({PHASE_INDEX: pa.array(range(len(names)), pa.int64()), "phase": list(names), "taxonomy": [taxonomy] * len(names)})
-
-
-def directions_table(texts: list[str], embeddings: np.ndarray, counts: list[int], source: str) -> pa.Table:
-    return pa.table({
-        DIRECTION_INDEX: pa.array(range(len(texts)), pa.int64()), "text": texts,
-        "embedding": _fixed_list(embeddings), "count": pa.array(counts, pa.int64()),
-        "source": [source] * len(texts),
-    })
-
-
-def _fixed_list(emb: np.ndarray) -> pa.FixedSizeListArray:
-    return pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float32).reshape(-1), pa.float32()), emb.shape[1])
-
-
 # ---------------------------------------------------------------- the command
 LAYOUT_FIELDS = ("state_map", "robot_model", "ee_frame", "joint_units")
 
@@ -173,7 +119,8 @@ def _plan(ds: RobotDataset, cfg: AnnotateConfig) -> dict:
 
 
 def annotate(dataset: str | Path, out: str | Path, cfg: AnnotateConfig = AnnotateConfig(),
-             executor: LocalExecutor | RayExecutor | None = None, hook: Callable[[EpisodeResult], None] | None = None) -> Path:
+             executor: LocalExecutor | RayExecutor | None = None,
+             hook: Callable[[EpisodeResult], None] | None = None) -> Path:
     """hook: called with each episode's result as it is staged (progress, tests)."""
     t0 = time.perf_counter()
     ds = RobotDataset(dataset)
@@ -230,7 +177,8 @@ def _annotate(ds: RobotDataset, out: Path, partial: Path, cfg: AnnotateConfig, e
     columns: dict[str, np.ndarray] = {}
     features: dict[str, dict] = {}
     extra: dict[str, bytes] = {}
-    provenance: dict = {"dataset": plan["dataset"], "dataset_fingerprint": plan["fingerprint"], "config": plan["config"]}
+    provenance: dict = {"dataset": plan["dataset"], "dataset_fingerprint": plan["fingerprint"],
+                        "config": plan["config"]}
     if layout is not None:
         provenance["state_layout"] = layout.describe()
     timings = {k: sum(r.stats.get(k, 0.0) for r in results.values()) for k in ("teacher_s", "labels_s")}
@@ -239,29 +187,25 @@ def _annotate(ds: RobotDataset, out: Path, partial: Path, cfg: AnnotateConfig, e
         h, d = actions.shape[1:]
         names = ds.features.get(ACTION, {}).get("names")
         columns[TEACHER_ACTION] = actions[:, 0] if h == 1 else actions
-        features[TEACHER_ACTION] = {"dtype": "float32", "shape": [d] if h == 1 else [h, d], "names": names if h == 1 else None}
+        features[TEACHER_ACTION] = {"dtype": "float32", "shape": [d] if h == 1 else [h, d],
+                                    "names": names if h == 1 else None}
     if cfg.uses_vlm:
-        provenance.update({k: int(sum(r.stats.get(k, 0) for r in results.values())) for k in ("vlm_requests", "vlm_invalid_windows")})
+        provenance.update({k: int(sum(r.stats.get(k, 0) for r in results.values())) for k in ("vlm_requests",
+                                                                                              "vlm_invalid_windows")})
         provenance["vlm_cache"] = vlm_cache
     if cfg.phases != "none":
         columns[PHASE_INDEX] = labels.phases
         features[PHASE_INDEX] = {"dtype": "int64", "shape": [1], "names": None}
-        extra[PHASES_PATH] = _parquet_bytes(phases_table(cfg.taxonomy))
+        extra[PHASES_PATH] = parquet_bytes(phases_table(cfg.taxonomy))
     if cfg.directions != "none":
         t = time.perf_counter()
         cue_ids, texts, counts, encoder_name, emb, task_emb = _embed(labels.windows, cfg.text_encoder, ds.tasks)
         timings["embed_s"] = time.perf_counter() - t
         columns[DIRECTION_INDEX] = cue_ids[labels.window_of_frame]
         features[DIRECTION_INDEX] = {"dtype": "int64", "shape": [1], "names": None}
-        extra[DIRECTIONS_PATH] = _parquet_bytes(directions_table(texts, emb, counts, cfg.directions))
-        extra[TASK_EMBEDDINGS_PATH] = _parquet_bytes(pa.table({
-            TASK_INDEX: pa.array(range(len(ds.tasks)), pa.int64()), "task": ds.tasks,
-            "embedding": _fixed_list(task_emb)}))
-        w = labels.windows
-        extra[WINDOWS_PATH] = _parquet_bytes(pa.table({
-            "episode_index": pa.array([x[0] for x in w], pa.int64()), "start": pa.array([x[1] for x in w], pa.int64()),
-            "end": pa.array([x[2] for x in w], pa.int64()), DIRECTION_INDEX: pa.array(cue_ids, pa.int64()),
-        }))
+        extra[DIRECTIONS_PATH] = parquet_bytes(directions_table(texts, emb, counts, cfg.directions))
+        extra[TASK_EMBEDDINGS_PATH] = parquet_bytes(task_embeddings_table(ds.tasks, task_emb))
+        extra[WINDOWS_PATH] = parquet_bytes(windows_table([w[:3] for w in labels.windows], cue_ids))
         provenance["text_encoder"] = {"name": encoder_name, "dim": int(emb.shape[1])}
     provenance["timings_s"] = {k: round(v, 3) for k, v in timings.items()}  # worker seconds, summed over episodes
     provenance["run"] = run_info

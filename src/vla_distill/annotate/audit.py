@@ -9,8 +9,9 @@ Phase checks (per episode, labels collapsed to the 4-phase taxonomy, -1 = masked
 Cue checks (per window): a claimed direction opposite to the window's motion ("left" while moving right), an
 axis claimed where there is no motion (invented), motion while the cue says still, or a gripper claim
 contradicted by the fingers (an arm known only by its joints: claimed joint motion against the joints'). Checks
-the dataset's state cannot support are listed under "not_checked". Embedding spread: windows with near-identical kinematics (same phase, same
-dominant motion) whose cue embeddings are far apart — the symptom of a hallucinating labeller.
+the dataset's state cannot support are listed under "not_checked". Embedding spread: windows with near-identical
+kinematics (same phase, same dominant motion) whose cue embeddings are far apart — the symptom of a hallucinating
+labeller.
 """
 
 from __future__ import annotations
@@ -20,8 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.parquet as pq
 
-from vla_distill.annotate.directions import (DirectionConfig, cue_direction, joint_claims, joint_motion, joint_word,
-                                             window_motion)
+from vla_distill.annotate.directions import (
+    DirectionConfig,
+    cue_direction,
+    joint_claims,
+    joint_motion,
+    joint_word,
+    window_motion,
+)
 from vla_distill.annotate.episode import dataset_layout, episode_kinematics
 from vla_distill.annotate.phases import PhaseConfig, label_phases
 from vla_distill.data.annotations import read_annotation, read_directions, read_phase_names
@@ -30,15 +37,23 @@ from vla_distill.data.dataset import RobotDataset
 from vla_distill.data.format import write_json_atomic
 from vla_distill.errors import DatasetError
 from vla_distill.sim.kinematics import Kinematics, runs
-from vla_distill.types import (ANNOTATION_PATH, AUDIT_PATH, AUDIT_REPORT_PATH, DIRECTION_INDEX, PHASE_INDEX, PHASES_4,
-                               WINDOWS_PATH, to_phase4)
+from vla_distill.types import (
+    ANNOTATION_PATH,
+    AUDIT_PATH,
+    AUDIT_REPORT_PATH,
+    DIRECTION_INDEX,
+    PHASE_INDEX,
+    PHASES_4,
+    WINDOWS_PATH,
+    to_phase4,
+)
 
 APPROACH, GRASP, TRANSPORT, RELEASE = range(4)
 
 
 @dataclass(frozen=True)
 class AuditConfig:
-    tolerance: int = 12  # frames of disagreement with the kinematics accepted as boundary timing jitter (0.15 s at 80 fps)
+    tolerance: int = 12  # frames of disagreement with the kinematics taken as boundary timing jitter (0.15 s at 80 fps)
     release_tolerance: int = 2  # frames, where the dataset records success
     stuck_fraction: float = 0.9
     opposite_fraction: float = 0.15  # a claimed axis moving the other way by this fraction of the largest motion
@@ -79,7 +94,8 @@ def audit_phases(labels4: np.ndarray, kin: Kinematics, cfg: AuditConfig = AuditC
     return flags
 
 
-def audit_cue(text: str, kin: Kinematics, start: int, end: int, dcfg: DirectionConfig, cfg: AuditConfig = AuditConfig()) -> str | None:
+def audit_cue(text: str, kin: Kinematics, start: int, end: int, dcfg: DirectionConfig,
+              cfg: AuditConfig = AuditConfig()) -> str | None:
     """The reason a window's cue contradicts its kinematics, or None."""
     if kin.ee is None:
         return _audit_joint_cue(text, kin, start, end, dcfg, cfg)
@@ -104,7 +120,8 @@ def _audit_gripper_claim(text: str, dg: float, dcfg: DirectionConfig) -> str | N
     return None
 
 
-def _audit_joint_cue(text: str, kin: Kinematics, start: int, end: int, dcfg: DirectionConfig, cfg: AuditConfig) -> str | None:
+def _audit_joint_cue(text: str, kin: Kinematics, start: int, end: int, dcfg: DirectionConfig,
+                     cfg: AuditConfig) -> str | None:
     """audit_cue() for an arm known only by its joints: joint claims against joint motion (fractions of the widest
     joint's range)."""
     dq, dg = joint_motion(kin, start, end), window_motion(kin, start, end)[1]
@@ -120,7 +137,8 @@ def _audit_joint_cue(text: str, kin: Kinematics, start: int, end: int, dcfg: Dir
     return _audit_gripper_claim(text, dg, dcfg)
 
 
-def embedding_spread(groups: np.ndarray, cue_ids: np.ndarray, embeddings: np.ndarray, cfg: AuditConfig = AuditConfig()) -> list[dict]:
+def embedding_spread(groups: np.ndarray, cue_ids: np.ndarray, embeddings: np.ndarray,
+                     cfg: AuditConfig = AuditConfig()) -> list[dict]:
     """groups: (K,) kinematic group id per window; cue_ids: (K,) direction index (-1 masked).
     Returns the groups whose cues are spread widely (mean pairwise cosine distance above the threshold)."""
     out = []
@@ -143,7 +161,8 @@ def kinematic_group(kin: Kinematics, phases4: np.ndarray, start: int, end: int, 
     axis = int(np.abs(delta).argmax()) if np.linalg.norm(delta) >= dcfg.min_move else 3
     sign = int(delta[axis] > 0) if axis < 3 else 0
     grip = 0 if abs(dg) < dcfg.gripper_change else (1 if dg > 0 else 2)
-    phase = int(np.bincount(phases4[start:end][phases4[start:end] >= 0], minlength=4).argmax()) if (phases4[start:end] >= 0).any() else 4
+    phase = int(np.bincount(phases4[start:end][phases4[start:end] >= 0],
+                            minlength=4).argmax()) if (phases4[start:end] >= 0).any() else 4
     return ((phase * 4 + axis) * 2 + sign) * 3 + grip
 
 
@@ -210,8 +229,10 @@ def audit_dataset(root, mask: bool = False, drop: bool = False, cfg: AuditConfig
             "cue_windows": n_windows, "cue_windows_flagged": sum(len(x["cue_flags"]) for x in episodes),
             "spread_groups_flagged": len(spread), "masked": mask,
         },
-        "not_checked": not_checked(layout) if layout is not None else [f"every check against the kinematics: {unreadable}"],
-        "dropped_episodes": [x["episode_index"] for x in episodes if x["phase_flags"] or x["cue_flags"]] if drop else [],
+        "not_checked": not_checked(layout) if layout is not None else [f"every check against the kinematics: "
+                                                                       f"{unreadable}"],
+        "dropped_episodes": [x["episode_index"] for x in episodes if x["phase_flags"] or x["cue_flags"]] if drop
+        else [],
         "spread": spread, "episodes": episodes,
     }
     write_json_atomic(ds.root / AUDIT_PATH, report)

@@ -27,7 +27,7 @@ class DirectionConfig:
     min_move: float = 0.01  # m over the window; less is "still"
     secondary: float = 0.5  # another axis is named when its motion is at least this fraction of the largest
     gripper_change: float = 0.1  # opening change over the window that counts as opening/closing
-    min_joint_move: float = 0.05  # joint-space arms: fraction of the widest joint's range over the window; less is "still"
+    min_joint_move: float = 0.05  # joint-space arms: fraction of the widest joint's range in the window; less: "still"
 
     def __post_init__(self):
         if self.window < 2 or self.stride < 1:
@@ -137,7 +137,8 @@ def _gripper_cue(dg: float, phase: str, noun: str, cfg: DirectionConfig) -> str:
     if dg < -cfg.gripper_change:
         return f"closing the gripper on the {noun}" if phase in ("grasp", "transport") else "closing the gripper"
     if dg > cfg.gripper_change:
-        return f"opening the gripper to release the {noun}" if phase in ("transport", "release") else "opening the gripper"
+        return f"opening the gripper to release the {noun}" if phase in ("transport",
+                                                                         "release") else "opening the gripper"
     return ""
 
 
@@ -153,7 +154,8 @@ def _describe_joints(kin: Kinematics, phase: str, dg: float, dq: np.ndarray, nou
     return f"moving the arm: {moves}"
 
 
-def kinematic_cues(kin: Kinematics, phases: np.ndarray, taxonomy: tuple[str, ...], noun: str, cfg: DirectionConfig) -> list[str]:
+def kinematic_cues(kin: Kinematics, phases: np.ndarray, taxonomy: tuple[str, ...], noun: str,
+                   cfg: DirectionConfig) -> list[str]:
     """One cue per window of the episode."""
     phases4 = to_phase4(phases, taxonomy)
     return [describe(kin, phases4, int(s), int(e), noun, cfg) for s, e in windows(len(kin), cfg)]

@@ -22,11 +22,11 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vla_distill.annotate import directions as dirs
+from vla_distill.annotate.config import AnnotateConfig
 from vla_distill.annotate.phases import PhaseConfig, label_phases
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.data.format import feature_names
@@ -34,9 +34,6 @@ from vla_distill.errors import ConfigError
 from vla_distill.sim.kinematics import Kinematics
 from vla_distill.sim.layout import StateLayout, resolve_layout
 from vla_distill.types import ACTION, OBS_CONTACT, OBS_ENV_STATE, OBS_STATE, SUCCESS, TAXONOMIES
-
-if TYPE_CHECKING:
-    from vla_distill.annotate.annotate import AnnotateConfig
 
 STAGING_DIR = "episodes"
 
@@ -71,7 +68,8 @@ class Journal:
     def __init__(self, path: Path):
         self.db = sqlite3.connect(path)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS actions (frame INTEGER PRIMARY KEY, h INTEGER, d INTEGER, data BLOB)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS actions (frame INTEGER PRIMARY KEY, h INTEGER, d INTEGER, data "
+                        "BLOB)")
 
     def get(self, frames: np.ndarray) -> dict[int, np.ndarray]:
         out = {}
@@ -84,7 +82,8 @@ class Journal:
 
     def put(self, frame: int, action: np.ndarray, commit: bool) -> None:
         a = np.ascontiguousarray(action, np.float32)
-        self.db.execute("INSERT OR REPLACE INTO actions VALUES (?, ?, ?, ?)", (int(frame), a.shape[0], a.shape[1], a.tobytes()))
+        self.db.execute("INSERT OR REPLACE INTO actions VALUES (?, ?, ?, ?)",
+                        (int(frame), a.shape[0], a.shape[1], a.tobytes()))
         if commit:
             self.db.commit()
 
@@ -168,7 +167,8 @@ class EpisodeWorker:
 
             self.camera = cfg.vlm_camera or (self.ds.camera_keys[0] if self.ds.camera_keys else "")
             if self.camera not in self.ds.camera_keys:
-                raise ConfigError(f"no camera {self.camera!r} in the dataset (cameras: {self.ds.camera_keys})", field="vlm_camera")
+                raise ConfigError(f"no camera {self.camera!r} in the dataset (cameras: {self.ds.camera_keys})",
+                                  field="vlm_camera")
             self.vlm = VLMLabeller(cfg.vlm, spec.vlm_cache)
 
     def _check(self) -> None:
@@ -195,23 +195,28 @@ class EpisodeWorker:
         teacher = {"spec": self.cfg.teacher, **self.teacher.provenance()} if self.teacher is not None else None
         return EpisodeResult(e, actions, phases, wins, cues, window_of_frame, stats, teacher)
 
+    def _journaled(self, teacher, frame_ids: np.ndarray, missing: np.ndarray):
+        """The on_result hook that files each answer in the journal as it arrives (None without a journal)."""
+        from vla_distill.teachers.remote import RemoteTeacher
+
+        if self.journal is None:
+            return None
+        commit_each = isinstance(teacher, RemoteTeacher)  # a remote answer is costly: keep it the moment it arrives
+        return lambda i, a: self.journal.put(frame_ids[missing[i]], a, commit=commit_each)
+
     def _teacher_actions(self, e: int, rows: np.ndarray) -> np.ndarray:
         """(T, K, D) for every frame of episode e; answers already in the journal are not asked again."""
         from vla_distill.teachers.noisy import NoisyTeacher, corrupt
-        from vla_distill.teachers.remote import RemoteTeacher
 
         # The journal holds the clean answers; noise is applied per episode afterwards, so it is reproducible on resume.
-        base, noise = (self.teacher.inner, self.teacher.cfg) if isinstance(self.teacher, NoisyTeacher) else (self.teacher, None)
+        noisy = isinstance(self.teacher, NoisyTeacher)
+        base, noise = (self.teacher.inner, self.teacher.cfg) if noisy else (self.teacher, None)
         frame_ids = self.ds.column("index")[rows]
         known = self.journal.get(frame_ids) if self.journal is not None else {}
         missing = np.array([i for i, f in enumerate(frame_ids) if int(f) not in known], np.int64)
         if len(missing):
             frames = episode_frames(self.ds, e, self.ds.camera_keys if base.needs_images else [])
-            keep = None
-            if self.journal is not None:
-                commit_each = isinstance(base, RemoteTeacher)  # a remote answer is costly: keep it the moment it arrives
-                keep = lambda i, a: self.journal.put(frame_ids[missing[i]], a, commit=commit_each)
-            answers = base.label(frames, missing, keep)
+            answers = base.label(frames, missing, self._journaled(base, frame_ids, missing))
             if self.journal is not None:
                 self.journal.db.commit()
             known.update((int(frame_ids[i]), a) for i, a in zip(missing, answers))
@@ -228,7 +233,8 @@ class EpisodeWorker:
         phases = label_phases(kin, self.phase_cfg).astype(np.int64) if cfg.phases == "kinematic" else None
         vlm_out = None
         if self.vlm is not None:
-            vlm_out = self.vlm.label_episode(self.dataset_id, ep.index, ep.tasks[0], self.ds.frames(self.camera, rows), wins, self.names)
+            vlm_out = self.vlm.label_episode(self.dataset_id, ep.index, ep.tasks[0], self.ds.frames(self.camera, rows),
+                                             wins, self.names)
         if cfg.phases == "vlm":
             phases = np.array([vlm_out[k][0] for k in window_of_frame], np.int64)
         if cfg.directions == "kinematic":
@@ -257,7 +263,8 @@ def stage(partial: Path, result: EpisodeResult) -> None:
     path = staged_path(partial, result.episode)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"windows": result.windows, "window_of_frame": result.window_of_frame,
-              "meta": np.array(json.dumps({"cues": result.cues, "stats": result.stats, "teacher": result.teacher}, default=str))}
+              "meta": np.array(json.dumps({"cues": result.cues, "stats": result.stats, "teacher": result.teacher},
+                                          default=str))}
     if result.actions is not None:
         arrays["actions"] = result.actions
     if result.phases is not None:

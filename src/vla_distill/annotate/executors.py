@@ -122,7 +122,8 @@ class RayExecutor:
                 attempts[e] = attempts.get(e, 0) + 1
                 self.lost += 1
                 if attempts[e] > self.max_retries:
-                    raise AnnotationError(f"workers died {attempts[e]} times on episode {e}; last: {_first_line(err)}") from None
+                    raise AnnotationError(f"workers died {attempts[e]} times on episode {e}; last: "
+                                          f"{_first_line(err)}") from None
                 print(f"ray: worker {pids[slot]} lost on episode {e} ({_first_line(err)}); "
                       f"starting another and asking again ({attempts[e]}/{self.max_retries})", file=sys.stderr)
                 ray.kill(actors[slot])
@@ -146,10 +147,12 @@ class RayExecutor:
         """(CPUs per worker, GPUs per worker, workers) for a cluster of `have` resources."""
         cpus_total, gpus_total = have.get("CPU", 0.0), have.get("GPU", 0.0)
         in_process_model = "checkpoint:" in spec.cfg.teacher  # also inside noisy[...]:checkpoint:PATH
-        gpus = self.worker_gpus if self.worker_gpus is not None else (1.0 if in_process_model and gpus_total >= 1 else 0.0)
+        default_gpus = 1.0 if in_process_model and gpus_total >= 1 else 0.0
+        gpus = self.worker_gpus if self.worker_gpus is not None else default_gpus
         if self.worker_cpus > cpus_total or gpus > gpus_total:
             raise ConfigError(f"a worker asks for {self.worker_cpus:g} CPU and {gpus:g} GPU; the cluster has "
-                              f"{cpus_total:g} CPU and {gpus_total:g} GPU", field="worker_cpus" if self.worker_cpus > cpus_total else "worker_gpus")
+                              f"{cpus_total:g} CPU and {gpus_total:g} GPU",
+                              field="worker_cpus" if self.worker_cpus > cpus_total else "worker_gpus")
         n = self.workers or max(1, int(cpus_total // self.worker_cpus))
         if gpus and not self.workers:
             n = min(n, int(gpus_total // gpus))

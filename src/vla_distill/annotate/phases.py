@@ -25,11 +25,11 @@ class PhaseConfig:
     moving_speed: float = 0.05  # m/s, object speed above which it is being moved
     moving_frames: int = 4  # consecutive frames of object motion that start transport (a brushed object jiggles)
     contact_radius: float = 0.15  # m, object motion farther than this from the gripper is settling, not manipulation
-    contact_frames: int = 5  # with recorded contact: object motion this many frames after the last touch is still the hand's
+    contact_frames: int = 5  # with recorded contact: object motion this many frames after the last touch is the hand's
     still_speed: float = 0.01  # m/s, end-effector speed below which it is idle / holding
     min_frames: int = 2  # a phase shorter than this is merged into its neighbours
     push_alignment: float = 0.5  # cosine between hand velocity and object->goal above which a close-in is a push
-    joint_moving_speed: float = 0.15  # joint-space arms without forward kinematics: widest-range fractions/s, all joints
+    joint_moving_speed: float = 0.15  # joint-space arms without forward kinematics: widest-range fractions/s
     joint_still_speed: float = 0.05
 
     def __post_init__(self):

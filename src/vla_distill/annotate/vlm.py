@@ -77,7 +77,8 @@ def _jpeg_b64(img: np.ndarray) -> str:
 def keyframe_images(frames: np.ndarray, cfg: VLMConfig) -> list[np.ndarray]:
     """frames: (W, H, W, 3) uint8 of one window -> the images sent (a contact sheet or each keyframe)."""
     idx = np.unique(np.linspace(0, len(frames) - 1, cfg.keyframes).round().astype(int))
-    keys = [np.asarray(Image.fromarray(frames[i]).resize((cfg.image_size, cfg.image_size), Image.BILINEAR)) for i in idx]
+    keys = [np.asarray(Image.fromarray(frames[i]).resize((cfg.image_size, cfg.image_size),
+                                                         Image.BILINEAR)) for i in idx]
     return [np.concatenate(keys, axis=1)] if cfg.contact_sheet else keys
 
 
@@ -108,7 +109,8 @@ class VLMLabeller:
     def _post(self, body: dict) -> str:
         req = urllib.request.Request(
             self.cfg.url.rstrip("/") + "/chat/completions", data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {self.cfg.api_key}"} if self.cfg.api_key else {})},
+            headers={"Content-Type": "application/json",
+                     **({"Authorization": f"Bearer {self.cfg.api_key}"} if self.cfg.api_key else {})},
         )
         with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:
             reply = json.loads(resp.read())
@@ -120,7 +122,8 @@ class VLMLabeller:
         content = [{"type": "text", "text": prompt}] + [
             {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{_jpeg_b64(im)}"}} for im in images
         ]
-        body = {"model": self.cfg.model, "messages": [{"role": "user", "content": content}], "temperature": 0.0, "max_tokens": 128}
+        body = {"model": self.cfg.model, "messages": [{"role": "user", "content": content}], "temperature": 0.0,
+                "max_tokens": 128}
         for attempt in range(self.cfg.retries + 1):
             try:
                 parsed = parse_reply(self._post(body), labels, self.cfg.max_direction_chars)
@@ -133,13 +136,15 @@ class VLMLabeller:
 
     def label_episode(self, dataset_id: str, episode_index: int, task: str, frames: np.ndarray,
                       wins: np.ndarray, labels: tuple[str, ...]) -> list[tuple[int, str | None]]:
-        """frames: (T, H, W, 3) uint8 of one camera; wins: (K, 2). Returns (phase index or -1, cue or None) per window."""
+        """frames: (T, H, W, 3) uint8 of one camera; wins: (K, 2). Returns (phase index or -1, cue or None) per
+        window."""
         prompt = PROMPT.format(n=self.cfg.keyframes, task=task, labels=", ".join(labels))
 
         def one(k: int) -> tuple[int, str | None]:
             s, e = int(wins[k, 0]), int(wins[k, 1])
             key = hashlib.sha256(json.dumps([dataset_id, episode_index, s, e, self.cfg.model, prompt,
-                                             self.cfg.keyframes, self.cfg.contact_sheet, self.cfg.image_size]).encode()).hexdigest()
+                                             self.cfg.keyframes, self.cfg.contact_sheet,
+                                             self.cfg.image_size]).encode()).hexdigest()
             hit = self._cached(key)
             if hit is None:
                 parsed = self._ask(prompt, keyframe_images(frames[s:e], self.cfg), labels)

@@ -1,5 +1,6 @@
-"""Collect scripted-expert demonstrations from MetaWorld into a LeRobotDataset v3.0; or, with a trained policy
-driving (DAgger), the rollouts of that policy, failures included, for `annotate --teacher scripted` to relabel.
+"""Collect scripted-expert demonstrations from a simulator (sim.registry: MetaWorld by default) into a LeRobotDataset
+v3.0; or, with a trained policy driving (DAgger), the rollouts of that policy, failures included, for
+`annotate --teacher scripted` to relabel.
 
 Crash safety: every attempt runs in a worker and lands in `<out>/.partial/` atomically (episode directory
 renamed into place, then a one-line marker), so an interrupted run (Ctrl-C or kill -9) resumes from its
@@ -28,10 +29,9 @@ from vla_distill.data.format import INFO_PATH, removed_on_failure, single_writer
 from vla_distill.data.video import encode_video
 from vla_distill.data.writer import DatasetWriter, EncodedVideo, Episode
 from vla_distill.errors import ConfigError
-from vla_distill.sim.metaworld import ACTION_NAMES, FPS, STATE_NAMES, MetaWorldEnv, expert_action, expert_policy
-from vla_distill.sim.metaworld_tasks import INSTRUCTIONS, difficulty_of
+from vla_distill.sim.base import Env, Expert
 from vla_distill.sim.workers import worker_pool
-from vla_distill.types import ACTION, DONE, OBS_CONTACT, OBS_ENV_STATE, OBS_STATE, REWARD, SUCCESS
+from vla_distill.types import ACTION, DONE, REWARD, SUCCESS
 
 PARTIAL = ".partial"
 BUILDING = ".building"
@@ -51,15 +51,14 @@ class Attempt:
 
 
 def dataset_features(cfg: CollectConfig) -> dict[str, dict]:
-    h, w = cfg.cameras.height, cfg.cameras.width
+    """The cameras, the simulator's own features (state, privileged state, contact, action), then reward and flags."""
+    h, w, fps = cfg.cameras.height, cfg.cameras.width, cfg.sim.fps
     image = {"dtype": "image", "shape": [h, w, 3], "names": ["height", "width", "channels"]}
-    cams = {k: (video_feature(h, w, FPS, cfg.video_codec) if cfg.image_format == "video" else dict(image)) for k in cfg.cameras.keys}
+    cams = {k: (video_feature(h, w, fps, cfg.video_codec) if cfg.image_format == "video" else dict(image))
+            for k in cfg.cameras.keys}
     return {
         **cams,
-        OBS_STATE: {"dtype": "float32", "shape": [4], "names": STATE_NAMES},
-        OBS_ENV_STATE: {"dtype": "float32", "shape": [39], "names": None},
-        OBS_CONTACT: {"dtype": "float32", "shape": [1], "names": ["gripper_object_contact"]},
-        ACTION: {"dtype": "float32", "shape": [4], "names": ACTION_NAMES},
+        **cfg.sim.features(),
         REWARD: {"dtype": "float32", "shape": [1], "names": None},
         SUCCESS: {"dtype": "bool", "shape": [1], "names": None},
         DONE: {"dtype": "bool", "shape": [1], "names": None},
@@ -67,37 +66,41 @@ def dataset_features(cfg: CollectConfig) -> dict[str, dict]:
 
 
 # ------------------------------------------------------------------------------------------------ worker side
-_ENV: MetaWorldEnv | None = None
+_ENV: tuple[str, Env] | None = None  # (task, its environment)
 
 
-def _env_for(task: str, cfg: CollectConfig) -> MetaWorldEnv:
+def _env_for(task: str, cfg: CollectConfig) -> Env:
     global _ENV
-    if _ENV is None or _ENV.task != task:
+    if _ENV is None or _ENV[0] != task:
         if _ENV is not None:
-            _ENV.close()
+            _ENV[1].close()
         else:  # free the GL context in the worker's own exit hook, while EGL is still loaded
             mp_util.Finalize(None, _close_env, exitpriority=10)
-        _ENV = MetaWorldEnv(task, cfg.cameras)
-    return _ENV
+        size = (cfg.cameras.height, cfg.cameras.width)
+        _ENV = (task, cfg.sim.make_env(task, tuple(cfg.cameras.keys), size))
+    return _ENV[1]
 
 
-def rollout(env: MetaWorldEnv, seed: int, steps_after_success: int, action_noise: float = 0.0,
-            driver=None) -> tuple[dict[str, np.ndarray], int | None]:
-    """Runs the task's scripted expert, its xyz actions perturbed by N(0, action_noise²) (seeded by `seed`), or a
-    trained policy (`driver`, a models Policy) in its place; returns per-frame arrays (the executed actions) and
-    the first success frame (None if never)."""
-    expert = expert_policy(env.task) if driver is None else None
+def rollout(env: Env, seed: int, steps_after_success: int, expert: Expert | None = None, driver=None,
+            action_noise: float = 0.0, noise_dims: tuple[int, ...] = ()) -> tuple[dict[str, np.ndarray], int | None]:
+    """Runs the task's scripted expert (reading the privileged state at full precision), its `noise_dims`
+    perturbed by N(0, action_noise²) (seeded by `seed`), or a trained policy (`driver`, a models Policy) in its
+    place; returns per-frame arrays (the executed actions) and the first success frame (None if never)."""
+    if (expert is None) == (driver is None):
+        raise ValueError("rollout: give the expert or a driving policy, not both")
     obs = env.reset(seed)
     if driver is not None:
         driver.reset(task=env.instruction)
     rng = np.random.default_rng(seed)
     low, high = env.action_bounds()
+    dims = list(noise_dims)
     frames: dict[str, list] = {k: [] for k in (*obs, ACTION, REWARD, SUCCESS)}
     first_success = None
     for t in range(env.max_steps):
-        action = expert_action(expert, env.raw_obs) if driver is None else _policy_action(driver, obs, env.instruction)
+        action = expert(env.env_state) if driver is None else _policy_action(driver, obs, env.instruction)
         if action_noise:  # the gripper stays the expert's: a dropped object teaches nothing about recovering a path
-            action[:3] = np.clip(action[:3] + rng.normal(0, action_noise, 3), low[:3], high[:3]).astype(action.dtype)
+            noisy = action[dims] + rng.normal(0, action_noise, len(dims))
+            action[dims] = np.clip(noisy, low[dims], high[dims]).astype(action.dtype)
         for k, v in obs.items():
             frames[k].append(v)
         obs, reward, success = env.step(action)
@@ -164,7 +167,7 @@ def _init_worker() -> None:
 def _close_env() -> None:
     global _ENV
     if _ENV is not None:
-        _ENV.close()
+        _ENV[1].close()
         _ENV = None
 
 
@@ -175,7 +178,9 @@ def run_attempt(att: Attempt, cfg: CollectConfig, partial: Path) -> dict:
     t0 = time.perf_counter()
     env = _env_for(att.task, cfg)
     driver = _policy_for(cfg.policy) if cfg.policy else None
-    frames, first_success = rollout(env, att.seed, cfg.steps_after_success, cfg.action_noise, driver)
+    expert = cfg.sim.expert(att.task) if driver is None else None
+    frames, first_success = rollout(env, att.seed, cfg.steps_after_success, expert, driver, cfg.action_noise,
+                                    cfg.sim.noise_dims)
     n = len(frames[ACTION])
     marker = {"task": att.task, "attempt": att.attempt, "seed": att.seed, "frames": n, "success_frame": first_success}
     if first_success is not None or cfg.policy:
@@ -194,7 +199,7 @@ def _store_episode(final: Path, frames: dict[str, np.ndarray], cfg: CollectConfi
     with removed_on_failure(tmp):
         if cfg.image_format == "video":
             for key in cfg.cameras.keys:
-                encode_video(arrays.pop(key), tmp / f"{key}.mp4", FPS, cfg.video_codec)
+                encode_video(arrays.pop(key), tmp / f"{key}.mp4", cfg.sim.fps, cfg.video_codec)
         np.savez(tmp / "frames.npz", **arrays)
         (tmp / "episode.json").write_text(json.dumps({"marker": marker, "stats": stats_lib.to_json(stats)}))
     shutil.rmtree(final, ignore_errors=True)
@@ -225,7 +230,8 @@ class Collector:
 
     def _prepare_partial(self) -> None:
         if self.out.exists() and not self.partial.exists() and any(self.out.iterdir()):
-            raise ConfigError("output directory exists and is not an unfinished collection; choose another", field=str(self.out))
+            raise ConfigError("output directory exists and is not an unfinished collection; choose another",
+                              field=str(self.out))
         (self.partial / "attempts").mkdir(parents=True, exist_ok=True)
         (self.partial / "episodes").mkdir(parents=True, exist_ok=True)
         plan_path = self.partial / "plan.json"
@@ -241,7 +247,8 @@ class Collector:
         now = json.loads(json.dumps(self.cfg.plan()))  # as it reads back from JSON (tuples become lists)
         if earlier != now:
             diff = sorted(k for k in earlier if earlier.get(k) != now.get(k))
-            raise ConfigError(f"{self.out} was started with different settings ({', '.join(diff)}); use another --out or the same settings", field=diff[0] if diff else None)
+            raise ConfigError(f"{self.out} was started with different settings ({', '.join(diff)}); use another --out "
+                              "or the same settings", field=diff[0] if diff else None)
 
     def _load_markers(self) -> dict[str, dict]:
         out = {}
@@ -279,7 +286,8 @@ class Collector:
         kept = lambda: sum(self._kept(m) for m in done.values())  # noqa: E731
         bar = tqdm(total=total, initial=min(kept(), total), desc="collect", unit="ep", dynamic_ncols=True)
         frames, t0 = 0, time.perf_counter()
-        pool = worker_pool(self.cfg.num_workers, _init_worker, preload=(__name__,))  # metaworld imported once
+        # the simulator imported once, in the forkserver, not in every worker
+        pool = worker_pool(self.cfg.num_workers, _init_worker, preload=(__name__, *self.cfg.sim.preload))
         running: dict[Future, Attempt] = {}
         try:
             while True:
@@ -311,7 +319,9 @@ class Collector:
         shutil.rmtree(building, ignore_errors=True)
         per_task = self._summary(markers)
         with removed_on_failure(building):  # .partial keeps the episodes for the rerun
-            with DatasetWriter(building, FPS, dataset_features(self.cfg), robot_type="sawyer", video_codec=self.cfg.video_codec) as writer:
+            with DatasetWriter(building, self.cfg.sim.fps, dataset_features(self.cfg),
+                               robot_type=self.cfg.sim.robot_type,
+                               video_codec=self.cfg.video_codec) as writer:
                 for task in self.cfg.tasks:
                     for name in per_task[task]["kept_attempts"]:
                         writer.add_episode(self._load_episode(self.partial / "episodes" / name, task))
@@ -329,7 +339,8 @@ class Collector:
             if self.cfg.policy:
                 print(f"  {task:<28} {t['kept']:>3} rollouts of the policy, {t['policy_successes']:>3} successful")
                 continue
-            note = "" if t["kept"] == self.cfg.episodes else f"  (wanted {self.cfg.episodes}: the expert failed too often)"
+            short = f"  (wanted {self.cfg.episodes}: the expert failed too often)"
+            note = "" if t["kept"] == self.cfg.episodes else short
             print(f"  {task:<28} kept {t['kept']:>3} of {t['tried']:>3} tried{note}")
         return self.out
 
@@ -339,8 +350,8 @@ class Collector:
             mine = sorted((m for m in markers.values() if m["task"] == task), key=lambda m: m["attempt"])
             ok = [self._attempt(pos, m["attempt"]).name for m in mine if self._kept(m)][: self.cfg.episodes]
             out[task] = {
-                "instruction": INSTRUCTIONS[task],
-                "difficulty": difficulty_of(task),
+                "instruction": self.cfg.sim.instruction(task),
+                "difficulty": self.cfg.sim.group_of(task),
                 "tried": len(mine),
                 "kept": len(ok),
                 "failed_seeds": [m["seed"] for m in mine if m["success_frame"] is None],
@@ -357,7 +368,8 @@ class Collector:
             frames.update({key: EncodedVideo(path / f"{key}.mp4") for key in self.cfg.cameras.keys})
         m = info["marker"]
         meta = {"task_name": task, "seed": m["seed"], "attempt": m["attempt"], "success_frame": m["success_frame"]}
-        return Episode(frames, task=INSTRUCTIONS[task], stats=stats_lib.from_json(info["stats"]), meta=meta)
+        instruction = self.cfg.sim.instruction(task) or info["marker"].get("instruction", task)
+        return Episode(frames, task=instruction, stats=stats_lib.from_json(info["stats"]), meta=meta)
 
 
 def collect(cfg: CollectConfig, out: str | Path) -> Path:

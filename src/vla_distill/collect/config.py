@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from vla_distill.errors import ConfigError
-from vla_distill.sim.metaworld import CameraConfig
+from vla_distill.sim.base import CameraConfig, Simulator
+from vla_distill.sim.registry import DEFAULT_ENV, get_simulator
 
 
 @dataclass(frozen=True)
 class CollectConfig:
     tasks: tuple[str, ...]
+    env: str = DEFAULT_ENV
     episodes: int = 10  # successful episodes kept per task (with a policy driving: rollouts per task)
     seed: int = 0
     steps_after_success: int = 10  # frames recorded after the first success, then the episode stops
@@ -24,7 +26,7 @@ class CollectConfig:
     # every one with the expert's action. Every rollout is kept: `episodes` counts rollouts, not successes.
     policy: str = ""
     max_attempts_factor: float = 3.0  # give up on a task after episodes x this many attempts
-    cameras: CameraConfig = field(default_factory=CameraConfig)
+    cameras: CameraConfig = field(default_factory=CameraConfig)  # no names: the simulator's default cameras
     image_format: str = "video"  # "video" (AV1 mp4, lerobot's default) or "image" (PNG in parquet)
     video_codec: str = "libsvtav1"
     workers: int = 0  # 0: one per core
@@ -32,6 +34,15 @@ class CollectConfig:
     def __post_init__(self):
         if not self.tasks:
             raise ConfigError("no task given", field="tasks")
+        sim = self.sim
+        unknown = [t for t in self.tasks if not sim.has_task(t)]
+        if unknown:
+            raise ConfigError(f"{unknown[0]!r} is not a {sim.name} task", field="tasks")
+        if not self.cameras.names:  # resolved here, so the saved plan names the cameras recorded
+            object.__setattr__(self, "cameras", replace(self.cameras, names=sim.default_cameras))
+        for name in self.cameras.names:
+            if name not in sim.cameras:
+                raise ConfigError(f"unknown camera '{name}'; valid: {', '.join(sim.cameras)}", field="cameras")
         if self.episodes < 1:
             raise ConfigError("must be >= 1", field="episodes")
         if self.seed < 0:
@@ -48,6 +59,10 @@ class CollectConfig:
             raise ConfigError("must be 'video' or 'image'", field="image_format")
         if self.workers < 0:
             raise ConfigError("must be >= 0", field="workers")
+
+    @property
+    def sim(self) -> Simulator:
+        return get_simulator(self.env)
 
     @property
     def num_workers(self) -> int:
@@ -70,6 +85,8 @@ class CollectConfig:
         for key in ("action_noise", "policy"):  # absent from plans written before they existed
             if not d[key]:
                 d.pop(key)
+        if d["env"] == DEFAULT_ENV:
+            d.pop("env")
         d["tasks"] = list(self.tasks)
         d["cameras"]["names"] = list(self.cameras.names)
         return d

@@ -22,7 +22,8 @@ def check_values(key: str, values: np.ndarray, feature: dict, num_frames: int, p
     if shape == (1,) and values.ndim == 1:
         values = values[:, None]
     if values.shape[1:] != shape:
-        raise DatasetError(f"shape {list(values.shape[1:])} disagrees with info.json shape {list(shape)}", path=path, field=key)
+        raise DatasetError(f"shape {list(values.shape[1:])} disagrees with info.json shape {list(shape)}", path=path,
+                           field=key)
     bad = first_nonfinite_row(values)
     if bad is not None:
         raise DatasetError(f"holds NaN/inf (first at frame {bad})", path=path, field=key)
@@ -62,7 +63,8 @@ def from_arrow(column: pa.ChunkedArray | pa.Array, feature: dict, key: str, path
     n = len(column)
     values = column
     depth = 0
-    while pa.types.is_list(values.type) or pa.types.is_fixed_size_list(values.type) or pa.types.is_large_list(values.type):
+    while any(is_list(values.type) for is_list in (pa.types.is_list, pa.types.is_fixed_size_list,
+                                                    pa.types.is_large_list)):
         values = values.flatten()
         depth += 1
     try:
@@ -72,7 +74,8 @@ def from_arrow(column: pa.ChunkedArray | pa.Array, feature: dict, key: str, path
     expected = n * int(np.prod(shape))
     if out.size != expected or (depth == 0 and shape != (1,)):
         raise DatasetError(
-            f"column holds {out.size // max(n, 1)} values per frame, info.json shape is {list(shape)}", path=path, field=key
+            f"column holds {out.size // max(n, 1)} values per frame, info.json shape is {list(shape)}", path=path,
+            field=key
         )
     # Scalar features (shape [1]) come back as (N,), as lerobot returns them per frame as 0-d values.
     return out.reshape((n,) if shape == (1,) else (n,) + shape).astype(np.dtype(feature["dtype"]), copy=False)

@@ -17,7 +17,14 @@ import pyarrow.parquet as pq
 from vla_distill.data import stats as stats_lib
 from vla_distill.data.arrow import check_values, to_arrow
 from vla_distill.data.dataset import RobotDataset, read_parquet
-from vla_distill.data.format import INFO_PATH, STATS_PATH, arrow_type, removed_on_failure, validate_features, write_json_atomic
+from vla_distill.data.format import (
+    INFO_PATH,
+    STATS_PATH,
+    arrow_type,
+    removed_on_failure,
+    validate_features,
+    write_json_atomic,
+)
 from vla_distill.errors import DatasetError
 
 
@@ -34,7 +41,8 @@ def add_columns(
     Writes to `out` (a new directory) or, when out is None, replaces `root` in place."""
     ds = RobotDataset(root)
     if not ds.version.startswith("v3"):
-        raise DatasetError("columns can only be added to v3.0 datasets", path=ds.root / INFO_PATH, field="codebase_version")
+        raise DatasetError("columns can only be added to v3.0 datasets", path=ds.root / INFO_PATH,
+                           field="codebase_version")
     validate_features(features)
     for key in columns:
         if key not in features:
@@ -96,7 +104,10 @@ def _write_meta(ds: RobotDataset, columns: dict[str, np.ndarray], info: dict, tm
             for stat in per_ep[0].get(key, {}):
                 name = f"stats/{key}/{stat}"
                 arr = pa.array([np.asarray(per_ep[p][key][stat]).tolist() for p in positions])
-                table = table.set_column(table.column_names.index(name), name, arr) if name in table.column_names else table.append_column(name, arr)
+                if name in table.column_names:
+                    table = table.set_column(table.column_names.index(name), name, arr)
+                else:
+                    table = table.append_column(name, arr)
         target = tmp / path.relative_to(ds.root)
         target.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, target, compression="snappy")

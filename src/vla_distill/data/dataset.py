@@ -8,7 +8,6 @@ frame time = episode's `videos/<key>/from_timestamp` + the row's `timestamp` (v2
 from __future__ import annotations
 
 import hashlib
-
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -86,7 +85,8 @@ class RobotDataset:
             self.tasks = self._read_tasks_v2()
             self.episodes = self._read_episodes_v2()
         else:
-            raise DatasetError(f"unsupported codebase_version {self.version!r}", path=self.root / INFO_PATH, field="codebase_version")
+            raise DatasetError(f"unsupported codebase_version {self.version!r}", path=self.root / INFO_PATH,
+                               field="codebase_version")
         self._columns = self._read_frames()
         self._videos: dict[Path, VideoReader] = {}
 
@@ -120,7 +120,8 @@ class RobotDataset:
         if path.exists():
             return stats_lib.from_json(read_json(path))
         if (self.root / "meta/episodes_stats.jsonl").exists():
-            per_ep = [stats_lib.from_json(json.loads(line)["stats"]) for line in self._jsonl("meta/episodes_stats.jsonl")]
+            lines = self._jsonl("meta/episodes_stats.jsonl")
+            per_ep = [stats_lib.from_json(json.loads(line)["stats"]) for line in lines]
             return stats_lib.aggregate_all(per_ep)
         raise DatasetError("no stats.json or episodes_stats.jsonl", path=self.root / "meta")
 
@@ -151,7 +152,8 @@ class RobotDataset:
         table = read_parquet(self.root / TASKS_PATH)
         name = next((c for c in ("task", "__index_level_0__") if c in table.column_names), None)
         if name is None or TASK_INDEX not in table.column_names:
-            raise DatasetError("needs 'task_index' and the task text ('task' or the pandas index)", path=self.root / TASKS_PATH)
+            raise DatasetError("needs 'task_index' and the task text ('task' or the pandas index)",
+                               path=self.root / TASKS_PATH)
         order = np.asarray(table.column(TASK_INDEX).to_pylist())
         texts = table.column(name).to_pylist()
         out = [""] * (int(order.max()) + 1 if len(order) else 0)
@@ -169,7 +171,8 @@ class RobotDataset:
     def _read_episodes_v3(self) -> list[EpisodeInfo]:
         files = sorted((self.root / "meta/episodes").glob("chunk-*/file-*.parquet"))
         if not files:
-            raise DatasetError("no episode metadata", path=self.root / EPISODES_PATH.format(chunk_index=0, file_index=0))
+            raise DatasetError("no episode metadata",
+                               path=self.root / EPISODES_PATH.format(chunk_index=0, file_index=0))
         tables = [read_parquet(f) for f in files]
         if any("episode_index" not in t.column_names for t in tables):
             bad = next(f for f, t in zip(files, tables) if "episode_index" not in t.column_names)
@@ -181,7 +184,8 @@ class RobotDataset:
         self._episodes_table = table
         keep = [c for c in table.column_names if not c.startswith("stats/")]
         rows = table.select(keep).to_pylist()
-        known = {"episode_index", "tasks", "length", "dataset_from_index", "dataset_to_index", "data/chunk_index", "data/file_index"}
+        known = {"episode_index", "tasks", "length", "dataset_from_index", "dataset_to_index", "data/chunk_index",
+                 "data/file_index"}
         episodes = []
         for row in rows:
             data_path = self.root / self.info["data_path"].format(
@@ -214,7 +218,8 @@ class RobotDataset:
         return episodes
 
     def _read_episodes_v2(self) -> list[EpisodeInfo]:
-        rows = sorted((json.loads(line) for line in self._jsonl("meta/episodes.jsonl")), key=lambda r: r["episode_index"])
+        rows = sorted((json.loads(line) for line in self._jsonl("meta/episodes.jsonl")),
+                      key=lambda r: r["episode_index"])
         chunks_size = int(self.info.get("chunks_size", 1000))
         episodes, start = [], 0
         for row in rows:
@@ -222,7 +227,8 @@ class RobotDataset:
             chunk = e // chunks_size
             videos = {
                 key: VideoSpan(
-                    self.root / self.info["video_path"].format(episode_chunk=chunk, video_key=key, episode_index=e), 0.0, 0.0
+                    self.root / self.info["video_path"].format(episode_chunk=chunk, video_key=key, episode_index=e),
+                    0.0, 0.0
                 )
                 for key in self.video_keys
             }
@@ -239,7 +245,8 @@ class RobotDataset:
         keys = [k for k, ft in self.features.items() if ft["dtype"] != "video"]
         missing = [k for k in DEFAULT_FEATURES if k not in keys]
         if missing:
-            raise DatasetError("info.json does not declare this default feature", path=self.root / INFO_PATH, field=missing[0])
+            raise DatasetError("info.json does not declare this default feature", path=self.root / INFO_PATH,
+                               field=missing[0])
         paths = list(dict.fromkeys(ep.data_path for ep in self.episodes))
         parts: dict[str, list] = {k: [] for k in keys}
         for path in paths:
@@ -268,7 +275,8 @@ class RobotDataset:
                 columns[key] = np.concatenate(chunks) if chunks else np.zeros((0,))
         order = np.argsort(columns["index"].reshape(-1), kind="stable")
         if not np.array_equal(order, np.arange(len(order))):
-            columns = {k: (np.asarray(v, dtype=object)[order].tolist() if isinstance(v, list) else v[order]) for k, v in columns.items()}
+            columns = {k: (np.asarray(v, dtype=object)[order].tolist() if isinstance(v, list) else v[order]) for k,
+                       v in columns.items()}
         for key in DEFAULT_FEATURES:
             columns[key] = columns[key].reshape(-1)
         self._check_frames_match_episodes(columns)
@@ -279,20 +287,24 @@ class RobotDataset:
         for name, actual in (("total_frames", len(columns["index"])), ("total_episodes", len(self.episodes))):
             declared = self.info.get(name)
             if declared is not None and declared != actual:
-                raise DatasetError(f"says {declared}, the dataset holds {actual}", path=self.root / INFO_PATH, field=name)
+                raise DatasetError(f"says {declared}, the dataset holds {actual}", path=self.root / INFO_PATH,
+                                   field=name)
         if len(columns["index"]) != total:
             raise DatasetError(
-                f"data files hold {len(columns['index'])} frames, the episodes table says {total}", path=self.root / "data"
+                f"data files hold {len(columns['index'])} frames, the episodes table says {total}",
+                path=self.root / "data"
             )
         first = int(columns["index"][0]) if total else 0
         self._check_spans(first)
         for ep in self.episodes:
             ep_index = columns["episode_index"][ep.from_index - first : ep.to_index - first]
             if len(ep_index) == ep.length and len(set(ep_index.tolist())) == 1 and ep_index[0] != ep.index:
-                raise DatasetError(f"says {ep.index} for rows [{ep.from_index}, {ep.to_index}), which the data files give "
-                                   f"to episode {ep_index[0]}", path=ep.meta_path or ep.data_path, field="episode_index")
+                raise DatasetError(f"says {ep.index} for rows [{ep.from_index}, {ep.to_index}), which the data files "
+                                   f"give to episode {ep_index[0]}", path=ep.meta_path or ep.data_path,
+                                   field="episode_index")
             if len(ep_index) != ep.length or (ep_index != ep.index).any():
-                raise DatasetError(f"episode {ep.index} rows are not at index [{ep.from_index}, {ep.to_index})", path=ep.data_path, field="index")
+                raise DatasetError(f"episode {ep.index} rows are not at index [{ep.from_index}, {ep.to_index})",
+                                   path=ep.data_path, field="index")
         self._index_offset = first
 
     def _check_spans(self, first: int) -> None:
@@ -303,8 +315,8 @@ class RobotDataset:
         start, frame = first, 1.0 / self.fps
         for ep in self.episodes:
             if ep.from_index != start:
-                raise DatasetError(f"episode {ep.index} starts at row {ep.from_index}; the rows before it end at {start}",
-                                   path=ep.meta_path, field="dataset_from_index")
+                raise DatasetError(f"episode {ep.index} starts at row {ep.from_index}; the rows before it end at "
+                                   f"{start}", path=ep.meta_path, field="dataset_from_index")
             if ep.to_index - ep.from_index != ep.length:
                 raise DatasetError(f"episode {ep.index} ends at row {ep.to_index}, not at dataset_from_index "
                                    f"{ep.from_index} + length {ep.length}", path=ep.meta_path, field="dataset_to_index")
@@ -312,9 +324,10 @@ class RobotDataset:
             for key, span in ep.videos.items():
                 seconds = span.to_timestamp - span.from_timestamp
                 if not abs(seconds - ep.length * frame) <= frame + self.tolerance_s:
-                    raise DatasetError(f"episode {ep.index} spans {seconds:.3f} s of video ({span.from_timestamp:.3f} to "
-                                       f"{span.to_timestamp:.3f}); its {ep.length} frames at {self.fps:g} fps last "
-                                       f"{ep.length * frame:.3f} s", path=ep.meta_path, field=f"videos/{key}/to_timestamp")
+                    raise DatasetError(f"episode {ep.index} spans {seconds:.3f} s of video ({span.from_timestamp:.3f} "
+                                       f"to {span.to_timestamp:.3f}); its {ep.length} frames at {self.fps:g} fps last "
+                                       f"{ep.length * frame:.3f} s", path=ep.meta_path,
+                                       field=f"videos/{key}/to_timestamp")
 
     def column(self, key: str) -> np.ndarray:
         """All frames of a numeric feature, (N, *shape)."""
@@ -390,7 +403,7 @@ class RobotDataset:
     def validate(self, decode_videos: bool = True) -> None:
         """Full check beyond what opening does: every video decodes and covers its episodes' frames."""
         for key in self.video_keys:
-            for e, ep in enumerate(self.episodes):
+            for e in range(self.num_episodes):
                 rows = self.episode_rows(e)
                 self.frames(key, rows[[0, -1]] if not decode_videos else rows)
         for key in self.image_keys:

@@ -141,17 +141,18 @@ def cache_root() -> Path:
 
 @contextmanager
 def single_writer(directory: Path) -> Iterator[None]:
-    """Creates an output directory if needed and holds an exclusive lock on it for the life of a resumable run (collect, annotate,
-    train, eval): a second run started on the same output would interleave its files with this one's and finish or
-    delete them under it. The lock is the kernel's (flock on the directory itself): it goes with the process, so a
-    killed run never leaves a stale lock, and no lock file is added to the output."""
+    """Creates an output directory if needed and holds an exclusive lock on it for the life of a resumable run
+    (collect, annotate, train, eval): a second run started on the same output would interleave its files with this
+    one's and finish or delete them under it. The lock is the kernel's (flock on the directory itself): it goes with
+    the process, so a killed run never leaves a stale lock, and no lock file is added to the output."""
     Path(directory).mkdir(parents=True, exist_ok=True)
     fd = os.open(directory, os.O_RDONLY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError("another vla-distill run is writing this output; wait for it or stop it", path=directory) from None
+            raise ConfigError("another vla-distill run is writing this output; wait for it or stop it",
+                              path=directory) from None
         yield
     finally:
         os.close(fd)

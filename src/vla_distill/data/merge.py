@@ -5,7 +5,8 @@ Episodes are renumbered in the order given and tasks united; per-frame columns a
 segment is copied packet for packet (no re-encode: every episode starts on a keyframe, as this writer and lerobot's
 write them), and per-episode stats and extra episode columns (seed, success frame, ...) travel with their episodes.
 The output is written beside `out` and renamed into place when complete; meta/merge.json says which source each
-episode range came from.
+episode range came from. A feature only some datasets have (a derived column recorded since a later version, such as
+observation.contact) is refused unless it is named in `drop`, which leaves it out of the merge for all of them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from vla_distill.types import ANNOTATION_PATH, DEFAULT_FEATURES, TASK_INDEX
 MERGE_PATH = "meta/merge.json"
 
 
-def merge(sources: list[str | Path], out: str | Path) -> Path:
+def merge(sources: list[str | Path], out: str | Path, drop: tuple[str, ...] = ()) -> Path:
+    """drop: features left out of the merged dataset (each must be one of some source's)."""
     out = Path(out)
     if len(sources) < 2:
         raise ConfigError("merge needs at least two datasets", field="datasets")
@@ -34,10 +36,10 @@ def merge(sources: list[str | Path], out: str | Path) -> Path:
         raise ConfigError("output directory exists and is not empty; choose another", field=str(out))
     for src in sources:  # each annotation has its own cue vocabulary and phase files: annotate the merge instead
         if (Path(src) / ANNOTATION_PATH).exists():
-            raise DatasetError("an annotated dataset; merge the datasets it was annotated from, then annotate the merge",
-                               path=src)
+            raise DatasetError("an annotated dataset; merge the datasets it was annotated from, then annotate the "
+                               "merge", path=src)
     datasets = [RobotDataset(s) for s in sources]
-    features = _common_features(datasets)
+    features = _common_features(datasets, drop)
     building = out.with_name(out.name + ".building")
     ranges = []
     with single_writer(building):
@@ -55,7 +57,8 @@ def merge(sources: list[str | Path], out: str | Path) -> Path:
                     bar.update()
                 ranges.append({"dataset": str(ds.root), "fingerprint": ds.fingerprint(),
                                "episodes": [first, len(writer.episode_rows)]})
-        write_json_atomic(building / MERGE_PATH, {"sources": ranges})
+        dropped = {"dropped_features": list(drop)} if drop else {}
+        write_json_atomic(building / MERGE_PATH, {"sources": ranges, **dropped})
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         out.rmdir()  # empty, checked above
@@ -64,21 +67,27 @@ def merge(sources: list[str | Path], out: str | Path) -> Path:
     return out
 
 
-def _common_features(datasets: list[RobotDataset]) -> dict[str, dict]:
-    """The first dataset's own features; every other must declare the same keys, dtypes and shapes, at one fps."""
+def _common_features(datasets: list[RobotDataset], drop: tuple[str, ...] = ()) -> dict[str, dict]:
+    """The first dataset's own features less `drop`; every other must declare the same keys, dtypes and shapes, at one
+    fps."""
     ref = datasets[0]
-    own = {k: v for k, v in ref.features.items() if k not in DEFAULT_FEATURES}
+    unknown = [k for k in drop if k in DEFAULT_FEATURES or not any(k in ds.features for ds in datasets)]
+    if unknown:
+        raise ConfigError(f"{unknown[0]!r} is not a feature of these datasets that can be dropped",
+                          field="drop_features")
+    own = {k: v for k, v in ref.features.items() if k not in DEFAULT_FEATURES and k not in drop}
     for ds in datasets[1:]:
         if ds.fps != ref.fps:
             raise DatasetError(f"{ds.fps:g} fps where {ref.root} has {ref.fps:g}", path=ds.root, field="fps")
-        theirs = {k: v for k, v in ds.features.items() if k not in DEFAULT_FEATURES}
+        theirs = {k: v for k, v in ds.features.items() if k not in DEFAULT_FEATURES and k not in drop}
         for key in sorted(set(own) | set(theirs)):
             a, b = own.get(key), theirs.get(key)
             if a is None or b is None:
-                raise DatasetError(f"feature present in only one of the datasets (see {ref.root})", path=ds.root, field=key)
+                raise DatasetError(f"feature present in only one of the datasets (see {ref.root}); leave it out of the "
+                                   f"merge with --drop-features {key}", path=ds.root, field=key)
             if (a["dtype"], list(a["shape"])) != (b["dtype"], list(b["shape"])):
-                raise DatasetError(f"{b['dtype']} {list(b['shape'])} where {ref.root} has {a['dtype']} {list(a['shape'])}",
-                                   path=ds.root, field=key)
+                raise DatasetError(f"{b['dtype']} {list(b['shape'])} where {ref.root} has {a['dtype']} "
+                                   f"{list(a['shape'])}", path=ds.root, field=key)
     return own
 
 
@@ -93,4 +102,5 @@ def _episode(ds: RobotDataset, e: int, features: dict[str, dict]) -> Episode:
         else:
             frames[key] = np.asarray(ds.column(key)[rows])
     task = [ds.tasks[int(i)] for i in ds.column(TASK_INDEX)[rows]]
-    return Episode(frames, task, stats=ds.episode_stats([e]), meta=dict(ep.extra))
+    stats = {k: v for k, v in ds.episode_stats([e]).items() if k in features or k in DEFAULT_FEATURES}
+    return Episode(frames, task, stats=stats, meta=dict(ep.extra))

@@ -22,7 +22,8 @@ DEFAULT_CODEC = "libsvtav1"
 os.environ.setdefault("SVT_LOG", "1")
 
 
-def encode_video(frames: np.ndarray, path: Path, fps: int, codec: str = DEFAULT_CODEC, crf: int = 30, gop: int = 2) -> None:
+def encode_video(frames: np.ndarray, path: Path, fps: int, codec: str = DEFAULT_CODEC, crf: int = 30,
+                 gop: int = 2) -> None:
     """frames: (T, H, W, 3) uint8 -> one mp4 whose frame i has pts i/fps. Written atomically."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
@@ -165,7 +166,8 @@ class VideoReader:
         if (gap >= tolerance_s).any():
             bad = int(gap.argmax())
             raise self._error(
-                f"no frame within {tolerance_s}s of t={timestamps[bad]:.4f}s (nearest decodable: {pts_arr[nearest[bad]]:.4f}s; truncated or corrupt file?)"
+                f"no frame within {tolerance_s}s of t={timestamps[bad]:.4f}s (nearest decodable: "
+                f"{pts_arr[nearest[bad]]:.4f}s; truncated or corrupt file?)"
             )
         return np.stack([imgs[i] for i in nearest])
 

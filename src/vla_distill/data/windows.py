@@ -25,7 +25,8 @@ from vla_distill.errors import ConfigError
 from vla_distill.types import PAD_SUFFIX, TASK_INDEX, images_to_float
 
 
-def deltas_from_timestamps(delta_timestamps: dict[str, Sequence[float]], fps: float, tolerance_s: float = 1e-4) -> dict[str, list[int]]:
+def deltas_from_timestamps(delta_timestamps: dict[str, Sequence[float]], fps: float,
+                           tolerance_s: float = 1e-4) -> dict[str, list[int]]:
     """lerobot-style seconds -> frame offsets; each must land on a frame."""
     out = {}
     for key, ts in delta_timestamps.items():
@@ -183,7 +184,8 @@ class WindowedDataset(torch.utils.data.Dataset):
         return torch.from_numpy(np.asarray(column[rows]))
 
     def batch(self, js: Sequence[int] | np.ndarray) -> dict:
-        """Samples js stacked: {key: (B, T, ...) or (B, ...), key_is_pad: (B, T), "task": list[str], "task_index": (B,)}."""
+        """Samples js stacked: {key: (B, T, ...) or (B, ...), key_is_pad: (B, T), "task": list[str],
+        "task_index": (B,)}."""
         js = np.asarray(js, dtype=np.int64)
         item: dict = {}
         for key in self.keys:

@@ -219,7 +219,8 @@ class DatasetWriter:
             roll.advance()
             concat = None
         if concat is None:
-            path = self.root / self.info["video_path"].format(video_key=key, chunk_index=roll.chunk, file_index=roll.file)
+            path = self.root / self.info["video_path"].format(video_key=key, chunk_index=roll.chunk,
+                                                              file_index=roll.file)
             concat = self._concat[key] = VideoConcatenator(path)
         start_s = 0.0
         if isinstance(values, EncodedVideo):

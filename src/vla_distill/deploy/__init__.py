@@ -1,2 +1,2 @@
-"""Deployment: standalone bundles and ONNX (export.py), the real-time control loop (control_loop.py), the openpi-protocol
-server (openpi_server.py)."""
+"""Deployment: standalone bundles and ONNX (export.py), the real-time control loop (control_loop.py, config.py), the
+openpi-protocol server (openpi_server.py)."""

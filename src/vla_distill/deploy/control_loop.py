@@ -33,42 +33,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from vla_distill.deploy.config import LoopConfig
 from vla_distill.deploy.remote_policy import PolicyUnavailable
 from vla_distill.errors import ConfigError
 from vla_distill.models.base import observation_to_batch
-from vla_distill.models.chunking import AHEAD, CHUNK_MODES, ChunkScheduler
-
-LOOP_CHUNK_MODES = (*CHUNK_MODES, AHEAD)
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    hz: float = 12.5
-    max_steps: int = 500
-    chunk: str = "queue"  # queue: execute n_action_steps of a chunk, then replan | ensemble: ACT temporal ensembling
-                          # | ahead: the next chunk computed while the current one executes, the seam blended
-    n_action_steps: int = 0  # queue: actions used per chunk (0 = all K)
-    ensemble_coeff: float = 0.01  # ACT's m: weight exp(-m * i) for the i-th oldest prediction of a tick
-    overlap: int = 2  # ahead: steps the queued and the new chunk should overlap (blended; the margin for a slow call)
-    max_latency_ms: float = 0.0  # an action later than this after its tick started is dropped (0 = one period)
-    spin_ms: float = 2.0  # busy-wait this last stretch before each deadline
-    steps_after_success: int = 10  # simulated robots: stop this many ticks after the first success
-
-    def __post_init__(self):
-        if not self.hz > 0:
-            raise ValueError(f"hz: must be > 0 (got {self.hz})")
-        if self.chunk not in LOOP_CHUNK_MODES:
-            raise ValueError(f"chunk: {self.chunk!r} is not one of {list(LOOP_CHUNK_MODES)}")
-        if self.max_steps < 1 or self.n_action_steps < 0 or self.overlap < 1:
-            raise ValueError("max_steps and overlap must be >= 1 and n_action_steps >= 0")
-
-    @property
-    def period(self) -> float:
-        return 1.0 / self.hz
-
-    @property
-    def max_latency(self) -> float:
-        return self.max_latency_ms / 1e3 if self.max_latency_ms > 0 else self.period
+from vla_distill.models.chunking import AHEAD, ChunkScheduler
 
 
 class Pacer:
@@ -133,7 +102,8 @@ def check_observation(obs: dict, spec: dict[str, dict]) -> None:
             raise ConfigError(f"shape {list(shape)} but the policy expects {s['shape']}", field=key)
 
 
-def safe_action(action: np.ndarray | None, hold: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, str]:
+def safe_action(action: np.ndarray | None, hold: np.ndarray, low: np.ndarray,
+                high: np.ndarray) -> tuple[np.ndarray, str]:
     """(what to send, flag). Non-finite -> hold; outside [low, high] -> clipped."""
     if action is None or not np.all(np.isfinite(action)):
         return hold, "nan_hold"
@@ -295,7 +265,8 @@ def summarize(log: StepLog, cfg: LoopConfig) -> dict:
     return {
         "hz": cfg.hz, "ticks": len(flags), "interrupted": log.interrupted,
         "timing_ms": {"jitter": _stats(log.jitter_ms), "observation": _stats(log.obs_ms),
-                      "inference": _stats(log.infer_ms), "actuation": _stats(log.act_ms), "tick_work": _stats(log.work_ms)},
+                      "inference": _stats(log.infer_ms), "actuation": _stats(log.act_ms),
+                      "tick_work": _stats(log.work_ms)},
         "deadline_misses": int(sum(w > period_ms for w in log.work_ms)),
         "skipped": log.skipped,
         "late_dropped": flags.count("late"), "nan_hold": flags.count("nan_hold"), "clipped": flags.count("clipped"),

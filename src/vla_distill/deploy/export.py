@@ -5,7 +5,7 @@ The ONNX graph's interface (inputs, outputs) is models/onnx_policy.py's, which r
 the weights of MatMul/Gemm (transformer and linear layers) dynamically by default, as torch's dynamic quantization
 does; convolutions stay fp32 (ONNX Runtime's ConvInteger was slower than fp32 here). `int8="static"` quantizes
 convolutions and matrix multiplies with activation ranges calibrated on a second draw of recorded observations:
-1.17x faster for `base` (91 vs 78 Hz batch-1 on 2 cores of a Zen 5), slower for `tiny` (BENCHMARKS.md).
+faster for large presets, slower for small ones (BENCHMARKS.md, "Batch-1 inference").
 """
 
 from __future__ import annotations
@@ -27,8 +27,16 @@ from vla_distill.errors import ConfigError
 from vla_distill.models.base import Policy, frames_to_batch
 from vla_distill.models.bundle import BUNDLE_FILE, FORMAT, REFERENCE_FILE, VERSION, sha256
 from vla_distill.models.checkpoint import load_pretrained, resolve_pretrained_dir, save_pretrained
-from vla_distill.models.onnx_policy import (INSTALL_HINT, INT8_FILE, ONNX_FILE, graph_inputs, input_names, output_names,
-                                            session, uses_instruction)
+from vla_distill.models.onnx_policy import (
+    INSTALL_HINT,
+    INT8_FILE,
+    ONNX_FILE,
+    graph_inputs,
+    input_names,
+    output_names,
+    session,
+    uses_instruction,
+)
 from vla_distill.types import TASK_EMBEDDING, TASK_INDEX
 
 FORMATS, DTYPES, INT8 = ("bundle", "onnx"), ("fp32", "bf16"), ("dynamic", "static")
@@ -112,7 +120,8 @@ def _write(policy, src: Path, tmp: Path, fmt: str, dtype: str, batch: dict, fram
            reference: np.ndarray, source: str, calibration: dict | None, log) -> dict:
     provenance = {**getattr(policy, "provenance", {}), "exported": {
         "from": str(src), "format": fmt, "dtype": dtype, **({"int8": "static" if calibration else "dynamic"}
-                                                         if fmt == "onnx" else {}), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                         if fmt == "onnx" else {}),
+                                                         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "observations": source}}
     save_pretrained(copy.deepcopy(policy).to(torch.bfloat16) if dtype == "bf16" else policy, tmp, provenance)
     if (src / "train_config.json").exists():
@@ -163,7 +172,8 @@ def _export_onnx(policy: Policy, batch: dict, reference: np.ndarray, tmp: Path, 
             one = sess.run(["actions"], {k: v[:1] for k, v in feed.items()})[0]
             actions = np.concatenate([one, sess.run(["actions"], feed)[0][1:]])
         except Exception as e:  # noqa: BLE001 (ONNX Runtime's errors have no common type)
-            raise ConfigError(f"the exported {graph} does not run: {str(e).splitlines()[0][:300]}", field="format") from None
+            raise ConfigError(f"the exported {graph} does not run: {str(e).splitlines()[0][:300]}",
+                              field="format") from None
         parity[name] = parity_error(actions, reference, scale)
         log(f"parity {name:9s} vs torch fp32 on {len(reference)} recorded observations: max |diff| "
             f"{parity[name]['max_normalized']:.2e} normalized ({parity[name]['max_abs']:.2e} raw)")
@@ -221,8 +231,8 @@ def _no_fastpath():
 
 def export_onnx(policy: Policy, batch: dict, path: str | Path) -> None:
     """Traces the fp32 policy on `batch` and writes the graph, batch axis dynamic, its attention traceable with
-    constant shapes (onnx_graph.py). The TorchScript-based exporter is used: the dynamo exporter's graph failed ONNX Runtime's shape
-    inference for int8 (REFERENCE)."""
+    constant shapes (onnx_graph.py). The TorchScript-based exporter is used: the dynamo exporter's graph failed ONNX
+    Runtime's shape inference for int8 (REFERENCE)."""
     import warnings
 
     feed = graph_inputs(policy, batch)

@@ -48,7 +48,8 @@ class TraceableEncoderLayer(nn.Module):
         lay = self.layer
         return lay.linear2(lay.activation(lay.linear1(x)))
 
-    def forward(self, x: torch.Tensor, src_mask=None, src_key_padding_mask=None, is_causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, src_mask=None, src_key_padding_mask=None,
+                is_causal: bool = False) -> torch.Tensor:
         if src_mask is not None or src_key_padding_mask is not None or is_causal:
             raise ValueError("TraceableEncoderLayer: masks are not supported")
         lay = self.layer
@@ -116,7 +117,8 @@ def _fold_into_conv(pad, consts: dict, consumers: dict, helper) -> bool:
         return False
     spatial = rank - 2
     old = list(attrs["pads"].ints) if "pads" in attrs else [0] * (2 * spatial)
-    new = [old[i] + pads[2 + i] for i in range(spatial)] + [old[spatial + i] + pads[rank + 2 + i] for i in range(spatial)]
+    new = ([old[i] + pads[2 + i] for i in range(spatial)]
+           + [old[spatial + i] + pads[rank + 2 + i] for i in range(spatial)])
     if "pads" in attrs:
         conv.attribute.remove(attrs["pads"])
     conv.attribute.append(helper.make_attribute("pads", new))

@@ -68,7 +68,8 @@ def normalize_request(obs, spec: dict[str, dict], obs_map: dict[str, str] | None
         short = key.replace(".images.", ".", 1)  # openpi's LIBERO keys: observation/image for observation.images.image
         key_in = short if key not in obs and short in obs else key
         if key_in not in obs:
-            raise RequestError(f"{key}: missing (expected keys: {sorted(k for k in spec if spec[k]['dtype'] != 'str')})")
+            expected = sorted(k for k in spec if spec[k]["dtype"] != "str")
+            raise RequestError(f"{key}: missing (expected keys: {expected})")
         value = obs[key_in]
         if not isinstance(value, np.ndarray) or value.dtype.kind not in "uif":
             raise RequestError(f"{key}: expected a numeric numpy array, got {type(value).__name__}")
@@ -217,7 +218,8 @@ def check_obs_map(obs_map: dict[str, str], spec: dict[str, dict]) -> dict[str, s
     """{client key: our key}, every target one of the policy's inputs (or the prompt)."""
     for client, ours in obs_map.items():
         if ours not in spec and ours != TASK:
-            raise ConfigError(f"{client}={ours}: the policy has no input {ours!r} (inputs: {sorted(spec)})", field="obs_map")
+            raise ConfigError(f"{client}={ours}: the policy has no input {ours!r} (inputs: {sorted(spec)})",
+                              field="obs_map")
     return obs_map
 
 
@@ -389,7 +391,8 @@ def serve_policy(policy, backend: str, host: str = "127.0.0.1", port: int = 8000
     except OSError as e:
         raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e})", field="port") from None
     bound = server.socket.getsockname()
-    log(f"serving {meta['policy_type']} ({backend}) on ws://{bound[0]}:{bound[1]}  (health: http://{bound[0]}:{bound[1]}/healthz)")
+    log(f"serving {meta['policy_type']} ({backend}) on ws://{bound[0]}:{bound[1]}  (health: "
+        f"http://{bound[0]}:{bound[1]}/healthz)")
     log("expects: " + ", ".join(f"{k} {v['dtype']}{v['shape']}" for k, v in meta["observation_spec"].items())
         + f"; returns actions float32{meta['action_shape']}")
 

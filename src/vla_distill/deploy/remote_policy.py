@@ -13,10 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from websockets.exceptions import WebSocketException
-from websockets.sync.client import connect
 
-from vla_distill.data.msgpack_numpy import packb, unpackb
+from vla_distill.data.openpi_client import OpenPIClient, ServerError, ServerUnreachable
 from vla_distill.errors import ConfigError
 from vla_distill.models.base import Policy
 from vla_distill.types import TASK
@@ -27,15 +25,13 @@ class PolicyUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
-class RemoteConfig:
+class ServedConfig:
+    """What the server's metadata says of the policy it serves (the Policy interface's config)."""
+
     uri: str
     horizon: int
     action_dim: int
     tasks: tuple[str, ...] = ()
-
-
-def _text(x) -> str:
-    return x.decode() if isinstance(x, bytes) else str(x)
 
 
 class RemotePolicy(Policy):
@@ -43,34 +39,24 @@ class RemotePolicy(Policy):
 
     def __init__(self, host: str, port: int, timeout_s: float = 10.0, obs_map: dict[str, str] | None = None):
         super().__init__(None)  # the config comes from the server's metadata
-        self.uri, self.timeout, self.ws = f"ws://{host}:{port}", timeout_s, None
+        self.client = OpenPIClient(host, port, timeout_s)
         try:
-            meta = self._connect()
-        except PolicyUnavailable as e:
+            meta = self.client.connect()
+        except (ServerError, ServerUnreachable) as e:
             raise ConfigError(str(e), field="policy") from None
         spec = meta.get("observation_spec")
         if not isinstance(spec, dict) or "action_horizon" not in meta or "action_dim" not in meta:
-            raise ConfigError(f"{self.uri}: its metadata does not describe the observation and actions "
-                              "(observation_spec, action_horizon, action_dim); serve the policy with `vla-distill serve`",
-                              field="policy")
-        self.config = RemoteConfig(self.uri, int(meta["action_horizon"]), int(meta["action_dim"]),
-                                   tuple(map(_text, meta.get("instructions", ()))))
+            raise ConfigError(f"{self.client.uri}: its metadata does not describe the observation and actions "
+                              "(observation_spec, action_horizon, action_dim); serve the policy with "
+                              "`vla-distill serve`", field="policy")
+        self.config = ServedConfig(self.client.uri, int(meta["action_horizon"]), int(meta["action_dim"]),
+                                   tuple(map(str, meta.get("instructions", ()))))
         obs_map = obs_map or {}
-        self.wire = {obs_map.get(_text(k), _text(k).replace("/", ".")): _text(k) for k in spec}  # robot key -> server's
-        self.spec = {ours: {"shape": list(spec[theirs]["shape"]), "dtype": _text(spec[theirs]["dtype"])}
-                     for ours, theirs in self.wire.items() if _text(spec[theirs]["dtype"]) != "str"}
-        self.prompt_key = next((k for k in map(_text, spec) if k in ("prompt", TASK)), "prompt")
+        self.wire = {obs_map.get(k, k.replace("/", ".")): k for k in spec}  # robot key -> server's
+        self.spec = {ours: {"shape": list(spec[theirs]["shape"]), "dtype": str(spec[theirs]["dtype"])}
+                     for ours, theirs in self.wire.items() if str(spec[theirs]["dtype"]) != "str"}
+        self.prompt_key = next((k for k in spec if k in ("prompt", TASK)), "prompt")
         self.metadata = meta
-
-    def _connect(self) -> dict:
-        try:
-            self.ws = connect(self.uri, compression=None, max_size=None, open_timeout=self.timeout)
-            meta = self.ws.recv(timeout=self.timeout)
-        except (OSError, TimeoutError, WebSocketException) as e:
-            raise PolicyUnavailable(f"{self.uri}: cannot connect ({type(e).__name__}: {e})") from None
-        if isinstance(meta, str):
-            raise PolicyUnavailable(f"{self.uri}: expected the metadata frame, got text: {meta[:200]}")
-        return {_text(k): v for k, v in unpackb(meta).items()}
 
     @property
     def input_keys(self) -> tuple[str, ...]:
@@ -88,28 +74,24 @@ class RemotePolicy(Policy):
             if self.spec[key]["dtype"] == "uint8":  # (3, H, W) in [0, 1] -> the (H, W, 3) pixels the wire carries
                 x = (x.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8)
             request[self.wire[key]] = np.ascontiguousarray(x.cpu().numpy())
-        return torch.from_numpy(np.array(self._ask(packb(request)), np.float32))[None]  # decoded arrays are read-only
+        return torch.from_numpy(np.array(self._ask(request), np.float32))[None]  # decoded arrays are read-only
 
-    def _ask(self, message: bytes) -> np.ndarray:
+    def _ask(self, request: dict) -> np.ndarray:
+        """The reply's (K, D) actions, reconnecting once after a lost connection."""
         for attempt in (0, 1):
             try:
-                if self.ws is None:
-                    self._connect()
-                self.ws.send(message)
-                reply = self.ws.recv(timeout=self.timeout)
+                reply = self.client.infer(request)
                 break
-            except (OSError, TimeoutError, WebSocketException) as e:
-                self.close()
+            except ServerUnreachable as e:
                 if attempt:
-                    raise PolicyUnavailable(f"{self.uri}: {type(e).__name__}: {e}") from None
-        if isinstance(reply, str):
-            raise PolicyUnavailable(f"{self.uri}: {reply.strip().splitlines()[-1] if reply.strip() else 'error frame'}")
-        actions = {_text(k): v for k, v in unpackb(reply).items()}.get("actions")
+                    raise PolicyUnavailable(str(e)) from None
+            except ServerError as e:
+                raise PolicyUnavailable(str(e)) from None
+        actions = reply.get("actions")
         if actions is None or np.shape(actions) != (self.horizon, self.action_dim):
-            raise PolicyUnavailable(f"{self.uri}: reply without actions of shape {[self.horizon, self.action_dim]}")
+            raise PolicyUnavailable(f"{self.client.uri}: reply without actions of shape "
+                                    f"{[self.horizon, self.action_dim]}")
         return actions
 
     def close(self) -> None:
-        if self.ws is not None:
-            self.ws.close()
-            self.ws = None
+        self.client.close()

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from vla_distill.deploy import recorder
-from vla_distill.deploy.control_loop import LoopConfig, run_loop, summarize
+from vla_distill.deploy.config import LoopConfig
+from vla_distill.deploy.control_loop import run_loop, summarize
 from vla_distill.deploy.robot import SimRobot
 from vla_distill.models.base import policy_cameras
 from vla_distill.sim.registry import get_simulator
@@ -29,7 +30,8 @@ def rows(summaries: list[dict]) -> list[list[str]]:
         t = s["timing_ms"]
         inf = t["inference"]
         row = (s["task"], i, "stopped" if s["interrupted"] else "yes" if s["success"] else "no", s["ticks"],
-               f"{inf.get('p50', 0):.2f}/{inf.get('p99', 0):.2f}/{inf.get('max', 0):.2f}", f"{t['tick_work']['p99']:.2f}",
+               f"{inf.get('p50', 0):.2f}/{inf.get('p99', 0):.2f}/{inf.get('max', 0):.2f}",
+               f"{t['tick_work']['p99']:.2f}",
                f"{t['jitter']['p99']:.3f}", s["deadline_misses"], s["late_dropped"], s["starved"], s["unavailable"],
                s["nan_hold"], s["clipped"], _seam(s["seams"]))
         out.append([str(x) for x in row])
@@ -102,7 +104,8 @@ def replay_recording(path: str, hz: float | None = None, log=print) -> float:
     """Re-sends a recording's actions to a fresh simulated robot with its task and seed; returns the largest
     difference between the replayed and the recorded observation.state."""
     arrays, meta = recorder.load(path)
-    robot = SimRobot(meta["env"], meta["task"], tuple(meta["image_keys"]), tuple(meta["image_size"]) or None, meta["seed"])
+    robot = SimRobot(meta["env"], meta["task"], tuple(meta["image_keys"]), tuple(meta["image_size"]) or None,
+                     meta["seed"])
     robot.connect()
     try:
         seen = recorder.replay(arrays, robot, hz or meta["loop"]["hz"])

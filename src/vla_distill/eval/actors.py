@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +26,7 @@ from vla_distill.models.backends import load_policy, weights_bytes
 from vla_distill.models.base import observation_to_batch, policy_cameras
 from vla_distill.models.checkpoint import resolve_pretrained_dir
 from vla_distill.models.chunking import ChunkScheduler
+from vla_distill.sim.registry import simulator_of
 from vla_distill.teachers import KINDS, make_teacher, parse_kind
 from vla_distill.types import OBS_ENV_STATE, is_camera
 
@@ -131,26 +130,24 @@ def _trained_heads(path: str) -> tuple[bool, bool]:
 
 
 class ScriptedActor:
-    """The MetaWorld expert of the task, reading the 39-d simulator observation."""
+    """The simulator's scripted expert of the task (sim.base.Expert), reading observation.environment_state."""
 
     def __init__(self, spec: str = "scripted"):
-        self.info = ActorInfo(spec=spec, kind="scripted", provenance={"source": f"metaworld {version('metaworld')} scripted experts"})
+        self.info = ActorInfo(spec=spec, kind="scripted", provenance={"source": "the simulators' scripted experts"})
         self.expert = None
 
     def reset(self, task_name: str, instruction: str, episode_seed: int) -> None:
-        from vla_distill.sim.metaworld import expert_policy
-
-        self.expert = expert_policy(task_name)
+        sim = simulator_of(task_name, instruction)
+        if sim is None:
+            raise ConfigError(f"no simulator has the task {task_name!r}", field="tasks")
+        self.expert = sim.expert(task_name)
+        self.info.provenance = {"source": sim.expert_source()}
 
     def act(self, obs: dict) -> Step:
-        from vla_distill.sim.metaworld import expert_action
-
-        if OBS_ENV_STATE not in obs or obs[OBS_ENV_STATE].shape[-1] != 39:
-            raise ConfigError("the scripted teacher needs the 39-d MetaWorld observation", field=OBS_ENV_STATE)
+        if OBS_ENV_STATE not in obs:
+            raise ConfigError("the scripted teacher needs the simulator's privileged state", field=OBS_ENV_STATE)
         t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # some experts' gains saturate; expert_action clips
-            a = expert_action(self.expert, obs[OBS_ENV_STATE])
+        a = self.expert(obs[OBS_ENV_STATE])
         return Step(a, True, time.perf_counter() - t0)
 
     def close(self) -> None:

@@ -3,7 +3,7 @@
 Output directory (lerobot-eval's files, plus what observability needs):
   eval_info.json        per_task / per_group / overall (lerobot's shape) + policy (parameters, latency, memory) + eval
   observability.json    per-episode phase agreement and flags, per-task direction spread
-  episodes/<task>/<i>.json|.npz   one record per finished episode (what a resumed run skips)
+  episodes/<task>/<i>.json|.npz   one record per finished episode (eval/records.py; what a resumed run skips)
   videos/<task>/episode_<i>.mp4   rollouts with the predicted phase drawn on the frames
   plots/*.png           success per task, phase timelines, latency histogram
 Episodes run over worker processes (one torch thread each); batch-1 latency and memory are measured afterwards in
@@ -19,7 +19,7 @@ import resource
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, wait
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -30,71 +30,20 @@ from vla_distill.annotate.phases import PhaseConfig, label_phases
 from vla_distill.data.format import single_writer, write_json_atomic
 from vla_distill.errors import ConfigError, DatasetError
 from vla_distill.eval.actors import make_actor
+from vla_distill.eval.config import EvalConfig
 from vla_distill.eval.metrics import aggregate, latency_summary
-from vla_distill.eval.observe import ObserveConfig, agreement, direction_spread, phase_flags, progress_profile
+from vla_distill.eval.observe import agreement, mean_agreement, observability, phase_flags
+from vla_distill.eval.records import EpisodeRecord, read_records, write_episode
 from vla_distill.eval.rollout import run_episode
 from vla_distill.sim.base import SimulatorUnavailable
 from vla_distill.sim.layout import kinematics
-from vla_distill.sim.registry import DEFAULT_ENV, Simulator, get_simulator
 from vla_distill.sim.workers import worker_pool
-from vla_distill.models.chunking import CHUNK_MODES
 from vla_distill.types import to_phase4
 
-EPISODES = "episodes"
 PLAN = "eval_plan.json"
 INFO = "eval_info.json"
 OBSERVABILITY = "observability.json"
 LATENCY = "latency_ms.npy"  # the batch-1 measurement's model-call latencies
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    policy: str  # checkpoint path or teacher kind
-    out: str
-    tasks: tuple[str, ...]
-    env: str = DEFAULT_ENV
-    episodes: int = 10  # per task
-    seed: int = 0  # picks the held-out seed stream
-    max_steps: int = 0  # 0: the simulator's limit (MetaWorld 500; LIBERO per suite)
-    steps_after_success: int = 10  # frames run after the first success (the phase timeline's release), then stop
-    workers: int = 0  # 0: one per core, at most one per episode
-    videos: int = 2  # per task: the first N episodes are recorded
-    video_failures: bool = False  # also record every failed episode
-    n_action_steps: int = 0  # queue: actions executed per predicted chunk; 0 = the whole chunk
-    chunk: str = "queue"  # queue: execute the chunk, then replan | ensemble: infer every step, ACT temporal ensembling
-    image_size: int = 0  # camera size for actors without their own (teachers); 0 = 128 (LIBERO 256)
-    latency_steps: int = 100  # control steps of the batch-1 latency measurement; 0 = skip
-    teacher_options: tuple[tuple[str, str], ...] = ()
-    device: str = "cpu"
-    backend: str = "torch"  # for policies: torch | torch-bf16 | onnx | onnx-int8 (models.backends)
-    observe: ObserveConfig = field(default_factory=ObserveConfig)
-
-    def __post_init__(self):
-        get_simulator(self.env)  # a one-line error naming the known envs
-        if self.episodes < 1:
-            raise ConfigError("must be >= 1", field="episodes")
-        if self.chunk not in CHUNK_MODES:
-            raise ConfigError(f"{self.chunk!r} is not one of {list(CHUNK_MODES)}", field="chunk")
-        for name in ("max_steps", "workers", "videos", "n_action_steps", "image_size", "latency_steps", "steps_after_success"):
-            if getattr(self, name) < 0:
-                raise ConfigError("must be >= 0", field=name)
-        if self.seed < 0:  # a negative stream lands among the seeds demonstrations are collected from
-            raise ConfigError(f"must be >= 0, got {self.seed}", field="seed")
-
-    @property
-    def sim(self) -> Simulator:
-        return get_simulator(self.env)
-
-    @property
-    def num_workers(self) -> int:
-        return max(1, min(self.workers or os.cpu_count() or 1, self.episodes * len(self.tasks)))
-
-    def plan(self) -> dict:
-        """What must match for a rerun to resume (workers, videos and the latency pass may differ)."""
-        d = asdict(self)
-        for k in ("workers", "videos", "video_failures", "latency_steps", "device", "observe", "out"):
-            d.pop(k)
-        return json.loads(json.dumps(d))
 
 
 # ------------------------------------------------------------------------------------------------ worker side
@@ -137,7 +86,7 @@ def cameras_for(cfg: EvalConfig, info, video: bool) -> tuple[tuple[str, ...], tu
     return keys, size
 
 
-def episode_job(cfg: EvalConfig, task: str, episode: int, seed: int) -> dict:
+def episode_job(cfg: EvalConfig, task: str, episode: int, seed: int) -> EpisodeRecord:
     """Runs one episode in this worker and stores its record; returns the record."""
     import warnings
 
@@ -170,7 +119,7 @@ def _reference_phases(cfg: EvalConfig, task: str, res, names: tuple[str, ...]) -
     return out
 
 
-def _store(cfg: EvalConfig, task: str, episode: int, seed: int, res, info, seconds: float) -> dict:
+def _store(cfg: EvalConfig, task: str, episode: int, seed: int, res, info, seconds: float) -> EpisodeRecord:
     from vla_distill.data.video import encode_video
 
     out = Path(cfg.out)
@@ -184,23 +133,17 @@ def _store(cfg: EvalConfig, task: str, episode: int, seed: int, res, info, secon
         encode_video(res.frames, out / rel, int(cfg.sim.fps), codec="libx264", crf=23, gop=30)
         video_path = str(rel)
     first = res.first_success
-    record = {
-        "task": task, "task_group": cfg.sim.group_of(task), "episode": episode, "seed": seed,
-        "success": first is not None, "first_success": first, "steps": int(len(res.actions)),
-        "sum_reward": float(res.reward.sum()), "max_reward": float(res.reward.max()) if len(res.reward) else 0.0,
-        "calls": int(len(res.latency_ms)), "seconds": round(seconds, 3), "video_path": video_path,
-        "phase_agreement": {k: agreement(pred, v) for k, v in refs.items()} if (pred >= 0).any() else {},
-        "flags": phase_flags(pred, reference, res.success, res.state[:, :3], cfg.observe),
-    }
-    d = out / EPISODES / task.replace("/", "_")
-    d.mkdir(parents=True, exist_ok=True)
+    record = EpisodeRecord(
+        task=task, task_group=cfg.sim.group_of(task), episode=episode, seed=seed, success=first is not None,
+        first_success=first, steps=int(len(res.actions)), sum_reward=float(res.reward.sum()),
+        max_reward=float(res.reward.max()) if len(res.reward) else 0.0, calls=int(len(res.latency_ms)),
+        seconds=round(seconds, 3), video_path=video_path,
+        phase_agreement={k: agreement(pred, v) for k, v in refs.items()} if (pred >= 0).any() else {},
+        flags=phase_flags(pred, reference, res.success, res.state[:, :3], cfg.observe))
     arrays = {"phase": pred, "success": res.success, "hand": res.state[:, :3], "actions": res.actions,
               "directions": res.directions, "direction_steps": res.direction_steps, "latency_ms": res.latency_ms,
               **{f"reference_{k}": v for k, v in refs.items()}}
-    tmp = d / f"{episode:04d}.tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, d / f"{episode:04d}.npz")
-    write_json_atomic(d / f"{episode:04d}.json", record)  # the marker: written last
+    write_episode(out, record, arrays)
     return record
 
 
@@ -230,8 +173,8 @@ def _check_held_out(cfg: EvalConfig, info, jobs: list[tuple[str, int, int]]) -> 
     used = {(e.extra.get("task_name"), e.extra.get("seed")) for e in RobotDataset(root).episodes}
     clash = [(t, s) for t, _, s in jobs if (t, s) in used]
     if clash:
-        raise ConfigError(f"evaluation seed {clash[0][1]} of {clash[0][0]} was used to collect the training data in {root}; "
-                          "pick another --seed", field="seed")
+        raise ConfigError(f"evaluation seed {clash[0][1]} of {clash[0][0]} was used to collect the training data in "
+                          f"{root}; pick another --seed", field="seed")
 
 
 def untrained_tasks(cfg: EvalConfig, info) -> list[str]:
@@ -241,19 +184,12 @@ def untrained_tasks(cfg: EvalConfig, info) -> list[str]:
     return [t for t in cfg.tasks if cfg.sim.instruction(t) not in (None, *info.instructions)]
 
 
-def _done_records(cfg: EvalConfig) -> dict[tuple[str, int], dict]:
-    out = {}
-    for p in (Path(cfg.out) / EPISODES).glob("*/*.json"):
-        r = json.loads(p.read_text())
-        out[(r["task"], r["episode"])] = r
-    return out
-
-
-def _run_jobs(cfg: EvalConfig, jobs: list[tuple[str, int, int]], bar: tqdm, records: list[dict], actor) -> None:
-    def tick(r: dict) -> None:
+def _run_jobs(cfg: EvalConfig, jobs: list[tuple[str, int, int]], bar: tqdm, records: list[EpisodeRecord],
+              actor) -> None:
+    def tick(r: EpisodeRecord) -> None:
         records.append(r)
         bar.update(1)
-        bar.set_postfix(success=f"{100 * np.mean([x['success'] for x in records]):.0f}%")
+        bar.set_postfix(success=f"{100 * np.mean([x.success for x in records]):.0f}%")
 
     if cfg.num_workers == 1:  # in this process, with the main actor
         global _ACTOR
@@ -306,43 +242,6 @@ def measure_latency(cfg: EvalConfig, actor) -> dict:
     return out
 
 
-def observability(cfg: EvalConfig, records: list[dict]) -> dict:
-    """Per-episode flags and agreement (from the records), direction spread per task (from the stored arrays)."""
-    tasks: dict[str, list[dict]] = {}
-    for r in records:
-        tasks.setdefault(r["task"], []).append(r)
-    per_task = {}
-    for task, recs in sorted(tasks.items()):
-        recs.sort(key=lambda r: r["episode"])
-        profiles, eps = [], []
-        for r in recs:
-            z = np.load(Path(cfg.out) / EPISODES / task.replace("/", "_") / f"{r['episode']:04d}.npz")
-            if len(z["directions"]):
-                profiles.append(progress_profile(z["directions"], z["direction_steps"], r["steps"], cfg.observe.bins))
-                eps.append(r["episode"])
-        spread = direction_spread(profiles, cfg.observe)
-        agree = {k: [r["phase_agreement"][k] for r in recs if r["phase_agreement"].get(k) is not None]
-                 for k in ("ground_truth", "annotator")}
-        per_task[task] = {
-            "direction_spread": spread["spread"],
-            "direction_flagged_episodes": [eps[i] for i in spread["flagged"]],
-            "direction_deviation": dict(zip(map(str, eps), spread["deviation"])),
-            "phase_agreement": {k: float(np.mean(v)) if v else None for k, v in agree.items()},
-        }
-    flagged = [{"task": r["task"], "episode": r["episode"], "success": r["success"], **f}
-               for r in sorted(records, key=lambda r: (r["task"], r["episode"])) for f in r["flags"]]
-    for task, t in per_task.items():
-        for ep in t["direction_flagged_episodes"]:
-            success = next(r["success"] for r in tasks[task] if r["episode"] == ep)
-            flagged.append({"task": task, "episode": ep, "success": success, "kind": "direction_outlier", "step": None,
-                            "detail": f"direction cues {t['direction_deviation'][str(ep)]:.2f} from the task's centroid "
-                                      f"(task spread {t['direction_spread']:.2f})"})
-    counts: dict[str, int] = {}
-    for f in flagged:
-        counts[f["kind"]] = counts.get(f["kind"], 0) + 1
-    return {"per_task": per_task, "flags": flagged, "flag_counts": counts, "config": asdict(cfg.observe)}
-
-
 def evaluate(cfg: EvalConfig, command: str = "") -> dict:
     """Runs (or resumes) the evaluation; returns eval_info."""
     out = Path(cfg.out)
@@ -363,7 +262,7 @@ def evaluate(cfg: EvalConfig, command: str = "") -> dict:
 def _evaluate(cfg: EvalConfig, command: str, actor, jobs: list[tuple[str, int, int]], untrained: list[str]) -> dict:
     out = Path(cfg.out)
     _check_plan(cfg)
-    done = _done_records(cfg)
+    done = read_records(out)
     todo = [j for j in jobs if (j[0], j[1]) not in done]
     records = [done[(t, i)] for t, i, _ in jobs if (t, i) in done]
     t0 = time.perf_counter()
@@ -372,7 +271,7 @@ def _evaluate(cfg: EvalConfig, command: str, actor, jobs: list[tuple[str, int, i
         _run_jobs(cfg, todo, bar, records, actor)
     finally:
         bar.close()
-    eval_s = time.perf_counter() - t0 + sum(r["seconds"] for r in done.values()) / cfg.num_workers
+    eval_s = time.perf_counter() - t0 + sum(r.seconds for r in done.values()) / cfg.num_workers
     info = aggregate(records, eval_s)
     try:
         latency = measure_latency(cfg, actor)
@@ -389,9 +288,10 @@ def _evaluate(cfg: EvalConfig, command: str, actor, jobs: list[tuple[str, int, i
                     "workers": cfg.num_workers, "success": "info['success'] at any step", "code_version": __version__,
                     "untrained_tasks": untrained,
                     "command": command}
-    obs = observability(cfg, records)
-    info["observability"] = {"flag_counts": obs["flag_counts"], "flagged_episodes": len({(f["task"], f["episode"]) for f in obs["flags"]}),
-                             "phase_agreement": _mean_agreement(obs)}
+    obs = observability(out, records, cfg.observe)
+    info["observability"] = {"flag_counts": obs["flag_counts"],
+                             "flagged_episodes": len({(f["task"], f["episode"]) for f in obs["flags"]}),
+                             "phase_agreement": mean_agreement(obs)}
     write_json_atomic(out / OBSERVABILITY, obs)
     try:
         from vla_distill.eval.plots import write_plots
@@ -401,11 +301,3 @@ def _evaluate(cfg: EvalConfig, command: str, actor, jobs: list[tuple[str, int, i
         info["plots"] = {}
     write_json_atomic(out / INFO, info)
     return info
-
-
-def _mean_agreement(obs: dict) -> dict:
-    out = {}
-    for k in ("ground_truth", "annotator"):
-        v = [t["phase_agreement"][k] for t in obs["per_task"].values() if t["phase_agreement"][k] is not None]
-        out[k] = float(np.mean(v)) if v else None
-    return out

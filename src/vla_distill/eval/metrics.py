@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vla_distill.eval.records import EpisodeRecord
 from vla_distill.eval.stats import wilson
 
 
@@ -17,30 +18,30 @@ def _pc(successes: list[bool]) -> float:
     return float(100.0 * np.mean(successes)) if successes else 0.0
 
 
-def _ci(recs: list[dict]) -> list[float] | None:
-    return wilson(sum(bool(r["success"]) for r in recs), len(recs))
+def _ci(recs: list[EpisodeRecord]) -> list[float] | None:
+    return wilson(sum(bool(r.success) for r in recs), len(recs))
 
 
 def percentile(values, q: float) -> float | None:
     return float(np.percentile(np.asarray(values, np.float64), q)) if len(values) else None
 
 
-def aggregate(records: list[dict], eval_s: float) -> dict:
-    """records: one dict per episode with task, task_group, episode, success, sum_reward, max_reward, video_path."""
-    tasks: dict[str, list[dict]] = {}
-    for r in sorted(records, key=lambda r: (r["task"], r["episode"])):
-        tasks.setdefault(r["task"], []).append(r)
+def aggregate(records: list[EpisodeRecord], eval_s: float) -> dict:
+    """One record per episode -> eval_info's per_task, per_group and overall."""
+    tasks: dict[str, list[EpisodeRecord]] = {}
+    for r in sorted(records, key=lambda r: (r.task, r.episode)):
+        tasks.setdefault(r.task, []).append(r)
     per_task, groups = [], {}
     for task, recs in tasks.items():
-        group = recs[0]["task_group"]
+        group = recs[0].task_group
         ids = groups.setdefault(group, [])
         ids.append(task)
         per_task.append({
             "task_group": group, "task_id": len(ids) - 1, "task": task,
-            "metrics": {"sum_rewards": [r["sum_reward"] for r in recs], "max_rewards": [r["max_reward"] for r in recs],
-                        "successes": [bool(r["success"]) for r in recs], "seeds": [r.get("seed") for r in recs],
-                        "video_paths": [r["video_path"] for r in recs if r.get("video_path")]},
-            "pc_success": _pc([bool(r["success"]) for r in recs]), "n_episodes": len(recs),
+            "metrics": {"sum_rewards": [r.sum_reward for r in recs], "max_rewards": [r.max_reward for r in recs],
+                        "successes": [bool(r.success) for r in recs], "seeds": [r.seed for r in recs],
+                        "video_paths": [r.video_path for r in recs if r.video_path]},
+            "pc_success": _pc([bool(r.success) for r in recs]), "n_episodes": len(recs),
             "pc_success_ci95": _ci(recs),
         })
     per_group = {}
@@ -50,18 +51,19 @@ def aggregate(records: list[dict], eval_s: float) -> dict:
     overall = _summary(records) | {"eval_s": round(eval_s, 3), "eval_ep_s": round(eval_s / max(len(records), 1), 3)}
     task_means = [t["pc_success"] for t in per_task]
     overall["pc_success_task_mean"] = float(np.mean(task_means)) if task_means else 0.0
-    overall["pc_success_group_mean"] = float(np.mean([g["pc_success"] for g in per_group.values()])) if per_group else 0.0
+    group_rates = [g["pc_success"] for g in per_group.values()]
+    overall["pc_success_group_mean"] = float(np.mean(group_rates)) if group_rates else 0.0
     return {"per_task": per_task, "per_group": per_group, "overall": overall}
 
 
-def _summary(recs: list[dict]) -> dict:
+def _summary(recs: list[EpisodeRecord]) -> dict:
     return {
-        "avg_sum_reward": float(np.mean([r["sum_reward"] for r in recs])) if recs else 0.0,
-        "avg_max_reward": float(np.mean([r["max_reward"] for r in recs])) if recs else 0.0,
-        "pc_success": _pc([bool(r["success"]) for r in recs]),
+        "avg_sum_reward": float(np.mean([r.sum_reward for r in recs])) if recs else 0.0,
+        "avg_max_reward": float(np.mean([r.max_reward for r in recs])) if recs else 0.0,
+        "pc_success": _pc([bool(r.success) for r in recs]),
         "pc_success_ci95": _ci(recs),
         "n_episodes": len(recs),
-        "video_paths": [r["video_path"] for r in recs if r.get("video_path")],
+        "video_paths": [r.video_path for r in recs if r.video_path],
     }
 
 

@@ -18,10 +18,12 @@ same progress (episode time split into `bins`), and an episode far from its task
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
+from vla_distill.eval.records import EpisodeRecord, arrays_path
 from vla_distill.types import PHASES_4
 
 APPROACH, GRASP, TRANSPORT, RELEASE = range(4)
@@ -71,13 +73,16 @@ def phase_flags(pred: np.ndarray, reference: np.ndarray | None, success: np.ndar
     horizon = done if done is not None else len(pred)
     release, grasp = _first(pred, RELEASE), _first(pred, GRASP)
     has_phases = (pred >= 0).any()
-    if has_phases and release is not None and reference is not None and (reference == GRASP).sum() >= cfg.min_grasp_frames:
+    grasped = reference is not None and (reference == GRASP).sum() >= cfg.min_grasp_frames
+    if has_phases and release is not None and grasped:
         if grasp is None or grasp > release:
             flags.append({"kind": "release_before_grasp", "step": release,
-                          "detail": f"release predicted at step {release}, grasp {'never' if grasp is None else f'at {grasp}'}"})
+                          "detail": f"release predicted at step {release}, grasp "
+                                    f"{'never' if grasp is None else f'at {grasp}'}"})
     if has_phases and release is not None and release < horizon - cfg.early_frames:
         flags.append({"kind": "premature_release", "step": release,
-                      "detail": f"release predicted at step {release}, " + (f"success at {done}" if done is not None else "never succeeded")})
+                      "detail": f"release predicted at step {release}, "
+                                + (f"success at {done}" if done is not None else "never succeeded")})
     if has_phases:
         value, start, length = _longest_run(pred[:horizon]) if horizon else (-1, 0, 0)
         if value >= 0 and length > cfg.stuck_frames:
@@ -89,7 +94,8 @@ def phase_flags(pred: np.ndarray, reference: np.ndarray | None, success: np.ndar
         still = np.flatnonzero(moved < cfg.still_m)
         if len(still) and not any(f["kind"] == "stuck_phase" for f in flags):
             flags.append({"kind": "stuck_phase", "step": int(still[0]),
-                          "detail": f"hand moved < {cfg.still_m * 1000:.0f} mm over {w} steps from step {int(still[0])}"})
+                          "detail": f"hand moved < {cfg.still_m * 1000:.0f} mm over {w} steps from step "
+                                    f"{int(still[0])}"})
     known = pred[pred >= 0]
     back = int(((known[1:] < known[:-1]) & (known[1:] != -1)).sum()) if len(known) > 1 else 0
     if back >= cfg.regressions:
@@ -124,4 +130,54 @@ def direction_spread(profiles: list[np.ndarray], cfg: ObserveConfig = ObserveCon
     dev = np.nanmean(dist, axis=1)
     med = float(np.nanmedian(dev))
     flagged = [i for i, d in enumerate(dev) if d > cfg.spread_flag and d > cfg.spread_ratio * med]
-    return {"spread": float(np.nanmean(dev)), "deviation": [None if np.isnan(d) else float(d) for d in dev], "flagged": flagged}
+    return {"spread": float(np.nanmean(dev)), "deviation": [None if np.isnan(d) else float(d) for d in dev],
+            "flagged": flagged}
+
+
+def observability(out: str | Path, records: list[EpisodeRecord], cfg: ObserveConfig) -> dict:
+    """observability.json: per-episode flags and agreement (from the records), direction spread per task (from the
+    stored arrays)."""
+    tasks: dict[str, list[EpisodeRecord]] = {}
+    for r in records:
+        tasks.setdefault(r.task, []).append(r)
+    per_task = {}
+    for task, recs in sorted(tasks.items()):
+        recs.sort(key=lambda r: r.episode)
+        profiles, eps = [], []
+        for r in recs:
+            z = np.load(arrays_path(out, task, r.episode))
+            if len(z["directions"]):
+                profiles.append(progress_profile(z["directions"], z["direction_steps"], r.steps, cfg.bins))
+                eps.append(r.episode)
+        spread = direction_spread(profiles, cfg)
+        agree = {k: [r.phase_agreement[k] for r in recs if r.phase_agreement.get(k) is not None]
+                 for k in ("ground_truth", "annotator")}
+        per_task[task] = {
+            "direction_spread": spread["spread"],
+            "direction_flagged_episodes": [eps[i] for i in spread["flagged"]],
+            "direction_deviation": dict(zip(map(str, eps), spread["deviation"])),
+            "phase_agreement": {k: float(np.mean(v)) if v else None for k, v in agree.items()},
+        }
+    flagged = [{"task": r.task, "episode": r.episode, "success": r.success, **f}
+               for r in sorted(records, key=lambda r: (r.task, r.episode)) for f in r.flags]
+    for task, t in per_task.items():
+        for ep in t["direction_flagged_episodes"]:
+            success = next(r.success for r in tasks[task] if r.episode == ep)
+            flagged.append({"task": task, "episode": ep, "success": success, "kind": "direction_outlier", "step": None,
+                            "detail": f"direction cues {t['direction_deviation'][str(ep)]:.2f} from the task's "
+                                      f"centroid (task spread {t['direction_spread']:.2f})"})
+    counts: dict[str, int] = {}
+    for f in flagged:
+        counts[f["kind"]] = counts.get(f["kind"], 0) + 1
+    return {"per_task": per_task, "flags": flagged, "flag_counts": counts, "config": asdict(cfg)}
+
+
+
+
+def mean_agreement(obs: dict) -> dict:
+    """Agreement with each reference, averaged over the tasks that have it."""
+    out = {}
+    for k in ("ground_truth", "annotator"):
+        v = [t["phase_agreement"][k] for t in obs["per_task"].values() if t["phase_agreement"][k] is not None]
+        out[k] = float(np.mean(v)) if v else None
+    return out

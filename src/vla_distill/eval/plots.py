@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from vla_distill.eval.records import arrays_path  # noqa: E402
 from vla_distill.types import PHASES_4  # noqa: E402
 
 PHASE_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52")
@@ -59,7 +60,7 @@ def phase_timelines(out: Path, info: dict, path: Path) -> Path | None:
     rows = []
     for t in info["per_task"]:
         for ep in range(min(TIMELINES_PER_TASK, t["n_episodes"])):
-            z = np.load(out / "episodes" / t["task"].replace("/", "_") / f"{ep:04d}.npz")
+            z = np.load(arrays_path(out, t["task"], ep))
             if (z["phase"] >= 0).any():
                 ref = z["reference_ground_truth"] if "reference_ground_truth" in z else z.get("reference_annotator")
                 ok = t["metrics"]["successes"][ep]

@@ -37,7 +37,8 @@ def summary_rows(infos: list[dict]) -> list[list[str]]:
         p, o = info["policy"], info["overall"]
         rel = "reference" if i == 0 else f"{100 * o['pc_success'] / ref:.1f}%" if ref else "-"
         diff, verdict = _paired_cells(infos[0], info) if i else ("-", "-")
-        rows.append([p["spec"], _fmt_params(p["parameters"]), _fmt(p.get("latency_ms_p50"), 2), _fmt(p.get("latency_ms_p99"), 2),
+        rows.append([p["spec"], _fmt_params(p["parameters"]), _fmt(p.get("latency_ms_p50"), 2),
+                     _fmt(p.get("latency_ms_p99"), 2),
                      _fmt(p.get("control_hz"), 0), _fmt(p.get("peak_rss_mb"), 0), f"{o['pc_success']:.1f}",
                      _fmt_ci(o.get("pc_success_ci95")), str(o["n_episodes"]), f"{o['pc_success_group_mean']:.1f}", rel,
                      diff, verdict])
@@ -60,7 +61,8 @@ def _fmt_ci(ci: list[float] | None) -> str:
 def markdown_table(header: list[str], rows: list[list[str]], right: bool = False) -> str:
     """A Markdown table; right=True aligns every column but the first to the right (numbers)."""
     rule = "|---|" + ("---:|" if right else "---|") * (len(header) - 1)
-    return "\n".join(["| " + " | ".join(header) + " |", rule] + ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows])
+    return "\n".join(["| " + " | ".join(header) + " |",
+                      rule] + ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows])
 
 
 def summary_table(infos: list[dict]) -> str:
@@ -126,9 +128,10 @@ def build(evals: list[Path], out: Path) -> list[tuple]:
     loaded = [(Path(e), *_load(e)) for e in evals]
     blocks: list[tuple] = [("h", 1, "vla-distill evaluation report")]
     labels = [_label(info, p) for p, info, _ in loaded]
-    for (p, info, _), label in zip(loaded, labels):
+    for (_, info, _), label in zip(loaded, labels):
         info["policy"]["spec"] = label
-    blocks.append(("p", "Closed-loop success in simulation, batch-1 latency and memory of each policy. The first row is "
+    blocks.append(("p",
+                   "Closed-loop success in simulation, batch-1 latency and memory of each policy. The first row is "
                         "the reference; 'relative' divides each row's success by it."))
     blocks.append(("table", SUMMARY_HEADER, summary_rows([info for _, info, _ in loaded]), True))
     # per-task success side by side
@@ -137,7 +140,8 @@ def build(evals: list[Path], out: Path) -> list[tuple]:
     comparisons = [compare(loaded[0][1], info) for _, info, _ in loaded[1:]]
     rows = [[t, next(b[t]["task_group"] for b in by if t in b)] + [_task_cell(b.get(t)) for b in by] +
             [_diff_cell(c["per_task"].get(t)) for c in comparisons] for t in tasks]
-    head = ["task", "group"] + [f"[{i + 1}]" for i in range(len(loaded))] + [f"[{i + 2}] − [1]" for i in range(len(comparisons))]
+    head = (["task", "group"] + [f"[{i + 1}]" for i in range(len(loaded))]
+            + [f"[{i + 2}] − [1]" for i in range(len(comparisons))])
     blocks += [("h", 2, "Success per task"), ("table", head, rows)]
     blocks.append(("p", "  ".join(f"[{i + 1}] {label}" for i, label in enumerate(labels)) +
                    ". Success with its 95% Wilson interval; differences are paired on common seeds, with Newcombe's "
@@ -147,7 +151,8 @@ def build(evals: list[Path], out: Path) -> list[tuple]:
              for g in groups]
     grows.append(["mean of group means"] + [f"{info['overall']['pc_success_group_mean']:.1f}" for _, info, _ in loaded])
     grows.append(["task-weighted (lerobot overall)"] + [_rate_cell(info["overall"]) for _, info, _ in loaded])
-    blocks += [("h", 3, "Per difficulty group"), ("table", ["group"] + [f"[{i + 1}]" for i in range(len(loaded))], grows)]
+    blocks += [("h", 3, "Per difficulty group"),
+               ("table", ["group"] + [f"[{i + 1}]" for i in range(len(loaded))], grows)]
     assets = out / "assets"
     for i, ((p, info, obs), label) in enumerate(zip(loaded, labels)):
         blocks.append(("h", 2, f"[{i + 1}] {label}"))
@@ -173,18 +178,22 @@ def build(evals: list[Path], out: Path) -> list[tuple]:
                             for f in flags[:MAX_FLAGS]]))
             if len(flags) > MAX_FLAGS:
                 blocks.append(("p", f"... and {len(flags) - MAX_FLAGS} more in {p / OBSERVABILITY}."))
-        spreads = {t: v["direction_spread"] for t, v in obs.get("per_task", {}).items() if v.get("direction_spread") is not None}
+        spreads = {t: v["direction_spread"] for t,
+                   v in obs.get("per_task", {}).items() if v.get("direction_spread") is not None}
         if spreads:
-            blocks.append(("p", "Direction-embedding spread across episodes of a task (mean 1 - cosine to the task centroid at "
-                                "equal progress): " + ", ".join(f"{t} {s:.3f}" for t, s in spreads.items()) + "."))
+            blocks.append(("p",
+                           "Direction-embedding spread across episodes of a task (mean 1 - cosine to the task "
+                           "centroid at equal progress): " + ", ".join(f"{t} {s:.3f}" for t, s in spreads.items())
+                           + "."))
     blocks.append(("h", 2, "How these numbers were obtained"))
-    for (p, info, _), label in zip(loaded, labels):
+    for (_, info, _), label in zip(loaded, labels):
         e, pol = info["eval"], info["policy"]
         blocks.append(("p", f"{label}: {e['env']}, {e['episodes_per_task']} episodes per task on held-out seeds "
                             f"(seed stream {e['seed']}), step limit {e['max_steps']}, success = {e['success']}, "
                             f"{e['workers']} worker processes; latency: {pol.get('calls', 0)} batch-1 model calls in "
-                            f"closed loop on {pol.get('device', 'cpu')} with {pol.get('threads', '?')} threads after the "
-                            f"episodes (1-minute load average then: {pol.get('load_avg_1m', '?')}); peak RSS of that "
+                            f"closed loop on {pol.get('device', 'cpu')} with {pol.get('threads', '?')} threads after "
+                            f"the episodes (1-minute load average then: {pol.get('load_avg_1m', '?')}); peak RSS of "
+                            "that "
                             f"process (policy + simulator). vla-distill {e['code_version']}."))
         if e.get("command"):
             blocks.append(("pre", e["command"]))

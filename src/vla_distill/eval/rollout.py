@@ -62,7 +62,9 @@ def run_episode(env, actor, task_name: str, seed: int, max_steps: int, steps_aft
                 video_key: str | None = None, phase_names: tuple[str, ...] = ()) -> EpisodeResult:
     actor.reset(task_name, env.instruction, seed)
     obs = env.reset(seed)
-    cols: dict[str, list] = {k: [] for k in ("state", "env", "contact", "action", "success", "reward", "phase", "dir", "dir_t", "lat", "frames")}
+    cols: dict[str,
+               list] = {k: [] for k in ("state", "env", "contact", "action", "success", "reward", "phase", "dir",
+                                        "dir_t", "lat", "frames")}
     phase, first = -1, None
     for t in range(max_steps):
         step = actor.act(obs)

@@ -71,7 +71,8 @@ def compare(info_a: dict, info_b: dict) -> dict:
     """Two eval_info.json contents -> the paired comparison of b against a over their common tasks, overall and per
     task. Episodes are matched by (task, seed); episodes without a partner are left out and counted."""
     def by_seed(info: dict) -> dict[str, dict[int, bool]]:
-        return {t["task"]: dict(zip(t["metrics"].get("seeds", []), t["metrics"]["successes"])) for t in info["per_task"]}
+        return {t["task"]: dict(zip(t["metrics"].get("seeds", []),
+                                    t["metrics"]["successes"])) for t in info["per_task"]}
 
     sa, sb = by_seed(info_a), by_seed(info_b)
     per_task, xs, ys, unpaired = {}, [], [], 0

@@ -24,8 +24,8 @@ BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 
 def load_policy(path: str | Path, backend: str = "torch", device: str = "cpu", threads: int | None = None) -> Policy:
     if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}{did_you_mean(backend, BACKENDS)}; backends: {', '.join(BACKENDS)}",
-                          field="backend")
+        raise ConfigError(f"unknown backend {backend!r}{did_you_mean(backend, BACKENDS)}; backends: "
+                          f"{', '.join(BACKENDS)}", field="backend")
     dtype = "bf16" if backend == "torch-bf16" else "fp32"
     if not bundle.is_bundle(path):
         if backend.startswith("onnx"):

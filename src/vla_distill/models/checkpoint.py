@@ -69,7 +69,8 @@ def read_config(path: str | Path) -> tuple[type[Policy], object]:
     cfg = json.loads((d / "config.json").read_text())
     kind = cfg.pop("type", None)
     if kind not in REGISTRY:
-        raise ConfigError(f"unknown policy type {kind!r} (known: {sorted(REGISTRY)})", path=d / "config.json", field="type")
+        raise ConfigError(f"unknown policy type {kind!r} (known: {sorted(REGISTRY)})", path=d / "config.json",
+                          field="type")
     cls = REGISTRY[kind]
     fields = {f.name: f for f in dataclasses.fields(cls.config_class)}
     unknown = set(cfg) - set(fields)
@@ -96,7 +97,8 @@ def _absolute_dataset(checkpoint: Path, dataset: str) -> str:
     if Path(dataset).is_absolute() or not saved.is_file():
         return dataset
     parents = checkpoint.resolve().parents  # RUN/checkpoints/STEP/pretrained_model
-    return started_from(dataset, parents[2], json.loads(saved.read_text()).get("out", "")) if len(parents) > 2 else dataset
+    return started_from(dataset, parents[2],
+                        json.loads(saved.read_text()).get("out", "")) if len(parents) > 2 else dataset
 
 
 def started_from(path: str, run: Path, out: str) -> str:
@@ -129,7 +131,8 @@ def load_pretrained(path: str | Path, device: str = "cpu") -> Policy:
         if key not in state:
             raise ConfigError("missing tensor", path=d / "model.safetensors", field=key)
         if tuple(state[key].shape) != tuple(value.shape):
-            raise ConfigError(f"shape {tuple(state[key].shape)} != expected {tuple(value.shape)}", path=d / "model.safetensors", field=key)
+            raise ConfigError(f"shape {tuple(state[key].shape)} != expected {tuple(value.shape)}",
+                              path=d / "model.safetensors", field=key)
     policy.load_state_dict(state, strict=True)
     policy.provenance = read_provenance(d)
     return policy.to(device).eval()

@@ -34,7 +34,8 @@ class LossConfig:
         for name in ("phase_weight", "direction_weight", "aux_state_weight"):
             if not 0 <= getattr(self, name) < float("inf"):  # also refuses NaN
                 raise ValueError(f"{name}: must be a finite number >= 0, got {getattr(self, name)}")
-        if self.dim_weights and not (all(0 <= w < float("inf") for w in self.dim_weights) and sum(self.dim_weights) > 0):
+        finite = all(0 <= w < float("inf") for w in self.dim_weights)
+        if self.dim_weights and not (finite and sum(self.dim_weights) > 0):
             raise ValueError(f"dim_weights: each must be a finite number >= 0, not all 0; got {list(self.dim_weights)}")
 
 
@@ -68,7 +69,8 @@ def phase_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     return per * valid, valid
 
 
-def direction_loss(z: torch.Tensor, cue_ids: torch.Tensor, cue_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def direction_loss(z: torch.Tensor, cue_ids: torch.Tensor, cue_emb: torch.Tensor,
+                   logit_scale: torch.Tensor) -> torch.Tensor:
     """CLIP-style symmetric InfoNCE between student embeddings and cue text embeddings.
 
     z: (B, E) normalized student embeddings; cue_ids: (B,) cue index per frame, -1 = none; cue_emb: (B, E)
@@ -83,7 +85,8 @@ def direction_loss(z: torch.Tensor, cue_ids: torch.Tensor, cue_emb: torch.Tensor
     uniq, inverse = torch.unique(ids, return_inverse=True)  # (Q,), (N,)
     if len(uniq) < 2:
         return z.sum() * 0
-    first = torch.zeros(len(uniq), dtype=torch.long, device=z.device).scatter_(0, inverse, torch.arange(len(ids), device=z.device))
+    first = torch.zeros(len(uniq), dtype=torch.long, device=z.device).scatter_(0, inverse,
+                                                                               torch.arange(len(ids), device=z.device))
     text = emb[first]  # (Q, E): one row per distinct cue
     logits = logit_scale.exp().clamp(max=100) * z @ text.T  # (N, Q)
     student_to_text = F.cross_entropy(logits, inverse)
@@ -138,12 +141,14 @@ def alignment_loss(mapped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def arm_gripper_loss(pred_arm: torch.Tensor, target_arm: torch.Tensor, gripper_logit: torch.Tensor,
-                     gripper_closed: torch.Tensor, pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     gripper_closed: torch.Tensor, pad: torch.Tensor | None = None) -> tuple[torch.Tensor,
+                                                                                             torch.Tensor]:
     """Stage 2: smooth-L1 on the arm dims (B, K, D-1), normalized units, and binary cross-entropy of the gripper
     logit (B, K) against closed (B, K) bool; padded chunk steps (pad (B, K) True) do not count."""
     keep = torch.ones_like(gripper_logit, dtype=torch.bool) if pad is None else ~pad.bool()
     w = keep.float()
     arm = torch.nn.functional.smooth_l1_loss(pred_arm.float(), target_arm.float(), reduction="none").mean(-1)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(gripper_logit.float(), gripper_closed.float(), reduction="none")
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(gripper_logit.float(), gripper_closed.float(),
+                                                               reduction="none")
     n = w.sum().clamp_min(1.0)
     return (arm * w).sum() / n, (bce * w).sum() / n

@@ -67,7 +67,8 @@ class StateMLPPolicy(Policy):
         return self.act_std.float()
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        target = (batch[ACTION].float().view(-1, self.config.horizon, self.config.action_dim) - self.act_mean) / self.act_std
+        target = (batch[ACTION].float().view(-1, self.config.horizon,
+                                             self.config.action_dim) - self.act_mean) / self.act_std
         pred = self.net(self._inputs(batch)).view_as(target)
         loss = torch.nn.functional.mse_loss(pred, target)
         return loss, {"action": loss.item()}

@@ -16,7 +16,7 @@ instead of the camera's pixels.
 Tokens into the policy transformer: [readout, task, state..., camera tokens (grid² per camera)]; every head reads
 the readout token, so the auxiliary losses shape the same representation the action comes from. The auxiliary state
 head predicts privileged simulator state (object and goal positions: observation.environment_state) from the same
-readout during training only, a dense signal of where things are beside the action loss (MT10: +4 points,
+readout during training only: a dense signal of where small targets are, beside the action loss (what it is worth:
 BENCHMARKS.md). It is not an input, and the deployed graph does not use it.
 """
 
@@ -31,11 +31,30 @@ from torch import nn
 
 from vla_distill.errors import did_you_mean
 from vla_distill.models.base import Policy, register
-from vla_distill.models.losses import (LossConfig, across_processes, action_loss, aux_state_loss, combine, direction_loss,
-                                      phase_loss)
+from vla_distill.models.losses import (
+    LossConfig,
+    across_processes,
+    action_loss,
+    aux_state_loss,
+    combine,
+    direction_loss,
+    phase_loss,
+)
 from vla_distill.models.vision import VisionConfig, make_encoder, random_shift, tokens_per_image
-from vla_distill.types import (ACTION, AUGMENT_KEY, DIRECTION_EMBEDDING, DIRECTION_INDEX, OBS_STATE, PAD_SUFFIX,
-                               PHASE_INDEX, TASK, TASK_EMBEDDING, TASK_INDEX, camera_key, feature_key)
+from vla_distill.types import (
+    ACTION,
+    AUGMENT_KEY,
+    DIRECTION_EMBEDDING,
+    DIRECTION_INDEX,
+    OBS_STATE,
+    PAD_SUFFIX,
+    PHASE_INDEX,
+    TASK,
+    TASK_EMBEDDING,
+    TASK_INDEX,
+    camera_key,
+    feature_key,
+)
 
 
 @dataclass(frozen=True)
@@ -88,13 +107,14 @@ class StudentConfig:
 
 # Architecture presets; data-dependent fields (cameras, dims, tasks) are filled from the dataset at train time.
 PRESETS: dict[str, dict] = {
-    # tiny is sized for batch-1 >= 500 Hz on 2 CPU cores through ONNX Runtime at 96 px (BENCHMARKS.md); the earlier,
-    # 9.8M tiny (widths to 384, d 256, 6 layers) ran at 280 Hz and did no better on the demo tasks (93% vs 100%).
-    # Dropout off: on a 2-core CPU its mask sampling alone took ~10% of a training step.
+    # tiny is sized for batch-1 >= 500 Hz on 2 CPU cores through ONNX Runtime (BENCHMARKS.md, "Student presets");
+    # dropout off because its mask sampling was a large share of a 2-core training step.
     "tiny": dict(vision=VisionConfig(widths=(24, 48, 96, 192), blocks=(1, 1, 1, 1)), d_model=192, n_layers=4, n_heads=4,
                  dropout=0.0),
-    "small": dict(vision=VisionConfig(widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2)), d_model=512, n_layers=8, n_heads=8),
-    "base": dict(vision=VisionConfig(widths=(80, 160, 320, 640), blocks=(2, 2, 2, 2)), d_model=1024, n_layers=11, n_heads=16),
+    "small": dict(vision=VisionConfig(widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2)), d_model=512, n_layers=8,
+                  n_heads=8),
+    "base": dict(vision=VisionConfig(widths=(80, 160, 320, 640), blocks=(2, 2, 2, 2)), d_model=1024, n_layers=11,
+                 n_heads=16),
 }
 
 
@@ -223,7 +243,8 @@ class StudentPolicy(Policy):
             return self.task_embeddings[batch[TASK_INDEX].long().reshape(-1)]
         tasks = list(batch[TASK])
         self._embed_new(tasks)
-        rows = [self.task_embeddings[self._task_index[t]] if t in self._task_index else self._new_tasks[t] for t in tasks]
+        rows = [self.task_embeddings[self._task_index[t]] if t in self._task_index else self._new_tasks[t]
+                for t in tasks]
         return torch.stack(rows)
 
     # ------------------------------------------------------------------ model
@@ -244,7 +265,8 @@ class StudentPolicy(Policy):
             cams.append(x if c.vision.pretrained else (x - self.image_mean[i]) / self.image_std[i])
         return torch.stack(cams, dim=1)  # (B, V, C, H, W)
 
-    def _shift(self, x: torch.Tensor, pad: int, camera: int, batch: dict, generator: torch.Generator | None) -> torch.Tensor:
+    def _shift(self, x: torch.Tensor, pad: int, camera: int, batch: dict,
+               generator: torch.Generator | None) -> torch.Tensor:
         """Camera `camera`'s (B, C, h, w) training-time random shift by up to `pad` pixels (or feature cells), fixed
         per sample by its augment_key when the batch has one."""
         if not (self.training and pad):
@@ -328,10 +350,12 @@ class StudentPolicy(Policy):
             per, valid = phase_loss(out["phase_logits"], batch[PHASE_INDEX].reshape(-1))
             named["phase"] = per.sum() / valid.sum().clamp_min(1)
         if cfg.direction_weight > 0:
-            z, ids, emb = across_processes(out["direction"], batch[DIRECTION_INDEX].reshape(-1), batch[DIRECTION_EMBEDDING])
+            z, ids, emb = across_processes(out["direction"], batch[DIRECTION_INDEX].reshape(-1),
+                                           batch[DIRECTION_EMBEDDING])
             named["direction"] = direction_loss(z, ids, emb, self.logit_scale)
         if "aux_state" in out and cfg.aux_state_weight > 0:
-            named["aux_state"] = aux_state_loss(out["aux_state"], self.normalize_aux_state(batch[self.config.aux_state_key]))
+            named["aux_state"] = aux_state_loss(out["aux_state"],
+                                                self.normalize_aux_state(batch[self.config.aux_state_key]))
         return combine(named, cfg), {k: float(v.detach()) for k, v in named.items()}
 
     def num_parameters(self, deployed: bool = False) -> int:

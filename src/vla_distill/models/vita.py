@@ -73,7 +73,8 @@ def tiny_vlm_config(family: str, image_size: int = 56, hidden: int = 128, layers
     heads, img = 4, vocab - 1
     if family == "paligemma":
         text = dict(model_type="gemma", vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-                    num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=1, head_dim=hidden // heads)
+                    num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=1,
+                    head_dim=hidden // heads)
         vision = dict(model_type="siglip_vision_model", hidden_size=hidden // 2, intermediate_size=hidden,
                       num_hidden_layers=layers, num_attention_heads=heads, image_size=image_size, patch_size=14,
                       projection_dim=hidden)
@@ -88,11 +89,13 @@ def tiny_vlm_config(family: str, image_size: int = 56, hidden: int = 128, layers
         text = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                     num_attention_heads=heads, num_key_value_heads=2,
                     rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]})
-        common = dict(depth=layers, num_heads=heads, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_chans=3)
+        common = dict(depth=layers, num_heads=heads, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                      in_chans=3)
         ids = dict(image_token_id=img, vision_start_token_id=img - 1, vision_end_token_id=img - 2, bos_token_id=1,
                    eos_token_id=2)
         if family == "qwen2_vl":
-            cfg = Qwen2VLConfig(text_config=text, vision_config=dict(embed_dim=hidden // 2, hidden_size=hidden, **common),
+            cfg = Qwen2VLConfig(text_config=text,
+                                vision_config=dict(embed_dim=hidden // 2, hidden_size=hidden, **common),
                                 **ids)
         else:
             vision = dict(hidden_size=hidden // 2, intermediate_size=hidden, out_hidden_size=hidden, window_size=56,
@@ -149,7 +152,8 @@ class VitaPolicy(Policy):
         self.arm_proj = nn.Linear(s - 1, h)
         self.gripper_proj = nn.Linear(1, h)
         self.state_out = nn.Linear(h, h)
-        self.mapper = nn.Sequential(nn.Linear(h, c.mapper_hidden), nn.GELU(), nn.Linear(c.mapper_hidden, c.mapper_hidden),
+        self.mapper = nn.Sequential(nn.Linear(h, c.mapper_hidden), nn.GELU(),
+                                    nn.Linear(c.mapper_hidden, c.mapper_hidden),
                                     nn.GELU(), nn.Linear(c.mapper_hidden, d))
         # Set by stage finetune: the gripper was trained as a binary decision (BCE), so it is read as one.
         self.register_buffer("binary_gripper", torch.tensor(False))
@@ -169,7 +173,8 @@ class VitaPolicy(Policy):
             raise ImportError("--lora-rank needs peft: pip install 'vla-distill[lora]'") from None
         language = re.escape(_PARTS[self.config.family]["language"])
         target = rf"{language}\..*\.(q_proj|k_proj|v_proj|o_proj)"
-        inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=target, lora_dropout=0.0), self.vlm)
+        inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=target, lora_dropout=0.0),
+                                self.vlm)
 
     def with_lora(self, rank: int) -> VitaPolicy:
         """This policy with LoRA adapters (zero-initialized B: the same function until trained)."""
@@ -180,7 +185,8 @@ class VitaPolicy(Policy):
             stem, _, leaf = k.rpartition(".")
             return k if k in keys else f"{stem}.base_layer.{leaf}"
 
-        missing, unexpected = policy.load_state_dict({renamed(k): v for k, v in self.state_dict().items()}, strict=False)
+        missing, unexpected = policy.load_state_dict({renamed(k): v for k, v in self.state_dict().items()},
+                                                     strict=False)
         assert not unexpected and all("lora_" in k for k in missing), (missing, unexpected)
         return policy
 
@@ -383,5 +389,6 @@ def from_expert(expert: Policy, family: str = "paligemma", vlm_config: dict | No
     if vlm_path:
         from transformers import AutoModelForImageTextToText
 
-        policy.vlm.load_state_dict(AutoModelForImageTextToText.from_pretrained(vlm_path, local_files_only=True).state_dict())
+        policy.vlm.load_state_dict(AutoModelForImageTextToText.from_pretrained(vlm_path,
+                                                                               local_files_only=True).state_dict())
     return policy

@@ -1,29 +1,62 @@
-"""The two protocols every simulator implements: an environment (one task, stepped by the evaluator, the collector
-and the control loop's simulated robot) and the simulator's description (its tasks, seeds and conventions).
+"""The protocols every simulator implements: an environment (one task, stepped by the evaluator, the collector and
+the control loop's simulated robot), its scripted expert, and the simulator's description (its tasks, seeds,
+cameras, recorded features and conventions). Each simulator lives in its own room (sim/metaworld/, sim/libero/)
+and is named once, in sim/registry.py: collect, annotate and eval reach it only through these protocols.
 
 Shapes at this boundary (one environment, batch 1):
   observation  {camera key: (H, W, 3) uint8, "observation.state": (S,) float32,
-                "observation.environment_state": (S_env,) float32 where the simulator exposes it}
+                "observation.environment_state": (S_env,) float32 where the simulator exposes it (privileged: what
+                its expert reads), "observation.contact": (1,) float32 where it can tell}
   action       (D,) float32 within action_bounds()
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from vla_distill.errors import VlaDistillError
+from vla_distill.errors import ConfigError, VlaDistillError
 from vla_distill.sim.kinematics import Kinematics
+from vla_distill.types import camera_key
 
 
 class SimulatorUnavailable(VlaDistillError):
     """The simulator, or its assets, are not installed here."""
 
 
+@dataclass(frozen=True)
+class CameraConfig:
+    """The cameras an episode records: the simulator's camera names (() = its default ones) and one size."""
+
+    names: tuple[str, ...] = ()
+    height: int = 128
+    width: int = 128
+
+    def __post_init__(self):
+        if self.height < 16 or self.width < 16:
+            raise ConfigError("image size must be at least 16 px", field="image_size")
+
+    @property
+    def keys(self) -> list[str]:
+        return [camera_key(n) for n in self.names]
+
+
+class Expert(Protocol):
+    """A privileged-state scripted expert for one task: it answers from any state (so DART noise, DAgger relabelling
+    and the closed-loop teacher all work), reading only observation.environment_state."""
+
+    def __call__(self, env_state: np.ndarray) -> np.ndarray:
+        """(S_env,) -> (D,) float32 within the action bounds; a DatasetError naming the field on a wrong layout."""
+        ...
+
+
 class Env(Protocol):
     instruction: str  # the task's natural-language instruction
     max_steps: int  # the simulator's step limit for this task
+    env_state: np.ndarray  # (S_env,) the privileged state now, at full precision: what the expert reads (the
+    #                        observation's observation.environment_state is it as float32)
 
     def reset(self, seed: int) -> dict[str, np.ndarray]:
         """Starts an episode whose initial state (placements, LIBERO's fixed state) the seed picks."""
@@ -43,10 +76,36 @@ class Env(Protocol):
 class Simulator(Protocol):
     name: str
     fps: float  # control steps per second
-    default_camera: str  # the camera a video records when the policy looks at none
+    robot_type: str  # info.json's robot_type
+    cameras: tuple[str, ...]  # the camera names it renders (camera_key(name) in observations)
+    default_cameras: tuple[str, ...]  # what `collect` records when told none
+    default_camera: str  # the camera key a video records when the policy looks at none
     default_image_size: int  # camera side for actors that bring no size of their own (teachers)
     step_limit: str  # how an episode's length is bounded, as eval_info states it
     held_out_seeds: bool  # evaluation seeds are drawn apart from collection's, so a dataset's seeds can be checked
+    noise_dims: tuple[int, ...]  # the action dimensions DART noise perturbs (the arm's, never the gripper)
+    preload: tuple[str, ...]  # modules a pool of simulator workers imports once (the environment's heavy imports)
+
+    def features(self) -> dict[str, dict]:
+        """The non-camera features its episodes record, in info.json's order: observation.state, the privileged
+        observation.environment_state and observation.contact where it has them, and action (dtype, shape, names)."""
+        ...
+
+    def has_task(self, task: str) -> bool:
+        """Whether `task` is one of its task names."""
+        ...
+
+    def task_of(self, instruction: str) -> str | None:
+        """The task whose instruction this is, where it can be told without building an environment."""
+        ...
+
+    def expert(self, task: str) -> Expert:
+        """The task's scripted expert; a ConfigError naming the task where it has none."""
+        ...
+
+    def expert_source(self) -> str:
+        """Where its experts come from, for provenance ("metaworld 3.1.1 scripted experts")."""
+        ...
 
     def resolve_tasks(self, spec: str) -> list[str]:
         """A task list or group name -> task names, in order, without repeats; a one-line error naming `tasks`."""

@@ -29,7 +29,8 @@ from vla_distill.types import OBS_STATE
 
 ROLES = ("ee", "gripper", "joints")
 _AXIS = re.compile(r"^(?:ee|eef|end_effector|tcp|hand|tool|robot0_eef)?_?(?:pos(?:ition)?_?)?([xyz])$")
-_ORIENTATION = re.compile(r"^(?:ee|eef|end_effector|tcp|hand|tool)?_?(?:roll|pitch|yaw|r[xyz]|quat\w*|axis_?angle\w*|rot\w*|ori\w*)$")
+_ORIENTATION = re.compile(r"^(?:ee|eef|end_effector|tcp|hand|tool)?_?"
+                          r"(?:roll|pitch|yaw|r[xyz]|quat\w*|axis_?angle\w*|rot\w*|ori\w*)$")
 _JOINT_WORDS = ("joint", "shoulder", "elbow", "wrist", "waist", "forearm", "base", "pan", "lift", "flex")
 
 
@@ -146,7 +147,8 @@ def _indices(spec: str, part: str) -> tuple[int, ...]:
 def format_state_map(layout: StateLayout) -> str:
     parts = []
     if layout.ee:
-        parts.append(f"ee={layout.ee[0]}:{layout.ee[-1] + 1}" if _contiguous(layout.ee) else f"ee={' '.join(map(str, layout.ee))}")
+        ee = f"{layout.ee[0]}:{layout.ee[-1] + 1}" if _contiguous(layout.ee) else " ".join(map(str, layout.ee))
+        parts.append(f"ee={ee}")
     if layout.gripper:
         parts.append("gripper=" + "-".join(map(str, layout.gripper)))
     if layout.joints:

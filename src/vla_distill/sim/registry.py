@@ -1,13 +1,13 @@
-"""The simulators there are, by name: the only place that lists them. Each describes itself beside its adapter
-(metaworld_tasks.MetaWorld, libero.Libero) through the sim.base.Simulator protocol; nothing heavy is imported until
-an environment is built."""
+"""The simulators there are, by name: the only place that lists them. Each describes itself in its own room
+(sim/metaworld/simulator.py, sim/libero/simulator.py) through the sim.base.Simulator protocol; nothing heavy is
+imported until an environment is built. A new simulator is a new room and one line here."""
 
 from __future__ import annotations
 
 from vla_distill.errors import ConfigError
 from vla_distill.sim.base import Simulator
-from vla_distill.sim.libero import Libero
-from vla_distill.sim.metaworld_tasks import MetaWorld
+from vla_distill.sim.libero.simulator import Libero
+from vla_distill.sim.metaworld.simulator import MetaWorld
 
 SIMULATORS: dict[str, Simulator] = {s.name: s for s in (MetaWorld(), Libero())}
 ENVS = tuple(SIMULATORS)
@@ -18,3 +18,14 @@ def get_simulator(name: str) -> Simulator:
     if name not in SIMULATORS:
         raise ConfigError(f"unknown env {name!r}; envs: {', '.join(ENVS)}", field="env")
     return SIMULATORS[name]
+
+
+def simulator_of(task: str | None = None, instruction: str | None = None) -> Simulator | None:
+    """The simulator a task name (or, failing that, an instruction) belongs to; None when none claims it."""
+    for sim in SIMULATORS.values():
+        if task is not None and sim.has_task(task):
+            return sim
+    for sim in SIMULATORS.values():
+        if instruction is not None and sim.task_of(instruction) is not None:
+            return sim
+    return None

@@ -85,7 +85,8 @@ class ForwardKinematics:
                               f"({sorted(model_joints)})", path=self.path)
         self.ranges = np.array(ranges, np.float64)
         if units == "m100" and np.isnan(self.ranges).any():
-            raise ConfigError("--joint-units m100 needs every mapped joint to have a range in the robot model", path=self.path)
+            raise ConfigError("--joint-units m100 needs every mapped joint to have a range in the robot model",
+                              path=self.path)
         self._site = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, frame)
         self._body = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, frame)
         if self._site < 0 and self._body < 0:

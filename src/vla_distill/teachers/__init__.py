@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from vla_distill.data.openpi_client import parse_address
 from vla_distill.errors import ConfigError, did_you_mean
 from vla_distill.teachers.base import EpisodeFrames, Teacher
 from vla_distill.teachers.noisy import NoiseConfig
@@ -34,13 +35,6 @@ class Kind:
     port: int = 0
     noise: NoiseConfig | None = None  # noisy
     inner: str = ""  # noisy: the KIND it corrupts
-
-
-def _host_port(spec: str, scheme: str) -> tuple[str, int]:
-    m = re.fullmatch(rf"{scheme}://([^:/]+):(\d+)/?", spec)
-    if not m:
-        raise ConfigError(f"expected {scheme}://HOST:PORT, got {spec!r}", field="teacher")
-    return m.group(1), int(m.group(2))
 
 
 def _noise_options(text: str) -> dict:
@@ -76,7 +70,7 @@ def parse_kind(spec: str) -> Kind | None:
         return Kind("checkpoint", path=spec[len("checkpoint:"):])
     for scheme in REMOTE:
         if spec.startswith(f"{scheme}://"):
-            host, port = _host_port(spec, scheme)
+            host, port = parse_address(spec, scheme, field="teacher")
             return Kind(scheme, host=host, port=port)
     return None
 
@@ -103,7 +97,9 @@ def make_teacher(spec: str, options: dict[str, str] | None = None) -> Teacher:
     from vla_distill.teachers.remote import remote_config
 
     if kind.name == "openpi":
-        from vla_distill.teachers.openpi import DEFAULTS, OpenPITeacher as client
+        from vla_distill.teachers.openpi import DEFAULTS
+        from vla_distill.teachers.openpi import OpenPITeacher as client
     else:
-        from vla_distill.teachers.openvla import DEFAULTS, OpenVLATeacher as client
+        from vla_distill.teachers.openvla import DEFAULTS
+        from vla_distill.teachers.openvla import OpenVLATeacher as client
     return client(spec, kind.host, kind.port, remote_config(options, DEFAULTS))

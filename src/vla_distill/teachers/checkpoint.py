@@ -25,21 +25,24 @@ class CheckpointTeacher:
 
     def _batch(self, episode: EpisodeFrames, rows: np.ndarray) -> dict:
         columns = {OBS_STATE: episode.state, OBS_ENV_STATE: episode.env_state, **episode.images}
-        return frames_to_batch({k: columns[k][rows] for k in self.input_keys}, self.input_keys, [episode.task] * len(rows),
+        return frames_to_batch({k: columns[k][rows] for k in self.input_keys}, self.input_keys,
+                               [episode.task] * len(rows),
                                self.device)
 
     @torch.no_grad()
     def label(self, episode: EpisodeFrames, rows: np.ndarray, on_result: OnResult | None = None) -> np.ndarray:
         out = np.empty((len(rows), self.horizon, self.action_dim), np.float32)
         for s in range(0, len(rows), BATCH):
-            out[s : s + BATCH] = self.policy.predict_action_chunk(self._batch(episode, rows[s : s + BATCH])).float().cpu().numpy()
+            chunk = self.policy.predict_action_chunk(self._batch(episode, rows[s : s + BATCH]))
+            out[s : s + BATCH] = chunk.float().cpu().numpy()
             if on_result is not None:
                 for i in range(s, min(s + BATCH, len(rows))):
                     on_result(i, out[i])
         return out
 
     def provenance(self) -> dict:
-        return {"kind": "checkpoint", "path": self.path, "device": self.device, "type": self.policy.name, "policy_provenance": self.policy.provenance}
+        return {"kind": "checkpoint", "path": self.path, "device": self.device, "type": self.policy.name,
+                "policy_provenance": self.policy.provenance}
 
     def close(self) -> None:
         pass

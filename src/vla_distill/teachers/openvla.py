@@ -40,7 +40,8 @@ class OpenVLATeacher(RemoteTeacher):
         if isinstance(out, str):
             raise RuntimeError(f"server answered {out!r}")
         if not isinstance(out, np.ndarray):
-            raise TeacherError(f"http://{self.host}:{self.port}/act: expected an action array, got {type(out).__name__}")
+            raise TeacherError(f"http://{self.host}:{self.port}/act: expected an action array, got "
+                               f"{type(out).__name__}")
         return out
 
     def _close_client(self, conn) -> None:

@@ -113,7 +113,8 @@ class RemoteTeacher:
         req = {}
         for server_key, our_key in self.cfg.obs_map.items():
             if our_key not in obs:
-                raise ConfigError(f"obs_map asks for {our_key!r}, which this dataset does not have", field=f"obs_map.{server_key}")
+                raise ConfigError(f"obs_map asks for {our_key!r}, which this dataset does not have",
+                                  field=f"obs_map.{server_key}")
             value = obs[our_key]
             if is_camera(our_key) and self.cfg.image_size:
                 value = resize_with_pad(value, self.cfg.image_size)
@@ -178,7 +179,8 @@ class RemoteTeacher:
                 self._drop_client()
                 if attempt < self.cfg.retries:
                     time.sleep(self.cfg.backoff_s * 2**attempt)
-        raise TeacherError(f"{self.spec}: no answer after {self.cfg.retries + 1} attempts: {type(last).__name__}: {last}")
+        raise TeacherError(f"{self.spec}: no answer after {self.cfg.retries + 1} attempts: {type(last).__name__}: "
+                           f"{last}")
 
     def label(self, episode: EpisodeFrames, rows: np.ndarray, on_result: OnResult | None = None) -> np.ndarray:
         results: dict[int, np.ndarray] = {}
@@ -220,4 +222,5 @@ class RemoteTeacher:
 
     def provenance(self) -> dict:
         cfg = {f.name: getattr(self.cfg, f.name) for f in fields(RemoteConfig) if f.name != "api_key"}
-        return {"kind": self.spec.split("://")[0], "url": f"{self.host}:{self.port}", "config": cfg, "server_metadata": self.metadata}
+        return {"kind": self.spec.split("://")[0], "url": f"{self.host}:{self.port}", "config": cfg,
+                "server_metadata": self.metadata}

@@ -1,47 +1,55 @@
-"""`scripted`: the MetaWorld expert of each episode's task, fed the stored 39-d observation."""
+"""`scripted`: the simulator's scripted expert of each episode's task (sim.base.Expert), fed the episode's stored
+privileged state (observation.environment_state). The task is the episode's recorded task_name, or the one whose
+instruction the episode carries."""
 
 from __future__ import annotations
-
-import warnings
 
 import numpy as np
 
 from vla_distill.errors import DatasetError
-from vla_distill.sim.metaworld import expert_action, expert_policy
-from vla_distill.sim.metaworld_tasks import INSTRUCTIONS
+from vla_distill.sim.registry import simulator_of
 from vla_distill.teachers.base import EpisodeFrames, OnResult
 from vla_distill.types import OBS_ENV_STATE
-
-_TASK_OF_INSTRUCTION = {v: k for k, v in INSTRUCTIONS.items()}
 
 
 class ScriptedTeacher:
     spec = "scripted"
     needs_images = False
     horizon = 1
-    action_dim = 4
+    action_dim = 0  # the simulator's; known after the first episode
+
+    def __init__(self):
+        self.sources: set[str] = set()
 
     def label(self, episode: EpisodeFrames, rows: np.ndarray, on_result: OnResult | None = None) -> np.ndarray:
-        task = episode.task_name or _TASK_OF_INSTRUCTION.get(episode.task)
-        if task is None:
-            raise DatasetError(f"episode {episode.episode_index}: no MetaWorld task name in the episode metadata "
-                               f"and {episode.task!r} is not a known instruction", field="task_name")
-        if episode.env_state is None or episode.env_state.shape[1] != 39:
-            raise DatasetError("the scripted teacher needs the 39-d MetaWorld observation", field=OBS_ENV_STATE)
-        policy = expert_policy(task)
-        out = np.empty((len(rows), 1, 4), np.float32)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # metaworld warns that some experts' gains saturate; expected
-            for i, r in enumerate(rows):
-                out[i, 0] = expert_action(policy, episode.env_state[r])
-                if on_result is not None:
-                    on_result(i, out[i])
-        return out
+        sim, task = _task_of(episode)
+        if episode.env_state is None:
+            raise DatasetError("the scripted teacher needs the simulator's privileged state", field=OBS_ENV_STATE)
+        expert = sim.expert(task)
+        self.sources.add(sim.expert_source())
+        out = []
+        for i, r in enumerate(rows):
+            out.append(expert(episode.env_state[r])[None])  # (K = 1, D)
+            if on_result is not None:
+                on_result(i, out[-1])
+        if out:
+            self.action_dim = out[0].shape[1]
+        return np.stack(out) if out else np.zeros((0, 1, self.action_dim), np.float32)
 
     def provenance(self) -> dict:
-        from importlib.metadata import version
-
-        return {"kind": "scripted", "source": f"metaworld {version('metaworld')} scripted experts"}
+        return {"kind": "scripted", "source": "; ".join(sorted(self.sources)) or "the simulators' scripted experts"}
 
     def close(self) -> None:
         pass
+
+
+def _task_of(episode: EpisodeFrames):
+    """(simulator, task) of an episode: its recorded task_name, else the task whose instruction it carries."""
+    sim = simulator_of(episode.task_name, episode.task)
+    if sim is not None and episode.task_name and sim.has_task(episode.task_name):
+        return sim, episode.task_name
+    task = sim.task_of(episode.task) if sim is not None else None
+    if task is None:
+        raise DatasetError(f"episode {episode.episode_index}: no simulator task name in the episode metadata and "
+                           f"{episode.task!r} is not a known instruction", field="task_name")
+    return sim, task

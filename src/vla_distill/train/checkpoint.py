@@ -134,7 +134,8 @@ def load_training_state(run: Path, policy: Policy, optimizer: torch.optim.Optimi
     tensors = load_file(str(state / "optimizer_state.safetensors"))
     groups = json.loads((state / "optimizer_param_groups.json").read_text())
     # With EMA on, pretrained_model holds the EMA weights; the live weights are rebuilt from the optimizer's copy.
-    live = load_file(str(state / "live_weights.safetensors")) if (state / "live_weights.safetensors").exists() else weights
+    live_path = state / "live_weights.safetensors"
+    live = load_file(str(live_path)) if live_path.exists() else weights
     policy.load_state_dict(live)
     optimizer.load_state_dict(_unflatten_optimizer(tensors, groups))
     torch.set_rng_state(load_file(str(state / "rng_state.safetensors"))["torch"])

@@ -40,7 +40,8 @@ def setup_device(cfg: RunConfig) -> DeviceSetup:
         dtype, why = torch.bfloat16, "bf16 autocast (auto: this GPU supports it)"
     else:
         dtype, why = None, "fp32 (auto: bf16 autocast is used on GPUs that support it; --precision bf16 forces it)"
-    return DeviceSetup(device, dtype, rank, world, f"device {device}, {why}" + (f", {world} processes" if world > 1 else ""))
+    return DeviceSetup(device, dtype, rank, world,
+                       f"device {device}, {why}" + (f", {world} processes" if world > 1 else ""))
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

@@ -1,11 +1,11 @@
 """The frozen trunk's features of every dataset frame, computed once and reused by every run on the dataset.
 
 A frozen pretrained encoder gives the same features for a frame every time it is seen, so a training run computes
-them once (~240 images/s on 2 cores at 128 px) instead of once per sample per epoch; the trained keypoint head and
-transformer then train 5x faster. The price: no pixel augmentation (a pixel shift would change the features; the
-student's `feature_shift` shifts the cached maps instead). Cached as (N, C_f, h, w) float16 memmaps beside the decoded-frame cache, keyed by that cache, the encoder
-and its stride; each is written under a temporary name and renamed when complete, so a killed build starts that
-camera over and a finished one is never stale.
+them once instead of once per sample per epoch, and the trained keypoint head and transformer train several times
+faster (BENCHMARKS.md). The price: no pixel augmentation (a pixel shift would change the features; the
+student's `feature_shift` shifts the cached maps instead). Cached as (N, C_f, h, w) float16 memmaps beside the
+decoded-frame cache, keyed by that cache, the encoder and its stride; each is written under a temporary name and
+renamed when complete, so a killed build starts that camera over and a finished one is never stale.
 """
 
 from __future__ import annotations

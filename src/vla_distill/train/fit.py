@@ -34,8 +34,15 @@ from vla_distill.data.format import single_writer
 from vla_distill.data.windows import WindowedDataset, split_episodes
 from vla_distill.errors import ConfigError, DatasetError
 from vla_distill.models.checkpoint import started_from
-from vla_distill.train.checkpoint import (CHECKPOINTS, LAST, has_complete_checkpoint, load_training_state, remove_partial,
-                                         remove_run_files, save_checkpoint)
+from vla_distill.train.checkpoint import (
+    CHECKPOINTS,
+    LAST,
+    has_complete_checkpoint,
+    load_training_state,
+    remove_partial,
+    remove_run_files,
+    save_checkpoint,
+)
 from vla_distill.train.config import RunConfig
 from vla_distill.train.device import DeviceSetup, autocast, to_device
 from vla_distill.types import AUGMENT_KEY
@@ -59,7 +66,8 @@ def prepare_run(cfg: RunConfig, resume: bool, overrides: tuple[str, ...] = ("ste
             raise ConfigError("nothing to resume (no train_config.json); drop --resume to start a new run", path=run)
         bad = set(overrides) - set(RESUMABLE)
         if bad:
-            raise ConfigError(f"a resumed run keeps its settings; only {list(RESUMABLE)} may change", field=sorted(bad)[0])
+            raise ConfigError(f"a resumed run keeps its settings; only {list(RESUMABLE)} may change",
+                              field=sorted(bad)[0])
         return _saved_with(cfg, _read_saved(saved), (*overrides, "out")), True
     cfg = replace(cfg, dataset=str(Path(cfg.dataset).resolve()))  # recorded so it resolves from anywhere
     if has_complete_checkpoint(run) and saved.exists():
@@ -142,7 +150,8 @@ class BatchStream:
     augment_key (its position), which fixes its augmentation. The next step is assembled on a thread while the
     current one trains."""
 
-    def __init__(self, view: WindowedDataset, batch_size: int, seed: int, rank: int = 0, world: int = 1, accum: int = 1):
+    def __init__(self, view: WindowedDataset, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 accum: int = 1):
         self.view, self.b, self.seed, self.rank, self.world, self.accum = view, batch_size, seed, rank, world, accum
         self.g = batch_size * world * accum
         self._perms: dict[int, np.ndarray] = {}
@@ -206,7 +215,8 @@ class Metrics:
         if not enabled:
             return
         if self.path.exists():
-            keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+            lines = self.path.read_text().splitlines()
+            keep = [line for line in lines if line and json.loads(line)["step"] <= start_step]
             self.path.write_text("".join(line + "\n" for line in keep))
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -258,8 +268,8 @@ def fit(job: Job, cfg: RunConfig, dev: DeviceSetup, resume: bool) -> Path:
             return _fit(job, cfg, dev, resume)
         except KeyboardInterrupt:
             run = Path(cfg.out)
-            kept = (f"the last checkpoint is {(run / CHECKPOINTS / LAST).resolve().name}" if has_complete_checkpoint(run)
-                    else "no checkpoint was completed")
+            last = f"the last checkpoint is {(run / CHECKPOINTS / LAST).resolve().name}"
+            kept = last if has_complete_checkpoint(run) else "no checkpoint was completed"
             print(f"\ninterrupted: {kept} in {run}; run the same command again to continue", file=sys.stderr)
             raise
 
@@ -267,7 +277,8 @@ def fit(job: Job, cfg: RunConfig, dev: DeviceSetup, resume: bool) -> Path:
 def _optimizer(job: Job, cfg: RunConfig) -> torch.optim.Optimizer:
     decay = [p for _, p in job.params if p.ndim >= 2]
     no_decay = [p for _, p in job.params if p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
                              lr=cfg.lr, betas=(0.9, 0.95))
 
 
@@ -301,7 +312,8 @@ def _fit(job: Job, cfg: RunConfig, dev: DeviceSetup, resume: bool) -> Path:
     policy.train()
     trainable = [p for _, p in job.params]
     last_dir = run / CHECKPOINTS / LAST
-    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not main, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not main, file=sys.stderr,
+               dynamic_ncols=True)
     t_log, n_log = time.perf_counter(), 0
     try:
         for step in range(start, cfg.steps):
@@ -334,7 +346,8 @@ def _fit(job: Job, cfg: RunConfig, dev: DeviceSetup, resume: bool) -> Path:
             done = step + 1
             if main and (done % cfg.log_every == 0 or done == cfg.steps):
                 sps = n_log / (time.perf_counter() - t_log)
-                metrics.log({"step": done, "loss": float(loss.detach()), **named, "lr": lr_at(step, cfg), "grad_norm": grad_norm,
+                metrics.log({"step": done, "loss": float(loss.detach()), **named, "lr": lr_at(step, cfg),
+                             "grad_norm": grad_norm,
                              "samples_per_s": sps, "data_s": t_data, "step_s": time.perf_counter() - t0})
                 t_log, n_log = time.perf_counter(), 0
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}", samples_s=f"{sps:.0f}")

@@ -20,12 +20,29 @@ from vla_distill.models.vision import VisionConfig
 from vla_distill.train.config import TrainConfig
 from vla_distill.train.device import DeviceSetup, autocast, setup_device
 from vla_distill.train.feature_cache import cached_features
+from vla_distill.train.fit import (
+    BatchStream,
+    Job,
+    effective_batch,
+    fit,
+    prepare_run,
+    provenance,
+    training_episodes,
+    validation_batches,
+)
 from vla_distill.train.targets import phase_consistent_gripper
-from vla_distill.train.fit import (BatchStream, Job, effective_batch, fit, prepare_run, provenance, training_episodes,
-                                   validation_batches)
 from vla_distill.train.views import Views, make_views, policy_batch
-from vla_distill.types import (ACTION, DIRECTION_INDEX, DIRECTIONS_PATH, OBS_PREFIX, PAD_SUFFIX, PHASE_INDEX, PHASES_4,
-                               feature_key, to_phase4)
+from vla_distill.types import (
+    ACTION,
+    DIRECTION_INDEX,
+    DIRECTIONS_PATH,
+    OBS_PREFIX,
+    PAD_SUFFIX,
+    PHASE_INDEX,
+    PHASES_4,
+    feature_key,
+    to_phase4,
+)
 
 
 def train(cfg: TrainConfig, resume: bool = False, overrides: tuple[str, ...] = ("steps",)) -> Path:
@@ -71,8 +88,8 @@ def check_dataset(ds: RobotDataset, cfg: TrainConfig) -> str:
     if cfg.loss.direction_weight > 0:
         if DIRECTION_INDEX not in ds.features or not (ds.root / DIRECTIONS_PATH).exists():
             raise DatasetError(f"the direction loss needs column '{DIRECTION_INDEX}' and {DIRECTIONS_PATH}: "
-                               "annotate with --directions kinematic|vlm, or turn the loss off with --direction-weight 0",
-                               path=ds.root, field=DIRECTION_INDEX)
+                               "annotate with --directions kinematic|vlm, or turn the loss off with "
+                               "--direction-weight 0", path=ds.root, field=DIRECTION_INDEX)
     dims = int(np.prod(ds.features[target]["shape"]))
     if cfg.loss.dim_weights and len(cfg.loss.dim_weights) != dims:
         raise ConfigError(f"{len(cfg.loss.dim_weights)} weights given, the action '{target}' has {dims} dimensions",
@@ -117,7 +134,8 @@ def build_views(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list
         features = cached_features(ds, cams, policy.encoder, policy.config.vision.kind)
         row_arrays, cams = {feature_key(c): f for c, f in features.items()}, []
     keys = [*cams, *cfg.depth_keys, *cfg.state_keys, *([cfg.aux_state] if cfg.aux_state else []), target]
-    keys += [k for k, w in ((PHASE_INDEX, cfg.loss.phase_weight), (DIRECTION_INDEX, cfg.loss.direction_weight)) if w > 0]
+    keys += [k for k,
+             w in ((PHASE_INDEX, cfg.loss.phase_weight), (DIRECTION_INDEX, cfg.loss.direction_weight)) if w > 0]
     cue_emb = None
     if (ds.root / DIRECTIONS_PATH).exists():  # check_dataset made sure it is there when the loss needs it
         cue_emb = torch.from_numpy(read_directions(ds.root)[1].copy())
@@ -183,7 +201,8 @@ def build_policy(ds: RobotDataset, cfg: TrainConfig, targets: np.ndarray, train_
     try:
         config = preset_config(
             cfg.preset, image_keys=tuple(cams), image_size=(h, w), depth_keys=tuple(cfg.depth_keys),
-            state_keys=tuple(cfg.state_keys), state_dims=tuple(int(np.prod(ds.features[k]["shape"])) for k in cfg.state_keys),
+            state_keys=tuple(cfg.state_keys),
+            state_dims=tuple(int(np.prod(ds.features[k]["shape"])) for k in cfg.state_keys),
             action_dim=int(targets.shape[-1]), horizon=cfg.horizon, n_phases=len(phase_names),
             phase_names=phase_names,
             text_dim=int(emb.shape[1]), tasks=tuple(ds.tasks), text_encoder=text_encoder, vision=vision,

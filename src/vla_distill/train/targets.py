@@ -1,11 +1,9 @@
 """Action targets derived from the annotation: the gripper command anchored to the phase labels.
 
-A VLA teacher toggles its gripper inside a phase (bursts of open/close while carrying) and jitters. Regression
-averages that noise into a weak, half-open command (with bursts covering 65% of frames a "close" of 1.0 is learned
-as 0.35); auxiliary phase and cue losses share the trunk but leave the action target as noisy as it was. Within one
-phase the gripper's state does not change (open while approaching, shut while grasping and carrying), so the median
-of the teacher's commands over each phase segment is the command the teacher meant whenever it was right more than
-half of the time — the phase labels filter the teacher's noise, offline, and the deployed student is unchanged.
+A VLA teacher toggles its gripper inside a phase and jitters, and regression averages that into a weak, half-open
+command. Within one phase the gripper's state does not change, so the median of the teacher's commands over each
+phase segment is the command it meant whenever it was right more than half of the time: the phase labels filter the
+teacher's noise offline, and the deployed student is unchanged (what it is worth: BENCHMARKS.md, "Guidance").
 """
 
 from __future__ import annotations

@@ -21,8 +21,16 @@ from vla_distill.models.checkpoint import load_pretrained
 from vla_distill.models.vita import FAMILIES, VitaPolicy, from_expert, tiny_vlm_config
 from vla_distill.train.config import VitaTrainConfig
 from vla_distill.train.device import DeviceSetup, autocast, setup_device
-from vla_distill.train.fit import (BatchStream, Job, effective_batch, fit, prepare_run, provenance, training_episodes,
-                                   validation_batches)
+from vla_distill.train.fit import (
+    BatchStream,
+    Job,
+    effective_batch,
+    fit,
+    prepare_run,
+    provenance,
+    training_episodes,
+    validation_batches,
+)
 from vla_distill.train.views import Views, make_views, policy_batch
 from vla_distill.types import ACTION
 
@@ -49,7 +57,8 @@ def build_vita(cfg: VitaTrainConfig) -> VitaPolicy:
 
 
 def _sizes(cfg: VitaTrainConfig) -> dict:
-    return {"n_action_tokens": cfg.n_action_tokens, **({"vlm_image_size": cfg.vlm_image_size} if cfg.vlm_image_size else {})}
+    return {"n_action_tokens": cfg.n_action_tokens,
+            **({"vlm_image_size": cfg.vlm_image_size} if cfg.vlm_image_size else {})}
 
 
 def _family_of(path: Path) -> str:
@@ -90,7 +99,8 @@ def vita_train(cfg: VitaTrainConfig, resume: bool = False, overrides: tuple[str,
     ds.check_videos()
     target = cfg.target_column
     if target not in ds.features:
-        raise DatasetError(f"no column '{target}' (annotate with a teacher, or --target dataset)", path=ds.root, field=target)
+        raise DatasetError(f"no column '{target}' (annotate with a teacher, or --target dataset)", path=ds.root,
+                           field=target)
     policy = build_vita(cfg).to(dev.device)
     missing = [k for k in policy.input_keys if k not in ds.features]
     if missing:
@@ -107,8 +117,8 @@ def vita_train(cfg: VitaTrainConfig, resume: bool = False, overrides: tuple[str,
               validate=lambda: validate(policy, views, cfg, dev),
               provenance={**provenance(ds, cfg, annotation), "stage": cfg.stage, "expert": cfg.expert, "init": cfg.init,
                           "vlm": cfg.vlm, "family": policy.config.family},
-              describe=f"VITA-VLA {cfg.stage} ({policy.config.family}): {policy.num_parameters() / 1e6:.2f}M parameters, "
-                       f"{n_train / 1e6:.3f}M trainable; {len(train_eps)} train / {len(val_eps)} val episodes; {dev.why}; "
-                       f"{effective_batch(cfg, dev)}",
+              describe=f"VITA-VLA {cfg.stage} ({policy.config.family}): {policy.num_parameters() / 1e6:.2f}M "
+                       f"parameters, {n_train / 1e6:.3f}M trainable; {len(train_eps)} train / {len(val_eps)} val "
+                       f"episodes; {dev.why}; {effective_batch(cfg, dev)}",
               find_unused=True)
     return fit(job, cfg, dev, resume)

@@ -1,7 +1,7 @@
-"""MetaWorld v3 adapter: one task per environment, seeded object/goal placement, two rendered cameras.
+"""MetaWorld v3 environment: one task per environment, seeded object/goal placement, rendered cameras.
 
 Observation dict (one step):
-  "observation.images.<cam>"      (H, W, 3) uint8     cameras from CameraConfig (corner2 rotated 180 degrees)
+  "observation.images.<cam>"      (H, W, 3) uint8     cameras from sim.base.CameraConfig (corner2 rotated 180 degrees)
   "observation.state"             (4,) float32        hand xyz + gripper opening (proprioception only)
   "observation.environment_state" (39,) float32       the full MetaWorld observation (objects, goal)
   "observation.contact"           (1,) float32        1.0 while the gripper touches a movable body other than the
@@ -14,7 +14,6 @@ from __future__ import annotations
 import gc
 import os
 import weakref
-from dataclasses import dataclass
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -22,13 +21,10 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vla_distill.errors import ConfigError  # noqa: E402
-from vla_distill.sim.metaworld_tasks import FPS, INSTRUCTIONS, MAX_STEPS  # noqa: E402, F401  (FPS: collect's)
+from vla_distill.sim.base import CameraConfig  # noqa: E402
+from vla_distill.sim.metaworld.tasks import CAMERAS, DEFAULT_CAMERAS, INSTRUCTIONS, MAX_STEPS  # noqa: E402
 from vla_distill.types import OBS_CONTACT, OBS_ENV_STATE, OBS_STATE, camera_key  # noqa: E402
 
-STATE_NAMES = ["hand_x", "hand_y", "hand_z", "gripper_opening"]
-ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
-# Camera aliases -> MuJoCo camera names in metaworld's sawyer scene.
-CAMERAS = {"corner2": "corner2", "gripper": "gripperPOV", "corner": "corner", "corner3": "corner3", "topview": "topview", "behind_gripper": "behindGripper"}
 # lerobot moves corner2 closer to the table (envs/metaworld.py); small targets need the pixels.
 CORNER2_POS = (0.75, 0.075, 0.7)
 # The corner cameras' frames come out upside down: rotate 180 degrees.
@@ -37,32 +33,17 @@ _FLIPPED = {"corner", "corner2", "corner3", "corner4"}
 GRIPPER_BODIES = ("right_hand", "hand", "rightclaw", "leftclaw", "rightpad", "leftpad")
 
 
-@dataclass(frozen=True)
-class CameraConfig:
-    names: tuple[str, ...] = ("corner2", "gripper")
-    height: int = 128
-    width: int = 128
-
-    def __post_init__(self):
-        for n in self.names:
-            if n not in CAMERAS:
-                raise ConfigError(f"unknown camera '{n}'; valid: {', '.join(CAMERAS)}", field="cameras")
-        if self.height < 16 or self.width < 16:
-            raise ConfigError("image size must be at least 16 px", field="image_size")
-
-    @property
-    def keys(self) -> list[str]:
-        return [camera_key(n) for n in self.names]
-
-
 class MetaWorldEnv:
     """A MetaWorld task with our rendering. `reset(seed)` draws the object/goal placement from the seed."""
 
-    def __init__(self, task: str, cameras: CameraConfig = CameraConfig()):
+    def __init__(self, task: str, cameras: CameraConfig = CameraConfig(DEFAULT_CAMERAS)):
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
         if task not in ALL_V3_ENVIRONMENTS:
             raise ConfigError(f"unknown MetaWorld task '{task}'", field="task")
+        for n in cameras.names:
+            if n not in CAMERAS:
+                raise ConfigError(f"unknown camera '{n}'; valid: {', '.join(CAMERAS)}", field="cameras")
         self.task = task
         self.instruction = INSTRUCTIONS[task]
         self.cameras = cameras
@@ -104,8 +85,8 @@ class MetaWorldEnv:
         return np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
 
     @property
-    def raw_obs(self) -> np.ndarray:
-        """The 39-d observation the scripted experts read."""
+    def env_state(self) -> np.ndarray:
+        """(39,) float64: the MetaWorld observation the scripted experts read."""
         assert self._obs is not None, "reset() first"
         return self._obs
 
@@ -163,15 +144,3 @@ def contact_bodies(model) -> tuple[np.ndarray, np.ndarray]:
     movable &= ~robot
     movable[0] = False
     return gripper, movable
-
-
-def expert_policy(task: str):
-    """metaworld's scripted expert for a task: stateless, `get_action(obs39) -> (4,)`."""
-    from metaworld.policies import ENV_POLICY_MAP
-
-    return ENV_POLICY_MAP[task]()
-
-
-def expert_action(expert, obs39: np.ndarray) -> np.ndarray:
-    """The expert's (4,) float32 action, clipped to the action space: the experts' gains exceed it on purpose."""
-    return np.clip(expert.get_action(np.asarray(obs39, np.float64)), -1.0, 1.0).astype(np.float32)

@@ -28,7 +28,7 @@ from functools import lru_cache
 import numpy as np
 
 from vla_distill.sim.kinematics import Kinematics, gripper_rate, runs, speed, sustained
-from vla_distill.sim.metaworld import expert_policy
+from vla_distill.sim.metaworld.expert import expert_policy
 from vla_distill.types import PHASES_4
 
 ARM_ROLES: dict[str, str] = {

@@ -1,6 +1,5 @@
-"""MetaWorld v3 as a benchmark: task names, groups, one natural-language instruction per task, held-out seeds, and
-its description for the simulator registry (`MetaWorld`). The environment itself is metaworld.py, imported only
-when one is built.
+"""MetaWorld v3 as a benchmark: task names, groups, one natural-language instruction per task, held-out seeds. Pure
+data: the simulator's description (simulator.py) and its environment (env.py) read it.
 
 Difficulty groups follow lerobot's `envs/metaworld_config.json` (easy 28 / medium 11 / hard 6 / very_hard 5);
 mt10 and mt50 follow metaworld's own benchmark lists.
@@ -10,16 +9,16 @@ Seeds: collection draws placements from seeds `seed * 1_000_003 + task_pos * 10_
 
 from __future__ import annotations
 
-import numpy as np
-
 from vla_distill.errors import ConfigError, did_you_mean
-from vla_distill.sim.base import Env
-from vla_distill.sim.kinematics import Kinematics
-from vla_distill.types import OBS_IMAGES, camera_key
 
 FPS = 80  # MetaWorld steps at dt = 0.0025 s x frame_skip 5 = 12.5 ms, as lerobot records it
 MAX_STEPS = 500
 EVAL_SEED_BASE = 2**31
+# Camera aliases -> MuJoCo camera names in metaworld's sawyer scene.
+CAMERAS = {"corner2": "corner2", "gripper": "gripperPOV", "corner": "corner", "corner3": "corner3",
+           "topview": "topview",
+           "behind_gripper": "behindGripper"}
+DEFAULT_CAMERAS = ("corner2", "gripper")
 
 INSTRUCTIONS: dict[str, str] = {
     "assembly-v3": "pick up the nut and place it onto the peg",
@@ -115,49 +114,9 @@ def resolve_tasks(spec: str) -> list[str]:
             names.append(f"{part}-v3")
         else:
             valid = sorted(INSTRUCTIONS) + sorted(GROUPS)
-            raise ConfigError(f"unknown task '{part}'{did_you_mean(part, valid, n=3)}; valid: {', '.join(sorted(GROUPS))} or a task name ({', '.join(sorted(INSTRUCTIONS))})", field="tasks")
+            raise ConfigError(f"unknown task '{part}'{did_you_mean(part, valid, n=3)}; valid: "
+                              f"{', '.join(sorted(GROUPS))} or a task name ({', '.join(sorted(INSTRUCTIONS))})",
+                              field="tasks")
     if not names:
         raise ConfigError("no task given", field="tasks")
     return list(dict.fromkeys(names))
-
-
-class MetaWorld:
-    """The MetaWorld simulator (sim.base.Simulator)."""
-
-    name = "metaworld"
-    fps = FPS
-    default_camera = camera_key("corner2")
-    default_image_size = 128
-    step_limit = f"{MAX_STEPS} (the simulator's)"
-    held_out_seeds = True
-
-    def resolve_tasks(self, spec: str) -> list[str]:
-        return resolve_tasks(spec)
-
-    def group_of(self, task: str) -> str:
-        return difficulty_of(task)
-
-    def instruction(self, task: str) -> str | None:
-        return INSTRUCTIONS.get(task)
-
-    def eval_seeds(self, task: str, episodes: int, seed: int) -> list[int]:
-        task_id = sorted(INSTRUCTIONS).index(task)
-        return [EVAL_SEED_BASE + seed * 100_003 + task_id * 1_009 + i for i in range(episodes)]
-
-    def make_env(self, task: str, image_keys: tuple[str, ...], image_size: tuple[int, int]) -> Env:
-        from vla_distill.sim.metaworld import CameraConfig, MetaWorldEnv
-
-        names = tuple(k[len(OBS_IMAGES) + 1:] for k in image_keys)
-        return MetaWorldEnv(task, CameraConfig(names=names, height=image_size[0], width=image_size[1]))
-
-    def unavailable(self) -> str | None:
-        return None
-
-    def ground_truth_phases(self, task: str, env_state: np.ndarray | None, kin: Kinematics) -> np.ndarray | None:
-        if env_state is None:
-            return None
-        from vla_distill.sim.metaworld_phases import ARM_ROLES, ground_truth_phases
-
-        if task not in ARM_ROLES:
-            return None
-        return ground_truth_phases(task, np.asarray(env_state, np.float64), kin)

@@ -1,5 +1,5 @@
-"""LIBERO adapter with openpi's and lerobot's evaluation conventions; used where the `libero` package (hf-libero or
-the original) and its scene assets are installed. Nothing here imports libero until an environment is built.
+"""LIBERO environment with openpi's and lerobot's evaluation conventions; used where the `libero` package and its
+scene assets are installed. Nothing here imports libero until an environment is built.
 
 Conventions (examples/libero/main.py in openpi, LiberoProcessorStep in lerobot):
   suites libero_spatial / libero_object / libero_goal / libero_10 / libero_90; task "libero_spatial/3" = task 3
@@ -19,13 +19,10 @@ import os
 
 import numpy as np
 
-from vla_distill.errors import ConfigError
-from vla_distill.sim.base import Env, SimulatorUnavailable
-from vla_distill.sim.kinematics import Kinematics
+from vla_distill.sim.base import SimulatorUnavailable
+from vla_distill.sim.libero.tasks import MAX_STEPS
 from vla_distill.types import OBS_STATE, camera_key
 
-SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
-MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
 SETTLE_STEPS = 10
 NOOP = np.array([0, 0, 0, 0, 0, 0, -1], np.float32)
 RESOLUTION = 256
@@ -50,25 +47,6 @@ def unavailable() -> str | None:
     if not assets or not os.path.isdir(assets):
         return f"{INSTALL_HINT} (no assets at {assets!r})"
     return None
-
-
-def resolve_tasks(spec: str) -> list[str]:
-    """'libero_spatial' (all its tasks) | 'libero_goal/3' | comma lists -> ['libero_spatial/0', ...]."""
-    out: list[str] = []
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        suite, _, idx = part.partition("/")
-        if suite not in SUITES:
-            raise ConfigError(f"unknown LIBERO suite {suite!r}; suites: {', '.join(SUITES)}", field="tasks")
-        n = 90 if suite == "libero_90" else 10
-        if idx:
-            if not idx.isdigit() or int(idx) >= n:
-                raise ConfigError(f"{part!r}: task index must be 0..{n - 1}", field="tasks")
-            out.append(part)
-        else:
-            out += [f"{suite}/{i}" for i in range(n)]
-    if not out:
-        raise ConfigError("no task given", field="tasks")
-    return list(dict.fromkeys(out))
 
 
 def quat_to_axis_angle(q: np.ndarray) -> np.ndarray:
@@ -104,7 +82,8 @@ class LiberoEnv:
     def _observation(self, raw: dict) -> dict[str, np.ndarray]:
         out = {k: np.ascontiguousarray(raw[CAMERA_KEYS[k]][::-1, ::-1]) for k in self.image_keys}
         out[OBS_STATE] = np.concatenate(
-            [raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]]).astype(np.float32)
+            [raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]),
+             raw["robot0_gripper_qpos"]]).astype(np.float32)
         return out
 
     def reset(self, seed: int) -> dict[str, np.ndarray]:
@@ -125,40 +104,3 @@ class LiberoEnv:
 
     def close(self) -> None:
         self.env.close()
-
-
-class Libero:
-    """The LIBERO simulator (sim.base.Simulator): episode i starts from the task's fixed initial state i % 50."""
-
-    name = "libero"
-    fps = FPS
-    default_camera = camera_key("image")
-    default_image_size = RESOLUTION
-    step_limit = "the suite's"
-    held_out_seeds = False  # seeds index the suite's fixed initial states
-
-    def resolve_tasks(self, spec: str) -> list[str]:
-        return resolve_tasks(spec)
-
-    def group_of(self, task: str) -> str:
-        return task.partition("/")[0]
-
-    def instruction(self, task: str) -> str | None:
-        if unavailable():
-            return None
-        from libero.libero import benchmark
-
-        suite_name, _, idx = task.partition("/")
-        return benchmark.get_benchmark_dict()[suite_name]().get_task(int(idx)).language
-
-    def eval_seeds(self, task: str, episodes: int, seed: int) -> list[int]:
-        return [seed * 1_000 + i for i in range(episodes)]
-
-    def make_env(self, task: str, image_keys: tuple[str, ...], image_size: tuple[int, int]) -> Env:
-        return LiberoEnv(task, image_keys, image_size[0])
-
-    def unavailable(self) -> str | None:
-        return unavailable()
-
-    def ground_truth_phases(self, task: str, env_state: np.ndarray | None, kin: Kinematics) -> np.ndarray | None:
-        return None
