@@ -60,6 +60,16 @@ RECIPES: dict[str, Recipe] = {
         use="with enough demonstrations (50 per task) and a DAgger round; with few (20 per task) the frozen "
             "encoder's head overfits: use the from-scratch default preset instead (BENCHMARKS.md, \"Ablations\")",
     ),
+    # the MT10 recipe's student on LIBERO's two cameras (BENCHMARKS.md, "LIBERO"); DART noise is milder: an OSC delta
+    # of 1.0 is 5 cm per step, and a bowl held by its wall slips out of a jerk
+    "libero": Recipe(
+        summary="the mt10 recipe's student on LIBERO's agent-view and wrist cameras at 128 px, DART demonstrations "
+                "(action noise 0.3 on the end effector's xyz)",
+        collect={"names": ("image", "image2"), "height": 128, "width": 128, "action_noise": 0.3},
+        train={"preset": "tiny", "vision": "efficientnet-lite0", "horizon": 5, "batch_size": 64,
+               "aux_state": "observation.environment_state", "steps": 20000, "save_every": 4000, "log_every": 50},
+        use="LIBERO-Object, -Spatial and -Goal from the scripted expert's demonstrations (50 per task)",
+    ),
 }
 
 

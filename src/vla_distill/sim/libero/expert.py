@@ -56,11 +56,13 @@ CLEARANCE = 0.025  # m between the carried target's bottom and the destination w
 DROP = 0.03  # m higher still where the goal is "in" a container
 CARRY_SPEED = {"side": 0.8, "rim": 0.35}  # of full speed, while holding: a bowl held by its wall slips out of a jerk
 SAFE_LIFT = 0.12  # m the carried target's bottom clears its destination while it travels
+WIDE = 0.07  # m finger opening: below it the fingers have started closing
 SHUT = 0.012  # m finger opening below which the fingers hold nothing
 REACH = 0.03  # m below a target's top the grip point can go before the hand touches it
 FLOOR = 0.012  # m above a target's bottom the grip point stays (the fingertips reach 1.1 cm below it)
 RIM_DEPTH = 0.015  # m below a bowl's rim the grip point goes: its wall flares, nearer the rim it is where the rim is
-RIM_IN = 0.004  # m inside the rim's radius
+RIM_IN = 0.004  # m inside the rim's radius, upright; a tilted bowl's near wall leans in: TILT_IN per unit sin(tilt)
+TILT_IN = 0.015
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,8 @@ def _rim_point(lo: np.ndarray, hi: np.ndarray, r: np.ndarray, pos: np.ndarray, s
     u = r.T @ np.array([*side, 0.0])
     u[2] = 0.0
     u /= max(np.linalg.norm(u), 1e-9)
-    radius = min(hi[0] - lo[0], hi[1] - lo[1]) / 2 - RIM_IN
+    tilt = float(np.sqrt(max(1.0 - r[2, 2] ** 2, 0.0)))  # sin of the bowl's tilt from upright
+    radius = min(hi[0] - lo[0], hi[1] - lo[1]) / 2 - RIM_IN - TILT_IN * tilt
     local = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, hi[2]]) + radius * u
     return pos + r @ local
 
@@ -216,9 +219,11 @@ class LiberoExpert:
             z = max(hover, st.eef[2]) if off > 0.05 else hover
             return _move(st, np.array([*g.point[:2], z]), g.axis, -1.0)
         at = abs(st.eef[2] - g.point[2]) < CLOSE_ENOUGH
-        centred = off < ALIGNED
+        closing = st.opening < WIDE and off < ALIGNED_AMONG  # once the fingers close, they finish: a grip nudges it
+        if closing and abs(st.eef[2] - g.point[2]) < 2 * CLOSE_ENOUGH:  # a flared wall pushes the fingers up
+            return _move(st, np.array([*st.eef[:2], g.point[2]]), g.axis, 1.0)  # hold still while they close
         # off to one side: recentre while backing up a little (a finger may rest on the target's wall or beside it)
-        z = g.point[2] if centred else min(st.eef[2] + 0.03, hover)
+        z = g.point[2] if off < ALIGNED else min(st.eef[2] + 0.03, hover)
         return _move(st, np.array([*g.point[:2], z]), g.axis, 1.0 if at and off < GRIP_OFF else -1.0)
 
     def _carry(self, st: State, g: Grasp) -> np.ndarray:

@@ -1,0 +1,167 @@
+"""LIBERO: the VLA-AD paper's table, reproduced from nothing with the scripted expert as the teacher.
+
+Usage (every stage runs through the CLI as a user would; a rerun skips what is done and resumes what is not):
+  python benchmarks/bench_libero.py speed
+      env steps/s beside rendered frames/s per core at 128 px, two cameras: physics only, collecting (the dataset's
+      10 fps: a frame pair per env step), evaluating a K = 5 student (a pair every 5th step)
+      -> results/libero_speed.json
+  python benchmarks/bench_libero.py teacher --suite libero_object [--episodes 50]
+      the scripted expert on the suite's 500 standard episodes (its 50 fixed initial states per task)
+  python benchmarks/bench_libero.py suite --suite libero_object [--demos 50] [--steps 20000] [--episodes 50]
+      50 DART demonstrations per task from new placements (collection seeds draw from the BDDL regions; the 50 fixed
+      initial states are the evaluation), annotated by the scripted teacher, the `libero` recipe's student, teacher
+      and student on the same 500 standard episodes, paired -> results/libero.json[suite]
+Step limits: an episode runs to lerobot's limit (MAX_STEPS, control steps); openpi's (220 on Spatial) is read off the
+step of first success, so one evaluation reports both.
+Work directories live under --work (default outputs/bench_libero).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from bench_distill import onnx_speed, rate, table, trained
+from bench_eval import annotated, dataset, evaluated
+
+from common import RESULTS, write_result
+from vla_distill.config import recipe
+from vla_distill.eval.records import read_records
+from vla_distill.eval.stats import compare, wilson
+
+LIBERO = recipe("libero")
+CAMERAS = ",".join(LIBERO.collect["names"])
+ENV = ("--env", "libero")
+# openpi's examples/libero/main.py limits, in 20 Hz control steps (lerobot's are MAX_STEPS: 280 on Spatial)
+OPENPI_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520}
+PUBLISHED = {  # success %, their own protocols (human demonstrations of all suites): anchors, not our protocol
+    "pi0": {"libero_spatial": 96.8, "libero_object": 98.8, "libero_goal": 95.8},
+    "vla_ad_student": {"libero_spatial": 86.1, "libero_object": 82.3, "libero_goal": 78.9},
+    "vla_ad_teacher": {"libero_spatial": 86.4, "libero_object": 82.7, "libero_goal": 79.2},
+}
+
+
+def under_openpi_limit(out: Path, suite: str) -> dict:
+    """The evaluation's success rate had episodes stopped at openpi's step limit (success by then)."""
+    from vla_distill.sim.libero.env import CONTROL_REPEAT
+
+    limit = OPENPI_STEPS[suite] // CONTROL_REPEAT  # env steps
+    ok = [r.first_success is not None and r.first_success < limit for r in read_records(out).values()]
+    return {"pc_success": 100 * sum(ok) / max(len(ok), 1), "ci95": wilson(sum(ok), len(ok)), "n_episodes": len(ok),
+            "control_steps": OPENPI_STEPS[suite]}
+
+
+def teacher(args) -> dict:
+    out = Path(args.work) / args.suite / "eval-teacher"
+    t0 = time.perf_counter()
+    info = evaluated("scripted", args.suite, out, args.episodes, *ENV)
+    print_rates("teacher", info, out, args.suite)
+    return {"teacher": rate(info), "teacher_openpi_limit": under_openpi_limit(out, args.suite),
+            "teacher_per_task": {t["task"]: t["pc_success"] for t in info["per_task"]},
+            "minutes": round((time.perf_counter() - t0) / 60, 1)}
+
+
+def print_rates(who: str, info: dict, out: Path, suite: str) -> None:
+    r, o = rate(info), under_openpi_limit(out, suite)
+    print(f"{suite} {who}: {r['pc_success']:.1f}% ({r['ci95'][0]:.1f}–{r['ci95'][1]:.1f}), n = {r['n_episodes']}; "
+          f"within openpi's {o['control_steps']} steps {o['pc_success']:.1f}%")
+    for t in info["per_task"]:
+        print(f"  {t['task']}: {t['pc_success']:.0f}%")
+
+
+def suite(args) -> dict:
+    work = Path(args.work) / args.suite
+    dart = ("--action-noise", str(LIBERO.collect["action_noise"]))
+    raw = dataset(work, args.suite, args.demos, LIBERO.collect["height"], cameras=CAMERAS, name="dataset-dart",
+                  collect_flags=(*ENV, *dart))
+    ann = annotated(work, raw, "scripted", "annotated-dart")
+    run, minutes = trained(ann, work / "student", args.steps, "--recipe", "libero")
+    t_info = evaluated("scripted", args.suite, work / "eval-teacher", args.episodes, *ENV)
+    s_info = evaluated(str(run), args.suite, work / "eval-student", args.episodes, *ENV)
+    paired = compare(t_info, s_info)
+    table(t_info, s_info, paired)
+    speed = onnx_speed(run, ann, work / "bundle")
+    o = paired["overall"]
+    per_task = {x["task"]: {"teacher": x["pc_success"]} for x in t_info["per_task"]}
+    for x in s_info["per_task"]:
+        c = paired["per_task"][x["task"]]
+        per_task[x["task"]] |= {"student": x["pc_success"], "difference": c["difference"], "ci95": c["ci95"],
+                                "mcnemar_p": c["mcnemar_p"]}
+    return {"teacher": rate(t_info), "student": rate(s_info),
+            "paired": {"difference": o["difference"], "ci95": o["ci95"], "mcnemar_p": o["mcnemar_p"]},
+            "per_task": per_task, "train_minutes": round(minutes, 1), "student_hz": round(speed["hz"], 1),
+            "openpi_step_limit": {"teacher": under_openpi_limit(work / "eval-teacher", args.suite),
+                                  "student": under_openpi_limit(work / "eval-student", args.suite)},
+            "published_anchors": {k: v.get(args.suite) for k, v in PUBLISHED.items()},
+            "demos_per_task": args.demos, "steps": args.steps, "episodes_per_task": args.episodes,
+            "command": " ".join(["python benchmarks/bench_libero.py", *sys.argv[1:]])}
+
+
+# ------------------------------------------------------------------------------------------------ speed
+def speed(args) -> dict:
+    """One process, one core's worth: the same expert episodes under three rendering schedules."""
+    from vla_distill.sim.libero.env import LiberoEnv
+    from vla_distill.sim.libero.tasks import EVAL_SEED_BASE
+    from vla_distill.sim.registry import get_simulator
+
+    keys = tuple(f"observation.images.{c}" for c in LIBERO.collect["names"])
+    env = LiberoEnv(args.task, keys, LIBERO.collect["height"])
+    expert = get_simulator("libero").expert(args.task)
+    rows = []
+    for label, every in (("physics + control only", 0), ("collecting: a frame pair every env step", 1),
+                         ("evaluating K = 5: a frame pair every 5th env step", 5)):
+        steps = pairs = 0
+        t0 = time.perf_counter()
+        for ep in range(args.episodes):
+            obs = env.reset(EVAL_SEED_BASE + ep)
+            for t in range(env.max_steps):
+                if every and t % every == 0:
+                    [np.asarray(obs[k]) for k in keys]
+                    pairs += 1
+                obs, _, done = env.step(expert(env.env_state))
+                steps += 1
+                if done:
+                    break
+        s = time.perf_counter() - t0
+        rows.append({"schedule": label, "env_steps_per_s": steps / s, "control_steps_per_s": 2 * steps / s,
+                     "frame_pairs_per_s": pairs / s, "env_steps": steps})
+        print(f"| {label} | {steps / s:.1f} | {2 * steps / s:.1f} | {pairs / s:.1f} |", flush=True)
+    env.close()
+    return {"task": args.task, "episodes": args.episodes, "image_size": LIBERO.collect["height"],
+            "cameras": list(LIBERO.collect["names"]), "rows": rows,
+            "command": " ".join(["python benchmarks/bench_libero.py", *sys.argv[1:]])}
+
+
+def merged(name: str, key: str, value: dict) -> dict:
+    path = RESULTS / name
+    result = json.loads(path.read_text()) if path.exists() else {}
+    result.pop("cpus", None), result.pop("machine", None), result.pop("cpu", None)
+    return result | {key: (result.get(key) or {}) | value}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["speed", "teacher", "suite"])
+    p.add_argument("--suite", default="libero_object", choices=list(OPENPI_STEPS))
+    p.add_argument("--work", default="outputs/bench_libero")
+    p.add_argument("--demos", type=int, default=50)
+    p.add_argument("--steps", type=int, default=LIBERO.train["steps"])
+    p.add_argument("--episodes", type=int, default=50, help="per task (50 = every standard initial state)")
+    p.add_argument("--task", default="libero_object/0", help="speed: the task timed")
+    args = p.parse_args()
+    if args.what == "speed":
+        args.episodes = min(args.episodes, 5)
+        print("| schedule | env steps/s | control steps/s | frame pairs/s |\n|---|---:|---:|---:|")
+        write_result(RESULTS / "libero_speed.json", speed(args))
+    elif args.what == "teacher":
+        write_result(RESULTS / "libero.json", merged("libero.json", args.suite, teacher(args)))
+    else:
+        write_result(RESULTS / "libero.json", merged("libero.json", args.suite, suite(args)))
+
+
+if __name__ == "__main__":
+    main()
