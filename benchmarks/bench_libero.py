@@ -79,6 +79,7 @@ def suite(args) -> dict:
     raw = dataset(work, args.suite, args.demos, LIBERO.collect["height"], cameras=CAMERAS, name="dataset-dart",
                   collect_flags=(*ENV, *dart))
     ann = annotated(work, raw, "scripted", "annotated-dart")
+    phases = phase_agreement(raw)
     run, minutes = trained(ann, work / "student", args.steps, "--recipe", "libero")
     t_info = evaluated("scripted", args.suite, work / "eval-teacher", args.episodes, *ENV)
     s_info = evaluated(str(run), args.suite, work / "eval-student", args.episodes, *ENV)
@@ -93,12 +94,33 @@ def suite(args) -> dict:
                                 "mcnemar_p": c["mcnemar_p"]}
     return {"teacher": rate(t_info), "student": rate(s_info),
             "paired": {"difference": o["difference"], "ci95": o["ci95"], "mcnemar_p": o["mcnemar_p"]},
-            "per_task": per_task, "train_minutes": round(minutes, 1), "student_hz": round(speed["hz"], 1),
+            "per_task": per_task, "phases": phases, "train_minutes": round(minutes, 1),
+            "student_hz": round(speed["hz"], 1),
             "openpi_step_limit": {"teacher": under_openpi_limit(work / "eval-teacher", args.suite),
                                   "student": under_openpi_limit(work / "eval-student", args.suite)},
             "published_anchors": {k: v.get(args.suite) for k, v in PUBLISHED.items()},
             "demos_per_task": args.demos, "steps": args.steps, "episodes_per_task": args.episodes,
             "command": " ".join(["python benchmarks/bench_libero.py", *sys.argv[1:]])}
+
+
+def phase_agreement(raw: Path) -> dict:
+    """The kinematic phase labeller (what `annotate` writes) against the expert's own stages on every frame."""
+    from vla_distill.annotate.episode import dataset_layout, episode_kinematics
+    from vla_distill.annotate.phases import label_phases
+    from vla_distill.data.dataset import RobotDataset
+    from vla_distill.sim.registry import get_simulator
+
+    ds, sim = RobotDataset(raw), get_simulator("libero")
+    es, layout = ds.column("observation.environment_state"), dataset_layout(ds)
+    confusion = np.zeros((4, 4), np.int64)
+    for e, ep in enumerate(ds.episodes):
+        rows = ds.episode_rows(e)
+        kin = episode_kinematics(ds, rows, layout)
+        truth = sim.ground_truth_phases(ep.extra["task_name"], es[rows], kin)
+        np.add.at(confusion, (truth, label_phases(kin)), 1)
+    agree = float(np.trace(confusion) / max(confusion.sum(), 1))
+    print(f"phases: kinematic labels agree with the expert's stages on {100 * agree:.1f}% of {confusion.sum()} frames")
+    return {"agreement": agree, "frames": int(confusion.sum()), "confusion_truth_x_label": confusion.tolist()}
 
 
 # ------------------------------------------------------------------------------------------------ speed

@@ -62,6 +62,11 @@ ROOM = 0.05  # m beside the target an open finger needs (4 cm out, 1 cm thick); 
 HEADROOM = 0.12  # m clear above both fingers' spots: the hand comes down from above (a drawer under its cabinet's top)
 UP, DOWN = np.array([0.0, 0.0, 1.0]), np.array([0.0, 0.0, -1.0])
 CLEAR_DIRECTIONS = 8
+NEAR_BASE = 0.55  # m from the robot's base: nearer targets are gripped on their far side
+NEAR_HALF = -0.2  # cos of the angle from the robot's direction beyond which a side counts as the far one
+FINGER_SPAN = 0.04  # m from the grip point to each open finger
+FINGER_WIDTH = 0.02  # m across a finger
+FINGER_DEPTH = 0.03  # m below the target's top the fingertips reach
 CLEAR_RING = 0.02  # m outside the target's widest half-extent
 CLEAR_LOOK = 0.3  # m above the target's top the downward rays start
 INSTALL_HINT = "LIBERO is not installed here: pip install -e '.[libero]' (make libero), offline, from the registry"
@@ -201,6 +206,7 @@ class LiberoEnv:
         self.image_keys = tuple(image_keys)
         self.max_steps = math.ceil(MAX_STEPS[suite_name] / CONTROL_REPEAT)
         self.tick = 0
+        self._env_state, self._env_state_tick = np.zeros(len(ENV_STATE_NAMES)), -1
         self._raw: dict = {}
         self._renderer = self._make_renderer(resolution) if image_keys else None
         self._grasp_geoms: tuple[set, set, set] | None = None
@@ -265,11 +271,17 @@ class LiberoEnv:
 
     @property
     def env_state(self) -> np.ndarray:
-        """(23,) float64, ENV_STATE_NAMES."""
-        raw, g = self._raw, self.goal
-        return np.concatenate([raw["robot0_eef_pos"], raw["robot0_eef_quat"], raw["robot0_gripper_qpos"],
-                               self._position(g.target), self._quat(g.target), self._position(g.destination),
-                               [float(self.held())], self.free_side(), [self.clear_z()]]).astype(np.float64)
+        """(23,) float64, ENV_STATE_NAMES; computed once per step (its ray casts cost a fifth of a step)."""
+        if self._env_state_tick != self.tick:
+            raw, g = self._raw, self.goal
+            held = self.held()
+            free = np.zeros(2) if held else self.free_side()  # where a finger goes: moot once it holds
+            self._env_state = np.concatenate([
+                raw["robot0_eef_pos"], raw["robot0_eef_quat"], raw["robot0_gripper_qpos"], self._position(g.target),
+                self._quat(g.target), self._position(g.destination), [float(held)], free, [self.clear_z()],
+            ]).astype(np.float64)
+            self._env_state_tick = self.tick
+        return self._env_state.copy()
 
     def free_side(self) -> np.ndarray:
         """(2,) the horizontal unit direction from the target's side with the most room (rays cast outwards from its
@@ -283,7 +295,10 @@ class LiberoEnv:
         lo, hi = _extent(m, d, target)
         center, reach = (lo + hi) / 2, float(np.max(hi[:2] - lo[:2])) / 2
         toward_robot = self.inner.robots[0].base_pos[:2] - center[:2]
-        toward_robot /= max(np.linalg.norm(toward_robot), 1e-9)
+        distance = max(float(np.linalg.norm(toward_robot)), 1e-9)
+        # the hand on the robot's side of a far target, on the far side of a near one: either way the arm stays away
+        # from the ends of its reach (near its base the OSC controller loses track of a lift)
+        toward_robot *= (1.0 if distance > NEAR_BASE else -1.0) / distance
         scored = []
         for k in range(FREE_DIRECTIONS):
             u = np.array([np.cos(2 * np.pi * k / FREE_DIRECTIONS), np.sin(2 * np.pi * k / FREE_DIRECTIONS), 0.0])
@@ -291,10 +306,26 @@ class LiberoEnv:
                        for dz in FREE_BAND)
             above = min(_ray(m, d, np.array([*(center[:2] + r * u[:2]), hi[2] + 0.005]), UP, self._see_through(),
                              HEADROOM) for r in (reach - 0.02, reach + 0.015))
-            # room above the hand, enough room for a finger, then the side the arm reaches best (facing it), then
-            # the most room
-            scored.append((above >= HEADROOM, min(free, ROOM), float(np.dot(u[:2], toward_robot)), free, k))
+            # both fingers' footprints clear, on the robot's half (the far side can be out of the arm's reach), room
+            # above the hand, enough room for a finger, then the side the arm reaches best (facing it), the most room
+            fingers, facing = self._fingers_clear(center, reach, hi[2], u), float(np.dot(u[:2], toward_robot))
+            scored.append((fingers, facing > NEAR_HALF, above >= HEADROOM, min(free, ROOM), facing, free, k))
         return _unit(max(scored)[-1])
+
+    def _fingers_clear(self, center: np.ndarray, reach: float, top: float, u: np.ndarray) -> bool:
+        """Whether the open fingers (FINGER_SPAN either side of the target's edge in direction u, FINGER_WIDTH across)
+        can come down to FINGER_DEPTH below its top: nothing under either footprint stands higher (rays cast down
+        from above; the robot and the target seen through)."""
+        m, d = self.inner.sim.model._model, self.inner.sim.data._data
+        v = np.array([-u[1], u[0], 0.0])
+        start = top + CLEAR_LOOK
+        for r in (reach - FINGER_SPAN, reach + FINGER_SPAN):
+            for w in (-FINGER_WIDTH / 2, 0.0, FINGER_WIDTH / 2):
+                p = center + r * u + w * v
+                surface = start - _ray(m, d, np.array([p[0], p[1], start]), DOWN, self._see_through(), 2 * CLEAR_LOOK)
+                if surface > top - FINGER_DEPTH:
+                    return False
+        return True
 
     def clear_z(self) -> float:
         """The highest surface in a ring just outside the target (rays cast down, the robot and the target seen
