@@ -93,5 +93,16 @@ bench: $(STAMP)
 mt10: $(STAMP)
 	$(BIN)/python benchmarks/bench_distill.py mt10
 
+# LIBERO, the paper's table from nothing (BENCHMARKS.md, "LIBERO"): the scripted teacher on each suite's 500 standard
+# episodes, then per suite 50 DART demonstrations per task from new placements, annotate, train the libero recipe,
+# teacher and student on the same 500 episodes; writes benchmarks/results/libero.json. Hours on 2 cores: rerun to
+# resume (episodes, demonstrations and checkpoints are kept as they finish).
+bench-libero: $(LIBERO_STAMP)
+	$(BIN)/python benchmarks/bench_libero.py speed
+	$(BIN)/python benchmarks/bench_libero.py teacher --suite libero_spatial
+	$(BIN)/python benchmarks/bench_libero.py teacher --suite libero_object
+	$(BIN)/python benchmarks/bench_libero.py suite --suite libero_object
+	$(BIN)/python benchmarks/bench_libero.py suite --suite libero_spatial
+
 clean:
 	rm -rf $(VENV) .venv-lerobot .venv-openpi outputs .pytest_cache
