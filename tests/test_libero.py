@@ -55,10 +55,15 @@ def test_a_standard_initial_state_and_the_expert_start_the_task(spatial_env):
     assert not env.env.check_success()  # the goal predicate is false at the start
     expert = sim.expert("libero_spatial/0")
     gap = np.linalg.norm(env.env_state[9:11] - env.env_state[0:2])  # the hand to the bowl, horizontally
+    states = []
     for _ in range(8):
+        states.append(env.env_state)
         obs, _, done = env.step(expert(env.env_state))
     assert not done and obs["observation.contact"][0] == 0.0  # approaching: not yet held
     assert np.linalg.norm(env.env_state[9:11] - env.env_state[0:2]) < gap / 2
+    # the expert's own stages are the phases' ground truth: all approach so far
+    truth = sim.ground_truth_phases("libero_spatial/0", np.array(states), None)
+    assert truth.tolist() == [0] * 8
     # the expert answers from any state, not a replay: a perturbed state gets a different, bounded action
     s = env.env_state.copy()
     a, b = expert(s), expert(s + np.r_[0.05, -0.05, 0.0, np.zeros(len(s) - 3)])
