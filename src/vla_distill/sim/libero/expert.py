@@ -43,6 +43,7 @@ BOXES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] 
 }
 RIM = ("akita_black_bowl",)  # grasped across the wall, one finger inside
 MOVES = ("in", "on")  # the goal predicates it can achieve
+DRAWER = re.compile(r"cabinet_\d+_(top|middle|bottom)_region$")  # a drawer's inside, as LIBERO's scenes name it
 
 POS_GAIN = 1 / 0.04  # action per metre of position error: full speed beyond 4 cm (less overshoots)
 ROT_GAIN = 1 / 0.25  # action per radian
@@ -186,6 +187,9 @@ class LiberoExpert:
         if goal.predicate not in MOVES or categories.get(goal.target) not in BOXES:
             raise ConfigError(f"no scripted expert for {task} yet (its goal is {goal.predicate} "
                               f"{goal.target} {goal.destination})", field="teacher")
+        if DRAWER.search(goal.destination):  # closed at the start: it would have to be opened first
+            raise ConfigError(f"no scripted expert for {task} yet (its destination, {goal.destination}, is inside a "
+                              f"drawer it cannot open)", field="teacher")
         self.task, self.goal, self.category = task, goal, categories[goal.target]
         self.speed = CARRY_SPEED["rim" if self.category in RIM else "side"]
 
