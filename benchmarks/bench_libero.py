@@ -59,14 +59,16 @@ def teacher(args) -> dict:
     out = Path(args.work) / args.suite / "eval-teacher"
     t0 = time.perf_counter()
     info = evaluated("scripted", args.suite, out, args.episodes, *ENV)
-    print_rates("teacher", info, out, args.suite)
-    return {"teacher": rate(info), "teacher_openpi_limit": under_openpi_limit(out, args.suite),
+    openpi = under_openpi_limit(out, args.suite)
+    print_rates("teacher", info, openpi, args.suite)
+    return {"teacher": rate(info), "teacher_openpi_limit": openpi,
             "teacher_per_task": {t["task"]: t["pc_success"] for t in info["per_task"]},
             "minutes": round((time.perf_counter() - t0) / 60, 1)}
 
 
-def print_rates(who: str, info: dict, out: Path, suite: str) -> None:
-    r, o = rate(info), under_openpi_limit(out, suite)
+def print_rates(who: str, info: dict, o: dict, suite: str) -> None:
+    """The rate, the rate within openpi's step limit (`o`: under_openpi_limit) and each task's."""
+    r = rate(info)
     print(f"{suite} {who}: {r['pc_success']:.1f}% ({r['ci95'][0]:.1f}–{r['ci95'][1]:.1f}), n = {r['n_episodes']}; "
           f"within openpi's {o['control_steps']} steps {o['pc_success']:.1f}%")
     for t in info["per_task"]:
@@ -126,11 +128,12 @@ def phase_agreement(raw: Path) -> dict:
 # ------------------------------------------------------------------------------------------------ speed
 def speed(args) -> dict:
     """One process, one core's worth: the same expert episodes under three rendering schedules."""
-    from vla_distill.sim.libero.env import LiberoEnv
+    from vla_distill.sim.libero.env import CONTROL_REPEAT, LiberoEnv
     from vla_distill.sim.libero.tasks import EVAL_SEED_BASE
     from vla_distill.sim.registry import get_simulator
+    from vla_distill.types import camera_key
 
-    keys = tuple(f"observation.images.{c}" for c in LIBERO.collect["names"])
+    keys = tuple(camera_key(c) for c in LIBERO.collect["names"])
     env = LiberoEnv(args.task, keys, LIBERO.collect["height"])
     expert = get_simulator("libero").expert(args.task)
     rows = []
@@ -149,9 +152,9 @@ def speed(args) -> dict:
                 if done:
                     break
         s = time.perf_counter() - t0
-        rows.append({"schedule": label, "env_steps_per_s": steps / s, "control_steps_per_s": 2 * steps / s,
+        rows.append({"schedule": label, "env_steps_per_s": steps / s, "control_steps_per_s": CONTROL_REPEAT * steps / s,
                      "frame_pairs_per_s": pairs / s, "env_steps": steps})
-        print(f"| {label} | {steps / s:.1f} | {2 * steps / s:.1f} | {pairs / s:.1f} |", flush=True)
+        print(f"| {label} | {steps / s:.1f} | {CONTROL_REPEAT * steps / s:.1f} | {pairs / s:.1f} |", flush=True)
     env.close()
     return {"task": args.task, "episodes": args.episodes, "image_size": LIBERO.collect["height"],
             "cameras": list(LIBERO.collect["names"]), "rows": rows,
@@ -161,7 +164,8 @@ def speed(args) -> dict:
 def merged(name: str, key: str, value: dict) -> dict:
     path = RESULTS / name
     result = json.loads(path.read_text()) if path.exists() else {}
-    result.pop("cpus", None), result.pop("machine", None), result.pop("cpu", None)
+    for machine_key in ("cpus", "machine", "cpu"):  # write_result records the machine this run is on
+        result.pop(machine_key, None)
     return result | {key: (result.get(key) or {}) | value}
 
 

@@ -118,6 +118,15 @@ def bddl_path(task: str) -> str:
     return os.path.join(get_libero_path("bddl_files"), t.problem_folder, t.bddl_file)
 
 
+def parsed_problem(task: str) -> dict:
+    """LIBERO's own parse of a task's BDDL file, the one its environment is built from ("goal_state", "objects":
+    category -> names, ...)."""
+    _configure()
+    from libero.libero.envs.bddl_utils import robosuite_parse_problem
+
+    return robosuite_parse_problem(bddl_path(task))
+
+
 def quat_to_axis_angle(q: np.ndarray) -> np.ndarray:
     """robosuite's quat2axisangle: (x, y, z, w) -> (3,) axis * angle."""
     x, y, z, w = (float(v) for v in q)
@@ -213,7 +222,7 @@ class LiberoEnv:
         self._raw: dict = {}
         self._renderer = self._make_renderer(resolution) if image_keys else None
         self._grasp_geoms: tuple[set, set, set] | None = None
-        self._robot_geoms: set | None = None
+        self._seen_through: set | None = None
 
     def _make_renderer(self, resolution: int):
         import mujoco
@@ -278,25 +287,29 @@ class LiberoEnv:
         """(23,) float64, ENV_STATE_NAMES; computed once per step (its ray casts cost a fifth of a step)."""
         if self._env_state_tick != self.tick:
             raw, g = self._raw, self.goal
-            held = self._still_held(self._position(g.target))
-            free = np.zeros(2) if held else self.free_side()  # where a finger goes: moot once it holds
+            target, box = self._position(g.target), self._target_box()
+            held = self._still_held(target)
+            free = np.zeros(2) if held else self.free_side(box)  # where a finger goes: moot once it holds
             self._env_state = np.concatenate([
-                raw["robot0_eef_pos"], raw["robot0_eef_quat"], raw["robot0_gripper_qpos"], self._position(g.target),
-                self._quat(g.target), self._position(g.destination), [float(held)], free, [self.clear_z()],
+                raw["robot0_eef_pos"], raw["robot0_eef_quat"], raw["robot0_gripper_qpos"], target,
+                self._quat(g.target), self._position(g.destination), [float(held)], free, [self.clear_z(box)],
             ]).astype(np.float64)
             self._env_state_tick = self.tick
         return self._env_state.copy()
 
-    def free_side(self) -> np.ndarray:
+    def _target_box(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The target's world-axis bounding box (lo, hi) now; None where the goal names no body of the scene."""
+        target = self._geoms()[2]
+        return _extent(self.inner.sim.model._model, self.inner.sim.data._data, target) if target else None
+
+    def free_side(self, box: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
         """(2,) the horizontal unit direction from the target's side with the most room (rays cast outwards from its
-        edge, at the heights a finger would take beside it; the robot and the target itself are seen through)."""
-        if self._grasp_geoms is None:
-            self._grasp_geoms = _grasp_geoms(self.inner.sim.model._model, self.goal.target)
-        m, d = self.inner.sim.model._model, self.inner.sim.data._data
-        target = self._grasp_geoms[2]
-        if not target:
+        edge, at the heights a finger would take beside it; the robot and the target itself are seen through).
+        box: _target_box()."""
+        if box is None:
             return np.zeros(2)
-        lo, hi = _extent(m, d, target)
+        m, d = self.inner.sim.model._model, self.inner.sim.data._data
+        lo, hi = box
         center, reach = (lo + hi) / 2, float(np.max(hi[:2] - lo[:2])) / 2
         toward_robot = self.inner.robots[0].base_pos[:2] - center[:2]
         distance = max(float(np.linalg.norm(toward_robot)), 1e-9)
@@ -305,7 +318,7 @@ class LiberoEnv:
         toward_robot *= (1.0 if distance > NEAR_BASE else -1.0) / distance
         scored = []
         for k in range(FREE_DIRECTIONS):
-            u = np.array([np.cos(2 * np.pi * k / FREE_DIRECTIONS), np.sin(2 * np.pi * k / FREE_DIRECTIONS), 0.0])
+            u = np.array([*_unit(k), 0.0])
             free = min(_ray(m, d, np.array([*(center[:2] + reach * u[:2]), hi[2] - dz]), u, self._see_through())
                        for dz in FREE_BAND)
             above = min(_ray(m, d, np.array([*(center[:2] + r * u[:2]), hi[2] + 0.005]), UP, self._see_through(),
@@ -331,36 +344,41 @@ class LiberoEnv:
                     return False
         return True
 
-    def clear_z(self) -> float:
+    def clear_z(self, box: tuple[np.ndarray, np.ndarray] | None) -> float:
         """The highest surface in a ring just outside the target (rays cast down, the robot and the target seen
-        through): what the target's bottom must clear before it travels (a drawer's walls, a cabinet it stands on)."""
-        if self._grasp_geoms is None:
-            self._grasp_geoms = _grasp_geoms(self.inner.sim.model._model, self.goal.target)
-        m, d = self.inner.sim.model._model, self.inner.sim.data._data
-        if not self._grasp_geoms[2]:
+        through): what the target's bottom must clear before it travels (a drawer's walls, a cabinet it stands on).
+        box: _target_box()."""
+        if box is None:
             return 0.0
-        lo, hi = _extent(m, d, self._grasp_geoms[2])
+        m, d = self.inner.sim.model._model, self.inner.sim.data._data
+        lo, hi = box
         center, reach = (lo + hi) / 2, float(np.max(hi[:2] - lo[:2])) / 2 + CLEAR_RING
         top = hi[2] + CLEAR_LOOK
         heights = [top - _ray(m, d, np.array([*(center[:2] + reach * _unit(k, CLEAR_DIRECTIONS)[:2]), top]), DOWN,
                               self._see_through(), 2 * CLEAR_LOOK) for k in range(CLEAR_DIRECTIONS)]
         return float(max(heights))
 
+    def _geoms(self) -> tuple[set, set, set]:
+        """_grasp_geoms of this scene, found once."""
+        if self._grasp_geoms is None:
+            self._grasp_geoms = _grasp_geoms(self.inner.sim.model._model, self.goal.target)
+        return self._grasp_geoms
+
     def _see_through(self) -> set:
-        if self._robot_geoms is None:
+        """Geoms the ray casts pass through: the robot's and the target's (found once: every ray asks)."""
+        if self._seen_through is None:
             import mujoco
 
             m = self.inner.sim.model._model
             bodies = [mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, m.geom_bodyid[g]) or "" for g in range(m.ngeom)]
-            self._robot_geoms = {g for g, b in enumerate(bodies) if b.startswith(("robot0_", "gripper0_", "mount0"))}
-        return self._robot_geoms | self._grasp_geoms[2]
+            robot = {g for g, b in enumerate(bodies) if b.startswith(("robot0_", "gripper0_", "mount0"))}
+            self._seen_through = robot | self._geoms()[2]
+        return self._seen_through
 
     def held(self) -> bool:
         """Both fingers touch the target: any geom of each finger (a bowl's thin wall meets the fingertips, not only
         the pads robosuite's own grasp check reads) with any geom of the target's bodies."""
-        if self._grasp_geoms is None:
-            self._grasp_geoms = _grasp_geoms(self.inner.sim.model._model, self.goal.target)
-        left, right, target = self._grasp_geoms
+        left, right, target = self._geoms()
         d = self.inner.sim.data._data
         touching = set()
         for c in d.contact[: d.ncon]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from vla_distill.errors import ConfigError, DatasetError
-from vla_distill.sim.libero.env import ENV_STATE_NAMES, bddl_path, parse_goal
+from vla_distill.sim.libero.env import ENV_STATE_NAMES, parse_goal, parsed_problem
 from vla_distill.types import OBS_ENV_STATE
 
 # The objects' collision boxes in their own body frame, (min xyz, max xyz) in metres: measured once from the models'
@@ -171,10 +171,8 @@ def _turn(st: State, axis: np.ndarray) -> np.ndarray:
 
 
 def _move(st: State, target: np.ndarray, axis: np.ndarray, grip: float, speed: float = 1.0) -> np.ndarray:
-    """Toward `target` at most `speed` of full speed sideways, and at twice that vertically (a held target slips out
-    of a sideways jerk, not of a lift)."""
-    limit = np.array([speed, speed, speed])
-    pos = np.clip((target - st.eef) * POS_GAIN, -limit, limit)
+    """Toward `target` at most `speed` of full speed, turning to point down with the fingers across `axis`."""
+    pos = np.clip((target - st.eef) * POS_GAIN, -speed, speed)
     rot = np.clip(_turn(st, axis) * ROT_GAIN, -1, 1)
     return np.array([*pos, *rot, grip], np.float32)
 
@@ -253,14 +251,7 @@ class LiberoExpert:
 
 
 def read_bddl(task: str) -> tuple:
-    """(Goal, {object name: category}) of a task, from its BDDL file."""
-    with open(bddl_path(task)) as f:
-        text = f.read()
-    objects = re.search(r"\(:objects(.*?)\)", text, re.S)
-    categories = {}  # lines "name [name ...] - category"
-    for names, category in re.findall(r"([\w ]+?)\s+-\s+(\w+)", objects.group(1) if objects else ""):
-        categories.update({n: category for n in names.split()})
-    goal = re.search(r"\(:goal\s*\(And\s*\((\w+)\s+(\w+)(?:\s+(\w+))?\)", text, re.S | re.I)
-    if goal is None:
-        raise ConfigError(f"{task}: cannot read its BDDL goal", field="tasks")
-    return parse_goal([[goal.group(1), goal.group(2), goal.group(3) or ""]]), categories
+    """(Goal, {object name: category}) of a task, from LIBERO's own parse of its BDDL file (no env needed)."""
+    problem = parsed_problem(task)
+    categories = {name: category for category, names in problem["objects"].items() for name in names}
+    return parse_goal(problem["goal_state"]), categories

@@ -90,4 +90,3 @@ class Libero:
         # once it has let go over the destination, the rest is release (the object settles, the hand backs off)
         release = PHASES_4.index("release")
         return np.where(np.maximum.accumulate(phase == release), release, phase)
-
