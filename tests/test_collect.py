@@ -114,6 +114,21 @@ def test_resume_after_interrupt(tmp_path, sig):
     assert seeds == [cfg.attempt_seed(0, int(name.rsplit("-", 1)[1])) for name in kept]
 
 
+def test_resume_finds_attempts_of_tasks_named_with_a_slash(tmp_path):
+    """LIBERO's tasks are `libero_object/3`: their markers and episodes sit one folder down, and a resume must see
+    them (it once started such a collection over)."""
+    from vla_distill.collect.collect import Collector
+
+    partial = tmp_path / "ds" / ".partial"
+    for name, success in (("libero_object/3-00002", 40), ("libero_object/3-00005", None), ("reach-v3-00001", 7)):
+        (partial / "attempts" / name).parent.mkdir(parents=True, exist_ok=True)
+        (partial / "attempts" / f"{name}.json").write_text(json.dumps({"success_frame": success, "task": "t"}))
+    (partial / "episodes" / "libero_object" / "3-00002").mkdir(parents=True)
+    (partial / "episodes" / "reach-v3-00001").mkdir(parents=True)
+    markers = Collector(CollectConfig(tasks=("reach-v3",), episodes=1), tmp_path / "ds")._load_markers()
+    assert sorted(markers) == ["libero_object/3-00002", "libero_object/3-00005", "reach-v3-00001"]
+
+
 def test_action_noise_perturbs_the_executed_xyz_reproducibly():
     """DART: the executed xyz actions leave the expert's (seeded, so a resumed run repeats them); the gripper stays
     the expert's; the states differ from the clean rollout's, which is what the teacher's relabels are for."""

@@ -239,7 +239,7 @@ class Collector:
             self._check_same_plan(plan_path, lambda d: d)
         else:
             write_json_atomic(plan_path, self.cfg.plan())
-        for leftover in self.partial.glob("episodes/*.tmp"):  # an attempt killed mid-write
+        for leftover in (self.partial / "episodes").rglob("*.tmp"):  # an attempt killed mid-write
             shutil.rmtree(leftover, ignore_errors=True)
 
     def _check_same_plan(self, path: Path, select) -> None:
@@ -252,10 +252,12 @@ class Collector:
 
     def _load_markers(self) -> dict[str, dict]:
         out = {}
-        for p in sorted((self.partial / "attempts").glob("*.json")):
+        attempts = self.partial / "attempts"
+        for p in sorted(attempts.rglob("*.json")):  # a task name may hold a "/" (libero_object/3)
+            name = p.relative_to(attempts).with_suffix("").as_posix()
             m = json.loads(p.read_text())
-            if not self._kept(m) or (self.partial / "episodes" / p.stem).is_dir():
-                out[p.stem] = m
+            if not self._kept(m) or (self.partial / "episodes" / name).is_dir():
+                out[name] = m
         return out
 
     def _kept(self, marker: dict) -> bool:
