@@ -16,6 +16,7 @@ from vla_distill.errors import ConfigError
 from vla_distill.sim.base import CameraConfig
 from vla_distill.sim.metaworld.env import MetaWorldEnv
 from vla_distill.sim.metaworld.tasks import GROUPS, resolve_tasks
+from vla_distill.types import camera_key
 
 SMALL = CameraConfig(("corner2", "gripper"), height=64, width=64)
 
@@ -48,6 +49,27 @@ def test_env_observation_and_cameras():
         assert not np.allclose(puck_a, env.env_state[4:7])  # a different seed places the puck elsewhere
         env.reset(seed=3)
         np.testing.assert_allclose(puck_a, env.env_state[4:7])
+
+
+def test_first_frame_shows_the_reset_scene_whatever_the_env_did_before():
+    """Every frame, the first included, renders the state the observation describes; an env's history never shows."""
+    import mujoco
+
+    rng = np.random.default_rng(0)
+    firsts = []
+    for history in (0, 60):
+        with MetaWorldEnv("drawer-open-v3", SMALL) as env:
+            env.reset(seed=11)
+            for _ in range(history):
+                env.step(rng.uniform(-1, 1, 4).astype(np.float32))
+            obs = env.reset(seed=12)
+            frames = [obs[camera_key(n)] for n in SMALL.names]
+            firsts.append(frames)
+            mujoco.mj_forward(env.env.model, env.env.data)  # the scene as the current state has it
+            for n, frame in zip(SMALL.names, frames, strict=True):
+                np.testing.assert_array_equal(frame, env.render(n))
+    for a, b in zip(*firsts, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_collect_one_episode_two_tasks(tmp_path):

@@ -71,6 +71,10 @@ class MetaWorldEnv:
     def reset(self, seed: int) -> dict[str, np.ndarray]:
         self.env.seed(seed)
         obs, _ = self.env.reset()
+        # MetaWorld's reset sets qpos without recomputing what the renderer and contacts read (body and site poses):
+        # without this the first frame showed a stale scene (a drawer where the last episode left it) and varied with
+        # the env's history. It changes no physics: mj_step recomputes the same quantities from the same state.
+        mujoco.mj_forward(self.env.model, self.env.data)
         self._obs = obs
         return self._observation()
 
