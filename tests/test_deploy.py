@@ -94,6 +94,32 @@ def test_onnx_parity_manifest_and_backends(onnx_bundle, tiny_student):
         load_policy(tiny_student, "onnx")
 
 
+def test_an_onnx_only_bundle_runs_by_default_on_onnx_and_refuses_torch(onnx_bundle, tiny_student, tmp_path):
+    """What a reference student ships: the fp32 graph and the instruction table, no torch weights; `auto` picks ONNX
+    and answers as the full bundle's ONNX backend does."""
+    from vla_distill.eval.actors import make_actor
+    from vla_distill.models.backends import load_policy
+
+    out = tmp_path / "reference"
+    m = export_mod.export(tiny_student, out, "onnx-only", int8="none", n_observations=8, log=lambda *_: None)
+    assert m["backends"] == ["onnx"] and "model.safetensors" not in m["files"]
+    assert sorted(f.name for f in out.iterdir()) == sorted([*m["files"], "bundle.json"])
+    assert {"model.onnx", "task_embeddings.safetensors", "config.json"} <= set(m["files"])
+    assert "model.int8.onnx" not in m["files"]
+    frames, tasks, _ = _reference(onnx_bundle)
+    full, only = load_policy(onnx_bundle, "onnx"), load_policy(out)
+    batch = frames_to_batch(frames, full.input_keys, tasks)
+    with torch.inference_mode():
+        a, b = full.predict_action_chunk(batch), only.predict_action_chunk(batch)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert make_actor(str(out)).info.spec.endswith("[onnx]")
+    with pytest.raises(ConfigError, match="ONNX graphs only"):
+        load_policy(out, "torch")
+    (out / "task_embeddings.safetensors").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="sha256"):
+        load_policy(out)
+
+
 def test_static_int8_quantizes_convolutions_on_other_frames_and_keeps_activation_products_fp32(tiny_student, tmp_path):
     import onnx
 

@@ -462,8 +462,7 @@ def _eval_args(e: argparse.ArgumentParser) -> None:
     e.add_argument("--teacher-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="remote teacher option (see annotate)")
     _field(e, "--device", EvalConfig)
-    _field(e, "--backend", EvalConfig, "for policies: torch | torch-bf16 | onnx | onnx-int8 (a bundle from "
-           "`vla-distill export`)")
+    _field(e, "--backend", EvalConfig, "for policies: " + BACKEND_HELP)
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -500,18 +499,24 @@ def _report(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------- export, run, serve
+BACKEND_HELP = ("auto (default: torch, or onnx for a bundle exported --format onnx-only) | torch | torch-bf16 | onnx | "
+                "onnx-int8 (onnx: bundles exported with --format onnx or onnx-only)")
+
+
 def _export_args(x: argparse.ArgumentParser) -> None:
     x.add_argument("--policy", required=True, help="checkpoint (run dir, checkpoint dir or pretrained_model)")
     x.add_argument("--out", required=True, help="bundle directory (replaced if it exists)")
-    x.add_argument("--format", default="bundle", choices=["bundle", "onnx"],
-                   help="bundle: torch backends; onnx: also model.onnx and model.int8.onnx (ONNX Runtime)")
+    x.add_argument("--format", default="bundle", choices=["bundle", "onnx", "onnx-only"],
+                   help="bundle: torch backends; onnx: also model.onnx and model.int8.onnx (ONNX Runtime); "
+                        "onnx-only: the graphs without the torch weights (what a reference student ships)")
     x.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="stored weight dtype (default fp32)")
     x.add_argument("--observations", default="", help="dataset whose frames are the parity observations "
                    "(default: the policy's training dataset)")
     x.add_argument("--n-observations", type=int, default=32)
-    x.add_argument("--int8", default="dynamic", choices=["dynamic", "static"],
+    x.add_argument("--int8", default="dynamic", choices=["dynamic", "static", "none"],
                    help="onnx: how model.int8.onnx is quantized; static also quantizes convolutions, activation ranges "
-                        "calibrated on other recorded observations (faster for large presets, slower for tiny)")
+                        "calibrated on other recorded observations (faster for large presets, slower for tiny); "
+                        "none: no int8 graph")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -531,8 +536,7 @@ def _run_loop_args(rn: argparse.ArgumentParser) -> None:
     rn.add_argument("--policy", default="",
                     help="bundle or checkpoint, or openpi://HOST:PORT: a policy served elsewhere "
                     "(`vla-distill serve`, or any openpi-protocol server whose metadata has an observation_spec)")
-    rn.add_argument("--backend", default="torch", help="torch | torch-bf16 | onnx | onnx-int8 (onnx: bundles exported "
-                    "with --format onnx)")
+    rn.add_argument("--backend", default="auto", help=BACKEND_HELP)
     rn.add_argument("--obs-map", action="append", default=[], metavar="SERVER_KEY=ROBOT_KEY",
                     help="openpi://: a server observation key read from another robot key, repeatable "
                          "(e.g. observation/image=observation.images.corner2)")
@@ -588,7 +592,7 @@ def _loop_policy(args: argparse.Namespace, cfg):
     """The policy `run` drives: a bundle or checkpoint on a local backend, or one served at openpi://HOST:PORT."""
     import torch
 
-    from vla_distill.models.backends import load_policy
+    from vla_distill.models.backends import load_policy, resolve_backend
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -600,6 +604,7 @@ def _loop_policy(args: argparse.Namespace, cfg):
         policy = RemotePolicy(host, port, args.timeout_s, dict(_key_values(args.obs_map, "--obs-map")))
         args.backend = "remote"
     else:
+        args.backend = resolve_backend(args.policy, args.backend)
         policy = load_policy(args.policy, args.backend)
     if cfg.chunk == "ahead" and policy.horizon == 1:
         print("note: --chunk ahead needs chunks of several actions to run ahead; this policy predicts one per call, so "
@@ -632,7 +637,7 @@ def _run_summary(summaries: list[dict], interrupted: bool, planned: int, cfg, ar
 
 def _serve_args(sv: argparse.ArgumentParser) -> None:
     sv.add_argument("--policy", required=True, help="bundle or checkpoint")
-    sv.add_argument("--backend", default="torch", help="torch | torch-bf16 | onnx | onnx-int8")
+    sv.add_argument("--backend", default="auto", help=BACKEND_HELP)
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only; 0.0.0.0 to expose)")
     sv.add_argument("--port", type=_bounded(int, 0, 65535), default=8000, help="0: any free port (default 8000)")
     sv.add_argument("--max-batch", type=_bounded(int, 1), default=1,
@@ -647,8 +652,9 @@ def _serve_args(sv: argparse.ArgumentParser) -> None:
 
 def _serve(args: argparse.Namespace) -> None:
     from vla_distill.deploy.openpi_server import serve_policy
-    from vla_distill.models.backends import load_policy
+    from vla_distill.models.backends import load_policy, resolve_backend
 
+    args.backend = resolve_backend(args.policy, args.backend)
     policy = load_policy(args.policy, args.backend)
     serve_policy(policy, args.backend, args.host, args.port, args.max_batch, args.batch_wait_ms,
                  int(args.max_message_mb * 2**20), obs_map=dict(_key_values(args.obs_map, "--obs-map")))

@@ -25,7 +25,15 @@ from torch import nn
 from vla_distill.deploy.onnx_graph import fold_pads, traceable
 from vla_distill.errors import ConfigError
 from vla_distill.models.base import Policy, frames_to_batch
-from vla_distill.models.bundle import BUNDLE_FILE, FORMAT, REFERENCE_FILE, VERSION, sha256
+from vla_distill.models.bundle import (
+    BUNDLE_FILE,
+    EMBEDDINGS_FILE,
+    FORMAT,
+    REFERENCE_FILE,
+    VERSION,
+    WEIGHTS_FILE,
+    sha256,
+)
 from vla_distill.models.checkpoint import load_pretrained, resolve_pretrained_dir, save_pretrained
 from vla_distill.models.onnx_policy import (
     INSTALL_HINT,
@@ -39,7 +47,7 @@ from vla_distill.models.onnx_policy import (
 )
 from vla_distill.types import TASK_EMBEDDING, TASK_INDEX
 
-FORMATS, DTYPES, INT8 = ("bundle", "onnx"), ("fp32", "bf16"), ("dynamic", "static")
+FORMATS, DTYPES, INT8 = ("bundle", "onnx", "onnx-only"), ("fp32", "bf16"), ("dynamic", "static", "none")
 # max |onnx - torch| over the recorded observations in the policy's normalized action units (Policy.action_scale): a
 # raw tolerance was 1e-6 of the range of joints in lerobot's -100..100 units and refused fp32 round-off
 PARITY_TOLERANCE = 1e-4
@@ -100,14 +108,15 @@ def export(policy_dir: str | Path, out: str | Path, fmt: str = "bundle", dtype: 
     with torch.inference_mode():
         reference = policy.predict_action_chunk(batch).float().numpy()
     calibration = None
-    if fmt == "onnx" and int8 == "static":  # a second draw: parity checks the int8 graph on frames it was not fitted to
+    if fmt != "bundle" and int8 == "static":  # a second draw: int8 parity is checked on frames it was not fitted to
         c_frames, c_tasks = recorded_observations(policy, source, n_observations, seed=1)
         calibration = frames_to_batch(c_frames, policy.input_keys, c_tasks)
 
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        manifest = _write(policy, src, tmp, fmt, dtype, batch, frames, tasks, reference, source, calibration, log)
+        manifest = _write(policy, src, tmp, fmt, dtype, batch, frames, tasks, reference, source, int8, calibration,
+                          log)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -117,12 +126,11 @@ def export(policy_dir: str | Path, out: str | Path, fmt: str = "bundle", dtype: 
 
 
 def _write(policy, src: Path, tmp: Path, fmt: str, dtype: str, batch: dict, frames: dict, tasks: list[str],
-           reference: np.ndarray, source: str, calibration: dict | None, log) -> dict:
-    provenance = {**getattr(policy, "provenance", {}), "exported": {
-        "from": str(src), "format": fmt, "dtype": dtype, **({"int8": "static" if calibration else "dynamic"}
-                                                         if fmt == "onnx" else {}),
-                                                         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "observations": source}}
+           reference: np.ndarray, source: str, int8: str, calibration: dict | None, log) -> dict:
+    onnx = fmt != "bundle"
+    exported = {"from": str(src), "format": fmt, "dtype": dtype, **({"int8": int8} if onnx else {}),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "observations": source}
+    provenance = {**getattr(policy, "provenance", {}), "exported": exported}
     save_pretrained(copy.deepcopy(policy).to(torch.bfloat16) if dtype == "bf16" else policy, tmp, provenance)
     if (src / "train_config.json").exists():
         shutil.copy(src / "train_config.json", tmp / "train_config.json")
@@ -131,22 +139,34 @@ def _write(policy, src: Path, tmp: Path, fmt: str, dtype: str, batch: dict, fram
                         tasks=np.array(tasks), actions=reference)
     backends = ["torch", "torch-bf16"]
     parity = {}
-    if fmt == "onnx":
-        parity = _export_onnx(policy, batch, reference, tmp, calibration, log)
-        backends += ["onnx", "onnx-int8"]
+    if onnx:
+        parity = _export_onnx(policy, batch, reference, tmp, int8, calibration, log)
+        backends += ["onnx"] + (["onnx-int8"] if int8 != "none" else [])
+    if fmt == "onnx-only":  # the graphs hold the weights; the instruction table is all torch's file still carried
+        _keep_only_instructions(policy, tmp)
+        backends = [b for b in backends if b.startswith("onnx")]
     manifest = {
         "format": FORMAT, "version": VERSION, "policy_type": policy.name, "dtype": dtype,
         "observation_spec": policy.observation_spec,
         "action": {"shape": [policy.horizon, policy.action_dim], "dtype": "float32"},
         "instructions": list(getattr(policy.config, "tasks", ())),
-        "backends": backends, "parity": parity, **({"int8": provenance["exported"]["int8"]} if fmt == "onnx" else {}),
+        "backends": backends, "parity": parity, **({"int8": int8} if onnx else {}),
         "files": {f.name: sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()},
     }
     (tmp / BUNDLE_FILE).write_text(json.dumps(manifest, indent=2))
     return manifest
 
 
-def _export_onnx(policy: Policy, batch: dict, reference: np.ndarray, tmp: Path, calibration: dict | None, log) -> dict:
+def _keep_only_instructions(policy: Policy, tmp: Path) -> None:
+    from safetensors.torch import save_file
+
+    (tmp / WEIGHTS_FILE).unlink()
+    if uses_instruction(policy):
+        save_file({"task_embeddings": policy.task_embeddings.detach().float().contiguous()}, tmp / EMBEDDINGS_FILE)
+
+
+def _export_onnx(policy: Policy, batch: dict, reference: np.ndarray, tmp: Path, int8: str, calibration: dict | None,
+                 log) -> dict:
     try:
         import onnx  # noqa: F401  (torch's exporter writes through it)
         import onnxruntime  # noqa: F401
@@ -154,7 +174,9 @@ def _export_onnx(policy: Policy, batch: dict, reference: np.ndarray, tmp: Path, 
         raise ConfigError(INSTALL_HINT, field="format") from None
     export_onnx(policy, batch, tmp / ONNX_FILE)
     products = activation_products(tmp / ONNX_FILE)  # on the traced graph, where constants are not yet weights
-    if calibration is None:
+    if int8 == "none":
+        fold_pads(tmp / ONNX_FILE)
+    elif calibration is None:
         quantize_int8(tmp / ONNX_FILE, tmp / INT8_FILE, products)
         fold_pads(tmp / ONNX_FILE)
         fold_pads(tmp / INT8_FILE)
@@ -165,7 +187,7 @@ def _export_onnx(policy: Policy, batch: dict, reference: np.ndarray, tmp: Path, 
     scale = policy.action_scale().detach().cpu().numpy().astype(np.float64)
     parity = {"observations": int(reference.shape[0]), "tolerance": PARITY_TOLERANCE, "units": "normalized actions",
               "action_scale": scale.round(7).tolist()}
-    for name, graph in (("onnx", ONNX_FILE), ("onnx-int8", INT8_FILE)):
+    for name, graph in (("onnx", ONNX_FILE), ("onnx-int8", INT8_FILE))[: 1 if int8 == "none" else 2]:
         sess = session(tmp / graph)
         # the recorded observations as one batch, and the first alone: a batch size fixed by the trace fails here
         try:

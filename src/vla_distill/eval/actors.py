@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from vla_distill.errors import ConfigError
-from vla_distill.models.backends import load_policy, weights_bytes
+from vla_distill.models.backends import load_policy, resolve_backend, weights_bytes
 from vla_distill.models.base import observation_to_batch, policy_cameras
 from vla_distill.models.checkpoint import resolve_pretrained_dir
 from vla_distill.models.chunking import ChunkScheduler
@@ -74,10 +74,11 @@ def next_step(chunks: ChunkScheduler, infer: Infer) -> Step:
 
 class PolicyActor:
     """A trained policy (student, state MLP; a checkpoint or an exported bundle) run batch-1 on a deployment
-    backend (models.backends: torch, torch-bf16, onnx, onnx-int8)."""
+    backend (models.backends: auto, torch, torch-bf16, onnx, onnx-int8)."""
 
     def __init__(self, path: str, spec: str | None = None, device: str = "cpu", n_action_steps: int = 0,
-                 backend: str = "torch", chunk: str = "queue"):
+                 backend: str = "auto", chunk: str = "queue"):
+        backend = resolve_backend(path, backend)
         self.policy = load_policy(path, backend, device)
         self.device = device
         cfg = self.policy.config
@@ -199,7 +200,7 @@ class RemoteActor:
 
 
 def make_actor(spec: str, options: dict[str, str] | None = None, device: str = "cpu", n_action_steps: int = 0,
-               backend: str = "torch", chunk: str = "queue"):
+               backend: str = "auto", chunk: str = "queue"):
     """A policy checkpoint path or a teacher KIND string (see vla_distill.teachers) -> an actor; `chunk` schedules a
     trained policy's chunks (models.chunking)."""
     kind = parse_kind(spec)

@@ -32,7 +32,7 @@ class EvalConfig:
     latency_steps: int = 100  # control steps of the batch-1 latency measurement; 0 = skip
     teacher_options: tuple[tuple[str, str], ...] = ()
     device: str = "cpu"
-    backend: str = "torch"  # for policies: torch | torch-bf16 | onnx | onnx-int8 (models.backends)
+    backend: str = "auto"  # for policies: auto | torch | torch-bf16 | onnx | onnx-int8 (models.backends)
     observe: ObserveConfig = field(default_factory=ObserveConfig)
 
     def __post_init__(self):

@@ -3,6 +3,7 @@ and the policy server all load through here).
 
   load_policy(PATH, backend)   PATH: a bundle (vla-distill export) or a checkpoint (torch backends only)
   backends: torch (fp32) | torch-bf16 (bf16 weights and compute) | onnx (ONNX Runtime fp32) | onnx-int8
+            auto (the default): torch, or onnx for a bundle that carries ONNX graphs only
 
 Every backend answers lerobot's interface (reset, select_action, predict_action_chunk) on the same batch layout
 (models.base.observation_to_batch), so its callers never branch on it.
@@ -22,7 +23,15 @@ from vla_distill.models.checkpoint import load_pretrained, read_config, read_pro
 BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 
 
-def load_policy(path: str | Path, backend: str = "torch", device: str = "cpu", threads: int | None = None) -> Policy:
+def resolve_backend(path: str | Path, backend: str = "auto") -> str:
+    """"auto" -> torch where the bundle or checkpoint has torch weights, else the bundle's first ONNX backend."""
+    if backend != "auto":
+        return backend
+    return "torch" if not bundle.is_bundle(path) else bundle.read_manifest(path)["backends"][0]
+
+
+def load_policy(path: str | Path, backend: str = "auto", device: str = "cpu", threads: int | None = None) -> Policy:
+    backend = resolve_backend(path, backend)
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}{did_you_mean(backend, BACKENDS)}; backends: "
                           f"{', '.join(BACKENDS)}", field="backend")
@@ -41,13 +50,14 @@ def load_policy(path: str | Path, backend: str = "torch", device: str = "cpu", t
     graph = INT8_FILE if backend == "onnx-int8" else ONNX_FILE
     if backend not in manifest["backends"]:
         raise ConfigError(f"this bundle has no {graph}: export it with --format onnx", path=path, field="backend")
-    bundle.verify(path, manifest, (graph, "model.safetensors"))
-    policy = OnnxPolicy(_without_weights(path), Path(path) / graph, threads)
+    tables = bundle.WEIGHTS_FILE if bundle.WEIGHTS_FILE in manifest["files"] else bundle.EMBEDDINGS_FILE
+    bundle.verify(path, manifest, (graph, *((tables,) if tables in manifest["files"] else ())))
+    policy = OnnxPolicy(_without_weights(path, tables), Path(path) / graph, threads)
     policy.bundle = manifest
     return policy
 
 
-def _without_weights(path: str | Path) -> Policy:
+def _without_weights(path: str | Path, tables: str) -> Policy:
     """The torch policy object for its config, observation spec and instruction lookup only: built on the meta
     device (no memory for weights, which ONNX Runtime holds), with the instruction embeddings loaded."""
     from safetensors import SafetensorError, safe_open
@@ -56,7 +66,7 @@ def _without_weights(path: str | Path) -> Policy:
     with torch.device("meta"):
         policy = cls(config)
     if hasattr(policy, "task_embeddings"):
-        weights = Path(path) / "model.safetensors"
+        weights = Path(path) / tables
         try:
             with safe_open(str(weights), "pt") as f:
                 policy.task_embeddings = f.get_tensor("task_embeddings").float()

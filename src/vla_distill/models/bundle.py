@@ -11,6 +11,8 @@ bundle/
   train_config.json    when the checkpoint had one (says which auxiliary heads were trained)
   reference_io.npz     recorded observations and the fp32 torch outputs on them (parity, benchmarks, self-checks)
   model.onnx, model.int8.onnx   --format onnx
+--format onnx-only (a reference student in the repository) drops model.safetensors: the graphs carry the weights, and
+task_embeddings.safetensors the instruction table the ONNX backends look prompts up in.
 
 Loading imports torch, safetensors, numpy and vla_distill.models only: no training, data, simulator or
 text-encoder code (tests/test_deploy.py runs it with those blocked).
@@ -30,6 +32,7 @@ from vla_distill.models.checkpoint import load_pretrained
 
 FORMAT, VERSION = "vla-distill-bundle", 1
 BUNDLE_FILE, REFERENCE_FILE = "bundle.json", "reference_io.npz"
+WEIGHTS_FILE, EMBEDDINGS_FILE = "model.safetensors", "task_embeddings.safetensors"
 
 
 def is_bundle(path: str | Path) -> bool:
@@ -71,7 +74,10 @@ def verify(path: str | Path, manifest: dict, names: tuple[str, ...]) -> None:
 def load_bundle(path: str | Path, dtype: str | None = None, device: str = "cpu") -> Policy:
     """A bundle -> the torch policy, in the bundle's weight dtype unless `dtype` ("fp32" | "bf16") says otherwise."""
     manifest = read_manifest(path)
-    verify(path, manifest, ("config.json", "model.safetensors"))
+    if "torch" not in manifest["backends"]:
+        raise ConfigError("this bundle carries ONNX graphs only: run it with --backend onnx (or leave --backend out)",
+                          path=path, field="backend")
+    verify(path, manifest, ("config.json", WEIGHTS_FILE))
     policy = load_pretrained(path, device)
     if (dtype or manifest["dtype"]) == "bf16":
         policy = policy.to(torch.bfloat16)

@@ -55,10 +55,12 @@ def _unshared(state: dict) -> dict:
 
 
 def resolve_pretrained_dir(path: str | Path) -> Path:
-    """Accepts a run dir (uses checkpoints/last), a checkpoint dir, or the pretrained_model dir itself."""
+    """Accepts a run dir (uses checkpoints/last), a checkpoint dir, the pretrained_model dir itself, or a bundle (an
+    ONNX-only bundle has its config but no model.safetensors: load_pretrained refuses it)."""
     p = Path(path)
     for candidate in (p, p / "pretrained_model", p / "checkpoints" / "last" / "pretrained_model"):
-        if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
+        weights = (candidate / "model.safetensors").is_file() or (candidate / "bundle.json").is_file()
+        if (candidate / "config.json").is_file() and weights:
             return candidate
     raise ConfigError("no policy checkpoint here (expected pretrained_model/config.json and model.safetensors)", path=p)
 
@@ -124,6 +126,8 @@ def load_tensors(path: Path) -> dict:
 def load_pretrained(path: str | Path, device: str = "cpu") -> Policy:
     d = resolve_pretrained_dir(path)
     cls, config = read_config(d)
+    if not (d / "model.safetensors").is_file():
+        raise ConfigError("no torch weights (model.safetensors): an ONNX-only bundle runs on --backend onnx", path=d)
     policy = cls(config)
     state = load_tensors(d / "model.safetensors")
     expected = policy.state_dict()
