@@ -66,18 +66,25 @@ def dataset(work: Path, tasks: str, demos: int, size: int, cameras: str = CAMERA
 
 
 def dagger_dataset(work: Path, tasks: str, demos: int, driver: Path, collect_flags: tuple) -> Path:
-    """One DAgger round (Ross et al. 2011): `driver`'s own rollouts on new placements (seed stream 1), failures
-    included, merged with the demonstrations it was trained on and annotated together with the scripted teacher,
-    which labels every state the student reached: work/dagger-128, work/dataset-128-dagger,
+    """One DAgger round on the MetaWorld demonstrations (`dagger_round`): work/dagger-128, work/dataset-128-dagger,
     work/annotated-128-dagger."""
     dataset(work, tasks, demos, 128, collect_flags=collect_flags)
     demos_raw = work / ("dataset-128-dart" if collect_flags else "dataset-128")
-    rollouts = bench_eval.dataset(work, tasks, demos, 128, seed=1, cameras=CAMERAS, name="dagger-128",
-                                  collect_flags=("--policy", str(driver)))
-    merged = work / "dataset-128-dagger"
+    return dagger_round(work, tasks, demos, driver, demos_raw, CAMERAS, 128)
+
+
+def dagger_round(work: Path, tasks: str, demos: int, driver: Path, demos_raw: Path, cameras: str, size: int,
+                 env_flags: tuple = ()) -> Path:
+    """One DAgger round (Ross et al. 2011): `driver`'s own rollouts on new placements (seed stream 1), failures
+    included, merged with the demonstrations it was trained on and annotated together with the scripted teacher,
+    which labels every state the student reached: work/dagger-SIZE, work/dataset-SIZE-dagger and
+    work/annotated-SIZE-dagger (SIZE: the cameras' pixels, the demonstrations')."""
+    rollouts = bench_eval.dataset(work, tasks, demos, size, seed=1, cameras=cameras, name=f"dagger-{size}",
+                                  collect_flags=(*env_flags, "--policy", str(driver)))
+    merged = work / f"dataset-{size}-dagger"
     if not (merged / "meta" / "info.json").exists():
         cli("merge", str(demos_raw), str(rollouts), "--out", str(merged))
-    return bench_eval.annotated(work, merged, "scripted", "annotated-128-dagger")
+    return bench_eval.annotated(work, merged, "scripted", f"annotated-{size}-dagger")
 
 
 def trained(ds: Path, run: Path, steps: int, *extra: str) -> tuple[Path, float]:

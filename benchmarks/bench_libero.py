@@ -9,8 +9,10 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
       the scripted expert on the suite's 500 standard episodes (its 50 fixed initial states per task)
   python benchmarks/bench_libero.py suite --suite libero_object [--demos 50] [--steps 20000] [--episodes 50]
       50 DART demonstrations per task from new placements (collection seeds draw from the BDDL regions; the 50 fixed
-      initial states are the evaluation), annotated by the scripted teacher, the `libero` recipe's student, teacher
-      and student on the same 500 standard episodes, paired -> results/libero.json[suite]
+      initial states are the evaluation), annotated by the scripted teacher; the `libero` recipe's student with the
+      frozen ImageNet encoder and with one trained from scratch, the better by a paired evaluation; a DAgger round
+      driven by it, kept if its paired evaluation is ahead; teacher and the kept student on the same 500 standard
+      episodes, paired -> results/libero.json[suite], written after every evaluation
 Step limits: an episode runs to lerobot's limit (MAX_STEPS, control steps); openpi's (220 on Spatial) is read off the
 step of first success, so one evaluation reports both.
 Work directories live under --work (default outputs/bench_libero).
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_distill import onnx_speed, rate, table, trained
+from bench_distill import dagger_round, onnx_speed, paired_with, rate, table, trained
 from bench_eval import annotated, dataset, evaluated
 
 from common import RESULTS, write_result
@@ -74,34 +76,74 @@ def print_rates(who: str, info: dict, o: dict, suite: str) -> None:
         print(f"  {t['task']}: {t['pc_success']:.0f}%")
 
 
+# The two vision encoders the suite chooses between (a paired evaluation on the same 500 episodes), the recipe's first
+VISION = {"frozen": ("--recipe", "libero"), "scratch": ("--recipe", "libero", "--vision", "")}
+
+
 def suite(args) -> dict:
+    """Every stage resumable, the result written after each evaluation (a later session picks up where this stopped):
+    demonstrations -> annotations -> a student per vision encoder, the better by a paired evaluation -> a DAgger round
+    driven by it, kept if the paired evaluation puts it ahead -> teacher against the kept student."""
     work = Path(args.work) / args.suite
     dart = ("--action-noise", str(LIBERO.collect["action_noise"]))
     raw = dataset(work, args.suite, args.demos, LIBERO.collect["height"], cameras=CAMERAS, name="dataset-dart",
                   collect_flags=(*ENV, *dart))
     ann = annotated(work, raw, "scripted", "annotated-dart")
-    phases = phase_agreement(raw)
-    run, minutes = trained(ann, work / "student", args.steps, "--recipe", "libero")
+    command = " ".join(["python benchmarks/bench_libero.py", *sys.argv[1:]])
+    result = {"phases": phase_agreement(raw), "demos_per_task": args.demos, "steps": args.steps,
+              "episodes_per_task": args.episodes, "command": command, "vision": {},
+              "published_anchors": {k: v.get(args.suite) for k, v in PUBLISHED.items()}}
     t_info = evaluated("scripted", args.suite, work / "eval-teacher", args.episodes, *ENV)
-    s_info = evaluated(str(run), args.suite, work / "eval-student", args.episodes, *ENV)
+    students = {}
+    for name, flags in VISION.items():
+        run, minutes = trained(ann, work / f"student-{name}", args.steps, *flags)
+        out = work / f"eval-student-{name}"
+        info = evaluated(str(run), args.suite, out, args.episodes, *ENV)
+        students[name] = (run, minutes, info, flags, out)
+        result["vision"][name] = rate(info) | {"train_minutes": round(minutes, 1),
+                                               "vs_teacher": paired_with("the teacher", t_info, info)}
+        save(args.suite, result)
+    choice = paired_with("the frozen encoder", students["frozen"][2], students["scratch"][2])
+    chosen = "scratch" if choice["difference"] > 0 else "frozen"  # a tie keeps the cheaper one to train
+    result["vision"] |= {"scratch_minus_frozen": choice, "chosen": chosen}
+    run, minutes, info, flags, out = students[chosen]
+    dagger_ann = dagger_round(work, args.suite, args.demos, run, raw, CAMERAS, LIBERO.collect["height"], ENV)
+    d_run, d_minutes = trained(dagger_ann, work / f"student-{chosen}-dagger", args.steps, *flags)
+    d_out = work / f"eval-student-{chosen}-dagger"
+    d_info = evaluated(str(d_run), args.suite, d_out, args.episodes, *ENV)
+    gain = paired_with(f"{chosen}, the student that drove the round", info, d_info)
+    keep = gain["difference"] > 0
+    result["dagger"] = {"student": rate(d_info), "train_minutes": round(d_minutes, 1), "vs_driver": gain, "kept": keep}
+    if keep:
+        run, minutes, info, out = d_run, minutes + d_minutes, d_info, d_out
+    save(args.suite, result)
+    result |= final_table(work, args.suite, t_info, info, out, run, minutes)
+    return result
+
+
+def final_table(work: Path, suite_name: str, t_info: dict, s_info: dict, s_out: Path, run: Path,
+                minutes: float) -> dict:
+    """Teacher against the kept student on the same episodes, paired, per task, within both step limits, and the
+    student's batch-1 speed through ONNX Runtime."""
     paired = compare(t_info, s_info)
     table(t_info, s_info, paired)
-    speed = onnx_speed(run, ann, work / "bundle")
+    speed = onnx_speed(run, Path(json.loads((run / "train_config.json").read_text())["dataset"]), work / "bundle")
     o = paired["overall"]
     per_task = {x["task"]: {"teacher": x["pc_success"]} for x in t_info["per_task"]}
     for x in s_info["per_task"]:
         c = paired["per_task"][x["task"]]
         per_task[x["task"]] |= {"student": x["pc_success"], "difference": c["difference"], "ci95": c["ci95"],
                                 "mcnemar_p": c["mcnemar_p"]}
-    return {"teacher": rate(t_info), "student": rate(s_info),
+    return {"teacher": rate(t_info), "student": rate(s_info), "student_run": str(run),
             "paired": {"difference": o["difference"], "ci95": o["ci95"], "mcnemar_p": o["mcnemar_p"]},
-            "per_task": per_task, "phases": phases, "train_minutes": round(minutes, 1),
-            "student_hz": round(speed["hz"], 1),
-            "openpi_step_limit": {"teacher": under_openpi_limit(work / "eval-teacher", args.suite),
-                                  "student": under_openpi_limit(work / "eval-student", args.suite)},
-            "published_anchors": {k: v.get(args.suite) for k, v in PUBLISHED.items()},
-            "demos_per_task": args.demos, "steps": args.steps, "episodes_per_task": args.episodes,
-            "command": " ".join(["python benchmarks/bench_libero.py", *sys.argv[1:]])}
+            "per_task": per_task, "train_minutes": round(minutes, 1), "student_hz": round(speed["hz"], 1),
+            "openpi_step_limit": {"teacher": under_openpi_limit(work / "eval-teacher", suite_name),
+                                  "student": under_openpi_limit(s_out, suite_name)}}
+
+
+def save(suite_name: str, partial: dict) -> None:
+    """What the suite has measured so far, under its key of results/libero.json."""
+    write_result(RESULTS / "libero.json", merged("libero.json", suite_name, partial))
 
 
 def phase_agreement(raw: Path) -> dict:
