@@ -57,12 +57,36 @@ def under_openpi_limit(out: Path, suite: str) -> dict:
             "control_steps": OPENPI_STEPS[suite]}
 
 
+def expert_tasks(suite_name: str) -> tuple[list[str], dict[str, str]]:
+    """The suite's tasks the scripted expert takes, and why it refuses each other one (LIBERO-Goal's drawers,
+    stove and microwave door are beyond it)."""
+    from vla_distill.errors import ConfigError
+    from vla_distill.sim.libero.expert import LiberoExpert
+    from vla_distill.sim.libero.tasks import resolve_tasks
+
+    taken, refused = [], {}
+    for task in resolve_tasks(suite_name):
+        try:
+            LiberoExpert(task)
+            taken.append(task)
+        except ConfigError as e:
+            refused[task] = str(e)
+    return taken, refused
+
+
+def suite_tasks(suite_name: str) -> tuple[str, dict[str, str]]:
+    """The --tasks of the suite's stages (the suite's name when the expert takes every task) and the refused ones."""
+    taken, refused = expert_tasks(suite_name)
+    return (",".join(taken) if refused else suite_name), refused
+
+
 def teacher(args) -> dict:
     out = Path(args.work) / args.suite / "eval-teacher"
-    info = evaluated("scripted", args.suite, out, args.episodes, *ENV)
+    tasks, refused = suite_tasks(args.suite)
+    info = evaluated("scripted", tasks, out, args.episodes, *ENV)
     openpi = under_openpi_limit(out, args.suite)
     print_rates("teacher", info, openpi, args.suite)
-    return {"teacher": rate(info), "teacher_openpi_limit": openpi,
+    return {"teacher": rate(info), "teacher_openpi_limit": openpi, "refused_tasks": refused,
             "teacher_per_task": {t["task"]: t["pc_success"] for t in info["per_task"]},
             "minutes": round(info["overall"]["eval_s"] / 60, 1)}  # the evaluation's own time: a rerun skips it
 
@@ -85,20 +109,22 @@ def suite(args) -> dict:
     demonstrations -> annotations -> a student per vision encoder, the better by a paired evaluation -> a DAgger round
     driven by it, kept if the paired evaluation puts it ahead -> teacher against the kept student."""
     work = Path(args.work) / args.suite
+    tasks, refused = suite_tasks(args.suite)
     dart = ("--action-noise", str(LIBERO.collect["action_noise"]))
-    raw = dataset(work, args.suite, args.demos, LIBERO.collect["height"], cameras=CAMERAS, name="dataset-dart",
+    raw = dataset(work, tasks, args.demos, LIBERO.collect["height"], cameras=CAMERAS, name="dataset-dart",
                   collect_flags=(*ENV, *dart))
     ann = annotated(work, raw, "scripted", "annotated-dart")
     command = " ".join(["python benchmarks/bench_libero.py", *sys.argv[1:]])
     result = {"phases": phase_agreement(raw), "demos_per_task": args.demos, "steps": args.steps,
               "episodes_per_task": args.episodes, "command": command, "vision": {},
+              "refused_tasks": refused,
               "published_anchors": {k: v.get(args.suite) for k, v in PUBLISHED.items()}}
-    t_info = evaluated("scripted", args.suite, work / "eval-teacher", args.episodes, *ENV)
+    t_info = evaluated("scripted", tasks, work / "eval-teacher", args.episodes, *ENV)
     students = {}
     for name, flags in VISION.items():
         run, minutes = trained(ann, work / f"student-{name}", args.steps, *flags)
         out = work / f"eval-student-{name}"
-        info = evaluated(str(run), args.suite, out, args.episodes, *ENV)
+        info = evaluated(str(run), tasks, out, args.episodes, *ENV)
         students[name] = (run, minutes, info, flags, out)
         result["vision"][name] = rate(info) | {"train_minutes": round(minutes, 1),
                                                "vs_teacher": paired_with("the teacher", t_info, info)}
@@ -107,10 +133,10 @@ def suite(args) -> dict:
     chosen = "scratch" if choice["difference"] > 0 else "frozen"  # a tie keeps the cheaper one to train
     result["vision"] |= {"scratch_minus_frozen": choice, "chosen": chosen}
     run, minutes, info, flags, out = students[chosen]
-    dagger_ann = dagger_round(work, args.suite, args.demos, run, raw, CAMERAS, LIBERO.collect["height"], ENV)
+    dagger_ann = dagger_round(work, tasks, args.demos, run, raw, CAMERAS, LIBERO.collect["height"], ENV)
     d_run, d_minutes = trained(dagger_ann, work / f"student-{chosen}-dagger", args.steps, *flags)
     d_out = work / f"eval-student-{chosen}-dagger"
-    d_info = evaluated(str(d_run), args.suite, d_out, args.episodes, *ENV)
+    d_info = evaluated(str(d_run), tasks, d_out, args.episodes, *ENV)
     gain = paired_with(f"{chosen}, the student that drove the round", info, d_info)
     keep = gain["difference"] > 0
     result["dagger"] = {"student": rate(d_info), "train_minutes": round(d_minutes, 1), "vs_driver": gain, "kept": keep}
