@@ -71,6 +71,20 @@ def test_a_standard_initial_state_and_the_expert_start_the_task(spatial_env):
 
 
 @needs_libero
+def test_cameras_draw_what_libero_draws_the_visual_meshes_only(spatial_env):
+    """LIBERO renders with robosuite's render_collision_mesh=False; drawing geom group 0 too turned the robot and the
+    fingers into coloured collision boxes."""
+    import mujoco
+
+    env = spatial_env
+    assert env.reset(tasks.EVAL_SEED_BASE)["observation.images.image"].std() > 10  # read: rendered
+    groups = env.inner.sim.model._model.geom_group
+    scene = env._renderer.scene
+    drawn = [scene.geoms[i].objid for i in range(scene.ngeom) if scene.geoms[i].objtype == mujoco.mjtObj.mjOBJ_GEOM]
+    assert len(drawn) > 20 and all(groups[g] != 0 for g in drawn)
+
+
+@needs_libero
 def test_an_episode_does_not_depend_on_the_one_before(spatial_env):
     """A soft reset keeps robosuite's gripper command and MuJoCo's warm start unless we clear them."""
     env = spatial_env

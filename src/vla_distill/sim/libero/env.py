@@ -13,8 +13,8 @@ Ours, for speed on a CPU renderer (BENCHMARKS.md, "LIBERO"):
   one environment step = CONTROL_REPEAT (2) control steps of robosuite's 20 Hz with the same action: the dataset's
       frames and the policy's actions are 10 Hz, the rate lerobot/libero declares; step limits are the suites' control
       steps halved
-  cameras are rendered by MuJoCo's renderer without shadows or multisampling, and only when an observation's image
-      is read (a queued chunk step reads none)
+  cameras are rendered by MuJoCo's renderer without shadows or multisampling, visual meshes only (as LIBERO renders),
+      and only when an observation's image is read (a queued chunk step reads none)
   seeds from EVAL_SEED_BASE up start from the benchmark's fixed initial states ((seed - base) % 50); lower seeds
       (collection) draw new placements from the task's BDDL regions, seeded
   "observation.environment_state" (23,): the privileged state the scripted expert reads (ENV_STATE_NAMES): the
@@ -232,13 +232,18 @@ class LiberoEnv:
         model.vis.quality.offsamples = 0
         renderer = mujoco.Renderer(model, resolution, resolution)
         self._close_renderer = weakref.finalize(self, renderer.close)  # at the latest while EGL is still loaded
+        # visual meshes only, as LIBERO's own renderer draws (render_collision_mesh=False hides geom group 0): with
+        # the collision boxes drawn, the robot and the fingers came out as coloured blocks on a quarter of the pixels
+        self._scene_option = mujoco.MjvOption()
+        self._scene_option.geomgroup[0] = 0
         return renderer
 
     def _render(self, key: str) -> np.ndarray:
         import mujoco
 
         r = self._renderer
-        r.update_scene(self.inner.sim.data._data, camera=CAMERAS[key.rsplit(".", 1)[-1]])
+        camera = CAMERAS[key.rsplit(".", 1)[-1]]
+        r.update_scene(self.inner.sim.data._data, camera=camera, scene_option=self._scene_option)
         r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
         r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
         # MuJoCo's renderer gives the upright frame, robosuite's raw one is it upside down; the datasets store the
