@@ -33,16 +33,18 @@ def batch(expert, annotated):
 def test_trainable_parameters_per_stage(expert, batch, family):
     p = from_expert(expert, family)
     align = set(p.set_stage("align"))
-    assert align and all(n.startswith(("action_tokens", "arm_proj", "gripper_proj", "state_out",
-                                       "mapper")) for n in align)
+    projector = ("vlm.projector",) if family == "parts" else ()  # new with the parts VLM: trained in both stages
+    assert align and all(n.startswith(("action_tokens", "arm_proj", "gripper_proj", "state_out", "mapper",
+                                       *projector)) for n in align)
     finetune = set(p.set_stage("finetune"))
     added = finetune - align
     assert any(n.startswith("expert.action_head") for n in added)
     language = {"paligemma": "vlm.model.language_model", "idefics3": "vlm.model.text_model",
-                "qwen2_vl": "vlm.model.language_model", "qwen2_5_vl": "vlm.model.language_model"}[family]
+                "qwen2_vl": "vlm.model.language_model", "qwen2_5_vl": "vlm.model.language_model",
+                "parts": "vlm.bert"}[family]
     assert all(n.startswith((language,
                              "expert.action_head")) for n in added) and any(n.startswith(language) for n in added)
-    towers = ("vlm.model.vision", "vlm.model.visual", "vlm.model.multi_modal", "vlm.model.connector")
+    towers = ("vlm.model.vision", "vlm.model.visual", "vlm.model.multi_modal", "vlm.model.connector", "vlm.trunk")
     vision = [n for n, _ in p.named_parameters() if n.startswith(towers)]
     assert vision and not (set(vision) & finetune)  # the vision tower stays frozen
     assert not any(n.startswith(("expert.encoder", "expert.transformer")) for n in finetune)
@@ -74,11 +76,39 @@ def test_alignment_loss_falls(expert, batch):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_checkpoint_round_trip_rebuilds_offline(expert, batch, tmp_path):
-    p = from_expert(expert, "idefics3").eval()
+def test_the_parts_vlm_carries_minilm_and_imagenet_weights(expert, batch):
+    """Its language model is all-MiniLM-L6-v2 itself (mean-pooled, it embeds a sentence as the text encoder does) and
+    its tower ImageNet's; parts:random is the same architecture untrained."""
+    from vla_distill.models.efficientnet import EfficientNetLiteTrunk
+    from vla_distill.models.efficientnet import load_pretrained as load_lite0
+    from vla_distill.models.parts_vlm import parts_vlm_config
+    from vla_distill.models.text import TextEncoder
+
+    p = from_expert(expert, "parts").eval()
+    text = "push the puck to the goal"
+    tok = p.tokenize([text])[0]
+    ids = torch.tensor([[101, *tok[tok != 0].tolist(), 102]])
+    with torch.no_grad():
+        hidden = p.vlm.bert(input_ids=ids).last_hidden_state.mean(1)
+    ours = torch.nn.functional.normalize(hidden, dim=-1)[0].numpy()
+    np.testing.assert_allclose(ours, TextEncoder().encode([text])[0], atol=1e-5)
+    lite0 = EfficientNetLiteTrunk(16)
+    load_lite0(lite0)
+    assert all(torch.equal(a, b) for a, b in zip(lite0.state_dict().values(), p.vlm.trunk.state_dict().values(),
+                                                 strict=True))
+    random = from_expert(expert, "parts", parts_vlm_config(pretrained=False))
+    words = lambda policy: policy.vlm.bert.embeddings.word_embeddings.weight  # noqa: E731
+    assert not torch.equal(words(random), words(p))
+    with torch.no_grad():
+        assert p.predict_action_chunk(batch).shape == expert.predict_action_chunk(batch).shape
+
+
+@pytest.mark.parametrize("family", ["idefics3", "parts"])
+def test_checkpoint_round_trip_rebuilds_offline(expert, batch, tmp_path, family):
+    p = from_expert(expert, family).eval()
     save_pretrained(p, tmp_path / "pretrained_model", {"note": "vita test"})
     q = load_pretrained(tmp_path / "pretrained_model")
-    assert type(q).__name__ == "VitaPolicy" and q.config.family == "idefics3"
+    assert type(q).__name__ == "VitaPolicy" and q.config.family == family
     with torch.no_grad():
         assert torch.equal(p.predict_action_chunk(batch), q.predict_action_chunk(batch))
 

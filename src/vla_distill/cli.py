@@ -411,12 +411,13 @@ def _vita_train_args(v: argparse.ArgumentParser) -> None:
 
     _run_args(v, VitaTrainConfig)
     _field(v, "--expert", VitaTrainConfig, "the expert: a student checkpoint (its action decoder is reused)")
-    _field(v, "--vlm", VitaTrainConfig, "local transformers VLM directory, or tiny:paligemma | tiny:idefics3 | "
-           "tiny:qwen2_vl | tiny:qwen2_5_vl (small, random, offline)")
+    _field(v, "--vlm", VitaTrainConfig, "local transformers VLM directory; parts (a VLM from the pretrained parts that "
+           "ship offline: EfficientNet-Lite0, a projector, all-MiniLM-L6-v2) or parts:random (the same, untrained); "
+           "tiny:paligemma | tiny:idefics3 | tiny:qwen2_vl | tiny:qwen2_5_vl (small, random, offline)")
     _field(v, "--family", VitaTrainConfig, "for a local VLM directory (default: from its config's model_type)",
            choices=["", *FAMILIES])
     _field(v, "--vlm-image-size", VitaTrainConfig, "image side fed to the VLM (default: its vision config's; Qwen "
-           "families 56, any multiple of 28)", type=int)
+           "families 56, any multiple of 28; parts 128, any multiple of 32)", type=int)
     _field(v, "--stage", VitaTrainConfig, choices=list(STAGES))
     _field(v, "--init", VitaTrainConfig, "finetune: the align run to start from")
     _field(v, "--n-action-tokens", VitaTrainConfig, "1 (the paper) or the expert's chunk length", type=int)

@@ -28,9 +28,18 @@ from torch import nn
 from vla_distill.config import from_dict, to_dict
 from vla_distill.models.base import REGISTRY, Policy, register
 from vla_distill.models.losses import alignment_loss, arm_gripper_loss
+from vla_distill.models.parts_vlm import (
+    CLS_ID,
+    IMAGE_ID,
+    TOKENIZER,
+    PartsVLM,
+    minilm_dir,
+    n_image_tokens,
+    parts_vlm_config,
+)
 from vla_distill.types import ACTION, PAD_SUFFIX, TASK, camera_key
 
-FAMILIES = ("paligemma", "idefics3", "qwen2_vl", "qwen2_5_vl")
+FAMILIES = ("paligemma", "idefics3", "qwen2_vl", "qwen2_5_vl", "parts")
 STAGES = ("align", "finetune")
 # where each family keeps its parts (attribute paths under the HF model)
 _PARTS = {
@@ -38,6 +47,7 @@ _PARTS = {
     "idefics3": {"language": "model.text_model", "vision": ("model.vision_model", "model.connector")},
     "qwen2_vl": {"language": "model.language_model", "vision": ("model.visual",)},
     "qwen2_5_vl": {"language": "model.language_model", "vision": ("model.visual",)},
+    "parts": {"language": "bert", "vision": ("trunk",)},  # models/parts_vlm.py; its projector trains in both stages
 }
 _QWEN = ("qwen2_vl", "qwen2_5_vl")  # same input layout: flattened temporal patches + image_grid_thw
 
@@ -105,6 +115,8 @@ def tiny_vlm_config(family: str, image_size: int = 56, hidden: int = 128, layers
 
 
 def _build_vlm(family: str, vlm_config: dict) -> nn.Module:
+    if family == "parts":
+        return PartsVLM(vlm_config)
     import transformers as tf
 
     classes = {"paligemma": (tf.PaliGemmaConfig, tf.PaliGemmaForConditionalGeneration),
@@ -221,7 +233,7 @@ class VitaPolicy(Policy):
     # ------------------------------------------------------------------ stages
     def set_stage(self, stage: str) -> list[str]:
         """Sets requires_grad for a stage; returns the trainable parameter names.
-        align: action tokens, state encoder, mapper (VLM and expert frozen).
+        align: action tokens, state encoder, mapper (VLM and expert frozen; the parts VLM's projector trains).
         finetune: also the language model (or only its LoRA adapters) and the expert's action decoder; the vision
         tower stays frozen."""
         if stage not in STAGES:
@@ -229,6 +241,8 @@ class VitaPolicy(Policy):
         for p in self.parameters():
             p.requires_grad_(False)
         train = [self.arm_proj, self.gripper_proj, self.state_out, self.mapper]
+        if self.config.family == "parts":
+            train.append(self.vlm.projector)  # new here: no pretrained projector exists for these parts
         if stage == "finetune":
             language = _get(self.vlm, _PARTS[self.config.family]["language"])
             train += [self.expert.action_head] + ([] if self.config.lora_rank else [language])
@@ -261,7 +275,8 @@ class VitaPolicy(Policy):
             else:
                 from transformers import AutoTokenizer
 
-                tok = AutoTokenizer.from_pretrained(self.config.tokenizer, local_files_only=True)
+                where = minilm_dir() if self.config.tokenizer == TOKENIZER else self.config.tokenizer
+                tok = AutoTokenizer.from_pretrained(str(where), local_files_only=True)
                 self._tokenizer = lambda text: tok(text, add_special_tokens=False)["input_ids"]
         n = self.config.max_prompt_tokens
         rows = [self._tokenizer(t)[-n:] for t in tasks]
@@ -289,6 +304,11 @@ class VitaPolicy(Policy):
         b, dev = len(img), img.device
         prompt = self.tokenize(list(batch[TASK])).to(dev)
         tail = torch.zeros(b, c.n_action_tokens + 1, dtype=torch.long, device=dev)  # state + action placeholders
+        if c.family == "parts":
+            n = n_image_tokens(c.vlm_image_size, c.vlm_config)
+            ids = torch.cat([torch.full((b, 1), CLS_ID, device=dev), torch.full((b, n), IMAGE_ID, device=dev), prompt,
+                             tail], 1)
+            return {"input_ids": ids, "pixel_values": img}
         if c.family == "paligemma":
             n = (c.vlm_image_size // cfg.vision_config.patch_size) ** 2
             ids = torch.cat([torch.full((b, n), cfg.image_token_id, device=dev), prompt, tail], 1)
@@ -371,21 +391,27 @@ class VitaPolicy(Policy):
 def from_expert(expert: Policy, family: str = "paligemma", vlm_config: dict | None = None, vlm_path: str = "",
                 tokenizer: str = "hash", **fields) -> VitaPolicy:
     """A VITA policy around a trained expert (its weights copied in) and a VLM: `vlm_path` loads a local
-    transformers checkpoint; otherwise `vlm_config` (e.g. tiny_vlm_config(family)) builds a random one."""
+    transformers checkpoint; family "parts" the pretrained parts (parts_vlm_config(pretrained=False): untrained);
+    otherwise `vlm_config` (e.g. tiny_vlm_config(family)) builds a random one."""
     if vlm_path:
         from transformers import AutoConfig
 
         vlm_config = {"family": family, **AutoConfig.from_pretrained(vlm_path, local_files_only=True).to_dict()}
     image_key = fields.pop("image_key", expert.input_keys[len(expert.config.state_keys)])
-    vlm_config = vlm_config or tiny_vlm_config(family)
+    vlm_config = vlm_config or (parts_vlm_config() if family == "parts" else tiny_vlm_config(family))
     vision = vlm_config.get("vision_config", {})
     if family not in _QWEN and "vlm_image_size" not in fields and vision.get("image_size"):
         fields["vlm_image_size"] = int(vision["image_size"])
+    if family == "parts":
+        fields.setdefault("vlm_image_size", 128)
+        tokenizer = TOKENIZER
     config = VitaConfig(family=family, vlm_config=vlm_config, vlm_path=vlm_path,
                         tokenizer=tokenizer if not vlm_path or tokenizer != "hash" else vlm_path,
                         expert_type=expert.name, expert_config=to_dict(expert.config), image_key=image_key, **fields)
     policy = VitaPolicy(config)
     policy.expert.load_state_dict(copy.deepcopy(expert.state_dict()))
+    if family == "parts" and vlm_config.get("pretrained"):
+        policy.vlm.load_pretrained()
     if vlm_path:
         from transformers import AutoModelForImageTextToText
 

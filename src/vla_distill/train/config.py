@@ -118,7 +118,7 @@ class VitaTrainConfig(RunConfig):
     save_every: int = 200
     log_every: int = 20
     expert: str = ""  # the expert checkpoint (a student run); align needs it, finetune takes it from --init
-    vlm: str = "tiny:paligemma"  # tiny:<family> (a small random VLM, offline) or a local transformers directory
+    vlm: str = "tiny:paligemma"  # tiny:<family> (a small random VLM), parts, parts:random, or a transformers directory
     family: str = ""  # for a local directory: paligemma | idefics3 | qwen2_vl | qwen2_5_vl (default: its model_type)
     vlm_image_size: int = 0  # 0: the VLM's vision config's image size (Qwen families: 56)
     stage: str = "align"

@@ -18,6 +18,7 @@ from vla_distill.data.annotations import read_annotation
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.errors import ConfigError, DatasetError
 from vla_distill.models.checkpoint import load_pretrained
+from vla_distill.models.parts_vlm import parts_vlm_config
 from vla_distill.models.vita import FAMILIES, VitaPolicy, from_expert, tiny_vlm_config
 from vla_distill.train.config import VitaTrainConfig
 from vla_distill.train.device import DeviceSetup, autocast, setup_device
@@ -45,6 +46,8 @@ def build_vita(cfg: VitaTrainConfig) -> VitaPolicy:
     if not hasattr(expert, "features"):
         raise ConfigError(f"the expert must be a student checkpoint (its decoder is reused); got {expert.name}",
                           path=cfg.expert, field="expert")
+    if cfg.vlm in ("parts", "parts:random"):  # models/parts_vlm.py: pretrained, or the same architecture untrained
+        return from_expert(expert, "parts", parts_vlm_config(pretrained=cfg.vlm == "parts"), **_sizes(cfg))
     if cfg.vlm.startswith("tiny:"):
         family = cfg.vlm[len("tiny:"):]
         if family not in FAMILIES:
