@@ -336,6 +336,29 @@ def test_a_task_the_policy_never_trained_on_is_named_in_a_warning(tiny_student, 
         EvalConfig(out=str(tmp_path / "x"), tasks=("reach-v3",), chunk="average", **common)
 
 
+def test_instructions_replace_the_tasks_own_prompt_episode_by_episode(tiny_student, tmp_path):
+    """--instructions gives the policy other wordings (paraphrases it never trained on): episode i takes wording i mod
+    n, the record says which, and the student acts on it (it embeds the unseen wording)."""
+    common = dict(policy=str(tiny_student), tasks=("reach-v3",), episodes=3, max_steps=3, workers=1, videos=0,
+                  latency_steps=0)
+    wordings = ("go to the target", "move the hand to the goal")
+    own = evaluate(EvalConfig(out=str(tmp_path / "own"), **common))
+    evaluate(EvalConfig(out=str(tmp_path / "para"), instructions=(("reach-v3", wordings),), **common))
+    episodes = tmp_path / "para" / "episodes" / "reach-v3"
+    records = [json.loads((episodes / f"{i:04d}.json").read_text()) for i in range(3)]
+    assert [r["instruction"] for r in records] == [wordings[0], wordings[1], wordings[0]]
+    assert own["eval"]["seeds"] == json.loads((tmp_path / "para" / "eval_info.json").read_text())["eval"]["seeds"]
+    first = lambda d: np.load(tmp_path / d / "episodes" / "reach-v3" / "0000.npz")["actions"][0]  # noqa: E731
+    assert not np.array_equal(first("own"), first("para"))
+    with pytest.raises(ConfigError, match="no wording for 'reach-v3'"):
+        EvalConfig(out=str(tmp_path / "x"), instructions=(("push-v3", ("push it",)),), **common)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"reach-v3": []}')
+    r = subprocess.run(CLI + ["eval", "--policy", "scripted", "--tasks", "reach-v3", "--out", str(tmp_path / "e"),
+                              "--instructions", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "bad.json" in r.stderr
+
+
 def test_pooling_two_by_two_tables_equals_pooling_the_episodes():
     rng = np.random.default_rng(1)
     a, b = (rng.random(80) < 0.4).tolist(), (rng.random(80) < 0.6).tolist()

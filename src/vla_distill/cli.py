@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import json
 import os
 import shlex
 import sys
@@ -464,6 +465,9 @@ def _eval_args(e: argparse.ArgumentParser) -> None:
                    help="remote teacher option (see annotate)")
     _field(e, "--device", EvalConfig)
     _field(e, "--backend", EvalConfig, "for policies: " + BACKEND_HELP)
+    e.add_argument("--instructions", default="", metavar="JSON",
+                   help="prompts given instead of the tasks' own: {task: [wording, ...]}, episode i taking wording i "
+                        "mod n (e.g. benchmarks/paraphrases/mt10.json, wordings no policy was trained on)")
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -477,13 +481,29 @@ def _eval(args: argparse.Namespace) -> None:
     fields = _given(args, EvalConfig)
     env = fields.get("env", EvalConfig.__dataclass_fields__["env"].default)
     cfg = EvalConfig(tasks=tuple(get_simulator(env).resolve_tasks(args.task_spec)),
-                     teacher_options=_key_values(args.teacher_opt, "--teacher-opt"), **fields)
+                     teacher_options=_key_values(args.teacher_opt, "--teacher-opt"),
+                     instructions=_instructions(args.instructions), **fields)
     info = evaluate(cfg, command="vla-distill " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else "")
     o = info["overall"]
     print(summary_table([info]))
     print(f"success {o['pc_success']:.1f}% task-weighted, {o['pc_success_group_mean']:.1f}% mean of difficulty groups "
           f"({o['n_episodes']} episodes); {info['observability']['flagged_episodes']} episodes flagged -> "
           f"{args.out}/eval_info.json")
+
+
+def _instructions(path: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """--instructions: a JSON object {task: [wording, ...]}, checked in one line naming the file."""
+    if not path:
+        return ()
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"unreadable ({e})", path=path, field="instructions") from None
+    ok = isinstance(data, dict) and all(isinstance(w, list) and w and all(isinstance(x, str) and x.strip() for x in w)
+                                        for w in data.values())
+    if not ok:
+        raise ConfigError("expected {task: [wording, ...]} with non-empty strings", path=path, field="instructions")
+    return tuple((task, tuple(w)) for task, w in data.items())
 
 
 def _report_args(r: argparse.ArgumentParser) -> None:

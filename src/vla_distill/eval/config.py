@@ -34,6 +34,9 @@ class EvalConfig:
     device: str = "cpu"
     backend: str = "auto"  # for policies: auto | torch | torch-bf16 | onnx | onnx-int8 (models.backends)
     observe: ObserveConfig = field(default_factory=ObserveConfig)
+    # (task, wordings): the prompt given instead of the task's own instruction, episode i taking wording i mod n
+    # (unseen paraphrases: what a policy makes of words it was not trained on); () = the simulator's instructions
+    instructions: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self):
         get_simulator(self.env)  # a one-line error naming the known envs
@@ -47,6 +50,16 @@ class EvalConfig:
                 raise ConfigError("must be >= 0", field=name)
         if self.seed < 0:  # a negative stream lands among the seeds demonstrations are collected from
             raise ConfigError(f"must be >= 0, got {self.seed}", field="seed")
+        given = dict(self.instructions)
+        missing = [t for t in self.tasks if self.instructions and not given.get(t)]
+        if missing:
+            raise ConfigError(f"no wording for {missing[0]!r} (every evaluated task needs at least one)",
+                              field="instructions")
+
+    def instruction(self, task: str, episode: int) -> str | None:
+        """The prompt of the task's episode when `instructions` replaces the simulator's, else None."""
+        wordings = dict(self.instructions).get(task)
+        return wordings[episode % len(wordings)] if wordings else None
 
     @property
     def sim(self) -> Simulator:

@@ -97,7 +97,7 @@ def episode_job(cfg: EvalConfig, task: str, episode: int, seed: int) -> EpisodeR
     max_steps = min(cfg.max_steps or env.max_steps, env.max_steps)
     t0 = time.perf_counter()
     res = run_episode(env, actor, task, seed, max_steps, cfg.steps_after_success, keys[0] if video and keys else None,
-                      actor.info.phase_names)
+                      actor.info.phase_names, cfg.instruction(task, episode))
     if res.frames is not None and episode >= cfg.videos and res.first_success is not None:
         res.frames = None  # kept only in case it failed
     return _store(cfg, task, episode, seed, res, actor.info, time.perf_counter() - t0)
@@ -137,7 +137,7 @@ def _store(cfg: EvalConfig, task: str, episode: int, seed: int, res, info, secon
         task=task, task_group=cfg.sim.group_of(task), episode=episode, seed=seed, success=first is not None,
         first_success=first, steps=int(len(res.actions)), sum_reward=float(res.reward.sum()),
         max_reward=float(res.reward.max()) if len(res.reward) else 0.0, calls=int(len(res.latency_ms)),
-        seconds=round(seconds, 3), video_path=video_path,
+        seconds=round(seconds, 3), video_path=video_path, instruction=cfg.instruction(task, episode) or "",
         phase_agreement={k: agreement(pred, v) for k, v in refs.items()} if (pred >= 0).any() else {},
         flags=phase_flags(pred, reference, res.success, res.state[:, :3], cfg.observe))
     arrays = {"phase": pred, "success": res.success, "hand": res.state[:, :3], "actions": res.actions,

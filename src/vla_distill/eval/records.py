@@ -35,6 +35,7 @@ class EpisodeRecord:
     video_path: str | None  # relative to OUT
     phase_agreement: dict[str, float] = field(default_factory=dict)  # reference source -> agreement of predicted phases
     flags: list[dict] = field(default_factory=list)  # observe.phase_flags
+    instruction: str = ""  # the prompt given, when EvalConfig.instructions replaced the task's own
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -59,8 +59,10 @@ def overlay(img: np.ndarray, t: int, phase: str, success: bool, scale: int = 2) 
 
 
 def run_episode(env, actor, task_name: str, seed: int, max_steps: int, steps_after_success: int = 10,
-                video_key: str | None = None, phase_names: tuple[str, ...] = ()) -> EpisodeResult:
-    actor.reset(task_name, env.instruction, seed)
+                video_key: str | None = None, phase_names: tuple[str, ...] = (),
+                instruction: str | None = None) -> EpisodeResult:
+    """`instruction`: the prompt the actor is given instead of the task's own (a paraphrase)."""
+    actor.reset(task_name, instruction or env.instruction, seed)
     obs = env.reset(seed)
     cols: dict[str,
                list] = {k: [] for k in ("state", "env", "contact", "action", "success", "reward", "phase", "dir",
