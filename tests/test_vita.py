@@ -157,6 +157,23 @@ def test_vita_train_cli_runs_both_stages_and_resumes(tiny_student, annotated, tm
     assert bad.returncode == 2 and "config.json" in bad.stderr and not (tmp_path / "bad2").exists()
 
 
+def test_the_reused_decoder_can_learn_slower_than_the_language_model(expert):
+    from vla_distill.train.config import VitaTrainConfig
+    from vla_distill.train.fit import Job, _optimizer
+
+    p = from_expert(expert, "paligemma")
+    trainable = set(p.set_stage("finetune"))
+    params = [(n, q) for n, q in p.named_parameters() if n in trainable]
+    job = Job(policy=p, params=params, stream=None, to_batch=None, loss=None, validate=None, provenance={},
+              describe="", lr_scales=(("expert.action_head", 0.1),))
+    cfg = VitaTrainConfig(dataset="d", out="o", stage="finetune", expert="e", decoder_lr_scale=0.1)
+    opt = _optimizer(job, cfg)
+    scale = {id(q): g["lr_scale"] for g in opt.param_groups for q in g["params"]}
+    assert {scale[id(q)] for n, q in params if n.startswith("expert.action_head")} == {0.1}
+    assert {scale[id(q)] for n, q in params if not n.startswith("expert.action_head")} == {1.0}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(params)
+
+
 def test_lora_finetune_trains_only_language_adapters(expert, batch):
     p = from_expert(expert, "paligemma").eval()
     q = p.with_lora(4).eval()

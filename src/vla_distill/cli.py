@@ -425,6 +425,8 @@ def _vita_train_args(v: argparse.ArgumentParser) -> None:
     _field(v, "--lora-rank", VitaTrainConfig,
            "finetune: LoRA adapters (peft) on the language model's attention instead "
            "of training all of it (0: full)", type=int)
+    _field(v, "--decoder-lr-scale", VitaTrainConfig, "finetune: the reused expert decoder's learning rate as a "
+           "fraction of --lr (the language model's)", type=float)
 
 
 def _vita_train(args: argparse.Namespace) -> None:

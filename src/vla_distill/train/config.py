@@ -125,6 +125,7 @@ class VitaTrainConfig(RunConfig):
     init: str = ""  # finetune: the align run (any VITA checkpoint) to start from
     n_action_tokens: int = 1
     lora_rank: int = 0  # finetune: LoRA adapters of this rank on the language model instead of training all of it
+    decoder_lr_scale: float = 1.0  # finetune: the reused expert decoder's lr relative to --lr (the language model's)
 
     def __post_init__(self):
         if self.stage not in STAGES:

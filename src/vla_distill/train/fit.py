@@ -255,6 +255,7 @@ class Job:
     provenance: dict
     describe: str
     find_unused: bool = False
+    lr_scales: tuple[tuple[str, float], ...] = ()  # (parameter-name prefix, factor on the schedule's lr)
 
 
 def fit(job: Job, cfg: RunConfig, dev: DeviceSetup, resume: bool) -> Path:
@@ -275,10 +276,15 @@ def fit(job: Job, cfg: RunConfig, dev: DeviceSetup, resume: bool) -> Path:
 
 
 def _optimizer(job: Job, cfg: RunConfig) -> torch.optim.Optimizer:
-    decay = [p for _, p in job.params if p.ndim >= 2]
-    no_decay = [p for _, p in job.params if p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}],
+    """Weight decay on matrices only; a parameter under one of job.lr_scales' prefixes gets that factor on the lr."""
+    def scale(name: str) -> float:
+        return next((f for prefix, f in job.lr_scales if name.startswith(prefix)), 1.0)
+
+    groups = {}
+    for n, p in job.params:
+        groups.setdefault((p.ndim >= 2, scale(n)), []).append(p)
+    return torch.optim.AdamW([{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr_scale": s}
+                              for (decay, s), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))],
                              lr=cfg.lr, betas=(0.9, 0.95))
 
 
@@ -326,7 +332,7 @@ def _fit(job: Job, cfg: RunConfig, dev: DeviceSetup, resume: bool) -> Path:
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout of this step
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_033 + step)  # for models without augment_key
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, cfg)
+                group["lr"] = lr_at(step, cfg) * group.get("lr_scale", 1.0)
             optimizer.zero_grad(set_to_none=True)
             loss = torch.zeros((), device=dev.device)
             for i, batch in enumerate(micro):

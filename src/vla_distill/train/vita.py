@@ -123,5 +123,5 @@ def vita_train(cfg: VitaTrainConfig, resume: bool = False, overrides: tuple[str,
               describe=f"VITA-VLA {cfg.stage} ({policy.config.family}): {policy.num_parameters() / 1e6:.2f}M "
                        f"parameters, {n_train / 1e6:.3f}M trainable; {len(train_eps)} train / {len(val_eps)} val "
                        f"episodes; {dev.why}; {effective_batch(cfg, dev)}",
-              find_unused=True)
+              find_unused=True, lr_scales=(("expert.action_head", cfg.decoder_lr_scale),))
     return fit(job, cfg, dev, resume)
