@@ -1,9 +1,17 @@
-"""VITA-VLA on the demo: a tiny random VLM taught to act by the demo's student (the expert), through the CLI.
+"""VITA-VLA: a VLM taught to act by a student of ours (the expert), through the CLI.
 
-Usage (after `make demo`, whose dataset and student it uses; each stage is skipped when its output exists):
-  python benchmarks/bench_vita.py [--family paligemma] [--align-steps 2000] [--finetune-steps 1500] [--episodes 10]
--> results/vita_<family>.json: trainable parameters per stage, the stage-1 alignment curve (train and validation
-   distance), closed-loop success of the acting VLM beside its expert on the demo's tasks, batch-1 latency.
+Usage (each stage is skipped when its output exists, so a rerun resumes):
+  python benchmarks/bench_vita.py [demo] [--family paligemma] [--align-steps 2000] [--finetune-steps 1500]
+      after `make demo`: a tiny random VLM of a real architecture around the demo's student, on the demo's tasks
+      -> results/vita_<family>.json: trainable parameters per stage, the alignment curve, closed-loop success beside
+      the expert, batch-1 latency
+  python benchmarks/bench_vita.py mt10 [--align-steps 2000] [--finetune-steps 1500]
+      after `make mt10`: the parts VLM (EfficientNet-Lite0, a projector, all-MiniLM-L6-v2; models/parts_vlm.py) around
+      the MT10 recipe's student on its data; stage 2 once per --decoder-lr-scales, each run's checkpoint chosen by
+      closed-loop success on validation seeds (stream 1), never on the test seeds; the same architecture untrained
+      (parts:random) through the same stages; expert, stage 1, stage 2 and stage 2 random on the 500 test episodes
+      (stream 0), paired, then again with every prompt replaced by an unseen paraphrase
+      (benchmarks/paraphrases/mt10.json) -> results/vita.json["mt10"]
 """
 
 from __future__ import annotations
@@ -12,7 +20,11 @@ import argparse
 import json
 from pathlib import Path
 
+from bench_distill import paired_with, rate
+
 from common import DEMO_TASKS, RESULTS, cli, write_result
+
+PARAPHRASES = Path(__file__).parent / "paraphrases"
 
 
 def curve(run: Path, key: str) -> list[tuple[int, float]]:
@@ -22,17 +34,26 @@ def curve(run: Path, key: str) -> list[tuple[int, float]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", nargs="?", default="demo", choices=["demo", "mt10"])
     p.add_argument("--family", default="paligemma", choices=["paligemma", "idefics3", "qwen2_vl", "qwen2_5_vl"])
     p.add_argument("--dataset", default="outputs/demo/annotated")
     p.add_argument("--expert", default="outputs/demo/student")
     p.add_argument("--align-steps", type=int, default=2000)
     p.add_argument("--finetune-steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--episodes", type=int, default=0, help="per task (default: demo 10, mt10 50)")
     p.add_argument("--tasks", default=DEMO_TASKS)
     p.add_argument("--lora-rank", type=int, default=0, help="stage 2 with LoRA adapters of this rank (default: full)")
     p.add_argument("--work", default="outputs/bench_vita")
+    p.add_argument("--mt10", default="outputs/bench_distill/mt10", help="mt10: make mt10's work directory")
+    p.add_argument("--decoder-lr-scales", default="1.0,0.1", help="mt10: the stage-2 variants, chosen between")
+    p.add_argument("--val-episodes", type=int, default=5, help="mt10: per task, for choosing checkpoints")
     args = p.parse_args()
+    if args.what == "mt10":
+        args.episodes = args.episodes or 50
+        write_result(RESULTS / "vita.json", {"mt10": mt10(args)})
+        return
+    args.episodes = args.episodes or 10
     work = Path(args.work) / args.family
     align, ft = work / "align", work / ("finetune" + (f"_lora{args.lora_rank}" if args.lora_rank else ""))
     common = ["--dataset", args.dataset, "--batch-size", str(args.batch_size), "--log-every", "50"]
@@ -65,6 +86,70 @@ def main() -> None:
     }
     print(json.dumps({k: result[k] for k in ("trainable_parameters", "success", "latency_ms_p50")}, indent=1))
     write_result(RESULTS / f"vita_{args.family}{f'_lora{args.lora_rank}' if args.lora_rank else ''}.json", result)
+
+
+# ------------------------------------------------------------------------------------------------ mt10
+def mt10(args) -> dict:
+    src, work = Path(args.mt10), Path(args.work) / "mt10"
+    expert, dataset = src / "student-dagger", src / "annotated-128-dagger"
+    common = ["--dataset", str(dataset), "--batch-size", str(args.batch_size), "--log-every", "50"]
+    arms, chosen = {}, {}
+    for vlm in ("parts", "parts:random"):
+        tag = vlm.replace(":", "_")
+        align = staged(work / f"{tag}-align", common + ["--expert", str(expert), "--vlm", vlm, "--stage", "align",
+                                                        "--lr", "1e-3"], args.align_steps)
+        candidates = {}
+        for scale in args.decoder_lr_scales.split(","):
+            run = staged(work / f"{tag}-finetune-dec{scale}", common + [
+                "--init", str(align), "--stage", "finetune", "--lr", "3e-4", "--decoder-lr-scale", scale],
+                args.finetune_steps)
+            candidates |= {ckpt: val_success(ckpt, work / "val" / f"{tag}-dec{scale}-{ckpt.name}", args)
+                           for ckpt in sorted((run / "checkpoints").glob("[0-9]*"))}
+        best = max(candidates, key=lambda c: (candidates[c], c.parent.parent.name, c.name))
+        chosen[tag] = {"checkpoint": str(best), "val_success": candidates[best],
+                       "candidates": {str(c): v for c, v in candidates.items()}}
+        arms["stage1" if vlm == "parts" else "stage1_random_vlm"] = align
+        arms["stage2" if vlm == "parts" else "stage2_random_vlm"] = best
+    result = {"expert": str(expert), "checkpoint_choice": chosen, "command": "python benchmarks/bench_vita.py mt10"}
+    for prompts in ("original", "paraphrase"):
+        extra = () if prompts == "original" else ("--instructions", str(PARAPHRASES / "mt10.json"))
+        evals = {"expert": test_eval(expert, work / prompts / "expert", args, extra)}
+        evals |= {arm: test_eval(run, work / prompts / arm, args, extra) for arm, run in arms.items()}
+        block = {arm: rate(info) | {"latency_ms_p50": info["policy"]["latency_ms_p50"]} for arm, info in evals.items()}
+        block["paired"] = {f"{arm}_vs_expert": paired_with("the expert", evals["expert"], info)
+                           for arm, info in evals.items() if arm != "expert"}
+        block["paired"]["stage2_vs_stage1"] = paired_with("stage 1", evals["stage1"], evals["stage2"])
+        block["paired"]["stage2_vs_random_vlm"] = paired_with("the random VLM", evals["stage2_random_vlm"],
+                                                              evals["stage2"])
+        result[prompts] = block
+    return result
+
+
+def staged(run: Path, flags: list[str], steps: int) -> Path:
+    """A vita-train stage, trained or resumed to `steps` (a resumed run keeps its settings)."""
+    from vla_distill.train.checkpoint import last_step
+
+    if not (run / "checkpoints" / "last").exists():
+        cli("vita-train", *flags, "--steps", str(steps), "--save-every", str(max(steps // 4, 1)), "--out", str(run))
+    elif last_step(run) < steps:
+        cli("vita-train", "--out", str(run), "--steps", str(steps), "--resume")
+    return run
+
+
+def val_success(ckpt: Path, out: Path, args) -> float:
+    """Closed-loop success on the validation seeds (stream 1): what picks a checkpoint, never the test seeds."""
+    return evaluated_info(ckpt, out, args.val_episodes, ("--seed", "1"))["overall"]["pc_success"]
+
+
+def test_eval(policy: Path, out: Path, args, extra: tuple) -> dict:
+    return evaluated_info(policy, out, args.episodes, extra)
+
+
+def evaluated_info(policy: Path, out: Path, episodes: int, extra: tuple) -> dict:
+    if not (out / "eval_info.json").exists():
+        cli("eval", "--policy", str(policy), "--tasks", "mt10", "--episodes", str(episodes), "--videos", "0", "--out",
+            str(out), *extra)
+    return json.loads((out / "eval_info.json").read_text())
 
 
 def _trainable(run: Path) -> int:
