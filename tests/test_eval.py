@@ -352,6 +352,14 @@ def test_instructions_replace_the_tasks_own_prompt_episode_by_episode(tiny_stude
     assert not np.array_equal(first("own"), first("para"))
     with pytest.raises(ConfigError, match="no wording for 'reach-v3'"):
         EvalConfig(out=str(tmp_path / "x"), instructions=(("push-v3", ("push it",)),), **common)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"reach-v3": list(wordings)}))
+    r = subprocess.run(CLI + ["eval", "--policy", "scripted", "--tasks", "reach-v3", "--episodes", "1", "--max-steps",
+                              "3", "--latency-steps", "0", "--videos", "0", "--out", str(tmp_path / "cli"),
+                              "--instructions", str(good)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-1000:]
+    record = json.loads((tmp_path / "cli" / "episodes" / "reach-v3" / "0000.json").read_text())
+    assert record["instruction"] == wordings[0]
     bad = tmp_path / "bad.json"
     bad.write_text('{"reach-v3": []}')
     r = subprocess.run(CLI + ["eval", "--policy", "scripted", "--tasks", "reach-v3", "--out", str(tmp_path / "e"),

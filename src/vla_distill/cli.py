@@ -467,7 +467,7 @@ def _eval_args(e: argparse.ArgumentParser) -> None:
                    help="remote teacher option (see annotate)")
     _field(e, "--device", EvalConfig)
     _field(e, "--backend", EvalConfig, "for policies: " + BACKEND_HELP)
-    e.add_argument("--instructions", default="", metavar="JSON",
+    e.add_argument("--instructions", dest="instructions_file", default="", metavar="JSON",
                    help="prompts given instead of the tasks' own: {task: [wording, ...]}, episode i taking wording i "
                         "mod n (e.g. benchmarks/paraphrases/mt10.json, wordings no policy was trained on)")
 
@@ -484,7 +484,7 @@ def _eval(args: argparse.Namespace) -> None:
     env = fields.get("env", EvalConfig.__dataclass_fields__["env"].default)
     cfg = EvalConfig(tasks=tuple(get_simulator(env).resolve_tasks(args.task_spec)),
                      teacher_options=_key_values(args.teacher_opt, "--teacher-opt"),
-                     instructions=_instructions(args.instructions), **fields)
+                     instructions=_instructions(args.instructions_file), **fields)
     info = evaluate(cfg, command="vla-distill " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else "")
     o = info["overall"]
     print(summary_table([info]))
