@@ -67,16 +67,26 @@ def build(name: str, ref: Reference) -> dict:
     print(f"ONNX bundle {rate(bundle)['pc_success']:.1f}% vs its torch checkpoint "
           f"{rate(checkpoint)['pc_success']:.1f}%: {agree['same']}/{agree['n']} episodes with the same outcome")
     result = {"name": name, "bundle": str(out.relative_to(REPO)), "size_mb": round(size_mb(out), 2),
-              "files": {f.name: f.stat().st_size for f in sorted(out.iterdir()) if f.is_file()},
+              "files": {f.name: f.stat().st_size for f in sorted(out.iterdir()) if f.is_file() and f.suffix != ".md"},
               "bundle_eval": rate(bundle), "checkpoint_eval": rate(checkpoint), "teacher": rate(teacher),
               "vs_teacher": paired_with("the teacher", teacher, bundle),
               "vs_checkpoint": {"difference": same["overall"]["difference"], "ci95": same["overall"]["ci95"],
                                 "mcnemar_p": same["overall"]["mcnemar_p"], **agree},
               "per_task": per_task(teacher, bundle), "policy": bundle["policy"],
+              **benchmark_speed(ref),
               "command": " ".join(["python benchmarks/reference_student.py", *sys.argv[1:]])}
     (out / "outcomes.json").write_text(json.dumps(outcomes(name, bundle, checkpoint, ref), indent=1))
     (out / "README.md").write_text(model_card(name, ref, out, result))
     return result
+
+
+def benchmark_speed(ref: Reference) -> dict:
+    """The benchmark's own batch-1 timing of this student (the same graph), where its result file has one."""
+    path = RESULTS / ref.results
+    bench = json.loads(path.read_text()) if path.exists() else {}
+    if "student_hz" not in bench:
+        return {}
+    return {"benchmark_hz": bench["student_hz"], "benchmark_latency_ms": bench.get("student_latency_ms", {})}
 
 
 def outcome_agreement(a: dict, b: dict) -> dict:
@@ -110,7 +120,9 @@ def outcomes(name: str, info: dict, checkpoint: dict, ref: Reference) -> dict:
 
 
 def size_mb(out: Path) -> float:
-    return sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 2**20
+    """The bundle's own files (bundle.json and what it lists), not the card and outcomes written beside them."""
+    files = [*json.loads((out / "bundle.json").read_text())["files"], "bundle.json"]
+    return sum((out / f).stat().st_size for f in files) / 2**20
 
 
 def model_card(name: str, ref: Reference, out: Path, r: dict) -> str:
@@ -141,13 +153,21 @@ def model_card(name: str, ref: Reference, out: Path, r: dict) -> str:
         f"action ({loss['action']}), phase ×{loss['phase_weight']}, direction ×{loss['direction_weight']}"
         + (f", auxiliary state ×{loss['aux_state_weight']}." if aux else "."),
         f"- From nothing: `{ref.benchmark}` ({ref.hours} on 2 CPU cores), then `{r['command']}`."])
+    speed = (f"Batch-1 through ONNX Runtime on 2 threads, nothing else running: **{r['benchmark_hz']:.0f} Hz** "
+             f"(p50 {r['benchmark_latency_ms']['p50']:.2f} ms, p99 {r['benchmark_latency_ms']['p99']:.2f} ms; "
+             f"results/{ref.results}). " if r.get("benchmark_hz") else "")
+    speed += (f"In the evaluation above, one thread sharing its core with the renderer: p50 "
+              f"{policy['latency_ms_p50']:.1f} ms, p99 {policy['latency_ms_p99']:.1f} ms per inference, one inference "
+              f"per {train['horizon']} control steps.")
+    same = f"{ck['same']} of {ck['n']} episodes end the same way"
     why = "" if ck["same"] == ck["n"] else " (float round-off between the graph and torch moves a few closed-loop " \
                                           "trajectories across the success line)"
+    onnx_mb = r["files"]["model.onnx"] / 2**20
     return f"""# Reference student: {name}
 
 A vla-distill student of the `{ref.recipe}` recipe, shipped so that it runs and evaluates without training: ONNX only,
-{r['size_mb']:.1f} MB in all (`model.onnx` {r['files']['model.onnx'] / 2**20:.1f} MB), run by ONNX Runtime. Written by
-`{r['command']}` from the evaluation below; the discussion is in BENCHMARKS.md, {ref.section}.
+{r['size_mb']:.1f} MB in all (`model.onnx` {onnx_mb:.1f} MB), run by ONNX Runtime.
+Written by `{r['command']}` from the evaluation below; the discussion is in BENCHMARKS.md, {ref.section}.
 
 ## Use
 
@@ -177,8 +197,7 @@ Success rates with 95% Wilson intervals; differences paired by seed, with 95% in
 | the scripted teacher | {t['pc_success']:.1f} ({_ci(t['ci95'])}) |
 
 Bundle − teacher: {vs['difference']:+.1f} points ({_ci(vs['ci95'])}), McNemar p = {vs['mcnemar_p']:.2g}.
-Bundle − checkpoint: {ck['difference']:+.1f} points ({_ci(ck['ci95'])}); {ck['same']} of {ck['n']} episodes end the same
-way{why}.
+Bundle − checkpoint: {ck['difference']:+.1f} points ({_ci(ck['ci95'])}); {same}{why}.
 
 | task | teacher % | bundle % (95% CI) | bundle − teacher (95% CI) | McNemar p |
 |---|---:|---:|---:|---:|
@@ -188,9 +207,9 @@ way{why}.
 
 ONNX against the torch checkpoint on {manifest['parity']['observations']} recorded observations (`reference_io.npz`
 holds them and torch's outputs): max |difference| {parity['max_normalized']:.1e} in normalized action units
-({parity['max_abs']:.1e} raw). In the evaluation above, one thread sharing its core with the renderer: p50
-{policy['latency_ms_p50']:.1f} ms, p99 {policy['latency_ms_p99']:.1f} ms per inference, one inference per
-{train['horizon']} control steps.
+({parity['max_abs']:.1e} raw).
+
+{speed}
 
 ## Limits
 

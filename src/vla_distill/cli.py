@@ -599,6 +599,10 @@ def _run_loop(args: argparse.Namespace) -> int:
     tasks = get_simulator(args.env).resolve_tasks(args.tasks)
     summaries, interrupted = [], False
     try:  # a Ctrl-C at any moment ends the same way: what finished, then exit 130
+        if not args.policy.startswith("openpi://"):
+            from vla_distill.models.backends import resolve_backend
+
+            args.backend = resolve_backend(args.policy, args.backend)
         print(f"loading {args.policy} ({args.backend})", flush=True)  # progress on stdout: stderr is for errors
         policy = _loop_policy(args, cfg)
         summaries, interrupted = sim_runs.run_tasks(policy, args.policy, args.backend, args.env, tasks, args.episodes,
@@ -615,7 +619,7 @@ def _loop_policy(args: argparse.Namespace, cfg):
     """The policy `run` drives: a bundle or checkpoint on a local backend, or one served at openpi://HOST:PORT."""
     import torch
 
-    from vla_distill.models.backends import load_policy, resolve_backend
+    from vla_distill.models.backends import load_policy
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -627,7 +631,6 @@ def _loop_policy(args: argparse.Namespace, cfg):
         policy = RemotePolicy(host, port, args.timeout_s, dict(_key_values(args.obs_map, "--obs-map")))
         args.backend = "remote"
     else:
-        args.backend = resolve_backend(args.policy, args.backend)
         policy = load_policy(args.policy, args.backend)
     if cfg.chunk == "ahead" and policy.horizon == 1:
         print("note: --chunk ahead needs chunks of several actions to run ahead; this policy predicts one per call, so "
