@@ -18,6 +18,7 @@ same progress (episode time split into `bins`), and an episode far from its task
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -123,7 +124,9 @@ def direction_spread(profiles: list[np.ndarray], cfg: ObserveConfig = ObserveCon
     if len(profiles) < 2:
         return {"spread": None, "deviation": [None] * len(profiles), "flagged": []}
     stack = np.stack(profiles)  # (N, bins, E)
-    centroid = np.nanmean(stack, axis=0)
+    with warnings.catch_warnings():  # a bin that no episode reached stays NaN, on purpose
+        warnings.simplefilter("ignore", RuntimeWarning)
+        centroid = np.nanmean(stack, axis=0)
     centroid /= np.maximum(np.linalg.norm(centroid, axis=-1, keepdims=True), 1e-8)
     dist = 1.0 - np.einsum("nbe,be->nb", np.nan_to_num(stack), np.nan_to_num(centroid))
     dist[np.isnan(stack).any(-1)] = np.nan
