@@ -113,6 +113,31 @@ def test_checkpoint_round_trip_rebuilds_offline(expert, batch, tmp_path, family)
         assert torch.equal(p.predict_action_chunk(batch), q.predict_action_chunk(batch))
 
 
+@pytest.mark.parametrize("family", ["parts", "paligemma"])
+def test_an_acting_vlm_exports_to_onnx_and_runs_on_onnx_runtime(expert, annotated, tmp_path, family):
+    """The prompt is tokenized on the host (prompt_ids), the batch axis stays dynamic, the graph reads only what the
+    VLM and the state token read; export's own parity check covers one observation and a batch."""
+    from vla_distill.deploy.export import export
+    from vla_distill.models.backends import load_policy
+
+    p = from_expert(expert, family).eval()
+    save_pretrained(p, tmp_path / "vita" / "pretrained_model", {"dataset": str(annotated)})
+    m = export(tmp_path / "vita", tmp_path / "bundle", "onnx-only", int8="none", n_observations=4, log=lambda *_: None)
+    assert m["backends"] == ["onnx"] and m["parity"]["onnx"]["max_normalized"] < 1e-4
+    onnx_p = load_policy(tmp_path / "bundle")
+    frames, tasks = export_observations(p, annotated)
+    batch = frames_to_batch(frames, p.input_keys, tasks)
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_p.predict_action_chunk(batch).numpy(), p.predict_action_chunk(batch).numpy(),
+                                   atol=1e-4)
+
+
+def export_observations(policy, dataset, n: int = 3):
+    from vla_distill.deploy.export import recorded_observations
+
+    return recorded_observations(policy, dataset, n, seed=5)
+
+
 def test_a_tiny_acting_vlm_runs_through_the_evaluator(expert, tmp_path):
     from vla_distill.eval.config import EvalConfig
     from vla_distill.eval.evaluate import evaluate

@@ -82,6 +82,7 @@ AUDIT_REPORT_PATH = "meta/audit.md"
 # Keys a training batch adds beside the dataset's columns.
 DIRECTION_EMBEDDING = "direction_embedding"  # (B, E) text embedding of each frame's cue
 TASK_EMBEDDING = "task_embedding"  # (B, E) instruction embedding: the exported graph's input
+PROMPT_IDS = "prompt_ids"  # (B, L) int64 a VLM policy's instruction tokenized on the host: its exported graph's input
 AUGMENT_KEY = "augment_key"  # (B,) int64 per-sample key that fixes its augmentation
 
 # ---------------------------------------------------------------- phase taxonomies

@@ -39,13 +39,15 @@ from vla_distill.models.onnx_policy import (
     INSTALL_HINT,
     INT8_FILE,
     ONNX_FILE,
+    graph_feed,
     graph_inputs,
     input_names,
     output_names,
     session,
     uses_instruction,
+    uses_prompt_ids,
 )
-from vla_distill.types import TASK_EMBEDDING, TASK_INDEX
+from vla_distill.types import PROMPT_IDS, TASK_EMBEDDING, TASK_INDEX
 
 FORMATS, DTYPES, INT8 = ("bundle", "onnx", "onnx-only"), ("fp32", "bf16"), ("dynamic", "static", "none")
 # max |onnx - torch| over the recorded observations in the policy's normalized action units (Policy.action_scale): a
@@ -191,8 +193,9 @@ def _export_onnx(policy: Policy, batch: dict, reference: np.ndarray, tmp: Path, 
         sess = session(tmp / graph)
         # the recorded observations as one batch, and the first alone: a batch size fixed by the trace fails here
         try:
-            one = sess.run(["actions"], {k: v[:1] for k, v in feed.items()})[0]
-            actions = np.concatenate([one, sess.run(["actions"], feed)[0][1:]])
+            kept = graph_feed(sess, feed)
+            one = sess.run(["actions"], {k: v[:1] for k, v in kept.items()})[0]
+            actions = np.concatenate([one, sess.run(["actions"], kept)[0][1:]])
         except Exception as e:  # noqa: BLE001 (ONNX Runtime's errors have no common type)
             raise ConfigError(f"the exported {graph} does not run: {str(e).splitlines()[0][:300]}",
                               field="format") from None
@@ -233,6 +236,8 @@ class ExportModule(nn.Module):
         batch = dict(zip(self.keys, inputs))
         if uses_instruction(self.policy):
             batch[TASK_EMBEDDING] = inputs[len(self.keys)]
+        if uses_prompt_ids(self.policy):
+            batch[PROMPT_IDS] = inputs[len(self.keys)]
         if not self.student:
             return (self.policy.predict_action_chunk(batch),)
         out = self.policy.encode(batch)

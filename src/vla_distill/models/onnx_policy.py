@@ -3,6 +3,8 @@ torch.
 
 Graph inputs (B is dynamic):   <state key> (B, S) float32, <camera key> (B, 3, H, W) float32 in [0, 1],
                                task_embedding (B, E) float32 (students only; looked up from the bundle)
+                               prompt_ids (B, L) int64 (VITA-VLA policies: the instruction tokenized on the host)
+                               An input nothing reads is dropped by the tracer (graph_feed leaves it out)
 Graph outputs:                 actions (B, K, D) float32 raw units; students add phase_logits (B, P), direction (B, E)
 The int8 variant (model.int8.onnx) has the same inputs and outputs.
 """
@@ -17,10 +19,14 @@ import torch
 
 from vla_distill.errors import ConfigError
 from vla_distill.models.base import Policy
-from vla_distill.types import TASK_EMBEDDING
+from vla_distill.types import PROMPT_IDS, TASK_EMBEDDING
 
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 INSTALL_HINT = "ONNX export and the ONNX Runtime backends need: pip install 'vla-distill[onnx]'"
+
+
+def uses_prompt_ids(policy: Policy) -> bool:
+    return hasattr(policy, "prompt_ids")
 
 
 def uses_instruction(policy: Policy) -> bool:
@@ -28,7 +34,8 @@ def uses_instruction(policy: Policy) -> bool:
 
 
 def input_names(policy: Policy) -> list[str]:
-    return list(policy.input_keys) + ([TASK_EMBEDDING] if uses_instruction(policy) else [])
+    return (list(policy.input_keys) + ([TASK_EMBEDDING] if uses_instruction(policy) else [])
+            + ([PROMPT_IDS] if uses_prompt_ids(policy) else []))
 
 
 def output_names(policy: Policy) -> list[str]:
@@ -40,7 +47,16 @@ def graph_inputs(policy: Policy, batch: dict) -> dict[str, np.ndarray]:
     feed = {k: batch[k].detach().float().cpu().numpy() for k in policy.input_keys}
     if uses_instruction(policy):
         feed[TASK_EMBEDDING] = policy.task_tokens(batch).detach().float().cpu().numpy()
+    if uses_prompt_ids(policy):
+        feed[PROMPT_IDS] = policy.prompt_ids(batch).cpu().numpy()
     return feed
+
+
+def graph_feed(sess, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inputs the graph kept: the tracer drops an input nothing reads (a VITA policy's VLM sees one camera, its
+    expert's others only trained it)."""
+    names = {i.name for i in sess.get_inputs()}
+    return {k: v for k, v in feed.items() if k in names}
 
 
 def session(path: str | Path, threads: int | None = None):
@@ -87,7 +103,8 @@ class OnnxPolicy(Policy):
         self._policy[0].reset(task=task)
 
     def run(self, batch: dict) -> dict[str, np.ndarray]:
-        return dict(zip(self.outputs, self.session.run(None, graph_inputs(self._policy[0], batch))))
+        feed = graph_feed(self.session, graph_inputs(self._policy[0], batch))
+        return dict(zip(self.outputs, self.session.run(None, feed)))
 
     def predict_action_chunk(self, batch: dict) -> torch.Tensor:
         return torch.from_numpy(self.run(batch)["actions"])

@@ -85,7 +85,8 @@ class PartsVLM(nn.Module):
     def image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> (B, N, h)."""
         f = nn.functional.avg_pool2d(self.trunk(pixel_values), self.pool)
-        return self.projector(f.flatten(2).transpose(1, 2))
+        c, n = int(f.shape[1]), int(f.shape[2] * f.shape[3])  # fixed by the image size; the batch axis stays dynamic
+        return self.projector(f.reshape(-1, c, n).transpose(1, 2))
 
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 **_):

@@ -37,7 +37,7 @@ from vla_distill.models.parts_vlm import (
     n_image_tokens,
     parts_vlm_config,
 )
-from vla_distill.types import ACTION, PAD_SUFFIX, TASK, camera_key
+from vla_distill.types import ACTION, PAD_SUFFIX, PROMPT_IDS, TASK, camera_key
 
 FAMILIES = ("paligemma", "idefics3", "qwen2_vl", "qwen2_5_vl", "parts")
 STAGES = ("align", "finetune")
@@ -261,11 +261,10 @@ class VitaPolicy(Policy):
         if self._inject is None or out.shape[1] < self.config.n_action_tokens + 1:
             return None
         state, actions = self._inject
-        out = out.clone()
         a = self.config.n_action_tokens
-        out[:, -a - 1] = state.to(out.dtype)
-        out[:, -a:] = actions.to(out.dtype)
-        return out
+        # a concatenation, not slice assignment: a traced assignment fixes the batch size into an exported graph
+        return torch.cat([out[:, : -a - 1], state[:, None].to(out.dtype),
+                          actions.to(out.dtype).expand_as(out[:, -a:])], 1)
 
     def tokenize(self, tasks: list[str]) -> torch.Tensor:
         """(B, L) prompt ids, left-padded with 0 / truncated to max_prompt_tokens."""
@@ -282,9 +281,14 @@ class VitaPolicy(Policy):
         rows = [self._tokenizer(t)[-n:] for t in tasks]
         return torch.tensor([[0] * (n - len(r)) + r for r in rows], dtype=torch.long)
 
+    def prompt_ids(self, batch: dict) -> torch.Tensor:
+        """(B, L) the batch's instructions tokenized: what an exported graph takes in place of text."""
+        return self.tokenize(list(batch[TASK]))
+
     def _state_token(self, batch: dict) -> torch.Tensor:
         e = self.expert
-        state = torch.cat([batch[k].float().reshape(len(batch[k]), -1) for k in e.config.state_keys], -1)
+        # -1 on the batch axis: len() would fix the batch size into an exported graph
+        state = torch.cat([batch[k].float().reshape(-1, batch[k][0].numel()) for k in e.config.state_keys], -1)
         state = (state - e.state_mean.float()) / e.state_std.float()
         return self.state_out(torch.nn.functional.gelu(self.arm_proj(state[:, :-1]) + self.gripper_proj(state[:, -1:])))
 
@@ -302,20 +306,21 @@ class VitaPolicy(Policy):
         img = torch.nn.functional.interpolate(batch[c.image_key].float(), size=(c.vlm_image_size,) * 2, mode="bilinear",
                                               align_corners=False)
         b, dev = len(img), img.device
-        prompt = self.tokenize(list(batch[TASK])).to(dev)
-        tail = torch.zeros(b, c.n_action_tokens + 1, dtype=torch.long, device=dev)  # state + action placeholders
+        prompt = (batch[PROMPT_IDS] if PROMPT_IDS in batch else self.tokenize(list(batch[TASK]))).to(dev)
+        # ids built from the prompt's own batch axis, which an exported graph keeps dynamic (torch.full would not)
+        zero = prompt[:, :1] * 0
+        tail = zero.expand(-1, c.n_action_tokens + 1)  # state + action placeholders
         if c.family == "parts":
             n = n_image_tokens(c.vlm_image_size, c.vlm_config)
-            ids = torch.cat([torch.full((b, 1), CLS_ID, device=dev), torch.full((b, n), IMAGE_ID, device=dev), prompt,
-                             tail], 1)
+            ids = torch.cat([zero + CLS_ID, (zero + IMAGE_ID).expand(-1, n), prompt, tail], 1)
             return {"input_ids": ids, "pixel_values": img}
         if c.family == "paligemma":
             n = (c.vlm_image_size // cfg.vision_config.patch_size) ** 2
-            ids = torch.cat([torch.full((b, n), cfg.image_token_id, device=dev), prompt, tail], 1)
+            ids = torch.cat([(zero + cfg.image_token_id).expand(-1, n), prompt, tail], 1)
             return {"input_ids": ids, "pixel_values": (img - 0.5) / 0.5}
         if c.family == "idefics3":
             n = (c.vlm_image_size // cfg.vision_config.patch_size) ** 2 // cfg.scale_factor**2
-            ids = torch.cat([torch.full((b, n), cfg.image_token_id, device=dev), prompt, tail], 1)
+            ids = torch.cat([(zero + cfg.image_token_id).expand(-1, n), prompt, tail], 1)
             return {"input_ids": ids, "pixel_values": ((img - 0.5) / 0.5)[:, None]}
         v = cfg.vision_config
         p, m, t = v.patch_size, v.spatial_merge_size, v.temporal_patch_size
@@ -335,8 +340,7 @@ class VitaPolicy(Policy):
     def mapped_features(self, batch: dict) -> torch.Tensor:
         """(B, A, d): the action tokens' last hidden states, mapped into the expert's feature space."""
         inputs = self._vlm_inputs(batch)
-        b = len(inputs["input_ids"])
-        self._inject = (self._state_token(batch), self.action_tokens[None].expand(b, -1, -1))
+        self._inject = (self._state_token(batch), self.action_tokens[None])  # (1, A, h): broadcast over the batch
         try:
             out = self.vlm(**inputs, output_hidden_states=True, use_cache=False)
         finally:
