@@ -125,6 +125,9 @@ def test_an_acting_vlm_exports_to_onnx_and_runs_on_onnx_runtime(expert, annotate
     m = export(tmp_path / "vita", tmp_path / "bundle", "onnx-only", int8="none", n_observations=4, log=lambda *_: None)
     assert m["backends"] == ["onnx"] and m["parity"]["onnx"]["max_normalized"] < 1e-4
     onnx_p = load_policy(tmp_path / "bundle")
+    from vla_distill.deploy.openpi_server import metadata_for
+
+    assert metadata_for(onnx_p, "onnx")["action_shape"] == [expert.horizon, expert.action_dim]  # what serve sends
     frames, tasks = export_observations(p, annotated)
     batch = frames_to_batch(frames, p.input_keys, tasks)
     with torch.no_grad():

@@ -95,6 +95,14 @@ class OnnxPolicy(Policy):
         return self._policy[0].input_keys
 
     @property
+    def horizon(self) -> int:  # the twin's: a VITA policy's comes from its expert, not its own config
+        return self._policy[0].horizon
+
+    @property
+    def action_dim(self) -> int:
+        return self._policy[0].action_dim
+
+    @property
     def observation_spec(self) -> dict[str, dict]:
         return self._policy[0].observation_spec
 
