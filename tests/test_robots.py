@@ -318,6 +318,9 @@ def test_onnx_parity_of_joints_in_lerobot_units_is_judged_in_normalized_actions(
         def __init__(self, path):
             self.sess = real_session(path)
 
+        def get_inputs(self):
+            return self.sess.get_inputs()
+
         def run(self, names, feed):
             return [a * (1 + relative) if n == "actions" else a for n, a in zip(names, self.sess.run(names, feed))]
 
