@@ -113,7 +113,7 @@ def test_checkpoint_round_trip_rebuilds_offline(expert, batch, tmp_path, family)
         assert torch.equal(p.predict_action_chunk(batch), q.predict_action_chunk(batch))
 
 
-@pytest.mark.parametrize("family", ["parts", "paligemma"])
+@pytest.mark.parametrize("family", ["parts", pytest.param("paligemma", marks=pytest.mark.slow)])
 def test_an_acting_vlm_exports_to_onnx_and_runs_on_onnx_runtime(expert, annotated, tmp_path, family):
     """The prompt is tokenized on the host (prompt_ids), the batch axis stays dynamic, the graph reads only what the
     VLM and the state token read; export's own parity check covers one observation and a batch."""
