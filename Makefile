@@ -94,7 +94,8 @@ mt10: $(STAMP)
 	$(BIN)/python benchmarks/bench_distill.py mt10
 
 # LIBERO, the paper's table from nothing (BENCHMARKS.md, "LIBERO"): the scripted teacher on each suite's 500 standard
-# episodes, then per suite 50 DART demonstrations per task from new placements, annotate, train the libero recipe,
+# episodes, then per suite 50 DART demonstrations per task from new placements, annotate, the libero recipe's student
+# with frozen and with from-scratch vision (the better by a paired evaluation), a DAgger round kept only if it helps,
 # teacher and student on the same 500 episodes; writes benchmarks/results/libero.json. Hours on 2 cores: rerun to
 # resume (episodes, demonstrations and checkpoints are kept as they finish).
 bench-libero: $(LIBERO_STAMP)

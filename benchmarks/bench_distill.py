@@ -144,6 +144,17 @@ def table(teacher: dict, student: dict, paired: dict) -> None:
           f"{o['mcnemar_p']:.2g} |")
 
 
+def per_task_table(teacher: dict, student: dict, paired: dict) -> dict:
+    """{task: teacher and student rates with their intervals, the paired difference, its interval and McNemar's p}:
+    the per_task entry of every benchmark result that puts a student beside its teacher (`paired`: stats.compare)."""
+    rows = {x["task"]: {"teacher": x["pc_success"], "teacher_ci95": x["pc_success_ci95"]} for x in teacher["per_task"]}
+    for x in student["per_task"]:
+        c = paired["per_task"][x["task"]]
+        rows[x["task"]] |= {"student": x["pc_success"], "student_ci95": x["pc_success_ci95"],
+                            "difference": c["difference"], "difference_ci95": c["ci95"], "mcnemar_p": c["mcnemar_p"]}
+    return rows
+
+
 def paired_with(label: str, baseline: dict, student: dict) -> dict:
     """The student against another evaluation on the same seeds: printed, and as the result's vs_<name> entry."""
     c = compare(baseline, student)
@@ -198,13 +209,7 @@ def multitask(args, name: str, tasks: str) -> dict:
           f"trained {minutes:.0f} min; ONNX Runtime batch-1 {hz:.0f} Hz (p50 {speed['p50_ms']:.2f} ms, "
           f"p99 {speed['p99_ms']:.2f} ms)")
     o = paired["overall"]
-    per_task = {x["task"]: {"teacher": x["pc_success"],
-                            "teacher_ci95": x["pc_success_ci95"]} for x in teacher["per_task"]}
-    for x in student["per_task"]:
-        per_task[x["task"]] |= {"student": x["pc_success"], "student_ci95": x["pc_success_ci95"],
-                                "difference": paired["per_task"][x["task"]]["difference"],
-                                "difference_ci95": paired["per_task"][x["task"]]["ci95"],
-                                "mcnemar_p": paired["per_task"][x["task"]]["mcnemar_p"]}
+    per_task = per_task_table(teacher, student, paired)
     return {"suite": name, "tasks": tasks, "variant": args.variant, "student": s, "teacher": t, **baseline,
             "paired": {"difference": o["difference"], "ci95": o["ci95"], "mcnemar_p": o["mcnemar_p"],
                        "only_teacher": o["only_a"], "only_student": o["only_b"]},

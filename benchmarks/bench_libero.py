@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_distill import dagger_round, onnx_speed, paired_with, rate, table, trained
+from bench_distill import dagger_round, onnx_speed, paired_with, per_task_table, rate, table, trained
 from bench_eval import annotated, dataset, evaluated
 
 from common import RESULTS, write_result
@@ -155,11 +155,7 @@ def final_table(work: Path, suite_name: str, t_info: dict, s_info: dict, s_out: 
     table(t_info, s_info, paired)
     speed = onnx_speed(run, Path(json.loads((run / "train_config.json").read_text())["dataset"]), work / "bundle")
     o = paired["overall"]
-    per_task = {x["task"]: {"teacher": x["pc_success"]} for x in t_info["per_task"]}
-    for x in s_info["per_task"]:
-        c = paired["per_task"][x["task"]]
-        per_task[x["task"]] |= {"student": x["pc_success"], "difference": c["difference"], "ci95": c["ci95"],
-                                "mcnemar_p": c["mcnemar_p"]}
+    per_task = per_task_table(t_info, s_info, paired)
     return {"teacher": rate(t_info), "student": rate(s_info), "student_run": str(run),
             "paired": {"difference": o["difference"], "ci95": o["ci95"], "mcnemar_p": o["mcnemar_p"]},
             "per_task": per_task, "train_minutes": round(minutes, 1), "student_hz": round(speed["hz"], 1),

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from bench_distill import paired_with, rate
+from bench_eval import evaluated
 
 from common import DEMO_TASKS, RESULTS, cli, write_result
 
@@ -113,8 +114,8 @@ def mt10(args) -> dict:
     result = {"expert": str(expert), "checkpoint_choice": chosen, "command": "python benchmarks/bench_vita.py mt10"}
     for prompts in ("original", "paraphrase"):
         extra = () if prompts == "original" else ("--instructions", str(PARAPHRASES / "mt10.json"))
-        evals = {"expert": test_eval(expert, work / prompts / "expert", args, extra)}
-        evals |= {arm: test_eval(run, work / prompts / arm, args, extra) for arm, run in arms.items()}
+        evals = {arm: evaluated(str(run), "mt10", work / prompts / arm, args.episodes, *extra)
+                 for arm, run in {"expert": expert, **arms}.items()}
         block = {arm: rate(info) | {"latency_ms_p50": info["policy"]["latency_ms_p50"]} for arm, info in evals.items()}
         block["paired"] = {f"{arm}_vs_expert": paired_with("the expert", evals["expert"], info)
                            for arm, info in evals.items() if arm != "expert"}
@@ -138,18 +139,7 @@ def staged(run: Path, flags: list[str], steps: int) -> Path:
 
 def val_success(ckpt: Path, out: Path, args) -> float:
     """Closed-loop success on the validation seeds (stream 1): what picks a checkpoint, never the test seeds."""
-    return evaluated_info(ckpt, out, args.val_episodes, ("--seed", "1"))["overall"]["pc_success"]
-
-
-def test_eval(policy: Path, out: Path, args, extra: tuple) -> dict:
-    return evaluated_info(policy, out, args.episodes, extra)
-
-
-def evaluated_info(policy: Path, out: Path, episodes: int, extra: tuple) -> dict:
-    if not (out / "eval_info.json").exists():
-        cli("eval", "--policy", str(policy), "--tasks", "mt10", "--episodes", str(episodes), "--videos", "0", "--out",
-            str(out), *extra)
-    return json.loads((out / "eval_info.json").read_text())
+    return evaluated(str(ckpt), "mt10", out, args.val_episodes, "--seed", "1")["overall"]["pc_success"]
 
 
 def _trainable(run: Path) -> int:

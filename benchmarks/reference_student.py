@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_distill import _ci, paired_with, rate
+from bench_distill import _ci, paired_with, per_task_table, rate
 from bench_eval import eval_info, evaluated
 
 from common import RESULTS, cli, write_result
@@ -72,7 +72,7 @@ def build(name: str, ref: Reference) -> dict:
               "vs_teacher": paired_with("the teacher", teacher, bundle),
               "vs_checkpoint": {"difference": same["overall"]["difference"], "ci95": same["overall"]["ci95"],
                                 "mcnemar_p": same["overall"]["mcnemar_p"], **agree},
-              "per_task": per_task(teacher, bundle), "policy": bundle["policy"],
+              "per_task": per_task_table(teacher, bundle, compare(teacher, bundle)), "policy": bundle["policy"],
               **benchmark_speed(ref),
               "command": " ".join(["python benchmarks/reference_student.py", *sys.argv[1:]])}
     (out / "outcomes.json").write_text(json.dumps(outcomes(name, bundle, checkpoint, ref), indent=1))
@@ -89,29 +89,23 @@ def benchmark_speed(ref: Reference) -> dict:
     return {"benchmark_hz": bench["student_hz"], "benchmark_latency_ms": bench.get("student_latency_ms", {})}
 
 
+def by_seed(info: dict) -> dict[tuple[str, int], bool]:
+    """{(task, seed): success} of an evaluation's eval_info."""
+    return {(t["task"], s): ok for t in info["per_task"]
+            for s, ok in zip(t["metrics"]["seeds"], t["metrics"]["successes"], strict=True)}
+
+
 def outcome_agreement(a: dict, b: dict) -> dict:
-    by = lambda info: {(t["task"], s): ok for t in info["per_task"]  # noqa: E731
-                       for s, ok in zip(t["metrics"]["seeds"], t["metrics"]["successes"], strict=True)}
-    xa, xb = by(a), by(b)
+    xa, xb = by_seed(a), by_seed(b)
     common = [k for k in xa if k in xb]
     return {"same": sum(xa[k] == xb[k] for k in common), "n": len(common)}
-
-
-def per_task(teacher: dict, student: dict) -> dict:
-    c = compare(teacher, student)["per_task"]
-    t_by = {t["task"]: t for t in teacher["per_task"]}
-    return {t["task"]: {"student": t["pc_success"], "student_ci95": t["pc_success_ci95"],
-                        "teacher": t_by[t["task"]]["pc_success"], "difference": c[t["task"]]["difference"],
-                        "difference_ci95": c[t["task"]]["ci95"], "mcnemar_p": c[t["task"]]["mcnemar_p"]}
-            for t in student["per_task"]}
 
 
 def outcomes(name: str, info: dict, checkpoint: dict, ref: Reference) -> dict:
     """Every evaluated episode's seed and outcome (what a rerun reproduces), and whether the torch checkpoint ended it
     the same way: an episode both agree on does not hinge on float round-off, so a CPU with other vector kernels
     reproduces it too (the test replays those)."""
-    torch_ok = {(t["task"], s): ok for t in checkpoint["per_task"]
-                for s, ok in zip(t["metrics"]["seeds"], t["metrics"]["successes"], strict=True)}
+    torch_ok = by_seed(checkpoint)
     return {"command": f"vla-distill eval --policy students/{name} --tasks {ref.tasks} --episodes {ref.episodes}",
             "episodes": {t["task"]: {"seeds": t["metrics"]["seeds"], "successes": t["metrics"]["successes"],
                                      "checkpoint_agrees": [torch_ok.get((t["task"], s)) == ok for s, ok in
