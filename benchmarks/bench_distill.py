@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -93,8 +92,7 @@ def trained(ds: Path, run: Path, steps: int, *extra: str) -> tuple[Path, float]:
     training steps' own time from metrics.jsonl."""
     fresh = not (run / "checkpoints" / "last").exists()
     t0 = time.perf_counter()
-    if fresh:
-        shutil.rmtree(run, ignore_errors=True)  # interrupted before its first checkpoint: nothing to resume
+    if fresh:  # train itself tidies up a run interrupted before its first checkpoint, and refuses a busy one
         cli("train", "--dataset", str(ds), "--out", str(run), "--steps", str(steps), "--save-every",
             str(max(steps // 5, 1)), "--log-every", "50", *extra)
     else:  # a resumed run keeps its settings

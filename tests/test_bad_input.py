@@ -56,11 +56,13 @@ def test_a_second_run_on_a_busy_output_is_one_line_error(command, annotated, tmp
     args = {"collect": ["collect", "--tasks", "reach-v3", "--episodes", "1", "--out", str(out)],
             "train": ["train", "--dataset", str(annotated), "--preset", "tiny", "--steps", "1", "--out",
                       str(out)]}[command]
-    with single_writer(out):  # a first run, still going
+    first = out / ("meta" if command == "collect" else "metrics.jsonl")  # what a first run has written so far
+    first.write_text("the first run's")
+    with single_writer(out):  # a first run, still going, before its first checkpoint
         assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"error: {out}: another vla-distill run is writing this output; wait for it or stop it"
-    assert list(out.iterdir()) == []  # nothing written beside the first run's files
+    assert list(out.iterdir()) == [first] and first.read_text() == "the first run's"  # neither tidied nor joined
 
 
 @pytest.mark.parametrize(("flag", "value", "bounds"),

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -264,15 +264,33 @@ def fit(job: Job, cfg: RunConfig, dev: DeviceSetup, resume: bool) -> Path:
     step for step), progress on stderr. Returns the last checkpoint's directory."""
     if dev.rank != 0:  # rank 0 alone writes the run directory
         return _fit(job, cfg, dev, resume)
-    with single_writer(Path(cfg.out)):
-        try:
-            return _fit(job, cfg, dev, resume)
-        except KeyboardInterrupt:
-            run = Path(cfg.out)
-            last = f"the last checkpoint is {(run / CHECKPOINTS / LAST).resolve().name}"
-            kept = last if has_complete_checkpoint(run) else "no checkpoint was completed"
-            print(f"\ninterrupted: {kept} in {run}; run the same command again to continue", file=sys.stderr)
-            raise
+    try:
+        return _fit(job, cfg, dev, resume)
+    except KeyboardInterrupt:
+        run = Path(cfg.out)
+        last = f"the last checkpoint is {(run / CHECKPOINTS / LAST).resolve().name}"
+        kept = last if has_complete_checkpoint(run) else "no checkpoint was completed"
+        print(f"\ninterrupted: {kept} in {run}; run the same command again to continue", file=sys.stderr)
+        raise
+
+
+@contextlib.contextmanager
+def owned_run(cfg: RunConfig) -> Iterator[None]:
+    """The run directory locked by this process (single_writer) from before prepare_run tidies it up until training
+    ends: the same command started twice would otherwise delete the first one's files before its first checkpoint,
+    or interleave two runs' checkpoints after it. Under torchrun the first process holds it for all."""
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    run = Path(cfg.out)
+    created = not run.exists()
+    try:
+        with single_writer(run):
+            yield
+    except BaseException:
+        if created and run.is_dir() and not any(run.iterdir()):  # refused before it wrote anything: leave no trace
+            run.rmdir()
+        raise
 
 
 def _optimizer(job: Job, cfg: RunConfig) -> torch.optim.Optimizer:

@@ -25,6 +25,7 @@ from vla_distill.train.fit import (
     Job,
     effective_batch,
     fit,
+    owned_run,
     prepare_run,
     provenance,
     training_episodes,
@@ -48,7 +49,11 @@ from vla_distill.types import (
 def train(cfg: TrainConfig, resume: bool = False, overrides: tuple[str, ...] = ("steps",)) -> Path:
     """Trains (or resumes: `overrides` are the fields of cfg that replace the saved run's) and returns the last
     checkpoint's directory."""
-    cfg, resume = prepare_run(cfg, resume, overrides)
+    with owned_run(cfg):
+        return _train(*prepare_run(cfg, resume, overrides))
+
+
+def _train(cfg: TrainConfig, resume: bool) -> Path:
     dev = setup_device(cfg)
     ds = RobotDataset(cfg.dataset)
     ds.check_videos()

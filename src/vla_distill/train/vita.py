@@ -27,6 +27,7 @@ from vla_distill.train.fit import (
     Job,
     effective_batch,
     fit,
+    owned_run,
     prepare_run,
     provenance,
     training_episodes,
@@ -96,7 +97,11 @@ def validate(policy: VitaPolicy, views: Views, cfg: VitaTrainConfig, dev: Device
 
 def vita_train(cfg: VitaTrainConfig, resume: bool = False, overrides: tuple[str, ...] = ("steps",)) -> Path:
     """Runs (or resumes, as train.student.train) one stage; returns the last checkpoint's directory."""
-    cfg, resume = prepare_run(cfg, resume, overrides)
+    with owned_run(cfg):
+        return _vita_train(*prepare_run(cfg, resume, overrides))
+
+
+def _vita_train(cfg: VitaTrainConfig, resume: bool) -> Path:
     dev = setup_device(cfg)
     ds = RobotDataset(cfg.dataset)
     ds.check_videos()
