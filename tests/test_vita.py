@@ -214,3 +214,37 @@ def test_lora_finetune_trains_only_language_adapters(expert, batch):
     loss, _ = q(batch, "finetune")
     loss.backward()
     assert all(q.get_parameter(n).grad is not None for n in lora if "lora_B" in n)
+
+
+def test_stage_one_aligns_to_cached_expert_features_and_stage_two_reads_only_the_vlm_camera(annotated, tmp_path):
+    """A frozen pretrained expert's features come from the feature cache in stage 1 (what the expert computes from the
+    pixels, to float16), and stage 2 decodes no camera but the VLM's."""
+    from torch.utils.data import default_collate
+
+    from vla_distill.data.dataset import RobotDataset
+    from vla_distill.train.config import TrainConfig, VitaTrainConfig
+    from vla_distill.train.fit import training_episodes
+    from vla_distill.train.student import train
+    from vla_distill.train.views import make_views, policy_batch
+    from vla_distill.train.vita import build_vita, vita_views
+    from vla_distill.types import feature_key
+
+    run = tmp_path / "lite0"
+    train(TrainConfig(dataset=str(annotated), out=str(run), preset="tiny", vision="efficientnet-lite0", steps=2,
+                      batch_size=4, warmup_steps=1, save_every=2, log_every=1, val_batches=1))
+    ds, target = RobotDataset(annotated), "action.teacher"
+    cfg = VitaTrainConfig(dataset=str(annotated), out=str(tmp_path / "v"), expert=str(run), vlm="tiny:paligemma")
+    policy = build_vita(cfg).eval()
+    cams, episodes = policy.expert.config.image_keys, training_episodes(ds, cfg)
+
+    def batch(views):
+        return policy_batch(default_collate([views.train[i] for i in (3, 40)]), views)
+
+    cached = batch(vita_views(ds, cfg, policy, target, *episodes))
+    assert all(feature_key(k) in cached for k in cams)
+    pixels = batch(make_views(ds, [*policy.input_keys, target], target, policy.horizon, *episodes))
+    assert not any(feature_key(k) in pixels for k in cams)
+    torch.testing.assert_close(policy.expert_features(cached), policy.expert_features(pixels), atol=3e-2, rtol=3e-2)
+    finetune = VitaTrainConfig(**{**cfg.to_dict(), "stage": "finetune"})
+    read = set(batch(vita_views(ds, finetune, policy, target, *episodes)))
+    assert policy.config.image_key in read and not read & ({*cams, *map(feature_key, cams)} - {policy.config.image_key})

@@ -22,6 +22,7 @@ from vla_distill.models.parts_vlm import parts_vlm_config
 from vla_distill.models.vita import FAMILIES, VitaPolicy, from_expert, tiny_vlm_config
 from vla_distill.train.config import VitaTrainConfig
 from vla_distill.train.device import DeviceSetup, autocast, setup_device
+from vla_distill.train.feature_cache import cached_features
 from vla_distill.train.fit import (
     BatchStream,
     Job,
@@ -34,7 +35,7 @@ from vla_distill.train.fit import (
     validation_batches,
 )
 from vla_distill.train.views import Views, make_views, policy_batch
-from vla_distill.types import ACTION
+from vla_distill.types import ACTION, feature_key
 
 
 def build_vita(cfg: VitaTrainConfig) -> VitaPolicy:
@@ -95,6 +96,22 @@ def validate(policy: VitaPolicy, views: Views, cfg: VitaTrainConfig, dev: Device
     return {"loss": loss_sum / count, "action_mae": mae_sum / count, "frames": int(count)}
 
 
+def vita_views(ds: RobotDataset, cfg: VitaTrainConfig, policy: VitaPolicy, target: str, train_eps: list[int],
+               val_eps: list[int]) -> Views:
+    """What each stage reads: the state and the VLM's camera always; stage 1 also the frozen expert's inputs for its
+    features (the alignment target), from the feature cache when its encoder is frozen and pretrained (the same
+    memmaps its own training built: the expert's trunk was 57% of an align step); stage 2 reads no expert features,
+    so its other cameras are not decoded at all."""
+    e = policy.expert.config
+    keys, rows = [*e.state_keys, policy.config.image_key], None
+    if cfg.stage == "align" and e.vision.pretrained:
+        features = cached_features(ds, list(e.image_keys), policy.expert.encoder, e.vision.kind)
+        rows = {feature_key(c): f for c, f in features.items()}
+    elif cfg.stage == "align":
+        keys = list(policy.input_keys)
+    return make_views(ds, [*dict.fromkeys(keys), target], target, policy.horizon, train_eps, val_eps, row_arrays=rows)
+
+
 def vita_train(cfg: VitaTrainConfig, resume: bool = False, overrides: tuple[str, ...] = ("steps",)) -> Path:
     """Runs (or resumes, as train.student.train) one stage; returns the last checkpoint's directory."""
     with owned_run(cfg):
@@ -114,7 +131,7 @@ def _vita_train(cfg: VitaTrainConfig, resume: bool) -> Path:
     if missing:
         raise DatasetError(f"the expert reads {missing[0]!r}, which this dataset lacks", path=ds.root, field=missing[0])
     train_eps, val_eps = training_episodes(ds, cfg)
-    views = make_views(ds, [*policy.input_keys, target], target, policy.horizon, train_eps, val_eps)
+    views = vita_views(ds, cfg, policy, target, train_eps, val_eps)
     trainable = set(policy.set_stage(cfg.stage))
     params = [(n, p) for n, p in policy.named_parameters() if n in trainable]
     n_train = sum(p.numel() for _, p in params)
