@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export MUJOCO_GL ?= egl
 DEMO_OUT ?= outputs/demo
 
-.PHONY: setup libero demo test test-slow interop bench mt10 bench-libero clean
+.PHONY: setup libero aloha demo test test-slow interop bench mt10 bench-libero clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,16 @@ libero: $(LIBERO_STAMP)
 $(LIBERO_STAMP): $(STAMP)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,libero]'
 	@touch $(LIBERO_STAMP)
+
+# The optional ALOHA extra (pyproject.toml [aloha]): gym-aloha's scenes and dm-control (about 125 MB installed;
+# dm-control is the package's own dependency, only its assets are used).
+# Without it, --env aloha stops with this command.
+ALOHA_STAMP := $(VENV)/.aloha
+aloha: $(ALOHA_STAMP)
+
+$(ALOHA_STAMP): $(STAMP)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,aloha]'
+	@touch $(ALOHA_STAMP)
 
 # The main job on the embedded MetaWorld default: collect rendered expert demonstrations (DART: the expert's actions
 # perturbed, every frame relabelled with the expert's clean action), annotate them (scripted teacher, kinematic phases

@@ -134,3 +134,40 @@ class Simulator(Protocol):
     def ground_truth_phases(self, task: str, env_state: np.ndarray | None, kin: Kinematics) -> np.ndarray | None:
         """(T,) PHASES_4 indices of what the task's expert was doing, where the simulator can tell; else None."""
         ...
+
+
+class LazyObservation(dict):
+    """An observation whose camera images are rendered when first read, and only while the environment is still in
+    the state it was taken in (reading one after a step is an error, never a later frame): rendering is most of a
+    step's cost on a CPU, and a policy that acts in K-step chunks reads one frame in K. `env` has a `tick` that
+    counts its steps."""
+
+    def __init__(self, values: dict, render, keys: tuple[str, ...], env, tick: int):
+        super().__init__(values)
+        self._render, self._cameras, self._env, self._tick = render, keys, env, tick
+
+    def __missing__(self, key: str) -> np.ndarray:
+        if key not in self._cameras:
+            raise KeyError(key)
+        if self._env.tick != self._tick:
+            raise RuntimeError(f"{key} read after the environment moved on: read images before stepping")
+        self[key] = image = self._render(key)
+        return image
+
+    def __contains__(self, key) -> bool:
+        return super().__contains__(key) or key in self._cameras
+
+    def keys(self):
+        return list(dict.keys(self)) + [k for k in self._cameras if not dict.__contains__(self, k)]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def items(self):
+        return [(k, self[k]) for k in self.keys()]
+
+    def values(self):
+        return [self[k] for k in self.keys()]
+
+    def __len__(self) -> int:
+        return len(self.keys())

@@ -1,15 +1,16 @@
 """The simulators there are, by name: the only place that lists them. Each describes itself in its own room
-(sim/metaworld/simulator.py, sim/libero/simulator.py) through the sim.base.Simulator protocol; nothing heavy is
+(sim/metaworld/, sim/libero/, sim/aloha/: simulator.py) through the sim.base.Simulator protocol; nothing heavy is
 imported until an environment is built. A new simulator is a new room and one line here."""
 
 from __future__ import annotations
 
 from vla_distill.errors import ConfigError
+from vla_distill.sim.aloha.simulator import Aloha
 from vla_distill.sim.base import Simulator
 from vla_distill.sim.libero.simulator import Libero
 from vla_distill.sim.metaworld.simulator import MetaWorld
 
-SIMULATORS: dict[str, Simulator] = {s.name: s for s in (MetaWorld(), Libero())}
+SIMULATORS: dict[str, Simulator] = {s.name: s for s in (MetaWorld(), Libero(), Aloha())}
 ENVS = tuple(SIMULATORS)
 DEFAULT_ENV = MetaWorld.name
 

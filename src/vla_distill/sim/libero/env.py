@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from vla_distill.errors import ConfigError
-from vla_distill.sim.base import SimulatorUnavailable
+from vla_distill.sim.base import LazyObservation, SimulatorUnavailable
 from vla_distill.sim.libero.tasks import EVAL_SEED_BASE, MAX_STEPS
 from vla_distill.types import OBS_CONTACT, OBS_ENV_STATE, OBS_STATE, camera_key
 
@@ -155,41 +155,6 @@ def parse_goal(goal_state: list) -> Goal:
     return Goal(clause[0].lower(), clause[1], clause[2] if len(clause) > 2 else "")
 
 
-class Observation(dict):
-    """An observation whose camera images are rendered when first read, and only while the environment is still in
-    the state it was taken in (reading one after a step is an error, never a later frame)."""
-
-    def __init__(self, values: dict, render, keys: tuple[str, ...], env, tick: int):
-        super().__init__(values)
-        self._render, self._cameras, self._env, self._tick = render, keys, env, tick
-
-    def __missing__(self, key: str) -> np.ndarray:
-        if key not in self._cameras:
-            raise KeyError(key)
-        if self._env.tick != self._tick:
-            raise RuntimeError(f"{key} read after the environment moved on: read images before stepping")
-        self[key] = image = self._render(key)
-        return image
-
-    def __contains__(self, key) -> bool:
-        return super().__contains__(key) or key in self._cameras
-
-    def keys(self):
-        return list(dict.keys(self)) + [k for k in self._cameras if not dict.__contains__(self, k)]
-
-    def __iter__(self):
-        return iter(self.keys())
-
-    def items(self):
-        return [(k, self[k]) for k in self.keys()]
-
-    def values(self):
-        return [self[k] for k in self.keys()]
-
-    def __len__(self) -> int:
-        return len(self.keys())
-
-
 class LiberoEnv:
     """One LIBERO task (sim.base.Env). `reset(seed)`: a fixed initial state or a new placement (module docstring)."""
 
@@ -251,7 +216,7 @@ class LiberoEnv:
         return np.ascontiguousarray(r.render()[:, ::-1])
 
     # ---------------------------------------------------------------- sim.base.Env
-    def reset(self, seed: int) -> Observation:
+    def reset(self, seed: int) -> LazyObservation:
         if seed >= EVAL_SEED_BASE:
             self.env.reset()
             raw = self.env.set_init_state(self.init_states[(seed - EVAL_SEED_BASE) % len(self.init_states)])
@@ -276,7 +241,7 @@ class LiberoEnv:
         d.ctrl[:] = 0
         mujoco.mj_forward(m, d)
 
-    def step(self, action: np.ndarray) -> tuple[Observation, float, bool]:
+    def step(self, action: np.ndarray) -> tuple[LazyObservation, float, bool]:
         a, reward, success = np.asarray(action, np.float64).tolist(), 0.0, False
         for _ in range(CONTROL_REPEAT):
             raw, reward, _, _ = self.env.step(a)
@@ -407,7 +372,7 @@ class LiberoEnv:
         self.env.close()
 
     # ---------------------------------------------------------------- helpers
-    def _observe(self, raw: dict) -> Observation:
+    def _observe(self, raw: dict) -> LazyObservation:
         self._raw, self.tick = raw, self.tick + 1
         env_state = self.env_state
         values = {
@@ -416,7 +381,7 @@ class LiberoEnv:
             OBS_ENV_STATE: env_state.astype(np.float32),
             OBS_CONTACT: env_state[HELD:HELD + 1].astype(np.float32),  # the target held: what phases and audit read
         }
-        return Observation(values, self._render, self.image_keys, self, self.tick)
+        return LazyObservation(values, self._render, self.image_keys, self, self.tick)
 
     def _position(self, name: str) -> np.ndarray:
         """An object's position, or a region's (its site), or zeros where the goal names none."""

@@ -1,0 +1,208 @@
+"""The scripted bimanual ALOHA expert: from the privileged state alone it picks each arm's next gripper pose (where
+the object is, what each gripper holds) and turns it into joint targets by inverse kinematics on the robot's own
+MJCF, so it answers from any state (DART noise, DAgger relabelling, annotate --teacher scripted).
+
+Transfer cube: the right arm comes down on the cube with its gripper pitched 60 degrees below horizontal, shuts, and
+carries it to the meeting point; the left arm waits beside it, turned 90 degrees about its own axis so that its
+fingers close on the cube's top and bottom while the right's hold its sides; once the left holds, the right lets go
+and backs away. (The orientations and the meeting point are those of ACT's scripted policy, a fact of this scene.)
+Each step moves a gripper at most MAX_STEP towards its goal; the joint targets are the IK solution from the
+measured joints, so a pushed arm is corrected from where it is.
+
+Shapes: env_state (30,) ENV_STATE_NAMES -> action (14,) MOTORS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vla_distill.errors import ConfigError, DatasetError
+from vla_distill.sim.aloha.env import (
+    ARM_JOINTS,
+    ARMS,
+    CONTACT,
+    ENV_STATE_NAMES,
+    OBJECT0,
+    START_ARM_POSE,
+    STATE_DIM,
+    TASKS,
+    finger_of,
+    load_model,
+)
+
+GRIP_POINT = np.array([0.13, 0.0, 0.0])  # between the fingertips, in the gripper link's frame
+MAX_STEP = 0.02  # m: how far ahead of the gripper its next target lies (the arm lags it by about half)
+MAX_TURN = 0.06  # rad of gripper rotation per step
+MEET = np.array([0.0, 0.5, 0.25])  # where the cube changes hands
+LIFTED = 0.08  # m: the cube's centre above this is off the table
+ABOVE = 0.08  # m above the cube where the right gripper lines up before coming down
+GRASP_DZ = 0.012  # m: the grip point this far above the cube's centre when it shuts (the fingers clear the table)
+NEAR = 0.012  # m: a gripper this close to its goal has arrived
+POSTURE_GAIN = 0.1  # of the way back to the home posture per IK iteration, in the task's null space
+HOLDING = 0.7  # a gripper shut on the 4 cm cube reads ~0.61, open 1.0: below this and touching it, it holds
+OPEN, SHUT = 1.0, 0.0
+
+
+@dataclass(frozen=True)
+class ArmGoal:
+    """Where one gripper goes next: its grip point (3,), its orientation (3, 3) and the gripper (0 shut .. 1 open);
+    `stage` names what the arm is doing (the expert's own phase, PHASES_4's vocabulary)."""
+
+    position: np.ndarray
+    rotation: np.ndarray
+    gripper: float
+    stage: str
+
+
+class ArmIK:
+    """Damped least-squares IK of one arm's grip point and orientation on the scene's own model (a private copy of
+    its data, so the environment's is never touched)."""
+
+    def __init__(self, model, arm: str):
+        import mujoco
+
+        self.m, self.d = model, mujoco.MjData(model)
+        self.body = model.body(f"vx300s_{arm}/gripper_link").id
+        joints = [model.joint(f"vx300s_{arm}/{j}").id for j in ARM_JOINTS]
+        self.qadr = np.array([model.jnt_qposadr[j] for j in joints])
+        self.dadr = np.array([model.jnt_dofadr[j] for j in joints])
+        self.lo, self.hi = model.jnt_range[joints, 0], model.jnt_range[joints, 1]
+        self.home = START_ARM_POSE[:6]
+
+    def pose(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(6,) arm joints -> grip point (3,), gripper orientation (3, 3)."""
+        import mujoco
+
+        self.d.qpos[self.qadr] = q
+        mujoco.mj_kinematics(self.m, self.d)
+        r = self.d.xmat[self.body].reshape(3, 3).copy()
+        return self.d.xpos[self.body] + r @ GRIP_POINT, r
+
+    def solve(self, q: np.ndarray, position: np.ndarray, rotation: np.ndarray, iters: int = 12) -> np.ndarray:
+        """(6,) joints that put the grip point at `position` with `rotation`, starting from q (the nearest solution)."""
+        import mujoco
+
+        q = q.copy()
+        jp, jr = np.zeros((3, self.m.nv)), np.zeros((3, self.m.nv))
+        quat, err_r = np.zeros(4), np.zeros(3)
+        for _ in range(iters):
+            p, r = self.pose(q)
+            mujoco.mj_comPos(self.m, self.d)
+            mujoco.mju_mat2Quat(quat, (rotation @ r.T).reshape(-1))
+            mujoco.mju_quat2Vel(err_r, quat, 1.0)
+            err = np.concatenate([position - p, 0.3 * err_r])
+            if np.linalg.norm(err[:3]) < 1e-4 and np.linalg.norm(err_r) < 1e-3:
+                break
+            mujoco.mj_jac(self.m, self.d, jp, jr, p, self.body)
+            jac = np.vstack([jp[:, self.dadr], 0.3 * jr[:, self.dadr]])
+            pinv = jac.T @ np.linalg.inv(jac @ jac.T + 1e-4 * np.eye(6))
+            # what the task leaves free drifts back to the home posture: the wrist would otherwise wind up
+            # (forearm roll and wrist rotate turning together by half a turn) and meet its limits
+            posture = (np.eye(6) - pinv @ jac) @ (POSTURE_GAIN * (self.home - q))
+            q = np.clip(q + pinv @ err + posture, self.lo, self.hi)
+        return q
+
+
+def rotated(r: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
+    """r turned by `angle` about `axis` given in r's own frame."""
+    import mujoco
+
+    quat, m = np.zeros(4), np.zeros(9)
+    mujoco.mju_axisAngle2Quat(quat, np.asarray(axis, np.float64), angle)
+    mujoco.mju_quat2Mat(m, quat)
+    return r @ m.reshape(3, 3)
+
+
+def toward(current: np.ndarray, goal: np.ndarray, limit: float) -> np.ndarray:
+    step = goal - current
+    n = float(np.linalg.norm(step))
+    return goal if n <= limit else current + step * (limit / n)
+
+
+def turned_toward(current: np.ndarray, goal: np.ndarray, limit: float) -> np.ndarray:
+    """An orientation at most `limit` rad from `current` on the way to `goal`."""
+    import mujoco
+
+    quat, vel = np.zeros(4), np.zeros(3)
+    mujoco.mju_mat2Quat(quat, (goal @ current.T).reshape(-1))
+    mujoco.mju_quat2Vel(vel, quat, 1.0)
+    angle = float(np.linalg.norm(vel))
+    if angle <= limit:
+        return goal
+    return rotated(np.eye(3), vel / angle, limit) @ current
+
+
+class AlohaExpert:
+    """One task's expert (sim.base.Expert): env_state (30,) -> action (14,)."""
+
+    def __init__(self, task: str):
+        if task not in TASKS:
+            raise ConfigError(f"no scripted expert for {task!r}; ALOHA tasks: {', '.join(TASKS)}", field="teacher")
+        if task != "transfer_cube":
+            raise ConfigError(f"no scripted expert for {task!r} yet", field="teacher")
+        self.task = task
+        model = load_model(task)
+        self.ik = {arm: ArmIK(model, arm) for arm in ARMS}
+        home = {arm: self.ik[arm].pose(START_ARM_POSE[8 * i:8 * i + 6])[1] for i, arm in enumerate(ARMS)}
+        self.pick = rotated(home["right"], [0, 1, 0], np.deg2rad(60))  # pitched down towards the cube
+        self.receive = rotated(home["left"], [1, 0, 0], np.deg2rad(90))  # fingers above and below the cube
+        self.home = home
+
+    def __call__(self, env_state: np.ndarray) -> np.ndarray:
+        s = np.asarray(env_state, np.float64)
+        if s.shape != (len(ENV_STATE_NAMES),):
+            raise DatasetError(f"the ALOHA expert reads a {len(ENV_STATE_NAMES)}-d environment state, got {s.shape}",
+                               field="observation.environment_state")
+        action = np.zeros(STATE_DIM, np.float32)
+        for i, (arm, goal) in enumerate(zip(ARMS, self.decide(s))):
+            q = s[7 * i:7 * i + 6]
+            p, r = self.ik[arm].pose(q)
+            target = self.ik[arm].solve(q, toward(p, goal.position, MAX_STEP), turned_toward(r, goal.rotation,
+                                                                                               MAX_TURN))
+            action[7 * i:7 * i + 6] = target
+            action[7 * i + 6] = goal.gripper
+        return action
+
+    def decide(self, s: np.ndarray) -> tuple[ArmGoal, ArmGoal]:
+        """(left, right) goals from the state: what each arm does next and why."""
+        cube = s[OBJECT0:OBJECT0 + 3]
+        left_touch, right_touch = s[CONTACT] > 0.5, s[CONTACT + 1] > 0.5
+        grip = {arm: self.ik[arm].pose(s[7 * i:7 * i + 6])[0] for i, arm in enumerate(ARMS)}
+        gripper = {arm: s[7 * i + 6] for i, arm in enumerate(ARMS)}
+        lifted = cube[2] > LIFTED
+        left_holds = left_touch and gripper["left"] < HOLDING and lifted
+        right_holds = right_touch and gripper["right"] < HOLDING and np.linalg.norm(grip["right"] - cube) < 0.04
+        # the right arm
+        if left_holds:
+            right = ArmGoal(MEET + [0.15, 0, 0.05] if gripper["right"] > 0.8 else grip["right"], self.pick, OPEN,
+                            "release")
+        elif right_holds:
+            right = ArmGoal(grip["right"] + (MEET - cube), self.pick, SHUT, "transport")
+        else:
+            at = cube + [0, 0, GRASP_DZ]
+            above = cube + [0, 0, ABOVE]
+            over = np.linalg.norm((grip["right"] - at)[:2]) < NEAR
+            if np.linalg.norm(grip["right"] - at) < NEAR:
+                right = ArmGoal(at, self.pick, SHUT, "grasp")
+            elif over and grip["right"][2] <= above[2] + NEAR:
+                right = ArmGoal(at, self.pick, OPEN, "approach")
+            else:
+                right = ArmGoal(above, self.pick, OPEN, "approach")
+        # the left arm
+        ready = right_holds and lifted and np.linalg.norm(cube - MEET) < 0.02
+        if left_holds:
+            left = ArmGoal(MEET + [-0.1, 0, 0] if not right_touch else grip["left"], self.receive, SHUT, "transport")
+        elif ready and np.linalg.norm(grip["left"] - cube) < NEAR:
+            left = ArmGoal(cube, self.receive, SHUT, "grasp")
+        elif ready:
+            left = ArmGoal(cube, self.receive, OPEN, "approach")
+        else:
+            left = ArmGoal(MEET + [-0.12, 0, 0], self.receive, OPEN, "approach")
+        return left, right
+
+
+def finger_targets(action: np.ndarray) -> np.ndarray:
+    """(2,) the finger positions an action's grippers ask for (for checks)."""
+    return finger_of(np.asarray(action)[[6, 13]])
