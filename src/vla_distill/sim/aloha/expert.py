@@ -25,6 +25,7 @@ from vla_distill.sim.aloha.env import (
     CONTACT,
     ENV_STATE_NAMES,
     OBJECT0,
+    OBJECT1,
     START_ARM_POSE,
     STATE_DIM,
     TASKS,
@@ -35,6 +36,7 @@ from vla_distill.sim.aloha.env import (
 GRIP_POINT = np.array([0.13, 0.0, 0.0])  # between the fingertips, in the gripper link's frame
 MAX_STEP = 0.02  # m: how far ahead of the gripper its next target lies (the arm lags it by about half)
 MAX_TURN = 0.06  # rad of gripper rotation per step
+PRECISE = 2.5  # the joints' friction leaves the gripper millimetres short of a target: aim past it to halve that
 MEET = np.array([0.0, 0.5, 0.25])  # where the cube changes hands
 LIFTED = 0.08  # m: the cube's centre above this is off the table
 ABOVE = 0.08  # m above the cube where the right gripper lines up before coming down
@@ -42,6 +44,12 @@ GRASP_DZ = 0.012  # m: the grip point this far above the cube's centre when it s
 NEAR = 0.012  # m: a gripper this close to its goal has arrived
 POSTURE_GAIN = 0.1  # of the way back to the home posture per IK iteration, in the task's null space
 HOLDING = 0.7  # a gripper shut on the 4 cm cube reads ~0.61, open 1.0: below this and touching it, it holds
+PEG_HOLDING, SOCKET_HOLDING = 0.5, 0.75  # the 2 cm peg, the 4.4 cm socket
+PEG_GRASP_DZ = 0.016  # m: straight down, the fingertips 2.4 cm below the grip point stop just above the table
+SOCKET_AT = np.array([-0.05, 0.5, 0.15])  # where the socket waits for the peg
+PRE_INSERT = 0.15  # m: the peg's centre this far along x from the socket's, lined up, before it goes in
+INSERTED = 0.08  # m: ... and when it is in (its tip 2 cm past the pin's end)
+ALIGNED = 0.006  # m: the peg's axis this close to the socket's in y and z before it goes in
 OPEN, SHUT = 1.0, 0.0
 
 
@@ -54,6 +62,7 @@ class ArmGoal:
     rotation: np.ndarray
     gripper: float
     stage: str
+    gain: float = 1.0  # the target lies this many times the remaining error ahead (PRECISE where millimetres count)
 
 
 class ArmIK:
@@ -70,6 +79,8 @@ class ArmIK:
         self.dadr = np.array([model.jnt_dofadr[j] for j in joints])
         self.lo, self.hi = model.jnt_range[joints, 0], model.jnt_range[joints, 1]
         self.home = START_ARM_POSE[:6]
+        actuators = [next(a for a in range(model.nu) if model.actuator_trnid[a, 0] == j) for j in joints]
+        self.kp = model.actuator_gainprm[actuators, 0].copy()
 
     def pose(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(6,) arm joints -> grip point (3,), gripper orientation (3, 3)."""
@@ -79,6 +90,20 @@ class ArmIK:
         mujoco.mj_kinematics(self.m, self.d)
         r = self.d.xmat[self.body].reshape(3, 3).copy()
         return self.d.xpos[self.body] + r @ GRIP_POINT, r
+
+    def gravity_offset(self, q: np.ndarray) -> np.ndarray:
+        """(6,) what to add to joint targets q so that the position actuators hold the arm there against gravity: a
+        P actuator pushes kp x (target - q), so without it the arm settles below its targets (5-10 mm at the
+        gripper, more than the insertion's clearance)."""
+        import mujoco
+
+        self.pose(q)
+        mujoco.mj_comPos(self.m, self.d)
+        self.d.qvel[:] = 0
+        mujoco.mj_comVel(self.m, self.d)
+        bias = np.zeros(self.m.nv)
+        mujoco.mj_rne(self.m, self.d, 0, bias)
+        return bias[self.dadr] / self.kp
 
     def solve(self, q: np.ndarray, position: np.ndarray, rotation: np.ndarray, iters: int = 12) -> np.ndarray:
         """(6,) joints that put the grip point at `position` with `rotation`, starting from q (the nearest solution)."""
@@ -115,6 +140,23 @@ def rotated(r: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
     return r @ m.reshape(3, 3)
 
 
+def yaw_of(quat: np.ndarray, period: float = 2 * np.pi) -> float:
+    """The heading of an object's x axis about the vertical (w, x, y, z quaternion), wrapped to +-period/2: a
+    box's grasp repeats every half turn, a cube's every quarter."""
+    import mujoco
+
+    r = np.zeros(9)
+    mujoco.mju_quat2Mat(r, np.asarray(quat, np.float64))
+    yaw = float(np.arctan2(r[3], r[0]))
+    return (yaw + period / 2) % period - period / 2
+
+
+def about_z(angle: float, r: np.ndarray) -> np.ndarray:
+    """r turned by `angle` about the world's vertical."""
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ r
+
+
 def toward(current: np.ndarray, goal: np.ndarray, limit: float) -> np.ndarray:
     step = goal - current
     n = float(np.linalg.norm(step))
@@ -140,14 +182,16 @@ class AlohaExpert:
     def __init__(self, task: str):
         if task not in TASKS:
             raise ConfigError(f"no scripted expert for {task!r}; ALOHA tasks: {', '.join(TASKS)}", field="teacher")
-        if task != "transfer_cube":
-            raise ConfigError(f"no scripted expert for {task!r} yet", field="teacher")
         self.task = task
         model = load_model(task)
         self.ik = {arm: ArmIK(model, arm) for arm in ARMS}
         home = {arm: self.ik[arm].pose(START_ARM_POSE[8 * i:8 * i + 6])[1] for i, arm in enumerate(ARMS)}
         self.pick = rotated(home["right"], [0, 1, 0], np.deg2rad(60))  # pitched down towards the cube
         self.receive = rotated(home["left"], [1, 0, 0], np.deg2rad(90))  # fingers above and below the cube
+        self.pick_left = rotated(home["left"], [0, 1, 0], np.deg2rad(60))  # the right's pick, mirrored
+        # straight down for the 2 cm peg: the fingers' bottom edges level, a 6 cm strip of each pad on its sides
+        # (pitched, only a corner of each pad gets below the top of something that low, and it slips when lifted)
+        self.pick_peg = rotated(home["right"], [0, 1, 0], np.deg2rad(90))
         self.home = home
 
     def __call__(self, env_state: np.ndarray) -> np.ndarray:
@@ -159,38 +203,45 @@ class AlohaExpert:
         for i, (arm, goal) in enumerate(zip(ARMS, self.decide(s))):
             q = s[7 * i:7 * i + 6]
             p, r = self.ik[arm].pose(q)
-            target = self.ik[arm].solve(q, toward(p, goal.position, MAX_STEP), turned_toward(r, goal.rotation,
-                                                                                               MAX_TURN))
-            action[7 * i:7 * i + 6] = target
+            ahead = toward(p, p + goal.gain * (goal.position - p), MAX_STEP)
+            target = self.ik[arm].solve(q, ahead, turned_toward(r, goal.rotation, MAX_TURN))
+            action[7 * i:7 * i + 6] = np.clip(target + self.ik[arm].gravity_offset(target), self.ik[arm].lo,
+                                              self.ik[arm].hi)
             action[7 * i + 6] = goal.gripper
         return action
 
     def decide(self, s: np.ndarray) -> tuple[ArmGoal, ArmGoal]:
         """(left, right) goals from the state: what each arm does next and why."""
+        return self._transfer(s) if self.task == "transfer_cube" else self._insertion(s)
+
+    def _grips(self, s: np.ndarray) -> tuple[dict, dict]:
+        """Each arm's grip point (3,) and gripper opening from the state."""
+        grip = {arm: self.ik[arm].pose(s[7 * i:7 * i + 6])[0] for i, arm in enumerate(ARMS)}
+        return grip, {arm: s[7 * i + 6] for i, arm in enumerate(ARMS)}
+
+    def _pick(self, grip: np.ndarray, obj: np.ndarray, rotation: np.ndarray, dz: float = GRASP_DZ) -> ArmGoal:
+        """Line up above the object, come down on it open, shut at the grasp point (dz above its centre)."""
+        at, above = obj + [0, 0, dz], obj + [0, 0, ABOVE]
+        if np.linalg.norm(grip - at) < NEAR:
+            return ArmGoal(at, rotation, SHUT, "grasp")
+        if np.linalg.norm((grip - at)[:2]) < NEAR and grip[2] <= above[2] + NEAR:
+            return ArmGoal(at, rotation, OPEN, "approach")
+        return ArmGoal(above, rotation, OPEN, "approach")
+
+    def _transfer(self, s: np.ndarray) -> tuple[ArmGoal, ArmGoal]:
         cube = s[OBJECT0:OBJECT0 + 3]
         left_touch, right_touch = s[CONTACT] > 0.5, s[CONTACT + 1] > 0.5
-        grip = {arm: self.ik[arm].pose(s[7 * i:7 * i + 6])[0] for i, arm in enumerate(ARMS)}
-        gripper = {arm: s[7 * i + 6] for i, arm in enumerate(ARMS)}
+        grip, gripper = self._grips(s)
         lifted = cube[2] > LIFTED
         left_holds = left_touch and gripper["left"] < HOLDING and lifted
         right_holds = right_touch and gripper["right"] < HOLDING and np.linalg.norm(grip["right"] - cube) < 0.04
-        # the right arm
-        if left_holds:
+        if left_holds:  # the right lets go, then backs away
             right = ArmGoal(MEET + [0.15, 0, 0.05] if gripper["right"] > 0.8 else grip["right"], self.pick, OPEN,
                             "release")
         elif right_holds:
             right = ArmGoal(grip["right"] + (MEET - cube), self.pick, SHUT, "transport")
         else:
-            at = cube + [0, 0, GRASP_DZ]
-            above = cube + [0, 0, ABOVE]
-            over = np.linalg.norm((grip["right"] - at)[:2]) < NEAR
-            if np.linalg.norm(grip["right"] - at) < NEAR:
-                right = ArmGoal(at, self.pick, SHUT, "grasp")
-            elif over and grip["right"][2] <= above[2] + NEAR:
-                right = ArmGoal(at, self.pick, OPEN, "approach")
-            else:
-                right = ArmGoal(above, self.pick, OPEN, "approach")
-        # the left arm
+            right = self._pick(grip["right"], cube, self.pick)
         ready = right_holds and lifted and np.linalg.norm(cube - MEET) < 0.02
         if left_holds:
             left = ArmGoal(MEET + [-0.1, 0, 0] if not right_touch else grip["left"], self.receive, SHUT, "transport")
@@ -201,6 +252,36 @@ class AlohaExpert:
         else:
             left = ArmGoal(MEET + [-0.12, 0, 0], self.receive, OPEN, "approach")
         return left, right
+
+    def _insertion(self, s: np.ndarray) -> tuple[ArmGoal, ArmGoal]:
+        """Each arm picks its object (the right the peg, the left the socket), both lift to the meeting height, the
+        socket waits there, the peg lines up with it along x and goes in until it meets the pin."""
+        peg, socket = s[OBJECT0:OBJECT0 + 3], s[OBJECT1:OBJECT1 + 3]
+        grip, gripper = self._grips(s)
+        rot = {arm: self.ik[arm].pose(s[7 * i:7 * i + 6])[1] for i, arm in enumerate(ARMS)}
+        holds = {"right": s[CONTACT + 1] > 0.5 and gripper["right"] < PEG_HOLDING
+                 and np.linalg.norm(grip["right"] - peg) < 0.03,
+                 "left": s[CONTACT] > 0.5 and gripper["left"] < SOCKET_HOLDING
+                 and np.linalg.norm(grip["left"] - socket) < 0.03}
+        up = {"right": holds["right"] and peg[2] > LIFTED, "left": holds["left"] and socket[2] > LIFTED}
+        # the fingers close across each object's long axis however it lies; once held, the hand turns so that the
+        # object's axis comes back along x (the direction the peg goes in)
+        peg_yaw, socket_yaw = yaw_of(s[OBJECT0 + 3:OBJECT0 + 7], np.pi), yaw_of(s[OBJECT1 + 3:OBJECT1 + 7], np.pi)
+        if not holds["left"]:
+            left = self._pick(grip["left"], socket, about_z(socket_yaw, self.pick_left))
+        else:
+            left = ArmGoal(grip["left"] + (SOCKET_AT - socket), about_z(-socket_yaw, rot["left"]), SHUT, "transport",
+                           PRECISE)
+        if not holds["right"]:
+            return left, self._pick(grip["right"], peg, about_z(peg_yaw, self.pick_peg), PEG_GRASP_DZ)
+        lined_up = up["left"] and np.linalg.norm(socket - SOCKET_AT) < 0.01
+        offset = peg - socket
+        aligned = lined_up and np.abs(offset[1:]).max() < ALIGNED and offset[0] < PRE_INSERT + 0.01
+        goal = socket + [INSERTED if aligned else PRE_INSERT, 0, 0]
+        if not lined_up:  # lift and wait beside the meeting point
+            goal = SOCKET_AT + [PRE_INSERT + 0.05, 0, 0]
+        return left, ArmGoal(grip["right"] + (goal - peg), about_z(-peg_yaw, rot["right"]), SHUT, "transport",
+                             PRECISE)
 
 
 def finger_targets(action: np.ndarray) -> np.ndarray:
