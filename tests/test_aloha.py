@@ -122,3 +122,32 @@ def test_the_insertion_expert_picks_both_objects_and_lifts_them():
     env.reset(4)
     rewards = [env.step(expert(env.env_state))[1] for _ in range(120)]
     assert max(rewards) >= 2  # both objects held off the table
+
+
+@needs_aloha
+def test_collected_episodes_annotate_through_the_generic_two_arm_path(tmp_path):
+    """No ALOHA case in annotate: the names give two arms, the simulator's MJCF gives each hand by forward kinematics,
+    the environment state's names give the cube; the audit finds nothing to flag."""
+    import json
+
+    from vla_distill.data.dataset import RobotDataset
+    from vla_distill.types import PHASES_4
+
+    ds, ann = tmp_path / "ds", tmp_path / "ann"
+    for args in (["collect", "--env", "aloha", "--tasks", "transfer_cube", "--episodes", "2", "--workers", "1",
+                  "--image-size", "64", "--out", str(ds)], ["annotate", "--dataset", str(ds), "--out", str(ann)]):
+        r = subprocess.run(CLI + args, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+    layout = json.loads((ann / "meta" / "annotation.json").read_text())["state_layout"]
+    assert layout["left_out"] == [] and set(layout["arms"]) == {"left", "right"}
+    assert layout["arms"]["right"]["forward_kinematics"]["ee_frame"] == "cali_right_site1"
+    audit = json.loads((ann / "meta" / "audit.json").read_text())
+    assert audit["summary"]["cue_windows_flagged"] == 0, audit["summary"]
+    labelled = RobotDataset(ann)
+    phases = set(labelled.column("phase_index").reshape(-1).tolist())
+    assert {PHASES_4.index(p) for p in ("approach", "grasp", "transport")} <= phases
+    import pandas as pd
+
+    texts = pd.read_parquet(ann / "meta" / "directions.parquet")["text"].tolist()
+    assert any("right gripper" in t and "toward the cube" in t for t in texts) and any("carrying the cube" in t
+                                                                                       for t in texts)

@@ -201,6 +201,35 @@ def test_joint_space_phases_follow_the_gripper_and_the_arm():
     assert "closing the gripper on the cube" in cues and "opening the gripper to release the cube" in cues
 
 
+def test_a_two_arm_state_is_one_track_that_follows_the_arm_at_work():
+    """lerobot's aloha names give one layout per arm; the track follows whichever arm moves (no object state, no
+    forward kinematics here), holds through a brief twitch of the other, and its cues name that arm's gripper."""
+    from vla_distill.annotate.directions import DirectionConfig, cue_direction, kinematic_cues
+    from vla_distill.annotate.phases import label_phases
+    from vla_distill.sim.layout import arm_groups, resolve_layout
+    from vla_distill.types import PHASES_4
+
+    assert list(arm_groups(list(ALOHA))) == ["left", "right"] and arm_groups(list(SO101)) == {}
+    right = so101_episode(1) / 100  # the right arm picks, then the left arm does the same while the right rests
+    left = so101_episode(2) / 100
+    rest_r, rest_l = np.repeat(right[-1:], 60, 0), np.repeat(left[:1], 60, 0)
+    twitch = rest_l.copy()
+    twitch[10:13, 0] += 0.2  # three frames of the resting arm: not a hand-over
+
+    def arm(q):  # 6 joints + the gripper
+        return np.concatenate([q[:, :5], np.zeros((len(q), 1)), q[:, 5:]], 1)
+
+    q = np.concatenate([np.concatenate([arm(twitch), arm(right)], 1), np.concatenate([arm(left), arm(rest_r)], 1)])
+    layout = resolve_layout(14, None, list(ALOHA), q.min(0), q.max(0))
+    assert layout.arm_names == ("left", "right") and [a.gripper for a in layout.arms] == [(6,), (13,)]
+    kin = layout.decode(q, None, None, 30.0)
+    assert (kin.arm[5:55] == 1).all() and (kin.arm[65:115] == 0).all()  # right first, then left, twitch ignored
+    assert len(kin.joint_names) == 12 and kin.joints.shape == (120, 12)
+    cues = kinematic_cues(kin, label_phases(kin), PHASES_4, "cube", DirectionConfig())
+    assert "closing the right gripper on the cube" in cues and "closing the left gripper on the cube" in cues
+    assert cue_direction("moving the right gripper left") == {0: -1}  # a hand's name is not a direction
+
+
 # ---------------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def so101_dataset(tmp_path_factory):
@@ -418,7 +447,9 @@ def test_aloha_shape_three_cameras_fourteen_joints_fifty_fps(tmp_path):
     ann = tmp_path / "ann"
     _run("annotate", "--dataset", tmp_path / "ds", "--out", ann, "--teacher", "none")
     prov = json.loads((ann / "meta" / "annotation.json").read_text())
-    assert prov["state_layout"]["state_map"] == "gripper=6,joints=0 1 2 3 4 5 7 8 9 10 11 12"
+    arms = prov["state_layout"]["arms"]  # one layout per arm, read off the `left_...`, `right_...` names
+    assert arms["left"]["state_map"] == "gripper=6,joints=0:6"
+    assert arms["right"]["state_map"] == "gripper=13,joints=7:13"
     request = {**{f"observation/images/{c}": np.zeros((224, 224, 3), np.uint8) for c in cams},
                "observation/state": np.zeros(14, np.float32), "prompt": "transfer the cube"}
     actions = _export_serve(_train(ann, tmp_path / "run"), tmp_path, request, [])

@@ -112,41 +112,43 @@ def describe(kin: Kinematics, phases4: np.ndarray, start: int, end: int, noun: s
     """One window -> one cue. phases4 are indices into PHASES_4 (collapse 9-phase labels first)."""
     delta, dg = window_motion(kin, start, end)
     end = max(end, start + 1)
+    hand = kin.arm_word(start, end)  # "gripper", or which one on a robot with two
     phase = PHASES_4[int(np.bincount(phases4[start:end], minlength=4).argmax())]
     if kin.ee is None:
-        return _describe_joints(kin, phase, dg, joint_motion(kin, start, end), noun, cfg)
+        return _describe_joints(kin, phase, dg, joint_motion(kin, start, end), noun, cfg, hand)
     dirs = axis_phrase(delta, cfg)
     if not dirs:
-        return _gripper_cue(dg, phase, noun, cfg) or "holding the gripper still"
+        return _gripper_cue(dg, phase, noun, cfg, hand) or f"holding the {hand} still"
     if phase == "transport":
         carrying = bool((phases4[:start] == PHASES_4.index("grasp")).any())  # grasped earlier: holding, not pushing
         verb = "carrying" if carrying else "pushing"
         return f"{verb} the {noun} {dirs}"
     if phase == "release":
-        return f"moving the gripper {dirs} away from the {noun}"
+        return f"moving the {hand} {dirs} away from the {noun}"
     if kin.obj is not None:
         before = np.linalg.norm(kin.ee[start] - kin.obj[start])
         after = np.linalg.norm(kin.ee[end - 1] - kin.obj[end - 1])
         if after < before - 0.5 * cfg.min_move:
-            return f"moving the gripper {dirs} toward the {noun}"
-    return f"moving the gripper {dirs}"
+            return f"moving the {hand} {dirs} toward the {noun}"
+    return f"moving the {hand} {dirs}"
 
 
-def _gripper_cue(dg: float, phase: str, noun: str, cfg: DirectionConfig) -> str:
+def _gripper_cue(dg: float, phase: str, noun: str, cfg: DirectionConfig, hand: str = "gripper") -> str:
     """The cue of a window whose hand does not move: what the fingers do, or '' when they keep still too."""
     if dg < -cfg.gripper_change:
-        return f"closing the gripper on the {noun}" if phase in ("grasp", "transport") else "closing the gripper"
+        return f"closing the {hand} on the {noun}" if phase in ("grasp", "transport") else f"closing the {hand}"
     if dg > cfg.gripper_change:
-        return f"opening the gripper to release the {noun}" if phase in ("transport",
-                                                                         "release") else "opening the gripper"
+        return f"opening the {hand} to release the {noun}" if phase in ("transport",
+                                                                        "release") else f"opening the {hand}"
     return ""
 
 
-def _describe_joints(kin: Kinematics, phase: str, dg: float, dq: np.ndarray, noun: str, cfg: DirectionConfig) -> str:
+def _describe_joints(kin: Kinematics, phase: str, dg: float, dq: np.ndarray, noun: str, cfg: DirectionConfig,
+                     hand: str = "gripper") -> str:
     """describe() for an arm known only by its joints: the gripper as usual, motion named by joint."""
     moves = joint_phrase(dq, kin.joint_names, cfg)
     if not moves:
-        return _gripper_cue(dg, phase, noun, cfg) or "holding the arm still"
+        return _gripper_cue(dg, phase, noun, cfg, hand) or "holding the arm still"
     if phase == "transport":
         return f"carrying the {noun}: {moves}"
     if phase == "release":
@@ -162,7 +164,9 @@ def kinematic_cues(kin: Kinematics, phases: np.ndarray, taxonomy: tuple[str, ...
 
 
 def cue_direction(text: str) -> dict[int, int]:
-    """Axis -> sign claimed by a cue ('left' -> {0: -1}); used by the audit to check cues against motion."""
+    """Axis -> sign claimed by a cue ('left' -> {0: -1}); used by the audit to check cues against motion. A hand's
+    name ('the right gripper') is not a direction."""
+    text = re.sub(r"\b(?:left|right) (?:gripper|arm)\b", "", text)
     claims = {}
     for axis, (neg, pos) in enumerate(AXIS_WORDS):
         if re.search(rf"\b{neg}\b", text):

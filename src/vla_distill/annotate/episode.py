@@ -33,6 +33,7 @@ from vla_distill.data.format import feature_names
 from vla_distill.errors import ConfigError
 from vla_distill.sim.kinematics import Kinematics
 from vla_distill.sim.layout import StateLayout, resolve_layout
+from vla_distill.sim.registry import robot_description
 from vla_distill.types import ACTION, OBS_CONTACT, OBS_ENV_STATE, OBS_STATE, SUCCESS, TAXONOMIES
 
 STAGING_DIR = "episodes"
@@ -47,8 +48,12 @@ def dataset_layout(ds: RobotDataset, state_map: str = "", robot_model: str = "",
                           "use --phases vlm --directions vlm", field=OBS_STATE)
     state = ds.column(OBS_STATE)
     env = ds.features.get(OBS_ENV_STATE, {}).get("shape", [None])[-1]
+    if not robot_model and not state_map:  # a simulated robot's own description, where its simulator ships one
+        robot_model, ee_frame, joint_units = robot_description(ds.info.get("robot_type", "")) or (
+            robot_model, ee_frame, joint_units)
     return resolve_layout(state.shape[1], env, feature_names(ds.features[OBS_STATE]), state.min(0), state.max(0),
-                          state_map, robot_model, ee_frame, joint_units)
+                          state_map, robot_model, ee_frame, joint_units,
+                          feature_names(ds.features.get(OBS_ENV_STATE, {})))
 
 
 def episode_kinematics(ds: RobotDataset, rows: np.ndarray, layout: StateLayout) -> Kinematics:
@@ -56,7 +61,9 @@ def episode_kinematics(ds: RobotDataset, rows: np.ndarray, layout: StateLayout) 
     dataset: it reads the whole state column)."""
     success = ds.column(SUCCESS)[rows].astype(bool) if SUCCESS in ds.features else None
     env = ds.column(OBS_ENV_STATE)[rows] if OBS_ENV_STATE in ds.features else None
-    contact = ds.column(OBS_CONTACT)[rows].reshape(-1) > 0.5 if OBS_CONTACT in ds.features else None
+    contact = ds.column(OBS_CONTACT)[rows].reshape(len(rows), -1) > 0.5 if OBS_CONTACT in ds.features else None
+    if contact is not None and contact.shape[1] == 1:  # one gripper's (a multi-arm robot records one per arm)
+        contact = contact[:, 0]
     return layout.decode(ds.column(OBS_STATE)[rows], env, success, ds.fps, contact)
 
 

@@ -9,7 +9,7 @@ seconds, and, for an arm known only by its joints, in fractions of its widest jo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -42,7 +42,13 @@ class PhaseConfig:
 
 
 def label_phases(kin: Kinematics, cfg: PhaseConfig = PhaseConfig()) -> np.ndarray:
-    """(T,) phase indices into cfg.names."""
+    """(T,) phase indices into cfg.names. On a multi-arm track each arm's turn is a task of its own (a hand-over
+    is one arm's approach, grasp and carry, then the other's)."""
+    if kin.arm is not None and len(runs(kin.arm)) > 1:
+        out = np.empty(len(kin), np.int64)
+        for _, start, end in runs(kin.arm):
+            out[start:end] = label_phases(replace(kin.span(start, end), arm=None), cfg)
+        return out
     phases4 = _label_4(kin, cfg)
     if cfg.taxonomy == "4":
         return phases4

@@ -131,6 +131,11 @@ class Simulator(Protocol):
         """None when the simulator can run here, else why not (with how to install it)."""
         ...
 
+    def robot_description(self) -> tuple[str, str, str] | None:
+        """(MJCF or URDF path, end-effector frame(s) as --ee-frame takes them, joint units) where its robot's state
+        is joints only, so that annotate finds the hands by forward kinematics; None where the state has them."""
+        ...
+
     def ground_truth_phases(self, task: str, env_state: np.ndarray | None, kin: Kinematics) -> np.ndarray | None:
         """(T,) PHASES_4 indices of what the task's expert was doing, where the simulator can tell; else None."""
         ...

@@ -4,7 +4,7 @@ out of a trajectory. How a dataset's observation.state decodes into them is its 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -31,9 +31,25 @@ class Kinematics:
     contact: np.ndarray | None = None
     joints: np.ndarray | None = None
     joint_names: tuple[str, ...] = ()
+    arm: np.ndarray | None = None
+    arm_names: tuple[str, ...] = ()
+
+    def arm_word(self, start: int, end: int) -> str:
+        """'gripper', or, on a multi-arm robot, the gripper of the arm the track follows most over [start, end):
+        'right gripper'."""
+        if self.arm is None:
+            return "gripper"
+        arm = int(np.bincount(self.arm[start:max(end, start + 1)], minlength=len(self.arm_names)).argmax())
+        return f"{self.arm_names[arm]} gripper"
 
     def __len__(self) -> int:
         return len(self.gripper)
+
+    def span(self, start: int, end: int) -> Kinematics:
+        """The frames [start, end) alone."""
+        cut = {f.name: getattr(self, f.name)[start:end] for f in fields(self)
+               if isinstance(getattr(self, f.name), np.ndarray)}
+        return replace(self, **cut)
 
 
 def rate(x: np.ndarray, fps: float) -> np.ndarray:

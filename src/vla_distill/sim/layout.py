@@ -12,6 +12,9 @@ Resolved once per dataset, first match wins:
              gripper.pos`, `x y z`, `eef_pos_x`, `gripper`), see name_roles()
 A joint-space layout (no end-effector xyz) gets its end effector from forward kinematics when a robot description is
 given (sim.robot_model), else phases and cues read the gripper and the joints alone (`left_out` says what is lost).
+A multi-arm state (names with one gripper per arm prefix: lerobot's aloha `left_waist ... right_gripper`) is one
+layout per arm; its episodes decode into one track that follows, frame by frame, the arm acting on the object (the
+nearest to it, else the one that moves): a hand-over reads as one arm's approach, grasp and carry, then the other's.
 Grippers of named and mapped layouts are scaled to 0..1 (closed..open) by the dataset's own range, joints to a
 fraction of the widest joint's range: thresholds then mean the same for degrees, radians and lerobot's -100..100.
 """
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from vla_distill.errors import ConfigError, DatasetError
-from vla_distill.sim.kinematics import Kinematics
+from vla_distill.sim.kinematics import Kinematics, runs
 from vla_distill.sim.robot_model import ForwardKinematics, joint_key
 from vla_distill.types import OBS_STATE
 
@@ -56,6 +59,8 @@ class StateLayout:
     env_goal: tuple[int, ...] = ()
     gripper_span: float = 1.0  # a simulator's layout: its opening's full range in its own units
     fk: ForwardKinematics | None = field(default=None, compare=False)
+    arms: tuple[StateLayout, ...] = ()  # a multi-arm robot: one layout per arm (indices into the whole state)
+    arm_names: tuple[str, ...] = ()
 
     @property
     def env_object(self) -> bool:
@@ -63,12 +68,17 @@ class StateLayout:
 
     @property
     def has_ee(self) -> bool:
+        if self.arms:
+            return all(a.has_ee for a in self.arms)
         return bool(self.ee) or self.fk is not None
 
     def decode(self, state: np.ndarray, env: np.ndarray | None, success: np.ndarray | None, fps: float,
                contact: np.ndarray | None = None) -> Kinematics:
-        """state (T, S), env (T, S_env) or None, success (T,) or None, contact (T,) bool or None -> Kinematics."""
+        """state (T, S), env (T, S_env) or None, success (T,) or None, contact (T,) bool (or (T, A), one column per
+        arm) or None -> Kinematics."""
         state = np.asarray(state, np.float64)
+        if self.arms:
+            return self._decode_arms(state, env, success, fps, contact)
         ee = state[:, list(self.ee)] if self.ee else None
         if ee is None and self.fk is not None:
             ee = self.fk.positions(state[:, list(self.joints)])
@@ -84,6 +94,31 @@ class StateLayout:
         return Kinematics(gripper=self._opening(state), fps=fps, ee=ee, obj=obj, goal=goal, success=success,
                           contact=None if contact is None else np.asarray(contact, bool), joints=joints,
                           joint_names=self.joint_names)
+
+    def _decode_arms(self, state: np.ndarray, env: np.ndarray | None, success: np.ndarray | None, fps: float,
+                     contact: np.ndarray | None) -> Kinematics:
+        """One track over the arms: at each frame the acting arm's end effector, gripper and contact; every arm's
+        joints."""
+        contact = None if contact is None else np.asarray(contact, bool).reshape(len(state), -1)
+        per_contact = contact if contact is not None and contact.shape[1] == len(self.arms) else None
+        kins = [arm.decode(state, None, success, fps, None if per_contact is None else per_contact[:, i])
+                for i, arm in enumerate(self.arms)]
+        obj = goal = None
+        if self.env_object and env is not None:
+            env = np.asarray(env, np.float64)
+            obj, goal = env[:, list(self.env_obj)], (env[:, list(self.env_goal)] if self.env_goal else None)
+        acting = acting_arm(kins, obj, fps)
+        t = np.arange(len(state))
+
+        def follow(name: str) -> np.ndarray | None:
+            values = [getattr(k, name) for k in kins]
+            return None if any(v is None for v in values) else np.stack(values)[acting, t]
+
+        joints = [k.joints for k in kins]
+        return Kinematics(gripper=follow("gripper"), fps=fps, ee=follow("ee"), obj=obj, goal=goal, success=success,
+                          contact=follow("contact"),
+                          joints=None if any(j is None for j in joints) else np.concatenate(joints, 1),
+                          joint_names=sum((k.joint_names for k in kins), ()), arm=acting, arm_names=self.arm_names)
 
     def _opening(self, state: np.ndarray) -> np.ndarray:
         g = state[:, self.gripper[0]] - (state[:, self.gripper[1]] if len(self.gripper) == 2 else 0.0)
@@ -111,6 +146,10 @@ class StateLayout:
              "left_out": self.left_out()}
         if self.fk is not None:
             d["forward_kinematics"] = self.fk.describe()
+        if self.arms:
+            # each arm's own map; what the track can read is the whole layout's left_out
+            d["arms"] = {n: {k: v for k, v in a.describe().items() if k != "left_out"}
+                         for n, a in zip(self.arm_names, self.arms)}
         return d
 
 
@@ -204,6 +243,61 @@ def _gripper(idx: list[int], names: list[str]) -> tuple[int, ...]:
     return (idx[0],)
 
 
+def arm_groups(names: list[str]) -> dict[str, list[int]]:
+    """A multi-arm state split by the prefix each arm's gripper name carries ('left_gripper', 'right_gripper' ->
+    {'left': [0 .. 6], 'right': [7 .. 13]}: every name with that prefix); {} unless two or more arms are named."""
+    prefixes = []
+    for n in names:
+        m = re.match(r"^([a-z0-9]+)[\W_]+(?:gripper|jaw)", n.strip().lower())
+        if m and m.group(1) not in prefixes:
+            prefixes.append(m.group(1))
+    if len(prefixes) < 2:
+        return {}
+    groups = {p: [i for i, n in enumerate(names) if re.match(rf"^{p}[\W_]", n.strip().lower())] for p in prefixes}
+    return groups if all(len(g) > 1 for g in groups.values()) else {}
+
+
+def env_object_roles(names: list[str] | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(object xyz, goal xyz) indices read off an environment state's names: the first `<object...>_x, _y, _z`
+    triple, and the first `<goal|target...>_x, _y, _z` one; () where none."""
+    found: dict[str, dict[str, int]] = {}
+    for i, n in enumerate(names or ()):
+        m = re.match(r"^(.*?)[\W_]?([xyz])$", n.strip().lower())
+        if m and m.group(1):
+            found.setdefault(m.group(1), {})[m.group(2)] = i
+
+    def first(words: tuple[str, ...]) -> tuple[int, ...]:
+        for prefix, axes in found.items():
+            if any(w in prefix for w in words) and len(axes) == 3:
+                return axes["x"], axes["y"], axes["z"]
+        return ()
+
+    return first(("obj", "cube", "peg", "block")), first(("goal", "target"))
+
+
+def acting_arm(kins: list[Kinematics], obj: np.ndarray | None, fps: float, hold_s: float = 0.2) -> np.ndarray:
+    """(T,) the arm each frame follows: the one whose end effector is nearest the object, or (without an object or
+    end effectors) the one whose joints move most; a switch must hold for hold_s, so contact chatter between two
+    hands near the same object does not flip the track back and forth."""
+    if obj is not None and all(k.ee is not None for k in kins):
+        acting = np.stack([np.linalg.norm(k.ee - obj, axis=1) for k in kins], 1).argmin(1)
+    elif all(k.joints is not None for k in kins):
+        k = max(1, round(0.1 * fps))
+        moves = []
+        for kin in kins:
+            q = np.pad(kin.joints, ((k, k), (0, 0)), mode="edge")
+            moves.append(np.linalg.norm(q[2 * k:] - q[:-2 * k], axis=1))
+        acting = np.stack(moves, 1).argmax(1)
+    else:
+        acting = np.zeros(len(kins[0]), np.int64)
+    min_run = max(1, round(hold_s * fps))
+    out = acting.copy()
+    for _, start, end in runs(acting):
+        if end - start < min_run and start > 0:  # too short to be a hand-over: the arm before it keeps the track
+            out[start:end] = out[start - 1]
+    return out
+
+
 # ---------------------------------------------------------------- resolution
 def _builtin(dim: int, env_dim: int | None) -> StateLayout | None:
     if dim == 4 and env_dim == 39:
@@ -216,17 +310,23 @@ def _builtin(dim: int, env_dim: int | None) -> StateLayout | None:
 
 def resolve_layout(dim: int, env_dim: int | None = None, names: list[str] | None = None,
                    lo: np.ndarray | None = None, hi: np.ndarray | None = None, state_map: str = "",
-                   robot_model: str = "", ee_frame: str = "", joint_units: str = "deg") -> StateLayout:
+                   robot_model: str = "", ee_frame: str = "", joint_units: str = "deg",
+                   env_names: list[str] | None = None) -> StateLayout:
     """The layout of a dataset whose observation.state has `dim` values (see the module doc for the order).
 
-    names: the state feature's names; lo, hi: (dim,) its range in the data (scales grippers and joints)."""
+    names: the state feature's names; lo, hi: (dim,) its range in the data (scales grippers and joints); env_names:
+    observation.environment_state's names, where the object's position is read from (env_object_roles); ee_frame:
+    one site or body, or per arm of a multi-arm robot `left=SITE,right=SITE`."""
     if state_map:
         layout = StateLayout("state-map", **parse_state_map(state_map, dim))
     else:
         layout = _builtin(dim, env_dim)
         if layout is None and names is not None and len(names) == dim:
-            layout = StateLayout("names", **name_roles(names))
-    if layout is None or not layout.gripper:
+            groups = arm_groups(names)
+            layout = StateLayout("names", arms=tuple(StateLayout("names", **name_roles_at(names, g))
+                                                     for g in groups.values()),
+                                 arm_names=tuple(groups)) if groups else StateLayout("names", **name_roles(names))
+    if layout is None or not (layout.gripper or (layout.arms and all(a.gripper for a in layout.arms))):
         what = (f"no gripper among the names {names}" if layout is not None else
                 f"unknown state layout of {dim} values" + (f" (names {names})" if names else " without names"))
         raise DatasetError(f"{what}: name the roles with --state-map (e.g. ee=0:3,gripper=6 or joints=0:5,gripper=5), "
@@ -234,19 +334,46 @@ def resolve_layout(dim: int, env_dim: int | None = None, names: list[str] | None
     if layout.name in ("state-map", "names"):
         if lo is None or hi is None:
             raise DatasetError("the state's range is needed to scale the gripper and joints", field=OBS_STATE)
-        joint_names = tuple(names[i] if names and len(names) == dim else f"joint {i}" for i in layout.joints)
-        layout = replace(layout, lo=tuple(map(float, lo)), hi=tuple(map(float, hi)), joint_names=joint_names)
+        layout = _scaled(layout, names, dim, lo, hi)
+        if not layout.env_obj:
+            obj, goal = env_object_roles(env_names)
+            layout = replace(layout, env_obj=obj, env_goal=goal if obj else ())
     if robot_model:
-        if layout.ee:
-            raise ConfigError("--robot-model computes the end effector from joints, but this state already has one "
-                              f"({format_state_map(layout)})", field="robot_model")
-        if not layout.joints:
-            raise ConfigError("--robot-model needs the state's joints: name them with --state-map joints=A:B",
-                              field="robot_model")
-        if not ee_frame:
-            raise ConfigError("--robot-model needs --ee-frame, the site or body of the end effector", field="ee_frame")
-        layout = replace(layout, fk=ForwardKinematics(robot_model, ee_frame, layout.joint_names, joint_units))
+        layout = _with_fk(layout, robot_model, ee_frame, joint_units)
     return layout
+
+
+def name_roles_at(names: list[str], idx: list[int]) -> dict[str, tuple[int, ...]]:
+    """name_roles of the names at `idx`, as indices into the whole state."""
+    return {role: tuple(idx[i] for i in sub) for role, sub in name_roles([names[i] for i in idx]).items()}
+
+
+def _scaled(layout: StateLayout, names: list[str] | None, dim: int, lo: np.ndarray, hi: np.ndarray) -> StateLayout:
+    """A named or mapped layout with the data's range and its joints' names (every arm's, for a multi-arm one)."""
+    joint_names = tuple(names[i] if names and len(names) == dim else f"joint {i}" for i in layout.joints)
+    arms = tuple(_scaled(a, names, dim, lo, hi) for a in layout.arms)
+    return replace(layout, lo=tuple(map(float, lo)), hi=tuple(map(float, hi)), joint_names=joint_names, arms=arms)
+
+
+def _with_fk(layout: StateLayout, robot_model: str, ee_frame: str, joint_units: str) -> StateLayout:
+    """The layout with forward kinematics of its joints (each arm's to its own frame, `arm=FRAME,...`)."""
+    if layout.arms:
+        frames = dict(part.split("=", 1) for part in ee_frame.split(",") if "=" in part)
+        missing = [a for a in layout.arm_names if a not in frames]
+        if missing:
+            raise ConfigError(f"a robot with arms {list(layout.arm_names)} needs one --ee-frame per arm, e.g. "
+                              + ",".join(f"{a}=SITE" for a in layout.arm_names), field="ee_frame")
+        arms = tuple(_with_fk(a, robot_model, frames[n], joint_units) for n, a in zip(layout.arm_names, layout.arms))
+        return replace(layout, arms=arms)
+    if layout.ee:
+        raise ConfigError("--robot-model computes the end effector from joints, but this state already has one "
+                          f"({format_state_map(layout)})", field="robot_model")
+    if not layout.joints:
+        raise ConfigError("--robot-model needs the state's joints: name them with --state-map joints=A:B",
+                          field="robot_model")
+    if not ee_frame:
+        raise ConfigError("--robot-model needs --ee-frame, the site or body of the end effector", field="ee_frame")
+    return replace(layout, fk=ForwardKinematics(robot_model, ee_frame, layout.joint_names, joint_units))
 
 
 def kinematics(state: np.ndarray, env: np.ndarray | None, success: np.ndarray | None, fps: float,

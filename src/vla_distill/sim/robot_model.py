@@ -13,6 +13,7 @@ Units of the dataset's joint values (JOINT_UNITS):
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -50,6 +51,18 @@ def _load(path: Path):
         raise ConfigError(f"MuJoCo cannot read it: {mujoco_error(e)}", path=path) from e
 
 
+def _arm_joint(key: str, model_joints: dict[str, int]) -> int | None:
+    """A multi-arm robot's joint by its arm and name: the dataset's 'left_waist' is the model's 'vx300s_left/waist'
+    (the one joint whose name ends in the joint and whose prefix holds the arm word); None if not exactly one."""
+    arm, _, rest = key.partition("_")
+    if not rest:
+        return None
+    hits = [j for k, j in model_joints.items()
+            if re.search(rf"(^|[/_]){re.escape(rest)}$", k) and re.search(rf"(^|[/_]){re.escape(arm)}([/_]|$)",
+                                                                           k[: -len(rest)])]
+    return hits[0] if len(hits) == 1 else None
+
+
 def mujoco_error(e: Exception) -> str:
     """MuJoCo's multi-line message as one line: "XML parse error 6:" says nothing until the lines after it."""
     return " ".join(" ".join(line.split()) for line in str(e).splitlines() if line.strip()) or type(e).__name__
@@ -72,7 +85,7 @@ class ForwardKinematics:
         model_joints = {joint_key(self.model.joint(j).name): j for j in range(self.model.njnt)}
         self.columns, self.qpos, ranges = [], [], []
         for c, name in enumerate(joint_names):
-            j = model_joints.get(joint_key(name))
+            j = model_joints.get(joint_key(name), _arm_joint(joint_key(name), model_joints))
             if j is None:
                 continue
             if self.model.jnt_type[j] not in (mujoco.mjtJoint.mjJNT_HINGE, mujoco.mjtJoint.mjJNT_SLIDE):

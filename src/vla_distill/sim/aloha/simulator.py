@@ -86,5 +86,11 @@ class Aloha:
     def unavailable(self) -> str | None:
         return unavailable()
 
+    def robot_description(self) -> tuple[str, str, str]:
+        """The scene's MJCF (gym-aloha's), each arm's fingertip site, radians."""
+        from vla_distill.sim.aloha.env import SCENES, assets_dir
+
+        return str(assets_dir() / SCENES["transfer_cube"]), "left=cali_left_site1,right=cali_right_site1", "rad"
+
     def ground_truth_phases(self, task: str, env_state: np.ndarray | None, kin: Kinematics) -> np.ndarray | None:
         return None  # the bimanual expert's stages are per arm; annotate's phases come from the generic path

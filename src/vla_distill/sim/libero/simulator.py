@@ -75,6 +75,9 @@ class Libero:
     def unavailable(self) -> str | None:
         return unavailable()
 
+    def robot_description(self) -> None:
+        return None  # the state has the hand's position
+
     def ground_truth_phases(self, task: str, env_state: np.ndarray | None, kin: Kinematics) -> np.ndarray | None:
         """The scripted expert's own stage on each stored frame (PHASES_4 indices); None where it has no expert."""
         from vla_distill.errors import ConfigError

@@ -84,6 +84,9 @@ class MetaWorld:
     def unavailable(self) -> str | None:
         return None
 
+    def robot_description(self) -> None:
+        return None  # the state has the hand's position
+
     def ground_truth_phases(self, task: str, env_state: np.ndarray | None, kin: Kinematics) -> np.ndarray | None:
         if env_state is None:
             return None
