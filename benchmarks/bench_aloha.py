@@ -1,0 +1,105 @@
+"""ALOHA bimanual: the scripted expert as teacher, a student distilled from it, both on the same held-out episodes,
+and the exported student in the real-time loop at 50 Hz.
+
+Usage (every stage runs through the CLI as a user would; a rerun skips what is done and resumes what is not):
+  python benchmarks/bench_aloha.py teacher [--episodes 100]
+      the scripted expert on each task's held-out episodes (rendering off: it reads the privileged state)
+  python benchmarks/bench_aloha.py suite [--demos 50] [--steps 20000] [--episodes 100] [--loop-episodes 5]
+      50 DART demonstrations per task (the `aloha` recipe: top camera, 0.02 rad of noise on the arm joints),
+      annotated by the scripted teacher through the generic two-arm path, one student for both tasks, teacher and
+      student on the same 100 held-out episodes per task, paired; the student exported to ONNX, its batch-1 speed,
+      and `vla-distill run --hz 50` episodes with its deadline misses and p99 tick time
+      -> results/aloha.json (the shape of mt10.json), written after every evaluation
+Work directories live under --work (default outputs/bench_aloha).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from bench_distill import onnx_speed, paired_with, per_task_table, rate, table, trained
+from bench_eval import annotated, dataset, evaluated
+
+from common import RESULTS, cli, write_result
+from vla_distill.config import recipe
+from vla_distill.eval.stats import compare
+
+ALOHA = recipe("aloha")
+TASKS = "transfer_cube,insertion"
+ENV = ("--env", "aloha")
+PUBLISHED = {  # success %, other protocols: anchors, not this measurement
+    "act_scripted_data": {"transfer_cube": 90, "insertion": 50},  # ACT's README, its own scripted demonstrations
+    "act_human_data": {"transfer_cube": 50, "insertion": 20},
+    "lerobot_act_human_data": {"transfer_cube": 87.6},  # 500 episodes
+}
+
+
+def teacher(args) -> dict:
+    info = evaluated("scripted", TASKS, Path(args.work) / "eval-teacher", args.episodes, *ENV)
+    print(f"teacher {rate(info)}")
+    return {"teacher": rate(info), "teacher_per_task": {t["task"]: t["pc_success"] for t in info["per_task"]}}
+
+
+def suite(args) -> dict:
+    work = Path(args.work)
+    dart = ("--action-noise", str(ALOHA.collect["action_noise"]))
+    raw = dataset(work, TASKS, args.demos, ALOHA.collect["height"], cameras=",".join(ALOHA.collect["names"]),
+                  name="dataset-dart", collect_flags=(*ENV, *dart))
+    ann = annotated(work, raw, "scripted", "annotated-dart")
+    result = {"tasks": TASKS, "demos_per_task": args.demos, "steps": args.steps, "episodes_per_task": args.episodes,
+              "recipe": "aloha", "published_anchors": PUBLISHED,
+              "command": " ".join(["python benchmarks/bench_aloha.py", *sys.argv[1:]])}
+    run, minutes = trained(ann, work / "student", args.steps, "--recipe", "aloha")
+    t_info = evaluated("scripted", TASKS, work / "eval-teacher", args.episodes, *ENV)
+    s_info = evaluated(str(run), TASKS, work / "eval-student", args.episodes, *ENV)
+    paired = compare(t_info, s_info)
+    table(t_info, s_info, paired)
+    o = paired["overall"]
+    result |= {"teacher": rate(t_info), "student": rate(s_info), "train_minutes": round(minutes, 1),
+               "paired": {"difference": o["difference"], "ci95": o["ci95"], "mcnemar_p": o["mcnemar_p"]},
+               "per_task": per_task_table(t_info, s_info, paired),
+               "vs_teacher": paired_with("the teacher", t_info, s_info)}
+    save(result)
+    speed = onnx_speed(run, ann, work / "bundle")
+    result |= {"student_hz": round(speed["hz"], 1), "student_latency_ms": {"p50": speed["p50_ms"],
+                                                                         "p99": speed["p99_ms"]},
+               "realtime": realtime(work / "bundle", work / "realtime", args.loop_episodes)}
+    return result
+
+
+def realtime(bundle: Path, out: Path, episodes: int) -> dict:
+    """The exported student driving `vla-distill run --hz 50`: each episode's deadline misses and p99 tick time."""
+    if not out.exists():
+        cli("run", "--policy", str(bundle), *ENV, "--tasks", TASKS, "--hz", "50", "--episodes", str(episodes),
+            "--max-steps", "400", "--record", str(out))
+    summaries = [json.loads(p.read_text())["summary"] for p in sorted(out.glob("*/episode_*/meta.json"))]
+    ticks = [s["timing_ms"]["tick_work"]["p99"] for s in summaries]
+    return {"episodes": len(summaries), "success": sum(bool(s["success"]) for s in summaries),
+            "deadline_misses": sum(s["deadline_misses"] for s in summaries),
+            "tick_p99_ms_worst": round(float(max(ticks, default=np.nan)), 2), "hz": 50}
+
+
+def save(partial: dict) -> None:
+    path = RESULTS / "aloha.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    write_result(path, {k: v for k, v in old.items() if k not in ("cpus", "machine", "cpu")} | partial)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["teacher", "suite"])
+    p.add_argument("--work", default="outputs/bench_aloha")
+    p.add_argument("--demos", type=int, default=50)
+    p.add_argument("--steps", type=int, default=ALOHA.train["steps"])
+    p.add_argument("--episodes", type=int, default=100, help="held-out episodes per task")
+    p.add_argument("--loop-episodes", type=int, default=5, help="real-time loop episodes per task")
+    args = p.parse_args()
+    save(teacher(args) if args.what == "teacher" else suite(args))
+
+
+if __name__ == "__main__":
+    main()
