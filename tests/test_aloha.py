@@ -1,5 +1,6 @@
 """ALOHA: names and layout everywhere; with the [aloha] extra installed, a smoke with rendering off (the physics and
-reward against gym-aloha's own env, the IK round trip, the expert handing the cube over) and one rendered frame."""
+reward against gym-aloha's own env, the IK round trip, the expert handing the cube over) and one rendered frame;
+slow: collected episodes through annotate."""
 
 from __future__ import annotations
 
@@ -124,6 +125,7 @@ def test_the_insertion_expert_picks_both_objects_and_lifts_them():
     assert max(rewards) >= 2  # both objects held off the table
 
 
+@pytest.mark.slow
 @needs_aloha
 def test_collected_episodes_annotate_through_the_generic_two_arm_path(tmp_path):
     """No ALOHA case in annotate: the names give two arms, the simulator's MJCF gives each hand by forward kinematics,
