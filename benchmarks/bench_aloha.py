@@ -5,7 +5,7 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
   python benchmarks/bench_aloha.py teacher [--episodes 100]
       the scripted expert on each task's held-out episodes (rendering off: it reads the privileged state)
   python benchmarks/bench_aloha.py suite [--demos 50] [--steps 20000] [--episodes 100] [--loop-episodes 5]
-      50 DART demonstrations per task (the `aloha` recipe: top camera, 0.02 rad of noise on the arm joints),
+      50 DART demonstrations per task (the `aloha` recipe: top camera, 0.005 rad of noise on the arm joints),
       annotated by the scripted teacher through the generic two-arm path, one student for both tasks, teacher and
       student on the same 100 held-out episodes per task, paired; the student exported to ONNX, its batch-1 speed,
       and `vla-distill run --hz 50` episodes with its deadline misses and p99 tick time
