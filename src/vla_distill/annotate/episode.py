@@ -48,12 +48,19 @@ def dataset_layout(ds: RobotDataset, state_map: str = "", robot_model: str = "",
                           "use --phases vlm --directions vlm", field=OBS_STATE)
     state = ds.column(OBS_STATE)
     env = ds.features.get(OBS_ENV_STATE, {}).get("shape", [None])[-1]
-    if not robot_model and not state_map:  # a simulated robot's own description, where its simulator ships one
-        robot_model, ee_frame, joint_units = robot_description(ds.info.get("robot_type", "")) or (
-            robot_model, ee_frame, joint_units)
+    if not robot_model and not state_map:  # collected here in a simulator that describes its robot (ALOHA's MJCF)
+        robot_model, ee_frame, joint_units = collected_robot(ds) or (robot_model, ee_frame, joint_units)
     return resolve_layout(state.shape[1], env, feature_names(ds.features[OBS_STATE]), state.min(0), state.max(0),
                           state_map, robot_model, ee_frame, joint_units,
                           feature_names(ds.features.get(OBS_ENV_STATE, {})))
+
+
+def collected_robot(ds: RobotDataset) -> tuple[str, str, str] | None:
+    """The robot description of the simulator this dataset was collected in (meta/collection.json's env), or None:
+    a real robot's dataset of the same robot_type may use other joint units, so only our own collections get one."""
+    path = ds.root / "meta" / "collection.json"
+    env = json.loads(path.read_text()).get("config", {}).get("env") if path.exists() else None
+    return robot_description(env) if env else None
 
 
 def episode_kinematics(ds: RobotDataset, rows: np.ndarray, layout: StateLayout) -> Kinematics:

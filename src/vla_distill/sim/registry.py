@@ -32,13 +32,9 @@ def simulator_of(task: str | None = None, instruction: str | None = None) -> Sim
     return None
 
 
-def robot_description(robot_type: str) -> tuple[str, str, str] | None:
-    """(robot model, end-effector frame(s), joint units) for forward kinematics of a robot a simulator here models
-    (its datasets record joints only: ALOHA's), or None: a dataset of that robot_type gets its hand positions
-    without --robot-model."""
-    for sim in SIMULATORS.values():
-        if sim.robot_type == robot_type and sim.unavailable() is None:
-            described = sim.robot_description()
-            if described is not None:
-                return described
-    return None
+def robot_description(env: str) -> tuple[str, str, str] | None:
+    """(robot model, end-effector frame(s), joint units) of simulator `env`'s robot where its datasets record joints
+    only (ALOHA's), so that they get hand positions without --robot-model; None otherwise, or where it is not
+    installed."""
+    sim = SIMULATORS.get(env)
+    return sim.robot_description() if sim is not None and sim.unavailable() is None else None
