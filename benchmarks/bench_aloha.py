@@ -76,7 +76,7 @@ def realtime(bundle: Path, out: Path, episodes: int) -> dict:
     if not out.exists():
         cli("run", "--policy", str(bundle), *ENV, "--tasks", TASKS, "--hz", "50", "--episodes", str(episodes),
             "--max-steps", "400", "--record", str(out))
-    summaries = [json.loads(p.read_text())["summary"] for p in sorted(out.glob("*/episode_*/meta.json"))]
+    summaries = [json.loads(p.read_text())["summary"] for p in sorted(out.glob("*/episode_*.json"))]
     ticks = [s["timing_ms"]["tick_work"]["p99"] for s in summaries]
     return {"episodes": len(summaries), "success": sum(bool(s["success"]) for s in summaries),
             "deadline_misses": sum(s["deadline_misses"] for s in summaries),

@@ -430,6 +430,32 @@ def test_loop_refuses_an_observation_the_policy_cannot_read():
     assert robot.sent == []
 
 
+class LazyCameraRobot(FakeRobot):
+    """A FakeRobot whose camera renders when read and only before the next action, as LIBERO's and ALOHA's do."""
+
+    def __init__(self):
+        super().__init__()
+        self.tick = 0
+
+    def get_observation(self):
+        from vla_distill.sim.base import LazyObservation
+
+        tick = self.tick
+        return LazyObservation({"observation.state": self.state.copy()}, lambda k: np.full((2, 2, 3), tick, np.uint8),
+                               ("observation.images.top",), self, tick)
+
+    def send_action(self, action):
+        super().send_action(action)
+        self.tick += 1
+
+
+def test_a_recording_keeps_the_frame_each_action_was_chosen_on_when_cameras_render_lazily():
+    robot = LazyCameraRobot()
+    log = run_loop(ScriptedPolicy([[[0.5, 0, 0, 0]]], [0.0]), robot, "t", LoopConfig(hz=200, max_steps=4),
+                   record=True)
+    assert [int(o["observation.images.top"][0, 0, 0]) for o in log.observations] == [0, 1, 2, 3]
+
+
 def test_run_cli_records_and_replays_a_metaworld_episode(onnx_bundle, tmp_path):
     rec = tmp_path / "rec"
     cmd = [sys.executable, "-m", "vla_distill.cli", "run", "--policy", str(onnx_bundle), "--backend", "onnx",

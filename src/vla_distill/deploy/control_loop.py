@@ -205,6 +205,8 @@ def run_loop(policy, robot, task: str, cfg: LoopConfig, record: bool = False) ->
             start = pacer.deadline(tick)
             t = time.perf_counter()
             obs = robot.get_observation()
+            if record:  # read every image now: a lazily rendered one (LIBERO, ALOHA) cannot be read after the step
+                obs = {k: np.asarray(v) for k, v in obs.items()}
             t_obs = time.perf_counter()
             try:
                 raw, infer_ms, seam = _next_action(sched, ahead, policy, obs, task, tick, last_tick, cfg)
