@@ -230,6 +230,24 @@ def test_a_two_arm_state_is_one_track_that_follows_the_arm_at_work():
     assert cue_direction("moving the right gripper left") == {0: -1}  # a hand's name is not a direction
 
 
+def test_an_object_named_in_the_environment_state_is_read_beside_a_hand_only():
+    """observation.environment_state's `object_x, _y, _z` give the object where the layout has a hand position (no
+    goal named: none); a joint-only arm without forward kinematics ignores it instead of labelling from nothing."""
+    from vla_distill.annotate.phases import label_phases
+    from vla_distill.sim.layout import resolve_layout
+
+    q = so101_episode(0)
+    env = np.tile([0.1, 0.2, 0.0], (len(q), 1))
+    objects = ["object_x", "object_y", "object_z"]
+    joints_only = resolve_layout(6, 3, list(SO101), q.min(0), q.max(0), env_names=objects)
+    assert joints_only.env_obj == () and joints_only.decode(q, env, None, 30.0).obj is None
+    hand = np.concatenate([q[:, :3] / 100, q[:, 5:]], 1)  # x, y, z in metres and the gripper
+    layout = resolve_layout(4, 3, ["x", "y", "z", "gripper"], hand.min(0), hand.max(0), env_names=objects)
+    kin = layout.decode(hand, env, None, 30.0)
+    assert layout.env_obj == (0, 1, 2) and kin.obj.shape == (60, 3) and kin.goal is None
+    assert len(label_phases(kin)) == 60
+
+
 # ---------------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def so101_dataset(tmp_path_factory):

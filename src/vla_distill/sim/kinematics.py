@@ -90,10 +90,16 @@ def arm_moving(kin: Kinematics, metres_per_s: float, range_per_s: float) -> np.n
     than range_per_s (fraction of the widest joint's range per second, all joints together)."""
     if kin.ee is not None:
         return speed(kin.ee, kin.fps) > metres_per_s
-    if kin.joints is not None:  # over ±0.1 s: encoder noise on a still arm must not read as motion
-        k = max(1, round(0.1 * kin.fps))
-        q = np.pad(kin.joints.astype(np.float64), ((k, k), (0, 0)), mode="edge")
-        return np.linalg.norm(q[2 * k :] - q[: -2 * k], axis=1) * kin.fps / (2 * k) > range_per_s
+    if kin.joints is not None:
+        return joint_speed(kin) > range_per_s
     return np.zeros(len(kin), bool)
+
+
+def joint_speed(kin: Kinematics) -> np.ndarray:
+    """(T,) how fast the joints move together, in fractions of the widest joint's range per second, over ±0.1 s:
+    encoder noise on a still arm must not read as motion. kin.joints must be set."""
+    k = max(1, round(0.1 * kin.fps))
+    q = np.pad(kin.joints.astype(np.float64), ((k, k), (0, 0)), mode="edge")
+    return np.linalg.norm(q[2 * k :] - q[: -2 * k], axis=1) * kin.fps / (2 * k)
 
 

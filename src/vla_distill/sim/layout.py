@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from vla_distill.errors import ConfigError, DatasetError
-from vla_distill.sim.kinematics import Kinematics, runs
+from vla_distill.sim.kinematics import Kinematics, joint_speed, runs
 from vla_distill.sim.robot_model import ForwardKinematics, joint_key
 from vla_distill.types import OBS_STATE
 
@@ -87,10 +87,7 @@ class StateLayout:
             lo, hi = (np.asarray(x, np.float64)[list(self.joints)] for x in (self.lo, self.hi))
             # one scale for all joints (they share units): a joint that barely moves keeps its noise small
             joints = (state[:, list(self.joints)] - lo) / max(float((hi - lo).max()), 1e-9)
-        obj = goal = None
-        if self.env_object and env is not None:
-            env = np.asarray(env, np.float64)
-            obj, goal = env[:, list(self.env_obj)], env[:, list(self.env_goal)]
+        obj, goal = self._env_points(env)
         return Kinematics(gripper=self._opening(state), fps=fps, ee=ee, obj=obj, goal=goal, success=success,
                           contact=None if contact is None else np.asarray(contact, bool), joints=joints,
                           joint_names=self.joint_names)
@@ -103,10 +100,7 @@ class StateLayout:
         per_contact = contact if contact is not None and contact.shape[1] == len(self.arms) else None
         kins = [arm.decode(state, None, success, fps, None if per_contact is None else per_contact[:, i])
                 for i, arm in enumerate(self.arms)]
-        obj = goal = None
-        if self.env_object and env is not None:
-            env = np.asarray(env, np.float64)
-            obj, goal = env[:, list(self.env_obj)], (env[:, list(self.env_goal)] if self.env_goal else None)
+        obj, goal = self._env_points(env)
         acting = acting_arm(kins, obj, fps)
         t = np.arange(len(state))
 
@@ -119,6 +113,14 @@ class StateLayout:
                           contact=follow("contact"),
                           joints=None if any(j is None for j in joints) else np.concatenate(joints, 1),
                           joint_names=sum((k.joint_names for k in kins), ()), arm=acting, arm_names=self.arm_names)
+
+    def _env_points(self, env: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(T, 3) object and goal positions from the environment state, each None where the layout has none (a
+        named layout may find an object and no goal)."""
+        if not self.env_object or env is None:
+            return None, None
+        env = np.asarray(env, np.float64)
+        return env[:, list(self.env_obj)], env[:, list(self.env_goal)] if self.env_goal else None
 
     def _opening(self, state: np.ndarray) -> np.ndarray:
         g = state[:, self.gripper[0]] - (state[:, self.gripper[1]] if len(self.gripper) == 2 else 0.0)
@@ -282,12 +284,7 @@ def acting_arm(kins: list[Kinematics], obj: np.ndarray | None, fps: float, hold_
     if obj is not None and all(k.ee is not None for k in kins):
         acting = np.stack([np.linalg.norm(k.ee - obj, axis=1) for k in kins], 1).argmin(1)
     elif all(k.joints is not None for k in kins):
-        k = max(1, round(0.1 * fps))
-        moves = []
-        for kin in kins:
-            q = np.pad(kin.joints, ((k, k), (0, 0)), mode="edge")
-            moves.append(np.linalg.norm(q[2 * k:] - q[:-2 * k], axis=1))
-        acting = np.stack(moves, 1).argmax(1)
+        acting = np.stack([joint_speed(k) for k in kins], 1).argmax(1)
     else:
         acting = np.zeros(len(kins[0]), np.int64)
     min_run = max(1, round(hold_s * fps))
@@ -335,11 +332,12 @@ def resolve_layout(dim: int, env_dim: int | None = None, names: list[str] | None
         if lo is None or hi is None:
             raise DatasetError("the state's range is needed to scale the gripper and joints", field=OBS_STATE)
         layout = _scaled(layout, names, dim, lo, hi)
-        if not layout.env_obj:
-            obj, goal = env_object_roles(env_names)
-            layout = replace(layout, env_obj=obj, env_goal=goal if obj else ())
     if robot_model:
         layout = _with_fk(layout, robot_model, ee_frame, joint_units)
+    if layout.name in ("state-map", "names") and not layout.env_obj and layout.has_ee:
+        # an object's position means something to phases and cues only beside the hand's
+        obj, goal = env_object_roles(env_names)
+        layout = replace(layout, env_obj=obj, env_goal=goal if obj else ())
     return layout
 
 
