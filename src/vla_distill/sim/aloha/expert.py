@@ -194,7 +194,6 @@ class AlohaExpert:
         # straight down for the 2 cm peg: the fingers' bottom edges level, a 6 cm strip of each pad on its sides
         # (pitched, only a corner of each pad gets below the top of something that low, and it slips when lifted)
         self.pick_peg = rotated(home["right"], [0, 1, 0], np.deg2rad(90))
-        self.home = home
 
     def __call__(self, env_state: np.ndarray) -> np.ndarray:
         s = np.asarray(env_state, np.float64)
@@ -216,10 +215,11 @@ class AlohaExpert:
         """(left, right) goals from the state: what each arm does next and why."""
         return self._transfer(s) if self.task == "transfer_cube" else self._insertion(s)
 
-    def _grips(self, s: np.ndarray) -> tuple[dict, dict]:
-        """Each arm's grip point (3,) and gripper opening from the state."""
-        grip = {arm: self.ik[arm].pose(s[7 * i:7 * i + 6])[0] for i, arm in enumerate(ARMS)}
-        return grip, {arm: s[7 * i + 6] for i, arm in enumerate(ARMS)}
+    def _hands(self, s: np.ndarray) -> tuple[dict, dict, dict]:
+        """Each arm's grip point (3,), gripper orientation (3, 3) and gripper opening from the state."""
+        poses = {arm: self.ik[arm].pose(s[7 * i:7 * i + 6]) for i, arm in enumerate(ARMS)}
+        return ({arm: p for arm, (p, _) in poses.items()}, {arm: r for arm, (_, r) in poses.items()},
+                {arm: s[7 * i + 6] for i, arm in enumerate(ARMS)})
 
     def _pick(self, grip: np.ndarray, obj: np.ndarray, rotation: np.ndarray, dz: float = GRASP_DZ) -> ArmGoal:
         """Line up above the object, come down on it open, shut at the grasp point (dz above its centre)."""
@@ -233,7 +233,7 @@ class AlohaExpert:
     def _transfer(self, s: np.ndarray) -> tuple[ArmGoal, ArmGoal]:
         cube = s[OBJECT0:OBJECT0 + 3]
         left_touch, right_touch = s[CONTACT] > 0.5, s[CONTACT + 1] > 0.5
-        grip, gripper = self._grips(s)
+        grip, _, gripper = self._hands(s)
         lifted = cube[2] > LIFTED
         left_holds = left_touch and gripper["left"] < HOLDING and lifted
         right_holds = right_touch and gripper["right"] < HOLDING and np.linalg.norm(grip["right"] - cube) < 0.04
@@ -259,13 +259,11 @@ class AlohaExpert:
         """Each arm picks its object (the right the peg, the left the socket), both lift to the meeting height, the
         socket waits there, the peg lines up with it along x and goes in until it meets the pin."""
         peg, socket = s[OBJECT0:OBJECT0 + 3], s[OBJECT1:OBJECT1 + 3]
-        grip, gripper = self._grips(s)
-        rot = {arm: self.ik[arm].pose(s[7 * i:7 * i + 6])[1] for i, arm in enumerate(ARMS)}
+        grip, rot, gripper = self._hands(s)
         holds = {"right": s[CONTACT + 1] > 0.5 and gripper["right"] < PEG_HOLDING
                  and np.linalg.norm(grip["right"] - peg) < 0.03,
                  "left": s[CONTACT] > 0.5 and gripper["left"] < SOCKET_HOLDING
                  and np.linalg.norm(grip["left"] - socket) < 0.03}
-        up = {"right": holds["right"] and peg[2] > LIFTED, "left": holds["left"] and socket[2] > LIFTED}
         # the fingers close across each object's long axis however it lies; once held, the hand turns so that the
         # object's axis comes back along x (the direction the peg goes in)
         peg_yaw, socket_yaw = yaw_of(s[OBJECT0 + 3:OBJECT0 + 7], np.pi), yaw_of(s[OBJECT1 + 3:OBJECT1 + 7], np.pi)
@@ -276,7 +274,7 @@ class AlohaExpert:
                            PRECISE)
         if not holds["right"]:
             return left, self._pick(grip["right"], peg, about_z(peg_yaw, self.pick_peg), PEG_GRASP_DZ)
-        lined_up = up["left"] and np.linalg.norm(socket - SOCKET_AT) < 0.01
+        lined_up = holds["left"] and socket[2] > LIFTED and np.linalg.norm(socket - SOCKET_AT) < 0.01
         offset = peg - socket
         aligned = lined_up and np.abs(offset[1:]).max() < ALIGNED and offset[0] < PRE_INSERT + 0.01
         goal = socket + [INSERTED if aligned else PRE_INSERT, 0, 0]
