@@ -41,7 +41,10 @@ PUBLISHED = {  # success %, other protocols: anchors, not this measurement
 def teacher(args) -> dict:
     info = evaluated("scripted", TASKS, Path(args.work) / "eval-teacher", args.episodes, *ENV)
     print(f"teacher {rate(info)}")
-    return {"teacher": rate(info), "teacher_per_task": {t["task"]: t["pc_success"] for t in info["per_task"]}}
+    per_task = {t["task"]: {"pc_success": t["pc_success"], "ci95": t["pc_success_ci95"], "n_episodes": t["n_episodes"]}
+                for t in info["per_task"]}
+    return {"teacher": rate(info), "teacher_per_task": per_task,
+            "teacher_command": " ".join(["python benchmarks/bench_aloha.py", *sys.argv[1:]])}
 
 
 def suite(args) -> dict:
@@ -86,7 +89,7 @@ def realtime(bundle: Path, out: Path, episodes: int) -> dict:
 def save(partial: dict) -> None:
     path = RESULTS / "aloha.json"
     old = json.loads(path.read_text()) if path.exists() else {}
-    write_result(path, {k: v for k, v in old.items() if k not in ("cpus", "machine", "cpu")} | partial)
+    write_result(path, old | partial)  # write_result records the machine this run is on over the old one's
 
 
 def main() -> None:

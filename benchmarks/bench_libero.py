@@ -226,9 +226,7 @@ def speed(args) -> dict:
 
 def merged(name: str, key: str, value: dict) -> dict:
     path = RESULTS / name
-    result = json.loads(path.read_text()) if path.exists() else {}
-    for machine_key in ("cpus", "machine", "cpu"):  # write_result records the machine this run is on
-        result.pop(machine_key, None)
+    result = json.loads(path.read_text()) if path.exists() else {}  # write_result replaces its machine keys
     return result | {key: (result.get(key) or {}) | value}
 
 
