@@ -230,6 +230,26 @@ def test_a_two_arm_state_is_one_track_that_follows_the_arm_at_work():
     assert cue_direction("moving the right gripper left") == {0: -1}  # a hand's name is not a direction
 
 
+def test_a_collection_record_that_is_not_ours_is_refused_in_one_line_or_ignored(tmp_path):
+    """meta/collection.json names the simulator a dataset was collected in; a broken one is a DatasetError naming the
+    file, one of another shape gives no robot description."""
+    from types import SimpleNamespace
+
+    from vla_distill.annotate.episode import collected_robot
+    from vla_distill.errors import DatasetError
+
+    ds = SimpleNamespace(root=tmp_path)
+    assert collected_robot(ds) is None  # none recorded
+    (tmp_path / "meta").mkdir()
+    record = tmp_path / "meta" / "collection.json"
+    for other in ('["aloha"]', '{"config": {"env": ["aloha"]}}', '{"config": {"env": "metaworld"}}'):
+        record.write_text(other)
+        assert collected_robot(ds) is None
+    record.write_text("{not json")
+    with pytest.raises(DatasetError, match="collection.json"):
+        collected_robot(ds)
+
+
 def test_an_object_named_in_the_environment_state_is_read_beside_a_hand_only():
     """observation.environment_state's `object_x, _y, _z` give the object where the layout has a hand position (no
     goal named: none); a joint-only arm without forward kinematics ignores it instead of labelling from nothing."""

@@ -29,7 +29,7 @@ from vla_distill.annotate import directions as dirs
 from vla_distill.annotate.config import AnnotateConfig
 from vla_distill.annotate.phases import PhaseConfig, label_phases
 from vla_distill.data.dataset import RobotDataset
-from vla_distill.data.format import feature_names
+from vla_distill.data.format import feature_names, read_json
 from vla_distill.errors import ConfigError
 from vla_distill.sim.kinematics import Kinematics
 from vla_distill.sim.layout import StateLayout, resolve_layout
@@ -59,8 +59,10 @@ def collected_robot(ds: RobotDataset) -> tuple[str, str, str] | None:
     """The robot description of the simulator this dataset was collected in (meta/collection.json's env), or None:
     a real robot's dataset of the same robot_type may use other joint units, so only our own collections get one."""
     path = ds.root / "meta" / "collection.json"
-    env = json.loads(path.read_text()).get("config", {}).get("env") if path.exists() else None
-    return robot_description(env) if env else None
+    plan = read_json(path) if path.exists() else {}  # a file that is not JSON: a one-line error naming it
+    config = plan.get("config") if isinstance(plan, dict) else None
+    env = config.get("env") if isinstance(config, dict) else None
+    return robot_description(env) if isinstance(env, str) else None
 
 
 def episode_kinematics(ds: RobotDataset, rows: np.ndarray, layout: StateLayout) -> Kinematics:
