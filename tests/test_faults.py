@@ -516,11 +516,12 @@ def test_kill_9_leaves_no_worker_processes_behind(stage, tmp_path):
     """A killed stage's worker pool (forkserver, workers, resource tracker) goes with it, within seconds."""
     cmd = _collect_cmd(tmp_path / "out") if stage == "collect" else _eval_cmd(tmp_path / "out")
     cmd[cmd.index("--workers") + 1] = "2"
+    cmd[cmd.index("--episodes") + 1] = "40"  # a pool still busy when it is killed, not one winding down
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while len(_descendants(proc.pid)) < 3 and time.time() < deadline:  # the server and its two workers
+    deadline, workers = time.time() + 120, set()
+    while len(workers) < 3 and time.time() < deadline:  # the server and its two workers
         time.sleep(0.05)
-    workers = _descendants(proc.pid)
+        workers = _descendants(proc.pid)  # the set that was seen, not a second look after a worker may have ended
     assert len(workers) >= 3, workers
     proc.kill()
     proc.wait()
