@@ -122,6 +122,8 @@ def suite(args) -> dict:
     t_info = evaluated("scripted", tasks, work / "eval-teacher", args.episodes, *ENV)
     students = {}
     for name, flags in VISION.items():
+        if args.vision not in ("both", name):
+            continue
         run, minutes = trained(ann, work / f"student-{name}", args.steps, *flags)
         out = work / f"eval-student-{name}"
         info = evaluated(str(run), tasks, out, args.episodes, *ENV)
@@ -129,11 +131,15 @@ def suite(args) -> dict:
         result["vision"][name] = rate(info) | {"train_minutes": round(minutes, 1),
                                                "vs_teacher": paired_with("the teacher", t_info, info)}
         save(args.suite, result)
-    choice = paired_with("the frozen encoder", students["frozen"][2], students["scratch"][2])
-    chosen = "scratch" if choice["difference"] > 0 else "frozen"  # a tie keeps the cheaper one to train
-    result["vision"] |= {"scratch_minus_frozen": choice, "chosen": chosen}
+    if args.vision == "both":
+        choice = paired_with("the frozen encoder", students["frozen"][2], students["scratch"][2])
+        chosen = "scratch" if choice["difference"] > 0 else "frozen"  # a tie keeps the cheaper one to train
+        result["vision"] |= {"scratch_minus_frozen": choice, "chosen": chosen}
+    else:  # one encoder alone (the other still training): its DAgger round and table, the choice not yet measured
+        chosen = args.vision
+        result["vision"] |= {"chosen": chosen, "compared": False}
     run, minutes, info, flags, out = students[chosen]
-    dagger_ann = dagger_round(work, tasks, args.demos, run, raw, CAMERAS, LIBERO.collect["height"], ENV)
+    dagger_ann = dagger_round(work, tasks, args.demos, run, raw, CAMERAS, LIBERO.collect["height"], ENV, chosen)
     d_run, d_minutes = trained(dagger_ann, work / f"student-{chosen}-dagger", args.steps, *flags)
     d_out = work / f"eval-student-{chosen}-dagger"
     d_info = evaluated(str(d_run), tasks, d_out, args.episodes, *ENV)
@@ -239,6 +245,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=LIBERO.train["steps"])
     p.add_argument("--episodes", type=int, default=50, help="per task (50 = every standard initial state)")
     p.add_argument("--task", default="libero_object/0", help="speed: the task timed")
+    p.add_argument("--vision", default="both", choices=["both", *VISION],
+                   help="suite: the vision encoders trained and compared (one: its DAgger round without the choice)")
     args = p.parse_args()
     if args.what == "speed":
         args.episodes = min(args.episodes, 5)

@@ -102,6 +102,21 @@ def test_the_expert_hands_the_cube_over_from_any_state():
 
 
 @needs_aloha
+def test_a_diverged_simulation_ends_as_a_failure_until_reset(monkeypatch, tmp_path):
+    """MuJoCo resets a diverged scene and carries on; from then on the episode cannot succeed."""
+    monkeypatch.chdir(tmp_path)  # MuJoCo logs its warning to ./MUJOCO_LOG.TXT
+    env = aloha_env.AlohaEnv("transfer_cube", image_keys=())
+    monkeypatch.setattr(env, "reward", lambda: aloha_env.TOP_REWARD)  # as if the task were done at every step
+    env.reset(0)
+    assert env.step(env.state)[1:] == (aloha_env.TOP_REWARD, True)
+    env.data.qvel[0] = 1e12
+    for _ in range(3):
+        assert env.step(env.state)[1:] == (0.0, False) and env.diverged
+    env.reset(0)
+    assert not env.diverged and env.step(env.state)[2]
+
+
+@needs_aloha
 def test_the_top_camera_renders_only_when_read():
     env = aloha_env.AlohaEnv("transfer_cube", ("observation.images.top",), (96, 96))
     obs = env.reset(0)

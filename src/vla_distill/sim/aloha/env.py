@@ -121,7 +121,8 @@ class AlohaEnv:
         self.data = mujoco.MjData(self.model)
         self.substeps = round(1 / FPS / self.model.opt.timestep)
         self.instruction, self.max_steps = INSTRUCTIONS[task], MAX_STEPS
-        self.tick = 0
+        self.tick, self.diverged = 0, False  # diverged: MuJoCo reset the scene mid-episode, which then fails
+        self._diverged_warnings = [int(getattr(mujoco.mjtWarning, f"mjWARN_BAD{q}")) for q in ("QPOS", "QVEL", "QACC")]
         self._object_qpos = [self.model.jnt_qposadr[self.model.body(b).jntadr[0]] for b in OBJECTS[task]]
         self._grippers = {arm: _gripper_geoms(self.model, arm) for arm in ARMS}
         self._objects = {g for name in (*OBJECTS[task], "pin") for g in _geoms(self.model, OBJECT_GEOMS[name])}
@@ -156,7 +157,7 @@ class AlohaEnv:
         for i, adr in enumerate(self._object_qpos):
             d.qpos[adr:adr + 7] = poses[7 * i:7 * i + 7]
         mujoco.mj_forward(m, d)
-        self.tick = 0
+        self.tick, self.diverged = 0, False  # mj_resetData clears the warning counters too
         return self._observe()
 
     def step(self, action: np.ndarray) -> tuple[LazyObservation, float, bool]:
@@ -172,7 +173,10 @@ class AlohaEnv:
         self.data.ctrl[:] = ctrl  # MuJoCo clamps to each actuator's ctrlrange, as dm_control does
         mujoco.mj_step(self.model, self.data, self.substeps)
         self.tick += 1
-        reward = self.reward()
+        # MuJoCo resets a diverged simulation to the model's default pose and goes on (only a warning counts it): the
+        # objects reappear at rest, where a policy could then "succeed" on a scene that was never the episode's
+        self.diverged = self.diverged or any(self.data.warning[w].number for w in self._diverged_warnings)
+        reward = 0 if self.diverged else self.reward()
         return self._observe(), float(reward), reward == TOP_REWARD
 
     def reward(self) -> int:
