@@ -13,6 +13,9 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
       frozen ImageNet encoder and with one trained from scratch, the better by a paired evaluation; a DAgger round
       driven by it, kept if its paired evaluation is ahead; teacher and the kept student on the same 500 standard
       episodes, paired -> results/libero.json[suite], written after every evaluation
+  python benchmarks/bench_libero.py grasps --suite libero_object
+      where each evaluated episode first closed the gripper: on the target or another item, how high above the
+      expert's grasp point, how often it closed -> results/libero_grasps.json (why a student fails, per task)
 Step limits: an episode runs to lerobot's limit (MAX_STEPS, control steps); openpi's (220 on Spatial) is read off the
 step of first success, so one evaluation reports both.
 Work directories live under --work (default outputs/bench_libero).
@@ -32,7 +35,7 @@ from bench_eval import annotated, dataset, evaluated
 
 from common import RESULTS, write_result
 from vla_distill.config import recipe
-from vla_distill.eval.records import read_records
+from vla_distill.eval.records import arrays_path, read_records
 from vla_distill.eval.stats import compare, wilson
 
 LIBERO = recipe("libero")
@@ -195,6 +198,56 @@ def phase_agreement(raw: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ speed
+def first_grasps(out: Path, suite_name: str) -> dict:
+    """Where each episode of an evaluation first closed the gripper (its 7th action > 0), per task: on the target
+    (the object nearest the hand, in the plane, is the goal's), the hand's height above the expert's grasp point
+    then, and how often the gripper closed in all. Replays each episode's initial state for the objects' places."""
+    from vla_distill.sim.libero.env import LiberoEnv
+    from vla_distill.sim.libero.expert import LiberoExpert, State, grasp_of
+
+    records, rows = read_records(out), {}
+    for task in sorted({t for t, _ in records}, key=lambda t: int(t.rsplit("/", 1)[1])):
+        env, expert = LiberoEnv(task, image_keys=()), LiberoExpert(task)
+        on_target, heights, closes, wins = [], [], [], []
+        for (t, ep), rec in sorted(records.items()):
+            if t != task:
+                continue
+            env.reset(rec.seed)
+            places = {n: env.inner.sim.data.body_xpos[i][:2].copy() for n, i in env.inner.obj_body_id.items()}
+            point = grasp_of(expert.category, State.of(env.env_state)).point
+            z = np.load(arrays_path(out, task, ep))
+            shut = z["actions"][:, 6] > 0
+            closes.append(int(shut[0]) + int(np.sum(shut[1:] & ~shut[:-1])))
+            wins.append(rec.success)
+            if shut.any():
+                hand = z["hand"][int(np.argmax(shut))]
+                nearest = min(places, key=lambda n: float(np.linalg.norm(places[n] - hand[:2])))
+                on_target.append(nearest == expert.goal.target)
+                heights.append(float(hand[2] - point[2]))
+        env.close()
+        rows[task] = {"pc_success": 100 * float(np.mean(wins)), "n": len(wins),
+                      "pc_first_close_on_target": 100 * float(np.mean(on_target)) if on_target else None,
+                      "median_cm_above_grasp_point": round(100 * float(np.median(heights)), 1) if heights else None,
+                      "mean_closes": round(float(np.mean(closes)), 1)}
+    return rows
+
+
+def grasps(args) -> dict:
+    """first_grasps for the teacher and each student evaluated so far, side by side per task."""
+    work = Path(args.work) / args.suite
+    result = {}
+    print("| evaluation | task | success % | first close on the target % | cm above the grasp point | closes |\n"
+          "|---|---|---:|---:|---:|---:|")
+    for out in sorted(work.glob("eval-*")):
+        if not (out / "eval_info.json").exists():
+            continue
+        rows = result[out.name] = first_grasps(out, args.suite)
+        for task, r in rows.items():
+            print(f"| {out.name} | {task} | {r['pc_success']:.0f} | {r['pc_first_close_on_target']} | "
+                  f"{r['median_cm_above_grasp_point']} | {r['mean_closes']} |")
+    return result
+
+
 def speed(args) -> dict:
     """One process, one core's worth: the same expert episodes under three rendering schedules."""
     from vla_distill.sim.libero.env import CONTROL_REPEAT, LiberoEnv
@@ -238,7 +291,7 @@ def merged(name: str, key: str, value: dict) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["speed", "teacher", "suite"])
+    p.add_argument("what", choices=["speed", "teacher", "suite", "grasps"])
     p.add_argument("--suite", default="libero_object", choices=list(OPENPI_STEPS))
     p.add_argument("--work", default="outputs/bench_libero")
     p.add_argument("--demos", type=int, default=50)
@@ -252,6 +305,8 @@ def main() -> None:
         args.episodes = min(args.episodes, 5)
         print("| schedule | env steps/s | control steps/s | frame pairs/s |\n|---|---:|---:|---:|")
         write_result(RESULTS / "libero_speed.json", speed(args))
+    elif args.what == "grasps":
+        write_result(RESULTS / "libero_grasps.json", {args.suite: grasps(args)})
     elif args.what == "teacher":
         write_result(RESULTS / "libero.json", merged("libero.json", args.suite, teacher(args)))
     else:

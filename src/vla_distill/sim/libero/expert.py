@@ -48,7 +48,12 @@ DRAWER = re.compile(r"cabinet_\d+_(top|middle|bottom)_region$")  # a drawer's in
 POS_GAIN = 1 / 0.04  # action per metre of position error: full speed beyond 4 cm (less overshoots)
 ROT_GAIN = 1 / 0.25  # action per radian
 CLOSE_ENOUGH = 0.012  # m: at the grasp or release height
-ALIGNED = 0.008  # m: over the grasp point (xy), to go down
+ALIGNED = 0.008  # m: over the grasp point (xy), to go all the way down
+FUNNEL = 0.02  # m further off in the plane, the hand hovers: the height it may go down to rises with the offset
+# the last HOVER above the grasp point: at most 0.4 of full speed (2 cm a control step), and half the gain, so a step
+# closes about 60% of what is left rather than all of it in one jump: several frames of the final approach to learn
+# from, and a student that misjudges the distance a little corrects it over the next steps
+FINAL_SPEED, FINAL_GAIN = 0.4, POS_GAIN / 2
 GRIP_OFF = 0.015  # m: close enough to the grasp point (xy) to close on it
 ALIGNED_AMONG = 0.03  # m: close enough to recentre in place, once the fingers are down beside the target
 TURNED = 0.12  # rad: the fingers across the grasp before they go down
@@ -170,11 +175,17 @@ def _turn(st: State, axis: np.ndarray) -> np.ndarray:
     return _rotvec(_orientation(axis) @ _matrix(st.eef_quat).T)
 
 
-def _move(st: State, target: np.ndarray, axis: np.ndarray, grip: float, speed: float = 1.0) -> np.ndarray:
+def _move(st: State, target: np.ndarray, axis: np.ndarray, grip: float, speed: float = 1.0,
+          gain: float = POS_GAIN) -> np.ndarray:
     """Toward `target` at most `speed` of full speed, turning to point down with the fingers across `axis`."""
-    pos = np.clip((target - st.eef) * POS_GAIN, -speed, speed)
+    pos = np.clip((target - st.eef) * gain, -speed, speed)
     rot = np.clip(_turn(st, axis) * ROT_GAIN, -1, 1)
     return np.array([*pos, *rot, grip], np.float32)
+
+
+def _final(st: State, hover: float) -> tuple[float, float]:
+    """(speed, gain) of a move: the final approach's below the hover height."""
+    return (FINAL_SPEED, FINAL_GAIN) if st.eef[2] < hover + 0.01 else (1.0, POS_GAIN)
 
 
 class LiberoExpert:
@@ -216,20 +227,28 @@ class LiberoExpert:
         return bool(near and st.dest[2] - 0.04 < g.bottom < st.dest[2] + 0.06)
 
     def _approach(self, st: State, g: Grasp) -> np.ndarray:
+        """The height the hand may go down to is continuous in its offset from the grasp point (a student that
+        misjudges the offset by a few millimetres is told to hover a little higher, not sent back up to HOVER), and
+        the last stretch down is slow (frames of it to learn from, where a full-speed descent crossed it in one)."""
         off = np.linalg.norm(g.point[:2] - st.eef[:2])
         hover = max(g.point[2] + HOVER, g.top + HOVER)  # the fingertips clear a tall target's top
         turned = np.linalg.norm(_turn(st, g.axis)) < TURNED
         among = st.eef[2] < g.top  # already down beside the target: correct on the way rather than start over
-        if off > (ALIGNED_AMONG if among else ALIGNED) or (not turned and not among):
+        raised = float(np.clip((off - ALIGNED) / FUNNEL, 0.0, 1.0))
+        if off > 0.05 or (not turned and not among):
             z = max(hover, st.eef[2]) if off > 0.05 else hover
             return _move(st, np.array([*g.point[:2], z]), g.axis, -1.0)
+        if off > (ALIGNED_AMONG if among else ALIGNED):
+            z = g.point[2] + raised * (hover - g.point[2])
+            return _move(st, np.array([*g.point[:2], z]), g.axis, -1.0, *_final(st, hover))
         at = abs(st.eef[2] - g.point[2]) < CLOSE_ENOUGH
         closing = st.opening < WIDE and off < ALIGNED_AMONG  # once the fingers close, they finish: a grip nudges it
         if closing and abs(st.eef[2] - g.point[2]) < 2 * CLOSE_ENOUGH:  # a flared wall pushes the fingers up
             return _move(st, np.array([*st.eef[:2], g.point[2]]), g.axis, 1.0)  # hold still while they close
         # off to one side: recentre while backing up a little (a finger may rest on the target's wall or beside it)
-        z = g.point[2] if off < ALIGNED else min(st.eef[2] + 0.03, hover)
-        return _move(st, np.array([*g.point[:2], z]), g.axis, 1.0 if at and off < GRIP_OFF else -1.0)
+        z = g.point[2] + raised * (min(st.eef[2] + 0.03, hover) - g.point[2])
+        return _move(st, np.array([*g.point[:2], z]), g.axis, 1.0 if at and off < GRIP_OFF else -1.0,
+                     *_final(st, hover))
 
     def _carry(self, st: State, g: Grasp) -> np.ndarray:
         g = replace(g, axis=_closing_axis(st))  # hold the yaw it was taken with: turning shakes a grasp loose
