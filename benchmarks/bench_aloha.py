@@ -6,8 +6,9 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
       the scripted expert on each task's held-out episodes (rendering off: it reads the privileged state)
   python benchmarks/bench_aloha.py suite [--demos 50] [--steps 20000] [--episodes 100] [--loop-episodes 5]
       50 DART demonstrations per task (the `aloha` recipe: top camera, 0.005 rad of noise on the arm joints),
-      annotated by the scripted teacher through the generic two-arm path, one student for both tasks, teacher and
-      student on the same 100 held-out episodes per task, paired; the student exported to ONNX, its batch-1 speed,
+      annotated by the scripted teacher through the generic two-arm path, one student for both tasks; a DAgger round
+      driven by it (its own rollouts labelled by the expert), kept if its paired evaluation is ahead; teacher and
+      the kept student on the same 100 held-out episodes per task, paired; the student exported to ONNX, its speed,
       and `vla-distill run --hz 50` episodes with its deadline misses and p99 tick time
       -> results/aloha.json (the shape of mt10.json), written after every evaluation
 Work directories live under --work (default outputs/bench_aloha).
@@ -21,7 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from bench_distill import onnx_speed, paired_with, per_task_table, rate, table, trained
+from bench_distill import dagger_round, onnx_speed, paired_with, per_task_table, rate, table, trained
 from bench_eval import annotated, dataset, evaluated
 
 from common import RESULTS, cli, write_result
@@ -48,10 +49,12 @@ def teacher(args) -> dict:
 
 
 def suite(args) -> dict:
+    """demonstrations -> annotations -> a student -> a DAgger round driven by it, kept if its paired evaluation is
+    ahead -> teacher against the kept student, its ONNX speed and the 50 Hz loop."""
     work = Path(args.work)
+    cameras, size = ",".join(ALOHA.collect["names"]), ALOHA.collect["height"]
     dart = ("--action-noise", str(ALOHA.collect["action_noise"]))
-    raw = dataset(work, TASKS, args.demos, ALOHA.collect["height"], cameras=",".join(ALOHA.collect["names"]),
-                  name="dataset-dart", collect_flags=(*ENV, *dart))
+    raw = dataset(work, TASKS, args.demos, size, cameras=cameras, name="dataset-dart", collect_flags=(*ENV, *dart))
     ann = annotated(work, raw, "scripted", "annotated-dart")
     result = {"tasks": TASKS, "demos_per_task": args.demos, "steps": args.steps, "episodes_per_task": args.episodes,
               "recipe": "aloha", "published_anchors": PUBLISHED,
@@ -59,18 +62,31 @@ def suite(args) -> dict:
     run, minutes = trained(ann, work / "student", args.steps, "--recipe", "aloha")
     t_info = evaluated("scripted", TASKS, work / "eval-teacher", args.episodes, *ENV)
     s_info = evaluated(str(run), TASKS, work / "eval-student", args.episodes, *ENV)
+    result["first_student"] = rate(s_info) | {"train_minutes": round(minutes, 1),
+                                              "vs_teacher": paired_with("the teacher", t_info, s_info)}
+    save(result)
+    d_ann = dagger_round(work, TASKS, args.demos, run, raw, cameras, size, ENV)
+    d_run, d_minutes = trained(d_ann, work / "student-dagger", args.steps, "--recipe", "aloha")
+    d_info = evaluated(str(d_run), TASKS, work / "eval-student-dagger", args.episodes, *ENV)
+    gain = paired_with("the student that drove the round", s_info, d_info)
+    keep = gain["difference"] > 0
+    result["dagger"] = {"student": rate(d_info), "train_minutes": round(d_minutes, 1), "vs_driver": gain, "kept": keep}
+    tag = ""
+    if keep:
+        run, minutes, s_info, tag = d_run, minutes + d_minutes, d_info, "-dagger"
     paired = compare(t_info, s_info)
     table(t_info, s_info, paired)
     o = paired["overall"]
-    result |= {"teacher": rate(t_info), "student": rate(s_info), "train_minutes": round(minutes, 1),
+    result |= {"teacher": rate(t_info), "student": rate(s_info), "student_run": str(run),
+               "train_minutes": round(minutes, 1),
                "paired": {"difference": o["difference"], "ci95": o["ci95"], "mcnemar_p": o["mcnemar_p"]},
                "per_task": per_task_table(t_info, s_info, paired),
                "vs_teacher": paired_with("the teacher", t_info, s_info)}
     save(result)
-    speed = onnx_speed(run, ann, work / "bundle")
+    speed = onnx_speed(run, ann, work / f"bundle{tag}")
     result |= {"student_hz": round(speed["hz"], 1), "student_latency_ms": {"p50": speed["p50_ms"],
                                                                          "p99": speed["p99_ms"]},
-               "realtime": realtime(work / "bundle", work / "realtime", args.loop_episodes)}
+               "realtime": realtime(work / f"bundle{tag}", work / f"realtime{tag}", args.loop_episodes)}
     return result
 
 
