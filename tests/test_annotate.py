@@ -137,6 +137,20 @@ def test_contact_makes_ground_truth_and_labels_agree(task):
     assert (label_phases(blind) == arms_only).mean() < 0.9
 
 
+def test_an_arms_turn_shorter_than_the_motion_window_is_labelled():
+    """A student's rollout hands the track to the other arm for a frame or two (DAgger data): each turn is still
+    labelled, a turn too short to hold sustained object motion as approach."""
+    from vla_distill.sim.kinematics import Kinematics, sustained
+
+    assert not sustained(np.ones(2, bool), 5).any() and sustained(np.ones(6, bool), 5).tolist() == [1, 1, 0, 0, 0, 0]
+    t = np.linspace(0, 1, 30)[:, None]
+    arm = np.r_[np.zeros(14), np.ones(2), np.zeros(14)].astype(np.int64)
+    kin = Kinematics(ee=np.hstack([t, t, t]), gripper=np.ones(30), fps=50, obj=np.tile(t, (1, 3)) * [0, 0, 0.1],
+                     arm=arm, arm_names=("left", "right"))
+    labels = label_phases(kin)
+    assert labels.shape == (30,) and labels[14:16].tolist() == [0, 0]
+
+
 def test_direction_cues_describe_motion():
     from vla_distill.sim.kinematics import Kinematics
 
