@@ -7,8 +7,9 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
   python benchmarks/bench_aloha.py suite [--demos 50] [--steps 20000] [--episodes 100] [--loop-episodes 5]
       50 DART demonstrations per task (the `aloha` recipe: top camera, 0.005 rad of noise on the arm joints),
       annotated by the scripted teacher through the generic two-arm path, one student for both tasks; a DAgger round
-      driven by it (its own rollouts labelled by the expert), kept if its paired evaluation is ahead; teacher and
-      the kept student on the same 100 held-out episodes per task, paired; the student exported to ONNX, its speed,
+      driven by it (its own rollouts labelled by the expert), kept if its paired evaluation is ahead beyond its
+      interval; teacher and the kept student on the same 100 held-out episodes per task, paired; the student
+      exported to ONNX, its speed,
       and `vla-distill run --hz 50` episodes with its deadline misses and p99 tick time
       -> results/aloha.json (the shape of mt10.json), written after every evaluation
 Work directories live under --work (default outputs/bench_aloha).
@@ -22,7 +23,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from bench_distill import dagger_round, onnx_speed, paired_with, per_task_table, rate, table, trained
+from bench_distill import dagger_round, helps, onnx_speed, paired_with, per_task_table, rate, table, trained
 from bench_eval import annotated, dataset, evaluated
 
 from common import RESULTS, cli, write_result
@@ -69,7 +70,7 @@ def suite(args) -> dict:
     d_run, d_minutes = trained(d_ann, work / "student-dagger", args.steps, "--recipe", "aloha")
     d_info = evaluated(str(d_run), TASKS, work / "eval-student-dagger", args.episodes, *ENV)
     gain = paired_with("the student that drove the round", s_info, d_info)
-    keep = gain["difference"] > 0
+    keep = helps(gain)
     result["dagger"] = {"student": rate(d_info), "train_minutes": round(d_minutes, 1), "vs_driver": gain, "kept": keep}
     tag = ""
     if keep:

@@ -165,6 +165,12 @@ def paired_with(label: str, baseline: dict, student: dict) -> dict:
     return {k: o[k] for k in keep} | {"per_task": {t: {k: x[k] for k in keep} for t, x in c["per_task"].items()}}
 
 
+def helps(gain: dict) -> bool:
+    """A paired comparison (paired_with) says the change helps: ahead by more than its 95% interval's reach (a
+    difference within the noise keeps the simpler policy)."""
+    return gain["ci95"][0] > 0
+
+
 def _ci(ci) -> str:
     return f"{ci[0]:.1f}–{ci[1]:.1f}"
 

@@ -11,8 +11,8 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
       50 DART demonstrations per task from new placements (collection seeds draw from the BDDL regions; the 50 fixed
       initial states are the evaluation), annotated by the scripted teacher; the `libero` recipe's student with the
       frozen ImageNet encoder and with one trained from scratch, the better by a paired evaluation; a DAgger round
-      driven by it, kept if its paired evaluation is ahead; teacher and the kept student on the same 500 standard
-      episodes, paired -> results/libero.json[suite], written after every evaluation
+      driven by it, kept if its paired evaluation is ahead beyond its interval; teacher and the kept student on the
+      same 500 standard episodes, paired -> results/libero.json[suite], written after every evaluation
   python benchmarks/bench_libero.py grasps --suite libero_object
       where each evaluated episode first closed the gripper: on the target or another item, how high above the
       expert's grasp point, how often it closed -> results/libero_grasps.json (why a student fails, per task)
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_distill import dagger_round, onnx_speed, paired_with, per_task_table, rate, table, trained
+from bench_distill import dagger_round, helps, onnx_speed, paired_with, per_task_table, rate, table, trained
 from bench_eval import annotated, dataset, evaluated
 
 from common import RESULTS, write_result
@@ -110,7 +110,8 @@ VISION = {"frozen": ("--recipe", "libero"), "scratch": ("--recipe", "libero", "-
 def suite(args) -> dict:
     """Every stage resumable, the result written after each evaluation (a later session picks up where this stopped):
     demonstrations -> annotations -> a student per vision encoder, the better by a paired evaluation -> a DAgger round
-    driven by it, kept if the paired evaluation puts it ahead -> teacher against the kept student."""
+    driven by it, kept if the paired evaluation puts it ahead beyond its interval -> teacher against the kept
+    student."""
     work = Path(args.work) / args.suite
     tasks, refused = suite_tasks(args.suite)
     dart = ("--action-noise", str(LIBERO.collect["action_noise"]))
@@ -147,7 +148,7 @@ def suite(args) -> dict:
     d_out = work / f"eval-student-{chosen}-dagger"
     d_info = evaluated(str(d_run), tasks, d_out, args.episodes, *ENV)
     gain = paired_with(f"{chosen}, the student that drove the round", info, d_info)
-    keep = gain["difference"] > 0
+    keep = helps(gain)
     result["dagger"] = {"student": rate(d_info), "train_minutes": round(d_minutes, 1), "vs_driver": gain, "kept": keep}
     if keep:
         run, minutes, info, out = d_run, minutes + d_minutes, d_info, d_out
