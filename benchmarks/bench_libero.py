@@ -163,7 +163,8 @@ def final_table(work: Path, suite_name: str, t_info: dict, s_info: dict, s_out: 
     student's batch-1 speed through ONNX Runtime."""
     paired = compare(t_info, s_info)
     table(t_info, s_info, paired)
-    speed = onnx_speed(run, Path(json.loads((run / "train_config.json").read_text())["dataset"]), work / "bundle")
+    speed = onnx_speed(run, Path(json.loads((run / "train_config.json").read_text())["dataset"]),
+                       work / f"bundle-{run.name}")  # named after its run: a later choice exports its own
     o = paired["overall"]
     per_task = per_task_table(t_info, s_info, paired)
     return {"teacher": rate(t_info), "student": rate(s_info), "student_run": str(run),
