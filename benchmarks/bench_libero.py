@@ -200,20 +200,20 @@ def phase_agreement(raw: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ speed
-def first_grasps(out: Path, suite_name: str) -> dict:
+def first_grasps(out: Path) -> dict:
     """Where each episode of an evaluation first closed the gripper (its 7th action > 0), per task: on the target
     (the object nearest the hand, in the plane, is the goal's), the hand's height above the expert's grasp point
     then, and how often the gripper closed in all. Replays each episode's initial state for the objects' places."""
     from vla_distill.sim.libero.env import LiberoEnv
     from vla_distill.sim.libero.expert import LiberoExpert, State, grasp_of
 
-    records, rows = read_records(out), {}
-    for task in sorted({t for t, _ in records}, key=lambda t: int(t.rsplit("/", 1)[1])):
+    by_task, rows = {}, {}
+    for (task, ep), rec in sorted(read_records(out).items()):
+        by_task.setdefault(task, []).append((ep, rec))
+    for task in sorted(by_task, key=lambda t: int(t.rsplit("/", 1)[1])):
         env, expert = LiberoEnv(task, image_keys=()), LiberoExpert(task)
         on_target, heights, closes, wins = [], [], [], []
-        for (t, ep), rec in sorted(records.items()):
-            if t != task:
-                continue
+        for ep, rec in by_task[task]:
             env.reset(rec.seed)
             places = {n: env.inner.sim.data.body_xpos[i][:2].copy() for n, i in env.inner.obj_body_id.items()}
             point = grasp_of(expert.category, State.of(env.env_state)).point
@@ -243,7 +243,7 @@ def grasps(args) -> dict:
     for out in sorted(work.glob("eval-*")):
         if not (out / "eval_info.json").exists():
             continue
-        rows = result[out.name] = first_grasps(out, args.suite)
+        rows = result[out.name] = first_grasps(out)
         for task, r in rows.items():
             print(f"| {out.name} | {task} | {r['pc_success']:.0f} | {r['pc_first_close_on_target']} | "
                   f"{r['median_cm_above_grasp_point']} | {r['mean_closes']} |")
@@ -308,7 +308,7 @@ def main() -> None:
         print("| schedule | env steps/s | control steps/s | frame pairs/s |\n|---|---:|---:|---:|")
         write_result(RESULTS / "libero_speed.json", speed(args))
     elif args.what == "grasps":
-        write_result(RESULTS / "libero_grasps.json", {args.suite: grasps(args)})
+        write_result(RESULTS / "libero_grasps.json", merged("libero_grasps.json", args.suite, grasps(args)))
     elif args.what == "teacher":
         write_result(RESULTS / "libero.json", merged("libero.json", args.suite, teacher(args)))
     else:

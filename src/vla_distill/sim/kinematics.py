@@ -66,10 +66,10 @@ def speed(x: np.ndarray, fps: float) -> np.ndarray:
 
 def sustained(x: np.ndarray, k: int) -> np.ndarray:
     """(T,) bool -> x[t] and the k - 1 frames after it all true."""
+    if k > len(x):  # fewer than k frames from anywhere: none is sustained (a short span, e.g. one arm's turn)
+        return np.zeros_like(x)
     out = x.copy()
     for i in range(1, k):
-        if i >= len(x):  # fewer than k frames from anywhere: none is sustained (a short span, e.g. one arm's turn)
-            return np.zeros_like(out)
         out[: len(x) - i] &= x[i:]
         out[len(x) - i :] = False
     return out
