@@ -217,12 +217,14 @@ class LiberoEnv:
 
     # ---------------------------------------------------------------- sim.base.Env
     def reset(self, seed: int) -> LazyObservation:
+        # LIBERO's placement samplers draw from numpy's global generator, and a standard initial state sets only
+        # qpos: the fixtures (a cabinet, a stove: bodies without joints) keep wherever the reset put them, up to 1.5 cm
+        # off (openpi seeds once per task for this). Seeded per episode: an episode is the same scene in every
+        # evaluation, in any worker, after any resume (paired comparisons need it)
+        self.env.seed(seed)
+        raw = self.env.reset()
         if seed >= EVAL_SEED_BASE:
-            self.env.reset()
             raw = self.env.set_init_state(self.init_states[(seed - EVAL_SEED_BASE) % len(self.init_states)])
-        else:
-            self.env.seed(seed)  # LIBERO's placement samplers draw from numpy's global generator
-            raw = self.env.reset()
         self._forget_last_episode()
         for _ in range(SETTLE_STEPS):  # objects drop and settle; the policy does not see these frames
             raw, _, _, _ = self.env.step(NOOP.tolist())

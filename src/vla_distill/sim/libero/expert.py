@@ -9,7 +9,7 @@ Stages, each decided afresh from the state:
             then open
   recover   not held with the fingers shut on nothing: open and rise
   approach  not held: hover over the grasp point with the fingers across the target's short horizontal side (a bowl:
-            across its wall), descend, close
+            across its wall; in a drawer, further in and down only once aligned), descend, close
 Actions are the 7-d OSC_POSE deltas (world-aligned: +x, +y, +z and rotation about them), proportional to the error and
 clipped to [-1, 1]; the gripper points down throughout and turns only about the vertical.
 """
@@ -69,6 +69,7 @@ FLOOR = 0.012  # m above a target's bottom the grip point stays (the fingertips 
 RIM_DEPTH = 0.015  # m below a bowl's rim the grip point goes: its wall flares, nearer the rim it is where the rim is
 RIM_IN = 0.004  # m inside the rim's radius, upright; a tilted bowl's near wall leans in: TILT_IN per unit sin(tilt)
 TILT_IN = 0.015
+WALL_IN = 0.008  # m further in where the bowl sits below what surrounds it: the outer finger clears a drawer's wall
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,9 @@ def grasp_of(category: str, st: State) -> Grasp:
     current = _closing_axis(st)[:2]
     if category in RIM:  # the outer finger goes where there is most room beside the bowl
         side = st.free if np.linalg.norm(st.free) > 0.5 else current
-        point = _rim_point(lo, hi, r, st.target, side) - [0.0, 0.0, RIM_DEPTH]  # the rim there: a tilted bowl's dips
+        inset = RIM_IN + (WALL_IN if st.clear_z > top else 0.0)
+        # the rim there: a tilted bowl's dips
+        point = _rim_point(lo, hi, r, st.target, side, inset) - [0.0, 0.0, RIM_DEPTH]
         axis = side if np.dot(side, current) >= 0 else -side  # either way across the wall: the nearer turn
         return Grasp(point, np.array([*axis, 0.0]), bottom, top)
     vertical = int(np.argmax(np.abs(r[2])))
@@ -152,13 +155,14 @@ def _closing_axis(st: State) -> np.ndarray:
     return np.array([*(y / max(np.linalg.norm(y), 1e-9)), 0.0])
 
 
-def _rim_point(lo: np.ndarray, hi: np.ndarray, r: np.ndarray, pos: np.ndarray, side: np.ndarray) -> np.ndarray:
-    """The world point of a bowl's rim (its box's top circle, RIM_IN inside) in the horizontal direction `side`."""
+def _rim_point(lo: np.ndarray, hi: np.ndarray, r: np.ndarray, pos: np.ndarray, side: np.ndarray,
+               inset: float) -> np.ndarray:
+    """The world point of a bowl's rim (its box's top circle, `inset` inside) in the horizontal direction `side`."""
     u = r.T @ np.array([*side, 0.0])
     u[2] = 0.0
     u /= max(np.linalg.norm(u), 1e-9)
     tilt = float(np.sqrt(max(1.0 - r[2, 2] ** 2, 0.0)))  # sin of the bowl's tilt from upright
-    radius = min(hi[0] - lo[0], hi[1] - lo[1]) / 2 - RIM_IN - TILT_IN * tilt
+    radius = min(hi[0] - lo[0], hi[1] - lo[1]) / 2 - inset - TILT_IN * tilt
     local = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, hi[2]]) + radius * u
     return pos + r @ local
 
@@ -234,13 +238,17 @@ class LiberoExpert:
         hover = max(g.point[2] + HOVER, g.top + HOVER)  # the fingertips clear a tall target's top
         turned = np.linalg.norm(_turn(st, g.axis)) < TURNED
         among = st.eef[2] < g.top  # already down beside the target: correct on the way rather than start over
-        raised = float(np.clip((off - ALIGNED) / FUNNEL, 0.0, 1.0))
+        # a bowl sunk below what surrounds it (in a drawer): walls stop a hand that comes down off-centre and hold it
+        # there, so v1's way: all the way down only once aligned, at full speed (a wall's edge does not stop that)
+        enclosed = self.category in RIM and st.clear_z > g.top
+        raised = float(np.clip((off - ALIGNED) / (1e-9 if enclosed else FUNNEL), 0.0, 1.0))
+        pace = (1.0, POS_GAIN) if enclosed else _final(st, hover)
         if off > 0.05 or (not turned and not among):
             z = max(hover, st.eef[2]) if off > 0.05 else hover
             return _move(st, np.array([*g.point[:2], z]), g.axis, -1.0)
         if off > (ALIGNED_AMONG if among else ALIGNED):
             z = g.point[2] + raised * (hover - g.point[2])
-            return _move(st, np.array([*g.point[:2], z]), g.axis, -1.0, *_final(st, hover))
+            return _move(st, np.array([*g.point[:2], z]), g.axis, -1.0, *pace)
         at = abs(st.eef[2] - g.point[2]) < CLOSE_ENOUGH
         closing = st.opening < WIDE and off < ALIGNED_AMONG  # once the fingers close, they finish: a grip nudges it
         if closing and abs(st.eef[2] - g.point[2]) < 2 * CLOSE_ENOUGH:  # a flared wall pushes the fingers up
@@ -248,7 +256,7 @@ class LiberoExpert:
         # off to one side: recentre while backing up a little (a finger may rest on the target's wall or beside it)
         z = g.point[2] + raised * (min(st.eef[2] + 0.03, hover) - g.point[2])
         return _move(st, np.array([*g.point[:2], z]), g.axis, 1.0 if at and off < GRIP_OFF else -1.0,
-                     *_final(st, hover))
+                     *pace)
 
     def _carry(self, st: State, g: Grasp) -> np.ndarray:
         g = replace(g, axis=_closing_axis(st))  # hold the yaw it was taken with: turning shakes a grasp loose
