@@ -135,7 +135,7 @@ def test_the_expert_says_which_goals_it_cannot_reach():
 
 @pytest.mark.slow
 @needs_libero
-@pytest.mark.parametrize("task", ["libero_object/0", "libero_spatial/0"])
+@pytest.mark.parametrize("task", ["libero_object/0", "libero_spatial/0", "libero_spatial/4"])  # 4: the drawer
 def test_the_expert_solves_a_standard_episode_through_the_cli(task, tmp_path):
     r = subprocess.run(CLI + ["eval", "--env", "libero", "--policy", "scripted", "--tasks", task, "--episodes", "2",
                               "--workers", "1", "--out", str(tmp_path / "e")], capture_output=True, text=True)
