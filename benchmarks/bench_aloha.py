@@ -9,8 +9,7 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
       annotated by the scripted teacher through the generic two-arm path, one student for both tasks; a DAgger round
       driven by it (its own rollouts labelled by the expert), kept if its paired evaluation is ahead beyond its
       interval; teacher and the kept student on the same 100 held-out episodes per task, paired; the student
-      exported to ONNX, its speed,
-      and `vla-distill run --hz 50` episodes with its deadline misses and p99 tick time
+      exported to ONNX, its speed, and `vla-distill run --hz 50` episodes with its deadline misses and p99 tick time
       -> results/aloha.json (the shape of mt10.json), written after every evaluation
 Work directories live under --work (default outputs/bench_aloha).
 """

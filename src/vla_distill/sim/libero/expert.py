@@ -114,13 +114,15 @@ def _rotvec(r: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Grasp:
-    """Where to hold the target, in the world: the grip point, the fingers' closing axis (horizontal unit), and the
-    target's bottom height (for placing it)."""
+    """Where to hold the target, in the world: the grip point, the fingers' closing axis (horizontal unit), the
+    target's bottom height (for placing it) and top, and whether it is a bowl sunk below what surrounds it (in a
+    drawer: gripped further in, approached only once aligned)."""
 
     point: np.ndarray
     axis: np.ndarray
     bottom: float
     top: float
+    enclosed: bool = False
 
 
 def grasp_of(category: str, st: State) -> Grasp:
@@ -135,11 +137,11 @@ def grasp_of(category: str, st: State) -> Grasp:
     current = _closing_axis(st)[:2]
     if category in RIM:  # the outer finger goes where there is most room beside the bowl
         side = st.free if np.linalg.norm(st.free) > 0.5 else current
-        inset = RIM_IN + (WALL_IN if st.clear_z > top else 0.0)
+        enclosed = st.clear_z > top
         # the rim there: a tilted bowl's dips
-        point = _rim_point(lo, hi, r, st.target, side, inset) - [0.0, 0.0, RIM_DEPTH]
+        point = _rim_point(lo, hi, r, st.target, side, RIM_IN + (WALL_IN if enclosed else 0.0)) - [0, 0, RIM_DEPTH]
         axis = side if np.dot(side, current) >= 0 else -side  # either way across the wall: the nearer turn
-        return Grasp(point, np.array([*axis, 0.0]), bottom, top)
+        return Grasp(point, np.array([*axis, 0.0]), bottom, top, enclosed)
     vertical = int(np.argmax(np.abs(r[2])))
     sides = [k for k in range(3) if k != vertical]
     k = min(sides, key=lambda i: hi[i] - lo[i])
@@ -238,11 +240,12 @@ class LiberoExpert:
         hover = max(g.point[2] + HOVER, g.top + HOVER)  # the fingertips clear a tall target's top
         turned = np.linalg.norm(_turn(st, g.axis)) < TURNED
         among = st.eef[2] < g.top  # already down beside the target: correct on the way rather than start over
-        # a bowl sunk below what surrounds it (in a drawer): walls stop a hand that comes down off-centre and hold it
-        # there, so v1's way: all the way down only once aligned, at full speed (a wall's edge does not stop that)
-        enclosed = self.category in RIM and st.clear_z > g.top
-        raised = float(np.clip((off - ALIGNED) / (1e-9 if enclosed else FUNNEL), 0.0, 1.0))
-        pace = (1.0, POS_GAIN) if enclosed else _final(st, hover)
+        # a bowl in a drawer: walls stop a hand that comes down off-centre and hold it there, so v1's way: all the
+        # way down only once aligned, at full speed (a wall's edge does not stop that)
+        if g.enclosed:
+            raised, pace = float(off > ALIGNED), (1.0, POS_GAIN)
+        else:
+            raised, pace = float(np.clip((off - ALIGNED) / FUNNEL, 0.0, 1.0)), _final(st, hover)
         if off > 0.05 or (not turned and not among):
             z = max(hover, st.eef[2]) if off > 0.05 else hover
             return _move(st, np.array([*g.point[:2], z]), g.axis, -1.0)
