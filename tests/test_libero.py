@@ -85,6 +85,27 @@ def test_cameras_draw_what_libero_draws_the_visual_meshes_only(spatial_env):
 
 
 @needs_libero
+def test_culling_what_a_camera_cannot_see_leaves_its_frames_unchanged(spatial_env, monkeypatch):
+    """sim/render.py drops meshes outside each camera's view: the wrist camera sees a few, the frames stay the same."""
+    from vla_distill.sim.registry import get_simulator
+
+    env, expert = spatial_env, get_simulator("libero").expert("libero_spatial/0")
+    dropped = []
+    culling = libero_env.cull_scene
+    monkeypatch.setattr(libero_env, "cull_scene", lambda *a: dropped.append(culling(*a)))
+    env.reset(tasks.EVAL_SEED_BASE + 2)
+    for _ in range(3):
+        culled = {k: env._render(k) for k in env.image_keys}
+        with monkeypatch.context() as m:
+            m.setattr(libero_env, "cull_scene", lambda *a: None)
+            for k in env.image_keys:
+                np.testing.assert_array_equal(culled[k], env._render(k), err_msg=k)
+        for _ in range(4):
+            env.step(expert(env.env_state))
+    assert max(dropped[1::2]) > 10  # the wrist camera's frames: most of the robot lies behind it
+
+
+@needs_libero
 def test_an_episode_does_not_depend_on_the_one_before(spatial_env):
     """A soft reset keeps robosuite's gripper command and MuJoCo's warm start unless we clear them."""
     env = spatial_env

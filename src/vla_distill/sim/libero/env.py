@@ -14,7 +14,8 @@ Ours, for speed on a CPU renderer (BENCHMARKS.md, "LIBERO"):
       frames and the policy's actions are 10 Hz, the rate lerobot/libero declares; step limits are the suites' control
       steps halved
   cameras are rendered by MuJoCo's renderer without shadows or multisampling, visual meshes only (as LIBERO renders),
-      and only when an observation's image is read (a queued chunk step reads none)
+      meshes outside the camera's view dropped (sim/render.py: the same pixels), and only when an observation's image
+      is read (a queued chunk step reads none)
   seeds from EVAL_SEED_BASE up start from the benchmark's fixed initial states ((seed - base) % 50); lower seeds
       (collection) draw new placements from the task's BDDL regions, seeded
   "observation.environment_state" (23,): the privileged state the scripted expert reads (ENV_STATE_NAMES): the
@@ -41,6 +42,7 @@ import numpy as np
 from vla_distill.errors import ConfigError
 from vla_distill.sim.base import LazyObservation, SimulatorUnavailable
 from vla_distill.sim.libero.tasks import EVAL_SEED_BASE, MAX_STEPS
+from vla_distill.sim.render import cull_scene
 from vla_distill.types import OBS_CONTACT, OBS_ENV_STATE, OBS_STATE, camera_key
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # before robosuite or mujoco is imported: headless rendering
@@ -201,6 +203,7 @@ class LiberoEnv:
         # the collision boxes drawn, the robot and the fingers came out as coloured blocks on a quarter of the pixels
         self._scene_option = mujoco.MjvOption()
         self._scene_option.geomgroup[0] = 0
+        self._camera_ids = {c: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, c) for c in CAMERAS.values()}
         return renderer
 
     def _render(self, key: str) -> np.ndarray:
@@ -211,6 +214,7 @@ class LiberoEnv:
         r.update_scene(self.inner.sim.data._data, camera=camera, scene_option=self._scene_option)
         r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
         r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        cull_scene(r.scene, r.model, self.inner.sim.data._data, self._camera_ids[camera], r.width / r.height)
         # MuJoCo's renderer gives the upright frame, robosuite's raw one is it upside down; the datasets store the
         # raw frame rotated 180 degrees: the upright frame mirrored left to right
         return np.ascontiguousarray(r.render()[:, ::-1])
