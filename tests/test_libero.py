@@ -119,6 +119,26 @@ def test_an_episode_does_not_depend_on_the_one_before(spatial_env):
 
 
 @needs_libero
+def test_a_new_placement_in_a_drawer_is_in_the_drawer_and_depends_on_its_seed_alone():
+    """LIBERO 0.1.1 sampled an object in or on a fixture's region after the fixture's site turned by the fixture's yaw
+    and as it stood before the reset moved it: the bowl "in the drawer" started 10 cm up inside the cabinet's body,
+    the bowl "on the cabinet" on the table, and where depended on the episode before."""
+    a = libero_env.LiberoEnv("libero_spatial/4", ())
+    b = libero_env.LiberoEnv("libero_spatial/4", ())
+    try:
+        standard = a.reset(tasks.EVAL_SEED_BASE)["observation.environment_state"][9:12]  # the bowl in the drawer
+        on_top = {n: a.inner.sim.data.body_xpos[i][2] for n, i in a.inner.obj_body_id.items()}["akita_black_bowl_2"]
+        bowl = [env.reset(7)["observation.environment_state"][9:12] for env in (a, b)]
+        other = a.inner.sim.data.body_xpos[a.inner.obj_body_id["akita_black_bowl_2"]]
+    finally:
+        a.close()
+        b.close()
+    np.testing.assert_allclose(bowl[0], bowl[1], atol=1e-6)
+    assert abs(bowl[0][2] - standard[2]) < 0.005 and np.linalg.norm(bowl[0][:2] - standard[:2]) < 0.04
+    assert abs(other[2] - on_top) < 0.005  # the other bowl on the cabinet's top, as in the standard state
+
+
+@needs_libero
 def test_a_standard_episode_places_the_fixtures_the_same_every_time(spatial_env):
     """A standard initial state sets qpos only; the cabinet and the stove (no joints) stay wherever the reset's sampler,
     which draws from numpy's global generator, put them: up to 1.5 cm apart between two evaluations of one episode."""

