@@ -54,3 +54,28 @@ def test_culling_leaves_the_image_unchanged(size):
     assert dropped == 2 and kept == {"ahead", "edge"}
     assert full[..., 0].max() > 0 and full[..., 1].max() > 0  # red ahead and yellow at the edge are drawn
     np.testing.assert_array_equal(culled, full)
+
+
+def test_metaworld_frames_are_the_same_culled(monkeypatch):
+    """The MetaWorld adapter culls too: both cameras' frames through an expert episode equal the unculled ones."""
+    from vla_distill.sim.metaworld import env as mw_env
+    from vla_distill.sim.registry import get_simulator
+
+    sim = get_simulator("metaworld")
+    keys = ("observation.images.corner2", "observation.images.gripper")
+    env, expert = sim.make_env("push-v3", keys, (64, 64)), sim.expert("push-v3")
+    dropped = []
+    culling = mw_env.cull_scene
+    try:
+        env.reset(5)
+        for _ in range(3):
+            monkeypatch.setattr(mw_env, "cull_scene", lambda *a: dropped.append(culling(*a)))
+            culled = {k: env.render(k.rsplit(".", 1)[-1]) for k in keys}
+            monkeypatch.setattr(mw_env, "cull_scene", lambda *a: None)
+            for k in keys:
+                np.testing.assert_array_equal(culled[k], env.render(k.rsplit(".", 1)[-1]), err_msg=k)
+            for _ in range(10):
+                env.step(expert(env.env_state))
+    finally:
+        env.close()
+    assert max(dropped[1::2]) > 0  # the gripper camera drops some of the arm
