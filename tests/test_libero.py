@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from vla_distill.sim import render
 from vla_distill.sim.libero import env as libero_env
 from vla_distill.sim.libero import tasks
 
@@ -91,13 +92,13 @@ def test_culling_what_a_camera_cannot_see_leaves_its_frames_unchanged(spatial_en
 
     env, expert = spatial_env, get_simulator("libero").expert("libero_spatial/0")
     dropped = []
-    culling = libero_env.cull_scene
-    monkeypatch.setattr(libero_env, "cull_scene", lambda *a: dropped.append(culling(*a)))
+    culling = render.cull_scene
+    monkeypatch.setattr(render, "cull_scene", lambda *a: dropped.append(culling(*a)))
     env.reset(tasks.EVAL_SEED_BASE + 2)
     for _ in range(3):
         culled = {k: env._render(k) for k in env.image_keys}
         with monkeypatch.context() as m:
-            m.setattr(libero_env, "cull_scene", lambda *a: None)
+            m.setattr(render, "cull_scene", lambda *a: None)
             for k in env.image_keys:
                 np.testing.assert_array_equal(culled[k], env._render(k), err_msg=k)
         for _ in range(4):

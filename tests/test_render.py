@@ -6,6 +6,7 @@ import mujoco
 import numpy as np
 import pytest
 
+from vla_distill.sim import render
 from vla_distill.sim.render import cull_scene, outside_view
 
 # A camera at the origin looking along -x (its -z), and one box-shaped mesh in front of it, one beside it out of the
@@ -58,20 +59,19 @@ def test_culling_leaves_the_image_unchanged(size):
 
 def test_metaworld_frames_are_the_same_culled(monkeypatch):
     """The MetaWorld adapter culls too: both cameras' frames through an expert episode equal the unculled ones."""
-    from vla_distill.sim.metaworld import env as mw_env
     from vla_distill.sim.registry import get_simulator
 
     sim = get_simulator("metaworld")
     keys = ("observation.images.corner2", "observation.images.gripper")
     env, expert = sim.make_env("push-v3", keys, (64, 64)), sim.expert("push-v3")
     dropped = []
-    culling = mw_env.cull_scene
+    culling = render.cull_scene
     try:
         env.reset(5)
         for _ in range(3):
-            monkeypatch.setattr(mw_env, "cull_scene", lambda *a: dropped.append(culling(*a)))
+            monkeypatch.setattr(render, "cull_scene", lambda *a: dropped.append(culling(*a)))
             culled = {k: env.render(k.rsplit(".", 1)[-1]) for k in keys}
-            monkeypatch.setattr(mw_env, "cull_scene", lambda *a: None)
+            monkeypatch.setattr(render, "cull_scene", lambda *a: None)
             for k in keys:
                 np.testing.assert_array_equal(culled[k], env.render(k.rsplit(".", 1)[-1]), err_msg=k)
             for _ in range(10):

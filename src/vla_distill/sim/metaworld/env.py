@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from vla_distill.errors import ConfigError  # noqa: E402
 from vla_distill.sim.base import CameraConfig  # noqa: E402
 from vla_distill.sim.metaworld.tasks import CAMERAS, DEFAULT_CAMERAS, INSTRUCTIONS, MAX_STEPS  # noqa: E402
-from vla_distill.sim.render import cull_scene  # noqa: E402
+from vla_distill.sim.render import render_view  # noqa: E402
 from vla_distill.types import OBS_CONTACT, OBS_ENV_STATE, OBS_STATE, camera_key  # noqa: E402
 
 # lerobot moves corner2 closer to the table (envs/metaworld.py); small targets need the pixels.
@@ -64,6 +64,7 @@ class MetaWorldEnv:
         cid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "corner2")
         model.cam_pos[cid] = CORNER2_POS
         self._renderer = mujoco.Renderer(model, cameras.height, cameras.width)
+        self._camera_ids = {n: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, c) for n, c in CAMERAS.items()}
         # Close the GL context at interpreter exit at the latest, while EGL is still loaded.
         self._close_renderer = weakref.finalize(self, self._renderer.close)
         self._gripper, self._movable = contact_bodies(model)
@@ -96,14 +97,8 @@ class MetaWorldEnv:
         return self._obs
 
     def render(self, name: str) -> np.ndarray:
-        r = self._renderer
-        r.update_scene(self.env.data, camera=CAMERAS[name])
-        r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-        r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-        # the same pixels; the gripper camera sees little of the arm behind it (its frame 40% cheaper)
-        cull_scene(r.scene, r.model, self.env.data, mujoco.mj_name2id(r.model, mujoco.mjtObj.mjOBJ_CAMERA,
-                                                                       CAMERAS[name]), r.width / r.height)
-        img = r.render()
+        # culled: the same pixels, and the gripper camera sees little of the arm behind it (its frame 40% cheaper)
+        img = render_view(self._renderer, self.env.data, self._camera_ids[name])
         return img[::-1, ::-1].copy() if CAMERAS[name] in _FLIPPED else img
 
     def _observation(self) -> dict[str, np.ndarray]:
