@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vla_distill.data import disk_cache
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.data.format import INFO_PATH, cache_root, is_visual
 from vla_distill.errors import ConfigError
@@ -57,26 +58,6 @@ def split_episodes(ds: RobotDataset, val_fraction: float = 0.1, seed: int = 0) -
     return sorted(int(e) for e in train), sorted(int(e) for e in val)
 
 
-def cache_tmp_path(path: Path) -> Path:
-    """Where this process writes the cache file `path` before renaming it: `<stem>.<pid>.tmp.npy`. What killed builds
-    of the same file left (temporary files of processes no longer running) is deleted first: a cache is gigabytes."""
-    for tmp in path.parent.glob(path.stem + ".*.tmp.npy"):
-        pid = tmp.name[len(path.stem) + 1 : -len(".tmp.npy")]
-        if pid.isdigit() and not _alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-    return path.with_name(path.stem + f".{os.getpid()}.tmp.npy")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 class FrameCache:
     """All frames of one camera as a (N, H, W, 3) uint8 memmap, decoded once and reused across runs.
 
@@ -89,12 +70,14 @@ class FrameCache:
         self.path = Path(cache_dir or cache_root()) / "frames" / frame_identity(ds, key) / f"{key}.npy"
         if not self.path.exists():
             self._build(ds, key)
+        disk_cache.touch(self.path.parent)
         self.frames = np.load(self.path, mmap_mode="r")
 
     def _build(self, ds: RobotDataset, key: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_tmp_path(self.path)
+        tmp = disk_cache.tmp_path(self.path)
         h, w = ds.frames(key, np.array([0])).shape[1:3]
+        disk_cache.make_room(self.path.parent, ds.num_frames * h * w * 3)
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(ds.num_frames, h, w, 3))
         for e in tqdm(range(ds.num_episodes), desc=f"decoding {key} into cache", unit="ep", leave=False):
             rows = ds.episode_rows(e)

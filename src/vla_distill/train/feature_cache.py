@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vla_distill.data import disk_cache
 from vla_distill.data.dataset import RobotDataset
-from vla_distill.data.windows import FrameCache, cache_tmp_path
+from vla_distill.data.windows import FrameCache
 from vla_distill.types import images_to_float
 
 BATCH = 8  # the trunk is fastest at small batches, whose activations stay in cache (3x batch 64)
@@ -43,7 +44,8 @@ def _build(frames: np.ndarray, trunk: torch.nn.Module, path: Path, what: str) ->
     trunk = trunk.eval()
     device = next(trunk.parameters()).device
     c, h, w = trunk(images_to_float(np.array(frames[:1]), device)).shape[1:]
-    tmp = cache_tmp_path(path)
+    tmp = disk_cache.tmp_path(path)
+    disk_cache.make_room(path.parent, len(frames) * c * h * w * 2)
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(frames), c, h, w))
     with tqdm(total=len(frames), desc=f"features of {what}", unit="img", leave=False) as bar:
         for s in range(0, len(frames), BATCH):
