@@ -6,8 +6,12 @@ Transfer cube: the right arm comes down on the cube with its gripper pitched 60 
 carries it to the meeting point; the left arm waits beside it, turned 90 degrees about its own axis so that its
 fingers close on the cube's top and bottom while the right's hold its sides; once the left holds, the right lets go
 and backs away. (The orientations and the meeting point are those of ACT's scripted policy, a fact of this scene.)
-Insertion: the right arm grips the peg straight down, the left the socket pitched; the socket waits at SOCKET_AT,
-the peg lines up PRE_INSERT along x from it and goes in when its centre is within ALIGNED of the socket's axis.
+Insertion: the right arm grips the peg straight down, coming down slowly (a fast arm overshoots and presses it into
+the table), the left the socket pitched; the socket waits at SOCKET_AT with its axis turned onto x, the right hand
+turns the peg's axis onto the socket's (the pads hold each box at one line and it pivots there), lines the peg's tip
+up on that axis PRE_INSERT out and pushes it in when the tip is within ALIGNED of the axis and the two are PARALLEL_DEG
+from parallel. An object counts as held while the fingers are stopped by it, not by the contact flag alone, which
+drops for single steps while the peg is carried.
 Each step aims a gripper at most MAX_STEP towards its goal; the joint targets are the IK solution from the measured
 joints (a pushed arm is corrected from where it is) plus gravity feed-forward: the scene's position actuators are
 soft (kp 10-1,600) against joint friction of 30-60 N m, and sag millimetres short of any target without it.
@@ -47,11 +51,15 @@ NEAR = 0.012  # m: a gripper this close to its goal has arrived
 POSTURE_GAIN = 0.1  # of the way back to the home posture per IK iteration, in the task's null space
 HOLDING = 0.7  # a gripper shut on the 4 cm cube reads ~0.61, open 1.0: below this and touching it, it holds
 PEG_HOLDING, SOCKET_HOLDING = 0.5, 0.75  # the 2 cm peg, the 4.4 cm socket
+EMPTY = 0.15  # a gripper shut on nothing reads below this
+HALF_LENGTH = 0.06  # m: the peg's and the socket's half length
 PEG_GRASP_DZ = 0.016  # m: straight down, the fingertips 2.4 cm below the grip point stop just above the table
+PEG_DESCENT = 0.008  # m per step down onto the peg: faster, the arm overshoots and the fingers press it into the table
 SOCKET_AT = np.array([-0.05, 0.5, 0.15])  # where the socket waits for the peg
 PRE_INSERT = 0.15  # m: the peg's centre this far along x from the socket's, lined up, before it goes in
 INSERTED = 0.08  # m: ... and when it is in (its tip 2 cm past the pin's end)
-ALIGNED = 0.006  # m: the peg's axis this close to the socket's in y and z before it goes in
+ALIGNED = 0.006  # m: the peg's tip this close to the socket's axis before it goes in
+PARALLEL_DEG = 5.0  # ... and its axis this close to parallel with the socket's (8 mm of clearance over 2 cm in)
 OPEN, SHUT = 1.0, 0.0
 
 
@@ -65,6 +73,7 @@ class ArmGoal:
     gripper: float
     stage: str
     gain: float = 1.0  # the target lies this many times the remaining error ahead (PRECISE where millimetres count)
+    max_step: float = MAX_STEP  # m: how far ahead of the gripper its next target may lie (its speed)
 
 
 class ArmIK:
@@ -204,7 +213,7 @@ class AlohaExpert:
         for i, (arm, goal) in enumerate(zip(ARMS, self.decide(s))):
             q = s[7 * i:7 * i + 6]
             p, r = self.ik[arm].pose(q)
-            ahead = toward(p, p + goal.gain * (goal.position - p), MAX_STEP)
+            ahead = toward(p, p + goal.gain * (goal.position - p), goal.max_step)
             target = self.ik[arm].solve(q, ahead, turned_toward(r, goal.rotation, MAX_TURN))
             action[7 * i:7 * i + 6] = np.clip(target + self.ik[arm].gravity_offset(target), self.ik[arm].lo,
                                               self.ik[arm].hi)
@@ -221,13 +230,15 @@ class AlohaExpert:
         return ({arm: p for arm, (p, _) in poses.items()}, {arm: r for arm, (_, r) in poses.items()},
                 {arm: s[7 * i + 6] for i, arm in enumerate(ARMS)})
 
-    def _pick(self, grip: np.ndarray, obj: np.ndarray, rotation: np.ndarray, dz: float = GRASP_DZ) -> ArmGoal:
-        """Line up above the object, come down on it open, shut at the grasp point (dz above its centre)."""
+    def _pick(self, grip: np.ndarray, obj: np.ndarray, rotation: np.ndarray, dz: float = GRASP_DZ,
+              descent: float = MAX_STEP) -> ArmGoal:
+        """Line up above the object, come down on it open (at most `descent` per step), shut at the grasp point (dz
+        above its centre)."""
         at, above = obj + [0, 0, dz], obj + [0, 0, ABOVE]
         if np.linalg.norm(grip - at) < NEAR:
-            return ArmGoal(at, rotation, SHUT, "grasp")
+            return ArmGoal(at, rotation, SHUT, "grasp", max_step=descent)
         if np.linalg.norm((grip - at)[:2]) < NEAR and grip[2] <= above[2] + NEAR:
-            return ArmGoal(at, rotation, OPEN, "approach")
+            return ArmGoal(at, rotation, OPEN, "approach", max_step=descent)
         return ArmGoal(above, rotation, OPEN, "approach")
 
     def _transfer(self, s: np.ndarray) -> tuple[ArmGoal, ArmGoal]:
@@ -257,28 +268,66 @@ class AlohaExpert:
 
     def _insertion(self, s: np.ndarray) -> tuple[ArmGoal, ArmGoal]:
         """Each arm picks its object (the right the peg, the left the socket), both lift to the meeting height, the
-        socket waits there, the peg lines up with it along x and goes in until it meets the pin."""
+        socket waits there with its axis turned onto x, the peg's axis is turned onto the socket's, and the peg lines
+        up on that axis PRE_INSERT out and goes in along it until it meets the pin."""
         peg, socket = s[OBJECT0:OBJECT0 + 3], s[OBJECT1:OBJECT1 + 3]
         grip, rot, gripper = self._hands(s)
-        holds = {"right": s[CONTACT + 1] > 0.5 and gripper["right"] < PEG_HOLDING
-                 and np.linalg.norm(grip["right"] - peg) < 0.03,
-                 "left": s[CONTACT] > 0.5 and gripper["left"] < SOCKET_HOLDING
-                 and np.linalg.norm(grip["left"] - socket) < 0.03}
-        # the fingers close across each object's long axis however it lies; once held, the hand turns so that the
-        # object's axis comes back along x (the direction the peg goes in)
+        # held: the fingers stopped by the object between them (not shut on nothing), touching it or, once it is off
+        # the table, not: the contact flag drops for single steps while the peg is carried, and a re-pick opens the
+        # hand on it
+        peg_axis, socket_axis = long_axis(s[OBJECT0 + 3:OBJECT0 + 7]), long_axis(s[OBJECT1 + 3:OBJECT1 + 7])
+        holds = {arm: (touch or obj[2] > LIFTED) and EMPTY < gripper[arm] < most and between(grip[arm], obj, axis)
+                 for arm, touch, obj, axis, most in (("left", s[CONTACT] > 0.5, socket, socket_axis, SOCKET_HOLDING),
+                                                     ("right", s[CONTACT + 1] > 0.5, peg, peg_axis, PEG_HOLDING))}
+        # the fingers close across each object's long axis however it lies on the table
         peg_yaw, socket_yaw = yaw_of(s[OBJECT0 + 3:OBJECT0 + 7], np.pi), yaw_of(s[OBJECT1 + 3:OBJECT1 + 7], np.pi)
+        # once held, each object's long axis (towards +x: the socket's mouth, the peg's back) is steered in full 3-d,
+        # not by heading alone: the pads hold a box at one line and it pivots there when lifted, so a peg or socket
+        # pitched a few degrees hits the rim (8 mm of clearance, 2 cm of travel to the pin)
         if not holds["left"]:
             left = self._pick(grip["left"], socket, about_z(socket_yaw, self.pick_left))
         else:
-            left = ArmGoal(grip["left"] + (SOCKET_AT - socket), about_z(-socket_yaw, rot["left"]), SHUT, "transport",
-                           PRECISE)
+            left = ArmGoal(grip["left"] + (SOCKET_AT - socket), turn_onto(socket_axis, X_AXIS) @ rot["left"], SHUT,
+                           "transport", PRECISE)
         if not holds["right"]:
-            return left, self._pick(grip["right"], peg, about_z(peg_yaw, self.pick_peg), PEG_GRASP_DZ)
+            return left, self._pick(grip["right"], peg, about_z(peg_yaw, self.pick_peg), PEG_GRASP_DZ, PEG_DESCENT)
         lined_up = holds["left"] and socket[2] > LIFTED and np.linalg.norm(socket - SOCKET_AT) < 0.01
-        offset = peg - socket
-        aligned = lined_up and np.abs(offset[1:]).max() < ALIGNED and offset[0] < PRE_INSERT + 0.01
-        goal = socket + [INSERTED if aligned else PRE_INSERT, 0, 0]
+        tip = peg - HALF_LENGTH * peg_axis  # the end that goes in
+        along = float((tip - socket) @ socket_axis)
+        off_axis = np.linalg.norm(tip - socket - along * socket_axis)
+        parallel = float(peg_axis @ socket_axis) > np.cos(np.deg2rad(PARALLEL_DEG))
+        aligned = lined_up and off_axis < ALIGNED and parallel and along < PRE_INSERT - HALF_LENGTH + 0.01
+        goal = socket + (INSERTED if aligned else PRE_INSERT) * socket_axis
         if not lined_up:  # lift and wait beside the meeting point
             goal = SOCKET_AT + [PRE_INSERT + 0.05, 0, 0]
-        return left, ArmGoal(grip["right"] + (goal - peg), about_z(-peg_yaw, rot["right"]), SHUT, "transport",
-                             PRECISE)
+        aim = turn_onto(peg_axis, socket_axis if lined_up else X_AXIS) @ rot["right"]
+        return left, ArmGoal(grip["right"] + (goal - peg), aim, SHUT, "transport", PRECISE)
+
+
+X_AXIS = np.array([1.0, 0.0, 0.0])
+
+
+def long_axis(quat: np.ndarray) -> np.ndarray:
+    """(3,) unit world direction of an object's own x axis (a peg's and a socket's length), signed towards +x."""
+    import mujoco
+
+    r = np.zeros(9)
+    mujoco.mju_quat2Mat(r, np.asarray(quat, np.float64))
+    axis = r.reshape(3, 3)[:, 0]
+    return axis if axis[0] >= 0 else -axis
+
+
+def between(grip: np.ndarray, centre: np.ndarray, axis: np.ndarray) -> bool:
+    """A grip point within reach of a 12 cm box's axis line and along its length: the box may slide along its
+    length in the fingers (pushed against the socket's rim, the peg does) and is still held."""
+    along = float((grip - centre) @ axis)
+    return abs(along) < HALF_LENGTH and np.linalg.norm(grip - centre - along * axis) < 0.03
+
+
+def turn_onto(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(3, 3) the shortest world rotation taking unit direction a onto b."""
+    cross = np.cross(a, b)
+    sin, cos = float(np.linalg.norm(cross)), float(a @ b)
+    if sin < 1e-9:
+        return np.eye(3)
+    return rotated(np.eye(3), cross / sin, float(np.arctan2(sin, cos)))
