@@ -166,6 +166,37 @@ def test_direction_cues_describe_motion():
     assert dirs.describe(closing, np.zeros(8, np.int64), 0, 8, "puck", dirs.DirectionConfig()) == "closing the gripper"
 
 
+def test_a_two_arm_cue_says_what_the_other_hand_does_and_the_audit_checks_it_against_that_hand():
+    """Insertion: the right arm carries the peg left while the left lifts the socket. One track describes only the
+    right; the cue adds the left's clause, and the audit checks each clause against its own arm."""
+    import dataclasses
+
+    from vla_distill.sim.kinematics import Kinematics
+
+    t = np.linspace(0, 1, 8)[:, None]
+    right = Kinematics(ee=np.hstack([-0.1 * t, 0 * t, 0 * t]), gripper=np.full(8, 0.3), fps=50)
+    left = Kinematics(ee=np.hstack([0 * t, 0 * t, 0.1 * t]), gripper=np.linspace(1, 0.3, 8), fps=50)
+    still = Kinematics(ee=np.zeros((8, 3)), gripper=np.ones(8), fps=50)
+    two = Kinematics(ee=right.ee, gripper=right.gripper, fps=50, obj=right.ee, arm=np.ones(8, np.int64),
+                     arm_names=("left", "right"), hands=(left, right))
+    cfg, phases = dirs.DirectionConfig(window=8, stride=4), np.full(8, PHASES_4.index("transport"))
+    cue = dirs.describe(two, phases, 0, 8, "peg", cfg)
+    assert cue == "pushing the peg left while the left gripper moves up, closing"
+    assert dirs.split_hands(cue) == ("pushing the peg left", {"left": "moves up, closing"})
+    assert dirs.describe(dataclasses.replace(two, hands=(still, right)), phases, 0, 8, "peg",
+                         cfg) == "pushing the peg left"
+    opening = dataclasses.replace(left, gripper=left.gripper[::-1].copy())
+    assert dirs.hand_motion(opening, 0, 8, cfg) == "moves up, opening"
+    assert dirs.hand_motion(dataclasses.replace(opening, ee=still.ee), 0, 8, cfg) == "opens"
+    assert dirs.hand_motion(dataclasses.replace(left, ee=still.ee), 0, 8, cfg) == "closes"
+    assert audit_cue(cue, two, 0, 8, cfg) is None
+    assert "left gripper" in audit_cue("carrying the peg left while the left gripper moves down", two, 0, 8, cfg)
+    assert "left gripper" in audit_cue("carrying the peg left while the left gripper opens", two, 0, 8, cfg)
+    assert "middle" in audit_cue("carrying the peg left while the middle gripper closes", two, 0, 8, cfg)
+    assert audit_cue("carrying the peg right while the left gripper moves up", two, 0, 8, cfg) is not None
+    assert two.span(2, 6).hands[0].ee.shape == (4, 3)
+
+
 def test_audit_flags_injected_errors(metaworld_dataset):
     ds = RobotDataset(metaworld_dataset)
     e = next(i for i, ep in enumerate(ds.episodes) if ep.extra["task_name"] == "pick-place-v3")

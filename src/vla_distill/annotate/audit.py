@@ -16,6 +16,7 @@ labeller.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,7 @@ from vla_distill.annotate.directions import (
     joint_claims,
     joint_motion,
     joint_word,
+    split_hands,
     window_motion,
 )
 from vla_distill.annotate.episode import dataset_layout, episode_kinematics
@@ -96,10 +98,23 @@ def audit_phases(labels4: np.ndarray, kin: Kinematics, cfg: AuditConfig = AuditC
 
 def audit_cue(text: str, kin: Kinematics, start: int, end: int, dcfg: DirectionConfig,
               cfg: AuditConfig = AuditConfig()) -> str | None:
-    """The reason a window's cue contradicts its kinematics, or None."""
+    """The reason a window's cue contradicts its kinematics, or None. A multi-arm cue's clause for another arm
+    (directions.other_hands) is checked against that arm."""
+    text, others = split_hands(text)
+    for name, clause in others.items():
+        if name not in kin.arm_names:
+            return f"names a {name} gripper; the robot's arms are {', '.join(kin.arm_names) or 'one'}"
+        hand = kin.hands[kin.arm_names.index(name)]  # without an end effector: no motion, any direction invented
+        why = _audit_motion(clause, *window_motion(hand, start, end), dcfg, cfg)
+        if why:
+            return f"the {name} gripper: {why}"
     if kin.ee is None:
         return _audit_joint_cue(text, kin, start, end, dcfg, cfg)
-    delta, dg = window_motion(kin, start, end)
+    return _audit_motion(text, *window_motion(kin, start, end), dcfg, cfg)
+
+
+def _audit_motion(text: str, delta: np.ndarray, dg: float, dcfg: DirectionConfig, cfg: AuditConfig) -> str | None:
+    """A claim of one hand's cue against its displacement (3,) and gripper change over the window."""
     largest = float(np.abs(delta).max())
     moving = np.linalg.norm(delta) >= dcfg.min_move
     for axis, sign in cue_direction(text).items():
@@ -113,9 +128,9 @@ def audit_cue(text: str, kin: Kinematics, start: int, end: int, dcfg: DirectionC
 
 
 def _audit_gripper_claim(text: str, dg: float, dcfg: DirectionConfig) -> str | None:
-    if "closing" in text and dg > 0.5 * dcfg.gripper_change:
+    if re.search(r"\bclos(ing|es)\b", text) and dg > 0.5 * dcfg.gripper_change:
         return "says closing but the gripper opens"
-    if "opening" in text and dg < -0.5 * dcfg.gripper_change:
+    if re.search(r"\bopen(ing|s)\b", text) and dg < -0.5 * dcfg.gripper_change:
         return "says opening but the gripper closes"
     return None
 

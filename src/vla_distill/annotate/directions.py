@@ -2,7 +2,8 @@
 
 Axes follow the robot base frame (MetaWorld/LIBERO): +x right, +y forward (away from the robot), +z up; an arm given
 by forward kinematics speaks in its model's base frame. An arm known only by its joints gets cues that name the
-joints that move ("moving the arm: shoulder pan increasing, elbow flex decreasing").
+joints that move ("moving the arm: shoulder pan increasing, elbow flex decreasing"). On a multi-arm robot the cue
+follows the acting arm and adds what each other hand does meanwhile ("... while the left gripper moves up, closing").
 Windows: start = 0, S, 2S, ... each covering [start, start + W) clipped to the episode; frame t takes the cue of
 window min(t // S, last), which always contains it.
 """
@@ -109,7 +110,48 @@ def joint_claims(text: str, names: tuple[str, ...]) -> dict[int, int]:
 
 
 def describe(kin: Kinematics, phases4: np.ndarray, start: int, end: int, noun: str, cfg: DirectionConfig) -> str:
-    """One window -> one cue. phases4 are indices into PHASES_4 (collapse 9-phase labels first)."""
+    """One window -> one cue. phases4 are indices into PHASES_4 (collapse 9-phase labels first). On a multi-arm
+    robot the cue is the acting arm's, plus what each other arm does meanwhile (other_hands)."""
+    return _describe_track(kin, phases4, start, end, noun, cfg) + other_hands(kin, start, end, cfg)
+
+
+def other_hands(kin: Kinematics, start: int, end: int, cfg: DirectionConfig) -> str:
+    """' while the left gripper moves up, closing': what the arms the track does not follow do over the window
+    ('' when they keep still, or on a one-arm robot). Two hands at work at once (insertion: each brings its
+    object) would otherwise be described as one."""
+    acting = kin.acting(start, end)
+    if acting is None:
+        return ""
+    clauses = [f"the {kin.arm_names[i]} gripper {what}" for i, hand in enumerate(kin.hands)
+               if i != acting and (what := hand_motion(hand, start, end, cfg))]
+    return f" while {' and '.join(clauses)}" if clauses else ""
+
+
+def hand_motion(hand: Kinematics, start: int, end: int, cfg: DirectionConfig) -> str:
+    """'moves right and up, closing', 'moves up', 'opens' or '' for one arm over [start, end)."""
+    delta, dg = window_motion(hand, start, end)
+    dirs = axis_phrase(delta, cfg) if hand.ee is not None else ""
+    closing, opening = dg < -cfg.gripper_change, dg > cfg.gripper_change
+    if not dirs:
+        return "closes" if closing else "opens" if opening else ""
+    return f"moves {dirs}" + (", closing" if closing else ", opening" if opening else "")
+
+
+def split_hands(text: str) -> tuple[str, dict[str, str]]:
+    """A cue -> (the acting arm's part, {other arm's name: what it does}); the audit checks each against its arm."""
+    main, *rest = text.split(" while the ", 1)
+    if not rest:
+        return text, {}
+    others = {}
+    for clause in rest[0].split(" and the "):
+        m = re.match(r"(\w+) gripper (.*)$", clause)
+        if m:
+            others[m.group(1)] = m.group(2)
+    return main, others
+
+
+def _describe_track(kin: Kinematics, phases4: np.ndarray, start: int, end: int, noun: str,
+                    cfg: DirectionConfig) -> str:
     delta, dg = window_motion(kin, start, end)
     end = max(end, start + 1)
     hand = kin.arm_word(start, end)  # "gripper", or which one on a robot with two

@@ -19,7 +19,8 @@ class Kinematics:
     contact: (T,) bool, the gripper touching a movable object, or None where the dataset does not record it
     (observation.contact; simulators only); joints: (T, J) arm joint positions from their minimum in the dataset,
     as a fraction of the widest joint's range (unit-free: degrees, radians and lerobot's -100..100 alike), or None;
-    joint_names: (J,).
+    joint_names: (J,). A multi-arm robot's track follows the acting arm: arm (T,) is its index into arm_names,
+    and hands holds every arm's own kinematics (ee, gripper, contact), in arm_names' order.
     """
 
     gripper: np.ndarray
@@ -33,14 +34,19 @@ class Kinematics:
     joint_names: tuple[str, ...] = ()
     arm: np.ndarray | None = None
     arm_names: tuple[str, ...] = ()
+    hands: tuple[Kinematics, ...] = ()
+
+    def acting(self, start: int, end: int) -> int | None:
+        """The arm the track follows most over [start, end), or None on a one-arm robot."""
+        if self.arm is None:
+            return None
+        return int(np.bincount(self.arm[start:max(end, start + 1)], minlength=len(self.arm_names)).argmax())
 
     def arm_word(self, start: int, end: int) -> str:
         """'gripper', or, on a multi-arm robot, the gripper of the arm the track follows most over [start, end):
         'right gripper'."""
-        if self.arm is None:
-            return "gripper"
-        arm = int(np.bincount(self.arm[start:max(end, start + 1)], minlength=len(self.arm_names)).argmax())
-        return f"{self.arm_names[arm]} gripper"
+        arm = self.acting(start, end)
+        return "gripper" if arm is None else f"{self.arm_names[arm]} gripper"
 
     def __len__(self) -> int:
         return len(self.gripper)
@@ -49,7 +55,7 @@ class Kinematics:
         """The frames [start, end) alone."""
         cut = {f.name: getattr(self, f.name)[start:end] for f in fields(self)
                if isinstance(getattr(self, f.name), np.ndarray)}
-        return replace(self, **cut)
+        return replace(self, **cut, hands=tuple(h.span(start, end) for h in self.hands))
 
 
 def rate(x: np.ndarray, fps: float) -> np.ndarray:

@@ -14,7 +14,8 @@ A joint-space layout (no end-effector xyz) gets its end effector from forward ki
 given (sim.robot_model), else phases and cues read the gripper and the joints alone (`left_out` says what is lost).
 A multi-arm state (names with one gripper per arm prefix: lerobot's aloha `left_waist ... right_gripper`) is one
 layout per arm; its episodes decode into one track that follows, frame by frame, the arm acting on the object (the
-nearest to it, else the one that moves): a hand-over reads as one arm's approach, grasp and carry, then the other's.
+nearest to it, else the one that moves): a hand-over reads as one arm's approach, grasp and carry, then the other's;
+every arm's own kinematics stay beside the track (Kinematics.hands) for what the other hands do meanwhile.
 Grippers of named and mapped layouts are scaled to 0..1 (closed..open) by the dataset's own range, joints to a
 fraction of the widest joint's range: thresholds then mean the same for degrees, radians and lerobot's -100..100.
 """
@@ -95,7 +96,7 @@ class StateLayout:
     def _decode_arms(self, state: np.ndarray, env: np.ndarray | None, success: np.ndarray | None, fps: float,
                      contact: np.ndarray | None) -> Kinematics:
         """One track over the arms: at each frame the acting arm's end effector, gripper and contact; every arm's
-        joints."""
+        joints, and every arm's own kinematics (Kinematics.hands)."""
         contact = None if contact is None else np.asarray(contact, bool).reshape(len(state), -1)
         per_contact = contact if contact is not None and contact.shape[1] == len(self.arms) else None
         kins = [arm.decode(state, None, success, fps, None if per_contact is None else per_contact[:, i])
@@ -112,7 +113,8 @@ class StateLayout:
         return Kinematics(gripper=follow("gripper"), fps=fps, ee=follow("ee"), obj=obj, goal=goal, success=success,
                           contact=follow("contact"),
                           joints=None if any(j is None for j in joints) else np.concatenate(joints, 1),
-                          joint_names=sum((k.joint_names for k in kins), ()), arm=acting, arm_names=self.arm_names)
+                          joint_names=sum((k.joint_names for k in kins), ()), arm=acting, arm_names=self.arm_names,
+                          hands=tuple(kins))
 
     def _env_points(self, env: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(T, 3) object and goal positions from the environment state, each None where the layout has none (a
