@@ -454,9 +454,9 @@ def test_a_gripper_stays_in_its_range_and_the_arm_does_not():
     policy.action_min.copy_(torch.tensor([-100.0] * 5 + [0.0]))
     policy.action_max.copy_(torch.tensor([100.0] * 5 + [100.0]))
     policy.action_std.fill_(50.0)
-    out = policy.unnormalize_action(torch.full((2, 1, 6), 3.0))  # 150 in every dimension
+    out = policy.unnormalize_action(torch.full((2, 1, 6), 3.0), {})  # 150 in every dimension
     assert out[..., :5].eq(150.0).all() and out[..., 5].eq(100.0).all()
-    assert policy.unnormalize_action(torch.full((1, 6), -3.0))[0, 5] == 0.0
+    assert policy.unnormalize_action(torch.full((1, 6), -3.0), {})[0, 5] == 0.0
 
 
 ALOHA = tuple(f"{side}_{j}" for side in ("left", "right")
@@ -522,3 +522,49 @@ def test_the_audit_of_labels_on_an_unmapped_state_says_it_checked_nothing(tmp_pa
     assert report["not_checked"][0].startswith("every check against the kinematics: no gripper among the names")
     assert report["summary"]["phase_flags"] == 0 and len(report["episodes"]) == ds.num_episodes
     assert "Nothing was checked" in (tmp_path / "ann" / "meta" / "audit.md").read_text()
+
+
+def test_delta_actions_predict_joint_targets_relative_to_the_state_and_export_so(tmp_path):
+    """--delta-actions (openpi's delta actions): the arm joints that observation.state names alike are predicted as
+    offsets from the current state, the grippers absolute; the checkpoint says which, the normalization is the
+    offsets', a prediction moves with the state, and the ONNX export (parity-checked) carries the state through."""
+    import torch
+
+    from vla_distill.data.dataset import RobotDataset
+    from vla_distill.errors import ConfigError
+    from vla_distill.models.checkpoint import load_pretrained
+    from vla_distill.train.config import TrainConfig
+    from vla_distill.train.student import delta_dims
+    from vla_distill.types import OBS_STATE
+
+    pytest.importorskip("onnxruntime")
+    cam = "observation.images.top"
+    features = {OBS_STATE: {"dtype": "float32", "shape": [14], "names": list(ALOHA)},
+                "action": {"dtype": "float32", "shape": [14], "names": list(ALOHA)},
+                cam: {"dtype": "image", "shape": [32, 32, 3], "names": ["height", "width", "channels"]}}
+    rng = np.random.default_rng(0)
+    with DatasetWriter(tmp_path / "ds", 50, features, robot_type="aloha") as w:
+        for e in range(3):
+            q = (np.cumsum(rng.normal(0, 0.01, (40, 14)), 0) + rng.uniform(-1, 1, 14)).astype(np.float32)
+            q[:, [6, 13]] = np.linspace(0, 1, 40)[:, None]  # the grippers open over the episode
+            w.add_episode(Episode({OBS_STATE: q, "action": q + 0.02, cam: smooth_frames(40, 32, 9 * e)},
+                                  task="transfer the cube"))
+    run = tmp_path / "run"
+    _run("train", "--dataset", tmp_path / "ds", "--out", run, "--preset", "tiny", "--steps", 2, "--batch-size", 2,
+         "--warmup-steps", 1, "--save-every", 2, "--log-every", 1, "--val-batches", 1, "--target", "dataset",
+         "--no-phase-loss", "--no-direction-loss", "--horizon", 4, "--delta-actions")
+    policy = load_pretrained(run).eval()
+    joints = tuple(i for i in range(14) if i not in (6, 13))
+    assert policy.config.delta_dims == joints
+    # the normalization is of the offsets: every arm joint's target sits 0.02 plus the chunk's drift from the state
+    assert (policy.action_std[list(joints)] < 0.1).all() and (policy.action_std[[6, 13]] > 0.2).all()
+    state = torch.as_tensor(rng.uniform(-1, 1, (1, 14)), dtype=torch.float32)
+    batch = {OBS_STATE: state, cam: torch.zeros(1, 3, 32, 32), "task": ["transfer the cube"]}
+    moved = {**batch, OBS_STATE: state + 0.5}
+    a, b = policy.predict_action_chunk(batch), policy.predict_action_chunk(moved)
+    assert torch.allclose(b[..., list(joints)] - a[..., list(joints)], torch.tensor(0.5), atol=1e-3)
+    _run("export", "--policy", run, "--out", tmp_path / "onnx", "--format", "onnx", "--n-observations", 4)
+    ds = RobotDataset(tmp_path / "ds")
+    no_names = TrainConfig(dataset=str(tmp_path / "ds"), out=str(run), delta_actions=True, state_keys=(cam,))
+    with pytest.raises(ConfigError, match="--delta-actions: no dimension"):
+        delta_dims(ds, no_names, "action")

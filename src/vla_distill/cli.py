@@ -386,6 +386,9 @@ def _train_args(t: argparse.ArgumentParser) -> None:
            "observation.environment_state (object and goal positions): it teaches the vision where small targets "
            "are; nothing extra is needed at run time")
     _field(t, "--aux-state-weight", LossConfig, type=float)
+    t.add_argument("--delta-actions", action="store_true", default=argparse.SUPPRESS,
+                   help="predict each action dimension that observation.state names alike (an arm's absolute joint "
+                        "targets; not grippers) relative to the current state, as openpi's delta actions do")
     t.add_argument("--gripper-from-phases", action="store_true", default=argparse.SUPPRESS,
                    help="train the gripper (the last action dimension) on the median of the teacher's commands over "
                         "each phase segment: phase labels filter a teacher's gripper toggling and jitter")

@@ -86,6 +86,9 @@ class StudentConfig:
     # action dimensions kept inside the training data's range at inference (grippers: lerobot's 0..100, robosuite's
     # -1..1; a regression head's overshoot means nothing there)
     bounded_dims: tuple[int, ...] = ()
+    # action dimensions predicted relative to the current state's same dimension (openpi's delta actions: an arm's
+    # absolute joint targets, not its grippers): the network then predicts the motion, not where the arm already is
+    delta_dims: tuple[int, ...] = ()
     preset: str = ""
 
     def __post_init__(self):
@@ -103,6 +106,9 @@ class StudentConfig:
             raise ValueError(f"action_head: {self.action_head!r} is not one of ['continuous', 'discrete']")
         if bool(self.aux_state_key) != (self.aux_state_dim > 0):
             raise ValueError("aux_state_key and aux_state_dim: give both or neither")
+        if any(not 0 <= d < min(self.action_dim, self.state_dims[0]) for d in self.delta_dims):
+            raise ValueError(f"delta_dims: {self.delta_dims} are not all dimensions of both the action "
+                             f"({self.action_dim}) and the first state key ({self.state_dims[0]})")
 
 
 # Architecture presets; data-dependent fields (cameras, dims, tasks) are filled from the dataset at train time.
@@ -188,7 +194,20 @@ class StudentPolicy(Policy):
             buf.copy_(torch.as_tensor(np.asarray(value, np.float32)).reshape(buf.shape))
         self.task_embeddings.copy_(torch.tensor(np.asarray(task_embeddings), dtype=torch.float32))
 
-    def normalize_action(self, a: torch.Tensor) -> torch.Tensor:
+    def action_offset(self, batch: dict) -> torch.Tensor | float:
+        """(B, 1, D) what the delta dimensions are relative to: the current state's same dimensions, 0 elsewhere
+        (0. without delta dimensions)."""
+        c = self.config
+        if not c.delta_dims:
+            return 0.0
+        state = batch[c.state_keys[0]].float()
+        pick = torch.zeros(c.state_dims[0], c.action_dim, device=state.device)  # a constant in an exported graph
+        pick[list(c.delta_dims), list(c.delta_dims)] = 1.0
+        return (state.reshape(state.shape[0], -1) @ pick)[:, None]
+
+    def normalize_action(self, a: torch.Tensor, batch: dict) -> torch.Tensor:
+        """(B, K, D) raw actions of `batch`'s observations -> what the action head predicts."""
+        a = a - self.action_offset(batch)
         if self.config.action_head == "discrete":  # to [-1, 1] over the data's range, where the bins live
             return 2 * (a - self.action_min) / (self.action_max - self.action_min).clamp_min(1e-6) - 1
         return (a - self.action_mean) / self.action_std
@@ -202,10 +221,12 @@ class StudentPolicy(Policy):
         """(B, ...) raw auxiliary state column -> (B, A) normalized."""
         return (x.float().reshape(x.shape[0], -1) - self.aux_state_mean) / self.aux_state_std
 
-    def unnormalize_action(self, a: torch.Tensor) -> torch.Tensor:
+    def unnormalize_action(self, a: torch.Tensor, batch: dict) -> torch.Tensor:
+        """(B, K, D) normalized predictions for `batch`'s observations -> raw actions."""
         if self.config.action_head == "discrete":
-            return (a + 1) / 2 * (self.action_max - self.action_min).clamp_min(1e-6) + self.action_min
-        a = a * self.action_std + self.action_mean
+            return (a + 1) / 2 * (self.action_max - self.action_min).clamp_min(1e-6) + self.action_min + \
+                self.action_offset(batch)
+        a = a * self.action_std + self.action_mean + self.action_offset(batch)
         if not self.config.bounded_dims:
             return a
         bounded = torch.zeros(self.config.action_dim, dtype=torch.bool, device=a.device)
@@ -325,14 +346,14 @@ class StudentPolicy(Policy):
 
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict) -> torch.Tensor:
-        return self.unnormalize_action(self.decode_action(self.encode(batch)["action"]).float())
+        return self.unnormalize_action(self.decode_action(self.encode(batch)["action"]).float(), batch)
 
     @torch.no_grad()
     def predict_observed(self, batch: dict) -> dict[str, torch.Tensor]:
         """One forward pass for the control loop and its observability: actions (B, K, D) in raw units,
         phase (B,) index of the predicted phase, direction (B, E) unit embedding."""
         out = self.encode(batch)
-        actions = self.unnormalize_action(self.decode_action(out["action"]).float())
+        actions = self.unnormalize_action(self.decode_action(out["action"]).float(), batch)
         return {"actions": actions, "phase": out["phase_logits"].argmax(-1), "direction": out["direction"].float()}
 
     def forward(self, batch: dict, loss_cfg: LossConfig | None = None,
@@ -343,7 +364,7 @@ class StudentPolicy(Policy):
     def loss(self, out: dict[str, torch.Tensor], batch: dict, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
         """The three losses (four with an auxiliary state head) of this batch's outputs `out` (from `encode`),
         combined by losses.combine."""
-        target = self.normalize_action(batch[ACTION].float())
+        target = self.normalize_action(batch[ACTION].float(), batch)
         w = torch.tensor(cfg.dim_weights, dtype=torch.float32) if cfg.dim_weights else None
         named = {"action": action_loss(out["action"], target, batch.get(ACTION + PAD_SUFFIX), cfg.action, w).mean()}
         if cfg.phase_weight > 0:

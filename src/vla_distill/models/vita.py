@@ -360,10 +360,10 @@ class VitaPolicy(Policy):
         """(B, d) what stage 1 aligns to: the frozen expert's features on the same inputs."""
         return self.expert.features(batch)
 
-    def to_actions(self, pred: torch.Tensor) -> torch.Tensor:
+    def to_actions(self, pred: torch.Tensor, batch: dict) -> torch.Tensor:
         """(B, K, D) normalized decoder output -> raw actions. After stage 2 the gripper is 2·P(closed) − 1, the
         probability its BCE trained (logit = gripper_logit_scale × the raw decoder output), so it stays in [-1, 1]."""
-        raw = self.expert.unnormalize_action(pred.float())
+        raw = self.expert.unnormalize_action(pred.float(), batch)
         if bool(self.binary_gripper):
             raw = torch.cat([raw[..., :-1], 2 * torch.sigmoid(self.config.gripper_logit_scale * raw[..., -1:]) - 1], -1)
         return raw
@@ -373,7 +373,7 @@ class VitaPolicy(Policy):
         return self.expert.action_scale()  # the expert's decoder and stats make the actions
 
     def predict_action_chunk(self, batch: dict) -> torch.Tensor:
-        return self.to_actions(self.decode(self.mapped_features(batch)))
+        return self.to_actions(self.decode(self.mapped_features(batch)), batch)
 
     def forward(self, batch: dict, stage: str = "align") -> tuple[torch.Tensor, dict[str, float]]:
         mapped = self.mapped_features(batch)
@@ -381,8 +381,8 @@ class VitaPolicy(Policy):
             loss = alignment_loss(mapped, self.expert_features(batch))
             return loss, {"align": float(loss.detach())}
         pred = self.decode(mapped)
-        target = self.expert.normalize_action(batch[ACTION].float())
-        raw_gripper = self.expert.unnormalize_action(pred)[..., -1]
+        target = self.expert.normalize_action(batch[ACTION].float(), batch)
+        raw_gripper = self.expert.unnormalize_action(pred, batch)[..., -1]
         arm, grip = arm_gripper_loss(pred[..., :-1], target[..., :-1], self.config.gripper_logit_scale * raw_gripper,
                                      batch[ACTION][..., -1] > 0, batch.get(ACTION + PAD_SUFFIX))
         return arm + grip, {"arm_smooth_l1": float(arm.detach()), "gripper_bce": float(grip.detach())}

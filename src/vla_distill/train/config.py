@@ -94,6 +94,7 @@ class TrainConfig(RunConfig):
     feature_shift: int = 0  # random shift of cached features during training, in feature cells (0 = none)
     aux_state: str = ""  # a state column predicted in training only, e.g. observation.environment_state ("" = none)
     gripper_from_phases: bool = False  # the gripper target is its median over each phase segment (train/targets.py)
+    delta_actions: bool = False  # joint targets predicted relative to the current state (StudentConfig.delta_dims)
 
     def __post_init__(self):
         preset_config(self.preset)  # raises with a did-you-mean on an unknown name

@@ -148,12 +148,14 @@ def build_views(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list
 
 
 # ---------------------------------------------------------------- the model
-def normalization(ds: RobotDataset, cfg: TrainConfig, targets: np.ndarray, train_eps: list[int]) -> dict:
+def normalization(ds: RobotDataset, cfg: TrainConfig, targets: np.ndarray, train_eps: list[int],
+                  delta: tuple[int, ...] = ()) -> dict:
     """Stats of the training split only (validation episodes never leak into normalization); targets: the action
-    targets by dataset row (action_targets)."""
+    targets by dataset row (action_targets); delta: the dimensions predicted relative to the state (delta_dims),
+    whose stats are those of every chunk step's offset from the state it was predicted from."""
     rows = np.concatenate([ds.episode_rows(e) for e in train_eps])
     state = np.concatenate([_rows(ds, k, rows) for k in cfg.state_keys], 1)
-    act = np.asarray(targets[rows], np.float64)
+    act = np.asarray(targets[rows], np.float64) if not delta else chunk_offsets(ds, cfg, targets, train_eps, delta)
     act = act.reshape(-1, act.shape[-1])
     img = ds.episode_stats(train_eps)
     cams = cameras(ds, cfg)
@@ -172,6 +174,38 @@ def normalization(ds: RobotDataset, cfg: TrainConfig, targets: np.ndarray, train
         "action_min": act.min(0), "action_max": act.max(0),
         "image_mean": mean[..., None, None], "image_std": np.maximum(std, 1e-3)[..., None, None],
     }
+
+
+def chunk_offsets(ds: RobotDataset, cfg: TrainConfig, targets: np.ndarray, episodes: list[int],
+                  delta: tuple[int, ...]) -> np.ndarray:
+    """(M, K, D) the training chunks' targets, `delta` dimensions minus the state at the chunk's first frame (a
+    per-frame target's chunk repeats the episode's last frame past its end, as the windows do)."""
+    out = []
+    for e in episodes:
+        rows = ds.episode_rows(e)
+        values = np.asarray(targets[rows], np.float64)
+        if values.ndim == 2:  # (T, D) per frame: step k of row t's chunk is frame t + k
+            ahead = np.minimum(np.arange(len(rows))[:, None] + np.arange(cfg.horizon), len(rows) - 1)
+            values = values[ahead]
+        chunk = values[:, :cfg.horizon].copy()
+        chunk[..., list(delta)] -= _rows(ds, cfg.state_keys[0], rows)[:, None, list(delta)]
+        out.append(chunk)
+    return np.concatenate(out)
+
+
+def delta_dims(ds: RobotDataset, cfg: TrainConfig, target: str) -> tuple[int, ...]:
+    """--delta-actions: the action dimensions the first state key names alike, grippers left absolute; a one-line
+    error when there are none."""
+    if not cfg.delta_actions:
+        return ()
+    actions = feature_names(ds.features[target]) or []
+    state = feature_names(ds.features[cfg.state_keys[0]]) or []
+    dims = tuple(i for i, n in enumerate(actions) if i < len(state) and state[i] == n and "gripper" not in n.lower())
+    if not dims:
+        raise ConfigError(f"--delta-actions: no dimension of '{target}' has the name of the same dimension of "
+                          f"'{cfg.state_keys[0]}' (actions {actions[:4]}..., state {state[:4]}...): its actions "
+                          "are not joint targets in the state's layout", field="delta_actions")
+    return dims
 
 
 def _rows(ds: RobotDataset, key: str, rows: np.ndarray) -> np.ndarray:
@@ -214,13 +248,13 @@ def build_policy(ds: RobotDataset, cfg: TrainConfig, targets: np.ndarray, train_
             feature_shift=cfg.feature_shift, aux_state_key=cfg.aux_state,
             aux_state_dim=int(np.prod(ds.features[cfg.aux_state]["shape"])) if cfg.aux_state else 0,
             action_head="discrete" if cfg.loss.action == "discrete" else "continuous",
-            bounded_dims=gripper_dims(ds, int(targets.shape[-1])))
+            bounded_dims=gripper_dims(ds, int(targets.shape[-1])), delta_dims=delta_dims(ds, cfg, cfg.target_column))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     torch.manual_seed(cfg.seed)
     policy = StudentPolicy(config)
     policy.load_pretrained_vision()
-    policy.set_normalization(normalization(ds, cfg, targets, train_eps), emb)
+    policy.set_normalization(normalization(ds, cfg, targets, train_eps, config.delta_dims), emb)
     return policy
 
 
@@ -242,8 +276,8 @@ def validate(policy: StudentPolicy, views: Views, cfg: TrainConfig, dev: DeviceS
             loss, _ = policy.loss(out, batch, cfg.loss)
         b, pad = len(batch[ACTION]), batch[ACTION + PAD_SUFFIX]
         pred = policy.decode_action(out["action"]).float()
-        sums["action_mse"] += float(action_loss(pred, policy.normalize_action(batch[ACTION]), pad, "mse").sum())
-        sums["action_mae"] += float(action_loss(policy.unnormalize_action(pred), batch[ACTION], pad, "l1").sum())
+        sums["action_mse"] += float(action_loss(pred, policy.normalize_action(batch[ACTION], batch), pad, "mse").sum())
+        sums["action_mae"] += float(action_loss(policy.unnormalize_action(pred, batch), batch[ACTION], pad, "l1").sum())
         sums["loss"] += float(loss) * b
         count += b
         if "aux_state" in out:
