@@ -11,6 +11,10 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
       interval; teacher and the kept student on the same 100 held-out episodes per task, paired; the student
       exported to ONNX, its speed, and `vla-distill run --hz 50` episodes with its deadline misses and p99 tick time
       -> results/aloha.json (the shape of mt10.json), written after every evaluation
+  python benchmarks/bench_aloha.py delta [--steps 20000] [--episodes 100]
+      after `suite`: its first student's demonstrations, annotations and recipe with `train --delta-actions` (joint
+      targets predicted relative to the state), on the same held-out episodes, paired against that student
+      -> results/aloha.json["delta_actions"]
 Work directories live under --work (default outputs/bench_aloha).
 """
 
@@ -90,6 +94,20 @@ def suite(args) -> dict:
     return result
 
 
+def delta(args) -> dict:
+    """The first student's data and recipe, its joint targets predicted relative to the state (--delta-actions)."""
+    work = Path(args.work)
+    base = evaluated(str(work / "student"), TASKS, work / "eval-student", args.episodes, *ENV)
+    run, minutes = trained(work / "annotated-dart", work / "student-delta", args.steps, "--recipe", "aloha",
+                           "--delta-actions")
+    info = evaluated(str(run), TASKS, work / "eval-student-delta", args.episodes, *ENV)
+    per_task = {t["task"]: {"pc_success": t["pc_success"], "ci95": t["pc_success_ci95"], "n_episodes": t["n_episodes"]}
+                for t in info["per_task"]}
+    return {"delta_actions": {"student": rate(info), "per_task": per_task, "train_minutes": round(minutes, 1),
+                              "vs_absolute_targets": paired_with("the absolute-target student", base, info),
+                              "command": " ".join(["python benchmarks/bench_aloha.py", *sys.argv[1:]])}}
+
+
 def realtime(bundle: Path, out: Path, episodes: int) -> dict:
     """The exported student driving `vla-distill run --hz 50` through ONNX Runtime (the bundle's default backend is
     torch, 3x slower at batch 1): each episode's deadline misses and p99 tick time."""
@@ -111,14 +129,14 @@ def save(partial: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["teacher", "suite"])
+    p.add_argument("what", choices=["teacher", "suite", "delta"])
     p.add_argument("--work", default="outputs/bench_aloha")
     p.add_argument("--demos", type=int, default=50)
     p.add_argument("--steps", type=int, default=ALOHA.train["steps"])
     p.add_argument("--episodes", type=int, default=100, help="held-out episodes per task")
     p.add_argument("--loop-episodes", type=int, default=5, help="real-time loop episodes per task")
     args = p.parse_args()
-    save(teacher(args) if args.what == "teacher" else suite(args))
+    save({"teacher": teacher, "suite": suite, "delta": delta}[args.what](args))
 
 
 if __name__ == "__main__":
