@@ -54,6 +54,24 @@ def test_trainable_parameters_per_stage(expert, batch, family):
     assert all(q.grad is None for n, q in p.named_parameters() if n not in finetune)
 
 
+def test_stage_2_regresses_a_gripper_whose_targets_are_not_binary(expert, batch, monkeypatch):
+    """MetaWorld's grip effort is 0 or 0.6 on 40% of frames: auto keeps such a gripper continuous (smooth-L1 like
+    the arm, decoded as the expert decodes it); a gripper at its two extremes is a binary decision."""
+    from vla_distill.train.vita import binary_gripper
+
+    metaworld = np.array([[0, 0, 0, -1], [0, 0, 0, 0.6], [0, 0, 0, 0], [0, 0, 0, 1]] * 5, np.float32)
+    assert not binary_gripper("auto", metaworld) and binary_gripper("binary", metaworld)
+    two_valued = np.stack([np.zeros(40), np.zeros(40), np.zeros(40), np.repeat([-1.0, 1.0], 20)], 1)
+    assert binary_gripper("auto", two_valued[:, None]) and not binary_gripper("continuous", two_valued)
+    p = from_expert(expert, "paligemma")
+    p.set_stage("finetune", binary_gripper=False)
+    loss, named = p(batch, "finetune")
+    assert set(named) == {"action_smooth_l1"} and torch.isfinite(loss)
+    p.eval()
+    pred = torch.full((1, p.horizon, expert.config.action_dim), 0.5)
+    assert torch.allclose(p.to_actions(pred, batch), expert.unnormalize_action(pred, batch))  # not squashed
+
+
 def test_the_reused_decoder_reproduces_the_expert(expert, batch, monkeypatch):
     p = from_expert(expert, "paligemma").eval()
     monkeypatch.setattr(p, "mapped_features", lambda b: p.expert_features(b)[:, None])

@@ -411,7 +411,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _vita_train_args(v: argparse.ArgumentParser) -> None:
     from vla_distill.models.vita import FAMILIES, STAGES
-    from vla_distill.train.config import VitaTrainConfig
+    from vla_distill.train.config import GRIPPER_MODES, VitaTrainConfig
 
     _run_args(v, VitaTrainConfig)
     _field(v, "--expert", VitaTrainConfig, "the expert: a student checkpoint (its action decoder is reused)")
@@ -430,6 +430,9 @@ def _vita_train_args(v: argparse.ArgumentParser) -> None:
            "of training all of it (0: full)", type=int)
     _field(v, "--decoder-lr-scale", VitaTrainConfig, "finetune: the reused expert decoder's learning rate as a "
            "fraction of --lr (the language model's)", type=float)
+    _field(v, "--gripper", VitaTrainConfig, "finetune: the gripper (the last action dimension) as a binary decision "
+           "(the paper's BCE), regressed like the arm, or binary only where the teacher's targets are (auto)",
+           choices=list(GRIPPER_MODES))
 
 
 def _vita_train(args: argparse.Namespace) -> None:

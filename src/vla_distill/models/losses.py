@@ -145,10 +145,19 @@ def arm_gripper_loss(pred_arm: torch.Tensor, target_arm: torch.Tensor, gripper_l
                                                                                              torch.Tensor]:
     """Stage 2: smooth-L1 on the arm dims (B, K, D-1), normalized units, and binary cross-entropy of the gripper
     logit (B, K) against closed (B, K) bool; padded chunk steps (pad (B, K) True) do not count."""
-    keep = torch.ones_like(gripper_logit, dtype=torch.bool) if pad is None else ~pad.bool()
-    w = keep.float()
-    arm = torch.nn.functional.smooth_l1_loss(pred_arm.float(), target_arm.float(), reduction="none").mean(-1)
+    w = _kept(gripper_logit, pad)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(gripper_logit.float(), gripper_closed.float(),
                                                                reduction="none")
-    n = w.sum().clamp_min(1.0)
-    return (arm * w).sum() / n, (bce * w).sum() / n
+    return chunk_smooth_l1(pred_arm, target_arm, pad), (bce * w).sum() / w.sum().clamp_min(1.0)
+
+
+def chunk_smooth_l1(pred: torch.Tensor, target: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+    """Smooth-L1 of (B, K, D) chunks, normalized units, averaged over dims and the chunk steps pad (B, K) keeps."""
+    w = _kept(pred[..., 0], pad)
+    per_step = torch.nn.functional.smooth_l1_loss(pred.float(), target.float(), reduction="none").mean(-1)
+    return (per_step * w).sum() / w.sum().clamp_min(1.0)
+
+
+def _kept(like: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+    """(B, K) 1.0 where a chunk step counts: not padding."""
+    return torch.ones_like(like, dtype=torch.float32) if pad is None else (~pad.bool()).float()

@@ -27,7 +27,7 @@ from torch import nn
 
 from vla_distill.config import from_dict, to_dict
 from vla_distill.models.base import REGISTRY, Policy, register
-from vla_distill.models.losses import alignment_loss, arm_gripper_loss
+from vla_distill.models.losses import alignment_loss, arm_gripper_loss, chunk_smooth_l1
 from vla_distill.models.parts_vlm import (
     CLS_ID,
     IMAGE_ID,
@@ -231,11 +231,12 @@ class VitaPolicy(Policy):
         return self
 
     # ------------------------------------------------------------------ stages
-    def set_stage(self, stage: str) -> list[str]:
+    def set_stage(self, stage: str, binary_gripper: bool = True) -> list[str]:
         """Sets requires_grad for a stage; returns the trainable parameter names.
         align: action tokens, state encoder, mapper (VLM and expert frozen; the parts VLM's projector trains).
         finetune: also the language model (or only its LoRA adapters) and the expert's action decoder; the vision
-        tower stays frozen."""
+        tower stays frozen; the gripper becomes a binary decision (the paper's BCE) unless binary_gripper=False
+        (targets with intermediate values, as MetaWorld's grip effort: it is then regressed like the arm)."""
         if stage not in STAGES:
             raise ValueError(f"stage: {stage!r} is not one of {list(STAGES)}")
         for p in self.parameters():
@@ -249,7 +250,7 @@ class VitaPolicy(Policy):
             if self.config.lora_rank:
                 for n, p in language.named_parameters():
                     p.requires_grad_("lora_" in n)
-            self.binary_gripper.fill_(True)
+            self.binary_gripper.fill_(binary_gripper)
         for m in train:
             for p in m.parameters():
                 p.requires_grad_(True)
@@ -382,6 +383,9 @@ class VitaPolicy(Policy):
             return loss, {"align": float(loss.detach())}
         pred = self.decode(mapped)
         target = self.expert.normalize_action(batch[ACTION].float(), batch)
+        if not bool(self.binary_gripper):
+            loss = chunk_smooth_l1(pred, target, batch.get(ACTION + PAD_SUFFIX))
+            return loss, {"action_smooth_l1": float(loss.detach())}
         raw_gripper = self.expert.unnormalize_action(pred, batch)[..., -1]
         arm, grip = arm_gripper_loss(pred[..., :-1], target[..., :-1], self.config.gripper_logit_scale * raw_gripper,
                                      batch[ACTION][..., -1] > 0, batch.get(ACTION + PAD_SUFFIX))

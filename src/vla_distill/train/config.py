@@ -106,6 +106,9 @@ class TrainConfig(RunConfig):
         return super()._at_least_one() + ("horizon",)
 
 
+GRIPPER_MODES = ("auto", "binary", "continuous")
+
+
 @dataclass(frozen=True)
 class VitaTrainConfig(RunConfig):
     """`vla-distill vita-train`: one VITA-VLA stage (align, then finetune)."""
@@ -127,6 +130,7 @@ class VitaTrainConfig(RunConfig):
     n_action_tokens: int = 1
     lora_rank: int = 0  # finetune: LoRA adapters of this rank on the language model instead of training all of it
     decoder_lr_scale: float = 1.0  # finetune: the reused expert decoder's lr relative to --lr (the language model's)
+    gripper: str = "auto"  # finetune: binary (BCE) | continuous (regressed) | auto (binary where the targets are)
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -135,4 +139,6 @@ class VitaTrainConfig(RunConfig):
             raise ValueError("expert: stage align needs --expert CKPT (a student run)")
         if self.stage == "finetune" and not self.init and not self.expert:
             raise ValueError("init: stage finetune needs --init ALIGN_RUN (or --expert to skip alignment)")
+        if self.gripper not in GRIPPER_MODES:
+            raise ValueError(f"gripper: {self.gripper!r} is not one of {list(GRIPPER_MODES)}")
         super().__post_init__()
