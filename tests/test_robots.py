@@ -549,10 +549,13 @@ def test_delta_actions_predict_joint_targets_relative_to_the_state_and_export_so
             q[:, [6, 13]] = np.linspace(0, 1, 40)[:, None]  # the grippers open over the episode
             w.add_episode(Episode({OBS_STATE: q, "action": q + 0.02, cam: smooth_frames(40, 32, 9 * e)},
                                   task="transfer the cube"))
+    from vla_distill.cli import main
+
     run = tmp_path / "run"
-    _run("train", "--dataset", tmp_path / "ds", "--out", run, "--preset", "tiny", "--steps", 2, "--batch-size", 2,
-         "--warmup-steps", 1, "--save-every", 2, "--log-every", 1, "--val-batches", 1, "--target", "dataset",
-         "--no-phase-loss", "--no-direction-loss", "--horizon", 4, "--delta-actions")
+    assert main([str(a) for a in ("train", "--dataset", tmp_path / "ds", "--out", run, "--preset", "tiny", "--steps",
+                                  2, "--batch-size", 2, "--warmup-steps", 1, "--save-every", 2, "--log-every", 1,
+                                  "--val-batches", 1, "--target", "dataset", "--no-phase-loss", "--no-direction-loss",
+                                  "--horizon", 4, "--delta-actions")]) == 0
     policy = load_pretrained(run).eval()
     joints = tuple(i for i in range(14) if i not in (6, 13))
     assert policy.config.delta_dims == joints
@@ -563,7 +566,8 @@ def test_delta_actions_predict_joint_targets_relative_to_the_state_and_export_so
     moved = {**batch, OBS_STATE: state + 0.5}
     a, b = policy.predict_action_chunk(batch), policy.predict_action_chunk(moved)
     assert torch.allclose(b[..., list(joints)] - a[..., list(joints)], torch.tensor(0.5), atol=1e-3)
-    _run("export", "--policy", run, "--out", tmp_path / "onnx", "--format", "onnx", "--n-observations", 4)
+    assert main(["export", "--policy", str(run), "--out", str(tmp_path / "onnx"), "--format", "onnx",
+                 "--n-observations", "4"]) == 0  # the export checks the ONNX graph's actions against torch's
     ds = RobotDataset(tmp_path / "ds")
     no_names = TrainConfig(dataset=str(tmp_path / "ds"), out=str(run), delta_actions=True, state_keys=(cam,))
     with pytest.raises(ConfigError, match="--delta-actions: no dimension"):
