@@ -99,7 +99,7 @@ def delta(args) -> dict:
     work = Path(args.work)
     base = evaluated(str(work / "student"), TASKS, work / "eval-student", args.episodes, *ENV)
     run, minutes = trained(work / "annotated-dart", work / "student-delta", args.steps, "--recipe", "aloha",
-                           "--delta-actions")
+                           "--delta-actions")  # the recipe sets it since this measurement; the flag keeps it so
     info = evaluated(str(run), TASKS, work / "eval-student-delta", args.episodes, *ENV)
     per_task = {t["task"]: {"pc_success": t["pc_success"], "ci95": t["pc_success_ci95"], "n_episodes": t["n_episodes"]}
                 for t in info["per_task"]}

@@ -72,13 +72,16 @@ RECIPES: dict[str, Recipe] = {
     ),
     # the same student on ALOHA's top camera (BENCHMARKS.md, "ALOHA"): absolute joint targets at 50 Hz, so chunks of
     # K = 10 (0.2 s), and DART noise in radians on the arm joints only (the grippers stay the expert's): 0.005, as
-    # 0.01 already breaks the insertion's millimetre fit (4 of 16 expert episodes; 0.006: 13 of 16, as noiseless)
+    # 0.01 already breaks the insertion's millimetre fit (4 of 16 expert episodes; 0.006: 13 of 16, as noiseless);
+    # joint targets relative to the state (delta actions): transfer cube 11 -> 34%, paired (BENCHMARKS.md)
     "aloha": Recipe(
-        summary="the mt10 recipe's student on ALOHA's top camera at 128 px, chunks of K = 10 (0.2 s at 50 Hz), DART "
-                "demonstrations (0.005 rad on the twelve arm joints)",
+        summary="the mt10 recipe's student on ALOHA's top camera at 128 px, chunks of K = 10 (0.2 s at 50 Hz), arm "
+                "joint targets relative to the state (delta actions), DART demonstrations (0.005 rad on the twelve "
+                "arm joints)",
         collect={"names": ("top",), "height": 128, "width": 128, "action_noise": 0.005},
         train={"preset": "tiny", "vision": "efficientnet-lite0", "horizon": 10, "batch_size": 64,
-               "aux_state": "observation.environment_state", "steps": 20000, "save_every": 4000, "log_every": 50},
+               "aux_state": "observation.environment_state", "steps": 20000, "save_every": 4000, "log_every": 50,
+               "delta_actions": True},
         use="ALOHA transfer cube and insertion from the scripted bimanual expert's demonstrations (50 per task)",
     ),
 }
