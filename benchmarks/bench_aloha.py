@@ -46,10 +46,14 @@ PUBLISHED = {  # success %, other protocols: anchors, not this measurement
 def teacher(args) -> dict:
     info = evaluated("scripted", TASKS, Path(args.work) / "eval-teacher", args.episodes, *ENV)
     print(f"teacher {rate(info)}")
-    per_task = {t["task"]: {"pc_success": t["pc_success"], "ci95": t["pc_success_ci95"], "n_episodes": t["n_episodes"]}
-                for t in info["per_task"]}
-    return {"teacher": rate(info), "teacher_per_task": per_task,
+    return {"teacher": rate(info), "teacher_per_task": per_task_rates(info),
             "teacher_command": " ".join(["python benchmarks/bench_aloha.py", *sys.argv[1:]])}
+
+
+def per_task_rates(info: dict) -> dict:
+    """{task: rate(...)} of an evaluation's eval_info."""
+    return {t["task"]: {"pc_success": t["pc_success"], "ci95": t["pc_success_ci95"], "n_episodes": t["n_episodes"]}
+            for t in info["per_task"]}
 
 
 def suite(args) -> dict:
@@ -101,9 +105,8 @@ def delta(args) -> dict:
     run, minutes = trained(work / "annotated-dart", work / "student-delta", args.steps, "--recipe", "aloha",
                            "--delta-actions")  # the recipe sets it since this measurement; the flag keeps it so
     info = evaluated(str(run), TASKS, work / "eval-student-delta", args.episodes, *ENV)
-    per_task = {t["task"]: {"pc_success": t["pc_success"], "ci95": t["pc_success_ci95"], "n_episodes": t["n_episodes"]}
-                for t in info["per_task"]}
-    return {"delta_actions": {"student": rate(info), "per_task": per_task, "train_minutes": round(minutes, 1),
+    return {"delta_actions": {"student": rate(info), "per_task": per_task_rates(info),
+                              "train_minutes": round(minutes, 1),
                               "vs_absolute_targets": paired_with("the absolute-target student", base, info),
                               "command": " ".join(["python benchmarks/bench_aloha.py", *sys.argv[1:]])}}
 

@@ -50,16 +50,16 @@ def make_room(entry: Path, nbytes: int) -> None:
     the disk; raises a one-line error naming the cache when the disk stays too full. `entry` itself is never
     evicted, so one recording larger than the budget is still cached (alone)."""
     cache = entry.parent
-    others = sorted((e for e in _entries(cache) if e != entry), key=_last_use)
-    used = sum(map(_size, others)) + _size(entry)
+    sizes = {e: _size(e) for e in sorted((e for e in _entries(cache) if e != entry), key=_last_use)}
+    used = sum(sizes.values()) + _size(entry)
     budget = max_cache_bytes()
     free = shutil.disk_usage(cache).free
-    for old in others:
+    for old, size in sizes.items():  # oldest use first
         if used + nbytes <= budget and free - nbytes >= MIN_FREE:
             break
         if _being_written(old):
             continue
-        used -= _size(old)
+        used -= size
         shutil.rmtree(old, ignore_errors=True)
         free = shutil.disk_usage(cache).free
     if free - nbytes < MIN_FREE:

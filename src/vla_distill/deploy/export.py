@@ -241,8 +241,7 @@ class ExportModule(nn.Module):
         if not self.student:
             return (self.policy.predict_action_chunk(batch),)
         out = self.policy.encode(batch)
-        actions = self.policy.unnormalize_action(self.policy.decode_action(out["action"]).float(), batch)
-        return actions, out["phase_logits"], out["direction"]
+        return self.policy.actions(out, batch), out["phase_logits"], out["direction"]
 
 
 @contextlib.contextmanager

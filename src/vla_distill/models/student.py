@@ -344,17 +344,21 @@ class StudentPolicy(Policy):
         centres = torch.linspace(-1, 1, self.config.n_bins, device=action_out.device)
         return (action_out.float().softmax(-1) * centres).sum(-1)
 
+    def actions(self, out: dict[str, torch.Tensor], batch: dict) -> torch.Tensor:
+        """(B, K, D) raw actions from `encode(batch)`'s outputs `out`."""
+        return self.unnormalize_action(self.decode_action(out["action"]).float(), batch)
+
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict) -> torch.Tensor:
-        return self.unnormalize_action(self.decode_action(self.encode(batch)["action"]).float(), batch)
+        return self.actions(self.encode(batch), batch)
 
     @torch.no_grad()
     def predict_observed(self, batch: dict) -> dict[str, torch.Tensor]:
         """One forward pass for the control loop and its observability: actions (B, K, D) in raw units,
         phase (B,) index of the predicted phase, direction (B, E) unit embedding."""
         out = self.encode(batch)
-        actions = self.unnormalize_action(self.decode_action(out["action"]).float(), batch)
-        return {"actions": actions, "phase": out["phase_logits"].argmax(-1), "direction": out["direction"].float()}
+        return {"actions": self.actions(out, batch), "phase": out["phase_logits"].argmax(-1),
+                "direction": out["direction"].float()}
 
     def forward(self, batch: dict, loss_cfg: LossConfig | None = None,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:

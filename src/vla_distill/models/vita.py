@@ -362,8 +362,9 @@ class VitaPolicy(Policy):
         return self.expert.features(batch)
 
     def to_actions(self, pred: torch.Tensor, batch: dict) -> torch.Tensor:
-        """(B, K, D) normalized decoder output -> raw actions. After stage 2 the gripper is 2·P(closed) − 1, the
-        probability its BCE trained (logit = gripper_logit_scale × the raw decoder output), so it stays in [-1, 1]."""
+        """(B, K, D) normalized decoder output -> raw actions. After a binary stage 2 the gripper is 2·P(closed) − 1,
+        the probability its BCE trained (logit = gripper_logit_scale × the raw decoder output), so it stays in
+        [-1, 1]; otherwise it is decoded as the expert decodes it."""
         raw = self.expert.unnormalize_action(pred.float(), batch)
         if bool(self.binary_gripper):
             raw = torch.cat([raw[..., :-1], 2 * torch.sigmoid(self.config.gripper_logit_scale * raw[..., -1:]) - 1], -1)

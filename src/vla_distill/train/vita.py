@@ -151,7 +151,7 @@ def _vita_train(cfg: VitaTrainConfig, resume: bool) -> Path:
         raise DatasetError(f"the expert reads {missing[0]!r}, which this dataset lacks", path=ds.root, field=missing[0])
     train_eps, val_eps = training_episodes(ds, cfg)
     views = vita_views(ds, cfg, policy, target, train_eps, val_eps)
-    binary = binary_gripper(cfg.gripper, np.asarray(ds.column(target)))
+    binary = cfg.stage == "finetune" and binary_gripper(cfg.gripper, np.asarray(ds.column(target)))
     trainable = set(policy.set_stage(cfg.stage, binary))
     params = [(n, p) for n, p in policy.named_parameters() if n in trainable]
     n_train = sum(p.numel() for _, p in params)
@@ -163,7 +163,7 @@ def _vita_train(cfg: VitaTrainConfig, resume: bool) -> Path:
               provenance={**provenance(ds, cfg, annotation), "stage": cfg.stage, "expert": cfg.expert, "init": cfg.init,
                           "vlm": cfg.vlm, "family": policy.config.family},
               describe=f"VITA-VLA {cfg.stage} ({policy.config.family}"
-                       f"{', binary gripper' if cfg.stage == 'finetune' and binary else ''}): "
+                       f"{', binary gripper' if binary else ''}): "
                        f"{policy.num_parameters() / 1e6:.2f}M "
                        f"parameters, {n_train / 1e6:.3f}M trainable; {len(train_eps)} train / {len(val_eps)} val "
                        f"episodes; {dev.why}; {effective_batch(cfg, dev)}",

@@ -151,14 +151,20 @@ def rotated(r: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
     return r @ m.reshape(3, 3)
 
 
-def yaw_of(quat: np.ndarray, period: float = 2 * np.pi) -> float:
-    """The heading of an object's x axis about the vertical (w, x, y, z quaternion), wrapped to +-period/2: a
-    box's grasp repeats every half turn, a cube's every quarter."""
+def matrix_of(quat: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation of a (w, x, y, z) quaternion."""
     import mujoco
 
     r = np.zeros(9)
     mujoco.mju_quat2Mat(r, np.asarray(quat, np.float64))
-    yaw = float(np.arctan2(r[3], r[0]))
+    return r.reshape(3, 3)
+
+
+def yaw_of(quat: np.ndarray, period: float = 2 * np.pi) -> float:
+    """The heading of an object's x axis about the vertical (w, x, y, z quaternion), wrapped to +-period/2: a
+    box's grasp repeats every half turn, a cube's every quarter."""
+    r = matrix_of(quat)
+    yaw = float(np.arctan2(r[1, 0], r[0, 0]))
     return (yaw + period / 2) % period - period / 2
 
 
@@ -309,11 +315,7 @@ X_AXIS = np.array([1.0, 0.0, 0.0])
 
 def long_axis(quat: np.ndarray) -> np.ndarray:
     """(3,) unit world direction of an object's own x axis (a peg's and a socket's length), signed towards +x."""
-    import mujoco
-
-    r = np.zeros(9)
-    mujoco.mju_quat2Mat(r, np.asarray(quat, np.float64))
-    axis = r.reshape(3, 3)[:, 0]
+    axis = matrix_of(quat)[:, 0]
     return axis if axis[0] >= 0 else -axis
 
 
