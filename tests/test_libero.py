@@ -171,13 +171,51 @@ def test_the_expert_says_which_goals_it_cannot_reach():
     from vla_distill.errors import ConfigError
     from vla_distill.sim.libero.expert import LiberoExpert
 
-    with pytest.raises(ConfigError, match="no scripted expert"):
-        LiberoExpert("libero_goal/0")  # open the middle drawer of the cabinet
+    with pytest.raises(ConfigError, match="inside a drawer it would have to open first"):
+        LiberoExpert("libero_goal/3")  # open the top drawer and put the bowl inside
+
+
+def test_a_state_written_before_the_part_was_added_reads_as_no_part():
+    from vla_distill.sim.libero.expert import State
+
+    s = np.arange(len(libero_env.ENV_STATE_NAMES), dtype=np.float64)
+    new, old = State.of(s), State.of(s[:libero_env.LEGACY_ENV_STATE])
+    np.testing.assert_array_equal(new.part, s[23:26])
+    assert new.travel == s[26] and old.travel == 1.0 and not old.part.any()
+    np.testing.assert_array_equal(old.target, new.target)
+
+
+@needs_libero
+@pytest.mark.parametrize("task, stage", [("libero_goal/0", "transport"), ("libero_goal/7", "transport")])
+def test_the_expert_moves_a_part_until_the_goal_holds(task, stage):
+    """LIBERO-Goal's drawer and stove on a standard initial state: the part is the target (held while it moves), its
+    travel reaches 1 as LIBERO's own predicate starts to hold."""
+    from vla_distill.sim.libero.expert import LiberoExpert, State
+    from vla_distill.sim.libero.tasks import EVAL_SEED_BASE
+
+    env, expert = libero_env.LiberoEnv(task, image_keys=()), LiberoExpert(task)
+    try:
+        env.reset(EVAL_SEED_BASE + 3)
+        start = State.of(env.env_state)
+        assert start.travel == pytest.approx(0.0, abs=0.02) and np.allclose(start.part, start.target)
+        stages, done = [], False
+        for _ in range(env.max_steps):
+            name, action = expert.decide(env.env_state)
+            stages.append(name)
+            _, _, done = env.step(action)
+            if done:
+                break
+        moved = stages.index(stage)
+        assert done and State.of(env.env_state).travel >= 1.0
+        assert stages[0] == "approach" and "grasp" in stages[:moved] and set(stages[moved:]) <= {stage, "release"}
+    finally:
+        env.close()
 
 
 @pytest.mark.slow
 @needs_libero
-@pytest.mark.parametrize("task", ["libero_object/0", "libero_spatial/0", "libero_spatial/4"])  # 4: the drawer
+@pytest.mark.parametrize("task", ["libero_object/0", "libero_spatial/0", "libero_spatial/4",  # 4: the drawer
+                                  "libero_goal/0", "libero_goal/5", "libero_goal/7"])  # open, a plate, turn on
 def test_the_expert_solves_a_standard_episode_through_the_cli(task, tmp_path):
     r = subprocess.run(CLI + ["eval", "--env", "libero", "--policy", "scripted", "--tasks", task, "--episodes", "2",
                               "--workers", "1", "--out", str(tmp_path / "e")], capture_output=True, text=True)

@@ -7,7 +7,7 @@ Resolved once per dataset, first match wins:
              manipulated object at [4:7] and the goal at [36:39]
   libero     observation.state (8,) = eef xyz, axis-angle, two finger joints (opening = their difference over the
              Panda's 0.08 m); no object state in openpi's and lerobot's datasets, our collections add
-             observation.environment_state (23,) with the target at [9:12] and its destination at [16:19]
+             observation.environment_state (27,) with the target at [9:12] and its destination at [16:19]
   names      the feature's names in info.json where they say what they are (lerobot's `shoulder_pan.pos ...
              gripper.pos`, `x y z`, `eef_pos_x`, `gripper`), see name_roles()
 A joint-space layout (no end-effector xyz) gets its end effector from forward kinematics when a robot description is
@@ -46,7 +46,7 @@ class StateLayout:
     ee: indices of x, y, z (metres); gripper: (i,) an opening, or (i, j) two mirrored fingers whose difference is the
     opening; joints: arm joint indices; lo / hi: the dataset's range of every state dimension (scaling; empty for the
     simulators' own layouts, which decode raw); env_obj, env_goal: where a simulator's environment state carries the
-    manipulated object's and the goal's xyz (MetaWorld's 39-d, our LIBERO 23-d); fk: forward kinematics of the joints,
+    manipulated object's and the goal's xyz (MetaWorld's 39-d, our LIBERO 27-d); fk: forward kinematics of the joints,
     where a robot description was given."""
 
     name: str

@@ -20,10 +20,14 @@ Ours, for speed on a CPU renderer (BENCHMARKS.md, "LIBERO"):
       (collection) draw new placements from the task's BDDL regions, seeded; an object the BDDL starts in or on a
       fixture (a drawer, a cabinet's top) is placed inside that region's site by us (LIBERO 0.1.1's sampler misplaces
       it: LiberoEnv._place_in_fixture_regions)
-  "observation.environment_state" (23,): the privileged state the scripted expert reads (ENV_STATE_NAMES): the
+  "observation.environment_state" (27,): the privileged state the scripted expert reads (ENV_STATE_NAMES): the
       end effector, the fingers, the task's target object and destination (from its BDDL goal), whether the target
-      is held, the horizontal direction from the target with the most room beside it (a finger goes there), and the
-      height of what surrounds the target (it is lifted clear of it)
+      is held, the horizontal direction from the target with the most room beside it (a finger goes there), the
+      height of what surrounds the target (it is lifted clear of it), and the articulated part the task moves (a
+      drawer's handle, a stove's knob: where the hand grips it and how far it has moved towards the goal, 1 = the
+      goal's predicate holds). A goal on a part ("open the drawer", "turn on the stove") has the part as its target;
+      a destination inside a closed drawer has the drawer as its part. Datasets of the 23-d state written before the
+      part was added still read (LEGACY_ENV_STATE: no part)
 """
 
 from __future__ import annotations
@@ -58,7 +62,9 @@ FPS = CONTROL_HZ // CONTROL_REPEAT  # lerobot/libero records 10 fps: every secon
 CAMERAS = {"image": "agentview", "image2": "robot0_eye_in_hand"}  # our names -> MuJoCo's
 ENV_STATE_NAMES = ("eef_x", "eef_y", "eef_z", "eef_qx", "eef_qy", "eef_qz", "eef_qw", "finger_left", "finger_right",
                    "target_x", "target_y", "target_z", "target_qx", "target_qy", "target_qz", "target_qw",
-                   "dest_x", "dest_y", "dest_z", "held", "free_x", "free_y", "clear_z")
+                   "dest_x", "dest_y", "dest_z", "held", "free_x", "free_y", "clear_z",
+                   "part_x", "part_y", "part_z", "part_travel")
+LEGACY_ENV_STATE = 23  # before the part: every name up to clear_z
 HELD = ENV_STATE_NAMES.index("held")
 HELD_SHUT = 0.012  # m finger opening below which a target held a step ago is still held ...
 HELD_NEAR = 0.1  # m ... while it is this near the hand
@@ -159,6 +165,48 @@ def parse_goal(goal_state: list) -> Goal:
     return Goal(clause[0].lower(), clause[1], clause[2] if len(clause) > 2 else "")
 
 
+@dataclass(frozen=True)
+class Part:
+    """The articulated part a task moves (a drawer, a knob), as the environment state reports it: its joint's qpos
+    address, the qpos at which LIBERO's predicate starts to hold (a drawer's open range, a knob's turn-on range), the
+    part's body, and the geom whose centre the hand grips (a drawer's handle bar; None: the top centre of the part's
+    geoms, a knob)."""
+
+    qpos: int
+    goal: float
+    body: int
+    geoms: frozenset
+    grip_geom: int | None
+
+
+def part_of(inner, goal: Goal) -> Part | None:
+    """The part `goal` needs moved: the drawer of an "open" region or of a destination inside a drawer, the knob of a
+    "turnon" fixture; None for a pick-and-place between places that are open already."""
+    import mujoco
+
+    m = inner.sim.model._model
+    if goal.predicate == "turnon":
+        obj, ranges = inner.get_object(goal.target), "default_turnon_ranges"
+        joint, at = obj.joints[0], min
+    else:
+        site = goal.target if goal.predicate == "open" else goal.destination
+        region = inner.object_sites_dict.get(site)
+        if region is None or not getattr(region, "joints", None):
+            return None
+        obj, ranges = inner.get_object(region.parent_name), "default_open_ranges"
+        joint, at = region.joints[0], max
+    jid = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, joint)
+    body = int(m.jnt_bodyid[jid])
+    geoms = frozenset(g for g in range(m.ngeom)
+                      if m.geom_bodyid[g] == body and (m.geom_contype[g] or m.geom_conaffinity[g]))
+    goal_qpos = float(at(obj.object_properties["articulation"][ranges]))
+    grip = None
+    if m.jnt_type[jid] == mujoco.mjtJoint.mjJNT_SLIDE:  # a drawer: its handle is the geom furthest out (body frame)
+        out = m.jnt_axis[jid] * np.sign(goal_qpos)
+        grip = max(geoms, key=lambda g: float(np.dot(m.geom_pos[g], out)))
+    return Part(int(m.jnt_qposadr[jid]), goal_qpos, body, geoms, grip)
+
+
 class LiberoEnv:
     """One LIBERO task (sim.base.Env). `reset(seed)`: a fixed initial state or a new placement (module docstring)."""
 
@@ -183,6 +231,7 @@ class LiberoEnv:
                               has_renderer=False, camera_names=[], hard_reset=False, ignore_done=True, horizon=10**9)
         self.inner = self.env.env
         self.goal = parse_goal(self.inner.parsed_problem["goal_state"])
+        self.part = part_of(self.inner, self.goal)
         self.image_keys = tuple(image_keys)
         self.max_steps = math.ceil(MAX_STEPS[suite_name] / CONTROL_REPEAT)
         self.tick = 0
@@ -299,18 +348,40 @@ class LiberoEnv:
 
     @property
     def env_state(self) -> np.ndarray:
-        """(23,) float64, ENV_STATE_NAMES; computed once per step (its ray casts cost a fifth of a step)."""
+        """(27,) float64, ENV_STATE_NAMES; computed once per step (its ray casts cost a fifth of a step)."""
         if self._env_state_tick != self.tick:
             raw, g = self._raw, self.goal
-            target, box = self._position(g.target), self._target_box()
+            part, travel = self._part_state()
+            on_part = g.predicate in ("open", "turnon")  # the goal is the part itself: it is the target
+            target, box = (part, None) if on_part else (self._position(g.target), self._target_box())
+            dest = part if g.predicate == "turnon" else self._position(g.destination or g.target)
             held = self._still_held(target)
             free = np.zeros(2) if held else self.free_side(box)  # where a finger goes: moot once it holds
+            quat = self._body_quat(self.part.body) if on_part else self._quat(g.target)
             self._env_state = np.concatenate([
-                raw["robot0_eef_pos"], raw["robot0_eef_quat"], raw["robot0_gripper_qpos"], target,
-                self._quat(g.target), self._position(g.destination), [float(held)], free, [self.clear_z(box)],
+                raw["robot0_eef_pos"], raw["robot0_eef_quat"], raw["robot0_gripper_qpos"], target, quat, dest,
+                [float(held)], free, [self.clear_z(box)], part, [travel],
             ]).astype(np.float64)
             self._env_state_tick = self.tick
         return self._env_state.copy()
+
+    def _part_state(self) -> tuple[np.ndarray, float]:
+        """(where the hand grips the part (3,), how far it has moved towards the goal: 1 = the predicate holds);
+        (zeros, 1.0) where the task moves no part."""
+        p = self.part
+        if p is None:
+            return np.zeros(3), 1.0
+        m, d = self.inner.sim.model._model, self.inner.sim.data._data
+        if p.grip_geom is not None:
+            point = d.geom_xpos[p.grip_geom].copy()
+        else:  # a knob: its top, over its axis
+            point = np.array([*d.xpos[p.body][:2], _extent(m, d, set(p.geoms))[1][2]])
+        return point, float(d.qpos[p.qpos] / p.goal)
+
+    def _body_quat(self, body: int) -> np.ndarray:
+        """(x, y, z, w) of a body (MuJoCo keeps w first)."""
+        w, x, y, z = self.inner.sim.data._data.xquat[body]
+        return np.array([x, y, z, w], np.float64)
 
     def _target_box(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The target's world-axis bounding box (lo, hi) now; None where the goal names no body of the scene."""
@@ -374,9 +445,11 @@ class LiberoEnv:
         return float(max(heights))
 
     def _geoms(self) -> tuple[set, set, set]:
-        """_grasp_geoms of this scene, found once."""
+        """_grasp_geoms of this scene, found once; a goal on a part holds the part's geoms."""
         if self._grasp_geoms is None:
-            self._grasp_geoms = _grasp_geoms(self.inner.sim.model._model, self.goal.target)
+            left, right, target = _grasp_geoms(self.inner.sim.model._model, self.goal.target)
+            on_part = self.goal.predicate in ("open", "turnon") and self.part is not None
+            self._grasp_geoms = left, right, set(self.part.geoms) if on_part else target
         return self._grasp_geoms
 
     def _see_through(self) -> set:

@@ -10,8 +10,13 @@ Stages, each decided afresh from the state:
   recover   not held with the fingers shut on nothing: open and rise
   approach  not held: hover over the grasp point with the fingers across the target's short horizontal side (a bowl:
             across its wall; in a drawer, further in and down only once aligned), descend, close
+A goal on an articulated part (LIBERO-Goal's "open the drawer", "turn on the stove") moves the part
+(env.ENV_STATE_NAMES' part and its travel, 1 = the goal's predicate holds):
+  pull      a drawer: the hand level, pitched down a little, fingers above and below the handle bar (from above the
+            drawer's handle is under the one of the drawer over it), grip it and draw it out; let go, back off
+  turn      a knob: from above, fingers across its ridge, grip it and turn the hand about the vertical; let go, rise
 Actions are the 7-d OSC_POSE deltas (world-aligned: +x, +y, +z and rotation about them), proportional to the error and
-clipped to [-1, 1]; the gripper points down throughout and turns only about the vertical.
+clipped to [-1, 1]; the gripper points down and turns only about the vertical, but while it pulls a drawer.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from vla_distill.errors import ConfigError, DatasetError
-from vla_distill.sim.libero.env import ENV_STATE_NAMES, parse_goal, parsed_problem
+from vla_distill.sim.libero.env import ENV_STATE_NAMES, LEGACY_ENV_STATE, parse_goal, parsed_problem
 from vla_distill.types import OBS_ENV_STATE
 
 # The objects' collision boxes in their own body frame, (min xyz, max xyz) in metres: measured once from the models'
@@ -40,9 +45,12 @@ BOXES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] 
     "orange_juice": ((-0.0266, -0.0697, -0.0262), (0.0264, 0.0614, 0.0262)),
     "akita_black_bowl": ((-0.0538, -0.0539, 0.0016), (0.0534, 0.0531, 0.0521)),
     "wine_bottle": ((-0.0207, -0.022, 0.0011), (0.0219, 0.0222, 0.158)),
+    "plate": ((-0.068, -0.0684, -0.0025), (0.0696, 0.0691, 0.0164)),
 }
-RIM = ("akita_black_bowl",)  # grasped across the wall, one finger inside
-MOVES = ("in", "on")  # the goal predicates it can achieve
+RIM = ("akita_black_bowl", "plate")  # grasped across the wall, one finger inside (a plate's raised ring: lifted, not
+# pushed as its instruction says: a push rides up the ring's slope, and the bowl beside it is in the way)
+MOVES = ("in", "on")  # the goal predicates it can achieve by carrying the target
+KNOBS = {"flat_stove": 0}  # a knob's ridge runs across this axis of its body frame: the fingers close along it
 DRAWER = re.compile(r"cabinet_\d+_(top|middle|bottom)_region$")  # a drawer's inside, as LIBERO's scenes name it
 
 POS_GAIN = 1 / 0.04  # action per metre of position error: full speed beyond 4 cm (less overshoots)
@@ -70,6 +78,24 @@ RIM_DEPTH = 0.015  # m below a bowl's rim the grip point goes: its wall flares, 
 RIM_IN = 0.004  # m inside the rim's radius, upright; a tilted bowl's near wall leans in: TILT_IN per unit sin(tilt)
 TILT_IN = 0.015
 WALL_IN = 0.008  # m further in where the bowl sits below what surrounds it: the outer finger clears a drawer's wall
+# pull (a drawer's handle bar), measured on LIBERO-Goal's wooden cabinet: gripped level, the hand's lower edge sweeps
+# 10 cm below the bar, through a bowl standing in front of the cabinet; pitched down PITCH and gripped DRAWER_UP above
+# the bar's centre it clears the bowl and the plate's rim, and still the handle of the drawer above
+PITCH = np.radians(25)
+DRAWER_UP = 0.006  # m
+PRE_PULL = 0.08  # m out from the handle, where the hand lines up before it goes in
+PULL_AHEAD = 0.05  # m: the hand is drawn this far ahead of the handle while it pulls, at PULL_SPEED
+PULL_SPEED = 0.5
+PULLED = 1.08  # part travel: past the open range's edge (1) and short of the joint's limit (1.14)
+BAR_WIDE = (0.032, 0.042)  # m: the fingers open about this much going in (a bar 1.7 cm thick; fully open the lower
+# finger sweeps the table in front)
+BAR_HELD = 0.025  # m: closed on the bar (1.7 cm), short of BAR_WIDE's overshoot
+# turn (a knob): the ridge is gripped KNOB_DOWN below the knob's top and turned KNOB_AHEAD ahead of where it is
+KNOB_DOWN = 0.015
+KNOB_AHEAD = 0.4  # rad
+TURNED_ON = 1.2  # part travel it turns to
+KNOB_HOVER = 0.05  # m above the knob's top
+KNOB_NEAR = 0.03  # m: within it of the knob's axis the hand goes down (the arm, folded near its base, drifts)
 
 
 @dataclass(frozen=True)
@@ -85,11 +111,15 @@ class State:
     held: bool
     free: np.ndarray  # (2,) the direction from the target with the most room beside it
     clear_z: float  # the highest surface just around the target
+    part: np.ndarray  # (3,) where the hand grips the part the task moves (zeros: none)
+    travel: float  # how far the part has moved towards the goal (1: there; no part: 1)
 
     @classmethod
     def of(cls, s: np.ndarray) -> State:
+        """ENV_STATE_NAMES, or the legacy 23-d state (no part)."""
+        part, travel = (s[23:26], float(s[26])) if len(s) > LEGACY_ENV_STATE else (np.zeros(3), 1.0)
         return cls(s[0:3], s[3:7], float(s[7] - s[8]), s[9:12], s[12:16], s[16:19], bool(s[19] > 0.5), s[20:22],
-                   float(s[22]))
+                   float(s[22]), part, travel)
 
 
 def _matrix(q: np.ndarray) -> np.ndarray:
@@ -194,22 +224,64 @@ def _final(st: State, hover: float) -> tuple[float, float]:
     return (FINAL_SPEED, FINAL_GAIN) if st.eef[2] < hover + 0.01 else (1.0, POS_GAIN)
 
 
+def _rotate(st: State, frame: np.ndarray) -> np.ndarray:
+    """(3,) rotation action from the gripper's orientation now to `frame` (3, 3)."""
+    return np.clip(_rotvec(frame @ _matrix(st.eef_quat).T) * ROT_GAIN, -1, 1)
+
+
+def _move_frame(st: State, target: np.ndarray, frame: np.ndarray, grip: float, speed: float = 1.0,
+                gain: float = POS_GAIN) -> np.ndarray:
+    """As _move, to any orientation `frame`."""
+    pos = np.clip((target - st.eef) * gain, -speed, speed)
+    return np.array([*pos, *_rotate(st, frame), grip], np.float32)
+
+
+def _level(out: np.ndarray) -> np.ndarray:
+    """The gripper pointing horizontally against `out` (a drawer's outward direction, horizontal unit), pitched down
+    by PITCH, its fingers closing in the vertical plane."""
+    z = np.cos(PITCH) * -out - np.sin(PITCH) * UP
+    y = UP - np.dot(UP, z) * z
+    y /= np.linalg.norm(y)
+    return np.column_stack([np.cross(y, z), y, z])
+
+
+UP = np.array([0.0, 0.0, 1.0])
+
+
+def _unit2(v: np.ndarray) -> np.ndarray:
+    """(3,) the horizontal unit of v."""
+    h = np.array([v[0], v[1], 0.0])
+    return h / max(float(np.linalg.norm(h)), 1e-9)
+
+
+def _toward(opening: float, wide: tuple[float, float]) -> float:
+    """The gripper command that brings the fingers' opening into `wide` and holds it there (0 keeps it: robosuite
+    integrates the command's sign)."""
+    return 1.0 if opening > wide[1] else -1.0 if opening < wide[0] else 0.0
+
+
 class LiberoExpert:
-    """sim.base.Expert for one LIBERO task: env_state (23,) -> action (7,)."""
+    """sim.base.Expert for one LIBERO task: env_state (27,) -> action (7,)."""
 
     def __init__(self, task: str):
         goal, categories = read_bddl(task)
-        if goal.predicate not in MOVES or categories.get(goal.target) not in BOXES:
+        self.task, self.goal = task, goal
+        if goal.predicate == "turnon" and categories.get(goal.target) in KNOBS:
+            self.category, self.skill = categories[goal.target], "turn"
+        elif goal.predicate == "open" and DRAWER.search(goal.target):
+            self.category, self.skill = "", "pull"
+        elif goal.predicate in MOVES and categories.get(goal.target) in BOXES and not DRAWER.search(goal.destination):
+            self.category, self.skill = categories[goal.target], "carry"
+        elif DRAWER.search(goal.destination):  # shut at the start: open it, then carry (not reliable yet)
+            raise ConfigError(f"no scripted expert for {task} yet (its destination, {goal.destination}, is inside a "
+                              f"drawer it would have to open first)", field="teacher")
+        else:
             raise ConfigError(f"no scripted expert for {task} yet (its goal is {goal.predicate} "
                               f"{goal.target} {goal.destination})", field="teacher")
-        if DRAWER.search(goal.destination):  # closed at the start: it would have to be opened first
-            raise ConfigError(f"no scripted expert for {task} yet (its destination, {goal.destination}, is inside a "
-                              f"drawer it cannot open)", field="teacher")
-        self.task, self.goal, self.category = task, goal, categories[goal.target]
         self.speed = CARRY_SPEED["rim" if self.category in RIM else "side"]
 
     def __call__(self, env_state: np.ndarray) -> np.ndarray:
-        if np.shape(env_state) != (len(ENV_STATE_NAMES),):
+        if np.shape(env_state) not in ((len(ENV_STATE_NAMES),), (LEGACY_ENV_STATE,)):
             raise DatasetError(f"the LIBERO scripted teacher needs the {len(ENV_STATE_NAMES)}-d privileged state, got "
                                f"shape {list(np.shape(env_state))}", field=OBS_ENV_STATE)
         return self.decide(env_state)[1]
@@ -217,6 +289,13 @@ class LiberoExpert:
     def decide(self, env_state: np.ndarray) -> tuple[str, np.ndarray]:
         """(the stage, as PHASES_4 names it, action (7,)): the expert's own stages are the phases' ground truth."""
         st = State.of(np.asarray(env_state, np.float64))
+        if self.skill == "turn":
+            return self._turn(st)
+        if self.skill == "pull":
+            return self._pull(st)
+        return self._carry_stages(st)
+
+    def _carry_stages(self, st: State) -> tuple[str, np.ndarray]:
         g = grasp_of(self.category, st)
         if not st.held and self._placed(st, g):
             return "release", _move(st, st.eef + [0, 0, 0.05], g.axis, -1.0)
@@ -227,6 +306,54 @@ class LiberoExpert:
             return "approach", _move(st, np.array([*st.eef[:2], g.point[2] + HOVER]), g.axis, -1.0)
         action = self._approach(st, g)
         return ("grasp" if action[6] > 0 else "approach"), action
+
+    def _pull(self, st: State) -> tuple[str, np.ndarray]:
+        """Open a drawer by its handle bar (st.part); outward is from the drawer's inside (st.dest) to the handle."""
+        out = _unit2(st.part - st.dest)
+        if st.travel >= PULLED:
+            return "release", self._let_go(st, out)
+        frame, grip = _level(out), st.part + [0, 0, DRAWER_UP]
+        rel = st.eef - grip
+        along = float(np.dot(rel, out))
+        aside = float(np.linalg.norm(rel - along * out))
+        turned = float(np.linalg.norm(_rotvec(frame @ _matrix(st.eef_quat).T)))
+        if SHUT / 2 < st.opening < BAR_HELD and np.linalg.norm(rel) < 0.02:  # holding the bar
+            return "transport", _move_frame(st, grip + PULL_AHEAD * out, frame, 1.0, PULL_SPEED)
+        wide = _toward(st.opening, BAR_WIDE)
+        if aside > 0.01 or turned > 0.15:  # line up in front of it, level
+            return "approach", _move_frame(st, grip + PRE_PULL * out, frame, wide)
+        if np.linalg.norm(rel) < 0.01:
+            return "grasp", _move_frame(st, grip, frame, 1.0, FINAL_SPEED, FINAL_GAIN)
+        return "approach", _move_frame(st, grip, frame, wide, FINAL_SPEED, FINAL_GAIN)
+
+    def _let_go(self, st: State, out: np.ndarray) -> np.ndarray:
+        """Open and back away from the handle, level."""
+        return _move_frame(st, st.eef + 0.06 * out, _level(out), -1.0)
+
+    def _turn(self, st: State) -> tuple[str, np.ndarray]:
+        """Turn a knob (st.part: the top of its axis) by its ridge, the turn's sense the joint's (positive)."""
+        across = _unit2(_matrix(st.target_quat)[:, KNOBS[self.category]])
+        across = across if np.dot(across, _closing_axis(st)) >= 0 else -across
+        top = st.part[2]
+        grip = np.array([*st.part[:2], top - KNOB_DOWN])
+        off, dz = float(np.linalg.norm(st.eef[:2] - grip[:2])), float(st.eef[2] - grip[2])
+        if st.travel >= TURNED_ON:
+            return "release", _move(st, np.array([*st.eef[:2], top + KNOB_HOVER + 0.03]), _closing_axis(st), -1.0)
+        at = off < 0.04 and abs(dz) < 0.025  # the arm drifts here: once the fingers close, they finish
+        if at and SHUT < st.opening < WIDE - 0.03:  # holding the ridge
+            c, s_ = np.cos(KNOB_AHEAD), np.sin(KNOB_AHEAD)
+            ahead = np.array([c * across[0] - s_ * across[1], s_ * across[0] + c * across[1], 0.0])
+            return "transport", _move(st, grip, ahead, 1.0)
+        if at and st.opening < WIDE + 0.005:
+            return "grasp", _move(st, grip, across, 1.0)
+        if off > KNOB_NEAR:
+            z = max(st.eef[2], top + KNOB_HOVER) if off > 0.05 else top + KNOB_HOVER
+            return "approach", _move(st, np.array([*grip[:2], z]), across, -1.0)
+        raised = float(np.clip((off - 0.006) / 0.015, 0.0, 1.0))
+        z = grip[2] + raised * (top + KNOB_HOVER - grip[2])
+        close = abs(dz) < 0.008 and off < 0.012
+        return ("grasp" if close else "approach"), _move(st, np.array([*grip[:2], z]), across,
+                                                          1.0 if close else -1.0, FINAL_SPEED, FINAL_GAIN)
 
     def _placed(self, st: State, g: Grasp) -> bool:
         near = np.linalg.norm(st.target[:2] - st.dest[:2]) < 0.06
@@ -283,5 +410,6 @@ class LiberoExpert:
 def read_bddl(task: str) -> tuple:
     """(Goal, {object name: category}) of a task, from LIBERO's own parse of its BDDL file (no env needed)."""
     problem = parsed_problem(task)
-    categories = {name: category for category, names in problem["objects"].items() for name in names}
+    categories = {name: category for kind in ("fixtures", "objects")
+                  for category, names in problem.get(kind, {}).items() for name in names}
     return parse_goal(problem["goal_state"]), categories

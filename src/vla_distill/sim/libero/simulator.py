@@ -6,7 +6,7 @@ import numpy as np
 
 from vla_distill.sim.base import Env, Expert
 from vla_distill.sim.kinematics import Kinematics
-from vla_distill.sim.libero.env import CAMERAS, ENV_STATE_NAMES, FPS, RESOLUTION, unavailable
+from vla_distill.sim.libero.env import CAMERAS, ENV_STATE_NAMES, FPS, LEGACY_ENV_STATE, RESOLUTION, unavailable
 from vla_distill.sim.libero.tasks import EVAL_SEED_BASE, SUITES, resolve_tasks
 from vla_distill.types import ACTION, OBS_CONTACT, OBS_ENV_STATE, OBS_STATE, PHASES_4, camera_key
 
@@ -83,7 +83,7 @@ class Libero:
         from vla_distill.errors import ConfigError
         from vla_distill.sim.libero.expert import LiberoExpert
 
-        if env_state is None or np.shape(env_state)[1:] != (len(ENV_STATE_NAMES),):
+        if env_state is None or np.shape(env_state)[1:] not in ((len(ENV_STATE_NAMES),), (LEGACY_ENV_STATE,)):
             return None
         try:
             expert = LiberoExpert(task)
