@@ -112,8 +112,10 @@ bench-libero: $(LIBERO_STAMP)
 	$(BIN)/python benchmarks/bench_libero.py speed
 	$(BIN)/python benchmarks/bench_libero.py teacher --suite libero_spatial
 	$(BIN)/python benchmarks/bench_libero.py teacher --suite libero_object
+	$(BIN)/python benchmarks/bench_libero.py teacher --suite libero_goal
 	$(BIN)/python benchmarks/bench_libero.py suite --suite libero_object
 	$(BIN)/python benchmarks/bench_libero.py suite --suite libero_spatial
+	$(BIN)/python benchmarks/bench_libero.py suite --suite libero_goal
 
 clean:
 	rm -rf $(VENV) .venv-lerobot .venv-openpi outputs .pytest_cache
