@@ -173,6 +173,28 @@ def test_action_noise_perturbs_the_executed_xyz_reproducibly():
     assert first is not None  # reach still succeeds at this noise
     with pytest.raises(ConfigError, match="action_noise"):
         CollectConfig(tasks=("reach-v3",), action_noise=-0.1)
+
+
+def test_an_expert_that_needs_precision_is_collected_under_less_noise():
+    """expert.noise_scale scales DART's noise for its task (LIBERO's drawer and knob: 0.5): at 0 the noisy rollout is
+    the clean one."""
+    from vla_distill.collect.collect import rollout
+    from vla_distill.sim.registry import get_simulator
+
+    class Precise:
+        noise_scale = 0.0
+
+        def __init__(self, expert):
+            self.expert = expert
+
+        def __call__(self, env_state):
+            return self.expert(env_state)
+
+    with MetaWorldEnv("reach-v3", CameraConfig(names=("corner2",), height=16, width=16)) as env:
+        mw = get_simulator("metaworld")
+        clean, _ = rollout(env, 7, 3, mw.expert("reach-v3"))
+        quiet, _ = rollout(env, 7, 3, Precise(mw.expert("reach-v3")), action_noise=0.5, noise_dims=mw.noise_dims)
+    np.testing.assert_array_equal(clean["action"], quiet["action"])
     plan = CollectConfig(tasks=("reach-v3",)).plan()
     assert "action_noise" not in plan and CollectConfig(tasks=("reach-v3",),
                                                         action_noise=0.5).plan()["action_noise"] == 0.5

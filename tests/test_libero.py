@@ -173,6 +173,7 @@ def test_the_expert_says_which_goals_it_cannot_reach():
 
     with pytest.raises(ConfigError, match="inside a drawer it would have to open first"):
         LiberoExpert("libero_goal/3")  # open the top drawer and put the bowl inside
+    assert LiberoExpert("libero_goal/0").noise_scale < 1 == LiberoExpert("libero_goal/5").noise_scale
 
 
 def test_a_state_written_before_the_part_was_added_reads_as_no_part():

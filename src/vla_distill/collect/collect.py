@@ -84,10 +84,13 @@ def _env_for(task: str, cfg: CollectConfig) -> Env:
 def rollout(env: Env, seed: int, steps_after_success: int, expert: Expert | None = None, driver=None,
             action_noise: float = 0.0, noise_dims: tuple[int, ...] = ()) -> tuple[dict[str, np.ndarray], int | None]:
     """Runs the task's scripted expert (reading the privileged state at full precision), its `noise_dims`
-    perturbed by N(0, action_noise²) (seeded by `seed`), or a trained policy (`driver`, a models Policy) in its
-    place; returns per-frame arrays (the executed actions) and the first success frame (None if never)."""
+    perturbed by N(0, (action_noise · expert.noise_scale)²) (seeded by `seed`; an expert whose skill needs more
+    precision than the recipe's noise leaves, a drawer's handle, says so by a noise_scale below 1), or a trained
+    policy (`driver`, a models Policy) in its place; returns per-frame arrays (the executed actions) and the first
+    success frame (None if never)."""
     if (expert is None) == (driver is None):
         raise ValueError("rollout: give the expert or a driving policy, not both")
+    action_noise *= getattr(expert, "noise_scale", 1.0)
     obs = env.reset(seed)
     if driver is not None:
         driver.reset(task=env.instruction)
