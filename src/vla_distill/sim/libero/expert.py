@@ -237,6 +237,9 @@ def _move_frame(st: State, target: np.ndarray, frame: np.ndarray, grip: float, s
     return np.array([*pos, *_rotate(st, frame), grip], np.float32)
 
 
+UP = np.array([0.0, 0.0, 1.0])
+
+
 def _level(out: np.ndarray) -> np.ndarray:
     """The gripper pointing horizontally against `out` (a drawer's outward direction, horizontal unit), pitched down
     by PITCH, its fingers closing in the vertical plane."""
@@ -244,9 +247,6 @@ def _level(out: np.ndarray) -> np.ndarray:
     y = UP - np.dot(UP, z) * z
     y /= np.linalg.norm(y)
     return np.column_stack([np.cross(y, z), y, z])
-
-
-UP = np.array([0.0, 0.0, 1.0])
 
 
 def _unit2(v: np.ndarray) -> np.ndarray:
