@@ -173,6 +173,9 @@ def test_action_noise_perturbs_the_executed_xyz_reproducibly():
     assert first is not None  # reach still succeeds at this noise
     with pytest.raises(ConfigError, match="action_noise"):
         CollectConfig(tasks=("reach-v3",), action_noise=-0.1)
+    plan = CollectConfig(tasks=("reach-v3",)).plan()
+    assert "action_noise" not in plan and CollectConfig(tasks=("reach-v3",),
+                                                        action_noise=0.5).plan()["action_noise"] == 0.5
 
 
 def test_an_expert_that_needs_precision_is_collected_under_less_noise():
@@ -195,9 +198,6 @@ def test_an_expert_that_needs_precision_is_collected_under_less_noise():
         clean, _ = rollout(env, 7, 3, mw.expert("reach-v3"))
         quiet, _ = rollout(env, 7, 3, Precise(mw.expert("reach-v3")), action_noise=0.5, noise_dims=mw.noise_dims)
     np.testing.assert_array_equal(clean["action"], quiet["action"])
-    plan = CollectConfig(tasks=("reach-v3",)).plan()
-    assert "action_noise" not in plan and CollectConfig(tasks=("reach-v3",),
-                                                        action_noise=0.5).plan()["action_noise"] == 0.5
 
 
 def test_policy_drives_and_every_rollout_is_kept(tmp_path, tiny_student):

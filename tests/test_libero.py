@@ -189,8 +189,8 @@ def test_a_state_written_before_the_part_was_added_reads_as_no_part():
 @needs_libero
 @pytest.mark.parametrize("task, stage", [("libero_goal/0", "transport"), ("libero_goal/7", "transport")])
 def test_the_expert_moves_a_part_until_the_goal_holds(task, stage):
-    """LIBERO-Goal's drawer and stove on a standard initial state: the part is the target (held while it moves), its
-    travel reaches 1 as LIBERO's own predicate starts to hold."""
+    """LIBERO-Goal's drawer and stove on a standard initial state: the part is the target, the expert approaches,
+    grasps, then moves it (and lets go) until its travel reaches 1 as LIBERO's own predicate starts to hold."""
     from vla_distill.sim.libero.expert import LiberoExpert, State
     from vla_distill.sim.libero.tasks import EVAL_SEED_BASE
 
@@ -209,6 +209,21 @@ def test_the_expert_moves_a_part_until_the_goal_holds(task, stage):
         moved = stages.index(stage)
         assert done and State.of(env.env_state).travel >= 1.0
         assert stages[0] == "approach" and "grasp" in stages[:moved] and set(stages[moved:]) <= {stage, "release"}
+    finally:
+        env.close()
+
+
+@needs_libero
+def test_a_goal_on_something_that_is_no_part_still_observes():
+    """LIBERO-90's "open the microwave": no drawer or knob of ours, so no part; the state still reads (it crashed)."""
+    from vla_distill.sim.libero.tasks import EVAL_SEED_BASE
+
+    env = libero_env.LiberoEnv("libero_90/35", image_keys=())
+    try:
+        env.reset(EVAL_SEED_BASE)
+        s = env.env_state
+        assert env.part is None and not env.on_part and s.shape == (len(libero_env.ENV_STATE_NAMES),)
+        assert s[-1] == 1.0 and not s[-4:-1].any()  # no part: travel 1, no grip point
     finally:
         env.close()
 

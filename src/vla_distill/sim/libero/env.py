@@ -186,20 +186,22 @@ def part_of(inner, goal: Goal) -> Part | None:
 
     m = inner.sim.model._model
     if goal.predicate == "turnon":
-        obj, ranges = inner.get_object(goal.target), "default_turnon_ranges"
-        joint, at = obj.joints[0], min
+        obj, ranges, at = inner.get_object(goal.target), "default_turnon_ranges", min
+        joints = obj.joints
     else:
         site = goal.target if goal.predicate == "open" else goal.destination
         region = inner.object_sites_dict.get(site)
-        if region is None or not getattr(region, "joints", None):
-            return None
-        obj, ranges = inner.get_object(region.parent_name), "default_open_ranges"
-        joint, at = region.joints[0], max
+        joints = getattr(region, "joints", None)
+        obj, ranges, at = (inner.get_object(region.parent_name) if joints else None), "default_open_ranges", max
+    limits = getattr(obj, "object_properties", {}).get("articulation", {}).get(ranges)
+    if not joints or not limits:  # no joint, or an articulated object LIBERO gives no such range
+        return None
+    joint = joints[0]
     jid = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, joint)
     body = int(m.jnt_bodyid[jid])
     geoms = frozenset(g for g in range(m.ngeom)
                       if m.geom_bodyid[g] == body and (m.geom_contype[g] or m.geom_conaffinity[g]))
-    goal_qpos = float(at(obj.object_properties["articulation"][ranges]))
+    goal_qpos = float(at(limits))
     grip = None
     if m.jnt_type[jid] == mujoco.mjtJoint.mjJNT_SLIDE:  # a drawer: its handle is the geom furthest out (body frame)
         out = m.jnt_axis[jid] * np.sign(goal_qpos)
@@ -232,6 +234,9 @@ class LiberoEnv:
         self.inner = self.env.env
         self.goal = parse_goal(self.inner.parsed_problem["goal_state"])
         self.part = part_of(self.inner, self.goal)
+        # the goal is the part itself ("open the drawer"), so it is the target; a goal on something that is no part
+        # of ours (LIBERO-90's microwave door) keeps its own body as the target
+        self.on_part = self.goal.predicate in ("open", "turnon") and self.part is not None
         self.image_keys = tuple(image_keys)
         self.max_steps = math.ceil(MAX_STEPS[suite_name] / CONTROL_REPEAT)
         self.tick = 0
@@ -352,12 +357,11 @@ class LiberoEnv:
         if self._env_state_tick != self.tick:
             raw, g = self._raw, self.goal
             part, travel = self._part_state()
-            on_part = g.predicate in ("open", "turnon")  # the goal is the part itself: it is the target
-            target, box = (part, None) if on_part else (self._position(g.target), self._target_box())
+            target, box = (part, None) if self.on_part else (self._position(g.target), self._target_box())
             dest = part if g.predicate == "turnon" else self._position(g.destination or g.target)
             held = self._still_held(target)
             free = np.zeros(2) if held else self.free_side(box)  # where a finger goes: moot once it holds
-            quat = self._body_quat(self.part.body) if on_part else self._quat(g.target)
+            quat = self._body_quat(self.part.body) if self.on_part else self._quat(g.target)
             self._env_state = np.concatenate([
                 raw["robot0_eef_pos"], raw["robot0_eef_quat"], raw["robot0_gripper_qpos"], target, quat, dest,
                 [float(held)], free, [self.clear_z(box)], part, [travel],
@@ -448,8 +452,7 @@ class LiberoEnv:
         """_grasp_geoms of this scene, found once; a goal on a part holds the part's geoms."""
         if self._grasp_geoms is None:
             left, right, target = _grasp_geoms(self.inner.sim.model._model, self.goal.target)
-            on_part = self.goal.predicate in ("open", "turnon") and self.part is not None
-            self._grasp_geoms = left, right, set(self.part.geoms) if on_part else target
+            self._grasp_geoms = left, right, set(self.part.geoms) if self.on_part else target
         return self._grasp_geoms
 
     def _see_through(self) -> set:
