@@ -207,34 +207,32 @@ def _orientation(axis: np.ndarray) -> np.ndarray:
     return np.column_stack([np.cross(y, z), y, z])
 
 
+def _turn_to(st: State, frame: np.ndarray) -> np.ndarray:
+    """(3,) axis * angle from the gripper's orientation now to `frame` (3, 3)."""
+    return _rotvec(frame @ _matrix(st.eef_quat).T)
+
+
 def _turn(st: State, axis: np.ndarray) -> np.ndarray:
     """(3,) axis * angle from the gripper's orientation now to pointing down with its closing axis along `axis`."""
-    return _rotvec(_orientation(axis) @ _matrix(st.eef_quat).T)
+    return _turn_to(st, _orientation(axis))
+
+
+def _move_frame(st: State, target: np.ndarray, frame: np.ndarray, grip: float, speed: float = 1.0,
+                gain: float = POS_GAIN) -> np.ndarray:
+    """Toward `target` at most `speed` of full speed, turning to the orientation `frame`."""
+    pos = np.clip((target - st.eef) * gain, -speed, speed)
+    return np.array([*pos, *np.clip(_turn_to(st, frame) * ROT_GAIN, -1, 1), grip], np.float32)
 
 
 def _move(st: State, target: np.ndarray, axis: np.ndarray, grip: float, speed: float = 1.0,
           gain: float = POS_GAIN) -> np.ndarray:
-    """Toward `target` at most `speed` of full speed, turning to point down with the fingers across `axis`."""
-    pos = np.clip((target - st.eef) * gain, -speed, speed)
-    rot = np.clip(_turn(st, axis) * ROT_GAIN, -1, 1)
-    return np.array([*pos, *rot, grip], np.float32)
+    """_move_frame, pointing down with the fingers across `axis`."""
+    return _move_frame(st, target, _orientation(axis), grip, speed, gain)
 
 
 def _final(st: State, hover: float) -> tuple[float, float]:
     """(speed, gain) of a move: the final approach's below the hover height."""
     return (FINAL_SPEED, FINAL_GAIN) if st.eef[2] < hover + 0.01 else (1.0, POS_GAIN)
-
-
-def _rotate(st: State, frame: np.ndarray) -> np.ndarray:
-    """(3,) rotation action from the gripper's orientation now to `frame` (3, 3)."""
-    return np.clip(_rotvec(frame @ _matrix(st.eef_quat).T) * ROT_GAIN, -1, 1)
-
-
-def _move_frame(st: State, target: np.ndarray, frame: np.ndarray, grip: float, speed: float = 1.0,
-                gain: float = POS_GAIN) -> np.ndarray:
-    """As _move, to any orientation `frame`."""
-    pos = np.clip((target - st.eef) * gain, -speed, speed)
-    return np.array([*pos, *_rotate(st, frame), grip], np.float32)
 
 
 UP = np.array([0.0, 0.0, 1.0])
@@ -294,7 +292,7 @@ class LiberoExpert:
         """(the stage, as PHASES_4 names it, action (7,)): the expert's own stages are the phases' ground truth."""
         st = State.of(np.asarray(env_state, np.float64))
         if self.skill == "turn":
-            return self._turn(st)
+            return self._turn_knob(st)
         if self.skill == "pull":
             return self._pull(st)
         return self._carry_stages(st)
@@ -320,7 +318,7 @@ class LiberoExpert:
         rel = st.eef - grip
         along = float(np.dot(rel, out))
         aside = float(np.linalg.norm(rel - along * out))
-        turned = float(np.linalg.norm(_rotvec(frame @ _matrix(st.eef_quat).T)))
+        turned = float(np.linalg.norm(_turn_to(st, frame)))
         if SHUT / 2 < st.opening < BAR_HELD and np.linalg.norm(rel) < 0.02:  # holding the bar
             return "transport", _move_frame(st, grip + PULL_AHEAD * out, frame, 1.0, PULL_SPEED)
         wide = _toward(st.opening, BAR_WIDE)
@@ -334,7 +332,7 @@ class LiberoExpert:
         """Open and back away from the handle, level."""
         return _move_frame(st, st.eef + 0.06 * out, _level(out), -1.0)
 
-    def _turn(self, st: State) -> tuple[str, np.ndarray]:
+    def _turn_knob(self, st: State) -> tuple[str, np.ndarray]:
         """Turn a knob (st.part: the top of its axis) by its ridge, the turn's sense the joint's (positive)."""
         across = _unit2(_matrix(st.target_quat)[:, KNOBS[self.category]])
         across = across if np.dot(across, _closing_axis(st)) >= 0 else -across
