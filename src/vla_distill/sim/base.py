@@ -45,7 +45,9 @@ class CameraConfig:
 
 class Expert(Protocol):
     """A privileged-state scripted expert for one task: it answers from any state (so DART noise, DAgger relabelling
-    and the closed-loop teacher all work), reading only observation.environment_state."""
+    and the closed-loop teacher all work), reading only observation.environment_state. It may carry `noise_scale`
+    (float, 1 when absent): the fraction of collect's DART noise its skill tolerates (collect.rollout scales by it;
+    LIBERO's drawer handle and knob: 0.5)."""
 
     def __call__(self, env_state: np.ndarray) -> np.ndarray:
         """(S_env,) -> (D,) float32 within the action bounds; a DatasetError naming the field on a wrong layout."""
