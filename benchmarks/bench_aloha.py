@@ -15,6 +15,10 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
       after `suite`: its first student's demonstrations, annotations and recipe with `train --delta-actions` (joint
       targets predicted relative to the state), on the same held-out episodes, paired against that student
       -> results/aloha.json["delta_actions"]
+  python benchmarks/bench_aloha.py resolution [--size 224] [--steps 20000] [--episodes 100]
+      after `suite`: the same demonstrations (same seeds, same DART noise) rendered at --size px, annotated and trained
+      with the recipe, on the same held-out episodes, paired against the suite's first (128 px) student
+      -> results/aloha.json["resolution"][size]
 Work directories live under --work (default outputs/bench_aloha).
 """
 
@@ -111,6 +115,26 @@ def delta(args) -> dict:
                               "command": " ".join(["python benchmarks/bench_aloha.py", *sys.argv[1:]])}}
 
 
+def resolution(args) -> dict:
+    """The suite's first student with the top camera at --size px instead of the recipe's: at 128 px the 4 cm cube is
+    4 pixels and half a cell of the encoder's 16x16 map, where a grasp needs about 1 cm."""
+    work = Path(args.work)
+    base = evaluated(str(work / "student"), TASKS, work / "eval-student", args.episodes, *ENV)
+    sub = work / f"top{args.size}"
+    dart = ("--action-noise", str(ALOHA.collect["action_noise"]))
+    raw = dataset(sub, TASKS, args.demos, args.size, cameras=",".join(ALOHA.collect["names"]), name="dataset-dart",
+                  collect_flags=(*ENV, *dart))
+    run, minutes = trained(annotated(sub, raw, "scripted", "annotated-dart"), sub / "student", args.steps,
+                           "--recipe", "aloha")
+    info = evaluated(str(run), TASKS, sub / "eval-student", args.episodes, *ENV)
+    size = ALOHA.collect["height"]
+    old = json.loads((RESULTS / "aloha.json").read_text()).get("resolution", {})
+    return {"resolution": old | {str(args.size): {
+        "student": rate(info), "per_task": per_task_rates(info), "train_minutes": round(minutes, 1),
+        f"vs_{size}px": paired_with(f"the {size} px student", base, info),
+        "command": " ".join(["python benchmarks/bench_aloha.py", *sys.argv[1:]])}}}
+
+
 def realtime(bundle: Path, out: Path, episodes: int) -> dict:
     """The exported student driving `vla-distill run --hz 50` through ONNX Runtime (the bundle's default backend is
     torch, 3x slower at batch 1): each episode's deadline misses and p99 tick time."""
@@ -132,14 +156,15 @@ def save(partial: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["teacher", "suite", "delta"])
+    p.add_argument("what", choices=["teacher", "suite", "delta", "resolution"])
     p.add_argument("--work", default="outputs/bench_aloha")
     p.add_argument("--demos", type=int, default=50)
     p.add_argument("--steps", type=int, default=ALOHA.train["steps"])
     p.add_argument("--episodes", type=int, default=100, help="held-out episodes per task")
+    p.add_argument("--size", type=int, default=224, help="resolution: the top camera's height and width in px")
     p.add_argument("--loop-episodes", type=int, default=5, help="real-time loop episodes per task")
     args = p.parse_args()
-    save({"teacher": teacher, "suite": suite, "delta": delta}[args.what](args))
+    save({"teacher": teacher, "suite": suite, "delta": delta, "resolution": resolution}[args.what](args))
 
 
 if __name__ == "__main__":

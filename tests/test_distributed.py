@@ -12,11 +12,20 @@ import pytest
 from safetensors.numpy import load_file
 
 
-def _train(annotated, out, *extra, procs: int = 1, port: int = 29611):
+def _free_port() -> int:
+    """A port nothing listens on now: two test workers (pytest-xdist) or two checkouts never share a rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(annotated, out, *extra, procs: int = 1):
     args = ["-m", "vla_distill.cli", "train", "--dataset", str(annotated), "--preset", "tiny", "--log-every", "1",
             "--warmup-steps", "1", "--device", "cpu", "--val-batches", "1", "--out", str(out), *extra]
     launcher = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                                                    str(procs), "--master_port", str(port)]
+                                                    str(procs), "--master_port", str(_free_port())]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(launcher + args, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -56,7 +65,7 @@ def test_resume_on_a_different_world_size(annotated, single, tmp_path):
     import shutil
 
     run = tmp_path / "run"
-    _train(annotated, run, "--batch-size", "4", "--steps", "4", "--save-every", "2", procs=2, port=29623)
+    _train(annotated, run, "--batch-size", "4", "--steps", "4", "--save-every", "2", procs=2)
     # as if the 2-process run had been stopped after step 2 (the learning-rate schedule depends on --steps)
     ckpts = run / "checkpoints"
     shutil.rmtree(ckpts / "000004")
