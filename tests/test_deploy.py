@@ -696,3 +696,10 @@ def test_server_batches_concurrent_clients_and_our_openpi_teacher_uses_it(served
     finally:
         teacher.close()
     assert np.allclose(got, expected[2], atol=1e-4)
+
+
+def test_run_leaves_cores_to_the_simulated_robots_renderer():
+    from vla_distill.cli import loop_threads
+
+    assert [loop_threads(0, cpus) for cpus in (1, 2, 4, 16)] == [1, 1, 2, 4]
+    assert loop_threads(3, 2) == 3  # --threads wins

@@ -585,7 +585,8 @@ def _run_loop_args(rn: argparse.ArgumentParser) -> None:
     _field(rn, "--overlap", LoopConfig, "ahead: steps the queued and the next chunk overlap, blended (also the margin "
            "for an inference slower than measured)", type=int)
     _field(rn, "--max-latency-ms", LoopConfig, "drop actions later than this (0: one period)", type=float)
-    rn.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    rn.add_argument("--threads", type=int, default=0,
+                    help="policy threads (default: half the cores, at most 4: the simulated robot renders on the rest)")
     rn.add_argument("--record", default="", help="save each episode's observations and sent actions here")
     rn.add_argument("--replay", default="", help="send a recording's actions again (DIR/TASK/episode_000) and compare")
 
@@ -621,14 +622,20 @@ def _run_loop(args: argparse.Namespace) -> int:
     return 130 if interrupted else 0
 
 
+def loop_threads(asked: int, cpus: int) -> int:
+    """The policy's threads in `run`: as asked, else half the cores (at most 4). The simulated robot renders its
+    cameras in the same process, and on 2 cores an ALOHA student's 2-thread ONNX session beside the renderer missed
+    10-13 of 400 ticks at 50 Hz per episode, one thread none (BENCHMARKS.md, "ALOHA")."""
+    return asked or max(1, min(4, cpus // 2))
+
+
 def _loop_policy(args: argparse.Namespace, cfg):
     """The policy `run` drives: a bundle or checkpoint on a local backend, or one served at openpi://HOST:PORT."""
     import torch
 
     from vla_distill.models.backends import load_policy
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(loop_threads(args.threads, os.cpu_count() or 1))
     if args.policy.startswith("openpi://"):
         from vla_distill.data.openpi_client import parse_address
         from vla_distill.deploy.remote_policy import RemotePolicy
