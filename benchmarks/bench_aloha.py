@@ -22,6 +22,9 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
   python benchmarks/bench_aloha.py noise [--steps 20000] [--episodes 100]
       after `suite`: the same, at the recipe's size, with the expert's DART noise per task (transfer cube 4x)
       -> results/aloha.json["noise_per_task"]
+  python benchmarks/bench_aloha.py scratch [--steps 20000] [--episodes 100]
+      after `suite`: its first student's annotated demonstrations, the encoder trained from scratch (`--vision ""`)
+      -> results/aloha.json["scratch_vision"]
 Work directories live under --work (default outputs/bench_aloha).
 """
 
@@ -121,26 +124,39 @@ def delta(args) -> dict:
 def resolution(args) -> dict:
     """The suite's first student with the top camera at --size px instead of the recipe's: at 128 px the 4 cm cube is
     4 pixels and half a cell of the encoder's 16x16 map, where a grasp needs about 1 cm."""
-    return {"resolution": {str(args.size): variant(args, f"top{args.size}", args.size)}}
+    sub = Path(args.work) / f"top{args.size}"
+    return {"resolution": {str(args.size): variant(args, sub, recollected(args, sub, args.size))}}
 
 
 def noise(args) -> dict:
     """The suite's first student's stages again with the expert's DART noise per task (sim/aloha/expert.py
     NOISE_SCALE: transfer cube 4x the recipe's), against the first student, collected at 1x on both tasks."""
-    return {"noise_per_task": variant(args, "noise-per-task", ALOHA.collect["height"])}
+    sub = Path(args.work) / "noise-per-task"
+    return {"noise_per_task": variant(args, sub, recollected(args, sub, ALOHA.collect["height"]))}
 
 
-def variant(args, name: str, size: int) -> dict:
-    """The first student's demonstrations (same seeds) collected again at `size` px with the expert as it is now,
-    annotated, trained with the recipe, on the same held-out episodes, paired against the first student."""
-    work = Path(args.work)
-    base = evaluated(str(work / "student"), TASKS, work / "eval-student", args.episodes, *ENV)
-    sub = work / name
+def scratch(args) -> dict:
+    """The first student's own annotated demonstrations with the recipe's encoder trained from scratch (the preset's
+    ResNet, pixels augmented) instead of frozen ImageNet features, against the first student."""
+    sub = Path(args.work) / "scratch"
+    return {"scratch_vision": variant(args, sub, Path(args.work) / "annotated-dart", "--vision", "")}
+
+
+def recollected(args, sub: Path, size: int) -> Path:
+    """The first student's demonstrations (same seeds and DART noise draws) collected again into `sub` at `size` px
+    with the expert as it is now, and annotated."""
     dart = ("--action-noise", str(ALOHA.collect["action_noise"]))
     raw = dataset(sub, TASKS, args.demos, size, cameras=",".join(ALOHA.collect["names"]), name="dataset-dart",
                   collect_flags=(*ENV, *dart))
-    run, minutes = trained(annotated(sub, raw, "scripted", "annotated-dart"), sub / "student", args.steps,
-                           "--recipe", "aloha")
+    return annotated(sub, raw, "scripted", "annotated-dart")
+
+
+def variant(args, sub: Path, ann: Path, *flags: str) -> dict:
+    """A student trained on `ann` with the recipe (and `flags`) into `sub`, on the same held-out episodes, paired
+    against the suite's first student."""
+    work = Path(args.work)
+    base = evaluated(str(work / "student"), TASKS, work / "eval-student", args.episodes, *ENV)
+    run, minutes = trained(ann, sub / "student", args.steps, "--recipe", "aloha", *flags)
     info = evaluated(str(run), TASKS, sub / "eval-student", args.episodes, *ENV)
     return {"student": rate(info), "per_task": per_task_rates(info), "train_minutes": round(minutes, 1),
             "vs_first_student": paired_with("the first student", base, info),
@@ -168,7 +184,7 @@ def save(partial: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["teacher", "suite", "delta", "resolution", "noise"])
+    p.add_argument("what", choices=["teacher", "suite", "delta", "resolution", "noise", "scratch"])
     p.add_argument("--work", default="outputs/bench_aloha")
     p.add_argument("--demos", type=int, default=50)
     p.add_argument("--steps", type=int, default=ALOHA.train["steps"])
@@ -176,7 +192,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=224, help="resolution: the top camera's height and width in px")
     p.add_argument("--loop-episodes", type=int, default=5, help="real-time loop episodes per task")
     args = p.parse_args()
-    stages = {"teacher": teacher, "suite": suite, "delta": delta, "resolution": resolution, "noise": noise}
+    stages = {"teacher": teacher, "suite": suite, "delta": delta, "resolution": resolution, "noise": noise,
+              "scratch": scratch}
     save(stages[args.what](args))
 
 
