@@ -25,6 +25,9 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
   python benchmarks/bench_aloha.py scratch [--steps 20000] [--episodes 100]
       after `suite`: its first student's annotated demonstrations, the encoder trained from scratch (`--vision ""`)
       -> results/aloha.json["scratch_vision"]
+  python benchmarks/bench_aloha.py chunks [--episodes 100]
+      after `suite`: its first student replanning every 5 steps, and with ACT's temporal ensembling, paired against
+      the recipe's queue of 10 -> results/aloha.json["chunk_modes"]
 Work directories live under --work (default outputs/bench_aloha).
 """
 
@@ -142,6 +145,19 @@ def scratch(args) -> dict:
     return {"scratch_vision": variant(args, sub, Path(args.work) / "annotated-dart", "--vision", "")}
 
 
+def chunks(args) -> dict:
+    """The first student's chunks executed otherwise, on the same held-out episodes, paired against the recipe's queue
+    (all K = 10 actions, then replan): replanning every 5 steps, and ACT's temporal ensembling (inferred every step)."""
+    work = Path(args.work)
+    base = evaluated(str(work / "student"), TASKS, work / "eval-student", args.episodes, *ENV)
+    out = {}
+    for name, flags in (("replan_5", ("--n-action-steps", "5")), ("ensemble", ("--chunk", "ensemble"))):
+        info = evaluated(str(work / "student"), TASKS, work / f"eval-student-{name}", args.episodes, *ENV, *flags)
+        out[name] = {"student": rate(info), "per_task": per_task_rates(info),
+                     "vs_queue": paired_with("the queue of 10", base, info)}
+    return {"chunk_modes": out | {"command": " ".join(["python benchmarks/bench_aloha.py", *sys.argv[1:]])}}
+
+
 def recollected(args, sub: Path, size: int) -> Path:
     """The first student's demonstrations (same seeds and DART noise draws) collected again into `sub` at `size` px
     with the expert as it is now, and annotated."""
@@ -184,7 +200,7 @@ def save(partial: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["teacher", "suite", "delta", "resolution", "noise", "scratch"])
+    p.add_argument("what", choices=["teacher", "suite", "delta", "resolution", "noise", "scratch", "chunks"])
     p.add_argument("--work", default="outputs/bench_aloha")
     p.add_argument("--demos", type=int, default=50)
     p.add_argument("--steps", type=int, default=ALOHA.train["steps"])
@@ -193,7 +209,7 @@ def main() -> None:
     p.add_argument("--loop-episodes", type=int, default=5, help="real-time loop episodes per task")
     args = p.parse_args()
     stages = {"teacher": teacher, "suite": suite, "delta": delta, "resolution": resolution, "noise": noise,
-              "scratch": scratch}
+              "scratch": scratch, "chunks": chunks}
     save(stages[args.what](args))
 
 
