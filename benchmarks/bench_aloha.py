@@ -19,9 +19,6 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
       after `suite`: the same demonstrations (same seeds, same DART noise) rendered at --size px, annotated and trained
       with the recipe, on the same held-out episodes, paired against the suite's first (128 px) student
       -> results/aloha.json["resolution"][size]
-  python benchmarks/bench_aloha.py noise [--steps 20000] [--episodes 100]
-      after `suite`: the same, at the recipe's size, with the expert's DART noise per task (transfer cube 4x)
-      -> results/aloha.json["noise_per_task"]
   python benchmarks/bench_aloha.py scratch [--steps 20000] [--episodes 100]
       after `suite`: its first student's annotated demonstrations, the encoder trained from scratch (`--vision ""`)
       -> results/aloha.json["scratch_vision"]
@@ -131,13 +128,6 @@ def resolution(args) -> dict:
     return {"resolution": {str(args.size): variant(args, sub, recollected(args, sub, args.size))}}
 
 
-def noise(args) -> dict:
-    """The suite's first student's stages again with the expert's DART noise per task (sim/aloha/expert.py
-    NOISE_SCALE: transfer cube 4x the recipe's), against the first student, collected at 1x on both tasks."""
-    sub = Path(args.work) / "noise-per-task"
-    return {"noise_per_task": variant(args, sub, recollected(args, sub, ALOHA.collect["height"]))}
-
-
 def scratch(args) -> dict:
     """The first student's own annotated demonstrations with the recipe's encoder trained from scratch (the preset's
     ResNet, pixels augmented) instead of frozen ImageNet features, against the first student."""
@@ -200,7 +190,7 @@ def save(partial: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["teacher", "suite", "delta", "resolution", "noise", "scratch", "chunks"])
+    p.add_argument("what", choices=["teacher", "suite", "delta", "resolution", "scratch", "chunks"])
     p.add_argument("--work", default="outputs/bench_aloha")
     p.add_argument("--demos", type=int, default=50)
     p.add_argument("--steps", type=int, default=ALOHA.train["steps"])
@@ -208,8 +198,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=224, help="resolution: the top camera's height and width in px")
     p.add_argument("--loop-episodes", type=int, default=5, help="real-time loop episodes per task")
     args = p.parse_args()
-    stages = {"teacher": teacher, "suite": suite, "delta": delta, "resolution": resolution, "noise": noise,
-              "scratch": scratch, "chunks": chunks}
+    stages = {"teacher": teacher, "suite": suite, "delta": delta, "resolution": resolution, "scratch": scratch,
+              "chunks": chunks}
     save(stages[args.what](args))
 
 

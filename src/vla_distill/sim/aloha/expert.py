@@ -61,10 +61,6 @@ INSERTED = 0.08  # m: ... and when it is in (its tip 2 cm past the pin's end)
 ALIGNED = 0.006  # m: the peg's tip this close to the socket's axis before it goes in
 PARALLEL_DEG = 5.0  # ... and its axis this close to parallel with the socket's (8 mm of clearance over 2 cm in)
 OPEN, SHUT = 1.0, 0.0
-# of the recipe's DART noise (0.005 rad) each task tolerates (sim.base.Expert.noise_scale): under 0.02 rad the
-# transfer-cube expert succeeds on 19 of 20 seeds (0.04: 2 of 20), while insertion's millimetre fit already fails 12 of
-# 16 at 0.01; more noise where it is tolerated is more recovery for a student to learn from
-NOISE_SCALE = {"transfer_cube": 4.0, "insertion": 1.0}
 
 
 @dataclass(frozen=True)
@@ -203,7 +199,7 @@ class AlohaExpert:
     def __init__(self, task: str):
         if task not in TASKS:
             raise ConfigError(f"no scripted expert for {task!r}; ALOHA tasks: {', '.join(TASKS)}", field="teacher")
-        self.task, self.noise_scale = task, NOISE_SCALE[task]
+        self.task = task
         model = load_model(task)
         self.ik = {arm: ArmIK(model, arm) for arm in ARMS}
         home = {arm: self.ik[arm].pose(START_ARM_POSE[8 * i:8 * i + 6])[1] for i, arm in enumerate(ARMS)}
