@@ -403,9 +403,10 @@ def test_the_loop_drives_a_robot_from_a_policy_served_elsewhere_and_holds_when_i
         host, port = address.split(":")
         remote = RemotePolicy(host, int(port), timeout_s=5)
         assert remote.input_keys == ("observation.state",) and (remote.horizon, remote.action_dim) == (1, 4)
-        robot, cfg = FakeRobot(), LoopConfig(hz=20, max_steps=10)
+        # 5 Hz: a 200 ms period, so a round trip slowed by a busy machine (another test worker) is not dropped as late
+        robot, cfg = FakeRobot(), LoopConfig(hz=5, max_steps=6)
         s = summarize(run_loop(remote, robot, "t", cfg), cfg)
-        assert s["ticks"] == 10 and s["unavailable"] == 0 and s["late_dropped"] == 0
+        assert s["ticks"] == 6 and s["unavailable"] == 0 and s["late_dropped"] == 0
         local = load_policy(state_policy_dir)  # what the server computes, for the same first observation
         with torch.inference_mode():
             want = local.predict_action_chunk({"observation.state": torch.zeros(1, 4), "task": ["t"]})[0, 0].numpy()
