@@ -57,7 +57,18 @@ def teacher(args) -> dict:
     info = evaluated("scripted", TASKS, Path(args.work) / "eval-teacher", args.episodes, *ENV)
     print(f"teacher {rate(info)}")
     return {"teacher": rate(info), "teacher_per_task": per_task_rates(info),
-            "teacher_command": " ".join(["python benchmarks/bench_aloha.py", *sys.argv[1:]])}
+            "teacher_command": command()}
+
+
+def command() -> str:
+    """This benchmark's command line, as results record it."""
+    return " ".join(["python benchmarks/bench_aloha.py", *sys.argv[1:]])
+
+
+def first_student(args) -> dict:
+    """The suite's first student's evaluation (eval_info), what every variant is paired against."""
+    work = Path(args.work)
+    return evaluated(str(work / "student"), TASKS, work / "eval-student", args.episodes, *ENV)
 
 
 def per_task_rates(info: dict) -> dict:
@@ -76,7 +87,7 @@ def suite(args) -> dict:
     ann = annotated(work, raw, "scripted", "annotated-dart")
     result = {"tasks": TASKS, "demos_per_task": args.demos, "steps": args.steps, "episodes_per_task": args.episodes,
               "recipe": "aloha", "published_anchors": PUBLISHED,
-              "command": " ".join(["python benchmarks/bench_aloha.py", *sys.argv[1:]])}
+              "command": command()}
     run, minutes = trained(ann, work / "student", args.steps, "--recipe", "aloha")
     t_info = evaluated("scripted", TASKS, work / "eval-teacher", args.episodes, *ENV)
     s_info = evaluated(str(run), TASKS, work / "eval-student", args.episodes, *ENV)
@@ -111,14 +122,14 @@ def suite(args) -> dict:
 def delta(args) -> dict:
     """The first student's data and recipe, its joint targets predicted relative to the state (--delta-actions)."""
     work = Path(args.work)
-    base = evaluated(str(work / "student"), TASKS, work / "eval-student", args.episodes, *ENV)
+    base = first_student(args)
     run, minutes = trained(work / "annotated-dart", work / "student-delta", args.steps, "--recipe", "aloha",
                            "--delta-actions")  # the recipe sets it since this measurement; the flag keeps it so
     info = evaluated(str(run), TASKS, work / "eval-student-delta", args.episodes, *ENV)
     return {"delta_actions": {"student": rate(info), "per_task": per_task_rates(info),
                               "train_minutes": round(minutes, 1),
                               "vs_absolute_targets": paired_with("the absolute-target student", base, info),
-                              "command": " ".join(["python benchmarks/bench_aloha.py", *sys.argv[1:]])}}
+                              "command": command()}}
 
 
 def resolution(args) -> dict:
@@ -139,13 +150,13 @@ def chunks(args) -> dict:
     """The first student's chunks executed otherwise, on the same held-out episodes, paired against the recipe's queue
     (all K = 10 actions, then replan): replanning every 5 steps, and ACT's temporal ensembling (inferred every step)."""
     work = Path(args.work)
-    base = evaluated(str(work / "student"), TASKS, work / "eval-student", args.episodes, *ENV)
+    base = first_student(args)
     out = {}
     for name, flags in (("replan_5", ("--n-action-steps", "5")), ("ensemble", ("--chunk", "ensemble"))):
         info = evaluated(str(work / "student"), TASKS, work / f"eval-student-{name}", args.episodes, *ENV, *flags)
         out[name] = {"student": rate(info), "per_task": per_task_rates(info),
                      "vs_queue": paired_with("the queue of 10", base, info)}
-    return {"chunk_modes": out | {"command": " ".join(["python benchmarks/bench_aloha.py", *sys.argv[1:]])}}
+    return {"chunk_modes": out | {"command": command()}}
 
 
 def recollected(args, sub: Path, size: int) -> Path:
@@ -160,13 +171,12 @@ def recollected(args, sub: Path, size: int) -> Path:
 def variant(args, sub: Path, ann: Path, *flags: str) -> dict:
     """A student trained on `ann` with the recipe (and `flags`) into `sub`, on the same held-out episodes, paired
     against the suite's first student."""
-    work = Path(args.work)
-    base = evaluated(str(work / "student"), TASKS, work / "eval-student", args.episodes, *ENV)
+    base = first_student(args)
     run, minutes = trained(ann, sub / "student", args.steps, "--recipe", "aloha", *flags)
     info = evaluated(str(run), TASKS, sub / "eval-student", args.episodes, *ENV)
     return {"student": rate(info), "per_task": per_task_rates(info), "train_minutes": round(minutes, 1),
             "vs_first_student": paired_with("the first student", base, info),
-            "command": " ".join(["python benchmarks/bench_aloha.py", *sys.argv[1:]])}
+            "command": command()}
 
 
 def realtime(bundle: Path, out: Path, episodes: int) -> dict:
