@@ -357,30 +357,33 @@ def test_loop_drops_late_actions_and_never_sends_nan():
     robot = FakeRobot()
     assert isinstance(robot, Robot)
     good, nan, big = [[0.5, 0, 0, 0]], [[np.nan, 0, 0, 0]], [[5.0, 0, 0, 0]]
-    # Period 100 ms: call 1 is on time, call 2 takes 150 ms (late), 3 returns NaN, 4 is out of range.
-    policy = ScriptedPolicy([good, good, nan, big], delays=[0.0, 0.15, 0.0, 0.0])
-    log = run_loop(policy, robot, "t", LoopConfig(hz=10, max_steps=8))
-    s = summarize(log, LoopConfig(hz=10))
+    # Period 100 ms, actions older than 250 ms dropped: call 1 is on time, call 2 takes 400 ms (late), 3 returns NaN,
+    # 4 is out of range. The margins are wide: a test worker beside another can be descheduled for tens of ms.
+    policy = ScriptedPolicy([good, good, nan, big], delays=[0.0, 0.4, 0.0, 0.0])
+    cfg = LoopConfig(hz=10, max_steps=8, max_latency_ms=250)
+    s = summarize(run_loop(policy, robot, "t", cfg), cfg)
     assert s["ticks"] == 8 and s["late_dropped"] == 2 and s["nan_hold"] == 2 and s["clipped"] == 2
-    assert s["deadline_misses"] >= 2 and s["skipped"] >= 2  # the slow call overran the next tick, which was skipped
+    assert s["deadline_misses"] >= 2 and s["skipped"] >= 2  # the slow call overran the next ticks, which were skipped
     sent = np.stack(robot.sent)
     assert np.isfinite(sent).all() and np.abs(sent).max() <= 1.0
     assert np.array_equal(sent[1], np.zeros(4)) and np.array_equal(sent[2], np.zeros(4))  # the hold action
-    assert s["timing_ms"]["inference"]["max"] >= 150 and s["timing_ms"]["inference"]["n"] == 8
+    assert s["timing_ms"]["inference"]["max"] >= 400 and s["timing_ms"]["inference"]["n"] == 8
 
 
 def test_inference_ahead_never_waits_for_a_policy_slower_than_the_period():
-    """A policy that takes 3 periods per chunk of 12: synchronously every 12th tick overruns; ahead, the next chunk
-    is computed while the current one runs, no tick is late or starved, and the seams are blended."""
+    """A policy that takes 3 periods (300 ms at 10 Hz) per chunk of 12: synchronously every 12th tick waits for it and
+    its action is late (older than 250 ms); ahead, the next chunk is computed while the current one runs, so no tick
+    waits, none is late or starved, and the seams are blended. A tick may take 250 ms here, not one period: a test
+    worker beside another is descheduled for tens of ms (the period's own deadlines are measured in benchmarks)."""
     up, down = [[0.2, 0, 0, 0]] * 12, [[-0.2, 0, 0, 0]] * 12
     logs = {}
     for mode in ("queue", "ahead"):
-        cfg = LoopConfig(hz=20, max_steps=48, chunk=mode)
-        logs[mode] = summarize(run_loop(ScriptedPolicy([up, down], delays=[0.15]), FakeRobot(), "t", cfg), cfg)
+        cfg = LoopConfig(hz=10, max_steps=40, chunk=mode, max_latency_ms=250)
+        logs[mode] = summarize(run_loop(ScriptedPolicy([up, down], delays=[0.3]), FakeRobot(), "t", cfg), cfg)
     sync, ahead = logs["queue"], logs["ahead"]
-    assert sync["late_dropped"] >= 3 and sync["deadline_misses"] >= 3
-    assert ahead["late_dropped"] == 0 and ahead["starved"] == 0 and ahead["deadline_misses"] == 0
-    assert ahead["ticks"] == 48 and ahead["timing_ms"]["inference"]["p50"] >= 150  # measured on its own thread
+    assert sync["late_dropped"] >= 3 and sync["timing_ms"]["tick_work"]["max"] >= 300
+    assert ahead["late_dropped"] == 0 and ahead["starved"] == 0 and ahead["timing_ms"]["tick_work"]["max"] < 250
+    assert ahead["ticks"] == 40 and ahead["timing_ms"]["inference"]["p50"] >= 300  # measured on its own thread
     assert ahead["seams"]["at_seams"]["n"] >= 3 and ahead["seams"]["at_seams"]["max"] < 0.3  # blended (unblended: 0.4)
     assert ahead["seams"]["inside"]["max"] < 0.3
 
@@ -403,8 +406,9 @@ def test_the_loop_drives_a_robot_from_a_policy_served_elsewhere_and_holds_when_i
         host, port = address.split(":")
         remote = RemotePolicy(host, int(port), timeout_s=5)
         assert remote.input_keys == ("observation.state",) and (remote.horizon, remote.action_dim) == (1, 4)
-        # 5 Hz: a 200 ms period, so a round trip slowed by a busy machine (another test worker) is not dropped as late
-        robot, cfg = FakeRobot(), LoopConfig(hz=5, max_steps=6)
+        # Dropping late actions is another test's; here a round trip slowed by a busy machine (another test worker, CI)
+        # must still drive the robot, so an action is late only after 3 s
+        robot, cfg = FakeRobot(), LoopConfig(hz=5, max_steps=6, max_latency_ms=3000)
         s = summarize(run_loop(remote, robot, "t", cfg), cfg)
         assert s["ticks"] == 6 and s["unavailable"] == 0 and s["late_dropped"] == 0
         local = load_policy(state_policy_dir)  # what the server computes, for the same first observation
