@@ -3,7 +3,8 @@ evaluated itself on the benchmark's seeds (what `vla-distill eval --policy stude
 clone), with a model card and the per-episode outcomes written from that evaluation.
 
 Usage:
-  python benchmarks/reference_student.py mt10      (after `make mt10`; a rerun skips what is done)
+  python benchmarks/reference_student.py mt10               (after `make mt10`; a rerun skips what is done)
+  python benchmarks/reference_student.py libero_spatial     (after its `bench_libero.py suite`; the [libero] extra)
 
 Writes students/NAME/ (bundle, README.md model card, outcomes.json) and results/reference_NAME.json.
 tests/test_reference_students.py replays a few of the recorded episodes on every `make test`.
@@ -40,6 +41,30 @@ class Reference:
     suite: str
     data: str
     hours: str  # what `benchmark` takes from nothing
+    env: str = ""  # --env of its evaluation ("": MetaWorld, the default)
+    episodes_are: str = "held-out seeds"  # what its evaluation's episodes per task are
+    results_key: str = ""  # its block of the result file where that holds several benchmarks (libero.json's suites)
+
+    @property
+    def env_flags(self) -> tuple[str, ...]:
+        return ("--env", self.env) if self.env else ()
+
+    @property
+    def env_text(self) -> str:
+        return f" --env {self.env}" if self.env else ""
+
+
+def libero_reference(suite: str, title: str) -> Reference:
+    """A LIBERO suite's kept student (bench_libero.py's `student_run`: the DAgger round's where it was kept)."""
+    return Reference(work=f"outputs/bench_libero/{suite}", run="", tasks=suite, episodes=50, recipe="libero",
+                     benchmark=f"python benchmarks/bench_libero.py suite --suite {suite}",
+                     results="libero.json", results_key=suite, episodes_are="standard initial states",
+                     section='"LIBERO"', env="libero",
+                     suite=f"{title} (LIBERO 0.1.1 through this project's adapter, lerobot's step limits)",
+                     data="50 scripted-expert demonstrations per task from new placements (not the 50 standard "
+                          "initial states, which are the evaluation) under DART noise, plus the DAgger round where "
+                          "its paired evaluation kept it",
+                     hours="about 8 hours")
 
 
 REFERENCES = {
@@ -49,19 +74,38 @@ REFERENCES = {
                       data="50 scripted-expert demonstrations per task under DART noise, plus one DAgger round (the "
                            "rollouts of the recipe's first student, relabelled by the scripted expert)",
                       hours="about 3.5 hours"),
+    "libero_spatial": libero_reference("libero_spatial", "LIBERO-Spatial"),
+    "libero_object": libero_reference("libero_object", "LIBERO-Object"),
 }
 
 
+def benchmark_block(ref: Reference) -> dict:
+    """The benchmark's result block for this student ({} before it ran)."""
+    path = RESULTS / ref.results
+    bench = json.loads(path.read_text()) if path.exists() else {}
+    return bench.get(ref.results_key, {}) if ref.results_key else bench
+
+
+def run_of(ref: Reference) -> str:
+    """The run directory's name under ref.work: fixed, or the student the benchmark kept."""
+    if ref.run:
+        return ref.run
+    kept = benchmark_block(ref).get("student_run")
+    if not kept:
+        sys.exit(f"{ref.results}: no student_run under {ref.results_key!r} yet; run `{ref.benchmark}` to its end first")
+    return Path(kept).name
+
+
 def build(name: str, ref: Reference) -> dict:
-    work, out = REPO / ref.work, STUDENTS / name
-    run = work / ref.run
+    work, out, run_name = REPO / ref.work, STUDENTS / name, run_of(ref)
+    run = work / run_name
     if not (out / "bundle.json").exists():
         # fp32 graph only: the int8 one changes actions (so outcomes) and the repository carries every byte
         cli("export", "--policy", str(run), "--out", str(out), "--format", "onnx-only", "--int8", "none",
             "--n-observations", "8")
-    bundle = evaluated(str(out), ref.tasks, work / f"eval-reference-{name}", ref.episodes)
+    bundle = evaluated(str(out), ref.tasks, work / f"eval-reference-{name}", ref.episodes, *ref.env_flags)
     teacher = eval_info(work / "eval-teacher")
-    checkpoint = eval_info(work / f"eval-{ref.run}")
+    checkpoint = eval_info(work / f"eval-{run_name}")
     same = compare(checkpoint, bundle)
     agree = outcome_agreement(checkpoint, bundle)
     print(f"ONNX bundle {rate(bundle)['pc_success']:.1f}% vs its torch checkpoint "
@@ -82,8 +126,7 @@ def build(name: str, ref: Reference) -> dict:
 
 def benchmark_speed(ref: Reference) -> dict:
     """The benchmark's own batch-1 timing of this student (the same graph), where its result file has one."""
-    path = RESULTS / ref.results
-    bench = json.loads(path.read_text()) if path.exists() else {}
+    bench = benchmark_block(ref)
     if "student_hz" not in bench:
         return {}
     return {"benchmark_hz": bench["student_hz"], "benchmark_latency_ms": bench.get("student_latency_ms", {})}
@@ -106,7 +149,8 @@ def outcomes(name: str, info: dict, checkpoint: dict, ref: Reference) -> dict:
     the same way: an episode both agree on does not hinge on float round-off, so a CPU with other vector kernels
     reproduces it too (the test replays those)."""
     torch_ok = by_seed(checkpoint)
-    return {"command": f"vla-distill eval --policy students/{name} --tasks {ref.tasks} --episodes {ref.episodes}",
+    return {"command": f"vla-distill eval --policy students/{name}{ref.env_text} --tasks {ref.tasks} --episodes "
+                       f"{ref.episodes}",
             "episodes": {t["task"]: {"seeds": t["metrics"]["seeds"], "successes": t["metrics"]["successes"],
                                      "checkpoint_agrees": [torch_ok.get((t["task"], s)) == ok for s, ok in
                                                            zip(t["metrics"]["seeds"], t["metrics"]["successes"])]}
@@ -147,9 +191,11 @@ def model_card(name: str, ref: Reference, out: Path, r: dict) -> str:
         f"action ({loss['action']}), phase ×{loss['phase_weight']}, direction ×{loss['direction_weight']}"
         + (f", auxiliary state ×{loss['aux_state_weight']}." if aux else "."),
         f"- From nothing: `{ref.benchmark}` ({ref.hours} on 2 CPU cores), then `{r['command']}`."])
+    lat = r.get("benchmark_latency_ms") or {}
+    where = f"results/{ref.results}" + (f" `{ref.results_key}`" if ref.results_key else "")
+    timing = f"p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms; " if "p50" in lat else ""
     speed = (f"Batch-1 through ONNX Runtime on 2 threads, nothing else running: **{r['benchmark_hz']:.0f} Hz** "
-             f"(p50 {r['benchmark_latency_ms']['p50']:.2f} ms, p99 {r['benchmark_latency_ms']['p99']:.2f} ms; "
-             f"results/{ref.results}). " if r.get("benchmark_hz") else "")
+             f"({timing}{where}). " if r.get("benchmark_hz") else "")
     speed += (f"In the evaluation above, one thread sharing its core with the renderer: p50 "
               f"{policy['latency_ms_p50']:.1f} ms, p99 {policy['latency_ms_p99']:.1f} ms per inference, one inference "
               f"per {train['horizon']} control steps.")
@@ -165,8 +211,8 @@ Written by `{r['command']}` from the evaluation below; the discussion is in BENC
 
 ## Use
 
-    vla-distill run  --policy students/{name} --tasks {ref.tasks}
-    vla-distill eval --policy students/{name} --tasks {ref.tasks} --episodes {ref.episodes}
+    vla-distill run  --policy students/{name}{ref.env_text} --tasks {ref.tasks}
+    vla-distill eval --policy students/{name}{ref.env_text} --tasks {ref.tasks} --episodes {ref.episodes}
 
 The second reproduces the table below episode for episode (every seed and outcome is in `outcomes.json`; the default
 test suite replays some of them). `vla-distill serve --policy students/{name}` serves it over the openpi protocol.
@@ -181,7 +227,8 @@ test suite replays some of them). `vla-distill serve --policy students/{name}` s
 
 ## Results
 
-{ref.suite}, {b['n_episodes']} episodes ({ref.episodes} held-out seeds per task), the scripted expert on the same seeds.
+{ref.suite}, {b['n_episodes']} episodes ({ref.episodes} {ref.episodes_are} per task), the scripted expert on the same
+episodes.
 Success rates with 95% Wilson intervals; differences paired by seed, with 95% intervals and McNemar's p.
 
 | policy | success % (95% CI) |
