@@ -11,8 +11,9 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
       50 DART demonstrations per task from new placements (collection seeds draw from the BDDL regions; the 50 fixed
       initial states are the evaluation), annotated by the scripted teacher; the `libero` recipe's student with the
       frozen ImageNet encoder and with one trained from scratch, the better by a paired evaluation; a DAgger round
-      driven by it, kept if its paired evaluation is ahead beyond its interval; teacher and the kept student on the
-      same 500 standard episodes, paired -> results/libero.json[suite], written after every evaluation
+      driven by it, kept if its paired evaluation is ahead beyond its interval (--dagger-rounds N: up to N, each
+      driven by the last kept student on new placements, its data merged into that student's); teacher and the kept
+      student on the same 500 standard episodes, paired -> results/libero.json[suite], written after every evaluation
   python benchmarks/bench_libero.py grasps --suite libero_object
       where each evaluated episode first closed the gripper: on the target or another item, how high above the
       expert's grasp point, how often it closed -> results/libero_grasps.json (why a student fails, per task)
@@ -30,7 +31,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_distill import dagger_round, helps, onnx_speed, paired_with, per_task_table, rate, table, trained
+from bench_distill import (
+    dagger_round,
+    helps,
+    merged_of,
+    onnx_speed,
+    paired_with,
+    per_task_table,
+    rate,
+    table,
+    trained,
+)
 from bench_eval import annotated, dataset, evaluated
 
 from common import RESULTS, write_result
@@ -143,16 +154,23 @@ def suite(args) -> dict:
         chosen = args.vision
         result["vision"] |= {"chosen": chosen, "compared": False}
     run, minutes, info, flags, out = students[chosen]
-    dagger_ann = dagger_round(work, tasks, args.demos, run, raw, CAMERAS, LIBERO.collect["height"], ENV, chosen)
-    d_run, d_minutes = trained(dagger_ann, work / f"student-{chosen}-dagger", args.steps, *flags)
-    d_out = work / f"eval-student-{chosen}-dagger"
-    d_info = evaluated(str(d_run), tasks, d_out, args.episodes, *ENV)
-    gain = paired_with(f"{chosen}, the student that drove the round", info, d_info)
-    keep = helps(gain)
-    result["dagger"] = {"student": rate(d_info), "train_minutes": round(d_minutes, 1), "vs_driver": gain, "kept": keep}
-    if keep:
-        run, minutes, info, out = d_run, minutes + d_minutes, d_info, d_out
-    save(args.suite, result)
+    data, rounds = raw, []
+    for r in range(1, args.dagger_rounds + 1):
+        suffix = "-dagger" if r == 1 else f"-dagger{r}"  # round 1 keeps the names runs before rounds were counted have
+        ann = dagger_round(work, tasks, args.demos, run, data, CAMERAS, LIBERO.collect["height"], ENV,
+                           run.name.removeprefix("student-"), seed=r)  # its data named after its driver
+        d_run, d_minutes = trained(ann, work / f"student-{chosen}{suffix}", args.steps, *flags)
+        d_out = work / f"eval-student-{chosen}{suffix}"
+        d_info = evaluated(str(d_run), tasks, d_out, args.episodes, *ENV)
+        gain = paired_with(f"{run.name}, the student that drove round {r}", info, d_info)
+        keep = helps(gain)
+        rounds.append({"round": r, "driver": run.name, "student": rate(d_info), "train_minutes": round(d_minutes, 1),
+                       "vs_driver": gain, "kept": keep})
+        result |= {"dagger": rounds[0], "dagger_rounds": rounds}
+        save(args.suite, result)
+        if not keep:  # the next round would be driven by the same student: the same rollouts again
+            break
+        run, minutes, info, out, data = d_run, minutes + d_minutes, d_info, d_out, merged_of(ann)
     result |= final_table(work, args.suite, t_info, info, out, run, minutes)
     return result
 
@@ -300,6 +318,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=LIBERO.train["steps"])
     p.add_argument("--episodes", type=int, default=50, help="per task (50 = every standard initial state)")
     p.add_argument("--task", default="libero_object/0", help="speed: the task timed")
+    p.add_argument("--dagger-rounds", type=int, default=1,
+                   help="suite: DAgger rounds, each driven by the student the last kept (stops at one not kept)")
     p.add_argument("--vision", default="both", choices=["both", *VISION],
                    help="suite: the vision encoders trained and compared (one: its DAgger round without the choice)")
     args = p.parse_args()
