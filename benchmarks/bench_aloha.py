@@ -22,6 +22,10 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
   python benchmarks/bench_aloha.py scratch [--steps 20000] [--episodes 100]
       after `suite`: its first student's annotated demonstrations, the encoder trained from scratch (`--vision ""`)
       -> results/aloha.json["scratch_vision"]
+  python benchmarks/bench_aloha.py demos --demos 200 [--steps 20000] [--episodes 100]
+      after `suite`: the recipe's student on --demos DART demonstrations per task (the first student's 50 are the
+      first 50 of them: the same seeds), on the same held-out episodes, paired against the first student
+      -> results/aloha.json["demos"][N]
   python benchmarks/bench_aloha.py chunks [--episodes 100]
       after `suite`: its first student replanning every 5 steps, and with ACT's temporal ensembling, paired against
       the recipe's queue of 10 -> results/aloha.json["chunk_modes"]
@@ -146,6 +150,14 @@ def scratch(args) -> dict:
     return {"scratch_vision": variant(args, sub, Path(args.work) / "annotated-dart", "--vision", "")}
 
 
+def demos(args) -> dict:
+    """The first student learnt the demonstrations' paths more than where the cube is (BENCHMARKS.md, "ALOHA"): the
+    same recipe on more placements of the objects. The suite's own 50 come first (collection seeds are drawn in
+    order), so the difference is the added placements alone."""
+    sub = Path(args.work) / f"demos{args.demos}"
+    return {"demos": {str(args.demos): variant(args, sub, recollected(args, sub, ALOHA.collect["height"]))}}
+
+
 def chunks(args) -> dict:
     """The first student's chunks executed otherwise, on the same held-out episodes, paired against the recipe's queue
     (all K = 10 actions, then replan): replanning every 5 steps, and ACT's temporal ensembling (inferred every step)."""
@@ -200,7 +212,7 @@ def save(partial: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["teacher", "suite", "delta", "resolution", "scratch", "chunks"])
+    p.add_argument("what", choices=["teacher", "suite", "delta", "resolution", "scratch", "demos", "chunks"])
     p.add_argument("--work", default="outputs/bench_aloha")
     p.add_argument("--demos", type=int, default=50)
     p.add_argument("--steps", type=int, default=ALOHA.train["steps"])
@@ -209,7 +221,7 @@ def main() -> None:
     p.add_argument("--loop-episodes", type=int, default=5, help="real-time loop episodes per task")
     args = p.parse_args()
     stages = {"teacher": teacher, "suite": suite, "delta": delta, "resolution": resolution, "scratch": scratch,
-              "chunks": chunks}
+              "demos": demos, "chunks": chunks}
     save(stages[args.what](args))
 
 
