@@ -220,8 +220,9 @@ def phase_agreement(raw: Path) -> dict:
 # ------------------------------------------------------------------------------------------------ speed
 def first_grasps(out: Path) -> dict:
     """Where each episode of an evaluation first closed the gripper (its 7th action > 0), per task: on the target
-    (the object nearest the hand, in the plane, is the goal's), the hand's height above the expert's grasp point
-    then, and how often the gripper closed in all. Replays each episode's initial state for the objects' places."""
+    (the object whose body is nearest the hand is the goal's: in 3-d, since in the plane a bowl standing on a ramekin
+    or a cabinet is nearer the thing under it), the hand's height above the expert's grasp point then, and how often
+    the gripper closed in all. Replays each episode's initial state for the objects' places."""
     from vla_distill.sim.libero.env import LiberoEnv
     from vla_distill.sim.libero.expert import LiberoExpert, State, grasp_of
 
@@ -233,7 +234,7 @@ def first_grasps(out: Path) -> dict:
         on_target, heights, closes, wins = [], [], [], []
         for ep, rec in by_task[task]:
             env.reset(rec.seed)
-            places = {n: env.inner.sim.data.body_xpos[i][:2].copy() for n, i in env.inner.obj_body_id.items()}
+            places = {n: env.inner.sim.data.body_xpos[i].copy() for n, i in env.inner.obj_body_id.items()}
             point = grasp_of(expert.category, State.of(env.env_state)).point
             z = np.load(arrays_path(out, task, ep))
             shut = z["actions"][:, 6] > 0
@@ -241,7 +242,7 @@ def first_grasps(out: Path) -> dict:
             wins.append(rec.success)
             if shut.any():
                 hand = z["hand"][int(np.argmax(shut))]
-                nearest = min(places, key=lambda n: float(np.linalg.norm(places[n] - hand[:2])))
+                nearest = min(places, key=lambda n: float(np.linalg.norm(places[n] - hand[:3])))
                 on_target.append(nearest == expert.goal.target)
                 heights.append(float(hand[2] - point[2]))
         env.close()
