@@ -291,3 +291,19 @@ def test_cli_annotate_bad_input(tmp_path, metaworld_dataset):
     r = run("audit", "--dataset", str(metaworld_dataset))
     assert r.returncode == 2 and "phase_index" in r.stderr
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
+
+
+def test_a_libero_collection_s_layout_reads_the_target_and_destination_from_either_environment_state():
+    """The 27-d state (with the articulated part) kept the target and destination where the 23-d one had them; the
+    layout once read them from the 23-d state only, so phases and cues on a 27-d collection went without the object
+    (LIBERO-Goal: 80% agreement with the expert's stages). Needs no LIBERO: env.py imports nothing of it."""
+    from vla_distill.sim.layout import LIBERO_ENV_DIMS, resolve_layout
+    from vla_distill.sim.libero.env import ENV_STATE_NAMES, LEGACY_ENV_STATE
+
+    assert LIBERO_ENV_DIMS == (LEGACY_ENV_STATE, len(ENV_STATE_NAMES))
+    target = tuple(ENV_STATE_NAMES.index(f"target_{a}") for a in "xyz")
+    dest = tuple(ENV_STATE_NAMES.index(f"dest_{a}") for a in "xyz")
+    for dim in LIBERO_ENV_DIMS:
+        layout = resolve_layout(8, dim)
+        assert layout.name == "libero" and layout.env_obj == target and layout.env_goal == dest
+

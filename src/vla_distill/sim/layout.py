@@ -298,11 +298,15 @@ def acting_arm(kins: list[Kinematics], obj: np.ndarray | None, fps: float, hold_
 
 
 # ---------------------------------------------------------------- resolution
+LIBERO_ENV_DIMS = (23, 27)  # sim/libero/env.py: LEGACY_ENV_STATE, len(ENV_STATE_NAMES) (a test holds them equal)
+
+
 def _builtin(dim: int, env_dim: int | None) -> StateLayout | None:
     if dim == 4 and env_dim == 39:
         return StateLayout("metaworld", ee=(0, 1, 2), gripper=(3,), env_obj=(4, 5, 6), env_goal=(36, 37, 38))
-    if dim == 8:  # Panda: 2 x 0.04 m fingers; our LIBERO collections add the target and its destination
-        obj, goal = ((9, 10, 11), (16, 17, 18)) if env_dim == 23 else ((), ())
+    if dim == 8:  # Panda: 2 x 0.04 m fingers; our LIBERO collections add the target (on a drawer or a knob task the
+        # part's grip point) and its destination, at the same places in the 27-d state as in the 23-d one before it
+        obj, goal = ((9, 10, 11), (16, 17, 18)) if env_dim in LIBERO_ENV_DIMS else ((), ())
         return StateLayout("libero", ee=(0, 1, 2), gripper=(6, 7), gripper_span=0.08, env_obj=obj, env_goal=goal)
     return None
 
