@@ -43,6 +43,7 @@ class Reference:
     hours: str  # what `benchmark` takes from nothing
     env: str = ""  # --env of its evaluation ("": MetaWorld, the default)
     episodes_are: str = "held-out seeds"  # what its evaluation's episodes per task are
+    latency_note: str = ""  # what the evaluation's inference times include besides the model
     results_key: str = ""  # its block of the result file where that holds several benchmarks (libero.json's suites)
 
     @property
@@ -60,7 +61,8 @@ def libero_reference(suite: str, title: str) -> Reference:
                      benchmark=f"python benchmarks/bench_libero.py suite --suite {suite}",
                      results="libero.json", results_key=suite, episodes_are="standard initial states",
                      section='"LIBERO"', env="libero",
-                     suite=f"{title} (LIBERO 0.1.1 through this project's adapter, lerobot's step limits)",
+                     suite=f"{title} (LIBERO 0.1.1, lerobot's step limits)",
+                     latency_note=" (the cameras render when the policy reads them: both are rendered inside it)",
                      data="50 scripted-expert demonstrations per task from new placements (not the 50 standard "
                           "initial states, which are the evaluation) under DART noise, plus the DAgger round where "
                           "its paired evaluation kept it",
@@ -197,8 +199,8 @@ def model_card(name: str, ref: Reference, out: Path, r: dict) -> str:
     speed = (f"Batch-1 through ONNX Runtime on 2 threads, nothing else running: **{r['benchmark_hz']:.0f} Hz** "
              f"({timing}{where}). " if r.get("benchmark_hz") else "")
     speed += (f"In the evaluation above, one thread sharing its core with the renderer: p50 "
-              f"{policy['latency_ms_p50']:.1f} ms, p99 {policy['latency_ms_p99']:.1f} ms per inference, one inference "
-              f"per {train['horizon']} control steps.")
+              f"{policy['latency_ms_p50']:.1f} ms, p99 {policy['latency_ms_p99']:.1f} ms per inference"
+              f"{ref.latency_note}, one inference per {train['horizon']} control steps.")
     same = f"{ck['same']} of {ck['n']} episodes end the same way"
     why = "" if ck["same"] == ck["n"] else " (float round-off between the graph and torch moves a few closed-loop " \
                                           "trajectories across the success line)"
