@@ -52,13 +52,14 @@ class Reference:
 
     @property
     def env_text(self) -> str:
-        return f" --env {self.env}" if self.env else ""
+        return "".join(f" {f}" for f in self.env_flags)
 
 
 def libero_reference(suite: str, title: str) -> Reference:
     """A LIBERO suite's kept student (bench_libero.py's `student_run`: the DAgger round's where it was kept)."""
     return Reference(work=f"outputs/bench_libero/{suite}", run="", tasks=suite, episodes=50, recipe="libero",
-                     benchmark=f"python benchmarks/bench_libero.py suite --suite {suite}",
+                     benchmark=f"python benchmarks/bench_libero.py suite --suite {suite} --vision frozen "
+                               "--dagger-rounds 3",  # how the suites' kept students are being trained
                      results="libero.json", results_key=suite, episodes_are="standard initial states",
                      section='"LIBERO"', env="libero",
                      suite=f"{title} (LIBERO 0.1.1, lerobot's step limits)",
@@ -66,7 +67,8 @@ def libero_reference(suite: str, title: str) -> Reference:
                      data="50 scripted-expert demonstrations per task from new placements (not the 50 standard "
                           "initial states, which are the evaluation) under DART noise, plus the DAgger round where "
                           "its paired evaluation kept it",
-                     hours="about 8 hours")
+                     hours="about 10 hours a DAgger round included, by the stages' times on LIBERO-Spatial, "
+                           "and some 5 more for each further round")
 
 
 REFERENCES = {

@@ -306,4 +306,3 @@ def test_a_libero_collection_s_layout_reads_the_target_and_destination_from_eith
     for dim in LIBERO_ENV_DIMS:
         layout = resolve_layout(8, dim)
         assert layout.name == "libero" and layout.env_obj == target and layout.env_goal == dest
-

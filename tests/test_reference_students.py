@@ -43,8 +43,8 @@ def test_recorded_episodes_replay_as_recorded(ref):
 
     episodes = replayed(json.loads((ref / "outcomes.json").read_text()))
     sim = simulator_of(episodes[0][0])
-    if sim.unavailable():  # an optional simulator's extra (LIBERO, ALOHA) not installed
-        pytest.skip(sim.unavailable())
+    if why := sim.unavailable():  # an optional simulator's extra (LIBERO, ALOHA) not installed
+        pytest.skip(why)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as `eval` runs each worker (ONNX Runtime takes torch's thread count)
     try:
