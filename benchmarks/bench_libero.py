@@ -14,6 +14,9 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
       driven by it, kept if its paired evaluation is ahead beyond its interval (--dagger-rounds N: up to N, each
       driven by the last kept student on new placements, its data merged into that student's); teacher and the kept
       student on the same 500 standard episodes, paired -> results/libero.json[suite], written after every evaluation
+  python benchmarks/bench_libero.py phases --suite libero_goal
+      the phase labeller against the expert's stages on the suite's collected demonstrations, per task
+      -> results/libero_phases.json[suite] (the suite stage records the overall figure in libero.json)
   python benchmarks/bench_libero.py grasps --suite libero_object
       where each evaluated episode first closed the gripper: on the target or another item, how high above the
       expert's grasp point, how often it closed -> results/libero_grasps.json (why a student fails, per task)
@@ -129,9 +132,8 @@ def suite(args) -> dict:
     raw = dataset(work, tasks, args.demos, LIBERO.collect["height"], cameras=CAMERAS, name="dataset-dart",
                   collect_flags=(*ENV, *dart))
     ann = annotated(work, raw, "scripted", "annotated-dart")
-    command = " ".join(["python benchmarks/bench_libero.py", *sys.argv[1:]])
     result = {"phases": phase_agreement(raw), "demos_per_task": args.demos, "steps": args.steps,
-              "episodes_per_task": args.episodes, "command": command, "vision": {},
+              "episodes_per_task": args.episodes, "command": this_command(), "vision": {},
               "refused_tasks": refused,
               "published_anchors": {k: v.get(args.suite) for k, v in PUBLISHED.items()}}
     t_info = evaluated("scripted", tasks, work / "eval-teacher", args.episodes, *ENV)
@@ -198,7 +200,8 @@ def save(suite_name: str, partial: dict) -> None:
 
 
 def phase_agreement(raw: Path) -> dict:
-    """The kinematic phase labeller (what `annotate` writes) against the expert's own stages on every frame."""
+    """The kinematic phase labeller (what `annotate` writes) against the expert's own stages on every frame, overall
+    and per task."""
     from vla_distill.annotate.episode import dataset_layout, episode_kinematics
     from vla_distill.annotate.phases import label_phases
     from vla_distill.data.dataset import RobotDataset
@@ -206,15 +209,24 @@ def phase_agreement(raw: Path) -> dict:
 
     ds, sim = RobotDataset(raw), get_simulator("libero")
     es, layout = ds.column("observation.environment_state"), dataset_layout(ds)
-    confusion = np.zeros((4, 4), np.int64)
+    confusion = {}
     for e, ep in enumerate(ds.episodes):
-        rows = ds.episode_rows(e)
+        rows, task = ds.episode_rows(e), ep.extra["task_name"]
         kin = episode_kinematics(ds, rows, layout)
-        truth = sim.ground_truth_phases(ep.extra["task_name"], es[rows], kin)
-        np.add.at(confusion, (truth, label_phases(kin)), 1)
-    agree = float(np.trace(confusion) / max(confusion.sum(), 1))
-    print(f"phases: kinematic labels agree with the expert's stages on {100 * agree:.1f}% of {confusion.sum()} frames")
-    return {"agreement": agree, "frames": int(confusion.sum()), "confusion_truth_x_label": confusion.tolist()}
+        truth = sim.ground_truth_phases(task, es[rows], kin)
+        np.add.at(confusion.setdefault(task, np.zeros((4, 4), np.int64)), (truth, label_phases(kin)), 1)
+    total = sum(confusion.values(), np.zeros((4, 4), np.int64))
+    agree = float(np.trace(total) / max(total.sum(), 1))
+    per_task = {t: round(float(np.trace(c) / max(c.sum(), 1)), 4)
+                for t, c in sorted(confusion.items(), key=_task_order)}
+    print(f"phases: kinematic labels agree with the expert's stages on {100 * agree:.1f}% of {total.sum()} frames; "
+          "per task " + ", ".join(f"{100 * a:.1f}" for a in per_task.values()))
+    return {"agreement": agree, "frames": int(total.sum()), "confusion_truth_x_label": total.tolist(),
+            "per_task": per_task}
+
+
+def _task_order(item: tuple[str, object]) -> int:
+    return int(item[0].rsplit("/", 1)[1])
 
 
 # ------------------------------------------------------------------------------------------------ speed
@@ -301,7 +313,11 @@ def speed(args) -> dict:
     env.close()
     return {"task": args.task, "episodes": args.episodes, "image_size": LIBERO.collect["height"],
             "cameras": list(LIBERO.collect["names"]), "rows": rows,
-            "command": " ".join(["python benchmarks/bench_libero.py", *sys.argv[1:]])}
+            "command": this_command()}
+
+
+def this_command() -> str:
+    return " ".join(["python benchmarks/bench_libero.py", *sys.argv[1:]])
 
 
 def merged(name: str, key: str, value: dict) -> dict:
@@ -312,7 +328,7 @@ def merged(name: str, key: str, value: dict) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["speed", "teacher", "suite", "grasps"])
+    p.add_argument("what", choices=["speed", "teacher", "suite", "phases", "grasps"])
     p.add_argument("--suite", default="libero_object", choices=list(OPENPI_STEPS))
     p.add_argument("--work", default="outputs/bench_libero")
     p.add_argument("--demos", type=int, default=50)
@@ -328,6 +344,9 @@ def main() -> None:
         args.episodes = min(args.episodes, 5)
         print("| schedule | env steps/s | control steps/s | frame pairs/s |\n|---|---:|---:|---:|")
         write_result(RESULTS / "libero_speed.json", speed(args))
+    elif args.what == "phases":
+        result = {**phase_agreement(Path(args.work) / args.suite / "dataset-dart"), "command": this_command()}
+        write_result(RESULTS / "libero_phases.json", merged("libero_phases.json", args.suite, result))
     elif args.what == "grasps":
         write_result(RESULTS / "libero_grasps.json", merged("libero_grasps.json", args.suite, grasps(args)))
     elif args.what == "teacher":

@@ -151,6 +151,22 @@ def test_an_arms_turn_shorter_than_the_motion_window_is_labelled():
     assert labels.shape == (30,) and labels[14:16].tolist() == [0, 0]
 
 
+def test_a_cycling_gripper_is_not_a_grasp_but_a_miss_and_a_bounce_are():
+    """Fingers at 10 fps beside an object: a part-open gripper oscillating (robosuite takes the action's sign) has no
+    grasp; a full close on nothing that reopens at once and a close that bounces off the object each are one."""
+    from vla_distill.sim.kinematics import Kinematics
+
+    grasp = PHASES_4.index("grasp")
+    cycle = np.r_[np.tile([0.66, 0.64, 0.48, 0.34, 0.36, 0.52], 5), 0.66]
+    near = {"ee": np.zeros((len(cycle), 3)), "obj": np.full((len(cycle), 3), 0.03), "fps": 10}
+    assert not (label_phases(Kinematics(gripper=cycle, **near)) == grasp).any()
+    miss = np.r_[np.ones(6), 0.93, 0.74, 0.51, 0.27, 0.11, 0.12, 0.27, 0.49, 0.73, np.full(7, 0.97)]
+    near = {"ee": np.zeros((len(miss), 3)), "obj": np.full((len(miss), 3), 0.03), "fps": 10}
+    assert (label_phases(Kinematics(gripper=miss, **near))[6:11] == grasp).all()
+    bounce = np.r_[np.full(6, 0.96), 0.88, 0.79, 0.71, 0.65, 0.64, 0.65, 0.61, 0.59, np.full(8, 0.58)]
+    assert (label_phases(Kinematics(gripper=bounce, **near))[7:10] == grasp).all()
+
+
 def test_direction_cues_describe_motion():
     from vla_distill.sim.kinematics import Kinematics
 

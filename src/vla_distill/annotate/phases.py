@@ -21,6 +21,7 @@ from vla_distill.types import PHASES_9, TAXONOMIES
 class PhaseConfig:
     taxonomy: str = "4"
     closing_rate: float = 0.5  # opening units/s below which the fingers count as closing
+    cycle_depth: float = 0.5  # opening units: a close this deep is a grasp attempt even if the fingers reopen at once
     grasp_radius: float = 0.08  # m, object within this of the gripper for a close to be a grasp
     moving_speed: float = 0.05  # m/s, object speed above which it is being moved
     moving_frames: int = 4  # consecutive frames of object motion that start transport (a brushed object jiggles)
@@ -57,7 +58,7 @@ def label_phases(kin: Kinematics, cfg: PhaseConfig = PhaseConfig()) -> np.ndarra
 
 def _signals(kin: Kinematics, cfg: PhaseConfig) -> dict[str, np.ndarray]:
     n = len(kin)
-    closing = gripper_rate(kin) < -cfg.closing_rate
+    closing = _grasping_closes(kin.gripper.astype(np.float64), kin.fps, cfg)
     if kin.obj is not None:
         dist = np.linalg.norm(kin.ee - kin.obj, axis=1)
         near = dist < cfg.grasp_radius
@@ -71,6 +72,26 @@ def _signals(kin: Kinematics, cfg: PhaseConfig) -> dict[str, np.ndarray]:
     if kin.success is not None and kin.success.any():
         done[int(np.argmax(kin.success)):] = True
     return {"closing": closing, "near": near, "obj_moving": obj_moving, "done": done}
+
+
+def _grasping_closes(gripper: np.ndarray, fps: float, cfg: PhaseConfig) -> np.ndarray:
+    """(T,) bool: the closing frames of the closes that are grasp attempts. A shallow close (under cycle_depth) whose
+    fingers win back half of it within as long again is the gripper cycling; a deep one is an attempt even if it
+    reopens at once (a miss: shut on nothing), and fingers that bounce off the object win back little.
+
+    Cycling happens on robosuite's Panda gripper (1.4), which takes only the sign of its action: an expert
+    approaching with the fingers part-open makes them oscillate, and every close near a handle would read as a grasp.
+    """
+    closing = rate(gripper, fps) < -cfg.closing_rate
+    out = closing.copy()
+    for value, start, end in runs(closing):
+        if not value:
+            continue
+        low = gripper[start : end + 1].min()
+        depth = gripper[max(start - 1, 0)] - low
+        regain = gripper[end : 2 * end - start + 1].max(initial=low) - low
+        out[start:end] = depth >= cfg.cycle_depth or regain < depth / 2
+    return out
 
 
 def _label_4(kin: Kinematics, cfg: PhaseConfig) -> np.ndarray:
