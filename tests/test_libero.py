@@ -190,25 +190,29 @@ def test_a_state_written_before_the_part_was_added_reads_as_no_part():
 @pytest.mark.parametrize("task, stage", [("libero_goal/0", "transport"), ("libero_goal/7", "transport")])
 def test_the_expert_moves_a_part_until_the_goal_holds(task, stage):
     """LIBERO-Goal's drawer and stove on a standard initial state: the part is the target, the expert approaches,
-    grasps, then moves it (and lets go) until its travel reaches 1 as LIBERO's own predicate starts to hold."""
+    grasps, then moves it (and lets go) until its travel reaches 1 as LIBERO's own predicate starts to hold; it
+    starts moving it with the hand where grip_point (what bench_libero's grasps measures against) says."""
     from vla_distill.sim.libero.expert import LiberoExpert, State
     from vla_distill.sim.libero.tasks import EVAL_SEED_BASE
 
     env, expert = libero_env.LiberoEnv(task, image_keys=()), LiberoExpert(task)
     try:
         env.reset(EVAL_SEED_BASE + 3)
-        start = State.of(env.env_state)
+        env_state_at_start = env.env_state.copy()
+        start = State.of(env_state_at_start)
         assert start.travel == pytest.approx(0.0, abs=0.02) and np.allclose(start.part, start.target)
-        stages, done = [], False
+        stages, hands, done = [], [], False
         for _ in range(env.max_steps):
             name, action = expert.decide(env.env_state)
             stages.append(name)
+            hands.append(State.of(env.env_state).eef)
             _, _, done = env.step(action)
             if done:
                 break
         moved = stages.index(stage)
         assert done and State.of(env.env_state).travel >= 1.0
         assert stages[0] == "approach" and "grasp" in stages[:moved] and set(stages[moved:]) <= {stage, "release"}
+        assert np.linalg.norm(hands[moved] - expert.grip_point(env_state_at_start)) < 0.03
     finally:
         env.close()
 

@@ -297,6 +297,16 @@ class LiberoExpert:
             return self._pull(st)
         return self._carry_stages(st)
 
+    def grip_point(self, env_state: np.ndarray) -> np.ndarray:
+        """(3,) where the hand closes for this task in the given state: the target's grasp point, the drawer's handle
+        bar, or the knob's ridge."""
+        st = State.of(np.asarray(env_state, np.float64))
+        if self.skill == "pull":
+            return _bar_grip(st)
+        if self.skill == "turn":
+            return _ridge_grip(st)
+        return grasp_of(self.category, st).point
+
     def _carry_stages(self, st: State) -> tuple[str, np.ndarray]:
         g = grasp_of(self.category, st)
         if not st.held and self._placed(st, g):
@@ -314,7 +324,7 @@ class LiberoExpert:
         out = _unit2(st.part - st.dest)
         if st.travel >= PULLED:
             return "release", self._let_go(st, out)
-        frame, grip = _level(out), st.part + [0, 0, DRAWER_UP]
+        frame, grip = _level(out), _bar_grip(st)
         rel = st.eef - grip
         along = float(np.dot(rel, out))
         aside = float(np.linalg.norm(rel - along * out))
@@ -336,8 +346,7 @@ class LiberoExpert:
         """Turn a knob (st.part: the top of its axis) by its ridge, the turn's sense the joint's (positive)."""
         across = _unit2(_matrix(st.target_quat)[:, KNOBS[self.category]])
         across = across if np.dot(across, _closing_axis(st)) >= 0 else -across
-        top = st.part[2]
-        grip = np.array([*st.part[:2], top - KNOB_DOWN])
+        top, grip = st.part[2], _ridge_grip(st)
         off, dz = float(np.linalg.norm(st.eef[:2] - grip[:2])), float(st.eef[2] - grip[2])
         if st.travel >= TURNED_ON:
             return "release", _move(st, np.array([*st.eef[:2], top + KNOB_HOVER + 0.03]), _closing_axis(st), -1.0)
@@ -407,6 +416,14 @@ class LiberoExpert:
         drop = DROP if self.goal.predicate == "in" else 0.0
         at = st.eef[2] - release < CLOSE_ENOUGH + drop
         return _move(st, np.array([*over, release]), g.axis, -1.0 if at else 1.0, self.speed)
+
+
+def _bar_grip(st: State) -> np.ndarray:
+    return st.part + [0, 0, DRAWER_UP]
+
+
+def _ridge_grip(st: State) -> np.ndarray:
+    return np.array([*st.part[:2], st.part[2] - KNOB_DOWN])
 
 
 def read_bddl(task: str) -> tuple:
