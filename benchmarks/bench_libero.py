@@ -219,15 +219,16 @@ def phase_agreement(raw: Path) -> dict:
     total = sum(confusion.values(), np.zeros((4, 4), np.int64))
     agree = float(np.trace(total) / max(total.sum(), 1))
     per_task = {t: round(float(np.trace(c) / max(c.sum(), 1)), 4)
-                for t, c in sorted(confusion.items(), key=_task_order)}
+                for t, c in sorted(confusion.items(), key=lambda tc: task_number(tc[0]))}
     print(f"phases: kinematic labels agree with the expert's stages on {100 * agree:.1f}% of {total.sum()} frames; "
           "per task " + ", ".join(f"{100 * a:.1f}" for a in per_task.values()))
     return {"agreement": agree, "frames": int(total.sum()), "confusion_truth_x_label": total.tolist(),
             "per_task": per_task}
 
 
-def _task_order(item: tuple[str, object]) -> int:
-    return int(item[0].rsplit("/", 1)[1])
+def task_number(task: str) -> int:
+    """'libero_goal/7' -> 7: a suite's tasks in their own order (not the strings', where 10 sorts before 2)."""
+    return int(task.rsplit("/", 1)[1])
 
 
 # ------------------------------------------------------------------------------------------------ speed
@@ -244,7 +245,7 @@ def first_grasps(out: Path) -> dict:
     by_task, rows = {}, {}
     for (task, ep), rec in sorted(read_records(out).items()):
         by_task.setdefault(task, []).append((ep, rec))
-    for task in sorted(by_task, key=lambda t: int(t.rsplit("/", 1)[1])):
+    for task in sorted(by_task, key=task_number):
         env, expert = LiberoEnv(task, image_keys=()), LiberoExpert(task)
         on_target, heights, closes, wins = [], [], [], []
         for ep, rec in by_task[task]:
@@ -256,10 +257,9 @@ def first_grasps(out: Path) -> dict:
             closes.append(int(shut[0]) + int(np.sum(shut[1:] & ~shut[:-1])))
             wins.append(rec.success)
             if shut.any() and expert.skill != "pull":
-                hand = z["hand"][int(np.argmax(shut))]
-                nearest = min(places, key=lambda n: float(np.linalg.norm(places[n] - hand[:3])))
-                on_target.append(nearest == expert.goal.target if expert.skill == "carry"
-                                 else float(np.linalg.norm(hand[:3] - point)) < PART_REACH)
+                hand = z["hand"][int(np.argmax(shut))][:3]
+                on_target.append(_nearest(places, hand) == expert.goal.target if expert.skill == "carry"
+                                 else float(np.linalg.norm(hand - point)) < PART_REACH)
                 heights.append(float(hand[2] - point[2]))
         env.close()
         rows[task] = {"pc_success": 100 * float(np.mean(wins)), "n": len(wins),
@@ -267,6 +267,10 @@ def first_grasps(out: Path) -> dict:
                       "median_cm_above_grasp_point": round(100 * float(np.median(heights)), 1) if heights else None,
                       "mean_closes": round(float(np.mean(closes)), 1)}
     return rows
+
+
+def _nearest(places: dict[str, np.ndarray], hand: np.ndarray) -> str:
+    return min(places, key=lambda n: float(np.linalg.norm(places[n] - hand)))
 
 
 def grasps(args) -> dict:
