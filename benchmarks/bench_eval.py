@@ -40,10 +40,10 @@ def dataset(work: Path, tasks: str, demos: int, size: int, seed: int = 0, camera
     return raw
 
 
-def annotated(work: Path, raw: Path, teacher: str, name: str) -> Path:
+def annotated(work: Path, raw: Path, teacher: str, name: str, *extra: str) -> Path:
     out = work / name
     if not (out / "meta" / "annotation.json").exists():
-        cli("annotate", "--dataset", str(raw), "--out", str(out), "--teacher", teacher)
+        cli("annotate", "--dataset", str(raw), "--out", str(out), "--teacher", teacher, *extra)
     return out
 
 

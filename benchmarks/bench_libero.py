@@ -178,6 +178,35 @@ def suite(args) -> dict:
     return result
 
 
+def dagger_labels(args) -> dict:
+    """A DAgger round's chunk labels, decided on the rollouts the suite already has, each variant evaluated on the
+    same episodes and paired against the round's driver and against the round trained on whole chunks of the
+    expert's single answers: `first` N (--rollout-steps) counts only the first N steps of each rollout chunk in the
+    action loss (the expert's later answers respond to states the driver's own chunk led to); `plan` labels every
+    frame with the expert's own K-step plan from it (annotate --teacher-opt horizon=K)."""
+    work = Path(args.work) / args.suite
+    tasks, _ = suite_tasks(args.suite)
+    driver = work / f"student-{args.vision}"
+    ann = work / f"annotated-128-{args.vision}-dagger"
+    horizon = LIBERO.train["horizon"]
+    if args.labels == "plan":
+        key, flags = f"plan{horizon}", ()
+        ann = annotated(work, merged_of(ann), "scripted", f"{ann.name}-{key}", "--teacher-opt", f"horizon={horizon}")
+    else:
+        key, flags = f"first{args.rollout_steps}", ("--rollout-steps", str(args.rollout_steps))
+    name = f"student-{args.vision}-dagger-{key}"
+    run, minutes = trained(ann, work / name, args.steps, *VISION[args.vision], *flags)
+    info = evaluated(str(run), tasks, work / name.replace("student-", "eval-student-"), args.episodes, *ENV)
+    d_info = evaluated(str(driver), tasks, work / f"eval-student-{args.vision}", args.episodes, *ENV)
+    w_info = evaluated(str(work / f"student-{args.vision}-dagger"), tasks, work / f"eval-student-{args.vision}-dagger",
+                       args.episodes, *ENV)
+    return {key: {
+        "command": this_command(), "student": rate(info), "train_minutes": round(minutes, 1),
+        "vs_driver": paired_with(driver.name, d_info, info),
+        "vs_whole_chunks": paired_with("whole chunks", w_info, info),
+        "per_task": {t["task"]: t["pc_success"] for t in info["per_task"]}}}
+
+
 def final_table(work: Path, suite_name: str, t_info: dict, s_info: dict, s_out: Path, run: Path,
                 minutes: float) -> dict:
     """Teacher against the kept student on the same episodes, paired, per task, within both step limits, and the
@@ -336,7 +365,7 @@ def merged(name: str, key: str, value: dict) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["speed", "teacher", "suite", "phases", "grasps"])
+    p.add_argument("what", choices=["speed", "teacher", "suite", "phases", "grasps", "dagger-labels"])
     p.add_argument("--suite", default="libero_object", choices=list(OPENPI_STEPS))
     p.add_argument("--work", default="outputs/bench_libero")
     p.add_argument("--demos", type=int, default=50)
@@ -347,8 +376,18 @@ def main() -> None:
                    help="suite: DAgger rounds, each driven by the student the last kept (stops at one not kept)")
     p.add_argument("--vision", default="both", choices=["both", *VISION],
                    help="suite: the vision encoders trained and compared (one: its DAgger round without the choice)")
+    p.add_argument("--labels", default="first", choices=["first", "plan"],
+                   help="dagger-labels: the variant (first: --rollout-steps of each rollout chunk; plan: the expert's "
+                        "own chunks)")
+    p.add_argument("--rollout-steps", type=int, default=1,
+                   help="dagger-labels first: the chunk steps of a rollout frame the action loss counts")
     args = p.parse_args()
-    if args.what == "speed":
+    if args.what == "dagger-labels":
+        args.vision = "frozen" if args.vision == "both" else args.vision
+        result = merged("libero.json", args.suite, {})
+        labels = (result[args.suite].get("dagger_labels") or {}) | dagger_labels(args)
+        write_result(RESULTS / "libero.json", merged("libero.json", args.suite, {"dagger_labels": labels}))
+    elif args.what == "speed":
         args.episodes = min(args.episodes, 5)
         print("| schedule | env steps/s | control steps/s | frame pairs/s |\n|---|---:|---:|---:|")
         write_result(RESULTS / "libero_speed.json", speed(args))

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -152,6 +153,36 @@ def test_merge_copies_every_frame_and_renumbers(tmp_path):
     ranges = json.loads((tmp_path / "m" / MERGE_PATH).read_text())["sources"]
     assert [r["episodes"] for r in ranges] == [[0, 2], [2, 5]]
     assert not (tmp_path / "m.building").exists()
+
+
+def test_merge_says_which_episodes_a_policy_drove(tmp_path):
+    """A DAgger round merges the demonstrations with a policy's rollouts: merge.json records each source's driven
+    episodes (a merge of a merge keeps the first round's), and an older merge (no record) is read from its sources, a
+    gone source being a one-line error."""
+    from vla_distill.data.format import write_json_atomic
+    from vla_distill.data.merge import MERGE_PATH, driven_episodes, merge
+    from vla_distill.errors import DatasetError
+    from vla_distill.types import COLLECTION_PATH
+
+    write_fake_dataset(tmp_path / "demos", lengths=(6, 9))
+    write_fake_dataset(tmp_path / "rollouts", lengths=(5, 8, 7))
+    write_json_atomic(tmp_path / "rollouts" / COLLECTION_PATH, {"config": {"env": "metaworld", "policy": "runs/a"}})
+    assert driven_episodes(tmp_path / "demos") == [] and driven_episodes(tmp_path / "rollouts") == [0, 1, 2]
+    merge([tmp_path / "demos", tmp_path / "rollouts"], tmp_path / "m")
+    assert driven_episodes(tmp_path / "m") == [2, 3, 4]
+    record = json.loads((tmp_path / "m" / MERGE_PATH).read_text())
+    assert [r["driven"] for r in record["sources"]] == [[], [2, 3, 4]]
+    write_fake_dataset(tmp_path / "round2", lengths=(4,))
+    write_json_atomic(tmp_path / "round2" / COLLECTION_PATH, {"config": {"policy": "runs/b"}})
+    merge([tmp_path / "m", tmp_path / "round2"], tmp_path / "m2")
+    assert driven_episodes(tmp_path / "m2") == [2, 3, 4, 5]
+    for r in record["sources"]:
+        del r["driven"]
+    (tmp_path / "m" / MERGE_PATH).write_text(json.dumps(record))
+    assert driven_episodes(tmp_path / "m") == [2, 3, 4]
+    shutil.rmtree(tmp_path / "rollouts")
+    with pytest.raises(DatasetError, match="merge.json.*rollouts is gone"):
+        driven_episodes(tmp_path / "m")
 
 
 def test_merge_refuses_different_features_and_a_used_output(tmp_path):

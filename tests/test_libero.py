@@ -176,6 +176,40 @@ def test_the_expert_says_which_goals_it_cannot_reach():
     assert LiberoExpert("libero_goal/0").noise_scale < 1 == LiberoExpert("libero_goal/5").noise_scale
 
 
+def test_the_plan_model_carries_a_held_target_with_the_hand():
+    from vla_distill.sim.libero.expert import PLAN_MOVE, PLAN_TURN, _advanced, _matrix
+
+    s = np.zeros(len(libero_env.ENV_STATE_NAMES))
+    s[0:3], s[3:7], s[9:12], s[12:16] = [0.1, 0.0, 1.0], [0, 0, 0, 1], [0.1, 0.0, 0.9], [0, 0, 0, 1]
+    action = np.array([1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0])  # +x and a turn about the vertical
+    loose, held = _advanced(s, action), _advanced(np.r_[s[:19], 1.0, s[20:]], action)
+    np.testing.assert_allclose(loose[0:3], [0.1 + PLAN_MOVE, 0.0, 1.0])
+    np.testing.assert_allclose(loose[9:12], s[9:12])  # not held: stays
+    np.testing.assert_allclose(held[9:12], [0.1 + PLAN_MOVE, 0.0, 0.9])  # straight below the hand: only moved
+    yaw = _matrix(held[12:16])
+    np.testing.assert_allclose(np.arctan2(yaw[1, 0], yaw[0, 0]), PLAN_TURN, atol=1e-9)
+
+
+@needs_libero
+def test_the_experts_chunk_is_its_own_plan_not_its_answer_repeated(spatial_env):
+    """From a tilted hand (a student's rollout) the expert's single answer is a saturated turn back; its K-step plan
+    starts with that answer and then eases off as the modelled hand comes upright, instead of repeating it (K of
+    those turn the hand several times the error). Its first step is the single answer at every state."""
+    from vla_distill.sim.libero.expert import PLAN_TURN, LiberoExpert, _from_rotvec, _matrix, _quat
+
+    env, expert = spatial_env, LiberoExpert("libero_spatial/0")
+    env.reset(tasks.EVAL_SEED_BASE + 3)
+    s = env.env_state.copy()
+    np.testing.assert_allclose(expert.plan(s, 5)[0], expert(s))
+    tilt = 0.3  # rad of roll
+    s[3:7] = _quat(_from_rotvec(np.array([tilt, 0.0, 0.0])) @ _matrix(s[3:7]))
+    plan = expert.plan(s, 5)
+    np.testing.assert_allclose(plan[0], expert(s))
+    roll = plan[:, 3]
+    assert roll[0] == -1.0 and np.all(np.diff(np.abs(roll)) <= 1e-9) and abs(roll[-1]) < 0.5
+    assert abs(roll.sum()) * PLAN_TURN < 1.5 * tilt < 5 * abs(roll[0]) * PLAN_TURN
+
+
 def test_a_state_written_before_the_part_was_added_reads_as_no_part():
     from vla_distill.sim.libero.expert import State
 

@@ -191,6 +191,21 @@ def test_teacher_spec_errors():
         make_teacher("noisy[sigma=1]:scripted")
     with pytest.raises(ConfigError, match="unknown teacher option"):
         make_teacher("openpi://h:1", {"colour": "red"})
+    with pytest.raises(ConfigError, match="field 'colour': unknown option of the scripted teacher"):
+        make_teacher("scripted", {"colour": "red"})
+    with pytest.raises(ConfigError, match="field 'horizon': must be an integer >= 1, got '0'"):
+        make_teacher("scripted", {"horizon": "0"})
+    assert make_teacher("scripted", {"horizon": "5"}).horizon == 5
+
+
+def test_a_scripted_teacher_without_a_plan_refuses_chunks(metaworld_dataset, tmp_path):
+    """MetaWorld's experts answer single actions: asking for chunks is a one-line error, and nothing is written."""
+    from vla_distill.errors import ConfigError
+
+    cfg = AnnotateConfig(**NO_CUES, teacher_options=(("horizon", "5"),))
+    with pytest.raises(ConfigError, match="field 'horizon': reach-v3: its scripted expert answers single actions"):
+        annotate(metaworld_dataset, tmp_path / "ann", cfg)
+    assert not (tmp_path / "ann").exists()
 
 
 def test_openpi_teacher_drives_the_closed_loop_evaluator(state_policy_dir, tmp_path, server):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -309,3 +310,26 @@ def test_gripper_from_phases_trains_on_the_anchored_targets(metaworld_dataset, a
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--gripper-from-phases" in r.stderr and "phase_index" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
+def test_rollout_chunks_count_only_their_first_steps(annotated, tmp_path):
+    """--rollout-steps N: on the episodes a policy drove (a DAgger round's, as the dataset records them) the action
+    loss counts only each chunk's first N steps; the other episodes' chunks are untouched, and a run trains with it."""
+    from vla_distill.data.format import write_json_atomic
+    from vla_distill.train.views import make_views, policy_batch
+    from vla_distill.types import COLLECTION_PATH, TEACHER_ACTION
+
+    ds = RobotDataset(annotated)
+    every = list(range(ds.num_episodes))
+    plain = make_views(ds, [TEACHER_ACTION], TEACHER_ACTION, 4, every, [])
+    views = make_views(ds, [TEACHER_ACTION], TEACHER_ACTION, 4, every, [], driven=[1], driven_steps=1)
+    js = np.arange(len(views.train))
+    pad, before = (policy_batch(v.train.batch(js), v)["action_is_pad"] for v in (views, plain))
+    driven = torch.from_numpy(ds.column("episode_index")[views.train.rows] == 1)
+    assert driven.any() and pad[driven, 1:].all() and not pad[driven, 0].any()
+    assert torch.equal(pad[~driven], before[~driven]) and not before[driven, 1:].all()
+    rollouts = tmp_path / "rollouts"
+    shutil.copytree(annotated, rollouts)
+    write_json_atomic(rollouts / COLLECTION_PATH, {"config": {"policy": "runs/first"}})
+    train(small(rollouts, tmp_path / "run", rollout_steps=1, horizon=4))
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["rollout_steps"] == 1

@@ -392,6 +392,8 @@ def _train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--gripper-from-phases", action="store_true", default=argparse.SUPPRESS,
                    help="train the gripper (the last action dimension) on the median of the teacher's commands over "
                         "each phase segment: phase labels filter a teacher's gripper toggling and jitter")
+    _field(t, "--rollout-steps", TrainConfig, "on the episodes a policy drove (a DAgger round's rollouts, told by the "
+           "merge's sources), the action loss counts only the first N steps of each chunk (0: all)", type=int)
 
 
 def _train(args: argparse.Namespace) -> None:

@@ -35,6 +35,7 @@ OBS_IMAGES = "observation.images"
 ACTION = "action"
 TASK = "task"
 TASK_INDEX = "task_index"
+EPISODE_INDEX = "episode_index"
 REWARD = "next.reward"
 SUCCESS = "next.success"
 DONE = "next.done"
@@ -44,7 +45,7 @@ PAD_SUFFIX = "_is_pad"
 DEFAULT_FEATURES: dict[str, dict] = {
     "timestamp": {"dtype": "float32", "shape": [1], "names": None},
     "frame_index": {"dtype": "int64", "shape": [1], "names": None},
-    "episode_index": {"dtype": "int64", "shape": [1], "names": None},
+    EPISODE_INDEX: {"dtype": "int64", "shape": [1], "names": None},
     "index": {"dtype": "int64", "shape": [1], "names": None},
     TASK_INDEX: {"dtype": "int64", "shape": [1], "names": None},
 }
@@ -76,6 +77,7 @@ DIRECTIONS_PATH = "meta/directions.parquet"
 WINDOWS_PATH = "meta/direction_windows.parquet"
 TASK_EMBEDDINGS_PATH = "meta/task_embeddings.parquet"
 ANNOTATION_PATH = "meta/annotation.json"
+COLLECTION_PATH = "meta/collection.json"  # a collection's plan: its config (env, policy, ...) and per-task counts
 AUDIT_PATH = "meta/audit.json"
 AUDIT_REPORT_PATH = "meta/audit.md"
 

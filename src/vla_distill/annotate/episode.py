@@ -29,7 +29,7 @@ from vla_distill.annotate import directions as dirs
 from vla_distill.annotate.config import AnnotateConfig
 from vla_distill.annotate.phases import PhaseConfig, label_phases
 from vla_distill.data.dataset import RobotDataset
-from vla_distill.data.format import feature_names, read_json
+from vla_distill.data.format import collection_config, feature_names
 from vla_distill.errors import ConfigError
 from vla_distill.sim.kinematics import Kinematics
 from vla_distill.sim.layout import StateLayout, resolve_layout
@@ -58,10 +58,7 @@ def dataset_layout(ds: RobotDataset, state_map: str = "", robot_model: str = "",
 def collected_robot(ds: RobotDataset) -> tuple[str, str, str] | None:
     """The robot description of the simulator this dataset was collected in (meta/collection.json's env), or None:
     a real robot's dataset of the same robot_type may use other joint units, so only our own collections get one."""
-    path = ds.root / "meta" / "collection.json"
-    plan = read_json(path) if path.exists() else {}  # a file that is not JSON: a one-line error naming it
-    config = plan.get("config") if isinstance(plan, dict) else None
-    env = config.get("env") if isinstance(config, dict) else None
+    env = collection_config(ds.root).get("env")
     return robot_description(env) if isinstance(env, str) else None
 
 

@@ -31,7 +31,7 @@ from vla_distill.data.writer import DatasetWriter, EncodedVideo, Episode
 from vla_distill.errors import ConfigError
 from vla_distill.sim.base import Env, Expert
 from vla_distill.sim.workers import worker_pool
-from vla_distill.types import ACTION, DONE, REWARD, SUCCESS
+from vla_distill.types import ACTION, COLLECTION_PATH, DONE, REWARD, SUCCESS
 
 PARTIAL = ".partial"
 BUILDING = ".building"
@@ -218,7 +218,7 @@ class Collector:
 
     def run(self) -> Path:
         if (self.out / INFO_PATH).exists() and not self.partial.exists():
-            self._check_same_plan(self.out / "meta" / "collection.json", lambda d: d["config"])
+            self._check_same_plan(self.out / COLLECTION_PATH, lambda d: d["config"])
             print(f"{self.out}: already complete")
             return self.out
         if self.cfg.policy:
@@ -330,7 +330,7 @@ class Collector:
                 for task in self.cfg.tasks:
                     for name in per_task[task]["kept_attempts"]:
                         writer.add_episode(self._load_episode(self.partial / "episodes" / name, task))
-            write_json_atomic(building / "meta" / "collection.json", {"config": self.cfg.plan(), "tasks": per_task})
+            write_json_atomic(building / COLLECTION_PATH, {"config": self.cfg.plan(), "tasks": per_task})
         for sub in PUBLISHED:  # meta last: info.json marks the dataset complete
             shutil.rmtree(self.out / sub, ignore_errors=True)
         for sub in PUBLISHED:

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from vla_distill.errors import ConfigError, DatasetError
-from vla_distill.types import DEFAULT_FEATURES
+from vla_distill.types import COLLECTION_PATH, DEFAULT_FEATURES
 
 CODEBASE_VERSION = "v3.0"
 CHUNK_FILE_PATTERN = "chunk-{chunk_index:03d}/file-{file_index:03d}"
@@ -194,6 +194,14 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"not valid JSON ({e})", path=path) from None
+
+
+def collection_config(root: Path) -> dict:
+    """The config a dataset of ours was collected with (meta/collection.json), or {} for one from elsewhere."""
+    path = Path(root) / COLLECTION_PATH
+    plan = read_json(path) if path.exists() else {}  # a file that is not JSON: a one-line error naming it
+    config = plan.get("config") if isinstance(plan, dict) else None
+    return config if isinstance(config, dict) else {}
 
 
 def feature_names(feature: dict) -> list[str] | None:

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vla_distill.data.dataset import RobotDataset
-from vla_distill.data.format import single_writer, write_json_atomic
+from vla_distill.data.format import INFO_PATH, collection_config, read_json, single_writer, write_json_atomic
 from vla_distill.data.writer import DatasetWriter, EncodedVideo, Episode
 from vla_distill.errors import ConfigError, DatasetError
 from vla_distill.types import ANNOTATION_PATH, DEFAULT_FEATURES, TASK_INDEX
@@ -56,7 +56,8 @@ def merge(sources: list[str | Path], out: str | Path, drop: tuple[str, ...] = ()
                     writer.add_episode(_episode(ds, e, features))
                     bar.update()
                 ranges.append({"dataset": str(ds.root), "fingerprint": ds.fingerprint(),
-                               "episodes": [first, len(writer.episode_rows)]})
+                               "episodes": [first, len(writer.episode_rows)],
+                               "driven": [first + e for e in driven_episodes(ds.root)]})
         dropped = {"dropped_features": list(drop)} if drop else {}
         write_json_atomic(building / MERGE_PATH, {"sources": ranges, **dropped})
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +65,26 @@ def merge(sources: list[str | Path], out: str | Path, drop: tuple[str, ...] = ()
         out.rmdir()  # empty, checked above
     os.replace(building, out)
     print(f"wrote {sum(r['episodes'][1] - r['episodes'][0] for r in ranges)} episodes to {out}")
+    return out
+
+
+def driven_episodes(root: str | Path) -> list[int]:
+    """The episodes of a dataset a policy drove (DAgger rollouts): all of a policy's own collection (its
+    collection.json names the policy), none of an expert's; of a merge, what merge.json records per source, or for a
+    merge written before it did, what its sources say (a gone source: a one-line error naming merge.json)."""
+    root = Path(root)
+    merged = root / MERGE_PATH
+    if not merged.exists():
+        return list(range(RobotDataset(root).num_episodes)) if collection_config(root).get("policy") else []
+    out = []
+    for src in read_json(merged).get("sources", []):
+        if "driven" in src:
+            out += src["driven"]
+        elif (Path(src["dataset"]) / INFO_PATH).exists():
+            out += [src["episodes"][0] + e for e in driven_episodes(src["dataset"])]
+        else:
+            raise DatasetError(f"source {src['dataset']} is gone: which episodes a policy drove is unknown",
+                               path=merged)
     return out
 
 

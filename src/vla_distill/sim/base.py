@@ -47,7 +47,8 @@ class Expert(Protocol):
     """A privileged-state scripted expert for one task: it answers from any state (so DART noise, DAgger relabelling
     and the closed-loop teacher all work), reading only observation.environment_state. It may carry `noise_scale`
     (float, 1 when absent): the fraction of collect's DART noise its skill tolerates (collect.rollout scales by it;
-    LIBERO's drawer handle and knob: 0.5)."""
+    LIBERO's drawer handle and knob: 0.5). One that can answer a chunk has `plan(env_state, k) -> (k, D)`: its own
+    next k commands from that state (annotate --teacher scripted --teacher-opt horizon=K)."""
 
     def __call__(self, env_state: np.ndarray) -> np.ndarray:
         """(S_env,) -> (D,) float32 within the action bounds; a DatasetError naming the field on a wrong layout."""

@@ -76,16 +76,16 @@ def parse_kind(spec: str) -> Kind | None:
 
 
 def make_teacher(spec: str, options: dict[str, str] | None = None) -> Teacher:
-    """options: `--teacher-opt key=value` pairs for remote teachers (see RemoteConfig)."""
+    """options: `--teacher-opt key=value` pairs: remote teachers' (RemoteConfig), the scripted teacher's horizon."""
     options = options or {}
     kind = parse_kind(spec)
     if kind is None:
         hint = did_you_mean(spec.split(":")[0], [k.rstrip(":/") for k in KINDS])
         raise ConfigError(f"unknown teacher {spec!r}{hint}; kinds: {', '.join(KINDS)}", field="teacher")
     if kind.name == "scripted":
-        from vla_distill.teachers.scripted import ScriptedTeacher
+        from vla_distill.teachers.scripted import ScriptedTeacher, scripted_options
 
-        return ScriptedTeacher()
+        return ScriptedTeacher(**scripted_options(options))
     if kind.name == "noisy":
         from vla_distill.teachers.noisy import NoisyTeacher
 

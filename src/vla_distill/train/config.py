@@ -95,6 +95,9 @@ class TrainConfig(RunConfig):
     aux_state: str = ""  # a state column predicted in training only, e.g. observation.environment_state ("" = none)
     gripper_from_phases: bool = False  # the gripper target is its median over each phase segment (train/targets.py)
     delta_actions: bool = False  # joint targets predicted relative to the current state (StudentConfig.delta_dims)
+    # on episodes a policy drove (a DAgger round's rollouts), the action loss counts only the first N steps of each
+    # chunk (0 = all K): there the expert's later labels answer states the policy's own chunk led to, not a plan
+    rollout_steps: int = 0
 
     def __post_init__(self):
         preset_config(self.preset)  # raises with a did-you-mean on an unknown name

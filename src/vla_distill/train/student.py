@@ -12,6 +12,7 @@ import torch
 from vla_distill.data.annotations import read_annotation, read_directions, read_phase_names, read_task_embeddings
 from vla_distill.data.dataset import RobotDataset
 from vla_distill.data.format import feature_names
+from vla_distill.data.merge import driven_episodes
 from vla_distill.errors import ConfigError, DatasetError
 from vla_distill.models.losses import action_loss
 from vla_distill.models.student import PRESETS, StudentPolicy, preset_config
@@ -144,7 +145,9 @@ def build_views(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list
     cue_emb = None
     if (ds.root / DIRECTIONS_PATH).exists():  # check_dataset made sure it is there when the loss needs it
         cue_emb = torch.from_numpy(read_directions(ds.root)[1].copy())
-    return make_views(ds, keys, target, cfg.horizon, train_eps, val_eps, cue_emb, row_arrays, columns)
+    driven = driven_episodes(ds.root) if cfg.rollout_steps else []
+    return make_views(ds, keys, target, cfg.horizon, train_eps, val_eps, cue_emb, row_arrays, columns, driven,
+                      cfg.rollout_steps)
 
 
 # ---------------------------------------------------------------- the model

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from vla_distill.data.windows import WindowedDataset
-from vla_distill.types import ACTION, DIRECTION_EMBEDDING, DIRECTION_INDEX, PAD_SUFFIX, PHASE_INDEX
+from vla_distill.types import ACTION, DIRECTION_EMBEDDING, DIRECTION_INDEX, EPISODE_INDEX, PAD_SUFFIX, PHASE_INDEX
 
 
 @dataclass
@@ -23,21 +23,29 @@ class Views:
     chunked: bool  # the target column already holds (K_teacher, D) chunks per frame
     horizon: int  # K: the chunk length the policy predicts
     cue_emb: torch.Tensor | None = None  # (Q, E) text embedding of every distinct cue
+    driven: torch.Tensor | None = None  # (episodes,) bool: a policy drove it; its chunks count `driven_steps` steps
+    driven_steps: int = 0
 
 
 def make_views(ds, keys: list[str], target: str, horizon: int, train_eps: list[int], val_eps: list[int],
-               cue_emb: torch.Tensor | None = None, row_arrays: dict | None = None,
-               columns: dict | None = None) -> Views:
+               cue_emb: torch.Tensor | None = None, row_arrays: dict | None = None, columns: dict | None = None,
+               driven: list[int] = (), driven_steps: int = 0) -> Views:
     """keys: the columns to read, the target among them. A target that holds single actions is windowed K frames
     ahead (padded past the episode's end); one that holds chunks is read as it is. row_arrays: per-frame arrays
     (cached encoder features) passed through to WindowedDataset; columns: dataset columns replaced by derived values
-    (a derived action target), windowed like the column."""
+    (a derived action target), windowed like the column. driven: episodes whose chunks count only their first
+    `driven_steps` steps (0: all)."""
     chunked = len(ds.features[target]["shape"]) == 2
     deltas = {} if chunked else {target: range(horizon)}
+    mask = None
+    if driven_steps and len(driven):
+        mask = torch.zeros(ds.num_episodes, dtype=torch.bool)
+        mask[list(driven)] = True
+        keys = [*keys, EPISODE_INDEX]
     kw = {"keys": keys, "row_arrays": row_arrays, "columns": columns}
     train = WindowedDataset(ds, deltas, episodes=train_eps, **kw)
     val = WindowedDataset(ds, deltas, episodes=val_eps, **kw) if val_eps else None
-    return Views(train, val, target, chunked, horizon, cue_emb)
+    return Views(train, val, target, chunked, horizon, cue_emb, mask, driven_steps)
 
 
 def policy_batch(raw: dict, views: Views) -> dict:
@@ -51,6 +59,10 @@ def policy_batch(raw: dict, views: Views) -> dict:
     else:
         batch[ACTION] = act.reshape(len(act), k, -1)
         batch[ACTION + PAD_SUFFIX] = batch.pop(views.target_key + PAD_SUFFIX)
+    if views.driven is not None:
+        driven = views.driven[batch.pop(EPISODE_INDEX).reshape(-1).long()]
+        batch[ACTION + PAD_SUFFIX] = batch[ACTION + PAD_SUFFIX].clone()
+        batch[ACTION + PAD_SUFFIX][driven, views.driven_steps:] = True
     if PHASE_INDEX in batch:
         batch[PHASE_INDEX] = batch[PHASE_INDEX].reshape(-1)
     if DIRECTION_INDEX in batch:

@@ -17,6 +17,11 @@ A goal on an articulated part (LIBERO-Goal's "open the drawer", "turn on the sto
   turn      a knob: from above, fingers across its ridge, grip it and turn the hand about the vertical; let go, rise
 Actions are the 7-d OSC_POSE deltas (world-aligned: +x, +y, +z and rotation about them), proportional to the error and
 clipped to [-1, 1]; the gripper points down and turns only about the vertical, but while it pulls a drawer.
+
+`plan` answers a chunk: its next K commands from a state, each fed the state a model of the controller predicts. A
+chunk of its single answers along someone else's trajectory is not one: along a DAgger rollout the student's own
+chunk ran, the expert's turn was never executed, and it repeats saturated (K of them turn the hand several times the
+error).
 """
 
 from __future__ import annotations
@@ -55,6 +60,13 @@ DRAWER = re.compile(r"cabinet_\d+_(top|middle|bottom)_region$")  # a drawer's in
 
 POS_GAIN = 1 / 0.04  # action per metre of position error: full speed beyond 4 cm (less overshoots)
 ROT_GAIN = 1 / 0.25  # action per radian
+# The controller as plan() models it, fitted on LIBERO-Spatial's DART demonstrations: of OSC_POSE's full step (5 cm,
+# 0.5 rad) one control step realizes about 0.4 of a move (a least-squares gain of the next frame's motion on the
+# command: 0.33-0.49 per axis, lag included) and 0.3 of a turn (0.17-0.25 by the same fit; 0.3 makes a K = 5 plan's
+# summed yaw closest to the demonstrations' own, 0.09 off against 0.13 at 0.22). The fingers and anything not held
+# stay where they are over a chunk (they close in 3-6 steps, onto a width the model does not know).
+PLAN_MOVE = 0.05 * 0.4  # m per unit command per control step
+PLAN_TURN = 0.5 * 0.3  # rad per unit command per control step
 CLOSE_ENOUGH = 0.012  # m: at the grasp or release height
 ALIGNED = 0.008  # m: over the grasp point (xy), to go all the way down
 FUNNEL = 0.02  # m further off in the plane, the hand hovers: the height it may go down to rises with the offset
@@ -297,6 +309,15 @@ class LiberoExpert:
             return self._pull(st)
         return self._carry_stages(st)
 
+    def plan(self, env_state: np.ndarray, k: int) -> np.ndarray:
+        """(k, 7): the expert's next k commands from env_state, each answering the state PLAN_MOVE and PLAN_TURN
+        predict the previous one leaves (the module docstring)."""
+        s, out = np.array(env_state, np.float64), []
+        for _ in range(k):
+            out.append(self(s))
+            s = _advanced(s, out[-1])
+        return np.stack(out).astype(np.float32)
+
     def grip_point(self, env_state: np.ndarray) -> np.ndarray:
         """(3,) where the hand closes for this task in the given state: the target's grasp point, the drawer's handle
         bar, or the knob's ridge."""
@@ -416,6 +437,45 @@ class LiberoExpert:
         drop = DROP if self.goal.predicate == "in" else 0.0
         at = st.eef[2] - release < CLOSE_ENOUGH + drop
         return _move(st, np.array([*over, release]), g.axis, -1.0 if at else 1.0, self.speed)
+
+
+def _advanced(s: np.ndarray, action: np.ndarray) -> np.ndarray:
+    """The env state (ENV_STATE_NAMES layout) one control step of `action` leaves, by the plan's model: the hand
+    moves and turns (world frame) by its realized share of the command, and a held target with it."""
+    s = s.copy()
+    move, turn = action[:3] * PLAN_MOVE, _from_rotvec(action[3:6] * PLAN_TURN)
+    if s[19] > 0.5:  # held: the target turns about the hand and moves with it
+        s[9:12] = s[0:3] + move + turn @ (s[9:12] - s[0:3])
+        s[12:16] = _quat(turn @ _matrix(s[12:16]))
+    s[0:3] += move
+    s[3:7] = _quat(turn @ _matrix(s[3:7]))
+    return s
+
+
+def _from_rotvec(v: np.ndarray) -> np.ndarray:
+    """axis * angle -> (3, 3) (Rodrigues)."""
+    angle = float(np.linalg.norm(v))
+    if angle < 1e-12:
+        return np.eye(3)
+    x, y, z = v / angle
+    k = np.array([[0, -z, y], [z, 0, -x], [-y, x, 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+def _quat(r: np.ndarray) -> np.ndarray:
+    """(3, 3) -> (x, y, z, w), w >= 0."""
+    w = np.sqrt(max(1.0 + np.trace(r), 1e-12)) / 2
+    q = np.array([(r[2, 1] - r[1, 2]) / (4 * w), (r[0, 2] - r[2, 0]) / (4 * w), (r[1, 0] - r[0, 1]) / (4 * w), w])
+    if w < 1e-3:  # near a half turn the w-based form loses precision: take the largest diagonal's
+        i = int(np.argmax(np.diag(r)))
+        j, m = (i + 1) % 3, (i + 2) % 3
+        v = np.zeros(4)
+        v[i] = np.sqrt(max(1.0 + r[i, i] - r[j, j] - r[m, m], 1e-12)) / 2
+        v[j] = (r[j, i] + r[i, j]) / (4 * v[i])
+        v[m] = (r[m, i] + r[i, m]) / (4 * v[i])
+        v[3] = (r[m, j] - r[j, m]) / (4 * v[i])
+        q = v if v[3] >= 0 else -v
+    return q / np.linalg.norm(q)
 
 
 def _bar_grip(st: State) -> np.ndarray:
