@@ -255,6 +255,45 @@ def phase_agreement(raw: Path) -> dict:
             "per_task": per_task}
 
 
+def chunk_labels(work: Path, horizon: int, every: int = 3) -> dict:
+    """What a K-step chunk label says, three ways, on every `every`-th frame: on the demonstrations, how far from what
+    the expert then did (the next K answers along the trajectory, summed per dimension) its own plan is, against its
+    single answer repeated K times (what a rollout's labels become where the policy does not follow them); on the DAgger
+    round's rollouts, the summed roll/pitch of the next K answers against the plan's (the demonstrations' for scale)."""
+    from vla_distill.data.dataset import RobotDataset
+    from vla_distill.data.merge import driven_episodes
+    from vla_distill.sim.libero.expert import LiberoExpert
+    from vla_distill.types import OBS_ENV_STATE, TEACHER_ACTION
+
+    ds = RobotDataset(work / "annotated-128-frozen-dagger")
+    es, labels = ds.column(OBS_ENV_STATE).astype(np.float32), ds.column(TEACHER_ACTION)
+    driven, experts = set(driven_episodes(ds.root)), {}
+    error, turn = {"plan": [], "repeated": []}, {"demos": [], "rollouts": [], "rollouts_plan": []}
+    for e, ep in enumerate(ds.episodes):
+        expert = experts.setdefault(ep.extra["task_name"], LiberoExpert(ep.extra["task_name"]))
+        rows = ds.episode_rows(e)
+        for i in range(0, len(rows) - horizon, every):
+            after, plan = labels[rows[i:i + horizon]], expert.plan(es[rows[i]], horizon)
+            rp = float(np.abs(after[:, 3:5].sum(0)).max())
+            if e in driven:
+                turn["rollouts"].append(rp)
+                turn["rollouts_plan"].append(float(np.abs(plan[:, 3:5].sum(0)).max()))
+                continue
+            turn["demos"].append(rp)
+            error["plan"].append(np.abs(plan.sum(0) - after.sum(0))[:6])
+            error["repeated"].append(np.abs(horizon * after[0] - after.sum(0))[:6])
+    out = {"horizon": horizon, "frames_demos": len(turn["demos"]), "frames_rollouts": len(turn["rollouts"]),
+           "chunk_sum_error_demos": {k: np.mean(np.asarray(v, np.float64), 0).round(3).tolist()
+                                     for k, v in error.items()},
+           "roll_pitch_sum": {k: {"median": round(float(np.median(v)), 3), "p90": round(float(np.percentile(v, 90)), 3)}
+                              for k, v in turn.items()}}
+    print(f"chunk labels, K = {horizon}: |summed label - what the expert did| on the demonstrations (x y z roll pitch "
+          f"yaw): plan {out['chunk_sum_error_demos']['plan']}, one answer repeated "
+          f"{out['chunk_sum_error_demos']['repeated']}; summed roll/pitch (median, p90): "
+          + ", ".join(f"{k} {v['median']}/{v['p90']}" for k, v in out["roll_pitch_sum"].items()))
+    return out
+
+
 def task_number(task: str) -> int:
     """'libero_goal/7' -> 7: a suite's tasks in their own order (not the strings', where 10 sorts before 2)."""
     return int(task.rsplit("/", 1)[1])
@@ -365,7 +404,8 @@ def merged(name: str, key: str, value: dict) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["speed", "teacher", "suite", "phases", "grasps", "dagger-labels"])
+    p.add_argument("what", choices=["speed", "teacher", "suite", "phases", "grasps", "dagger-labels",
+                                       "chunk-labels"])
     p.add_argument("--suite", default="libero_object", choices=list(OPENPI_STEPS))
     p.add_argument("--work", default="outputs/bench_libero")
     p.add_argument("--demos", type=int, default=50)
@@ -382,7 +422,10 @@ def main() -> None:
     p.add_argument("--rollout-steps", type=int, default=1,
                    help="dagger-labels first: the chunk steps of a rollout frame the action loss counts")
     args = p.parse_args()
-    if args.what == "dagger-labels":
+    if args.what == "chunk-labels":
+        result = {**chunk_labels(Path(args.work) / args.suite, LIBERO.train["horizon"]), "command": this_command()}
+        write_result(RESULTS / "libero_chunk_labels.json", merged("libero_chunk_labels.json", args.suite, result))
+    elif args.what == "dagger-labels":
         args.vision = "frozen" if args.vision == "both" else args.vision
         result = merged("libero.json", args.suite, {})
         labels = (result[args.suite].get("dagger_labels") or {}) | dagger_labels(args)
