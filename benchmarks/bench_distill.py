@@ -73,25 +73,31 @@ def dagger_dataset(work: Path, tasks: str, demos: int, driver: Path, collect_fla
 
 
 def dagger_round(work: Path, tasks: str, demos: int, driver: Path, demos_raw: Path, cameras: str, size: int,
-                 env_flags: tuple = (), tag: str = "", seed: int = 1) -> Path:
+                 env_flags: tuple = (), tag: str = "", seed: int = 1, horizon: int = 1) -> Path:
     """One DAgger round (Ross et al. 2011): `driver`'s own rollouts on new placements (seed stream `seed`: a later
     round's placements are new again), failures included, merged with the data it was trained on (`demos_raw`: the
     demonstrations, or an earlier round's merge) and annotated together with the scripted teacher, which labels every
     state the student reached: work/dagger-SIZE, work/dataset-SIZE-dagger and work/annotated-SIZE-dagger (SIZE: the
     cameras' pixels, the demonstrations'; then -TAG, naming the driver where a work directory holds rounds driven by
-    different students). merged_of(the annotated path) is the merge, for the next round."""
+    different students). horizon > 1: the teacher labels each frame with its own plan of that many steps (annotate
+    --teacher-opt horizon=K), the annotation named -planK. merged_of(the annotated path) is the merge, for the next
+    round."""
     name = f"{size}-{tag}" if tag else f"{size}"
     rollouts = bench_eval.dataset(work, tasks, demos, size, seed=seed, cameras=cameras, name=f"dagger-{name}",
                                   collect_flags=(*env_flags, "--policy", str(driver)))
     merged = work / f"dataset-{name}-dagger"
     if not (merged / "meta" / "info.json").exists():
         cli("merge", str(demos_raw), str(rollouts), "--out", str(merged))
-    return bench_eval.annotated(work, merged, "scripted", f"annotated-{name}-dagger")
+    if horizon == 1:
+        return bench_eval.annotated(work, merged, "scripted", f"annotated-{name}-dagger")
+    return bench_eval.annotated(work, merged, "scripted", f"annotated-{name}-dagger-plan{horizon}", "--teacher-opt",
+                                f"horizon={horizon}")
 
 
 def merged_of(annotated: Path) -> Path:
-    """The unannotated merge a dagger_round annotated (what a next round merges its rollouts into)."""
-    return annotated.parent / annotated.name.replace("annotated-", "dataset-", 1)
+    """The unannotated merge a dagger_round annotated (what a next round merges its rollouts into): the dataset its
+    annotation.json names."""
+    return Path(json.loads((annotated / "meta" / "annotation.json").read_text())["dataset"])
 
 
 def trained(ds: Path, run: Path, steps: int, *extra: str) -> tuple[Path, float]:

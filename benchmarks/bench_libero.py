@@ -159,9 +159,11 @@ def suite(args) -> dict:
     run, minutes, info, flags, out = students[chosen]
     data, rounds = raw, []
     for r in range(1, args.dagger_rounds + 1):
+        plan = LIBERO.train["horizon"] if args.dagger_labels == "plan" else 1
         suffix = "-dagger" if r == 1 else f"-dagger{r}"  # round 1 keeps the names runs before rounds were counted have
+        suffix += f"-plan{plan}" if plan > 1 else ""
         ann = dagger_round(work, tasks, args.demos, run, data, CAMERAS, LIBERO.collect["height"], ENV,
-                           run.name.removeprefix("student-"), seed=r)  # its data named after its driver
+                           run.name.removeprefix("student-"), seed=r, horizon=plan)  # its data named after its driver
         d_run, d_minutes = trained(ann, work / f"student-{chosen}{suffix}", args.steps, *flags)
         d_out = work / f"eval-student-{chosen}{suffix}"
         d_info = evaluated(str(d_run), tasks, d_out, args.episodes, *ENV)
@@ -189,7 +191,7 @@ def dagger_labels(args) -> dict:
     driver = work / f"student-{args.vision}"
     ann = work / f"annotated-128-{args.vision}-dagger"
     horizon = LIBERO.train["horizon"]
-    if args.labels == "plan":
+    if args.labels == "plan":  # the name dagger_round gives it, so that the suite finds it
         key, flags = f"plan{horizon}", ()
         ann = annotated(work, merged_of(ann), "scripted", f"{ann.name}-{key}", "--teacher-opt", f"horizon={horizon}")
     else:
@@ -417,6 +419,9 @@ def main() -> None:
                    help="suite: DAgger rounds, each driven by the student the last kept (stops at one not kept)")
     p.add_argument("--vision", default="both", choices=["both", *VISION],
                    help="suite: the vision encoders trained and compared (one: its DAgger round without the choice)")
+    p.add_argument("--dagger-labels", default="answers", choices=["answers", "plan"],
+                   help="suite: a DAgger round's chunk labels: the expert's answer at each frame, or its own plan from "
+                        "each frame (BENCHMARKS.md, \"LIBERO\")")
     p.add_argument("--labels", default="first", choices=["first", "plan"],
                    help="dagger-labels: the variant (first: --rollout-steps of each rollout chunk; plan: the expert's "
                         "own chunks)")
