@@ -45,7 +45,7 @@ from bench_distill import (
     table,
     trained,
 )
-from bench_eval import annotated, dataset, evaluated
+from bench_eval import annotated, dataset, eval_info, evaluated
 
 from common import RESULTS, write_result
 from vla_distill.config import recipe
@@ -207,6 +207,10 @@ def dagger_labels(args) -> dict:
     if (whole / "checkpoints" / "last").exists():  # LIBERO-Goal's was never trained: the Spatial round told why
         w_info = evaluated(str(whole), tasks, work / f"eval-student-{args.vision}-dagger", args.episodes, *ENV)
         result["vs_whole_chunks"] = paired_with("whole chunks", w_info, info)
+    for other in sorted(work.glob(f"eval-student-{args.vision}-dagger-*/eval_info.json")):  # the variants run before
+        variant = other.parent.name.rsplit("-", 1)[1]
+        if variant != key:
+            result[f"vs_{variant}"] = paired_with(variant, eval_info(other.parent), info)
     return {key: result}
 
 
