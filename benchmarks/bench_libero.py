@@ -159,12 +159,11 @@ def suite(args) -> dict:
     run, minutes, info, flags, out = students[chosen]
     data, rounds = raw, []
     for r in range(1, args.dagger_rounds + 1):
-        plan = LIBERO.train["horizon"] if args.dagger_labels == "plan" else 1
+        tag, plan, label_flags = dagger_labelling(args.dagger_labels)
         suffix = "-dagger" if r == 1 else f"-dagger{r}"  # round 1 keeps the names runs before rounds were counted have
-        suffix += f"-plan{plan}" if plan > 1 else ""
         ann = dagger_round(work, tasks, args.demos, run, data, CAMERAS, LIBERO.collect["height"], ENV,
                            run.name.removeprefix("student-"), seed=r, horizon=plan)  # its data named after its driver
-        d_run, d_minutes = trained(ann, work / f"student-{chosen}{suffix}", args.steps, *flags)
+        d_run, d_minutes = trained(ann, work / f"student-{chosen}{suffix}{tag}", args.steps, *flags, *label_flags)
         d_out = work / f"eval-student-{chosen}{suffix}"
         d_info = evaluated(str(d_run), tasks, d_out, args.episodes, *ENV)
         gain = paired_with(f"{run.name}, the student that drove round {r}", info, d_info)
@@ -178,6 +177,15 @@ def suite(args) -> dict:
         run, minutes, info, out, data = d_run, minutes + d_minutes, d_info, d_out, merged_of(ann)
     result |= final_table(work, args.suite, t_info, info, out, run, minutes)
     return result
+
+
+def dagger_labelling(labels: str) -> tuple[str, int, tuple[str, ...]]:
+    """A DAgger round's chunk labels (--dagger-labels) -> (the student's name tag, the teacher's plan horizon, train
+    flags): `answers`, the expert's answer at each frame, whole chunks of them; `first`, the same answers with only the
+    first step of each rollout chunk in the loss; `plan`, the expert's own K-step plan from each frame."""
+    horizon = LIBERO.train["horizon"]
+    return {"answers": ("", 1, ()), "first": ("-first1", 1, ("--rollout-steps", "1")),
+            "plan": (f"-plan{horizon}", horizon, ())}[labels]
 
 
 def dagger_labels(args) -> dict:
@@ -423,9 +431,8 @@ def main() -> None:
                    help="suite: DAgger rounds, each driven by the student the last kept (stops at one not kept)")
     p.add_argument("--vision", default="both", choices=["both", *VISION],
                    help="suite: the vision encoders trained and compared (one: its DAgger round without the choice)")
-    p.add_argument("--dagger-labels", default="answers", choices=["answers", "plan"],
-                   help="suite: a DAgger round's chunk labels: the expert's answer at each frame, or its own plan from "
-                        "each frame (BENCHMARKS.md, \"LIBERO\")")
+    p.add_argument("--dagger-labels", default="answers", choices=["answers", "first", "plan"],
+                   help="suite: a DAgger round's chunk labels (dagger_labelling; BENCHMARKS.md, \"LIBERO\")")
     p.add_argument("--labels", default="first", choices=["first", "plan"],
                    help="dagger-labels: the variant (first: --rollout-steps of each rollout chunk; plan: the expert's "
                         "own chunks)")
