@@ -184,7 +184,7 @@ def dagger_labelling(labels: str) -> tuple[str, int, tuple[str, ...]]:
     flags): `answers`, the expert's answer at each frame, whole chunks of them; `first`, the same answers with only the
     first step of each rollout chunk in the loss; `plan`, the expert's own K-step plan from each frame."""
     horizon = LIBERO.train["horizon"]
-    return {"answers": ("", 1, ()), "first": ("-first1", 1, ("--rollout-steps", "1")),
+    return {"answers": ("", 1, ("--rollout-steps", "0")), "first": ("-first1", 1, ("--rollout-steps", "1")),
             "plan": (f"-plan{horizon}", horizon, ())}[labels]
 
 
@@ -431,7 +431,7 @@ def main() -> None:
                    help="suite: DAgger rounds, each driven by the student the last kept (stops at one not kept)")
     p.add_argument("--vision", default="both", choices=["both", *VISION],
                    help="suite: the vision encoders trained and compared (one: its DAgger round without the choice)")
-    p.add_argument("--dagger-labels", default="answers", choices=["answers", "first", "plan"],
+    p.add_argument("--dagger-labels", default="first", choices=["answers", "first", "plan"],
                    help="suite: a DAgger round's chunk labels (dagger_labelling; BENCHMARKS.md, \"LIBERO\")")
     p.add_argument("--labels", default="first", choices=["first", "plan"],
                    help="dagger-labels: the variant (first: --rollout-steps of each rollout chunk; plan: the expert's "

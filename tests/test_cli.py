@@ -60,3 +60,23 @@ def test_flags_reach_the_config_under_their_field_names():
     assert cfg.vision == "efficientnet-lite0" and cfg.feature_cache is False
     assert cfg.aux_state == "observation.environment_state" and loss.aux_state_weight == 0.5
     assert loss.dim_weights == (1.0, 2.0) and loss.action == "l1" and loss.phase_weight == LossConfig().phase_weight
+
+
+def test_a_recipe_sets_the_stage_flags_and_the_command_line_overrides_them():
+    """--recipe NAME gives the benchmark's settings (the libero recipe: K = 5, the frozen encoder, a DAgger round's
+    rollout chunks counted on their first step); a flag given beside it wins; an unknown name is a one-line error."""
+    from vla_distill.cli import _run_config, build_parser
+    from vla_distill.errors import ConfigError
+    from vla_distill.train.config import TrainConfig
+
+    def config(*flags: str) -> TrainConfig:
+        args = build_parser("train").parse_args(["train", "--dataset", "d", "--out", "o", *flags])
+        return _run_config(args, TrainConfig)
+
+    libero = config("--recipe", "libero")
+    assert (libero.horizon, libero.vision, libero.rollout_steps) == (5, "efficientnet-lite0", 1)
+    over = config("--recipe", "libero", "--rollout-steps", "0", "--horizon", "3")
+    assert (over.horizon, over.rollout_steps, over.vision) == (3, 0, "efficientnet-lite0")
+    assert config().rollout_steps == 0 and config().horizon == 1
+    with pytest.raises(ConfigError, match="did you mean 'libero'"):
+        config("--recipe", "lbero")
