@@ -164,7 +164,7 @@ def suite(args) -> dict:
         ann = dagger_round(work, tasks, args.demos, run, data, CAMERAS, LIBERO.collect["height"], ENV,
                            run.name.removeprefix("student-"), seed=r, horizon=plan)  # its data named after its driver
         d_run, d_minutes = trained(ann, work / f"student-{chosen}{suffix}{tag}", args.steps, *flags, *label_flags)
-        d_out = work / f"eval-student-{chosen}{suffix}"
+        d_out = work / f"eval-student-{chosen}{suffix}{tag}"
         d_info = evaluated(str(d_run), tasks, d_out, args.episodes, *ENV)
         gain = paired_with(f"{run.name}, the student that drove round {r}", info, d_info)
         keep = helps(gain)
