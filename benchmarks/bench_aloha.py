@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_distill import dagger_round, helps, onnx_speed, paired_with, per_task_table, rate, table, trained
-from bench_eval import annotated, dataset, evaluated
+from bench_eval import annotated, dataset, eval_info, evaluated
 
 from common import RESULTS, cli, write_result
 from vla_distill.config import recipe
@@ -171,6 +171,22 @@ def chunks(args) -> dict:
     return {"chunk_modes": out | {"command": command()}}
 
 
+def dagger_labels(args) -> dict:
+    """The suite's DAgger round retrained with only the first step of each rollout chunk in the action loss (train
+    --rollout-steps 1, what LIBERO-Spatial's round needed: BENCHMARKS.md, "DAgger with action chunks"), on the same
+    held-out episodes, paired against its driver and against the round trained on whole chunks."""
+    work = Path(args.work)
+    base = first_student(args)
+    run, minutes = trained(work / "annotated-128-dagger", work / "student-dagger-first1", args.steps, "--recipe",
+                           "aloha", "--rollout-steps", "1")
+    info = evaluated(str(run), TASKS, work / "eval-student-dagger-first1", args.episodes, *ENV)
+    whole = eval_info(work / "eval-student-dagger")
+    return {"dagger_labels": {"first1": {
+        "student": rate(info), "per_task": per_task_rates(info), "train_minutes": round(minutes, 1),
+        "vs_driver": paired_with("the student that drove the round", base, info),
+        "vs_whole_chunks": paired_with("whole chunks", whole, info), "command": command()}}}
+
+
 def recollected(args, sub: Path, size: int) -> Path:
     """The first student's demonstrations (same seeds and DART noise draws) collected again into `sub` at `size` px
     with the expert as it is now, and annotated."""
@@ -212,7 +228,8 @@ def save(partial: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["teacher", "suite", "delta", "resolution", "scratch", "demos", "chunks"])
+    p.add_argument("what", choices=["teacher", "suite", "delta", "resolution", "scratch", "demos", "chunks",
+                                    "dagger-labels"])
     p.add_argument("--work", default="outputs/bench_aloha")
     p.add_argument("--demos", type=int, default=50)
     p.add_argument("--steps", type=int, default=ALOHA.train["steps"])
@@ -221,7 +238,7 @@ def main() -> None:
     p.add_argument("--loop-episodes", type=int, default=5, help="real-time loop episodes per task")
     args = p.parse_args()
     stages = {"teacher": teacher, "suite": suite, "delta": delta, "resolution": resolution, "scratch": scratch,
-              "demos": demos, "chunks": chunks}
+              "demos": demos, "chunks": chunks, "dagger-labels": dagger_labels}
     save(stages[args.what](args))
 
 
