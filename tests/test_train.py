@@ -332,4 +332,6 @@ def test_rollout_chunks_count_only_their_first_steps(annotated, tmp_path):
     shutil.copytree(annotated, rollouts)
     write_json_atomic(rollouts / COLLECTION_PATH, {"config": {"policy": "runs/first"}})
     train(small(rollouts, tmp_path / "run", rollout_steps=1, horizon=4))
+    with pytest.raises(ValueError, match="rollout_steps: must be >= 0"):
+        small(rollouts, tmp_path / "bad", rollout_steps=-1)
     assert json.loads((tmp_path / "run" / "train_config.json").read_text())["rollout_steps"] == 1

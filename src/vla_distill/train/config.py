@@ -104,6 +104,8 @@ class TrainConfig(RunConfig):
         super().__post_init__()
         if self.vision not in ("", *VISION_KINDS):
             raise ValueError(f"vision: {self.vision!r} is not one of {list(VISION_KINDS)}")
+        if self.rollout_steps < 0:
+            raise ValueError(f"rollout_steps: must be >= 0, got {self.rollout_steps}")
 
     def _at_least_one(self) -> tuple[str, ...]:
         return super()._at_least_one() + ("horizon",)

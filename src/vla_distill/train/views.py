@@ -33,14 +33,15 @@ def make_views(ds, keys: list[str], target: str, horizon: int, train_eps: list[i
     """keys: the columns to read, the target among them. A target that holds single actions is windowed K frames
     ahead (padded past the episode's end); one that holds chunks is read as it is. row_arrays: per-frame arrays
     (cached encoder features) passed through to WindowedDataset; columns: dataset columns replaced by derived values
-    (a derived action target), windowed like the column. driven: episodes whose chunks count only their first
-    `driven_steps` steps (0: all)."""
+    (a derived action target), windowed like the column. driven: episodes (positions) whose chunks count only their
+    first `driven_steps` steps (0: all)."""
     chunked = len(ds.features[target]["shape"]) == 2
     deltas = {} if chunked else {target: range(horizon)}
     mask = None
-    if driven_steps and len(driven):
-        mask = torch.zeros(ds.num_episodes, dtype=torch.bool)
-        mask[list(driven)] = True
+    if driven_steps and len(driven):  # by episode_index, which a dataset from elsewhere may number with gaps
+        index = [ep.index for ep in ds.episodes]
+        mask = torch.zeros(max(index) + 1, dtype=torch.bool)
+        mask[[index[e] for e in driven]] = True
         keys = [*keys, EPISODE_INDEX]
     kw = {"keys": keys, "row_arrays": row_arrays, "columns": columns}
     train = WindowedDataset(ds, deltas, episodes=train_eps, **kw)
