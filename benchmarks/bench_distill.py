@@ -88,6 +88,12 @@ def dagger_round(work: Path, tasks: str, demos: int, driver: Path, demos_raw: Pa
     merged = work / f"dataset-{name}-dagger"
     if not (merged / "meta" / "info.json").exists():
         cli("merge", str(demos_raw), str(rollouts), "--out", str(merged))
+    return dagger_annotation(work, merged, name, horizon)
+
+
+def dagger_annotation(work: Path, merged: Path, name: str, horizon: int = 1) -> Path:
+    """A DAgger round's merge labelled by the scripted teacher: work/annotated-NAME-dagger, or with horizon > 1 (its
+    own plan of that many steps per frame) work/annotated-NAME-dagger-planK."""
     if horizon == 1:
         return bench_eval.annotated(work, merged, "scripted", f"annotated-{name}-dagger")
     return bench_eval.annotated(work, merged, "scripted", f"annotated-{name}-dagger-plan{horizon}", "--teacher-opt",

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_distill import (
+    dagger_annotation,
     dagger_round,
     helps,
     merged_of,
@@ -158,8 +159,8 @@ def suite(args) -> dict:
         result["vision"] |= {"chosen": chosen, "compared": False}
     run, minutes, info, flags, out = students[chosen]
     data, rounds = raw, []
+    tag, plan, label_flags = dagger_labelling(args.dagger_labels)
     for r in range(1, args.dagger_rounds + 1):
-        tag, plan, label_flags = dagger_labelling(args.dagger_labels)
         suffix = "-dagger" if r == 1 else f"-dagger{r}"  # round 1 keeps the names runs before rounds were counted have
         ann = dagger_round(work, tasks, args.demos, run, data, CAMERAS, LIBERO.collect["height"], ENV,
                            run.name.removeprefix("student-"), seed=r, horizon=plan)  # its data named after its driver
@@ -179,13 +180,16 @@ def suite(args) -> dict:
     return result
 
 
-def dagger_labelling(labels: str) -> tuple[str, int, tuple[str, ...]]:
+def dagger_labelling(labels: str, rollout_steps: int = 1) -> tuple[str, int, tuple[str, ...]]:
     """A DAgger round's chunk labels (--dagger-labels) -> (the student's name tag, the teacher's plan horizon, train
     flags): `answers`, the expert's answer at each frame, whole chunks of them; `first`, the same answers with only the
-    first step of each rollout chunk in the loss; `plan`, the expert's own K-step plan from each frame."""
+    first `rollout_steps` steps of each rollout chunk in the loss; `plan`, the expert's own K-step plan from each
+    frame, whole chunks of it. --rollout-steps is always given: the libero recipe sets 1, which the other two are
+    not."""
     horizon = LIBERO.train["horizon"]
-    return {"answers": ("", 1, ("--rollout-steps", "0")), "first": ("-first1", 1, ("--rollout-steps", "1")),
-            "plan": (f"-plan{horizon}", horizon, ())}[labels]
+    return {"answers": ("", 1, ("--rollout-steps", "0")),
+            "first": (f"-first{rollout_steps}", 1, ("--rollout-steps", str(rollout_steps))),
+            "plan": (f"-plan{horizon}", horizon, ("--rollout-steps", "0"))}[labels]
 
 
 def dagger_labels(args) -> dict:
@@ -198,13 +202,10 @@ def dagger_labels(args) -> dict:
     tasks, _ = suite_tasks(args.suite)
     driver = work / f"student-{args.vision}"
     ann = work / f"annotated-128-{args.vision}-dagger"
-    horizon = LIBERO.train["horizon"]
-    if args.labels == "plan":  # the name dagger_round gives it, so that the suite finds it
-        key, flags = f"plan{horizon}", ()
-        ann = annotated(work, merged_of(ann), "scripted", f"{ann.name}-{key}", "--teacher-opt", f"horizon={horizon}")
-    else:
-        key, flags = f"first{args.rollout_steps}", ("--rollout-steps", str(args.rollout_steps))
-    name = f"student-{args.vision}-dagger-{key}"
+    tag, plan, flags = dagger_labelling(args.labels, args.rollout_steps)  # the names the suite's round gives them
+    if plan > 1:
+        ann = dagger_annotation(work, merged_of(ann), f"128-{args.vision}", plan)
+    key, name = tag.removeprefix("-"), f"student-{args.vision}-dagger{tag}"
     run, minutes = trained(ann, work / name, args.steps, *VISION[args.vision], *flags)
     info = evaluated(str(run), tasks, work / name.replace("student-", "eval-student-"), args.episodes, *ENV)
     d_info = evaluated(str(driver), tasks, work / f"eval-student-{args.vision}", args.episodes, *ENV)
