@@ -183,6 +183,11 @@ def test_merge_says_which_episodes_a_policy_drove(tmp_path):
     shutil.rmtree(tmp_path / "rollouts")
     with pytest.raises(DatasetError, match="merge.json.*rollouts is gone"):
         driven_episodes(tmp_path / "m")
+    for bad in ({"sources": [{"dataset": "x", "episodes": "all"}]}, {"sources": [{"dataset": "x", "episodes": [0, 5],
+                                                                                  "driven": [9]}]}, []):
+        (tmp_path / "m" / MERGE_PATH).write_text(json.dumps(bad))
+        with pytest.raises(DatasetError, match="merge.json.*field '(sources|driven)'"):
+            driven_episodes(tmp_path / "m")
 
 
 def test_merge_refuses_different_features_and_a_used_output(tmp_path):

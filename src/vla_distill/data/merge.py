@@ -73,11 +73,11 @@ def driven_episodes(root: str | Path) -> list[int]:
     collection.json names the policy), none of an expert's; of a merge, what merge.json records per source, or for a
     merge written before it did, what its sources say (a gone source: a one-line error naming merge.json)."""
     root = Path(root)
-    merged = root / MERGE_PATH
+    merged, n = root / MERGE_PATH, RobotDataset(root).num_episodes
     if not merged.exists():
-        return list(range(RobotDataset(root).num_episodes)) if collection_config(root).get("policy") else []
+        return list(range(n)) if collection_config(root).get("policy") else []
     out = []
-    for src in read_json(merged).get("sources", []):
+    for src in _merge_sources(merged):
         if "driven" in src:
             out += src["driven"]
         elif (Path(src["dataset"]) / INFO_PATH).exists():
@@ -85,7 +85,25 @@ def driven_episodes(root: str | Path) -> list[int]:
         else:
             raise DatasetError(f"source {src['dataset']} is gone: which episodes a policy drove is unknown",
                                path=merged)
+    if not all(isinstance(e, int) and 0 <= e < n for e in out):
+        raise DatasetError(f"the driven episodes must be episode numbers of this dataset's {n}", path=merged,
+                           field="driven")
     return out
+
+
+def _merge_sources(path: Path) -> list[dict]:
+    """merge.json's sources, each checked to name its dataset and its [first, end) episode range (a file that says
+    otherwise: a one-line error naming it)."""
+    record = read_json(path)
+    sources = record.get("sources") if isinstance(record, dict) else None
+    ok = isinstance(sources, list) and all(
+        isinstance(s, dict) and isinstance(s.get("dataset"), str) and isinstance(s.get("episodes"), list)
+        and len(s["episodes"]) == 2 and all(isinstance(e, int) for e in s["episodes"])
+        and isinstance(s.get("driven", []), list) for s in sources)
+    if not ok:
+        raise DatasetError("each source must name its dataset, its [first, end) episodes and, if recorded, the "
+                           "episodes a policy drove", path=path, field="sources")
+    return sources
 
 
 def _common_features(datasets: list[RobotDataset], drop: tuple[str, ...] = ()) -> dict[str, dict]:
