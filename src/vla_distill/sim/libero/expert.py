@@ -60,11 +60,13 @@ DRAWER = re.compile(r"cabinet_\d+_(top|middle|bottom)_region$")  # a drawer's in
 
 POS_GAIN = 1 / 0.04  # action per metre of position error: full speed beyond 4 cm (less overshoots)
 ROT_GAIN = 1 / 0.25  # action per radian
-# The controller as plan() models it, fitted on LIBERO-Spatial's DART demonstrations: of OSC_POSE's full step (5 cm,
-# 0.5 rad) one control step realizes about 0.4 of a move (a least-squares gain of the next frame's motion on the
-# command: 0.33-0.49 per axis, lag included) and 0.3 of a turn (0.17-0.25 by the same fit; 0.3 makes a K = 5 plan's
-# summed yaw closest to the demonstrations' own, 0.09 off against 0.13 at 0.22). The fingers and anything not held
-# stay where they are over a chunk (they close in 3-6 steps, onto a width the model does not know).
+# The controller as plan() models it, fitted on LIBERO-Spatial's DART demonstrations by development scripts that are
+# not in the repository: of OSC_POSE's full step (5 cm, 0.5 rad) one control step realizes about 0.4 of a move (a
+# least-squares gain of the next frame's motion on the command: 0.33-0.49 per axis, lag included) and 0.3 of a turn
+# (0.17-0.25 by the same fit; in a sweep over a subsample, 0.3 brought a K = 5 plan's summed yaw closest to the
+# demonstrations' own, 0.09 off against 0.13 at 0.22). What the plans then say, on all of them: `bench_libero.py
+# chunk-labels`. The fingers and anything not held stay where they are over a chunk (they close in 3-6 steps, onto a
+# width the model does not know).
 PLAN_MOVE = 0.05 * 0.4  # m per unit command per control step
 PLAN_TURN = 0.5 * 0.3  # rad per unit command per control step
 CLOSE_ENOUGH = 0.012  # m: at the grasp or release height
