@@ -20,6 +20,9 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
   python benchmarks/bench_libero.py grasps --suite libero_object
       where each evaluated episode first closed the gripper: on the target or another item, how high above the
       expert's grasp point, how often it closed -> results/libero_grasps.json (why a student fails, per task)
+  python benchmarks/bench_libero.py sides --suite libero_spatial
+      the side of the target the expert grasps (free_x, free_y) at each demonstration's start, per task, beside the
+      kept student's success -> results/libero_sides.json[suite]
 Step limits: an episode runs to lerobot's limit (MAX_STEPS, control steps); openpi's (220 on Spatial) is read off the
 step of first success, so one evaluation reports both.
 Work directories live under --work (default outputs/bench_libero).
@@ -310,6 +313,38 @@ def chunk_labels(work: Path, horizon: int, every: int = 3) -> dict:
     return out
 
 
+def grasp_sides(work: Path, suite_name: str) -> dict:
+    """The side of the target the expert's grasp goes to (ENV_STATE free_x, free_y) at each demonstration's first
+    frame, per task, in degrees, beside the kept student's success on the task: how many different sides nearby
+    placements sent the expert to (a student that cannot tell them apart comes down between them). Only a bowl's or a
+    plate's grasp (expert.RIM) goes to a side; other targets are gripped across their short side."""
+    from collections import Counter
+
+    from vla_distill.data.dataset import RobotDataset
+    from vla_distill.sim.libero.env import ENV_STATE_NAMES
+    from vla_distill.sim.libero.expert import RIM, LiberoExpert
+    from vla_distill.types import OBS_ENV_STATE
+
+    ds = RobotDataset(work / "dataset-dart")
+    es, free = ds.column(OBS_ENV_STATE), [ENV_STATE_NAMES.index(n) for n in ("free_x", "free_y")]
+    per_task = {}
+    for e, ep in enumerate(ds.episodes):
+        x, y = es[ds.episode_rows(e)[0], free]
+        per_task.setdefault(ep.extra["task_name"], Counter())[round(float(np.degrees(np.arctan2(y, x))), 1)] += 1
+    student = (json.loads((RESULTS / "libero.json").read_text()).get(suite_name) or {}).get("per_task") or {}
+    rim = {t: LiberoExpert(t).category in RIM for t in per_task}  # only a bowl's or plate's grasp has a side
+    out = {t: {"sides_deg": {str(k): n for k, n in c.most_common()}, "side_used": rim[t],
+               "largest_side_share": round(max(c.values()) / sum(c.values()), 3),
+               "student": (student.get(t) or {}).get("student")} for t, c in sorted(per_task.items(),
+                                                                                   key=lambda kv: task_number(kv[0]))}
+    print("| task | grasp has a side | sides (degrees: demonstrations) | largest share | student % |\n"
+          "|---|---|---|---:|---:|")
+    for t, v in out.items():
+        sides = ", ".join(f"{k}: {n}" for k, n in v["sides_deg"].items())
+        print(f"| {t} | {'yes' if v['side_used'] else 'no'} | {sides} | {v['largest_side_share']} | {v['student']} |")
+    return out
+
+
 def task_number(task: str) -> int:
     """'libero_goal/7' -> 7: a suite's tasks in their own order (not the strings', where 10 sorts before 2)."""
     return int(task.rsplit("/", 1)[1])
@@ -420,7 +455,7 @@ def merged(name: str, key: str, value: dict) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["speed", "teacher", "suite", "phases", "grasps", "dagger-labels",
+    p.add_argument("what", choices=["speed", "teacher", "suite", "phases", "grasps", "sides", "dagger-labels",
                                        "chunk-labels"])
     p.add_argument("--suite", default="libero_object", choices=list(OPENPI_STEPS))
     p.add_argument("--work", default="outputs/bench_libero")
@@ -455,6 +490,9 @@ def main() -> None:
     elif args.what == "phases":
         result = {**phase_agreement(Path(args.work) / args.suite / "dataset-dart"), "command": this_command()}
         write_result(RESULTS / "libero_phases.json", merged("libero_phases.json", args.suite, result))
+    elif args.what == "sides":
+        result = {"per_task": grasp_sides(Path(args.work) / args.suite, args.suite), "command": this_command()}
+        write_result(RESULTS / "libero_sides.json", merged("libero_sides.json", args.suite, result))
     elif args.what == "grasps":
         write_result(RESULTS / "libero_grasps.json", merged("libero_grasps.json", args.suite, grasps(args)))
     elif args.what == "teacher":
