@@ -453,6 +453,23 @@ def merged(name: str, key: str, value: dict) -> dict:
     return result | {key: (result.get(key) or {}) | value}
 
 
+# What each analysis mode reads from the suite's work directory, all written by `suite` (or, for libero_object, by the
+# whole-chunk round that suite ran before rounds were counted)
+READS = {"chunk-labels": "annotated-128-frozen-dagger", "dagger-labels": "annotated-128-{vision}-dagger",
+         "phases": "dataset-dart", "sides": "dataset-dart", "grasps": ""}
+
+
+def needed(args) -> None:
+    """A one-line error, before anything runs, when an analysis mode's input is not in --work."""
+    if args.what not in READS:
+        return
+    vision = "frozen" if args.vision == "both" else args.vision
+    path = Path(args.work) / args.suite / READS[args.what].format(vision=vision)
+    if not path.is_dir():
+        sys.exit(f"error: {path}: not found; `python benchmarks/bench_libero.py suite --suite {args.suite}` "
+                 f"writes it (or give --work)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["speed", "teacher", "suite", "phases", "grasps", "sides", "dagger-labels",
@@ -475,6 +492,7 @@ def main() -> None:
     p.add_argument("--rollout-steps", type=int, default=1,
                    help="dagger-labels first: the chunk steps of a rollout frame the action loss counts")
     args = p.parse_args()
+    needed(args)
     if args.what == "chunk-labels":
         result = {**chunk_labels(Path(args.work) / args.suite, LIBERO.train["horizon"]), "command": this_command()}
         write_result(RESULTS / "libero_chunk_labels.json", merged("libero_chunk_labels.json", args.suite, result))

@@ -38,6 +38,7 @@ from vla_distill.train.checkpoint import (
     CHECKPOINTS,
     LAST,
     has_complete_checkpoint,
+    last_step,
     load_training_state,
     remove_partial,
     remove_run_files,
@@ -82,6 +83,18 @@ def prepare_run(cfg: RunConfig, resume: bool, overrides: tuple[str, ...] = ("ste
     if os.environ.get("RANK", "0") == "0":  # under torchrun the first process alone tidies up
         remove_run_files(run)
     return cfg, False
+
+
+def finished_run(cfg: RunConfig) -> Path | None:
+    """The last checkpoint of a run already trained to cfg.steps, else None: rerunning a finished run's command (a
+    pipeline resumed from its start) returns at once instead of reading the dataset and building its feature caches
+    only to find nothing left to train."""
+    run = Path(cfg.out)
+    done = last_step(run)
+    if done < cfg.steps:
+        return None
+    print(f"{run}: already trained ({done} of {cfg.steps} steps)", file=sys.stderr)
+    return (run / CHECKPOINTS / LAST).resolve()
 
 
 def resumed_config(cls: type[RunConfig], out: str | Path, changes: dict) -> RunConfig:

@@ -25,6 +25,7 @@ from vla_distill.train.fit import (
     BatchStream,
     Job,
     effective_batch,
+    finished_run,
     fit,
     owned_run,
     prepare_run,
@@ -51,7 +52,8 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: tuple[str, ...] = (
     """Trains (or resumes: `overrides` are the fields of cfg that replace the saved run's) and returns the last
     checkpoint's directory."""
     with owned_run(cfg):
-        return _train(*prepare_run(cfg, resume, overrides))
+        cfg, resume = prepare_run(cfg, resume, overrides)
+        return finished_run(cfg) or _train(cfg, resume)
 
 
 def _train(cfg: TrainConfig, resume: bool) -> Path:

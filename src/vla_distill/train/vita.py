@@ -28,6 +28,7 @@ from vla_distill.train.fit import (
     BatchStream,
     Job,
     effective_batch,
+    finished_run,
     fit,
     owned_run,
     prepare_run,
@@ -134,7 +135,8 @@ def vita_views(ds: RobotDataset, cfg: VitaTrainConfig, policy: VitaPolicy, targe
 def vita_train(cfg: VitaTrainConfig, resume: bool = False, overrides: tuple[str, ...] = ("steps",)) -> Path:
     """Runs (or resumes, as train.student.train) one stage; returns the last checkpoint's directory."""
     with owned_run(cfg):
-        return _vita_train(*prepare_run(cfg, resume, overrides))
+        cfg, resume = prepare_run(cfg, resume, overrides)
+        return finished_run(cfg) or _vita_train(cfg, resume)
 
 
 def _vita_train(cfg: VitaTrainConfig, resume: bool) -> Path:
