@@ -331,18 +331,47 @@ def grasp_sides(work: Path, suite_name: str) -> dict:
     for e, ep in enumerate(ds.episodes):
         x, y = es[ds.episode_rows(e)[0], free]
         per_task.setdefault(ep.extra["task_name"], Counter())[round(float(np.degrees(np.arctan2(y, x))), 1)] += 1
-    student = (json.loads((RESULTS / "libero.json").read_text()).get(suite_name) or {}).get("per_task") or {}
+    kept = json.loads((RESULTS / "libero.json").read_text()).get(suite_name) or {}
+    student, run = kept.get("per_task") or {}, Path(kept.get("student_run", "none"))
+    evaluation = work / run.name.replace("student-", "eval-student-", 1)
     rim = {t: LiberoExpert(t).category in RIM for t in per_task}  # only a bowl's or plate's grasp has a side
     out = {t: {"sides_deg": {str(k): n for k, n in c.most_common()}, "side_used": rim[t],
                "largest_side_share": round(max(c.values()) / sum(c.values()), 3),
                "student": (student.get(t) or {}).get("student")} for t, c in sorted(per_task.items(),
                                                                                    key=lambda kv: task_number(kv[0]))}
-    print("| task | grasp has a side | sides (degrees: demonstrations) | largest share | student % |\n"
-          "|---|---|---|---:|---:|")
+    for t, v in out.items():  # the split tasks: does the student fail where the demonstrations' minority sides are?
+        if v["side_used"] and v["largest_side_share"] < SPLIT and (evaluation / "eval_info.json").exists():
+            v["student_by_side"] = student_by_side(evaluation, t)
+    print("| task | grasp has a side | sides (degrees: demonstrations) | largest share | student % | "
+          "student by side (successes/episodes) |\n|---|---|---|---:|---:|---|")
     for t, v in out.items():
         sides = ", ".join(f"{k}: {n}" for k, n in v["sides_deg"].items())
-        print(f"| {t} | {'yes' if v['side_used'] else 'no'} | {sides} | {v['largest_side_share']} | {v['student']} |")
+        by_side = ", ".join(f"{k}: {a}/{b}" for k, (a, b) in (v.get("student_by_side") or {}).items())
+        print(f"| {t} | {'yes' if v['side_used'] else 'no'} | {sides} | {v['largest_side_share']} | {v['student']} | "
+              f"{by_side} |")
     return out
+
+
+SPLIT = 0.94  # a task whose most common side has fewer of its demonstrations than this is split between sides
+
+
+def student_by_side(evaluation: Path, task: str) -> dict[str, list[int]]:
+    """{side in degrees: [successes, episodes]} over an evaluation's episodes of `task`, each episode's side the one
+    the expert takes at its initial state (replayed), the most common first."""
+    from vla_distill.sim.libero.env import ENV_STATE_NAMES, LiberoEnv
+
+    env, tally = LiberoEnv(task, image_keys=()), {}
+    free = [ENV_STATE_NAMES.index(n) for n in ("free_x", "free_y")]
+    for (t, _), rec in sorted(read_records(evaluation).items()):
+        if t != task:
+            continue
+        env.reset(rec.seed)
+        x, y = np.asarray(env.env_state)[free]
+        side = tally.setdefault(str(round(float(np.degrees(np.arctan2(y, x))), 1)), [0, 0])
+        side[0] += int(rec.success)
+        side[1] += 1
+    env.close()
+    return dict(sorted(tally.items(), key=lambda kv: -kv[1][1]))
 
 
 def task_number(task: str) -> int:
