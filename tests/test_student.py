@@ -38,6 +38,11 @@ def test_unknown_preset_suggests_the_closest():
         preset_config("tinny")
 
 
+def test_a_resnet_needs_as_many_block_counts_as_widths():
+    with pytest.raises(ValueError, match="widths and vision.blocks"):
+        VisionConfig(widths=(8, 16), blocks=(1, 1, 1))
+
+
 @pytest.mark.parametrize("kind,horizon,head",
                          [("resnet", 1, "continuous"), ("vit", 5, "continuous"), ("resnet", 5, "discrete"),
                                                ("efficientnet-lite0", 5, "continuous")])

@@ -43,13 +43,13 @@ class VisionConfig:
     def __post_init__(self):
         if self.kind not in VISION_KINDS:
             raise ValueError(f"vision.kind: {self.kind!r} is not one of {list(VISION_KINDS)}")
+        if self.kind == "resnet" and len(self.widths) != len(self.blocks):
+            raise ValueError("vision.widths and vision.blocks must have the same length")
 
     @property
     def pretrained(self) -> bool:
         """A frozen pretrained trunk: it takes [0, 1] pixels, loads its weights once, and its features can be cached."""
         return self.kind in PRETRAINED
-        if self.kind == "resnet" and len(self.widths) != len(self.blocks):
-            raise ValueError("vision.widths and vision.blocks must have the same length")
 
 
 def _norm(ch: int) -> nn.GroupNorm:
