@@ -187,6 +187,25 @@ def dagger_labels(args) -> dict:
         "vs_whole_chunks": paired_with("whole chunks", whole, info), "command": command()}}}
 
 
+def act(args) -> dict:
+    """ACT's two choices the recipe does not make (Zhao et al. 2023, whose ablations rank the chunk's length first:
+    K = 100 at 50 Hz, and an L1 loss): chunks of --horizon steps and --action-loss on the first student's
+    demonstrations, executed as a queue and with temporal ensembling, each paired against the first student."""
+    work = Path(args.work)
+    key = f"k{args.horizon}-{args.action_loss}"
+    base = first_student(args)
+    run, minutes = trained(work / "annotated-dart", work / f"act-{key}" / "student", args.steps, "--recipe", "aloha",
+                           "--horizon", str(args.horizon), "--action-loss", args.action_loss)
+    out = {"train_minutes": round(minutes, 1), "command": command()}
+    for name, flags in (("queue", ()), ("ensemble", ("--chunk", "ensemble"))):
+        info = evaluated(str(run), TASKS, work / f"act-{key}" / f"eval-student-{name}", args.episodes, *ENV, *flags)
+        out[name] = {"student": rate(info), "per_task": per_task_rates(info),
+                     "vs_first_student": paired_with("the first student", base, info)}
+    path = RESULTS / "aloha.json"
+    earlier = json.loads(path.read_text()).get("act", {}) if path.exists() else {}  # the other K and losses measured
+    return {"act": earlier | {key: out}}
+
+
 def recollected(args, sub: Path, size: int) -> Path:
     """The first student's demonstrations (same seeds and DART noise draws) collected again into `sub` at `size` px
     with the expert as it is now, and annotated."""
@@ -229,16 +248,18 @@ def save(partial: dict) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["teacher", "suite", "delta", "resolution", "scratch", "demos", "chunks",
-                                    "dagger-labels"])
+                                    "dagger-labels", "act"])
     p.add_argument("--work", default="outputs/bench_aloha")
     p.add_argument("--demos", type=int, default=50)
     p.add_argument("--steps", type=int, default=ALOHA.train["steps"])
     p.add_argument("--episodes", type=int, default=100, help="held-out episodes per task")
     p.add_argument("--size", type=int, default=224, help="resolution: the top camera's height and width in px")
     p.add_argument("--loop-episodes", type=int, default=5, help="real-time loop episodes per task")
+    p.add_argument("--horizon", type=int, default=100, help="act: the chunk's length K (ACT's: 100 steps, 2 s)")
+    p.add_argument("--action-loss", default="l1", choices=["l1", "mse", "smooth_l1"], help="act: the action loss")
     args = p.parse_args()
     stages = {"teacher": teacher, "suite": suite, "delta": delta, "resolution": resolution, "scratch": scratch,
-              "demos": demos, "chunks": chunks, "dagger-labels": dagger_labels}
+              "demos": demos, "chunks": chunks, "dagger-labels": dagger_labels, "act": act}
     save(stages[args.what](args))
 
 
