@@ -321,16 +321,13 @@ def grasp_sides(work: Path, suite_name: str) -> dict:
     from collections import Counter
 
     from vla_distill.data.dataset import RobotDataset
-    from vla_distill.sim.libero.env import ENV_STATE_NAMES
     from vla_distill.sim.libero.expert import RIM, LiberoExpert
     from vla_distill.types import OBS_ENV_STATE
 
     ds = RobotDataset(work / "dataset-dart")
-    es, free = ds.column(OBS_ENV_STATE), [ENV_STATE_NAMES.index(n) for n in ("free_x", "free_y")]
-    per_task = {}
+    es, per_task = ds.column(OBS_ENV_STATE), {}
     for e, ep in enumerate(ds.episodes):
-        x, y = es[ds.episode_rows(e)[0], free]
-        per_task.setdefault(ep.extra["task_name"], Counter())[round(float(np.degrees(np.arctan2(y, x))), 1)] += 1
+        per_task.setdefault(ep.extra["task_name"], Counter())[side_degrees(es[ds.episode_rows(e)[0]])] += 1
     kept = json.loads((RESULTS / "libero.json").read_text()).get(suite_name) or {}
     student, run = kept.get("per_task") or {}, Path(kept.get("student_run", "none"))
     evaluation = work / run.name.replace("student-", "eval-student-", 1)
@@ -355,19 +352,25 @@ def grasp_sides(work: Path, suite_name: str) -> dict:
 SPLIT = 0.94  # a task whose most common side has fewer of its demonstrations than this is split between sides
 
 
+def side_degrees(env_state: np.ndarray) -> float:
+    """The side of its target the expert grasps (LIBERO's environment state: free_x, free_y), in degrees to 0.1."""
+    from vla_distill.sim.libero.env import ENV_STATE_NAMES
+
+    x, y = np.asarray(env_state)[[ENV_STATE_NAMES.index(n) for n in ("free_x", "free_y")]]
+    return round(float(np.degrees(np.arctan2(y, x))), 1)
+
+
 def student_by_side(evaluation: Path, task: str) -> dict[str, list[int]]:
     """{side in degrees: [successes, episodes]} over an evaluation's episodes of `task`, each episode's side the one
     the expert takes at its initial state (replayed), the most common first."""
-    from vla_distill.sim.libero.env import ENV_STATE_NAMES, LiberoEnv
+    from vla_distill.sim.libero.env import LiberoEnv
 
     env, tally = LiberoEnv(task, image_keys=()), {}
-    free = [ENV_STATE_NAMES.index(n) for n in ("free_x", "free_y")]
     for (t, _), rec in sorted(read_records(evaluation).items()):
         if t != task:
             continue
         env.reset(rec.seed)
-        x, y = np.asarray(env.env_state)[free]
-        side = tally.setdefault(str(round(float(np.degrees(np.arctan2(y, x))), 1)), [0, 0])
+        side = tally.setdefault(str(side_degrees(env.env_state)), [0, 0])
         side[0] += int(rec.success)
         side[1] += 1
     env.close()
