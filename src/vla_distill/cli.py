@@ -102,8 +102,8 @@ def _config(cls, *args, **fields):
 
 
 def _resume_overrides(args: argparse.Namespace) -> tuple[str, ...]:
-    """What a resumed run takes from this command line: --steps, and the batch split when given."""
-    return ("steps",) + tuple(k for k in ("batch_size", "grad_accum") if k in vars(args))
+    """What a resumed run takes from this command line: --steps, and the batch split and cadences when given."""
+    return ("steps",) + tuple(k for k in ("batch_size", "grad_accum", "save_every", "log_every") if k in vars(args))
 
 
 def _print_rank0(line: str) -> None:
@@ -338,7 +338,7 @@ def _run_args(t: argparse.ArgumentParser, cls) -> None:
     _field(t, "--seed", cls, type=int)
     _field(t, "--val-fraction", cls, type=float)
     _field(t, "--val-batches", cls, type=int)
-    _field(t, "--save-every", cls, type=int)
+    _field(t, "--save-every", cls, "checkpoint every N steps (a rerun or --resume may change it)", type=int)
     _field(t, "--log-every", cls, type=int)
     _field(t, "--precision", cls, choices=["auto", "fp32", "bf16"])
     _field(t, "--device", cls, "auto | cpu | cuda | cuda:N")

@@ -49,7 +49,10 @@ from vla_distill.train.device import DeviceSetup, autocast, to_device
 from vla_distill.types import AUGMENT_KEY
 
 METRICS = "metrics.jsonl"
-RESUMABLE = ("steps", "batch_size", "grad_accum")  # what --resume may change
+# what --resume (or a rerun) may change: the length, how each step's batch is split, and how often it checkpoints
+# and logs (a slow run killed far from its next checkpoint is resumed with a shorter --save-every; steps are
+# seeded by their index, so neither changes what is trained)
+RESUMABLE = ("steps", "batch_size", "grad_accum", "save_every", "log_every")
 
 
 # ---------------------------------------------------------------- a run
@@ -57,9 +60,9 @@ def prepare_run(cfg: RunConfig, resume: bool, overrides: tuple[str, ...] = ("ste
     """The run's config and whether it resumes. Rerunning the command that started a run continues it from its last
     complete checkpoint (as collect, annotate and eval continue); a run with none starts over, its own half-written
     files removed. --resume continues a run without repeating its flags: `overrides` (from --steps, --batch-size,
-    --grad-accum) replace the saved ones, and nothing else may change. Only the length and how each step's batch is
-    split may change: a run resumed on another number of processes keeps its optimizer batch by adjusting the
-    per-process batch."""
+    --grad-accum, --save-every, --log-every) replace the saved ones, and nothing else may change. Only the length, how
+    each step's batch is split and the checkpoint and log cadence may change: a run resumed on another number of
+    processes keeps its optimizer batch by adjusting the per-process batch."""
     run = Path(cfg.out)
     saved = run / "train_config.json"
     if resume:
