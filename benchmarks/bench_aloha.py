@@ -201,9 +201,7 @@ def act(args) -> dict:
         info = evaluated(str(run), TASKS, work / f"act-{key}" / f"eval-student-{name}", args.episodes, *ENV, *flags)
         out[name] = {"student": rate(info), "per_task": per_task_rates(info),
                      "vs_first_student": paired_with("the first student", base, info)}
-    path = RESULTS / "aloha.json"
-    earlier = json.loads(path.read_text()).get("act", {}) if path.exists() else {}  # the other K and losses measured
-    return {"act": earlier | {key: out}}
+    return {"act": {key: out}}
 
 
 def recollected(args, sub: Path, size: int) -> Path:
@@ -239,10 +237,16 @@ def realtime(bundle: Path, out: Path, episodes: int) -> dict:
             "tick_p99_ms_worst": round(float(max(ticks, default=np.nan)), 2), "hz": 50}
 
 
+VARIANTS = ("resolution", "demos", "act")  # modes whose result holds one entry per setting (size, count, K-loss)
+
+
 def save(partial: dict) -> None:
+    """Merges `partial` into results/aloha.json: a mode's key replaces the old one, except in the modes measured once
+    per setting, where a setting's entry replaces only its own."""
     path = RESULTS / "aloha.json"
     old = json.loads(path.read_text()) if path.exists() else {}
-    write_result(path, old | partial)  # write_result records the machine this run is on over the old one's
+    merged = {k: old.get(k, {}) | v if k in VARIANTS else v for k, v in partial.items()}
+    write_result(path, old | merged)  # write_result records the machine this run is on over the old one's
 
 
 def main() -> None:

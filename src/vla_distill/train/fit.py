@@ -96,7 +96,8 @@ def finished_run(cfg: RunConfig) -> Path | None:
     done = last_step(run)
     if done < cfg.steps:
         return None
-    print(f"{run}: already trained ({done} of {cfg.steps} steps)", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every process finds it; one says so
+        print(f"{run}: already trained ({done} of {cfg.steps} steps)", file=sys.stderr)
     return (run / CHECKPOINTS / LAST).resolve()
 
 
