@@ -338,3 +338,26 @@ def test_rollout_chunks_count_only_their_first_steps(annotated, tmp_path):
     with pytest.raises(ValueError, match="rollout_steps: must be >= 0"):
         small(rollouts, tmp_path / "bad", rollout_steps=-1)
     assert json.loads((tmp_path / "run" / "train_config.json").read_text())["rollout_steps"] == 1
+
+
+def test_the_checkpoint_carries_how_many_actions_of_a_chunk_to_execute(annotated, tmp_path):
+    """--n-action-steps is the deployed student's replanning (lerobot's n_action_steps): select_action, eval's actor
+    and run's loop execute that many actions of each chunk unless told otherwise."""
+    from vla_distill.eval.actors import PolicyActor
+
+    run = train(small(annotated, tmp_path / "run", steps=2, horizon=3, n_action_steps=1))
+    policy = load_pretrained(run)
+    assert policy.config.n_action_steps == 1 and policy.horizon == 3
+    calls = []
+    predict = policy.predict_action_chunk
+    policy.predict_action_chunk = lambda batch: calls.append(1) or predict(batch)
+    ds = RobotDataset(annotated)
+    obs = {k: torch.rand(1, 3, 64, 64) for k in ds.camera_keys} | {"observation.state": torch.zeros(1, 4),
+                                                                      "task": [ds.tasks[0]]}
+    policy.reset()
+    for _ in range(3):
+        policy.select_action(obs)
+    assert len(calls) == 3  # a new chunk every step, where the default queue would have asked once
+    assert PolicyActor(str(run)).chunks.n == 1 and PolicyActor(str(run), n_action_steps=3).chunks.n == 3
+    with pytest.raises(ValueError, match="n_action_steps: must be 0"):
+        small(annotated, tmp_path / "bad", horizon=3, n_action_steps=4)

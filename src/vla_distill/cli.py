@@ -367,6 +367,9 @@ def _train_args(t: argparse.ArgumentParser) -> None:
     _recipe_flag(t)
     _field(t, "--preset", TrainConfig, "tiny (~2.7M) | small (~37M) | base (~158M, the paper's size)")
     _field(t, "--horizon", TrainConfig, "action chunk length K (the paper's variant: 5)", type=int)
+    _field(t, "--n-action-steps", TrainConfig, "actions of each chunk the deployed student executes before it "
+           "replans, kept in the checkpoint as lerobot's n_action_steps: eval and run use it unless told (0: all K)",
+           type=int)
     _field(t, "--action-loss", LossConfig, field="action", choices=list(ACTION_LOSSES))
     _field(t, "--dim-weights", LossConfig, "per action dimension, comma-separated (default all 1)", type=_floats)
     _field(t, "--phase-weight", LossConfig, type=float)
@@ -466,7 +469,8 @@ def _eval_args(e: argparse.ArgumentParser) -> None:
     _field(e, "--workers", EvalConfig, "worker processes (0: one per core)", type=int)
     _field(e, "--videos", EvalConfig, "episodes recorded per task with the predicted phase drawn", type=int)
     _field(e, "--video-failures", EvalConfig, "also record every failed episode", action="store_true")
-    _field(e, "--n-action-steps", EvalConfig, "queue: actions executed per predicted chunk (0: all)", type=int)
+    _field(e, "--n-action-steps", EvalConfig, "queue: actions executed per predicted chunk (0: the policy's own, "
+           "else all)", type=int)
     _field(e, "--chunk", EvalConfig, "queue: execute the chunk, then replan; ensemble: infer every step, ACT temporal "
            "ensembling", choices=["queue", "ensemble"])
     _field(e, "--image-size", EvalConfig, "camera size for teachers (0: 128; LIBERO 256)", type=int)
@@ -582,7 +586,8 @@ def _run_loop_args(rn: argparse.ArgumentParser) -> None:
     _field(rn, "--chunk", LoopConfig, "queue: execute the chunk, then replan; ensemble: infer every tick, ACT temporal "
            "ensembling; ahead: compute the next chunk on another thread while this one executes (asked early enough "
            "for the measured inference delay), the seam blended", choices=list(LOOP_CHUNK_MODES))
-    _field(rn, "--n-action-steps", LoopConfig, "queue: actions executed per chunk (0: all)", type=int)
+    _field(rn, "--n-action-steps", LoopConfig, "queue: actions executed per chunk (0: the policy's own, else all)",
+           type=int)
     _field(rn, "--ensemble-coeff", LoopConfig, type=float)
     _field(rn, "--overlap", LoopConfig, "ahead: steps the queued and the next chunk overlap, blended (also the margin "
            "for an inference slower than measured)", type=int)

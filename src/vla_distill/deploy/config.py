@@ -15,7 +15,7 @@ class LoopConfig:
     max_steps: int = 500
     chunk: str = "queue"  # queue: execute n_action_steps of a chunk, then replan | ensemble: ACT temporal ensembling
                           # | ahead: the next chunk computed while the current one executes, the seam blended
-    n_action_steps: int = 0  # queue: actions used per chunk (0 = all K)
+    n_action_steps: int = 0  # queue: actions used per chunk (0 = the policy's own, else all K)
     ensemble_coeff: float = 0.01  # ACT's m: weight exp(-m * i) for the i-th oldest prediction of a tick
     overlap: int = 2  # ahead: steps the queued and the new chunk should overlap (blended; the margin for a slow call)
     max_latency_ms: float = 0.0  # an action later than this after its tick started is dropped (0 = one period)

@@ -189,7 +189,7 @@ def _next_action(sched: ChunkScheduler, ahead: AheadInference | None, policy, ob
 def run_loop(policy, robot, task: str, cfg: LoopConfig, record: bool = False) -> StepLog:
     """Drives `robot` (connected) with `policy` until max_steps or, for a simulated robot, its success plus
     steps_after_success. Ctrl-C sends the hold action and returns what was run so far."""
-    sched = ChunkScheduler(cfg.chunk, cfg.n_action_steps, cfg.ensemble_coeff)
+    sched = ChunkScheduler(cfg.chunk, cfg.n_action_steps or getattr(policy, "n_action_steps", 0), cfg.ensemble_coeff)
     pacer = Pacer(cfg.period, cfg.spin_ms / 1e3)
     log = StepLog()
     policy.reset(task=task)

@@ -50,6 +50,7 @@ class ActorInfo:
     image_size: tuple[int, int] | None = None
     phase_names: tuple[str, ...] = ()
     horizon: int = 1
+    n_action_steps: int = 0  # what its chunk queue executes per chunk (0 = all)
     provenance: dict = field(default_factory=dict)
     instructions: tuple[str, ...] = ()  # those it was trained on, where the checkpoint says (a student's tasks)
 
@@ -82,6 +83,7 @@ class PolicyActor:
         self.policy = load_policy(path, backend, device)
         self.device = device
         cfg = self.policy.config
+        n_action_steps = n_action_steps or getattr(self.policy, "n_action_steps", 0)  # 0: the policy's own
         self.keys = self.policy.input_keys
         self.observed = hasattr(self.policy, "predict_observed") and getattr(self.policy, "observes", True)
         cams, size = policy_cameras(self.policy)
@@ -94,7 +96,8 @@ class PolicyActor:
             kind="student" if self.observed else "policy", parameters=params,
             weights_mb=round(weights_bytes(self.policy) / 2**20, 2), image_keys=cams, image_size=size,
             phase_names=tuple(getattr(cfg, "phase_names", ())) if self.phase_trained else (),
-            horizon=self.policy.horizon, provenance=getattr(self.policy, "provenance", {}),
+            horizon=self.policy.horizon, n_action_steps=n_action_steps,
+            provenance=getattr(self.policy, "provenance", {}),
             instructions=tuple(getattr(cfg, "tasks", ())))
         self.chunks = ChunkScheduler(chunk, n_action_steps)
         self.instruction = ""
@@ -184,7 +187,8 @@ class RemoteActor:
     def __init__(self, teacher, n_action_steps: int = 0):
         self.teacher = teacher
         cams = tuple(v for v in teacher.cfg.obs_map.values() if is_camera(v))
-        self.info = ActorInfo(spec=teacher.spec, kind="remote", image_keys=cams, provenance=teacher.provenance())
+        self.info = ActorInfo(spec=teacher.spec, kind="remote", image_keys=cams, n_action_steps=n_action_steps,
+                              provenance=teacher.provenance())
         self.chunks = ChunkScheduler("queue", n_action_steps)
         self.instruction = ""
 

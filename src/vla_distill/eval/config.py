@@ -26,7 +26,7 @@ class EvalConfig:
     workers: int = 0  # 0: one per core, at most one per episode
     videos: int = 2  # per task: the first N episodes are recorded
     video_failures: bool = False  # also record every failed episode
-    n_action_steps: int = 0  # queue: actions executed per predicted chunk; 0 = the whole chunk
+    n_action_steps: int = 0  # queue: actions executed per predicted chunk; 0 = the policy's own (else the whole chunk)
     chunk: str = "queue"  # queue: execute the chunk, then replan | ensemble: infer every step, ACT temporal ensembling
     image_size: int = 0  # camera size for actors without their own (teachers); 0 = 128 (LIBERO 256)
     latency_steps: int = 100  # control steps of the batch-1 latency measurement; 0 = skip

@@ -279,7 +279,7 @@ def _evaluate(cfg: EvalConfig, command: str, actor, jobs: list[tuple[str, int, i
         actor.close()
     a = actor.info
     info["policy"] = {"spec": a.spec, "kind": a.kind, "parameters": a.parameters, "weights_mb": a.weights_mb,
-                      "horizon": a.horizon, "n_action_steps": cfg.n_action_steps or a.horizon, "chunk": cfg.chunk,
+                      "horizon": a.horizon, "n_action_steps": a.n_action_steps or a.horizon, "chunk": cfg.chunk,
                       "image_keys": list(a.image_keys), "phase_names": list(a.phase_names), **latency,
                       "provenance": a.provenance}
     info["eval"] = {"env": cfg.env, "tasks": list(cfg.tasks), "episodes_per_task": cfg.episodes, "seed": cfg.seed,

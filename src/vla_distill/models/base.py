@@ -34,11 +34,17 @@ class Policy(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self._chunks = ChunkScheduler("queue")  # select_action's queue: (K, B, D) chunks, one (B, D) action per call
+        # select_action's queue: (K, B, D) chunks, one (B, D) action per call
+        self._chunks = ChunkScheduler("queue", self.n_action_steps)
 
     @property
     def horizon(self) -> int:
         return self.config.horizon
+
+    @property
+    def n_action_steps(self) -> int:
+        """Actions of each chunk executed before replanning, as trained to be deployed (0 = all K)."""
+        return getattr(self.config, "n_action_steps", 0)
 
     @property
     def action_dim(self) -> int:

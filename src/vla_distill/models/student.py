@@ -66,6 +66,9 @@ class StudentConfig:
     state_dims: tuple[int, ...] = (4,)
     action_dim: int = 4
     horizon: int = 1  # K: actions predicted per call (the paper's variant uses 5)
+    # actions of each chunk executed before the next call, as deployed (lerobot's n_action_steps; openpi's
+    # replan_steps): what select_action, eval and run do unless told otherwise (0 = all K)
+    n_action_steps: int = 0
     n_phases: int = 4
     phase_names: tuple[str, ...] = ()  # the annotation's taxonomy, for observability (empty in old checkpoints)
     text_dim: int = 384
@@ -98,6 +101,8 @@ class StudentConfig:
             raise ValueError("depth_keys: give one per camera in image_keys, or none")
         if self.horizon < 1:
             raise ValueError("horizon: must be >= 1")
+        if not 0 <= self.n_action_steps <= self.horizon:
+            raise ValueError(f"n_action_steps: must be 0 (all) to horizon ({self.horizon}), got {self.n_action_steps}")
         if self.phase_names and len(self.phase_names) != self.n_phases:
             raise ValueError("phase_names: give one name per phase (n_phases)")
         if self.d_model % self.n_heads:

@@ -98,6 +98,9 @@ class TrainConfig(RunConfig):
     # on episodes a policy drove (a DAgger round's rollouts), the action loss counts only the first N steps of each
     # chunk (0 = all K): there the expert's later labels answer states the policy's own chunk led to, not a plan
     rollout_steps: int = 0
+    # actions of each chunk the deployed student executes before replanning (the checkpoint's n_action_steps, what
+    # eval and run default to; 0 = all K)
+    n_action_steps: int = 0
 
     def __post_init__(self):
         preset_config(self.preset)  # raises with a did-you-mean on an unknown name
@@ -106,6 +109,9 @@ class TrainConfig(RunConfig):
             raise ValueError(f"vision: {self.vision!r} is not one of {list(VISION_KINDS)}")
         if self.rollout_steps < 0:
             raise ValueError(f"rollout_steps: must be >= 0, got {self.rollout_steps}")
+        if not 0 <= self.n_action_steps <= self.horizon:
+            raise ValueError(f"n_action_steps: must be 0 (all) to the horizon ({self.horizon}), "
+                             f"got {self.n_action_steps}")
 
     def _at_least_one(self) -> tuple[str, ...]:
         return super()._at_least_one() + ("horizon",)
