@@ -20,6 +20,9 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
   python benchmarks/bench_libero.py grasps --suite libero_object
       where each evaluated episode first closed the gripper: on the target or another item, how high above the
       expert's grasp point, how often it closed -> results/libero_grasps.json (why a student fails, per task)
+  python benchmarks/bench_libero.py replan --suite libero_spatial [--n-action-steps 1]
+      the table's kept student replanning after --n-action-steps of each chunk, paired against the table's evaluation
+      (whole chunks) and the teacher -> results/libero.json[suite]["replan"]; kept, it restates the table
   python benchmarks/bench_libero.py sides --suite libero_spatial
       the side of the target the expert grasps (free_x, free_y) at each demonstration's start, per task, beside the
       kept student's success -> results/libero_sides.json[suite]
@@ -241,6 +244,41 @@ def final_table(work: Path, suite_name: str, t_info: dict, s_info: dict, s_out: 
             "per_task": per_task, "train_minutes": round(minutes, 1), "student_hz": round(speed["hz"], 1),
             "openpi_step_limit": {"teacher": under_openpi_limit(work / "eval-teacher", suite_name),
                                   "student": under_openpi_limit(s_out, suite_name)}}
+
+
+TABLE = ("student", "paired", "per_task", "openpi_step_limit")  # the table's keys a replanned evaluation restates
+
+
+def replan(args) -> dict:
+    """The suite's kept student executing --n-action-steps of each chunk before it replans (the table's ran all K =
+    5: one look per half second, where the expert's drawer descent moves 2 cm a frame) on the same standard episodes,
+    paired against the table's evaluation and against the teacher. Kept (the table restated with it, the old one
+    under table_queue) only if the paired difference is above 0 beyond its interval."""
+    work = Path(args.work) / args.suite
+    old = json.loads((RESULTS / "libero.json").read_text())[args.suite]
+    run = Path(old["student_run"])
+    n, tasks = args.n_action_steps, suite_tasks(args.suite)[0]
+    queue_out = work / f"eval-{run.name}"
+    out = work / f"eval-{run.name}-replan{n}"
+    t_info, q_info = eval_info(work / "eval-teacher"), eval_info(queue_out)
+    info = evaluated(str(run), tasks, out, args.episodes, *ENV, "--n-action-steps", str(n))
+    gain = paired_with(f"{run.name} executing whole chunks", q_info, info)
+    keep = helps(gain)
+    paired = compare(t_info, info)
+    table(t_info, info, paired)
+    o = paired["overall"]
+    restated = {"student": rate(info), "paired": {"difference": o["difference"], "ci95": o["ci95"],
+                                                   "mcnemar_p": o["mcnemar_p"]},
+                "per_task": per_task_table(t_info, info, paired),
+                "openpi_step_limit": {"teacher": under_openpi_limit(work / "eval-teacher", args.suite),
+                                      "student": under_openpi_limit(out, args.suite)}}
+    result = {"replan": (old.get("replan") or {}) | {str(n): {
+        "n_action_steps": n, "student": rate(info), "vs_queue": gain, "kept": keep, "command": this_command(),
+        "per_task": {t["task"]: t["pc_success"] for t in info["per_task"]}}}}
+    if keep:
+        result |= restated | {"n_action_steps": n,
+                              "table_queue": old.get("table_queue") or {k: old[k] for k in TABLE if k in old}}
+    return result
 
 
 def save(suite_name: str, partial: dict) -> None:
@@ -488,7 +526,7 @@ def merged(name: str, key: str, value: dict) -> dict:
 # What each analysis mode reads from the suite's work directory, all written by `suite` (or, for libero_object, by the
 # whole-chunk round that suite ran before rounds were counted)
 READS = {"chunk-labels": "annotated-128-frozen-dagger", "dagger-labels": "annotated-128-{vision}-dagger",
-         "phases": "dataset-dart", "sides": "dataset-dart", "grasps": ""}
+         "phases": "dataset-dart", "sides": "dataset-dart", "grasps": "", "replan": "eval-teacher"}
 
 
 def needed(args) -> None:
@@ -505,7 +543,7 @@ def needed(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["speed", "teacher", "suite", "phases", "grasps", "sides", "dagger-labels",
-                                       "chunk-labels"])
+                                       "chunk-labels", "replan"])
     p.add_argument("--suite", default="libero_object", choices=list(OPENPI_STEPS))
     p.add_argument("--work", default="outputs/bench_libero")
     p.add_argument("--demos", type=int, default=50)
@@ -521,6 +559,8 @@ def main() -> None:
     p.add_argument("--labels", default="first", choices=["first", "plan"],
                    help="dagger-labels: the variant (first: --rollout-steps of each rollout chunk; plan: the expert's "
                         "own chunks)")
+    p.add_argument("--n-action-steps", type=int, default=1,
+                   help="replan: actions of each chunk executed before the kept student is asked again")
     p.add_argument("--rollout-steps", type=int, default=1,
                    help="dagger-labels first: the chunk steps of a rollout frame the action loss counts")
     args = p.parse_args()
@@ -545,6 +585,8 @@ def main() -> None:
         write_result(RESULTS / "libero_sides.json", merged("libero_sides.json", args.suite, result))
     elif args.what == "grasps":
         write_result(RESULTS / "libero_grasps.json", merged("libero_grasps.json", args.suite, grasps(args)))
+    elif args.what == "replan":
+        write_result(RESULTS / "libero.json", merged("libero.json", args.suite, replan(args)))
     elif args.what == "teacher":
         write_result(RESULTS / "libero.json", merged("libero.json", args.suite, teacher(args)))
     else:
