@@ -361,3 +361,12 @@ def test_the_checkpoint_carries_how_many_actions_of_a_chunk_to_execute(annotated
     assert PolicyActor(str(run)).chunks.n == 1 and PolicyActor(str(run), n_action_steps=3).chunks.n == 3
     with pytest.raises(ValueError, match="n_action_steps: must be 0"):
         small(annotated, tmp_path / "bad", horizon=3, n_action_steps=4)
+    # a deployment choice measured after training: export sets it in the bundle
+    from vla_distill.deploy.export import export
+    from vla_distill.errors import ConfigError
+
+    manifest = export(run, tmp_path / "bundle", n_action_steps=2)
+    assert manifest["action"]["n_action_steps"] == 2 and load_pretrained(tmp_path / "bundle").n_action_steps == 2
+    with pytest.raises(ConfigError, match="horizon"):
+        export(run, tmp_path / "bundle4", n_action_steps=4)
+    assert not (tmp_path / "bundle4").exists()

@@ -552,13 +552,15 @@ def _export_args(x: argparse.ArgumentParser) -> None:
                    help="onnx: how model.int8.onnx is quantized; static also quantizes convolutions, activation ranges "
                         "calibrated on other recorded observations (faster for large presets, slower for tiny); "
                         "none: no int8 graph")
+    x.add_argument("--n-action-steps", type=int, default=None, help="actions of each chunk the bundle executes "
+                   "before replanning, recorded in its config (default: the checkpoint's; 0: all K)")
 
 
 def _export(args: argparse.Namespace) -> None:
     from vla_distill.deploy.export import export
 
     m = export(args.policy, args.out, args.format, args.dtype, args.observations or None, args.n_observations,
-               args.int8)
+               args.int8, n_action_steps=args.n_action_steps)
     size = sum(f.stat().st_size for f in Path(args.out).iterdir()) / 2**20
     print(f"bundle: {args.out} ({size:.1f} MB; backends {', '.join(m['backends'])}; "
           f"observation {', '.join(k for k in m['observation_spec'])}; actions {m['action']['shape']})")

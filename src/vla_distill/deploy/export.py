@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -88,9 +89,11 @@ def _normalization(policy: Policy) -> dict:
 
 
 def export(policy_dir: str | Path, out: str | Path, fmt: str = "bundle", dtype: str = "fp32",
-           observations: str | None = None, n_observations: int = 32, int8: str = "dynamic", log=print) -> dict:
+           observations: str | None = None, n_observations: int = 32, int8: str = "dynamic", log=print,
+           n_action_steps: int | None = None) -> dict:
     """Checkpoint -> bundle folder, written to a temporary sibling and renamed (nothing half-written).
-    Returns the manifest. Raises ConfigError when ONNX parity fails."""
+    `n_action_steps` replaces the checkpoint's (how the bundle's chunks are executed: a deployment choice measured
+    after training). Returns the manifest. Raises ConfigError when ONNX parity fails."""
     if fmt not in FORMATS:
         raise ConfigError(f"{fmt!r} is not one of {list(FORMATS)}", field="format")
     if dtype not in DTYPES:
@@ -104,6 +107,8 @@ def export(policy_dir: str | Path, out: str | Path, fmt: str = "bundle", dtype: 
                           field="out")
     src = resolve_pretrained_dir(policy_dir)
     policy = load_pretrained(src)
+    if n_action_steps is not None:
+        policy = _with_n_action_steps(policy, n_action_steps)
     source = _observations_source(policy, observations)
     frames, tasks = recorded_observations(policy, source, n_observations)
     batch = frames_to_batch(frames, policy.input_keys, tasks)
@@ -125,6 +130,17 @@ def export(policy_dir: str | Path, out: str | Path, fmt: str = "bundle", dtype: 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
+
+
+def _with_n_action_steps(policy: Policy, n: int) -> Policy:
+    if not hasattr(policy.config, "n_action_steps"):
+        raise ConfigError(f"a {policy.name} policy has no n_action_steps to set", field="n_action_steps")
+    if not 0 <= n <= policy.horizon:
+        raise ConfigError(f"must be 0 (all) to the policy's horizon ({policy.horizon}), got {n}",
+                          field="n_action_steps")
+    policy.config = dataclasses.replace(policy.config, n_action_steps=n)
+    policy.reset()  # select_action's queue follows the config
+    return policy
 
 
 def _write(policy, src: Path, tmp: Path, fmt: str, dtype: str, batch: dict, frames: dict, tasks: list[str],
@@ -150,7 +166,8 @@ def _write(policy, src: Path, tmp: Path, fmt: str, dtype: str, batch: dict, fram
     manifest = {
         "format": FORMAT, "version": VERSION, "policy_type": policy.name, "dtype": dtype,
         "observation_spec": policy.observation_spec,
-        "action": {"shape": [policy.horizon, policy.action_dim], "dtype": "float32"},
+        "action": {"shape": [policy.horizon, policy.action_dim], "dtype": "float32",
+                   "n_action_steps": policy.n_action_steps or policy.horizon},
         "instructions": list(getattr(policy.config, "tasks", ())),
         "backends": backends, "parity": parity, **({"int8": int8} if onnx else {}),
         "files": {f.name: sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()},

@@ -63,8 +63,9 @@ class Policy(nn.Module):
         raise NotImplementedError
 
     def reset(self, task: str | None = None) -> None:
-        """Clears the action queue at an episode start; policies that read the instruction prepare it here."""
-        self._chunks.clear()
+        """Clears the action queue at an episode start (built anew: the config's n_action_steps may have been set
+        since); policies that read the instruction prepare it here."""
+        self._chunks = ChunkScheduler("queue", self.n_action_steps)
 
     def predict_action_chunk(self, batch: dict) -> torch.Tensor:
         """(B, K, D) actions in raw units."""
