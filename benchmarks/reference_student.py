@@ -101,16 +101,26 @@ def run_of(ref: Reference) -> str:
     return Path(kept).name
 
 
+def exported_steps(out: Path) -> int | None:
+    """The n_action_steps an existing bundle in `out` executes (None: no bundle, or one from before it was recorded)."""
+    manifest = out / "bundle.json"
+    return json.loads(manifest.read_text())["action"].get("n_action_steps") if manifest.exists() else None
+
+
 def build(name: str, ref: Reference) -> dict:
     work, out, run_name = REPO / ref.work, STUDENTS / name, run_of(ref)
     run = work / run_name
-    if not (out / "bundle.json").exists():
+    # how the benchmark's table executes the student's chunks (bench_libero's replan: every step), else all K
+    n = benchmark_block(ref).get("n_action_steps", 0)
+    horizon = json.loads((run / "train_config.json").read_text())["horizon"]
+    tag = f"-replan{n}" if n else ""
+    if exported_steps(out) != (n or horizon):
         # fp32 graph only: the int8 one changes actions (so outcomes) and the repository carries every byte
         cli("export", "--policy", str(run), "--out", str(out), "--format", "onnx-only", "--int8", "none",
-            "--n-observations", "8")
-    bundle = evaluated(str(out), ref.tasks, work / f"eval-reference-{name}", ref.episodes, *ref.env_flags)
+            "--n-observations", "8", "--n-action-steps", str(n))
+    bundle = evaluated(str(out), ref.tasks, work / f"eval-reference-{name}{tag}", ref.episodes, *ref.env_flags)
     teacher = eval_info(work / "eval-teacher")
-    checkpoint = eval_info(work / f"eval-{run_name}")
+    checkpoint = eval_info(work / f"eval-{run_name}{tag}")
     same = compare(checkpoint, bundle)
     agree = outcome_agreement(checkpoint, bundle)
     print(f"ONNX bundle {rate(bundle)['pc_success']:.1f}% vs its torch checkpoint "
@@ -182,9 +192,12 @@ def model_card(name: str, ref: Reference, out: Path, r: dict) -> str:
                      for task, x in r["per_task"].items())
     parity = manifest["parity"]["onnx"]
     aux = train.get("aux_state")
+    n = manifest["action"].get("n_action_steps", train["horizon"])
+    run_as = ("actions run as a queue" if n == train["horizon"] else
+              f"actions, of which the first {n} run before it is asked again (its `n_action_steps`)")
     model = "\n".join([
         f"- `{manifest['policy_type']}`, preset `{train['preset']}`, vision {vision}, chunks of {train['horizon']} "
-        "actions run as a queue" + (f", an auxiliary head predicting `{aux}`." if aux else "."),
+        + run_as + (f", an auxiliary head predicting `{aux}`." if aux else "."),
         f"- Inputs: {inputs}, and the instruction: one of its {len(manifest['instructions'])} training instructions, "
         "looked up in `task_embeddings.safetensors` (another wording is embedded by all-MiniLM-L6-v2 where that is "
         "installed; this student was never measured on one).",
