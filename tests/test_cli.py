@@ -64,7 +64,8 @@ def test_flags_reach_the_config_under_their_field_names():
 
 def test_a_recipe_sets_the_stage_flags_and_the_command_line_overrides_them():
     """--recipe NAME gives the benchmark's settings (the libero recipe: K = 5, the frozen encoder, a DAgger round's
-    rollout chunks counted on their first step); a flag given beside it wins; an unknown name is a one-line error."""
+    rollout chunks counted on their first step, replanning every step); a flag given beside it wins; an unknown name
+    is a one-line error."""
     from vla_distill.cli import _run_config, build_parser
     from vla_distill.errors import ConfigError
     from vla_distill.train.config import TrainConfig
@@ -75,6 +76,7 @@ def test_a_recipe_sets_the_stage_flags_and_the_command_line_overrides_them():
 
     libero = config("--recipe", "libero")
     assert (libero.horizon, libero.vision, libero.rollout_steps) == (5, "efficientnet-lite0", 1)
+    assert libero.n_action_steps == 1
     over = config("--recipe", "libero", "--rollout-steps", "0", "--horizon", "3")
     assert (over.horizon, over.rollout_steps, over.vision) == (3, 0, "efficientnet-lite0")
     assert config().rollout_steps == 0 and config().horizon == 1
