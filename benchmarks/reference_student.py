@@ -58,9 +58,13 @@ class Reference:
 def libero_reference(suite: str, title: str) -> Reference:
     """A LIBERO suite's kept student (bench_libero.py's `student_run`: the DAgger round's where it was kept)."""
     return Reference(work=f"outputs/bench_libero/{suite}", run="", tasks=suite, episodes=50, recipe="libero",
+                     # what the suites ran: the first round that is not kept ends them, so more rounds on the
+                     # command would not change the kept student; their students ran whole chunks until `replan`
+                     # measured replanning every step (now the recipe's: a suite run now replans from its first
+                     # student, its DAgger rollouts too)
                      benchmark=f"python benchmarks/bench_libero.py suite --suite {suite} --vision frozen "
-                               "--dagger-rounds 2 --dagger-labels first",  # what the suites ran: the first round
-                     # that is not kept ends them, so more rounds on the command would not change the kept student
+                               f"--dagger-rounds 2 --dagger-labels first` with the recipe before it replanned, then "
+                               f"`python benchmarks/bench_libero.py replan --suite {suite}",
                      results="libero.json", results_key=suite, episodes_are="standard initial states",
                      section='"LIBERO"', env="libero",
                      suite=f"{title} (LIBERO 0.1.1, lerobot's step limits)",
