@@ -262,7 +262,8 @@ def replan(args) -> dict:
     out = work / f"eval-{run.name}-replan{n}"
     t_info, q_info = eval_info(work / "eval-teacher"), eval_info(queue_out)
     info = evaluated(str(run), tasks, out, args.episodes, *ENV, "--n-action-steps", str(n))
-    gain = paired_with(f"{run.name} executing whole chunks", q_info, info)
+    executed = q_info["policy"].get("n_action_steps")  # the table's: whole chunks, before the recipe replanned
+    gain = paired_with(f"{run.name} executing {executed} of each chunk", q_info, info)
     keep = helps(gain)
     paired = compare(t_info, info)
     table(t_info, info, paired)
