@@ -233,20 +233,24 @@ def final_table(work: Path, suite_name: str, t_info: dict, s_info: dict, s_out: 
                 minutes: float) -> dict:
     """Teacher against the kept student on the same episodes, paired, per task, within both step limits, and the
     student's batch-1 speed through ONNX Runtime."""
-    paired = compare(t_info, s_info)
-    table(t_info, s_info, paired)
+    rows = student_rows(work, suite_name, t_info, s_info, s_out)
     speed = onnx_speed(run, Path(json.loads((run / "train_config.json").read_text())["dataset"]),
                        work / f"bundle-{run.name}")  # named after its run: a later choice exports its own
+    return {"teacher": rate(t_info), **rows, "student_run": str(run), "train_minutes": round(minutes, 1),
+            "student_hz": round(speed["hz"], 1)}
+
+
+def student_rows(work: Path, suite_name: str, t_info: dict, s_info: dict, s_out: Path) -> dict:
+    """The table's entries that come from the student's evaluation (printed): its rate, paired against the teacher
+    overall and per task, and both within openpi's step limit. A replanned evaluation restates exactly these."""
+    paired = compare(t_info, s_info)
+    table(t_info, s_info, paired)
     o = paired["overall"]
-    per_task = per_task_table(t_info, s_info, paired)
-    return {"teacher": rate(t_info), "student": rate(s_info), "student_run": str(run),
+    return {"student": rate(s_info),
             "paired": {"difference": o["difference"], "ci95": o["ci95"], "mcnemar_p": o["mcnemar_p"]},
-            "per_task": per_task, "train_minutes": round(minutes, 1), "student_hz": round(speed["hz"], 1),
+            "per_task": per_task_table(t_info, s_info, paired),
             "openpi_step_limit": {"teacher": under_openpi_limit(work / "eval-teacher", suite_name),
                                   "student": under_openpi_limit(s_out, suite_name)}}
-
-
-TABLE = ("student", "paired", "per_task", "openpi_step_limit")  # the table's keys a replanned evaluation restates
 
 
 def replan(args) -> dict:
@@ -265,20 +269,13 @@ def replan(args) -> dict:
     executed = q_info["policy"].get("n_action_steps")  # the table's: whole chunks, before the recipe replanned
     gain = paired_with(f"{run.name} executing {executed} of each chunk", q_info, info)
     keep = helps(gain)
-    paired = compare(t_info, info)
-    table(t_info, info, paired)
-    o = paired["overall"]
-    restated = {"student": rate(info), "paired": {"difference": o["difference"], "ci95": o["ci95"],
-                                                   "mcnemar_p": o["mcnemar_p"]},
-                "per_task": per_task_table(t_info, info, paired),
-                "openpi_step_limit": {"teacher": under_openpi_limit(work / "eval-teacher", args.suite),
-                                      "student": under_openpi_limit(out, args.suite)}}
+    rows = student_rows(work, args.suite, t_info, info, out)
     result = {"replan": (old.get("replan") or {}) | {str(n): {
         "n_action_steps": n, "student": rate(info), "vs_queue": gain, "kept": keep, "command": this_command(),
         "per_task": {t["task"]: t["pc_success"] for t in info["per_task"]}}}}
     if keep:
-        result |= restated | {"n_action_steps": n,
-                              "table_queue": old.get("table_queue") or {k: old[k] for k in TABLE if k in old}}
+        result |= rows | {"n_action_steps": n,
+                          "table_queue": old.get("table_queue") or {k: old[k] for k in rows if k in old}}
     return result
 
 

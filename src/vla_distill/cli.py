@@ -102,8 +102,10 @@ def _config(cls, *args, **fields):
 
 
 def _resume_overrides(args: argparse.Namespace) -> tuple[str, ...]:
-    """What a resumed run takes from this command line: --steps, and the batch split and cadences when given."""
-    return ("steps",) + tuple(k for k in ("batch_size", "grad_accum", "save_every", "log_every") if k in vars(args))
+    """What a resumed run takes from this command line: --steps, and what else a resume may change when given."""
+    from vla_distill.train.fit import RESUMABLE
+
+    return tuple(k for k in RESUMABLE if k == "steps" or k in vars(args))
 
 
 def _print_rank0(line: str) -> None:

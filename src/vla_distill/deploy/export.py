@@ -135,10 +135,10 @@ def export(policy_dir: str | Path, out: str | Path, fmt: str = "bundle", dtype: 
 def _with_n_action_steps(policy: Policy, n: int) -> Policy:
     if not hasattr(policy.config, "n_action_steps"):
         raise ConfigError(f"a {policy.name} policy has no n_action_steps to set", field="n_action_steps")
-    if not 0 <= n <= policy.horizon:
-        raise ConfigError(f"must be 0 (all) to the policy's horizon ({policy.horizon}), got {n}",
-                          field="n_action_steps")
-    policy.config = dataclasses.replace(policy.config, n_action_steps=n)
+    try:
+        policy.config = dataclasses.replace(policy.config, n_action_steps=n)  # the config checks it against K
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     policy.reset()  # select_action's queue follows the config
     return policy
 

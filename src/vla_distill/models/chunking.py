@@ -24,6 +24,12 @@ CHUNK_MODES = ("queue", "ensemble")  # the modes of consumers that step consecut
 AHEAD = "ahead"
 
 
+def check_n_action_steps(n: int, horizon: int) -> None:
+    """A queue's n_action_steps must lie in 0 (the whole chunk) .. horizon; raises ValueError naming the field."""
+    if not 0 <= n <= horizon:
+        raise ValueError(f"n_action_steps: must be 0 (all) to the horizon ({horizon}), got {n}")
+
+
 class ChunkScheduler:
     def __init__(self, mode: str = "queue", n_action_steps: int = 0, coeff: float = 0.01):
         if mode not in (*CHUNK_MODES, AHEAD):

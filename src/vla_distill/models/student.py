@@ -31,6 +31,7 @@ from torch import nn
 
 from vla_distill.errors import did_you_mean
 from vla_distill.models.base import Policy, register
+from vla_distill.models.chunking import check_n_action_steps
 from vla_distill.models.losses import (
     LossConfig,
     across_processes,
@@ -101,8 +102,7 @@ class StudentConfig:
             raise ValueError("depth_keys: give one per camera in image_keys, or none")
         if self.horizon < 1:
             raise ValueError("horizon: must be >= 1")
-        if not 0 <= self.n_action_steps <= self.horizon:
-            raise ValueError(f"n_action_steps: must be 0 (all) to horizon ({self.horizon}), got {self.n_action_steps}")
+        check_n_action_steps(self.n_action_steps, self.horizon)
         if self.phase_names and len(self.phase_names) != self.n_phases:
             raise ValueError("phase_names: give one name per phase (n_phases)")
         if self.d_model % self.n_heads:

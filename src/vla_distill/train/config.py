@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from vla_distill.models.chunking import check_n_action_steps
 from vla_distill.models.losses import LossConfig
 from vla_distill.models.student import preset_config
 from vla_distill.models.vision import VISION_KINDS
@@ -109,9 +110,7 @@ class TrainConfig(RunConfig):
             raise ValueError(f"vision: {self.vision!r} is not one of {list(VISION_KINDS)}")
         if self.rollout_steps < 0:
             raise ValueError(f"rollout_steps: must be >= 0, got {self.rollout_steps}")
-        if not 0 <= self.n_action_steps <= self.horizon:
-            raise ValueError(f"n_action_steps: must be 0 (all) to the horizon ({self.horizon}), "
-                             f"got {self.n_action_steps}")
+        check_n_action_steps(self.n_action_steps, self.horizon)  # before any data is read, as the student checks it
 
     def _at_least_one(self) -> tuple[str, ...]:
         return super()._at_least_one() + ("horizon",)
