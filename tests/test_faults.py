@@ -532,3 +532,64 @@ def test_kill_9_leaves_no_worker_processes_behind(stage, tmp_path):
     for p in left:
         os.kill(p, 9)
     assert not left, f"{len(left)} of {len(workers)} processes outlived the killed {stage}"
+
+
+def _workers_of(pid: int) -> set[int]:
+    """The pool's workers: children of the forkserver, itself a child of `pid` (the resource tracker has none)."""
+    return {p for child in _children(pid) for p in _children(child)}
+
+
+def _children(pid: int) -> set[int]:
+    return {p for p in _descendants(pid) if _parent(p) == pid}
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through /proc")
+@pytest.mark.parametrize("stage", ["collect", "eval"])
+def test_a_worker_that_dies_is_replaced_and_the_run_ends_as_an_uninterrupted_one(stage, tmp_path):
+    """A worker killed mid-run (as glibc's abort on a corrupted heap or the OOM killer would) costs its unfinished
+    jobs a rerun on new workers, not the run."""
+    if stage == "collect":
+        make, content, progress = _collect_cmd, _content, ".partial/attempts/*.json"
+    else:
+        make, content, progress = _eval_cmd, _evaluation, "episodes/*/*.json"
+    cmds = []
+    for name in ("reference", "killed"):
+        cmd = make(tmp_path / name)
+        cmd[cmd.index("--workers") + 1] = "2"
+        if stage == "collect":
+            cmd[cmd.index("--episodes") + 1] = "6"
+        cmds.append(cmd)
+    reference, _, _ = _uninterrupted(cmds[0], tmp_path / "reference", content)
+    proc = subprocess.Popen(cmds[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, workers = time.time() + 120, set()
+    while time.time() < deadline and not (list((tmp_path / "killed").glob(progress)) and workers):
+        time.sleep(0.01)
+        workers = _workers_of(proc.pid)
+    assert workers, "no worker started"
+    os.kill(min(workers), 9)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "warning: a worker process died (" in err, err[-2000:]  # its signal where the forkserver learnt it
+    _assert_same(content(tmp_path / "killed"), reference)
+
+
+def test_a_job_whose_worker_dies_every_time_ends_the_run_in_one_line(capsys):
+    from vla_distill.errors import WorkerDied
+    from vla_distill.sim.workers import JobPool
+
+    pool = JobPool(1, restarts=1)
+    pool.submit("fine", abs, -2)
+    pool.submit("dies", os._exit, 3)
+    results = []
+    with pytest.raises(WorkerDied, match=r"died \(.+\) once more than the run allows; run the same command again"):
+        while pool.running():
+            results += pool.finished()
+    assert results == [("fine", 2)]
+    assert "rerunning its 1 unfinished jobs (0 restarts left)" in capsys.readouterr().err

@@ -24,6 +24,10 @@ class ConfigError(VlaDistillError):
     """A configuration value or name is invalid."""
 
 
+class WorkerDied(VlaDistillError):
+    """Simulator worker processes kept dying abruptly (a native crash, the OOM killer): the run stops resumable."""
+
+
 def did_you_mean(name: str, choices, n: int = 1) -> str:
     """" (did you mean 'x'?)" for the closest of choices, or ""."""
     import difflib

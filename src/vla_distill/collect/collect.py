@@ -16,7 +16,6 @@ import os
 import shutil
 import time
 import warnings
-from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from vla_distill.data.video import encode_video
 from vla_distill.data.writer import DatasetWriter, EncodedVideo, Episode
 from vla_distill.errors import ConfigError
 from vla_distill.sim.base import Env, Expert
-from vla_distill.sim.workers import worker_pool
+from vla_distill.sim.workers import JobPool
 from vla_distill.types import ACTION, COLLECTION_PATH, DONE, REWARD, SUCCESS
 
 PARTIAL = ".partial"
@@ -292,26 +291,22 @@ class Collector:
         bar = tqdm(total=total, initial=min(kept(), total), desc="collect", unit="ep", dynamic_ncols=True)
         frames, t0 = 0, time.perf_counter()
         # the simulator imported once, in the forkserver, not in every worker
-        pool = worker_pool(self.cfg.num_workers, _init_worker, preload=(__name__, *self.cfg.sim.preload))
-        running: dict[Future, Attempt] = {}
+        pool = JobPool(self.cfg.num_workers, _init_worker, preload=(__name__, *self.cfg.sim.preload))
         try:
             while True:
-                for att in self._next_attempts(done, list(running.values())):
-                    if len(running) >= 2 * self.cfg.num_workers:
+                for att in self._next_attempts(done, pool.running()):
+                    if len(pool.running()) >= 2 * self.cfg.num_workers:
                         break
-                    running[pool.submit(run_attempt, att, self.cfg, self.partial)] = att
-                if not running:
+                    pool.submit(att, run_attempt, att, self.cfg, self.partial)
+                if not pool.running():
                     break
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    att = running.pop(fut)
-                    marker = fut.result()
+                for att, marker in pool.finished():
                     done[att.name] = marker
                     frames += marker["frames"]
                     bar.update(int(self._kept(marker)))
                     bar.set_postfix(tried=len(done), frames_per_s=f"{frames / (time.perf_counter() - t0):.0f}")
         except BaseException as e:  # Ctrl-C, a full disk: the bar ends before the CLI's one line
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=False, cancel=True)
             bar.close()
             if isinstance(e, KeyboardInterrupt):
                 print(f"\ninterrupted: {kept()} episodes kept in {self.partial}; run the same command again to resume")

@@ -18,7 +18,6 @@ import os
 import resource
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import fields
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from vla_distill.eval.records import EpisodeRecord, read_records, write_episode
 from vla_distill.eval.rollout import run_episode
 from vla_distill.sim.base import SimulatorUnavailable
 from vla_distill.sim.layout import kinematics
-from vla_distill.sim.workers import worker_pool
+from vla_distill.sim.workers import JobPool
 from vla_distill.types import to_phase4
 
 PLAN = "eval_plan.json"
@@ -201,15 +200,15 @@ def _run_jobs(cfg: EvalConfig, jobs: list[tuple[str, int, int]], bar: tqdm, reco
             _ACTOR = None
             _close_env()
         return
-    pool = worker_pool(cfg.num_workers, _init_worker, (cfg,))
+    pool = JobPool(cfg.num_workers, _init_worker, (cfg,))
     try:
-        pending = {pool.submit(episode_job, cfg, *job) for job in jobs}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in done:
-                tick(f.result())
+        for job in jobs:
+            pool.submit(job, episode_job, cfg, *job)
+        while pool.running():
+            for _, record in pool.finished():
+                tick(record)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(cancel=True)
 
 
 def _close_env() -> None:
@@ -271,6 +270,8 @@ def _evaluate(cfg: EvalConfig, command: str, actor, jobs: list[tuple[str, int, i
         _run_jobs(cfg, todo, bar, records, actor)
     finally:
         bar.close()
+    order = {(t, i): k for k, (t, i, _) in enumerate(jobs)}
+    records.sort(key=lambda r: order[(r.task, r.episode)])  # workers finish in any order; eval_info must not show it
     eval_s = time.perf_counter() - t0 + sum(r.seconds for r in done.values()) / cfg.num_workers
     info = aggregate(records, eval_s)
     try:
