@@ -183,9 +183,13 @@ def test_vita_train_cli_runs_both_stages_and_resumes(tiny_student, annotated, tm
                                timeout=300)
 
     align = cli("--expert", str(tiny_student), "--vlm", "tiny:qwen2_vl", "--stage", "align", "--steps", "4",
-                "--save-every", "2", "--out", str(tmp_path / "align"))
+                "--save-every", "2", "--val-fraction", "0.5", "--out", str(tmp_path / "align"))
     assert align.returncode == 0, align.stderr[-2000:]
     assert "VITA-VLA align (qwen2_vl)" in align.stderr and "trainable" in align.stderr
+    rows = (tmp_path / "align" / "metrics.jsonl").read_text().splitlines()
+    val = [json.loads(line) for line in rows if '"val"' in line]
+    assert [r["step"] for r in val] == [2, 4] and all(len(r["action_mae_per_dim"]) == 4 for r in val)
+    assert "step 4: loss" in align.stderr and "action_mae_per_dim [" in align.stderr
     ft = cli("--init", str(tmp_path / "align"), "--stage", "finetune", "--steps", "2", "--save-every", "2",
              "--out", str(tmp_path / "ft"))
     assert ft.returncode == 0, ft.stderr[-2000:]
@@ -266,3 +270,17 @@ def test_stage_one_aligns_to_cached_expert_features_and_stage_two_reads_only_the
     finetune = VitaTrainConfig(**{**cfg.to_dict(), "stage": "finetune"})
     read = set(batch(vita_views(ds, finetune, policy, target, *episodes)))
     assert policy.config.image_key in read and not read & ({*cams, *map(feature_key, cams)} - {policy.config.image_key})
+
+
+def test_a_validated_stage_logs_and_prints_the_error_per_action_dimension(tiny_student, annotated, tmp_path, capsys):
+    import json
+
+    from vla_distill.train.config import VitaTrainConfig
+    from vla_distill.train.vita import vita_train
+
+    out = tmp_path / "align"
+    vita_train(VitaTrainConfig(dataset=str(annotated), out=str(out), expert=str(tiny_student), vlm="tiny:paligemma",
+                               steps=2, batch_size=4, save_every=2, log_every=1, val_fraction=0.5, val_batches=1))
+    val = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
+    assert [r["step"] for r in val] == [2] and len(val[0]["action_mae_per_dim"]) == 4
+    assert "action_mae_per_dim [" in capsys.readouterr().err

@@ -146,6 +146,14 @@ def training_episodes(ds: RobotDataset, cfg: RunConfig) -> tuple[list[int], list
     return train_eps, val_eps
 
 
+def describe_metrics(values: dict) -> str:
+    """'loss 0.1234, per_dim [0.1, 0.2]': numbers to 4 significant digits, lists of them (a per-dimension error) too."""
+    def fmt(v) -> str:
+        return "[" + ", ".join(fmt(x) for x in v) + "]" if isinstance(v, (list, tuple)) else f"{v:.4g}"
+
+    return ", ".join(f"{k} {fmt(v)}" for k, v in values.items())
+
+
 def effective_batch(cfg: RunConfig, dev: DeviceSetup) -> str:
     b = cfg.batch_size * dev.world * cfg.grad_accum
     return f"effective batch {b} = {cfg.batch_size} per process x {dev.world} processes x {cfg.grad_accum} accumulation"
@@ -398,7 +406,7 @@ def _fit(job: Job, cfg: RunConfig, dev: DeviceSetup, resume: bool) -> Path:
                     val = job.validate()
                     if val:
                         metrics.log({"step": done, "split": "val", **val})
-                        bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in val.items()), file=sys.stderr)
+                        bar.write(f"step {done}: {describe_metrics(val)}", file=sys.stderr)
                     save_checkpoint(run, done, policy, optimizer, ema, cfg.to_dict(), {**job.provenance, "step": done},
                                     {"kind": "warmup_cosine", "step": done, "lr": lr_at(step, cfg)})
                 if dev.world > 1:
