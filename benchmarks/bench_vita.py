@@ -2,9 +2,9 @@
 
 Usage (each stage is skipped when its output exists, so a rerun resumes):
   python benchmarks/bench_vita.py [demo] [--family paligemma] [--align-steps 2000] [--finetune-steps 1500]
-      after `make demo`: a tiny random VLM of a real architecture around the demo's student, on the demo's tasks
-      -> results/vita_<family>.json: trainable parameters per stage, the alignment curve, closed-loop success beside
-      the expert, batch-1 latency
+      after `make demo`: a tiny random VLM of a real architecture (or --family parts: the pretrained-parts VLM) around
+      the demo's student, on the demo's tasks -> results/vita_<family>.json: trainable parameters per stage, the
+      alignment curve, closed-loop success beside the expert (paired, on the same held-out episodes), batch-1 latency
   python benchmarks/bench_vita.py mt10 [--align-steps 2000] [--finetune-steps 1500]
       after `make mt10`: the parts VLM (EfficientNet-Lite0, a projector, all-MiniLM-L6-v2; models/parts_vlm.py) around
       the MT10 recipe's student on its data; stage 2 once per --decoder-lr-scales, each run's checkpoint chosen by
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from bench_distill import paired_with, rate
@@ -36,7 +37,9 @@ def curve(run: Path, key: str) -> list[tuple[int, float]]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", nargs="?", default="demo", choices=["demo", "mt10"])
-    p.add_argument("--family", default="paligemma", choices=["paligemma", "idefics3", "qwen2_vl", "qwen2_5_vl"])
+    p.add_argument("--family", default="paligemma",
+                   choices=["paligemma", "idefics3", "qwen2_vl", "qwen2_5_vl", "parts"],
+                   help="demo: a tiny random VLM of this architecture, or parts (models/parts_vlm.py, pretrained)")
     p.add_argument("--dataset", default="outputs/demo/annotated")
     p.add_argument("--expert", default="outputs/demo/student")
     p.add_argument("--align-steps", type=int, default=2000)
@@ -58,21 +61,13 @@ def main() -> None:
     work = Path(args.work) / args.family
     align, ft = work / "align", work / ("finetune" + (f"_lora{args.lora_rank}" if args.lora_rank else ""))
     common = ["--dataset", args.dataset, "--batch-size", str(args.batch_size), "--log-every", "50"]
-    if not (align / "checkpoints" / "last").exists():
-        cli("vita-train", *common, "--expert", args.expert, "--vlm", f"tiny:{args.family}", "--stage", "align",
-            "--steps", str(args.align_steps), "--save-every", str(args.align_steps // 4), "--lr", "1e-3", "--out",
-            str(align))
-    if not (ft / "checkpoints" / "last").exists():
-        cli("vita-train", *common, "--init", str(align), "--stage", "finetune", "--steps", str(args.finetune_steps),
-            "--save-every", str(args.finetune_steps // 3), "--lr", "3e-4", "--lora-rank", str(args.lora_rank), "--out",
-            str(ft))
-    evals = {}
-    for name, policy in (("expert", args.expert), ("vita_align", str(align)), (f"vita_{ft.name}", str(ft))):
-        out = work / f"eval_{name}"
-        if not (out / "eval_info.json").exists():
-            cli("eval", "--policy", policy, "--tasks", args.tasks, "--episodes", str(args.episodes), "--videos", "0",
-                "--out", str(out))
-        evals[name] = json.loads((out / "eval_info.json").read_text())
+    vlm = "parts" if args.family == "parts" else f"tiny:{args.family}"
+    staged(align, common + ["--expert", args.expert, "--vlm", vlm, "--stage", "align", "--lr", "1e-3"],
+           args.align_steps)
+    staged(ft, common + ["--init", str(align), "--stage", "finetune", "--lr", "3e-4",
+                         "--lora-rank", str(args.lora_rank)], args.finetune_steps)
+    arms = {"expert": args.expert, "vita_align": str(align), f"vita_{ft.name}": str(ft)}
+    evals = {name: evaluated(policy, args.tasks, work / f"eval_{name}", args.episodes) for name, policy in arms.items()}
     cli("report", *(str(work / f"eval_{n}") for n in evals), "--out", str(work / "report"))
     val = [json.loads(line) for line in (align / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
     trainable = {stage: _trainable(run) for stage, run in (("align", align), (ft.name, ft))}
@@ -82,6 +77,12 @@ def main() -> None:
         "align_curve_train": curve(align, "align"), "align_curve_val": [(r["step"], round(r["loss"], 4)) for r in val],
         "finetune_curve": curve(ft, "loss"),
         "success": {n: e["overall"]["pc_success"] for n, e in evals.items()},
+        "rates": {n: rate(e) for n, e in evals.items()},
+        "paired": {"stage2_vs_stage1": paired_with("stage 1", evals["vita_align"], evals[f"vita_{ft.name}"]),
+                   **{f"{n}_vs_expert": paired_with("the expert", evals["expert"], e)
+                      for n, e in evals.items() if n != "expert"}},
+        "gripper": json.loads((ft / "train_config.json").read_text()).get("gripper"),
+        "command": "python " + " ".join(sys.argv),
         "latency_ms_p50": {n: e["policy"]["latency_ms_p50"] for n, e in evals.items()},
         "parameters": {n: e["policy"]["parameters"] for n, e in evals.items()},
     }

@@ -11,7 +11,17 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 BIN = [sys.executable, "-m", "vla_distill.cli"]  # the CLI, as a user runs it
-DEMO_TASKS = "button-press-topdown-v3,window-open-v3,drawer-open-v3"
+
+
+def _make_default(name: str) -> str:
+    for line in (Path(__file__).parent.parent / "Makefile").read_text().splitlines():
+        if line.startswith(f"{name} ?="):
+            return line.split("?=", 1)[1].strip()
+    raise KeyError(f"Makefile sets no {name}")
+
+
+# the tasks `make demo` trains its student on, read from the Makefile: a copy here went stale when the demo gained push
+DEMO_TASKS = _make_default("DEMO_TASKS")
 
 
 def cli(*args: str) -> None:
