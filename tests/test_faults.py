@@ -493,15 +493,21 @@ def test_a_read_only_output_is_one_line_naming_it(stage, request, tiny_student, 
         assert err[-1].startswith(f"error: {out}") and err[-1].endswith(": Read-only file system"), err[-1]
 
 
-def _descendants(pid: int) -> set[int]:
-    """Every process started under `pid` (children, theirs, ...), found through /proc."""
-    parents = {}
+def _children_by_parent() -> dict[int, list[int]]:
+    """Every process's children, from one pass over /proc."""
+    children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return children
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process started under `pid` (children, theirs, ...), found through /proc."""
+    parents = _children_by_parent()
     found, todo = set(), [pid]
     while todo:
         for child in parents.get(todo.pop(), []):
@@ -536,18 +542,8 @@ def test_kill_9_leaves_no_worker_processes_behind(stage, tmp_path):
 
 def _workers_of(pid: int) -> set[int]:
     """The pool's workers: children of the forkserver, itself a child of `pid` (the resource tracker has none)."""
-    return {p for child in _children(pid) for p in _children(child)}
-
-
-def _children(pid: int) -> set[int]:
-    return {p for p in _descendants(pid) if _parent(p) == pid}
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return None
+    children = _children_by_parent()
+    return {p for child in children.get(pid, []) for p in children.get(child, [])}
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through /proc")

@@ -9,7 +9,7 @@ worker holds, so it never sees the end of it.
 A worker that dies abruptly (a native crash in a simulator, renderer or encoder; the OOM killer) breaks a
 ProcessPoolExecutor for good, and every job on it fails. `JobPool` starts new workers and reruns the jobs that were
 unfinished, a few times per run: CI once saw glibc abort a MetaWorld collect worker ("free(): corrupted unsorted
-chunks") that a rerun of the same seeded attempt passed, and an hours-long evaluation should not end there.
+chunks") in a test that has passed every rerun since, and an hours-long evaluation should not end there.
 """
 
 from __future__ import annotations
