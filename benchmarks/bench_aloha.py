@@ -22,6 +22,10 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
   python benchmarks/bench_aloha.py scratch [--steps 20000] [--episodes 100]
       after `suite`: its first student's annotated demonstrations, the encoder trained from scratch (`--vision ""`)
       -> results/aloha.json["scratch_vision"]
+  python benchmarks/bench_aloha.py wrist [--steps 20000] [--episodes 100]
+      after `suite`: the first student's demonstrations recorded again (the same seeds and noise: the same actions)
+      with both wrist cameras beside the top one, the recipe's student on the three, paired against the first student
+      -> results/aloha.json["wrist_cameras"]
   python benchmarks/bench_aloha.py demos --demos 200 [--steps 20000] [--episodes 100]
       after `suite`: the recipe's student on --demos DART demonstrations per task (the first student's 50 are the
       first 50 of them: the same seeds), on the same held-out episodes, paired against the first student
@@ -150,6 +154,16 @@ def scratch(args) -> dict:
     return {"scratch_vision": variant(args, sub, Path(args.work) / "annotated-dart", "--vision", "")}
 
 
+def wrist(args) -> dict:
+    """The first student's demonstrations (the same actions) recorded with each gripper's wrist camera beside the top
+    view, the recipe's student on all three: what the top view at 128 px cannot show is where the cube is to the
+    centimetre (its auxiliary head places it to 1.5 cm, a grasp needs about 1), and the grasping wrist's view shows it
+    across a third of the frame."""
+    sub = Path(args.work) / "wrist"
+    ann = recollected(args, sub, ALOHA.collect["height"], ("top", "left_wrist", "right_wrist"))
+    return {"wrist_cameras": variant(args, sub, ann)}
+
+
 def demos(args) -> dict:
     """The first student learnt the demonstrations' paths more than where the cube is (BENCHMARKS.md, "ALOHA"): the
     same recipe on more placements of the objects. The suite's own 50 come first (collection seeds are drawn in
@@ -204,11 +218,11 @@ def act(args) -> dict:
     return {"act": {key: out}}
 
 
-def recollected(args, sub: Path, size: int) -> Path:
+def recollected(args, sub: Path, size: int, cameras: tuple[str, ...] = ALOHA.collect["names"]) -> Path:
     """The first student's demonstrations (same seeds and DART noise draws) collected again into `sub` at `size` px
     with the expert as it is now, and annotated."""
     dart = ("--action-noise", str(ALOHA.collect["action_noise"]))
-    raw = dataset(sub, TASKS, args.demos, size, cameras=",".join(ALOHA.collect["names"]), name="dataset-dart",
+    raw = dataset(sub, TASKS, args.demos, size, cameras=",".join(cameras), name="dataset-dart",
                   collect_flags=(*ENV, *dart))
     return annotated(sub, raw, "scripted", "annotated-dart")
 
@@ -251,7 +265,7 @@ def save(partial: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["teacher", "suite", "delta", "resolution", "scratch", "demos", "chunks",
+    p.add_argument("what", choices=["teacher", "suite", "delta", "resolution", "scratch", "wrist", "demos", "chunks",
                                     "dagger-labels", "act"])
     p.add_argument("--work", default="outputs/bench_aloha")
     p.add_argument("--demos", type=int, default=50)
@@ -263,7 +277,7 @@ def main() -> None:
     p.add_argument("--action-loss", default="l1", choices=["l1", "mse", "smooth_l1"], help="act: the action loss")
     args = p.parse_args()
     stages = {"teacher": teacher, "suite": suite, "delta": delta, "resolution": resolution, "scratch": scratch,
-              "demos": demos, "chunks": chunks, "dagger-labels": dagger_labels, "act": act}
+              "wrist": wrist, "demos": demos, "chunks": chunks, "dagger-labels": dagger_labels, "act": act}
     save(stages[args.what](args))
 
 

@@ -2,9 +2,11 @@
 
 Usage (each stage is skipped when its output exists, so a rerun resumes):
   python benchmarks/bench_vita.py [demo] [--family paligemma] [--align-steps 2000] [--finetune-steps 1500]
-      after `make demo`: a tiny random VLM of a real architecture (or --family parts: the pretrained-parts VLM) around
-      the demo's student, on the demo's tasks -> results/vita_<family>.json: trainable parameters per stage, the
-      alignment curve, closed-loop success beside the expert (paired, on the same held-out episodes), batch-1 latency
+      after `make demo`: a tiny random VLM of a real architecture (or --family parts: the pretrained-parts VLM;
+      parts:random: the same architecture untrained) around the demo's student, on the demo's tasks ->
+      results/vita_<family>.json: trainable parameters per stage, the alignment curve, closed-loop success beside the
+      expert (paired, on the same held-out episodes), again with every prompt an unseen paraphrase
+      (benchmarks/paraphrases/mt10.json), batch-1 latency; parts:random also paired against parts' stages
   python benchmarks/bench_vita.py mt10 [--align-steps 2000] [--finetune-steps 1500]
       after `make mt10`: the parts VLM (EfficientNet-Lite0, a projector, all-MiniLM-L6-v2; models/parts_vlm.py) around
       the MT10 recipe's student on its data; stage 2 once per --decoder-lr-scales, each run's checkpoint chosen by
@@ -22,7 +24,7 @@ import sys
 from pathlib import Path
 
 from bench_distill import paired_with, rate
-from bench_eval import evaluated
+from bench_eval import eval_info, evaluated
 
 from common import DEMO_TASKS, RESULTS, cli, write_result
 
@@ -38,8 +40,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", nargs="?", default="demo", choices=["demo", "mt10"])
     p.add_argument("--family", default="paligemma",
-                   choices=["paligemma", "idefics3", "qwen2_vl", "qwen2_5_vl", "parts"],
-                   help="demo: a tiny random VLM of this architecture, or parts (models/parts_vlm.py, pretrained)")
+                   choices=["paligemma", "idefics3", "qwen2_vl", "qwen2_5_vl", "parts", "parts:random"],
+                   help="demo: a tiny random VLM of this architecture, parts (models/parts_vlm.py, pretrained) or "
+                        "parts:random (its architecture untrained: what the pretrained weights bring)")
     p.add_argument("--dataset", default="outputs/demo/annotated")
     p.add_argument("--expert", default="outputs/demo/student")
     p.add_argument("--align-steps", type=int, default=2000)
@@ -58,10 +61,18 @@ def main() -> None:
         write_result(RESULTS / "vita.json", {"mt10": mt10(args)})
         return
     args.episodes = args.episodes or 10
-    work = Path(args.work) / args.family
+    result, tag = demo(args)
+    write_result(RESULTS / f"vita_{tag}{f'_lora{args.lora_rank}' if args.lora_rank else ''}.json", result)
+
+
+def demo(args) -> tuple[dict, str]:
+    """Both stages around the demo's student, each evaluated beside it with the simulator's instructions and with
+    unseen paraphrases -> (the result, the family's tag)."""
+    tag = args.family.replace(":", "_")
+    work = Path(args.work) / tag
     align, ft = work / "align", work / ("finetune" + (f"_lora{args.lora_rank}" if args.lora_rank else ""))
     common = ["--dataset", args.dataset, "--batch-size", str(args.batch_size), "--log-every", "50"]
-    vlm = "parts" if args.family == "parts" else f"tiny:{args.family}"
+    vlm = args.family if args.family.startswith("parts") else f"tiny:{args.family}"
     staged(align, common + ["--expert", args.expert, "--vlm", vlm, "--stage", "align", "--lr", "1e-3"],
            args.align_steps)
     staged(ft, common + ["--init", str(align), "--stage", "finetune", "--lr", "3e-4",
@@ -78,16 +89,44 @@ def main() -> None:
         "finetune_curve": curve(ft, "loss"),
         "success": {n: e["overall"]["pc_success"] for n, e in evals.items()},
         "rates": {n: rate(e) for n, e in evals.items()},
-        "paired": {"stage2_vs_stage1": paired_with("stage 1", evals["vita_align"], evals[f"vita_{ft.name}"]),
-                   **{f"{n}_vs_expert": paired_with("the expert", evals["expert"], e)
-                      for n, e in evals.items() if n != "expert"}},
+        "paired": arms_paired(evals, ft.name),
         "gripper": json.loads((ft / "train_config.json").read_text()).get("gripper"),
         "command": "python " + " ".join(sys.argv),
         "latency_ms_p50": {n: e["policy"]["latency_ms_p50"] for n, e in evals.items()},
         "parameters": {n: e["policy"]["parameters"] for n, e in evals.items()},
     }
+    wordings = PARAPHRASES / "mt10.json"  # the demo's tasks are MT10 tasks
+    if set(args.tasks.split(",")) <= set(json.loads(wordings.read_text())):
+        para = {name: evaluated(policy, args.tasks, work / f"eval_{name}_paraphrase", args.episodes,
+                                "--instructions", str(wordings)) for name, policy in arms.items()}
+        result["paraphrase"] = {"instructions": str(wordings), "rates": {n: rate(e) for n, e in para.items()},
+                                "paired": arms_paired(para, ft.name) | {
+                                    f"{n}_paraphrase_minus_original": paired_with(f"{n} as worded", evals[n], e)
+                                    for n, e in para.items()}}
+    if args.family == "parts:random":  # the same stages of the pretrained VLM, where its run is evaluated
+        result["paired"] |= pretrained_vs_random(Path(args.work) / "parts", evals, "")
+        if "paraphrase" in result:
+            result["paraphrase"]["paired"] |= pretrained_vs_random(Path(args.work) / "parts", para, "_paraphrase")
     print(json.dumps({k: result[k] for k in ("trainable_parameters", "success", "latency_ms_p50")}, indent=1))
-    write_result(RESULTS / f"vita_{args.family}{f'_lora{args.lora_rank}' if args.lora_rank else ''}.json", result)
+    return result, tag
+
+
+def arms_paired(evals: dict, finetune: str) -> dict:
+    """Stage 2 against stage 1, and each stage against the expert, on the same episodes."""
+    return {"stage2_vs_stage1": paired_with("stage 1", evals["vita_align"], evals[f"vita_{finetune}"]),
+            **{f"{n}_vs_expert": paired_with("the expert", evals["expert"], e)
+               for n, e in evals.items() if n != "expert"}}
+
+
+def pretrained_vs_random(parts: Path, evals: dict, suffix: str) -> dict:
+    """Each stage of the pretrained-parts VLM (the demo's `--family parts` run, where it has been evaluated with the
+    same --episodes) against the same stage untrained (`evals`), on the same episodes."""
+    out = {}
+    for stage in (n for n in evals if n != "expert"):
+        if (parts / f"eval_{stage}{suffix}" / "eval_info.json").exists():
+            out[f"pretrained_minus_random_{stage}"] = paired_with("the untrained VLM", evals[stage],
+                                                                  eval_info(parts / f"eval_{stage}{suffix}"))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ mt10

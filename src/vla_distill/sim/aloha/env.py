@@ -3,9 +3,10 @@ insertion), stepped by MuJoCo directly.
 
 gym-aloha's own env renders three 480x640 cameras on every step (~3 steps/s on a CPU core) and seeds nothing unless
 asked; lerobot evaluates it for 400 steps at 50 Hz, success = the task's top reward (4). Ours loads the package's
-MJCF, applies its action convention and reward, and renders only the top camera, only when an observation's image
-is read, at the size asked, without shadows or multisampling. The physics is the package's: dm_control's
-Environment runs the same model with 10 MuJoCo steps per 20 ms control step (tests compare the two).
+MJCF, applies its action convention and reward, and renders only the cameras asked (the top one by default; each
+gripper's wrist camera on request), only when an observation's image is read, at the size asked, without shadows or
+multisampling. The physics is the package's: dm_control's Environment runs the same model with 10 MuJoCo steps per
+20 ms control step (tests compare the two).
 
 Shapes:
   observation.state              (14,) lerobot's aloha layout: per arm 6 joint angles + the gripper, 0 shut .. 1 open
@@ -38,7 +39,10 @@ SCENES = {"transfer_cube": "bimanual_viperx_transfer_cube.xml", "insertion": "bi
 FPS = 50
 MAX_STEPS = 400  # lerobot's episode length for both tasks
 TOP_REWARD = 4
-CAMERAS = ("top",)
+# the top view (lerobot's aloha_sim layout: all it records) and a camera on each gripper (the real ALOHA's
+# cam_left_wrist / cam_right_wrist): at 128 px the top view shows the 4 cm cube as 4 pixels, the grasping wrist as a
+# third of its frame
+CAMERAS = ("top", "left_wrist", "right_wrist")
 RESOLUTION = 128  # square, as every camera here; the 4:3 view's sides (beyond the table) are what it loses
 EVAL_SEED_BASE = 2**31  # evaluation seeds from here up, collection's below: the same placement sampler, apart
 

@@ -30,7 +30,7 @@ class Aloha:
     fps = FPS
     robot_type = "aloha"
     cameras = CAMERAS
-    default_cameras = CAMERAS
+    default_cameras = CAMERAS[:1]  # lerobot's aloha_sim datasets: the top view alone; the wrists on request
     default_camera = camera_key("top")
     default_image_size = RESOLUTION
     step_limit = f"{MAX_STEPS} steps (lerobot's)"
