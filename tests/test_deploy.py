@@ -704,7 +704,7 @@ def test_server_batches_concurrent_clients_and_our_openpi_teacher_uses_it(served
 
 
 def test_run_leaves_cores_to_the_simulated_robots_renderer():
-    from vla_distill.cli import loop_threads
+    from vla_distill.models.backends import policy_threads
 
-    assert [loop_threads(0, cpus) for cpus in (1, 2, 4, 16)] == [1, 1, 2, 4]
-    assert loop_threads(3, 2) == 3  # --threads wins
+    assert [policy_threads(0, cpus) for cpus in (1, 2, 4, 16)] == [1, 1, 2, 4]
+    assert policy_threads(3, 2) == 3  # --threads wins

@@ -28,6 +28,7 @@ from vla_distill.eval.observe import (
 )
 from vla_distill.eval.records import EpisodeRecord
 from vla_distill.eval.stats import compare, distinguishable, paired, paired_counts, wilson
+from vla_distill.models.backends import policy_threads
 from vla_distill.sim.metaworld.tasks import EVAL_SEED_BASE
 from vla_distill.sim.registry import get_simulator
 
@@ -223,6 +224,7 @@ def test_eval_info_of_teacher_and_fake_policy(teacher_and_frozen):
     p = frozen["policy"]
     assert p["kind"] == "policy" and p["parameters"] > 0 and p["latency_ms_p50"] > 0 and p["calls"] == 20
     assert p["peak_rss_mb"] > 0 and p["control_hz"] > 0
+    assert p["threads"] == policy_threads()  # as `run` gives the policy: not every core the renderer needs too
     # The frozen arm is flagged: its hand never moves before the step limit.
     obs = json.loads((root / "frozen" / "observability.json").read_text())
     assert {(f["task"], f["kind"]) for f in obs["flags"]} == {("reach-v3", "stuck_phase"),

@@ -633,20 +633,13 @@ def _run_loop(args: argparse.Namespace) -> int:
     return 130 if interrupted else 0
 
 
-def loop_threads(asked: int, cpus: int) -> int:
-    """The policy's threads in `run`: as asked, else half the cores (at most 4). The simulated robot renders its
-    cameras in the same process, and on 2 cores an ALOHA student's 2-thread ONNX session beside the renderer missed
-    10-13 of 400 ticks at 50 Hz per episode, one thread none (BENCHMARKS.md, "ALOHA")."""
-    return asked or max(1, min(4, cpus // 2))
-
-
 def _loop_policy(args: argparse.Namespace, cfg):
     """The policy `run` drives: a bundle or checkpoint on a local backend, or one served at openpi://HOST:PORT."""
     import torch
 
-    from vla_distill.models.backends import load_policy
+    from vla_distill.models.backends import load_policy, policy_threads
 
-    torch.set_num_threads(loop_threads(args.threads, os.cpu_count() or 1))
+    torch.set_num_threads(policy_threads(args.threads))
     if args.policy.startswith("openpi://"):
         from vla_distill.data.openpi_client import parse_address
         from vla_distill.deploy.remote_policy import RemotePolicy

@@ -34,6 +34,7 @@ from vla_distill.eval.metrics import aggregate, latency_summary
 from vla_distill.eval.observe import agreement, mean_agreement, observability, phase_flags
 from vla_distill.eval.records import EpisodeRecord, read_records, write_episode
 from vla_distill.eval.rollout import run_episode
+from vla_distill.models.backends import policy_threads
 from vla_distill.sim.base import SimulatorUnavailable
 from vla_distill.sim.layout import kinematics
 from vla_distill.sim.workers import JobPool
@@ -242,7 +243,20 @@ def measure_latency(cfg: EvalConfig, actor) -> dict:
 
 
 def evaluate(cfg: EvalConfig, command: str = "") -> dict:
-    """Runs (or resumes) the evaluation; returns eval_info."""
+    """Runs (or resumes) the evaluation; returns eval_info. The policy in this process (the latency pass, a
+    one-worker run) gets the threads `run` would give it: two on a 2-core machine whose other core is busy made
+    every call wait on a descheduled thread (1.0-1.4 s for the demo student; 7-11 ms with one)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(policy_threads())
+    try:
+        return _evaluate_with_threads(cfg, command)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _evaluate_with_threads(cfg: EvalConfig, command: str) -> dict:
     out = Path(cfg.out)
     actor = _make_actor(cfg)  # fails here, before any worker starts, on a bad path or kind
     jobs = [(t, i, s) for t in cfg.tasks for i, s in enumerate(cfg.sim.eval_seeds(t, cfg.episodes, cfg.seed))]

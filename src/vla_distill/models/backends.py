@@ -11,6 +11,7 @@ Every backend answers lerobot's interface (reset, select_action, predict_action_
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -21,6 +22,14 @@ from vla_distill.models.base import Policy
 from vla_distill.models.checkpoint import load_pretrained, read_config, read_provenance
 
 BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
+
+
+def policy_threads(asked: int = 0, cpus: int | None = None) -> int:
+    """A batch-1 policy's threads beside a simulated robot (`run`, and `eval`'s own process): as asked, else half the
+    cores (at most 4). The simulator renders in the same process, and on 2 cores an ALOHA student's 2-thread ONNX
+    session beside the renderer missed 10-13 of 400 ticks at 50 Hz per episode, one thread none; with every core busy
+    elsewhere, two threads made the demo student's calls 1.0-1.4 s where one took 7-11 ms (BENCHMARKS.md)."""
+    return asked or max(1, min(4, (cpus or os.cpu_count() or 1) // 2))
 
 
 def resolve_backend(path: str | Path, backend: str = "auto") -> str:
