@@ -5,8 +5,8 @@ Usage (each stage is skipped when its output exists, so a rerun resumes):
       after `make demo`: a tiny random VLM of a real architecture (or --family parts: the pretrained-parts VLM;
       parts:random: the same architecture untrained) around the demo's student, on the demo's tasks ->
       results/vita_<family>.json: trainable parameters per stage, the alignment curve, closed-loop success beside the
-      expert (paired, on the same held-out episodes), again with every prompt an unseen paraphrase
-      (benchmarks/paraphrases/mt10.json), batch-1 latency; parts:random also paired against parts' stages
+      expert (paired, on the same held-out episodes), the expert and stage 2 again with every prompt an unseen
+      paraphrase (benchmarks/paraphrases/mt10.json), batch-1 latency; parts:random also paired against parts' stages
   python benchmarks/bench_vita.py mt10 [--align-steps 2000] [--finetune-steps 1500]
       after `make mt10`: the parts VLM (EfficientNet-Lite0, a projector, all-MiniLM-L6-v2; models/parts_vlm.py) around
       the MT10 recipe's student on its data; stage 2 once per --decoder-lr-scales, each run's checkpoint chosen by
@@ -97,12 +97,14 @@ def demo(args) -> tuple[dict, str]:
     }
     wordings = PARAPHRASES / "mt10.json"  # the demo's tasks are MT10 tasks
     if set(args.tasks.split(",")) <= set(json.loads(wordings.read_text())):
-        para = {name: evaluated(policy, args.tasks, work / f"eval_{name}_paraphrase", args.episodes,
-                                "--instructions", str(wordings)) for name, policy in arms.items()}
+        # the issue's three arms: the expert, the VITA student, (its run with --family parts:random) the untrained one
+        stage2 = f"vita_{ft.name}"
+        para = {n: evaluated(arms[n], args.tasks, work / f"eval_{n}_paraphrase", args.episodes,
+                             "--instructions", str(wordings)) for n in ("expert", stage2)}
+        paired = {f"{n}_paraphrase_minus_original": paired_with(f"{n} as worded", evals[n], e) for n, e in para.items()}
+        paired[f"{stage2}_vs_expert"] = paired_with("the expert", para["expert"], para[stage2])
         result["paraphrase"] = {"instructions": str(wordings), "rates": {n: rate(e) for n, e in para.items()},
-                                "paired": arms_paired(para, ft.name) | {
-                                    f"{n}_paraphrase_minus_original": paired_with(f"{n} as worded", evals[n], e)
-                                    for n, e in para.items()}}
+                                "paired": paired}
     if args.family == "parts:random":  # the same stages of the pretrained VLM, where its run is evaluated
         result["paired"] |= pretrained_vs_random(Path(args.work) / "parts", evals, "")
         if "paraphrase" in result:
