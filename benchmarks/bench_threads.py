@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from bench_train import student_batch
+
 from common import RESULTS, write_result
 
 SETTINGS = [(1, ""), (2, ""), (2, "PASSIVE")]  # (torch threads, OMP_WAIT_POLICY; "" = OpenMP's default)
@@ -38,11 +40,7 @@ def one(threads: int, seconds: float) -> dict:
         trunk_rate = _rate(lambda: trunk(frames), 8, seconds)
     cams = ("observation.images.cam0", "observation.images.cam1")
     policy = StudentPolicy(preset_config("tiny", image_keys=cams, image_size=(128, 128), tasks=("task",)))
-    batch = {**{k: torch.rand(32, 3, 128, 128) for k in cams}, "observation.state": torch.randn(32, 4),
-             "task_index": torch.zeros(32, dtype=torch.long), "action": torch.randn(32, 1, 4),
-             "action_is_pad": torch.zeros(32, 1, dtype=torch.bool), "phase_index": torch.randint(0, 4, (32,)),
-             "direction_index": torch.arange(32) % 8,
-             "direction_embedding": torch.nn.functional.normalize(torch.randn(32, 384), dim=-1)}
+    batch = student_batch(policy, cams, 32, 128, 1, "cpu")
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
     policy.train()
 

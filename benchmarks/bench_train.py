@@ -22,12 +22,34 @@ import time
 from common import RESULTS, write_result
 
 
+def student_batch(policy, cams: tuple[str, ...], n: int, size: int, horizon: int, device,
+                  features: bool = False) -> dict:
+    """A random training batch of `n` for the student: pixels per camera, or (features) what the trainer's feature
+    cache feeds a frozen encoder; 4-d state and action, chunks of `horizon`, the phase and direction targets."""
+    import torch
+
+    from vla_distill.types import feature_key
+
+    if features:
+        c, h, w = policy.encoder.feature_shape((size, size))
+        out = {feature_key(key): torch.randn(n, c, h, w, device=device) for key in cams}
+    else:
+        out = {key: torch.rand(n, 3, size, size, device=device) for key in cams}
+    out.update({"observation.state": torch.randn(n, 4, device=device),
+                "task_index": torch.zeros(n, dtype=torch.long, device=device),
+                "action": torch.randn(n, horizon, 4, device=device),
+                "action_is_pad": torch.zeros(n, horizon, dtype=torch.bool, device=device),
+                "phase_index": torch.randint(0, 4, (n,), device=device),
+                "direction_index": torch.arange(n, device=device) % 8,
+                "direction_embedding": torch.nn.functional.normalize(torch.randn(n, 384, device=device), dim=-1)})
+    return out
+
+
 def one(preset: str, args) -> dict:
     import torch
 
     from vla_distill.models.student import PRESETS, StudentPolicy, preset_config
     from vla_distill.models.vision import VisionConfig
-    from vla_distill.types import feature_key
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -41,19 +63,7 @@ def one(preset: str, args) -> dict:
     b, k = args.batch, args.horizon
 
     def batch(n: int, features: bool = False) -> dict:
-        if features:  # what the trainer's feature cache feeds a frozen encoder
-            c, h, w = policy.encoder.feature_shape((args.size, args.size))
-            out = {feature_key(key): torch.randn(n, c, h, w, device=device) for key in cams}
-        else:
-            out = {key: torch.rand(n, 3, args.size, args.size, device=device) for key in cams}
-        out.update({"observation.state": torch.randn(n, 4, device=device),
-                    "task_index": torch.zeros(n, dtype=torch.long, device=device),
-                    "action": torch.randn(n, k, 4, device=device),
-                    "action_is_pad": torch.zeros(n, k, dtype=torch.bool, device=device),
-                    "phase_index": torch.randint(0, 4, (n,), device=device),
-                    "direction_index": torch.arange(n, device=device) % 8,
-                    "direction_embedding": torch.nn.functional.normalize(torch.randn(n, 384, device=device), dim=-1)})
-        return out
+        return student_batch(policy, cams, n, args.size, k, device, features)
 
     def sync():
         if device.type == "cuda":
