@@ -134,7 +134,7 @@ def main() -> None:
         return
     rows = []
     for preset in args.presets.split(","):
-        cmd = [sys.executable, __file__, "--one", preset, *[a for a in sys.argv[1:] if not a.startswith("--out")]]
+        cmd = [sys.executable, __file__, "--one", preset, *_without_out(sys.argv[1:])]
         r = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
         print(f"measured {preset}", file=sys.stderr)
@@ -150,6 +150,20 @@ def main() -> None:
     write_result(args.out,
                  {"config": {k: getattr(args, k) for k in ("cameras", "size", "batch", "horizon", "threads", "device")},
                             "presets": rows})
+
+
+def _without_out(argv: list[str]) -> list[str]:
+    """The command line a preset's process gets: all but --out, in either spelling (`--out X` left X behind as a stray
+    argument, and that process exited 2)."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--out":
+            skip = True
+        elif not a.startswith("--out="):
+            kept.append(a)
+    return kept
 
 
 if __name__ == "__main__":
