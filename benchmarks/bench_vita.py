@@ -14,6 +14,10 @@ Usage (each stage is skipped when its output exists, so a rerun resumes):
       (parts:random) through the same stages; expert, stage 1, stage 2 and stage 2 random on the 500 test episodes
       (stream 0), paired, then again with every prompt replaced by an unseen paraphrase
       (benchmarks/paraphrases/mt10.json) -> results/vita.json["mt10"]
+  python benchmarks/bench_vita.py libero_object [--expert RUN] [--episodes 50]   (or libero_spatial, libero_goal)
+      the same around a LIBERO suite's kept student (results/libero.json's student_run, or --expert) on the data it
+      was trained on: validation on new placements (eval stream 1), the test on the suite's standard initial states,
+      paraphrases from benchmarks/paraphrases/libero.json -> results/vita.json["<suite>"]
 """
 
 from __future__ import annotations
@@ -38,13 +42,14 @@ def curve(run: Path, key: str) -> list[tuple[int, float]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", nargs="?", default="demo", choices=["demo", "mt10"])
+    p.add_argument("what", nargs="?", default="demo", choices=["demo", "mt10", *LIBERO_SUITES])
     p.add_argument("--family", default="paligemma",
                    choices=["paligemma", "idefics3", "qwen2_vl", "qwen2_5_vl", "parts", "parts:random"],
                    help="demo: a tiny random VLM of this architecture, parts (models/parts_vlm.py, pretrained) or "
                         "parts:random (its architecture untrained: what the pretrained weights bring)")
     p.add_argument("--dataset", default="outputs/demo/annotated")
-    p.add_argument("--expert", default="outputs/demo/student")
+    p.add_argument("--expert", default="", help="the action expert's run (demo: outputs/demo/student; mt10: make "
+                                                "mt10's DAgger student; LIBERO: the suite's kept student)")
     p.add_argument("--align-steps", type=int, default=2000)
     p.add_argument("--finetune-steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=32)
@@ -53,14 +58,15 @@ def main() -> None:
     p.add_argument("--lora-rank", type=int, default=0, help="stage 2 with LoRA adapters of this rank (default: full)")
     p.add_argument("--work", default="outputs/bench_vita")
     p.add_argument("--mt10", default="outputs/bench_distill/mt10", help="mt10: make mt10's work directory")
-    p.add_argument("--decoder-lr-scales", default="1.0,0.1", help="mt10: the stage-2 variants, chosen between")
-    p.add_argument("--val-episodes", type=int, default=5, help="mt10: per task, for choosing checkpoints")
+    p.add_argument("--decoder-lr-scales", default="1.0,0.1", help="mt10, LIBERO: the stage-2 variants, chosen between")
+    p.add_argument("--val-episodes", type=int, default=5, help="mt10, LIBERO: per task, for choosing checkpoints")
     args = p.parse_args()
-    if args.what == "mt10":
+    if args.what != "demo":
         args.episodes = args.episodes or 50
-        write_result(RESULTS / "vita.json", {"mt10": mt10(args)})
+        write_result(RESULTS / "vita.json", {args.what: benchmark(args, *setting(args))})
         return
     args.episodes = args.episodes or 10
+    args.expert = args.expert or "outputs/demo/student"
     result, tag = demo(args)
     write_result(RESULTS / f"vita_{tag}{f'_lora{args.lora_rank}' if args.lora_rank else ''}.json", result)
 
@@ -131,11 +137,25 @@ def pretrained_vs_random(parts: Path, evals: dict, suffix: str) -> dict:
     return out
 
 
-# ------------------------------------------------------------------------------------------------ mt10
-def mt10(args) -> dict:
-    src, work = Path(args.mt10), Path(args.work) / "mt10"
-    expert, dataset = src / "student-dagger", src / "annotated-128-dagger"
-    common = ["--dataset", str(dataset), "--batch-size", str(args.batch_size), "--log-every", "50"]
+# ------------------------------------------------------------------------------------------------ mt10, LIBERO
+LIBERO_SUITES = ("libero_object", "libero_spatial", "libero_goal")
+
+
+def setting(args) -> tuple[Path, str, tuple[str, ...], Path]:
+    """What differs between the benchmarks -> (the expert's run, the tasks, the environment's flags, the wordings)."""
+    if args.what == "mt10":
+        return Path(args.expert or Path(args.mt10) / "student-dagger"), "mt10", (), PARAPHRASES / "mt10.json"
+    kept = args.expert or json.loads((RESULTS / "libero.json").read_text())[args.what]["student_run"]
+    return Path(kept), args.what, ("--env", "libero"), PARAPHRASES / "libero.json"
+
+
+def benchmark(args, expert: Path, tasks: str, env: tuple[str, ...], wordings: Path) -> dict:
+    """The parts VLM and its untrained twin around `expert`, on the data the expert was trained on: stage 1, stage 2
+    per decoder learning-rate scale with its checkpoint chosen on validation episodes, then every arm on the test
+    episodes, as worded and paraphrased."""
+    dataset = json.loads((expert / "train_config.json").read_text())["dataset"]
+    work = Path(args.work) / args.what
+    common = ["--dataset", dataset, "--batch-size", str(args.batch_size), "--log-every", "50"]
     arms, chosen = {}, {}
     for vlm in ("parts", "parts:random"):
         tag = vlm.replace(":", "_")
@@ -146,17 +166,18 @@ def mt10(args) -> dict:
             run = staged(work / f"{tag}-finetune-dec{scale}", common + [
                 "--init", str(align), "--stage", "finetune", "--lr", "3e-4", "--decoder-lr-scale", scale],
                 args.finetune_steps)
-            candidates |= {ckpt: val_success(ckpt, work / "val" / f"{tag}-dec{scale}-{ckpt.name}", args)
+            candidates |= {ckpt: val_success(ckpt, work / "val" / f"{tag}-dec{scale}-{ckpt.name}", args, tasks, env)
                            for ckpt in sorted((run / "checkpoints").glob("[0-9]*"))}
         best = max(candidates, key=lambda c: (candidates[c], c.parent.parent.name, c.name))
         chosen[tag] = {"checkpoint": str(best), "val_success": candidates[best],
                        "candidates": {str(c): v for c, v in candidates.items()}}
         arms["stage1" if vlm == "parts" else "stage1_random_vlm"] = align
         arms["stage2" if vlm == "parts" else "stage2_random_vlm"] = best
-    result = {"expert": str(expert), "checkpoint_choice": chosen, "command": "python benchmarks/bench_vita.py mt10"}
+    result = {"expert": str(expert), "dataset": dataset, "checkpoint_choice": chosen,
+              "episodes_per_task": args.episodes, "command": "python " + " ".join(sys.argv)}
     for prompts in ("original", "paraphrase"):
-        extra = () if prompts == "original" else ("--instructions", str(PARAPHRASES / "mt10.json"))
-        evals = {arm: evaluated(str(run), "mt10", work / prompts / arm, args.episodes, *extra)
+        extra = () if prompts == "original" else ("--instructions", str(wordings))
+        evals = {arm: evaluated(str(run), tasks, work / prompts / arm, args.episodes, *env, *extra)
                  for arm, run in {"expert": expert, **arms}.items()}
         block = {arm: rate(info) | {"latency_ms_p50": info["policy"]["latency_ms_p50"]} for arm, info in evals.items()}
         block["paired"] = {f"{arm}_vs_expert": paired_with("the expert", evals["expert"], info)
@@ -179,9 +200,9 @@ def staged(run: Path, flags: list[str], steps: int) -> Path:
     return run
 
 
-def val_success(ckpt: Path, out: Path, args) -> float:
+def val_success(ckpt: Path, out: Path, args, tasks: str, env: tuple[str, ...]) -> float:
     """Closed-loop success on the validation seeds (stream 1): what picks a checkpoint, never the test seeds."""
-    return evaluated(str(ckpt), "mt10", out, args.val_episodes, "--seed", "1")["overall"]["pc_success"]
+    return evaluated(str(ckpt), tasks, out, args.val_episodes, *env, "--seed", "1")["overall"]["pc_success"]
 
 
 def _trainable(run: Path) -> int:

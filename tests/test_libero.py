@@ -29,6 +29,18 @@ def test_task_names_and_state_conventions():
     np.testing.assert_allclose(libero_env.quat_to_axis_angle(q), [0, 0, np.pi / 2], atol=1e-6)
 
 
+def test_validation_streams_are_neither_the_benchmark_states_nor_a_collection_s_placements():
+    from vla_distill.collect.config import CollectConfig
+    from vla_distill.sim.libero.simulator import Libero
+
+    sim = Libero()
+    assert sim.eval_seeds("libero_object/0", 3, 0) == [tasks.EVAL_SEED_BASE + i for i in range(3)]
+    val = sim.eval_seeds("libero_object/0", 1_000, 1) + sim.eval_seeds("libero_object/0", 1_000, 2)
+    assert len(set(val)) == 2_000 and max(val) < tasks.EVAL_SEED_BASE  # new placements, not fixed initial states
+    last = CollectConfig(tasks=("libero_object/0",) * 10, env="libero", episodes=50, seed=1_999)
+    assert last.attempt_seed(9, last.max_attempts) < min(val)
+
+
 @pytest.mark.skipif(WHY is None, reason="LIBERO is installed")
 def test_missing_extra_gives_the_install_command(tmp_path):
     r = subprocess.run(CLI + ["eval", "--env", "libero", "--policy", "scripted", "--tasks", "libero_spatial/0",

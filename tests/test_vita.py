@@ -79,6 +79,16 @@ def test_the_reused_decoder_reproduces_the_expert(expert, batch, monkeypatch):
         assert torch.equal(p.predict_action_chunk(batch), expert.predict_action_chunk(batch))
 
 
+def test_an_acting_vlm_runs_its_chunks_as_its_expert_was_trained_to(expert):
+    import dataclasses
+
+    replanning = type(expert)(dataclasses.replace(expert.config, n_action_steps=1))
+    assert from_expert(expert, "paligemma").n_action_steps == expert.n_action_steps
+    p = from_expert(replanning, "paligemma")
+    p.reset(task="reach")
+    assert p.n_action_steps == 1 and p._chunks.n == 1
+
+
 def test_alignment_loss_falls(expert, batch):
     torch.manual_seed(0)
     p = from_expert(expert, "qwen2_vl")
@@ -127,6 +137,9 @@ def test_checkpoint_round_trip_rebuilds_offline(expert, batch, tmp_path, family)
     save_pretrained(p, tmp_path / "pretrained_model", {"note": "vita test"})
     q = load_pretrained(tmp_path / "pretrained_model")
     assert type(q).__name__ == "VitaPolicy" and q.config.family == family
+    from vla_distill.train.vita import vlm_spec
+
+    assert vlm_spec(q.config) == {"idefics3": "tiny:idefics3", "parts": "parts"}[family]  # what --vlm built it
     with torch.no_grad():
         assert torch.equal(p.predict_action_chunk(batch), q.predict_action_chunk(batch))
 
@@ -199,7 +212,7 @@ def test_vita_train_cli_runs_both_stages_and_resumes(tiny_student, annotated, tm
     rows = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "arm_smooth_l1" in r] == [2, 4]
     prov = json.loads((tmp_path / "ft" / "checkpoints" / "last" / "pretrained_model" / "provenance.json").read_text())
-    assert prov["stage"] == "finetune" and prov["family"] == "qwen2_vl"
+    assert prov["stage"] == "finetune" and prov["family"] == "qwen2_vl" and prov["vlm"] == "tiny:qwen2_vl"  # --init's
     assert load_pretrained(tmp_path / "ft").config.family == "qwen2_vl"
     bad = cli("--stage", "finetune", "--steps", "2", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--init" in bad.stderr

@@ -208,6 +208,13 @@ class VitaPolicy(Policy):
         return self.expert.horizon
 
     @property
+    def n_action_steps(self) -> int:
+        """The expert's: its decoder makes the chunks, so they run as the expert's were trained to (a LIBERO expert
+        replans every step). Policy.__init__ asks before the expert is built; reset() asks again."""
+        expert = self._modules.get("expert")
+        return expert.n_action_steps if expert is not None else 0
+
+    @property
     def action_dim(self) -> int:
         return self.expert.action_dim
 

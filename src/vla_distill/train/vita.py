@@ -68,6 +68,15 @@ def _sizes(cfg: VitaTrainConfig) -> dict:
             **({"vlm_image_size": cfg.vlm_image_size} if cfg.vlm_image_size else {})}
 
 
+def vlm_spec(c) -> str:
+    """The --vlm that builds this policy's VLM: stage 2 (--init) inherits it, whatever its --vlm flag said."""
+    if c.vlm_path:
+        return c.vlm_path
+    if c.family == "parts":
+        return "parts" if c.vlm_config.get("pretrained") else "parts:random"
+    return f"tiny:{c.family}"
+
+
 def _family_of(path: Path) -> str:
     kind = json.loads((path / "config.json").read_text()).get("model_type", "")
     # SmolVLM is Idefics3's architecture under another name (same modules and keys)
@@ -163,7 +172,7 @@ def _vita_train(cfg: VitaTrainConfig, resume: bool) -> Path:
               to_batch=lambda raw: policy_batch(raw, views), loss=lambda model, batch, gen: model(batch, cfg.stage),
               validate=lambda: validate(policy, views, cfg, dev),
               provenance={**provenance(ds, cfg, annotation), "stage": cfg.stage, "expert": cfg.expert, "init": cfg.init,
-                          "vlm": cfg.vlm, "family": policy.config.family},
+                          "vlm": vlm_spec(policy.config), "family": policy.config.family},
               describe=f"VITA-VLA {cfg.stage} ({policy.config.family}"
                        f"{', binary gripper' if binary else ''}): "
                        f"{policy.num_parameters() / 1e6:.2f}M "

@@ -12,7 +12,8 @@ from vla_distill.types import ACTION, OBS_CONTACT, OBS_ENV_STATE, OBS_STATE, PHA
 
 
 class Libero:
-    """Evaluation episode i starts from the task's fixed initial state i % 50; collection draws new placements."""
+    """Evaluation episode i starts from the task's fixed initial state i % 50 (other eval streams, and collection,
+    draw new placements)."""
 
     name = "libero"
     fps = FPS
@@ -65,7 +66,13 @@ class Libero:
         return suite_of(suite_name).get_task(int(idx)).language
 
     def eval_seeds(self, task: str, episodes: int, seed: int) -> list[int]:
-        return [EVAL_SEED_BASE + seed * 1_000 + i for i in range(episodes)]
+        """Stream 0: the benchmark's fixed initial states, what every LIBERO rate is measured on. Streams >= 1 (a
+        validation set, e.g. for choosing checkpoints): new placements, drawn as a collection draws them, from seeds
+        just below the base, which no collection with --seed below 2,000 reaches (collect.config.attempt_seed); up to
+        1,000 episodes a stream. (Before, stream 1 started from the same fixed initial states as stream 0.)"""
+        if seed == 0:
+            return [EVAL_SEED_BASE + i for i in range(episodes)]
+        return [EVAL_SEED_BASE - 1 - seed * 1_000 - i for i in range(episodes)]
 
     def make_env(self, task: str, image_keys: tuple[str, ...], image_size: tuple[int, int]) -> Env:
         from vla_distill.sim.libero.env import LiberoEnv
