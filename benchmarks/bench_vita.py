@@ -54,7 +54,7 @@ def main() -> None:
     p.add_argument("--finetune-steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--episodes", type=int, default=0, help="per task (default: demo 10, mt10 50)")
-    p.add_argument("--tasks", default=DEMO_TASKS)
+    p.add_argument("--tasks", default="", help="default: the demo's three; mt10: mt10; LIBERO: the whole suite")
     p.add_argument("--lora-rank", type=int, default=0, help="stage 2 with LoRA adapters of this rank (default: full)")
     p.add_argument("--work", default="outputs/bench_vita")
     p.add_argument("--mt10", default="outputs/bench_distill/mt10", help="mt10: make mt10's work directory")
@@ -66,7 +66,7 @@ def main() -> None:
         write_result(RESULTS / "vita.json", {args.what: benchmark(args, *setting(args))})
         return
     args.episodes = args.episodes or 10
-    args.expert = args.expert or "outputs/demo/student"
+    args.expert, args.tasks = args.expert or "outputs/demo/student", args.tasks or DEMO_TASKS
     result, tag = demo(args)
     write_result(RESULTS / f"vita_{tag}{f'_lora{args.lora_rank}' if args.lora_rank else ''}.json", result)
 
@@ -144,9 +144,10 @@ LIBERO_SUITES = ("libero_object", "libero_spatial", "libero_goal")
 def setting(args) -> tuple[Path, str, tuple[str, ...], Path]:
     """What differs between the benchmarks -> (the expert's run, the tasks, the environment's flags, the wordings)."""
     if args.what == "mt10":
-        return Path(args.expert or Path(args.mt10) / "student-dagger"), "mt10", (), PARAPHRASES / "mt10.json"
+        expert = Path(args.expert or Path(args.mt10) / "student-dagger")
+        return expert, args.tasks or "mt10", (), PARAPHRASES / "mt10.json"
     kept = args.expert or json.loads((RESULTS / "libero.json").read_text())[args.what]["student_run"]
-    return Path(kept), args.what, ("--env", "libero"), PARAPHRASES / "libero.json"
+    return Path(kept), args.tasks or args.what, ("--env", "libero"), PARAPHRASES / "libero.json"
 
 
 def benchmark(args, expert: Path, tasks: str, env: tuple[str, ...], wordings: Path) -> dict:
