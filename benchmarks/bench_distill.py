@@ -192,6 +192,17 @@ def helps(gain: dict) -> bool:
     return gain["ci95"][0] > 0
 
 
+def round_could_help(driver: dict) -> bool:
+    """Whether a DAgger round driven by the student evaluated in `driver` (an eval_info) could be kept at all: only
+    if one that succeeded wherever it failed, and changed nothing else, would pass `helps` on these episodes. With
+    fewer failures (4 or fewer of 500) no paired evaluation could keep a round, so running one spends hours for
+    nothing."""
+    from vla_distill.eval.stats import paired
+
+    outcomes = [bool(s) for t in driver["per_task"] for s in t["metrics"]["successes"]]
+    return helps(paired(outcomes, [True] * len(outcomes)))
+
+
 def _ci(ci) -> str:
     return f"{ci[0]:.1f}–{ci[1]:.1f}"
 

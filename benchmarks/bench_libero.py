@@ -49,6 +49,7 @@ from bench_distill import (
     paired_with,
     per_task_table,
     rate,
+    round_could_help,
     table,
     trained,
 )
@@ -167,6 +168,11 @@ def suite(args) -> dict:
     data, rounds = raw, []
     tag, plan, label_flags = dagger_labelling(args.dagger_labels)
     for r in range(1, args.dagger_rounds + 1):
+        if not round_could_help(info):  # too few failures left for any round to be kept
+            rounds.append({"round": r, "driver": run.name, "skipped": "the driver fails too few episodes for a paired "
+                                                                     "evaluation to keep any round (round_could_help)"})
+            result["dagger_rounds"] = rounds
+            break
         suffix = "-dagger" if r == 1 else f"-dagger{r}"  # round 1 keeps the names runs before rounds were counted have
         ann = dagger_round(work, tasks, args.demos, run, data, CAMERAS, LIBERO.collect["height"], ENV,
                            run.name.removeprefix("student-"), seed=r, horizon=plan)  # its data named after its driver
