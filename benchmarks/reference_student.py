@@ -55,25 +55,17 @@ class Reference:
         return "".join(f" {f}" for f in self.env_flags)
 
 
-def libero_reference(suite: str, title: str) -> Reference:
+def libero_reference(suite: str, title: str, benchmark: str, hours: str) -> Reference:
     """A LIBERO suite's kept student (bench_libero.py's `student_run`: the DAgger round's where it was kept)."""
     return Reference(work=f"outputs/bench_libero/{suite}", run="", tasks=suite, episodes=50, recipe="libero",
-                     # what the suites ran: the first round that is not kept ends them, so more rounds on the
-                     # command would not change the kept student; their students ran whole chunks until `replan`
-                     # measured replanning every step (now the recipe's: a suite run now replans from its first
-                     # student, its DAgger rollouts too)
-                     benchmark=f"python benchmarks/bench_libero.py suite --suite {suite} --vision frozen "
-                               f"--dagger-rounds 2 --dagger-labels first` with the recipe before it replanned, then "
-                               f"`python benchmarks/bench_libero.py replan --suite {suite}",
+                     benchmark=benchmark, hours=hours,
                      results="libero.json", results_key=suite, episodes_are="standard initial states",
                      section='"LIBERO"', env="libero",
                      suite=f"{title} (LIBERO 0.1.1, lerobot's step limits)",
                      latency_note=" (the cameras render when the policy reads them: both are rendered inside it)",
                      data="50 scripted-expert demonstrations per task from new placements (not the 50 standard "
                           "initial states, which are the evaluation) under DART noise, plus the DAgger round where "
-                          "its paired evaluation kept it",
-                     hours="about 10 hours a DAgger round included, by the stages' times on LIBERO-Spatial, "
-                           "and some 5 more for each further round")
+                          "its paired evaluation kept it")
 
 
 REFERENCES = {
@@ -83,8 +75,20 @@ REFERENCES = {
                       data="50 scripted-expert demonstrations per task under DART noise, plus one DAgger round (the "
                            "rollouts of the recipe's first student, relabelled by the scripted expert)",
                       hours="about 3.5 hours"),
-    "libero_spatial": libero_reference("libero_spatial", "LIBERO-Spatial"),
-    "libero_object": libero_reference("libero_object", "LIBERO-Object"),
+    # Spatial's suite ran whole chunks until `replan` measured replanning every step (now the recipe's); the first
+    # round that is not kept ends a suite, so more rounds on its command would not change the kept student
+    "libero_spatial": libero_reference(
+        "libero_spatial", "LIBERO-Spatial",
+        "python benchmarks/bench_libero.py suite --suite libero_spatial --vision frozen --dagger-rounds 2 "
+        "--dagger-labels first` with the recipe before it replanned, then `python benchmarks/bench_libero.py replan "
+        "--suite libero_spatial",
+        "about 10 hours a DAgger round included, by the stages' times on LIBERO-Spatial, and some 5 more for each "
+        "further round"),
+    "libero_object": libero_reference(
+        "libero_object", "LIBERO-Object",
+        "python benchmarks/bench_libero.py suite --suite libero_object --vision frozen --dagger-rounds 2",
+        "about 4 hours: demonstrations, annotation, 49 minutes of training on one thread, two 500-episode "
+        "evaluations; no round (3 failures of 500, too few for one to be kept)"),
 }
 
 
