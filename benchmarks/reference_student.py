@@ -118,10 +118,12 @@ def exported_steps(out: Path) -> int | None:
 def build(name: str, ref: Reference) -> dict:
     work, out, run_name = REPO / ref.work, STUDENTS / name, run_of(ref)
     run = work / run_name
-    # how the benchmark's table executes the student's chunks (bench_libero's replan: every step), else all K
-    n = benchmark_block(ref).get("n_action_steps", 0)
-    horizon = json.loads((run / "train_config.json").read_text())["horizon"]
-    tag = f"-replan{n}" if n else ""
+    # how the benchmark's table executes the student's chunks: as bench_libero's replan re-evaluated a student
+    # trained to run whole chunks, else as the checkpoint was trained to (a `libero` recipe student: every step)
+    trained = json.loads((run / "train_config.json").read_text())
+    replanned = benchmark_block(ref).get("n_action_steps", 0)
+    n, horizon = replanned or trained.get("n_action_steps", 0), trained["horizon"]
+    tag = f"-replan{replanned}" if replanned else ""
     if exported_steps(out) != (n or horizon):
         # fp32 graph only: the int8 one changes actions (so outcomes) and the repository carries every byte
         cli("export", "--policy", str(run), "--out", str(out), "--format", "onnx-only", "--int8", "none",
@@ -133,6 +135,10 @@ def build(name: str, ref: Reference) -> dict:
     agree = outcome_agreement(checkpoint, bundle)
     print(f"ONNX bundle {rate(bundle)['pc_success']:.1f}% vs its torch checkpoint "
           f"{rate(checkpoint)['pc_success']:.1f}%: {agree['same']}/{agree['n']} episodes with the same outcome")
+    low, high = same["overall"]["ci95"]
+    if low > 0 or high < 0:  # a bundle that acts otherwise than its table's checkpoint is not that student
+        sys.exit(f"{out}: the bundle and its checkpoint differ beyond their interval ({low:+.1f} to {high:+.1f}); "
+                 "no card written")
     result = {"name": name, "bundle": str(out.relative_to(REPO)), "size_mb": round(size_mb(out), 2),
               "files": {f.name: f.stat().st_size for f in sorted(out.iterdir()) if f.is_file() and f.suffix != ".md"},
               "bundle_eval": rate(bundle), "checkpoint_eval": rate(checkpoint), "teacher": rate(teacher),
