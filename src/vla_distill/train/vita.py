@@ -20,7 +20,7 @@ from vla_distill.data.dataset import RobotDataset
 from vla_distill.errors import ConfigError, DatasetError
 from vla_distill.models.checkpoint import load_pretrained
 from vla_distill.models.parts_vlm import parts_vlm_config
-from vla_distill.models.vita import FAMILIES, VitaPolicy, from_expert, tiny_vlm_config
+from vla_distill.models.vita import FAMILIES, VitaConfig, VitaPolicy, from_expert, tiny_vlm_config
 from vla_distill.train.config import VitaTrainConfig
 from vla_distill.train.device import DeviceSetup, autocast, setup_device
 from vla_distill.train.feature_cache import cached_features
@@ -68,7 +68,7 @@ def _sizes(cfg: VitaTrainConfig) -> dict:
             **({"vlm_image_size": cfg.vlm_image_size} if cfg.vlm_image_size else {})}
 
 
-def vlm_spec(c) -> str:
+def vlm_spec(c: VitaConfig) -> str:
     """The --vlm that builds this policy's VLM: stage 2 (--init) inherits it, whatever its --vlm flag said."""
     if c.vlm_path:
         return c.vlm_path
