@@ -87,8 +87,7 @@ REFERENCES = {
     "libero_object": libero_reference(
         "libero_object", "LIBERO-Object",
         "python benchmarks/bench_libero.py suite --suite libero_object --vision frozen --dagger-rounds 2",
-        "about 4 hours: demonstrations, annotation, 49 minutes of training on one thread, two 500-episode "
-        "evaluations; no round (3 failures of 500, too few for one to be kept)"),
+        "about 4 hours with no DAgger round, as the suite ran"),
 }
 
 
