@@ -53,7 +53,7 @@ def main() -> None:
     p.add_argument("--align-steps", type=int, default=2000)
     p.add_argument("--finetune-steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--episodes", type=int, default=0, help="per task (default: demo 10, mt10 50)")
+    p.add_argument("--episodes", type=int, default=0, help="per task (default: demo 10, mt10 and LIBERO 50)")
     p.add_argument("--tasks", default="", help="default: the demo's three; mt10: mt10; LIBERO: the whole suite")
     p.add_argument("--lora-rank", type=int, default=0, help="stage 2 with LoRA adapters of this rank (default: full)")
     p.add_argument("--work", default="outputs/bench_vita")
@@ -63,7 +63,9 @@ def main() -> None:
     args = p.parse_args()
     if args.what != "demo":
         args.episodes = args.episodes or 50
-        write_result(RESULTS / "vita.json", {args.what: benchmark(args, *setting(args))})
+        path = RESULTS / "vita.json"  # one key per benchmark: the others' stay
+        prior = json.loads(path.read_text()) if path.exists() else {}
+        write_result(path, prior | {args.what: benchmark(args, *setting(args))})
         return
     args.episodes = args.episodes or 10
     args.expert, args.tasks = args.expert or "outputs/demo/student", args.tasks or DEMO_TASKS
