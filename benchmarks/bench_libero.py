@@ -142,7 +142,7 @@ def suite(args) -> dict:
                   collect_flags=(*ENV, *dart))
     ann = annotated(work, raw, "scripted", "annotated-dart")
     result = {"phases": phase_agreement(raw), "demos_per_task": args.demos, "steps": args.steps,
-              "episodes_per_task": args.episodes, "command": this_command(), "vision": {},
+              "episodes_per_task": args.episodes, "command": this_command(), "vision": {"compared": False},
               "refused_tasks": refused,
               "published_anchors": {k: v.get(args.suite) for k, v in PUBLISHED.items()}}
     t_info = evaluated("scripted", tasks, work / "eval-teacher", args.episodes, *ENV)
@@ -160,10 +160,10 @@ def suite(args) -> dict:
     if args.vision == "both":
         choice = paired_with("the frozen encoder", students["frozen"][2], students["scratch"][2])
         chosen = "scratch" if choice["difference"] > 0 else "frozen"  # a tie keeps the cheaper one to train
-        result["vision"] |= {"scratch_minus_frozen": choice, "chosen": chosen}
+        result["vision"] |= {"scratch_minus_frozen": choice, "chosen": chosen, "compared": True}
     else:  # one encoder alone (the other still training): its DAgger round and table, the choice not yet measured
         chosen = args.vision
-        result["vision"] |= {"chosen": chosen, "compared": False}
+        result["vision"] |= {"chosen": chosen}
     run, minutes, info, flags, out = students[chosen]
     data, rounds = raw, []
     tag, plan, label_flags = dagger_labelling(args.dagger_labels)
