@@ -55,7 +55,7 @@ from bench_distill import (
 )
 from bench_eval import annotated, dataset, eval_info, evaluated
 
-from common import RESULTS, write_result
+from common import RESULTS, read_result, write_result
 from vla_distill.config import recipe
 from vla_distill.eval.records import arrays_path, read_records
 from vla_distill.eval.stats import compare, wilson
@@ -522,8 +522,7 @@ def this_command() -> str:
 
 
 def merged(name: str, key: str, value: dict) -> dict:
-    path = RESULTS / name
-    result = json.loads(path.read_text()) if path.exists() else {}  # write_result replaces its machine keys
+    result = read_result(name)  # write_result replaces its machine keys
     return result | {key: (result.get(key) or {}) | value}
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from bench_distill import paired_with, rate
 from bench_eval import eval_info, evaluated
 
-from common import DEMO_TASKS, RESULTS, cli, write_result
+from common import DEMO_TASKS, RESULTS, cli, read_result, write_result
 
 PARAPHRASES = Path(__file__).parent / "paraphrases"
 
@@ -63,9 +63,8 @@ def main() -> None:
     args = p.parse_args()
     if args.what != "demo":
         args.episodes = args.episodes or 50
-        path = RESULTS / "vita.json"  # one key per benchmark: the others' stay
-        prior = json.loads(path.read_text()) if path.exists() else {}
-        write_result(path, prior | {args.what: benchmark(args, *setting(args))})
+        # one key per benchmark: the others' stay
+        write_result(RESULTS / "vita.json", read_result("vita.json") | {args.what: benchmark(args, *setting(args))})
         return
     args.episodes = args.episodes or 10
     args.expert, args.tasks = args.expert or "outputs/demo/student", args.tasks or DEMO_TASKS

@@ -44,6 +44,12 @@ def cpu() -> str:
             f"{' '.join(ext)})")
 
 
+def read_result(name: str) -> dict:
+    """results/NAME as written so far ({} before its first run): what a benchmark writing one key of it keeps."""
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def write_result(out: str | Path, result: dict) -> None:
     """Writes the result JSON with the machine it was measured on."""
     result = {**result, "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(), "cpu": cpu()}

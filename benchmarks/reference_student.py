@@ -21,7 +21,7 @@ from pathlib import Path
 from bench_distill import _ci, paired_with, per_task_table, rate
 from bench_eval import eval_info, evaluated
 
-from common import RESULTS, cli, write_result
+from common import RESULTS, cli, read_result, write_result
 from vla_distill.eval.stats import compare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,8 +93,7 @@ REFERENCES = {
 
 def benchmark_block(ref: Reference) -> dict:
     """The benchmark's result block for this student ({} before it ran)."""
-    path = RESULTS / ref.results
-    bench = json.loads(path.read_text()) if path.exists() else {}
+    bench = read_result(ref.results)
     return bench.get(ref.results_key, {}) if ref.results_key else bench
 
 
