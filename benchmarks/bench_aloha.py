@@ -47,7 +47,7 @@ import numpy as np
 from bench_distill import dagger_round, helps, onnx_speed, paired_with, per_task_table, rate, table, trained
 from bench_eval import annotated, dataset, eval_info, evaluated
 
-from common import RESULTS, cli, read_result, write_result
+from common import cli, update_result
 from vla_distill.config import recipe
 from vla_distill.eval.stats import compare
 
@@ -257,9 +257,8 @@ VARIANTS = ("resolution", "demos", "act")  # modes whose result holds one entry 
 def save(partial: dict) -> None:
     """Merges `partial` into results/aloha.json: a mode's key replaces the old one, except in the modes measured once
     per setting, where a setting's entry replaces only its own."""
-    old = read_result("aloha.json")
-    merged = {k: old.get(k, {}) | v if k in VARIANTS else v for k, v in partial.items()}
-    write_result(RESULTS / "aloha.json", old | merged)  # records the machine this run is on over the old one's
+    update_result("aloha.json", lambda old: old | {k: old.get(k, {}) | v if k in VARIANTS else v
+                                                   for k, v in partial.items()})
 
 
 def main() -> None:

@@ -55,7 +55,7 @@ from bench_distill import (
 )
 from bench_eval import annotated, dataset, eval_info, evaluated
 
-from common import RESULTS, read_result, write_result
+from common import RESULTS, read_result, update_key, write_result
 from vla_distill.config import recipe
 from vla_distill.eval.records import arrays_path, read_records
 from vla_distill.eval.stats import compare, wilson
@@ -243,7 +243,7 @@ def final_table(work: Path, suite_name: str, t_info: dict, s_info: dict, s_out: 
     speed = onnx_speed(run, Path(json.loads((run / "train_config.json").read_text())["dataset"]),
                        work / f"bundle-{run.name}")  # named after its run: a later choice exports its own
     return {"teacher": rate(t_info), **rows, "student_run": str(run), "train_minutes": round(minutes, 1),
-            "student_hz": round(speed["hz"], 1)}
+            "student_hz": round(speed["hz"], 1), "student_hz_load_avg": speed.get("load_avg_1m")}
 
 
 def student_rows(work: Path, suite_name: str, t_info: dict, s_info: dict, s_out: Path) -> dict:
@@ -287,7 +287,7 @@ def replan(args) -> dict:
 
 def save(suite_name: str, partial: dict) -> None:
     """What the suite has measured so far, under its key of results/libero.json."""
-    write_result(RESULTS / "libero.json", merged("libero.json", suite_name, partial))
+    update_key("libero.json", suite_name, partial)
 
 
 def phase_agreement(raw: Path) -> dict:
@@ -521,11 +521,6 @@ def this_command() -> str:
     return " ".join(["python benchmarks/bench_libero.py", *sys.argv[1:]])
 
 
-def merged(name: str, key: str, value: dict) -> dict:
-    result = read_result(name)  # write_result replaces its machine keys
-    return result | {key: (result.get(key) or {}) | value}
-
-
 # What each analysis mode reads from the suite's work directory, all written by `suite` (or, for libero_object, by the
 # whole-chunk round that suite ran before rounds were counted)
 READS = {"chunk-labels": "annotated-128-frozen-dagger", "dagger-labels": "annotated-128-{vision}-dagger",
@@ -570,30 +565,30 @@ def main() -> None:
     needed(args)
     if args.what == "chunk-labels":
         result = {**chunk_labels(Path(args.work) / args.suite, LIBERO.train["horizon"]), "command": this_command()}
-        write_result(RESULTS / "libero_chunk_labels.json", merged("libero_chunk_labels.json", args.suite, result))
+        update_key("libero_chunk_labels.json", args.suite, result)
     elif args.what == "dagger-labels":
         args.vision = "frozen" if args.vision == "both" else args.vision
-        result = merged("libero.json", args.suite, {})
-        labels = (result[args.suite].get("dagger_labels") or {}) | dagger_labels(args)
-        write_result(RESULTS / "libero.json", merged("libero.json", args.suite, {"dagger_labels": labels}))
+        labels = dagger_labels(args)  # measured before the file is locked; the label schemes measured earlier stay
+        update_key("libero.json", args.suite, {"dagger_labels": (read_result("libero.json").get(args.suite, {})
+                                                                 .get("dagger_labels") or {}) | labels})
     elif args.what == "speed":
         args.episodes = min(args.episodes, 5)
         print("| schedule | env steps/s | control steps/s | frame pairs/s |\n|---|---:|---:|---:|")
         write_result(RESULTS / "libero_speed.json", speed(args))
     elif args.what == "phases":
         result = {**phase_agreement(Path(args.work) / args.suite / "dataset-dart"), "command": this_command()}
-        write_result(RESULTS / "libero_phases.json", merged("libero_phases.json", args.suite, result))
+        update_key("libero_phases.json", args.suite, result)
     elif args.what == "sides":
         result = {"per_task": grasp_sides(Path(args.work) / args.suite, args.suite), "command": this_command()}
-        write_result(RESULTS / "libero_sides.json", merged("libero_sides.json", args.suite, result))
+        update_key("libero_sides.json", args.suite, result)
     elif args.what == "grasps":
-        write_result(RESULTS / "libero_grasps.json", merged("libero_grasps.json", args.suite, grasps(args)))
+        update_key("libero_grasps.json", args.suite, grasps(args))
     elif args.what == "replan":
-        write_result(RESULTS / "libero.json", merged("libero.json", args.suite, replan(args)))
+        update_key("libero.json", args.suite, replan(args))
     elif args.what == "teacher":
-        write_result(RESULTS / "libero.json", merged("libero.json", args.suite, teacher(args)))
+        update_key("libero.json", args.suite, teacher(args))
     else:
-        write_result(RESULTS / "libero.json", merged("libero.json", args.suite, suite(args)))
+        update_key("libero.json", args.suite, suite(args))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from pathlib import Path
 from bench_distill import paired_with, rate
 from bench_eval import eval_info, evaluated
 
-from common import DEMO_TASKS, RESULTS, cli, read_result, write_result
+from common import DEMO_TASKS, RESULTS, cli, update_result, write_result
 
 PARAPHRASES = Path(__file__).parent / "paraphrases"
 
@@ -64,7 +64,8 @@ def main() -> None:
     if args.what != "demo":
         args.episodes = args.episodes or 50
         # one key per benchmark: the others' stay
-        write_result(RESULTS / "vita.json", read_result("vita.json") | {args.what: benchmark(args, *setting(args))})
+        result = benchmark(args, *setting(args))
+        update_result("vita.json", lambda old: old | {args.what: result})
         return
     args.episodes = args.episodes or 10
     args.expert, args.tasks = args.expert or "outputs/demo/student", args.tasks or DEMO_TASKS

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -51,8 +53,28 @@ def read_result(name: str) -> dict:
 
 
 def write_result(out: str | Path, result: dict) -> None:
-    """Writes the result JSON with the machine it was measured on."""
+    """Writes the result JSON with the machine it was measured on, whole or not at all (a reader never sees half)."""
     result = {**result, "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(), "cpu": cpu()}
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(result, indent=2))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out)
     print(f"wrote {out}")
+
+
+def update_result(name: str, change: Callable[[dict], dict]) -> dict:
+    """results/NAME rewritten as change(what it holds now), under an exclusive lock: two benchmarks, one per core,
+    share a result file (libero.json's suites), and one reading between the other's read and write dropped its update.
+    Measure before calling: the lock is held only while the file is read and written."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = change(read_result(name))
+        write_result(RESULTS / name, result)
+    return result
+
+
+def update_key(name: str, key: str, value: dict) -> dict:
+    """results/NAME[key] updated with value's entries; the file's other keys, and key's other entries, stay."""
+    return update_result(name, lambda old: old | {key: (old.get(key) or {}) | value})
