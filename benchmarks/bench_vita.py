@@ -17,7 +17,8 @@ Usage (each stage is skipped when its output exists, so a rerun resumes):
   python benchmarks/bench_vita.py libero_object [--expert RUN] [--episodes 50]   (or libero_spatial, libero_goal)
       the same around a LIBERO suite's kept student (results/libero.json's student_run, or --expert) on the data it
       was trained on: validation on new placements (eval stream 1), the test on the suite's standard initial states,
-      paraphrases from benchmarks/paraphrases/libero.json -> results/vita.json["<suite>"]
+      paraphrases from benchmarks/paraphrases/libero.json; the VLM sees the agent view and the wrist (--vlm-cameras
+      all), each camera's image tokens after the other's -> results/vita.json["<suite>"]
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def main() -> None:
     p.add_argument("--mt10", default="outputs/bench_distill/mt10", help="mt10: make mt10's work directory")
     p.add_argument("--decoder-lr-scales", default="1.0,0.1", help="mt10, LIBERO: the stage-2 variants, chosen between")
     p.add_argument("--val-episodes", type=int, default=5, help="mt10, LIBERO: per task, for choosing checkpoints")
+    p.add_argument("--vlm-cameras", default="", choices=["", "first", "all"],
+                   help="mt10, LIBERO: the cameras the VLM sees (vita-train --vlm-cameras; default: LIBERO all, its "
+                        "agent view and wrist as the expert and the published LIBERO VLAs read them; mt10 first)")
     args = p.parse_args()
     if args.what != "demo":
         args.episodes = args.episodes or 50
@@ -160,10 +164,11 @@ def benchmark(args, expert: Path, tasks: str, env: tuple[str, ...], wordings: Pa
     work = Path(args.work) / args.what
     common = ["--dataset", dataset, "--batch-size", str(args.batch_size), "--log-every", "50"]
     arms, chosen = {}, {}
+    cameras = args.vlm_cameras or ("first" if args.what == "mt10" else "all")
     for vlm in ("parts", "parts:random"):
-        tag = vlm.replace(":", "_")
+        tag = vlm.replace(":", "_") + ("-allcams" if cameras == "all" else "")
         align = staged(work / f"{tag}-align", common + ["--expert", str(expert), "--vlm", vlm, "--stage", "align",
-                                                        "--lr", "1e-3"], args.align_steps)
+                                                        "--lr", "1e-3", "--vlm-cameras", cameras], args.align_steps)
         candidates = {}
         for scale in args.decoder_lr_scales.split(","):
             run = staged(work / f"{tag}-finetune-dec{scale}", common + [
@@ -176,7 +181,7 @@ def benchmark(args, expert: Path, tasks: str, env: tuple[str, ...], wordings: Pa
                        "candidates": {str(c): v for c, v in candidates.items()}}
         arms["stage1" if vlm == "parts" else "stage1_random_vlm"] = align
         arms["stage2" if vlm == "parts" else "stage2_random_vlm"] = best
-    result = {"expert": str(expert), "dataset": dataset, "checkpoint_choice": chosen,
+    result = {"expert": str(expert), "dataset": dataset, "checkpoint_choice": chosen, "vlm_cameras": cameras,
               "episodes_per_task": args.episodes, "command": "python " + " ".join(sys.argv)}
     for prompts in ("original", "paraphrase"):
         extra = () if prompts == "original" else ("--instructions", str(wordings))

@@ -297,3 +297,42 @@ def test_a_validated_stage_logs_and_prints_the_error_per_action_dimension(tiny_s
     val = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
     assert [r["step"] for r in val] == [2] and len(val[0]["action_mae_per_dim"]) == 4
     assert "action_mae_per_dim [" in capsys.readouterr().err
+
+
+def test_the_parts_vlm_sees_every_camera_its_expert_reads_when_asked(expert, batch, annotated, tmp_path):
+    """`--vlm-cameras all`: each camera's image tokens follow the last's, the second camera changes the action (it
+    does not for a one-camera VLM), and the policy round-trips a checkpoint and exports to ONNX with both."""
+    from vla_distill.deploy.export import export
+    from vla_distill.models.backends import load_policy
+    from vla_distill.models.parts_vlm import n_image_tokens
+
+    cams = expert.config.image_keys
+    assert len(cams) == 2, "the fixture's expert reads two cameras"
+    one, both = from_expert(expert, "parts").eval(), from_expert(expert, "parts", all_cameras=True).eval()
+    assert both.config.vlm_image_keys == cams and one.config.vlm_image_keys == cams[:1]
+    n = n_image_tokens(both.config.vlm_image_size, both.config.vlm_config)
+    assert both._vlm_inputs(batch)["input_ids"].shape[1] == one._vlm_inputs(batch)["input_ids"].shape[1] + n
+    both.load_state_dict(one.state_dict())  # the same weights: only what they look at differs
+    other = {**batch, cams[1]: batch[cams[1]].flip(0)}
+    with torch.no_grad():
+        assert torch.equal(one.predict_action_chunk(batch), one.predict_action_chunk(other))
+        assert not torch.allclose(both.predict_action_chunk(batch), both.predict_action_chunk(other))
+    save_pretrained(both, tmp_path / "vita" / "pretrained_model", {"dataset": str(annotated)})
+    assert load_pretrained(tmp_path / "vita" / "pretrained_model").config.vlm_image_keys == cams
+    m = export(tmp_path / "vita", tmp_path / "bundle", "onnx-only", int8="none", n_observations=4, log=lambda *_: None)
+    assert m["parity"]["onnx"]["max_normalized"] < 1e-4
+    frames, tasks = export_observations(both, annotated)
+    b = frames_to_batch(frames, both.input_keys, tasks)
+    with torch.no_grad():
+        np.testing.assert_allclose(load_policy(tmp_path / "bundle").predict_action_chunk(b).numpy(),
+                                   both.predict_action_chunk(b).numpy(), atol=1e-4)
+
+
+def test_only_the_parts_vlm_reads_more_than_one_camera():
+    from vla_distill.models.vita import VitaConfig
+    from vla_distill.train.config import VitaTrainConfig
+
+    with pytest.raises(ValueError, match="extra_image_keys"):
+        VitaConfig(family="paligemma", extra_image_keys=("observation.images.gripper",))
+    with pytest.raises(ValueError, match="vlm_cameras"):
+        VitaTrainConfig(dataset="d", out="o", expert="e", vlm="tiny:paligemma", vlm_cameras="all")

@@ -418,7 +418,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _vita_train_args(v: argparse.ArgumentParser) -> None:
     from vla_distill.models.vita import FAMILIES, STAGES
-    from vla_distill.train.config import GRIPPER_MODES, VitaTrainConfig
+    from vla_distill.train.config import GRIPPER_MODES, VLM_CAMERAS, VitaTrainConfig
 
     _run_args(v, VitaTrainConfig)
     _field(v, "--expert", VitaTrainConfig, "the expert: a student checkpoint (its action decoder is reused)")
@@ -429,6 +429,9 @@ def _vita_train_args(v: argparse.ArgumentParser) -> None:
            choices=["", *FAMILIES])
     _field(v, "--vlm-image-size", VitaTrainConfig, "image side fed to the VLM (default: its vision config's; Qwen "
            "families 56, any multiple of 28; parts 128, any multiple of 32)", type=int)
+    _field(v, "--vlm-cameras", VitaTrainConfig, "the cameras the VLM sees: the expert's first, or all the expert "
+           "reads, each camera's image tokens after the last's (the parts VLM only; finetune inherits it)",
+           choices=list(VLM_CAMERAS))
     _field(v, "--stage", VitaTrainConfig, choices=list(STAGES))
     _field(v, "--init", VitaTrainConfig, "finetune: the align run to start from")
     _field(v, "--n-action-tokens", VitaTrainConfig, "1 (the paper) or the expert's chunk length", type=int)

@@ -7,9 +7,10 @@
 
 Sequence (B batch; N image tokens; L prompt tokens, left-padded; A action tokens; h = 384):
   [CLS] [image (N)] [prompt (L)] [state] [action (A)]
-Shapes: pixel_values (B, 3, H, W) in [0, 1] -> trunk (B, 112, H/16, W/16) -> average-pooled by `pool` -> (B, N, 112)
-  -> projector (B, N, h), written over the image placeholders' word embeddings; BERT adds positions and its
-  LayerNorm to the whole sequence. N = (H / 16 / pool)^2: 16 at 128 px with pool 2.
+Shapes (V cameras): pixel_values (B, V, 3, H, W) or (B, 3, H, W) in [0, 1] -> trunk (B·V, 112, H/16, W/16) ->
+  average-pooled by `pool` -> (B, V·N, 112) -> projector (B, V·N, h), written over the image placeholders' word
+  embeddings; BERT adds positions and its LayerNorm to the whole sequence. N = (H / 16 / pool)^2: 16 at 128 px with
+  pool 2.
 It answers the part of the transformers VLM interface VitaPolicy uses: config.get_text_config() (hidden_size,
 vocab_size), get_input_embeddings(), forward(input_ids, pixel_values, attention_mask, ...) -> .hidden_states.
 `pretrained=False` builds the same architecture with random weights (the ablation that measures pretraining).
@@ -83,10 +84,11 @@ class PartsVLM(nn.Module):
         return self.bert.embeddings.word_embeddings
 
     def image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] -> (B, N, h)."""
-        f = nn.functional.avg_pool2d(self.trunk(pixel_values), self.pool)
+        """(B, V, 3, H, W) or (B, 3, H, W) in [0, 1] -> (B, V·N, h): each camera's tokens, one camera after another."""
+        v = int(pixel_values.shape[1]) if pixel_values.dim() == 5 else 1
+        f = nn.functional.avg_pool2d(self.trunk(pixel_values.flatten(0, pixel_values.dim() - 4)), self.pool)
         c, n = int(f.shape[1]), int(f.shape[2] * f.shape[3])  # fixed by the image size; the batch axis stays dynamic
-        return self.projector(f.reshape(-1, c, n).transpose(1, 2))
+        return self.projector(f.reshape(-1, v, c, n).transpose(2, 3).reshape(-1, v * n, c))
 
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 **_):

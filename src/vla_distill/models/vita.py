@@ -61,6 +61,7 @@ class VitaConfig:
     expert_type: str = "vla_ad_student"
     expert_config: dict = field(default_factory=dict)  # the expert's config.json fields
     image_key: str = camera_key("corner2")
+    extra_image_keys: tuple[str, ...] = ()  # the parts VLM's further cameras, each its own image tokens after the first
     vlm_image_size: int = 56
     n_action_tokens: int = 1
     max_prompt_tokens: int = 16
@@ -73,6 +74,12 @@ class VitaConfig:
             raise ValueError(f"family: {self.family!r} is not one of {list(FAMILIES)}")
         if self.n_action_tokens < 1:
             raise ValueError("n_action_tokens: must be >= 1")
+        if self.extra_image_keys and self.family != "parts":  # a real VLM's multi-image layout is its processor's
+            raise ValueError(f"extra_image_keys: only the parts VLM reads more than one camera, not {self.family}")
+
+    @property
+    def vlm_image_keys(self) -> tuple[str, ...]:
+        return (self.image_key, *self.extra_image_keys)
 
 
 def tiny_vlm_config(family: str, image_size: int = 56, hidden: int = 128, layers: int = 2, vocab: int = 1024) -> dict:
@@ -221,7 +228,7 @@ class VitaPolicy(Policy):
     @property
     def input_keys(self) -> tuple[str, ...]:
         keys = self.expert.input_keys
-        return keys if self.config.image_key in keys else keys + (self.config.image_key,)
+        return keys + tuple(k for k in self.config.vlm_image_keys if k not in keys)
 
     @property
     def observation_spec(self) -> dict[str, dict]:
@@ -301,7 +308,8 @@ class VitaPolicy(Policy):
         return self.state_out(torch.nn.functional.gelu(self.arm_proj(state[:, :-1]) + self.gripper_proj(state[:, -1:])))
 
     def _vlm_inputs(self, batch: dict) -> dict:
-        """The family's inputs for one image per sample, with the attention mask off on the prompt's padding."""
+        """The family's inputs (one image per sample; the parts VLM one per camera), with the attention mask off on
+        the prompt's padding."""
         inputs = self._family_inputs(batch)
         ids, n, a = inputs["input_ids"], self.config.max_prompt_tokens, self.config.n_action_tokens
         mask = torch.ones_like(ids)
@@ -311,17 +319,17 @@ class VitaPolicy(Policy):
     def _family_inputs(self, batch: dict) -> dict:
         """input_ids and the family's pixel layout (see tiny_vlm_config for the image token ids)."""
         c, cfg = self.config, self.vlm.config
-        img = torch.nn.functional.interpolate(batch[c.image_key].float(), size=(c.vlm_image_size,) * 2, mode="bilinear",
-                                              align_corners=False)
+        img = self._resized(batch[c.image_key])
         b, dev = len(img), img.device
         prompt = (batch[PROMPT_IDS] if PROMPT_IDS in batch else self.tokenize(list(batch[TASK]))).to(dev)
         # ids built from the prompt's own batch axis, which an exported graph keeps dynamic (torch.full would not)
         zero = prompt[:, :1] * 0
         tail = zero.expand(-1, c.n_action_tokens + 1)  # state + action placeholders
-        if c.family == "parts":
-            n = n_image_tokens(c.vlm_image_size, c.vlm_config)
+        if c.family == "parts":  # (B, V, 3, H, W): the cameras' tokens follow one another
+            n = n_image_tokens(c.vlm_image_size, c.vlm_config) * len(c.vlm_image_keys)
             ids = torch.cat([zero + CLS_ID, (zero + IMAGE_ID).expand(-1, n), prompt, tail], 1)
-            return {"input_ids": ids, "pixel_values": img}
+            views = [img] + [self._resized(batch[k]) for k in c.extra_image_keys]
+            return {"input_ids": ids, "pixel_values": torch.stack(views, 1)}
         if c.family == "paligemma":
             n = (c.vlm_image_size // cfg.vision_config.patch_size) ** 2
             ids = torch.cat([(zero + cfg.image_token_id).expand(-1, n), prompt, tail], 1)
@@ -344,6 +352,11 @@ class VitaPolicy(Policy):
         return {"input_ids": ids, "pixel_values": pixels,
                 "image_grid_thw": torch.tensor([[1, gh, gw]] * b, device=dev),
                 "mm_token_type_ids": (ids == cfg.image_token_id).long()}
+
+    def _resized(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 3, s, s) at the VLM's image size."""
+        size = (self.config.vlm_image_size,) * 2
+        return torch.nn.functional.interpolate(image.float(), size=size, mode="bilinear", align_corners=False)
 
     def mapped_features(self, batch: dict) -> torch.Tensor:
         """(B, A, d): the action tokens' last hidden states, mapped into the expert's feature space."""
@@ -414,6 +427,8 @@ def from_expert(expert: Policy, family: str = "paligemma", vlm_config: dict | No
 
         vlm_config = {"family": family, **AutoConfig.from_pretrained(vlm_path, local_files_only=True).to_dict()}
     image_key = fields.pop("image_key", expert.input_keys[len(expert.config.state_keys)])
+    if fields.pop("all_cameras", False):  # the parts VLM sees every camera the expert reads
+        fields["extra_image_keys"] = tuple(k for k in expert.config.image_keys if k != image_key)
     vlm_config = vlm_config or (parts_vlm_config() if family == "parts" else tiny_vlm_config(family))
     vision = vlm_config.get("vision_config", {})
     if family not in _QWEN and "vlm_image_size" not in fields and vision.get("image_size"):

@@ -117,6 +117,7 @@ class TrainConfig(RunConfig):
 
 
 GRIPPER_MODES = ("auto", "binary", "continuous")
+VLM_CAMERAS = ("first", "all")
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ class VitaTrainConfig(RunConfig):
     vlm: str = "tiny:paligemma"  # tiny:<family> (a small random VLM), parts, parts:random, or a transformers directory
     family: str = ""  # for a local directory: paligemma | idefics3 | qwen2_vl | qwen2_5_vl (default: its model_type)
     vlm_image_size: int = 0  # 0: the VLM's vision config's image size (Qwen families: 56)
+    vlm_cameras: str = "first"  # the cameras the VLM sees: the expert's first, or all of them (the parts VLM only)
     stage: str = "align"
     init: str = ""  # finetune: the align run (any VITA checkpoint) to start from
     n_action_tokens: int = 1
@@ -149,6 +151,10 @@ class VitaTrainConfig(RunConfig):
             raise ValueError("expert: stage align needs --expert CKPT (a student run)")
         if self.stage == "finetune" and not self.init and not self.expert:
             raise ValueError("init: stage finetune needs --init ALIGN_RUN (or --expert to skip alignment)")
+        if self.vlm_cameras not in VLM_CAMERAS:
+            raise ValueError(f"vlm_cameras: {self.vlm_cameras!r} is not one of {list(VLM_CAMERAS)}")
+        if self.vlm_cameras == "all" and not self.init and not self.vlm.startswith("parts"):
+            raise ValueError(f"vlm_cameras: all needs the parts VLM (--vlm parts); {self.vlm!r} reads one image")
         if self.gripper not in GRIPPER_MODES:
             raise ValueError(f"gripper: {self.gripper!r} is not one of {list(GRIPPER_MODES)}")
         super().__post_init__()

@@ -64,7 +64,7 @@ def build_vita(cfg: VitaTrainConfig) -> VitaPolicy:
 
 
 def _sizes(cfg: VitaTrainConfig) -> dict:
-    return {"n_action_tokens": cfg.n_action_tokens,
+    return {"n_action_tokens": cfg.n_action_tokens, "all_cameras": cfg.vlm_cameras == "all",
             **({"vlm_image_size": cfg.vlm_image_size} if cfg.vlm_image_size else {})}
 
 
@@ -132,7 +132,7 @@ def vita_views(ds: RobotDataset, cfg: VitaTrainConfig, policy: VitaPolicy, targe
     memmaps its own training built: the expert's trunk was 57% of an align step); stage 2 reads no expert features,
     so its other cameras are not decoded at all."""
     e = policy.expert.config
-    keys, rows = [*e.state_keys, policy.config.image_key], None
+    keys, rows = [*e.state_keys, *policy.config.vlm_image_keys], None
     if cfg.stage == "align" and e.vision.pretrained:
         features = cached_features(ds, list(e.image_keys), policy.expert.encoder, e.vision.kind)
         rows = {feature_key(c): f for c, f in features.items()}
