@@ -62,8 +62,9 @@ def main() -> None:
     p.add_argument("--decoder-lr-scales", default="1.0,0.1", help="mt10, LIBERO: the stage-2 variants, chosen between")
     p.add_argument("--val-episodes", type=int, default=5, help="mt10, LIBERO: per task, for choosing checkpoints")
     p.add_argument("--vlm-cameras", default="", choices=["", "first", "all"],
-                   help="mt10, LIBERO: the cameras the VLM sees (vita-train --vlm-cameras; default: LIBERO all, its "
-                        "agent view and wrist as the expert and the published LIBERO VLAs read them; mt10 first)")
+                   help="the cameras the parts VLM sees (vita-train --vlm-cameras; default: LIBERO all, its agent "
+                        "view and wrist as the expert and the published LIBERO VLAs read them; mt10 and demo first; "
+                        "demo all -> results/vita_parts_allcams.json, paired against the one-camera run)")
     args = p.parse_args()
     if args.what != "demo":
         args.episodes = args.episodes or 50
@@ -80,13 +81,14 @@ def main() -> None:
 def demo(args) -> tuple[dict, str]:
     """Both stages around the demo's student, each evaluated beside it with the simulator's instructions and with
     unseen paraphrases -> (the result, the family's tag)."""
-    tag = args.family.replace(":", "_")
+    cameras = args.vlm_cameras or "first"
+    tag = args.family.replace(":", "_") + ("_allcams" if cameras == "all" else "")
     work = Path(args.work) / tag
     align, ft = work / "align", work / ("finetune" + (f"_lora{args.lora_rank}" if args.lora_rank else ""))
     common = ["--dataset", args.dataset, "--batch-size", str(args.batch_size), "--log-every", "50"]
     vlm = args.family if args.family.startswith("parts") else f"tiny:{args.family}"
-    staged(align, common + ["--expert", args.expert, "--vlm", vlm, "--stage", "align", "--lr", "1e-3"],
-           args.align_steps)
+    staged(align, common + ["--expert", args.expert, "--vlm", vlm, "--stage", "align", "--lr", "1e-3",
+                            "--vlm-cameras", cameras], args.align_steps)
     staged(ft, common + ["--init", str(align), "--stage", "finetune", "--lr", "3e-4",
                          "--lora-rank", str(args.lora_rank)], args.finetune_steps)
     arms = {"expert": args.expert, "vita_align": str(align), f"vita_{ft.name}": str(ft)}
@@ -95,7 +97,7 @@ def demo(args) -> tuple[dict, str]:
     val = [json.loads(line) for line in (align / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
     trainable = {stage: _trainable(run) for stage, run in (("align", align), (ft.name, ft))}
     result = {
-        "family": args.family, "tasks": args.tasks, "episodes": args.episodes,
+        "family": args.family, "vlm_cameras": cameras, "tasks": args.tasks, "episodes": args.episodes,
         "trainable_parameters": trainable,
         "align_curve_train": curve(align, "align"), "align_curve_val": [(r["step"], round(r["loss"], 4)) for r in val],
         "finetune_curve": curve(ft, "loss"),
@@ -117,10 +119,15 @@ def demo(args) -> tuple[dict, str]:
         paired[f"{stage2}_vs_expert"] = paired_with("the expert", para["expert"], para[stage2])
         result["paraphrase"] = {"instructions": str(wordings), "rates": {n: rate(e) for n, e in para.items()},
                                 "paired": paired}
-    if args.family == "parts:random":  # the same stages of the pretrained VLM, where its run is evaluated
-        result["paired"] |= pretrained_vs_random(Path(args.work) / "parts", evals, "")
+    # parts:random: the pretrained VLM's stages minus this run's; parts with all cameras: this run's minus one camera's
+    comparisons = {"parts_random": ("pretrained_minus_random", "the untrained VLM", False),
+                   "parts_allcams": ("all_minus_first_camera", "the first camera", True)}
+    if tag in comparisons:
+        key, label, this_minus_other = comparisons[tag]
+        other = Path(args.work) / "parts"
+        result["paired"] |= against_run(other, evals, "", key, label, this_minus_other)
         if "paraphrase" in result:
-            result["paraphrase"]["paired"] |= pretrained_vs_random(Path(args.work) / "parts", para, "_paraphrase")
+            result["paraphrase"]["paired"] |= against_run(other, para, "_paraphrase", key, label, this_minus_other)
     print(json.dumps({k: result[k] for k in ("trainable_parameters", "success", "latency_ms_p50")}, indent=1))
     return result, tag
 
@@ -132,14 +139,16 @@ def arms_paired(evals: dict, finetune: str) -> dict:
                for n, e in evals.items() if n != "expert"}}
 
 
-def pretrained_vs_random(parts: Path, evals: dict, suffix: str) -> dict:
-    """Each stage of the pretrained-parts VLM (the demo's `--family parts` run, where it has been evaluated with the
-    same --episodes) against the same stage untrained (`evals`), on the same episodes."""
+def against_run(other: Path, evals: dict, suffix: str, key: str, label: str, this_minus_other: bool) -> dict:
+    """Each VITA stage of this demo run against the same stage of another (`other`: the demo's run of another
+    --family or --vlm-cameras, where it was evaluated with the same --episodes), on the same episodes ->
+    {key_<stage>: this minus other}, or other minus this; `label` names the side subtracted."""
     out = {}
     for stage in (n for n in evals if n != "expert"):
-        if (parts / f"eval_{stage}{suffix}" / "eval_info.json").exists():
-            out[f"pretrained_minus_random_{stage}"] = paired_with("the untrained VLM", evals[stage],
-                                                                  eval_info(parts / f"eval_{stage}{suffix}"))
+        if (other / f"eval_{stage}{suffix}" / "eval_info.json").exists():
+            theirs = eval_info(other / f"eval_{stage}{suffix}")
+            out[f"{key}_{stage}"] = (paired_with(label, theirs, evals[stage]) if this_minus_other
+                                     else paired_with(label, evals[stage], theirs))
     return out
 
 
