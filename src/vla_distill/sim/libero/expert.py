@@ -76,6 +76,7 @@ FUNNEL = 0.02  # m further off in the plane, the hand hovers: the height it may 
 # closes about 60% of what is left rather than all of it in one jump: several frames of the final approach to learn
 # from, and a student that misjudges the distance a little corrects it over the next steps
 FINAL_SPEED, FINAL_GAIN = 0.4, POS_GAIN / 2
+ENCLOSED_DOWN = 0.015  # m off the grasp point (xy) a hand already down in a drawer may be and keep going
 GRIP_OFF = 0.015  # m: close enough to the grasp point (xy) to close on it
 ALIGNED_AMONG = 0.03  # m: close enough to recentre in place, once the fingers are down beside the target
 TURNED = 0.12  # rad: the fingers across the grasp before they go down
@@ -403,8 +404,10 @@ class LiberoExpert:
         among = st.eef[2] < g.top  # already down beside the target: correct on the way rather than start over
         # a bowl in a drawer: walls stop a hand that comes down off-centre and hold it there, so v1's way: all the
         # way down only once aligned, at full speed (a wall's edge does not stop that)
-        if g.enclosed:
-            raised, pace = float(off > ALIGNED), (1.0, POS_GAIN)
+        if g.enclosed:  # once down past the rim, it keeps going while within ENCLOSED_DOWN: noise, or a student's
+            # error, took it back up to hover at every step it was more than ALIGNED off
+            tol = ENCLOSED_DOWN if st.eef[2] < g.top + HOVER / 2 else ALIGNED
+            raised, pace = float(off > tol), (1.0, POS_GAIN)
         else:
             raised, pace = float(np.clip((off - ALIGNED) / FUNNEL, 0.0, 1.0)), _final(st, hover)
         if off > 0.05 or (not turned and not among):
