@@ -161,7 +161,7 @@ def suite(args) -> dict:
     if args.vision == "both":
         choice = paired_with("the frozen encoder", students["frozen"][2], students["scratch"][2])
         # scratch only where it is ahead beyond the interval (the rule a DAgger round passes): a difference within the
-        # noise keeps the frozen encoder, three times cheaper to train (48.8 min against ~2.5 h on Object)
+        # noise keeps the frozen encoder, seven times cheaper to train (Object: 48.8 min against 345.6, one thread each)
         chosen = "scratch" if helps(choice) else "frozen"
         result["vision"] |= {"scratch_minus_frozen": choice, "chosen": chosen, "compared": True}
     else:  # one encoder alone (the other still training): its DAgger round and table, the choice not yet measured
