@@ -7,6 +7,7 @@ The state and action positions hold a placeholder id; a hook on the VLM's input 
 encoder's output and the learned action embeddings there.
 Shapes at the boundaries:
   observation.images.<cam> (B, 3, H, W) float in [0, 1] -> resized to the VLM's image size, the family's layout
+      (one camera; the parts VLM takes each of image_key + extra_image_keys: (B, V, 3, s, s))
   observation.state        (B, S) -> normalized with the expert's stats -> arm (S-1) + gripper (1) -> (B, 1, h)
   last hidden state at the action tokens (B, A, h) -> mapper (3 linear layers, GELU) -> (B, A, d)
       = the expert's feature space (StudentPolicy.features: its readout token after the final norm)
