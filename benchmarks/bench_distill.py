@@ -144,16 +144,17 @@ def rate(info: dict) -> dict:
 def onnx_speed(run: Path, observations: Path, bundle: Path) -> dict:
     """Batch-1 speed of the exported student through ONNX Runtime on 2 threads, as bench_deploy.py times every
     backend (a fresh process, the bundle's recorded observations): hz over the mean latency, p50_ms, p99_ms, and the
-    1-minute load average it ran under. Nothing else should run beside it; repeats on the idle 2-core machine spread
-    widely (see BENCHMARKS.md). Timed once per bundle (BUNDLE.speed.json): a benchmark resumed later beside other jobs
-    re-timed it and wrote 149 Hz over the 266 its own run had measured."""
+    1-minute load average just before it (what else was running). Nothing else should run beside it; repeats on the
+    idle 2-core machine spread widely (see BENCHMARKS.md). Timed once per bundle (BUNDLE.speed.json): a benchmark
+    resumed later beside other jobs re-timed it and wrote 149 Hz over the 266 its own run had measured."""
     timed = bundle.with_name(f"{bundle.name}.speed.json")
     if timed.exists():
         return json.loads(timed.read_text())
     if not (bundle / "model.onnx").exists():
         cli("export", "--policy", str(run), "--format", "onnx", "--observations", str(observations), "--out",
             str(bundle))
-    speed = time_backend(bundle, "onnx", 2000, 2) | {"load_avg_1m": round(os.getloadavg()[0], 2)}
+    load = round(os.getloadavg()[0], 2)  # before: read after, it counts the timing's own two threads
+    speed = time_backend(bundle, "onnx", 2000, 2) | {"load_avg_1m": load}
     timed.write_text(json.dumps(speed))
     return speed
 

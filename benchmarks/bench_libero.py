@@ -56,7 +56,7 @@ from bench_distill import (
 )
 from bench_eval import annotated, dataset, eval_info, evaluated
 
-from common import RESULTS, read_result, update_key, write_result
+from common import RESULTS, update_key, update_result, write_result
 from vla_distill.config import recipe
 from vla_distill.eval.records import arrays_path, read_records
 from vla_distill.eval.stats import compare, wilson
@@ -572,8 +572,12 @@ def main() -> None:
     elif args.what == "dagger-labels":
         args.vision = "frozen" if args.vision == "both" else args.vision
         labels = dagger_labels(args)  # measured before the file is locked; the label schemes measured earlier stay
-        update_key("libero.json", args.suite, {"dagger_labels": (read_result("libero.json").get(args.suite, {})
-                                                                 .get("dagger_labels") or {}) | labels})
+
+        def with_labels(old: dict) -> dict:
+            block = old.get(args.suite) or {}
+            return old | {args.suite: block | {"dagger_labels": (block.get("dagger_labels") or {}) | labels}}
+
+        update_result("libero.json", with_labels)
     elif args.what == "speed":
         args.episodes = min(args.episodes, 5)
         print("| schedule | env steps/s | control steps/s | frame pairs/s |\n|---|---:|---:|---:|")
