@@ -25,8 +25,8 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
       -> results/aloha.json["scratch_vision"]
   python benchmarks/bench_aloha.py wrist [--steps 20000] [--episodes 100]
       after `suite`: the first student's demonstrations recorded again (the same seeds and noise: the same actions)
-      with both wrist cameras beside the top one, the recipe's student on the three, paired against the first student
-      -> results/aloha.json["wrist_cameras"]
+      with both wrist cameras beside the top one, the recipe's student on the three, paired against the teacher and,
+      where its evaluation is still in --work, the first student -> results/aloha.json["wrist_cameras"]
   python benchmarks/bench_aloha.py demos --demos 200 [--steps 20000] [--episodes 100]
       after `suite`: the recipe's student on --demos DART demonstrations per task (the first student's 50 are the
       first 50 of them: the same seeds), on the same held-out episodes, paired against the first student
@@ -48,7 +48,7 @@ import numpy as np
 from bench_distill import dagger_round, helps, onnx_speed, paired_with, per_task_table, rate, table, trained
 from bench_eval import annotated, dataset, eval_info, evaluated
 
-from common import cli, update_result
+from common import RESULTS, cli, update_result
 from vla_distill.config import recipe
 from vla_distill.eval.stats import compare
 
@@ -164,9 +164,18 @@ def wrist(args) -> dict:
     view, the recipe's student on all three: what the top view at 128 px cannot show is where the cube is to the
     centimetre (its auxiliary head places it to 1.5 cm, a grasp needs about 1), and the grasping wrist's view shows it
     across a third of the frame."""
-    sub = Path(args.work) / "wrist"
+    work, sub = Path(args.work), Path(args.work) / "wrist"
     ann = recollected(args, sub, ALOHA.collect["height"], ("top", "left_wrist", "right_wrist"))
-    return {"wrist_cameras": variant(args, sub, ann)}
+    run, minutes = trained(ann, sub / "student", args.steps, "--recipe", "aloha")
+    info = evaluated(str(run), TASKS, sub / "eval-student", args.episodes, *ENV)
+    t_info = evaluated("scripted", TASKS, work / "eval-teacher", args.episodes, *ENV)  # rendering off: minutes
+    out = {"student": rate(info), "per_task": per_task_rates(info), "train_minutes": round(minutes, 1),
+           "vs_teacher": paired_with("the teacher", t_info, info), "command": command()}
+    if (work / "eval-student" / "eval_info.json").exists():
+        out["vs_first_student"] = paired_with("the first student", eval_info(work / "eval-student"), info)
+    else:  # its run is gone: the same held-out seeds, so its recorded rate reads beside this one, unpaired
+        out["first_student_recorded"] = json.loads((RESULTS / "aloha.json").read_text()).get("student")
+    return {"wrist_cameras": out}
 
 
 def demos(args) -> dict:
