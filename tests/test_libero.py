@@ -201,6 +201,27 @@ def test_a_hand_already_down_in_a_drawer_keeps_going_down_a_little_off_centre():
 
 
 @needs_libero
+def test_the_drawer_expert_holds_its_fingers_part_open_without_cycling():
+    """Going in to a drawer's handle the fingers hold part-open; with a band narrower than one step's finger travel the
+    labels cycled +1 +1 0 -1 -1 0 all the way to the bar (a gripper target no student can imitate)."""
+    from vla_distill.sim.libero import expert as ex
+
+    env, expert = libero_env.LiberoEnv("libero_goal/0", image_keys=()), ex.LiberoExpert("libero_goal/0")
+    env.reset(2**31)
+    grips = []
+    for _ in range(60):
+        stage, action = expert.decide(env.env_state)
+        if stage != "approach":
+            break
+        grips.append(float(action[6]))
+        env.step(action)
+    env.close()
+    signs = [np.sign(g) for g in grips if g != 0]
+    reversals = sum(a != b for a, b in zip(signs, signs[1:]))
+    assert stage == "grasp" and reversals <= 2, (stage, grips)
+
+
+@needs_libero
 def test_the_expert_says_which_goals_it_cannot_reach():
     from vla_distill.errors import ConfigError
     from vla_distill.sim.libero.expert import LiberoExpert

@@ -102,8 +102,11 @@ PRE_PULL = 0.08  # m out from the handle, where the hand lines up before it goes
 PULL_AHEAD = 0.05  # m: the hand is drawn this far ahead of the handle while it pulls, at PULL_SPEED
 PULL_SPEED = 0.5
 PULLED = 1.08  # part travel: past the open range's edge (1) and short of the joint's limit (1.14)
-BAR_WIDE = (0.032, 0.042)  # m: the fingers open about this much going in (a bar 1.7 cm thick; fully open the lower
-# finger sweeps the table in front)
+# m: the fingers open about this much going in (a bar 1.7 cm thick; fully open the lower finger sweeps the table in
+# front). Wider than a control step's finger travel (1.3 cm: robosuite integrates the command's sign and the fingers
+# lag it): a 1 cm band never held, and the approach's labels cycled +1 +1 0 -1 -1 0 to the bar, which a student
+# averages to a command near 0 whose sign is noise; this one settles near 3.9 cm on 0s
+BAR_WIDE = (0.024, 0.05)
 BAR_HELD = 0.025  # m: closed on the bar (1.7 cm), short of BAR_WIDE's overshoot
 PART_NOISE = 0.5  # of the DART noise a skill on a part is collected under (LiberoExpert.noise_scale)
 # turn (a knob): the ridge is gripped KNOB_DOWN below the knob's top and turned KNOB_AHEAD ahead of where it is
