@@ -105,8 +105,9 @@ PULLED = 1.08  # part travel: past the open range's edge (1) and short of the jo
 # m: the fingers open about this much going in (a bar 1.7 cm thick; fully open the lower finger sweeps the table in
 # front). Wider than a control step's finger travel (1.3 cm: robosuite integrates the command's sign and the fingers
 # lag it): a 1 cm band never held, and the approach's labels cycled +1 +1 0 -1 -1 0 to the bar, which a student
-# averages to a command near 0 whose sign is noise; this one settles near 3.9 cm on 0s
-BAR_WIDE = (0.024, 0.05)
+# averages to a command near 0 whose sign is noise. From fully open this one closes twice and the fingers coast to
+# about 4 cm, held on 0s; its lower edge stays above BAR_HELD, so a hold is never taken for a grip
+BAR_WIDE = (0.026, 0.06)
 BAR_HELD = 0.025  # m: closed on the bar (1.7 cm), short of BAR_WIDE's overshoot
 PART_NOISE = 0.5  # of the DART noise a skill on a part is collected under (LiberoExpert.noise_scale)
 # turn (a knob): the ridge is gripped KNOB_DOWN below the knob's top and turned KNOB_AHEAD ahead of where it is
