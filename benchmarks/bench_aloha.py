@@ -24,7 +24,7 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
       after `suite`: its first student's annotated demonstrations, the encoder trained from scratch (`--vision ""`)
       -> results/aloha.json["scratch_vision"]
   python benchmarks/bench_aloha.py wrist [--steps 20000] [--episodes 100]
-      after `suite`: the first student's demonstrations recorded again (the same seeds and noise: the same actions)
+      the suite's first student's demonstrations recorded again (the same seeds and noise: the same actions)
       with both wrist cameras beside the top one, the recipe's student on the three, paired against the teacher and,
       where its evaluation is still in --work, the first student -> results/aloha.json["wrist_cameras"]
   python benchmarks/bench_aloha.py demos --demos 200 [--steps 20000] [--episodes 100]
@@ -63,7 +63,7 @@ PUBLISHED = {  # success %, other protocols: anchors, not this measurement
 
 
 def teacher(args) -> dict:
-    info = evaluated("scripted", TASKS, Path(args.work) / "eval-teacher", args.episodes, *ENV)
+    info = teacher_info(args)
     print(f"teacher {rate(info)}")
     return {"teacher": rate(info), "teacher_per_task": per_task_rates(info),
             "teacher_command": command()}
@@ -72,6 +72,11 @@ def teacher(args) -> dict:
 def command() -> str:
     """This benchmark's command line, as results record it."""
     return " ".join(["python benchmarks/bench_aloha.py", *sys.argv[1:]])
+
+
+def teacher_info(args) -> dict:
+    """The scripted expert's evaluation on the held-out episodes (eval_info; rendering off, so minutes)."""
+    return evaluated("scripted", TASKS, Path(args.work) / "eval-teacher", args.episodes, *ENV)
 
 
 def first_student(args) -> dict:
@@ -98,7 +103,7 @@ def suite(args) -> dict:
               "recipe": "aloha", "published_anchors": PUBLISHED,
               "command": command()}
     run, minutes = trained(ann, work / "student", args.steps, "--recipe", "aloha")
-    t_info = evaluated("scripted", TASKS, work / "eval-teacher", args.episodes, *ENV)
+    t_info = teacher_info(args)
     s_info = evaluated(str(run), TASKS, work / "eval-student", args.episodes, *ENV)
     result["first_student"] = rate(s_info) | {"train_minutes": round(minutes, 1),
                                               "vs_teacher": paired_with("the teacher", t_info, s_info)}
@@ -166,11 +171,8 @@ def wrist(args) -> dict:
     across a third of the frame."""
     work, sub = Path(args.work), Path(args.work) / "wrist"
     ann = recollected(args, sub, ALOHA.collect["height"], ("top", "left_wrist", "right_wrist"))
-    run, minutes = trained(ann, sub / "student", args.steps, "--recipe", "aloha")
-    info = evaluated(str(run), TASKS, sub / "eval-student", args.episodes, *ENV)
-    t_info = evaluated("scripted", TASKS, work / "eval-teacher", args.episodes, *ENV)  # rendering off: minutes
-    out = {"student": rate(info), "per_task": per_task_rates(info), "train_minutes": round(minutes, 1),
-           "vs_teacher": paired_with("the teacher", t_info, info), "command": command()}
+    info, out = variant_student(args, sub, ann)
+    out["vs_teacher"] = paired_with("the teacher", teacher_info(args), info)
     if (work / "eval-student" / "eval_info.json").exists():
         out["vs_first_student"] = paired_with("the first student", eval_info(work / "eval-student"), info)
     else:  # its run is gone: the same held-out seeds, so its recorded rate reads beside this one, unpaired
@@ -245,11 +247,17 @@ def variant(args, sub: Path, ann: Path, *flags: str) -> dict:
     """A student trained on `ann` with the recipe (and `flags`) into `sub`, on the same held-out episodes, paired
     against the suite's first student."""
     base = first_student(args)
+    info, out = variant_student(args, sub, ann, *flags)
+    return out | {"vs_first_student": paired_with("the first student", base, info)}
+
+
+def variant_student(args, sub: Path, ann: Path, *flags: str) -> tuple[dict, dict]:
+    """A student trained on `ann` with the recipe (and `flags`) into `sub`, evaluated on the held-out episodes ->
+    (its eval_info, its result entries)."""
     run, minutes = trained(ann, sub / "student", args.steps, "--recipe", "aloha", *flags)
     info = evaluated(str(run), TASKS, sub / "eval-student", args.episodes, *ENV)
-    return {"student": rate(info), "per_task": per_task_rates(info), "train_minutes": round(minutes, 1),
-            "vs_first_student": paired_with("the first student", base, info),
-            "command": command()}
+    return info, {"student": rate(info), "per_task": per_task_rates(info), "train_minutes": round(minutes, 1),
+                  "command": command()}
 
 
 def realtime(bundle: Path, out: Path, episodes: int) -> dict:
