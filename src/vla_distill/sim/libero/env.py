@@ -38,6 +38,7 @@ import io
 import logging
 import math
 import os
+import re
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ LEGACY_ENV_STATE = 23  # before the part: every name up to clear_z
 HELD = ENV_STATE_NAMES.index("held")
 HELD_SHUT = 0.012  # m finger opening below which a target held a step ago is still held ...
 HELD_NEAR = 0.1  # m ... while it is this near the hand
+IN_DRAWER = re.compile(r"cabinet_\d+_(top|middle|bottom)_region$")  # a drawer's inside, as LIBERO's scenes name it
 FREE_DIRECTIONS = 16  # around the target, where free_x, free_y look for room beside it
 FREE_BAND = (0.005, 0.03)  # m below the target's top: the heights a finger beside it occupies
 ROOM = 0.05  # m beside the target an open finger needs (4 cm out, 1 cm thick); past that, sides facing the robot win
@@ -406,11 +408,12 @@ class LiberoEnv:
         # the hand on the robot's side of a far target, on the far side of a near one: either way the arm stays away
         # from the ends of its reach (near its base the OSC controller loses track of a lift)
         toward_robot *= (1.0 if distance > NEAR_BASE else -1.0) / distance
-        if self.clear_z(box) > hi[2]:
+        if self._in_drawer() and self.clear_z(box) > hi[2]:
             # sunk below what surrounds it (a bowl in a drawer): each side's room is a few millimetres, and which of the
             # 16 passes the tests below flips with the bowl's place (on LIBERO-Spatial task 4, six sides 0-180 degrees
             # apart over 50 standard states, the robot's direction within 3 degrees): a student cannot read that
-            # choice from its cameras. The robot's own direction is continuous in the bowl's place (expert v2.4)
+            # choice from its cameras. The robot's own direction is continuous in the bowl's place (expert v2.4).
+            # Only in a drawer: a plate below the stove beside it, gripped so, fell from 30/30 to 28/30 (Goal task 5)
             return toward_robot
         scored = []
         for k in range(FREE_DIRECTIONS):
@@ -424,6 +427,12 @@ class LiberoEnv:
             fingers, facing = self._fingers_clear(center, reach, hi[2], u), float(np.dot(u[:2], toward_robot))
             scored.append((fingers, facing > NEAR_HALF, above >= HEADROOM, min(free, ROOM), facing, free, k))
         return _unit(max(scored)[-1])
+
+    def _in_drawer(self) -> bool:
+        """Whether the task's BDDL starts the target in a drawer (`in` a cabinet's top, middle or bottom region)."""
+        target = self.goal.target
+        return any(len(f) == 3 and f[0] == "in" and f[1] == target and IN_DRAWER.search(f[2])
+                   for f in self.inner.parsed_problem["initial_state"])
 
     def _fingers_clear(self, center: np.ndarray, reach: float, top: float, u: np.ndarray) -> bool:
         """Whether the open fingers (FINGER_SPAN either side of the target's edge in direction u, FINGER_WIDTH across)
