@@ -69,7 +69,7 @@ LEGACY_ENV_STATE = 23  # before the part: every name up to clear_z
 HELD = ENV_STATE_NAMES.index("held")
 HELD_SHUT = 0.012  # m finger opening below which a target held a step ago is still held ...
 HELD_NEAR = 0.1  # m ... while it is this near the hand
-IN_DRAWER = re.compile(r"cabinet_\d+_(top|middle|bottom)_region$")  # a drawer's inside, as LIBERO's scenes name it
+DRAWER = re.compile(r"cabinet_\d+_(top|middle|bottom)_region$")  # a drawer's inside, as LIBERO's scenes name it
 FREE_DIRECTIONS = 16  # around the target, where free_x, free_y look for room beside it
 FREE_BAND = (0.005, 0.03)  # m below the target's top: the heights a finger beside it occupies
 ROOM = 0.05  # m beside the target an open finger needs (4 cm out, 1 cm thick); past that, sides facing the robot win
@@ -362,11 +362,12 @@ class LiberoEnv:
             target, box = (part, None) if self.on_part else (self._position(g.target), self._target_box())
             dest = part if g.predicate == "turnon" else self._position(g.destination or g.target)
             held = self._still_held(target)
-            free = np.zeros(2) if held else self.free_side(box)  # where a finger goes: moot once it holds
+            clear = self.clear_z(box)
+            free = np.zeros(2) if held else self.free_side(box, clear)  # where a finger goes: moot once it holds
             quat = self._body_quat(self.part.body) if self.on_part else self._quat(g.target)
             self._env_state = np.concatenate([
                 raw["robot0_eef_pos"], raw["robot0_eef_quat"], raw["robot0_gripper_qpos"], target, quat, dest,
-                [float(held)], free, [self.clear_z(box)], part, [travel],
+                [float(held)], free, [clear], part, [travel],
             ]).astype(np.float64)
             self._env_state_tick = self.tick
         return self._env_state.copy()
@@ -394,10 +395,10 @@ class LiberoEnv:
         target = self._geoms()[2]
         return _extent(self.inner.sim.model._model, self.inner.sim.data._data, target) if target else None
 
-    def free_side(self, box: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    def free_side(self, box: tuple[np.ndarray, np.ndarray] | None, clear_z: float) -> np.ndarray:
         """(2,) the horizontal unit direction from the target's side with the most room (rays cast outwards from its
         edge, at the heights a finger would take beside it; the robot and the target itself are seen through).
-        box: _target_box()."""
+        box: _target_box(); clear_z: clear_z(box)."""
         if box is None:
             return np.zeros(2)
         m, d = self.inner.sim.model._model, self.inner.sim.data._data
@@ -408,7 +409,7 @@ class LiberoEnv:
         # the hand on the robot's side of a far target, on the far side of a near one: either way the arm stays away
         # from the ends of its reach (near its base the OSC controller loses track of a lift)
         toward_robot *= (1.0 if distance > NEAR_BASE else -1.0) / distance
-        if self._in_drawer() and self.clear_z(box) > hi[2]:
+        if self._in_drawer and clear_z > hi[2]:
             # sunk below what surrounds it (a bowl in a drawer): each side's room is a few millimetres, and which of the
             # 16 passes the tests below flips with the bowl's place (on LIBERO-Spatial task 4, six sides 0-180 degrees
             # apart over 50 standard states, the robot's direction within 3 degrees): a student cannot read that
@@ -428,10 +429,11 @@ class LiberoEnv:
             scored.append((fingers, facing > NEAR_HALF, above >= HEADROOM, min(free, ROOM), facing, free, k))
         return _unit(max(scored)[-1])
 
+    @functools.cached_property
     def _in_drawer(self) -> bool:
         """Whether the task's BDDL starts the target in a drawer (`in` a cabinet's top, middle or bottom region)."""
         target = self.goal.target
-        return any(len(f) == 3 and f[0] == "in" and f[1] == target and IN_DRAWER.search(f[2])
+        return any(len(f) == 3 and f[0] == "in" and f[1] == target and DRAWER.search(f[2])
                    for f in self.inner.parsed_problem["initial_state"])
 
     def _fingers_clear(self, center: np.ndarray, reach: float, top: float, u: np.ndarray) -> bool:
@@ -453,17 +455,15 @@ class LiberoEnv:
         """The highest surface in a ring just outside the target (rays cast down, the robot and the target seen
         through): what the target's bottom must clear before it travels (a drawer's walls, a cabinet it stands on).
         box: _target_box()."""
-        return float(max(self._ring_heights(box))) if box is not None else 0.0
-
-    def _ring_heights(self, box: tuple[np.ndarray, np.ndarray]) -> list[float]:
-        """The surface heights in a ring just outside the target, CLEAR_DIRECTIONS of them (rays cast down, the robot
-        and the target seen through). box: _target_box()."""
+        if box is None:
+            return 0.0
         m, d = self.inner.sim.model._model, self.inner.sim.data._data
         lo, hi = box
         center, reach = (lo + hi) / 2, float(np.max(hi[:2] - lo[:2])) / 2 + CLEAR_RING
         top = hi[2] + CLEAR_LOOK
-        return [top - _ray(m, d, np.array([*(center[:2] + reach * _unit(k, CLEAR_DIRECTIONS)[:2]), top]), DOWN,
-                           self._see_through(), 2 * CLEAR_LOOK) for k in range(CLEAR_DIRECTIONS)]
+        heights = [top - _ray(m, d, np.array([*(center[:2] + reach * _unit(k, CLEAR_DIRECTIONS)[:2]), top]), DOWN,
+                              self._see_through(), 2 * CLEAR_LOOK) for k in range(CLEAR_DIRECTIONS)]
+        return float(max(heights))
 
     def _geoms(self) -> tuple[set, set, set]:
         """_grasp_geoms of this scene, found once; a goal on a part holds the part's geoms."""

@@ -26,13 +26,12 @@ error).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from vla_distill.errors import ConfigError, DatasetError
-from vla_distill.sim.libero.env import ENV_STATE_NAMES, LEGACY_ENV_STATE, parse_goal, parsed_problem
+from vla_distill.sim.libero.env import DRAWER, ENV_STATE_NAMES, LEGACY_ENV_STATE, parse_goal, parsed_problem
 from vla_distill.types import OBS_ENV_STATE
 
 # The objects' collision boxes in their own body frame, (min xyz, max xyz) in metres: measured once from the models'
@@ -56,7 +55,6 @@ RIM = ("akita_black_bowl", "plate")  # grasped across the wall, one finger insid
 # pushed as its instruction says: a push rides up the ring's slope, and the bowl beside it is in the way)
 MOVES = ("in", "on")  # the goal predicates it can achieve by carrying the target
 KNOBS = {"flat_stove": 0}  # a knob's ridge runs across this axis of its body frame: the fingers close along it
-DRAWER = re.compile(r"cabinet_\d+_(top|middle|bottom)_region$")  # a drawer's inside, as LIBERO's scenes name it
 
 POS_GAIN = 1 / 0.04  # action per metre of position error: full speed beyond 4 cm (less overshoots)
 ROT_GAIN = 1 / 0.25  # action per radian
