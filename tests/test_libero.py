@@ -196,6 +196,23 @@ def test_a_bowl_in_a_drawer_is_gripped_on_the_robots_side_wherever_it_stands():
 
 
 @needs_libero
+def test_a_plate_whose_robot_side_is_blocked_is_gripped_on_the_same_open_neighbour_wherever_it_stands():
+    """Goal task 5's plate has the stove on its robot side: the choice between that side's two neighbours followed a
+    degree of the robot's direction (the first six standard states: -158, -158, 158, 180, 158, -158 degrees), and the
+    student learnt a grasp between them. They now tie, and the one facing open space wins."""
+    env = libero_env.LiberoEnv("libero_goal/5", ())
+    try:
+        sides = []
+        for k in range(6):
+            env.reset(tasks.EVAL_SEED_BASE + k)
+            free = env.env_state[[libero_env.ENV_STATE_NAMES.index(n) for n in ("free_y", "free_x")]]
+            sides.append(round(float(np.degrees(np.arctan2(*free)))))
+    finally:
+        env.close()
+    assert len({s for s in sides if s != 180}) == 1, sides  # 180: the robot's own side, where it has room
+
+
+@needs_libero
 def test_a_hand_already_down_in_a_drawer_keeps_going_down_a_little_off_centre():
     """Spatial task 4 (the bowl in the drawer) under DART noise: every step more than ALIGNED off sent the hand back up
     to hover, and episodes ran out of time (18/40 standard states at 0.3 of noise; 33/40 when a hand already past the

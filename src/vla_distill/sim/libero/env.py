@@ -73,6 +73,7 @@ DRAWER = re.compile(r"cabinet_\d+_(top|middle|bottom)_region$")  # a drawer's in
 FREE_DIRECTIONS = 16  # around the target, where free_x, free_y look for room beside it
 FREE_BAND = (0.005, 0.03)  # m below the target's top: the heights a finger beside it occupies
 ROOM = 0.05  # m beside the target an open finger needs (4 cm out, 1 cm thick); past that, sides facing the robot win
+OPEN_LOOK = 0.4  # m a side's rays look for open space: between two sides as near the robot, the more open one wins
 HEADROOM = 0.12  # m clear above both fingers' spots: the hand comes down from above (a drawer under its cabinet's top)
 UP, DOWN = np.array([0.0, 0.0, 1.0]), np.array([0.0, 0.0, -1.0])
 CLEAR_DIRECTIONS = 8
@@ -416,17 +417,24 @@ class LiberoEnv:
             # choice from its cameras. The robot's own direction is continuous in the bowl's place (expert v2.4).
             # Only in a drawer: a plate below the stove beside it, gripped so, fell from 30/30 to 28/30 (Goal task 5)
             return toward_robot
+        robot_k = round(np.arctan2(toward_robot[1], toward_robot[0]) / (2 * np.pi) * FREE_DIRECTIONS)
         scored = []
         for k in range(FREE_DIRECTIONS):
             u = np.array([*_unit(k), 0.0])
-            free = min(_ray(m, d, np.array([*(center[:2] + reach * u[:2]), hi[2] - dz]), u, self._see_through())
-                       for dz in FREE_BAND)
+            free = min(_ray(m, d, np.array([*(center[:2] + reach * u[:2]), hi[2] - dz]), u, self._see_through(),
+                            OPEN_LOOK) for dz in FREE_BAND)
             above = min(_ray(m, d, np.array([*(center[:2] + r * u[:2]), hi[2] + 0.005]), UP, self._see_through(),
                              HEADROOM) for r in (reach - 0.02, reach + 0.015))
             # both fingers' footprints clear, on the robot's half (the far side can be out of the arm's reach), room
-            # above the hand, enough room for a finger, then the side the arm reaches best (facing it), the most room
-            fingers, facing = self._fingers_clear(center, reach, hi[2], u), float(np.dot(u[:2], toward_robot))
-            scored.append((fingers, facing > NEAR_HALF, above >= HEADROOM, min(free, ROOM), facing, free, k))
+            # above the hand, enough room for a finger, then the side the arm reaches best (the fewest directions
+            # from the robot's), the most open. Steps, not the exact angle: with the robot's own side blocked (Goal's
+            # plate by the stove), its two neighbours differed by a degree of the robot's direction and the choice
+            # flipped between them across placements (-158 x21, 158 x6 of 30), where the open space beside them
+            # does not (expert v2.5)
+            steps = abs((k - robot_k + FREE_DIRECTIONS // 2) % FREE_DIRECTIONS - FREE_DIRECTIONS // 2)
+            fingers = self._fingers_clear(center, reach, hi[2], u)
+            facing = float(np.dot(u[:2], toward_robot))
+            scored.append((fingers, facing > NEAR_HALF, above >= HEADROOM, min(free, ROOM), -steps, free, k))
         return _unit(max(scored)[-1])
 
     @functools.cached_property
