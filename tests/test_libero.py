@@ -183,15 +183,7 @@ def test_a_bowl_in_a_drawer_is_gripped_on_the_robots_side_wherever_it_stands():
     """Which of 16 sides had the most room beside a bowl in a drawer flipped with millimetres of its place (Spatial
     task 4's first six standard states: 158, 135, 180, 180, 180, 135 degrees): a student cannot see that choice, and
     stalled between two grasp points 2-4 cm apart. The robot's direction moves with the bowl, continuously."""
-    env = libero_env.LiberoEnv("libero_spatial/4", ())
-    try:
-        sides = []
-        for k in range(6):
-            env.reset(tasks.EVAL_SEED_BASE + k)
-            free = env.env_state[[libero_env.ENV_STATE_NAMES.index(n) for n in ("free_y", "free_x")]]
-            sides.append(np.degrees(np.arctan2(*free)))
-    finally:
-        env.close()
+    sides = _free_sides("libero_spatial/4", 6)
     assert np.ptp(sides) < 5, sides
 
 
@@ -200,16 +192,22 @@ def test_a_plate_whose_robot_side_is_blocked_is_gripped_on_the_same_open_neighbo
     """Goal task 5's plate has the stove on its robot side: the choice between that side's two neighbours followed a
     degree of the robot's direction (the first six standard states: -158, -158, 158, 180, 158, -158 degrees), and the
     student learnt a grasp between them. They now tie, and the one facing open space wins."""
-    env = libero_env.LiberoEnv("libero_goal/5", ())
+    sides = [round(s) for s in _free_sides("libero_goal/5", 6)]
+    assert len({s for s in sides if s != 180}) == 1, sides  # 180: the robot's own side, where it has room
+
+
+def _free_sides(task: str, n: int) -> list[float]:
+    """The free side (degrees) in the first frame of the task's first n standard states."""
+    env = libero_env.LiberoEnv(task, ())
     try:
         sides = []
-        for k in range(6):
+        for k in range(n):
             env.reset(tasks.EVAL_SEED_BASE + k)
-            free = env.env_state[[libero_env.ENV_STATE_NAMES.index(n) for n in ("free_y", "free_x")]]
-            sides.append(round(float(np.degrees(np.arctan2(*free)))))
+            free = env.env_state[[libero_env.ENV_STATE_NAMES.index(name) for name in ("free_y", "free_x")]]
+            sides.append(float(np.degrees(np.arctan2(*free))))
     finally:
         env.close()
-    assert len({s for s in sides if s != 180}) == 1, sides  # 180: the robot's own side, where it has room
+    return sides
 
 
 @needs_libero
