@@ -22,7 +22,7 @@ Ours, for speed on a CPU renderer (BENCHMARKS.md, "LIBERO"):
       it: LiberoEnv._place_in_fixture_regions)
   "observation.environment_state" (27,): the privileged state the scripted expert reads (ENV_STATE_NAMES): the
       end effector, the fingers, the task's target object and destination (from its BDDL goal), whether the target
-      is held, the horizontal direction from the target with the most room beside it (a finger goes there), the
+      is held, the horizontal direction from the target to the side a finger goes (LiberoEnv.free_side), the
       height of what surrounds the target (it is lifted clear of it), and the articulated part the task moves (a
       drawer's handle, a stove's knob: where the hand grips it and how far it has moved towards the goal, 1 = the
       goal's predicate holds). A goal on a part ("open the drawer", "turn on the stove") has the part as its target;
@@ -397,9 +397,10 @@ class LiberoEnv:
         return _extent(self.inner.sim.model._model, self.inner.sim.data._data, target) if target else None
 
     def free_side(self, box: tuple[np.ndarray, np.ndarray] | None, clear_z: float) -> np.ndarray:
-        """(2,) the horizontal unit direction from the target's side with the most room (rays cast outwards from its
-        edge, at the heights a finger would take beside it; the robot and the target itself are seen through).
-        box: _target_box(); clear_z: clear_z(box)."""
+        """(2,) the horizontal unit direction from the target to the side a finger goes: of the 16 sides with room for
+        the fingers (rays cast outwards from its edge, down onto their footprints and up over them; the robot and the
+        target itself are seen through), the one fewest directions from the robot's, then the most open; a target
+        sunk in a drawer, the robot's own direction. box: _target_box(); clear_z: clear_z(box)."""
         if box is None:
             return np.zeros(2)
         m, d = self.inner.sim.model._model, self.inner.sim.data._data
