@@ -27,6 +27,9 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
   python benchmarks/bench_libero.py sides --suite libero_spatial
       the side of the target the expert grasps (free_x, free_y) at each demonstration's start, per task, beside the
       kept student's success -> results/libero_sides.json[suite]
+  python benchmarks/bench_libero.py ema --suite libero_goal --work outputs/bench_libero_v25 [--ema 0.999]
+      the suite's first student trained again shipping its weights' moving average, paired against the first student
+      on the same standard episodes -> results/libero_ema.json[suite]
 Step limits: an episode runs to lerobot's limit (MAX_STEPS, control steps); openpi's (220 on Spatial) is read off the
 step of first success, so one evaluation reports both.
 Work directories live under --work (default outputs/bench_libero).
@@ -288,6 +291,23 @@ def replan(args) -> dict:
     return result
 
 
+def ema(args) -> dict:
+    """The suite's first student trained again with the exponential moving average of its weights shipped (--ema):
+    the same data, seed and batches, so the live weights take the same steps and the pair measures the averaging
+    alone, not a retraining's spread (one retraining on nearly the same data moved single LIBERO-Goal tasks by tens
+    of points); on the same standard episodes, paired against the first student and against the teacher."""
+    work, tasks = Path(args.work) / args.suite, suite_tasks(args.suite)[0]
+    first = work / f"student-{args.vision}"
+    tag = f"ema{args.ema:g}"
+    run, minutes = trained(work / "annotated-dart", work / f"{first.name}-{tag}", args.steps, *VISION[args.vision],
+                           "--ema", str(args.ema))
+    info = evaluated(str(run), tasks, work / f"eval-{run.name}", args.episodes, *ENV)
+    return {tag: {"ema_decay": args.ema, "student": rate(info), "train_minutes": round(minutes, 1), "work": str(work),
+                  "vs_first_student": paired_with(first.name, eval_info(work / f"eval-{first.name}"), info),
+                  "vs_teacher": paired_with("the teacher", eval_info(work / "eval-teacher"), info),
+                  "per_task": {t["task"]: t["pc_success"] for t in info["per_task"]}, "command": this_command()}}
+
+
 def save(suite_name: str, partial: dict) -> None:
     """What the suite has measured so far, under its key of results/libero.json."""
     update_key("libero.json", suite_name, partial)
@@ -544,7 +564,7 @@ def needed(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["speed", "teacher", "suite", "phases", "grasps", "sides", "dagger-labels",
-                                       "chunk-labels", "replan"])
+                                       "chunk-labels", "replan", "ema"])
     p.add_argument("--suite", default="libero_object", choices=list(OPENPI_STEPS))
     p.add_argument("--work", default="outputs/bench_libero")
     p.add_argument("--demos", type=int, default=50)
@@ -562,6 +582,7 @@ def main() -> None:
                         "own chunks)")
     p.add_argument("--n-action-steps", type=int, default=1,
                    help="replan: actions of each chunk executed before the kept student is asked again")
+    p.add_argument("--ema", type=float, default=0.999, help="ema: the decay of the weights' moving average shipped")
     p.add_argument("--rollout-steps", type=int, default=1,
                    help="dagger-labels first: the chunk steps of a rollout frame the action loss counts")
     args = p.parse_args()
@@ -592,6 +613,9 @@ def main() -> None:
         update_key("libero_grasps.json", args.suite, grasps(args))
     elif args.what == "replan":
         update_key("libero.json", args.suite, replan(args))
+    elif args.what == "ema":
+        args.vision = "frozen" if args.vision == "both" else args.vision
+        update_key("libero_ema.json", args.suite, ema(args))
     elif args.what == "teacher":
         update_key("libero.json", args.suite, teacher(args))
     else:
