@@ -27,6 +27,9 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
   python benchmarks/bench_libero.py sides --suite libero_spatial
       the side of the target the expert grasps (free_x, free_y) at each demonstration's start, per task, beside the
       kept student's success -> results/libero_sides.json[suite]
+  python benchmarks/bench_libero.py reversals --suite libero_goal [--work outputs/bench_libero_v25]
+      per task, the demonstrations' close -> open gripper labels before the expert's release stage, and their frames
+      -> results/libero_labels.json[suite]
   python benchmarks/bench_libero.py ema --suite libero_goal --work outputs/bench_libero_v25 [--ema 0.999]
       the suite's first student trained again shipping its weights' moving average, paired against the first student
       on the same standard episodes -> results/libero_ema.json[suite]
@@ -339,6 +342,38 @@ def phase_agreement(raw: Path) -> dict:
             "per_task": per_task}
 
 
+def gripper_reversals(raw: Path) -> dict:
+    """Per task: how often the recorded gripper label turns from close to open before the expert's release stage, and
+    the frames an episode. A demonstration that lets go and grips again (a drawer's bar slipping out under DART noise)
+    gives a student, at the same place, labels it averages to neither (BENCHMARKS.md, "expert v2.6")."""
+    from vla_distill.annotate.episode import dataset_layout, episode_kinematics
+    from vla_distill.data.dataset import RobotDataset
+    from vla_distill.sim.registry import get_simulator
+
+    ds, sim = RobotDataset(raw), get_simulator("libero")
+    es, grip, layout = ds.column("observation.environment_state"), ds.column("action")[:, 6], dataset_layout(ds)
+    per_task: dict[str, list[tuple[int, int]]] = {}
+    for e, ep in enumerate(ds.episodes):
+        rows, task = ds.episode_rows(e), ep.extra["task_name"]
+        before_release = sim.ground_truth_phases(task, es[rows], episode_kinematics(ds, rows, layout)) != 3
+        per_task.setdefault(task, []).append((_close_then_open(grip[rows][before_release]), len(rows)))
+    out = {}
+    for t, v in sorted(per_task.items(), key=lambda tv: task_number(tv[0])):
+        r, n = np.array(v).T
+        out[t] = {"episodes": len(v), "reversals_per_episode": round(float(r.mean()), 2),
+                  "episodes_with_any": int((r > 0).sum()), "frames_per_episode": round(float(n.mean()), 1)}
+    for t, o in out.items():
+        print(f"{t}: {o['reversals_per_episode']:.2f} close -> open an episode before the release "
+              f"({o['episodes_with_any']} of {o['episodes']} episodes), {o['frames_per_episode']:.1f} frames")
+    return out
+
+
+def _close_then_open(grip: np.ndarray) -> int:
+    """Times a gripper label past +-0.5 turns from closing to opening (labels between hold the last sign)."""
+    signs = np.sign(grip[np.abs(grip) > 0.5])
+    return int(np.sum((signs[:-1] > 0) & (signs[1:] < 0)))
+
+
 def chunk_labels(work: Path, horizon: int, every: int = 3) -> dict:
     """What a K-step chunk label says, three ways, on every `every`-th frame: on the demonstrations, how far from what
     the expert then did (the next K answers along the trajectory, summed per dimension) its own plan is, against its
@@ -547,7 +582,8 @@ def this_command() -> str:
 # What each analysis mode reads from the suite's work directory, all written by `suite` (or, for libero_object, by the
 # whole-chunk round that suite ran before rounds were counted)
 READS = {"chunk-labels": "annotated-128-frozen-dagger", "dagger-labels": "annotated-128-{vision}-dagger",
-         "phases": "dataset-dart", "sides": "dataset-dart", "grasps": "", "replan": "eval-teacher"}
+         "phases": "dataset-dart", "sides": "dataset-dart", "grasps": "", "replan": "eval-teacher",
+         "reversals": "dataset-dart"}
 
 
 def needed(args) -> None:
@@ -564,7 +600,7 @@ def needed(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["speed", "teacher", "suite", "phases", "grasps", "sides", "dagger-labels",
-                                       "chunk-labels", "replan", "ema"])
+                                       "chunk-labels", "replan", "ema", "reversals"])
     p.add_argument("--suite", default="libero_object", choices=list(OPENPI_STEPS))
     p.add_argument("--work", default="outputs/bench_libero")
     p.add_argument("--demos", type=int, default=50)
@@ -606,6 +642,10 @@ def main() -> None:
     elif args.what == "phases":
         result = {**phase_agreement(Path(args.work) / args.suite / "dataset-dart"), "command": this_command()}
         update_key("libero_phases.json", args.suite, result)
+    elif args.what == "reversals":
+        raw = Path(args.work) / args.suite / "dataset-dart"
+        result = {"per_task": gripper_reversals(raw), "command": this_command()}
+        update_key("libero_labels.json", args.suite, result)
     elif args.what == "sides":
         result = {"per_task": grasp_sides(Path(args.work) / args.suite, args.suite), "command": this_command()}
         update_key("libero_sides.json", args.suite, result)
