@@ -30,9 +30,9 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
   python benchmarks/bench_libero.py reversals --suite libero_goal [--work outputs/bench_libero_v25]
       per task, the demonstrations' close -> open gripper labels before the expert's release stage, and their frames
       -> results/libero_labels.json[suite]
-  python benchmarks/bench_libero.py ema --suite libero_goal --work outputs/bench_libero_v25 [--ema 0.999]
-      the suite's first student trained again shipping its weights' moving average, paired against the first student
-      on the same standard episodes -> results/libero_ema.json[suite]
+  python benchmarks/bench_libero.py retrain --suite libero_goal --work outputs/bench_libero_v25 [--seed 1] [--ema 0.999]
+      the suite's first student trained again with another seed (a retraining's spread) or shipping its weights'
+      moving average, paired against the first student on the same standard episodes -> results/libero_retrain.json
 Step limits: an episode runs to lerobot's limit (MAX_STEPS, control steps); openpi's (220 on Spatial) is read off the
 step of first success, so one evaluation reports both.
 Work directories live under --work (default outputs/bench_libero).
@@ -145,12 +145,14 @@ def suite(args) -> dict:
     work = Path(args.work) / args.suite
     tasks, refused = suite_tasks(args.suite)
     dart = ("--action-noise", str(LIBERO.collect["action_noise"]))
+    if args.rotation_noise:  # beside the recipe's, not in it, until a paired measurement says it helps
+        dart += ("--rotation-noise", str(args.rotation_noise))
     raw = dataset(work, tasks, args.demos, LIBERO.collect["height"], cameras=CAMERAS, name="dataset-dart",
                   collect_flags=(*ENV, *dart))
     ann = annotated(work, raw, "scripted", "annotated-dart")
     result = {"phases": phase_agreement(raw), "demos_per_task": args.demos, "steps": args.steps,
               "episodes_per_task": args.episodes, "command": this_command(), "vision": {"compared": False},
-              "refused_tasks": refused,
+              "refused_tasks": refused, **({"rotation_noise": args.rotation_noise} if args.rotation_noise else {}),
               "published_anchors": {k: v.get(args.suite) for k, v in PUBLISHED.items()}}
     t_info = evaluated("scripted", tasks, work / "eval-teacher", args.episodes, *ENV)
     students = {}
@@ -294,18 +296,23 @@ def replan(args) -> dict:
     return result
 
 
-def ema(args) -> dict:
-    """The suite's first student trained again with the exponential moving average of its weights shipped (--ema):
-    the same data, seed and batches, so the live weights take the same steps and the pair measures the averaging
-    alone, not a retraining's spread (one retraining on nearly the same data moved single LIBERO-Goal tasks by tens
-    of points); on the same standard episodes, paired against the first student and against the teacher."""
+def retrain(args) -> dict:
+    """The suite's first student trained again on its data, changed by one thing, on the same standard episodes,
+    paired against the first student and against the teacher. --seed N: another seed alone, the spread a retraining
+    brings (one retraining on nearly the same data moved single LIBERO-Goal tasks by tens of points); --ema D: the
+    same seed and batches with the weights' moving average shipped, so the live weights take the same steps and the
+    pair measures the averaging alone."""
     work, tasks = Path(args.work) / args.suite, suite_tasks(args.suite)[0]
     first = work / f"student-{args.vision}"
-    tag = f"ema{args.ema:g}"
+    flags = (("--ema", str(args.ema)) if args.ema else ()) + (("--seed", str(args.seed)) if args.seed else ())
+    if not flags:
+        sys.exit("error: retrain: give --seed N (N > 0) or --ema D, or both")
+    tag = "-".join(([f"ema{args.ema:g}"] if args.ema else []) + ([f"seed{args.seed}"] if args.seed else []))
     run, minutes = trained(work / "annotated-dart", work / f"{first.name}-{tag}", args.steps, *VISION[args.vision],
-                           "--ema", str(args.ema))
+                           *flags)
     info = evaluated(str(run), tasks, work / f"eval-{run.name}", args.episodes, *ENV)
-    return {tag: {"ema_decay": args.ema, "student": rate(info), "train_minutes": round(minutes, 1), "work": str(work),
+    return {tag: {"ema_decay": args.ema, "seed": args.seed, "student": rate(info), "train_minutes": round(minutes, 1),
+                  "work": str(work),
                   "vs_first_student": paired_with(first.name, eval_info(work / f"eval-{first.name}"), info),
                   "vs_teacher": paired_with("the teacher", eval_info(work / "eval-teacher"), info),
                   "per_task": {t["task"]: t["pc_success"] for t in info["per_task"]}, "command": this_command()}}
@@ -600,7 +607,7 @@ def needed(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["speed", "teacher", "suite", "phases", "grasps", "sides", "dagger-labels",
-                                       "chunk-labels", "replan", "ema", "reversals"])
+                                       "chunk-labels", "replan", "retrain", "ema", "reversals"])
     p.add_argument("--suite", default="libero_object", choices=list(OPENPI_STEPS))
     p.add_argument("--work", default="outputs/bench_libero")
     p.add_argument("--demos", type=int, default=50)
@@ -618,7 +625,11 @@ def main() -> None:
                         "own chunks)")
     p.add_argument("--n-action-steps", type=int, default=1,
                    help="replan: actions of each chunk executed before the kept student is asked again")
-    p.add_argument("--ema", type=float, default=0.999, help="ema: the decay of the weights' moving average shipped")
+    p.add_argument("--rotation-noise", type=float, default=0.0,
+                   help="suite: DART noise on the hand's rotation commands too (collect --rotation-noise; give its own "
+                        "--work)")
+    p.add_argument("--ema", type=float, default=0.0, help="retrain: ship the weights' moving average of this decay")
+    p.add_argument("--seed", type=int, default=0, help="retrain: the training seed (the suite's students use 0)")
     p.add_argument("--rollout-steps", type=int, default=1,
                    help="dagger-labels first: the chunk steps of a rollout frame the action loss counts")
     args = p.parse_args()
@@ -653,9 +664,9 @@ def main() -> None:
         update_key("libero_grasps.json", args.suite, grasps(args))
     elif args.what == "replan":
         update_key("libero.json", args.suite, replan(args))
-    elif args.what == "ema":
+    elif args.what in ("retrain", "ema"):  # ema: the name this mode had when it only did that
         args.vision = "frozen" if args.vision == "both" else args.vision
-        update_key("libero_ema.json", args.suite, ema(args))
+        update_key("libero_retrain.json", args.suite, retrain(args))
     elif args.what == "teacher":
         update_key("libero.json", args.suite, teacher(args))
     else:

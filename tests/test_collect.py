@@ -178,6 +178,23 @@ def test_action_noise_perturbs_the_executed_xyz_reproducibly():
                                                         action_noise=0.5).plan()["action_noise"] == 0.5
 
 
+def test_rotation_noise_leaves_collections_without_it_as_they_were_and_is_refused_where_nothing_turns():
+    """collect --rotation-noise: at 0 a rollout draws exactly the noise it drew before the option existed (datasets
+    collected earlier resume and rebuild bit for bit); a simulator whose actions do not turn the hand refuses it."""
+    from vla_distill.collect.collect import rollout
+    from vla_distill.sim.registry import get_simulator
+
+    with MetaWorldEnv("reach-v3", CameraConfig(names=("corner2",), height=16, width=16)) as env:
+        mw = get_simulator("metaworld")
+        before, _ = rollout(env, 7, 3, mw.expert("reach-v3"), action_noise=0.5, noise_dims=mw.noise_dims)
+        now, _ = rollout(env, 7, 3, mw.expert("reach-v3"), action_noise=0.5, noise_dims=mw.noise_dims,
+                         rotation_noise=0.0, rotation_dims=(3,))
+    np.testing.assert_array_equal(before["action"], now["action"])
+    with pytest.raises(ConfigError, match="rotation_noise.*do not turn"):
+        CollectConfig(tasks=("reach-v3",), rotation_noise=0.05)
+    assert "rotation_noise" not in CollectConfig(tasks=("reach-v3",)).plan()
+
+
 def test_an_expert_that_needs_precision_is_collected_under_less_noise():
     """expert.noise_scale scales DART's noise for its task (LIBERO's drawer and knob: 0.5): at 0 the noisy rollout is
     the clean one."""

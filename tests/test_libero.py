@@ -284,6 +284,26 @@ def test_the_drawer_expert_keeps_its_grip_on_the_bar_under_the_collections_noise
 
 
 @needs_libero
+def test_rotation_noise_turns_the_executed_hand_and_the_expert_turns_it_back():
+    """collect --rotation-noise on LIBERO: the executed rotation commands leave the expert's (its relabels differ there,
+    the corrections a student that drifts needs to see), the gripper stays the expert's, and the task is still done."""
+    from vla_distill.collect.collect import rollout
+    from vla_distill.sim.libero.expert import LiberoExpert
+    from vla_distill.sim.registry import get_simulator
+
+    sim, task = get_simulator("libero"), "libero_object/0"
+    env, expert = libero_env.LiberoEnv(task, image_keys=()), LiberoExpert(task)
+    try:
+        frames, first = rollout(env, 1000, 2, expert, action_noise=0.3, noise_dims=sim.noise_dims,
+                                rotation_noise=0.05, rotation_dims=sim.rotation_dims)
+    finally:
+        env.close()
+    relabel = np.stack([expert(s) for s in frames["observation.environment_state"]])
+    gap = np.abs(frames["action"] - relabel)
+    assert first is not None and gap[:, 3:6].mean() > 0.02 and gap[:, 6].max() == 0
+
+
+@needs_libero
 def test_the_expert_says_which_goals_it_cannot_reach():
     from vla_distill.errors import ConfigError
     from vla_distill.sim.libero.expert import LiberoExpert

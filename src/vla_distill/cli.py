@@ -141,6 +141,8 @@ def _collect_args(c: argparse.ArgumentParser) -> None:
     _field(c, "--action-noise", CollectConfig, "std of Gaussian noise added to the expert's xyz actions before they "
            "are executed (DART): the demonstrations leave the expert's path and the teacher's relabels show the way "
            "back; the action column records what was executed", type=float)
+    _field(c, "--rotation-noise", CollectConfig, "std of the same noise on the end effector's rotation commands "
+           "(LIBERO's axis-angle delta), so the demonstrations show the hand's orientation corrected too", type=float)
     _field(c, "--policy", CollectConfig, "a trained policy (run or checkpoint directory) drives instead of the expert "
            "(DAgger): every rollout is kept, failures included, for `annotate --teacher scripted` to relabel; "
            "--cameras and --image-size must be the policy's, and a --seed other than the demonstrations' gives new "

@@ -81,27 +81,33 @@ def _env_for(task: str, cfg: CollectConfig) -> Env:
 
 
 def rollout(env: Env, seed: int, steps_after_success: int, expert: Expert | None = None, driver=None,
-            action_noise: float = 0.0, noise_dims: tuple[int, ...] = ()) -> tuple[dict[str, np.ndarray], int | None]:
+            action_noise: float = 0.0, noise_dims: tuple[int, ...] = (), rotation_noise: float = 0.0,
+            rotation_dims: tuple[int, ...] = ()) -> tuple[dict[str, np.ndarray], int | None]:
     """Runs the task's scripted expert (reading the privileged state at full precision), its `noise_dims`
     perturbed by N(0, (action_noise · expert.noise_scale)²) (seeded by `seed`; an expert whose skill needs more
-    precision than the recipe's noise leaves, a drawer's handle, says so by a noise_scale below 1), or a trained
+    precision than the recipe's noise leaves, a drawer's handle, says so by a noise_scale below 1), its
+    `rotation_dims` by N(0, (rotation_noise · expert.noise_scale)²) from the same generator, or a trained
     policy (`driver`, a models Policy) in its place; returns per-frame arrays (the executed actions) and the first
     success frame (None if never)."""
     if (expert is None) == (driver is None):
         raise ValueError("rollout: give the expert or a driving policy, not both")
-    action_noise *= getattr(expert, "noise_scale", 1.0)
+    scale = getattr(expert, "noise_scale", 1.0)
+    # one std per perturbed dimension, xyz (noise_dims) and the hand's rotation (rotation_dims) each its own level;
+    # rotation drawn only when asked for, so a collection without it draws what it always did
+    turn = list(rotation_dims) if rotation_noise else []
+    dims = [*noise_dims, *turn]
+    std = scale * np.array([action_noise] * len(noise_dims) + [rotation_noise] * len(turn))
     obs = env.reset(seed)
     if driver is not None:
         driver.reset(task=env.instruction)
     rng = np.random.default_rng(seed)
     low, high = env.action_bounds()
-    dims = list(noise_dims)
     frames: dict[str, list] = {k: [] for k in (*obs, ACTION, REWARD, SUCCESS)}
     first_success = None
     for t in range(env.max_steps):
         action = expert(env.env_state) if driver is None else _policy_action(driver, obs, env.instruction)
-        if action_noise:  # the gripper stays the expert's: a dropped object teaches nothing about recovering a path
-            noisy = action[dims] + rng.normal(0, action_noise, len(dims))
+        if std.any():  # the gripper stays the expert's: a dropped object teaches nothing about recovering a path
+            noisy = action[dims] + rng.normal(0, 1, len(dims)) * std
             action[dims] = np.clip(noisy, low[dims], high[dims]).astype(action.dtype)
         for k, v in obs.items():
             frames[k].append(v)
@@ -182,7 +188,7 @@ def run_attempt(att: Attempt, cfg: CollectConfig, partial: Path) -> dict:
     driver = _policy_for(cfg.policy) if cfg.policy else None
     expert = cfg.sim.expert(att.task) if driver is None else None
     frames, first_success = rollout(env, att.seed, cfg.steps_after_success, expert, driver, cfg.action_noise,
-                                    cfg.sim.noise_dims)
+                                    cfg.sim.noise_dims, cfg.rotation_noise, cfg.sim.rotation_dims)
     n = len(frames[ACTION])
     marker = {"task": att.task, "attempt": att.attempt, "seed": att.seed, "frames": n, "success_frame": first_success}
     if first_success is not None or cfg.policy:

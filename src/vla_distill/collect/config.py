@@ -21,6 +21,10 @@ class CollectConfig:
     # the demonstrations visit the off-course states a student will reach, and the teacher's relabels
     # (annotate) show the way back. The action column records what was executed.
     action_noise: float = 0.0
+    # the same for the end effector's rotation commands (the simulator's rotation_dims), its own std: without it the
+    # demonstrations hold the hand's orientation exactly and never show it corrected, and a student whose small
+    # rotation outputs add up drifts (BENCHMARKS.md, "LIBERO")
+    rotation_noise: float = 0.0
     # DAgger (Ross et al. 2011): a trained policy (a run or checkpoint directory) drives instead of the expert, so the
     # dataset holds the states the policy itself reaches, its failures included; `annotate --teacher scripted` labels
     # every one with the expert's action. Every rollout is kept: `episodes` counts rollouts, not successes.
@@ -53,6 +57,11 @@ class CollectConfig:
             raise ConfigError("must be between 0 and 2 (action units)", field="action_noise")
         if self.policy and self.action_noise:
             raise ConfigError("the expert's action noise has no effect when a policy drives", field="action_noise")
+        if not 0 <= self.rotation_noise <= 1:
+            raise ConfigError("must be between 0 and 1 (action units)", field="rotation_noise")
+        if self.rotation_noise and (self.policy or not sim.rotation_dims):
+            why = "a policy drives" if self.policy else f"{sim.name}'s actions do not turn the end effector"
+            raise ConfigError(f"has no effect: {why}", field="rotation_noise")
         if self.max_attempts_factor < 1:
             raise ConfigError("must be >= 1", field="max_attempts_factor")
         if self.image_format not in ("video", "image"):
@@ -82,7 +91,7 @@ class CollectConfig:
         """What must match for a resume to continue an earlier run (workers may differ)."""
         d = asdict(self)
         d.pop("workers")
-        for key in ("action_noise", "policy"):  # absent from plans written before they existed
+        for key in ("action_noise", "rotation_noise", "policy"):  # absent from plans written before they existed
             if not d[key]:
                 d.pop(key)
         if d["env"] == DEFAULT_ENV:

@@ -87,6 +87,7 @@ class Simulator(Protocol):
     step_limit: str  # how an episode's length is bounded, as eval_info states it
     held_out_seeds: bool  # evaluation seeds are drawn apart from collection's, so a dataset's seeds can be checked
     noise_dims: tuple[int, ...]  # the action dimensions DART noise perturbs (the arm's, never the gripper)
+    rotation_dims: tuple[int, ...]  # the end effector's rotation commands (collect --rotation-noise); () if none
     preload: tuple[str, ...]  # modules a pool of simulator workers imports once (the environment's heavy imports)
 
     def features(self) -> dict[str, dict]:

@@ -36,6 +36,7 @@ class Aloha:
     step_limit = f"{MAX_STEPS} steps (lerobot's)"
     held_out_seeds = True
     noise_dims = tuple(i for i in range(len(MOTORS)) if not MOTORS[i].endswith("gripper"))  # the arm joints
+    rotation_dims = ()  # joint targets: a wrist's joints are among noise_dims
     preload = ("vla_distill.sim.aloha.env",)
 
     def features(self) -> dict[str, dict]:

@@ -25,6 +25,7 @@ class Libero:
     step_limit = "the suite's (control steps: spatial 220 as openpi, 280 as lerobot; object 280; goal 300)"
     held_out_seeds = True  # collection's seeds draw placements; evaluation's are the fixed initial states
     noise_dims = (0, 1, 2)  # the end effector's xyz; rotation and the gripper stay the expert's
+    rotation_dims = (3, 4, 5)  # the OSC's axis-angle delta
     preload = ("vla_distill.sim.libero.env",)
 
     def features(self) -> dict[str, dict]:

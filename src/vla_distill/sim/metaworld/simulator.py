@@ -35,6 +35,7 @@ class MetaWorld:
     step_limit = f"{MAX_STEPS} (the simulator's)"
     held_out_seeds = True
     noise_dims = (0, 1, 2)  # xyz; the gripper stays the expert's (a dropped object teaches no path back)
+    rotation_dims = ()  # the hand does not turn
     preload = ("vla_distill.sim.metaworld.env", "metaworld.policies")
 
     def features(self) -> dict[str, dict]:
