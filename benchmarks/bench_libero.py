@@ -165,7 +165,7 @@ def suite(args) -> dict:
         students[name] = (run, minutes, info, flags, out)
         result["vision"][name] = rate(info) | {"train_minutes": round(minutes, 1),
                                                "vs_teacher": paired_with("the teacher", t_info, info)}
-        save(args.suite, result)
+        save(args, result)
     if args.vision == "both":
         choice = paired_with("the frozen encoder", students["frozen"][2], students["scratch"][2])
         # scratch only where it is ahead beyond the interval (the rule a DAgger round passes): a difference within the
@@ -195,7 +195,7 @@ def suite(args) -> dict:
         rounds.append({"round": r, "driver": run.name, "student": rate(d_info), "train_minutes": round(d_minutes, 1),
                        "vs_driver": gain, "kept": keep})
         result |= {"dagger": rounds[0], "dagger_rounds": rounds}
-        save(args.suite, result)
+        save(args, result)
         if not keep:  # the next round would be driven by the same student: the same rollouts again
             break
         run, minutes, info, out, data = d_run, minutes + d_minutes, d_info, d_out, merged_of(ann)
@@ -318,9 +318,14 @@ def retrain(args) -> dict:
                   "per_task": {t["task"]: t["pc_success"] for t in info["per_task"]}, "command": this_command()}}
 
 
-def save(suite_name: str, partial: dict) -> None:
-    """What the suite has measured so far, under its key of results/libero.json."""
-    update_key("libero.json", suite_name, partial)
+def suite_results(args) -> str:
+    """The results file a suite run writes: the table's, or beside it for a variant not in the recipe."""
+    return "libero_rotation.json" if args.rotation_noise else "libero.json"
+
+
+def save(args, partial: dict) -> None:
+    """What the suite has measured so far, under its key of its results file (suite_results)."""
+    update_key(suite_results(args), args.suite, partial)
 
 
 def phase_agreement(raw: Path) -> dict:
@@ -670,7 +675,7 @@ def main() -> None:
     elif args.what == "teacher":
         update_key("libero.json", args.suite, teacher(args))
     else:
-        update_key("libero.json", args.suite, suite(args))
+        update_key(suite_results(args), args.suite, suite(args))
 
 
 if __name__ == "__main__":
