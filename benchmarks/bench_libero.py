@@ -304,10 +304,11 @@ def retrain(args) -> dict:
     pair measures the averaging alone."""
     work, tasks = Path(args.work) / args.suite, suite_tasks(args.suite)[0]
     first = work / f"student-{args.vision}"
-    flags = (("--ema", str(args.ema)) if args.ema else ()) + (("--seed", str(args.seed)) if args.seed else ())
-    if not flags:
+    changes = [(name, value) for name, value in (("ema", args.ema), ("seed", args.seed)) if value]
+    if not changes:
         sys.exit("error: retrain: give --seed N (N > 0) or --ema D, or both")
-    tag = "-".join(([f"ema{args.ema:g}"] if args.ema else []) + ([f"seed{args.seed}"] if args.seed else []))
+    flags = tuple(x for name, value in changes for x in (f"--{name}", str(value)))
+    tag = "-".join(f"{name}{value:g}" for name, value in changes)
     run, minutes = trained(work / "annotated-dart", work / f"{first.name}-{tag}", args.steps, *VISION[args.vision],
                            *flags)
     info = evaluated(str(run), tasks, work / f"eval-{run.name}", args.episodes, *ENV)
@@ -328,21 +329,32 @@ def save(args, partial: dict) -> None:
     update_key(suite_results(args), args.suite, partial)
 
 
-def phase_agreement(raw: Path) -> dict:
-    """The kinematic phase labeller (what `annotate` writes) against the expert's own stages on every frame, overall
-    and per task."""
+def expert_stages(raw: Path):
+    """(the dataset, per episode (task, rows, kinematics, the expert's own stage per frame as PHASES_4 numbers)): the
+    phases' ground truth, for the analyses that read a demonstration against it."""
     from vla_distill.annotate.episode import dataset_layout, episode_kinematics
-    from vla_distill.annotate.phases import label_phases
     from vla_distill.data.dataset import RobotDataset
     from vla_distill.sim.registry import get_simulator
 
     ds, sim = RobotDataset(raw), get_simulator("libero")
     es, layout = ds.column("observation.environment_state"), dataset_layout(ds)
+
+    def episodes():
+        for e, ep in enumerate(ds.episodes):
+            rows, task = ds.episode_rows(e), ep.extra["task_name"]
+            kin = episode_kinematics(ds, rows, layout)
+            yield task, rows, kin, sim.ground_truth_phases(task, es[rows], kin)
+
+    return ds, episodes()
+
+
+def phase_agreement(raw: Path) -> dict:
+    """The kinematic phase labeller (what `annotate` writes) against the expert's own stages on every frame, overall
+    and per task."""
+    from vla_distill.annotate.phases import label_phases
+
     confusion = {}
-    for e, ep in enumerate(ds.episodes):
-        rows, task = ds.episode_rows(e), ep.extra["task_name"]
-        kin = episode_kinematics(ds, rows, layout)
-        truth = sim.ground_truth_phases(task, es[rows], kin)
+    for task, _, kin, truth in expert_stages(raw)[1]:
         np.add.at(confusion.setdefault(task, np.zeros((4, 4), np.int64)), (truth, label_phases(kin)), 1)
     total = sum(confusion.values(), np.zeros((4, 4), np.int64))
     agree = float(np.trace(total) / max(total.sum(), 1))
@@ -358,17 +370,11 @@ def gripper_reversals(raw: Path) -> dict:
     """Per task: how often the recorded gripper label turns from close to open before the expert's release stage, and
     the frames an episode. A demonstration that lets go and grips again (a drawer's bar slipping out under DART noise)
     gives a student, at the same place, labels it averages to neither (BENCHMARKS.md, "expert v2.6")."""
-    from vla_distill.annotate.episode import dataset_layout, episode_kinematics
-    from vla_distill.data.dataset import RobotDataset
-    from vla_distill.sim.registry import get_simulator
-
-    ds, sim = RobotDataset(raw), get_simulator("libero")
-    es, grip, layout = ds.column("observation.environment_state"), ds.column("action")[:, 6], dataset_layout(ds)
+    ds, episodes = expert_stages(raw)
+    grip = ds.column("action")[:, 6]
     per_task: dict[str, list[tuple[int, int]]] = {}
-    for e, ep in enumerate(ds.episodes):
-        rows, task = ds.episode_rows(e), ep.extra["task_name"]
-        before_release = sim.ground_truth_phases(task, es[rows], episode_kinematics(ds, rows, layout)) != 3
-        per_task.setdefault(task, []).append((_close_then_open(grip[rows][before_release]), len(rows)))
+    for task, rows, _, truth in episodes:
+        per_task.setdefault(task, []).append((_close_then_open(grip[rows][truth != 3]), len(rows)))
     out = {}
     for t, v in sorted(per_task.items(), key=lambda tv: task_number(tv[0])):
         r, n = np.array(v).T
@@ -612,7 +618,7 @@ def needed(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["speed", "teacher", "suite", "phases", "grasps", "sides", "dagger-labels",
-                                       "chunk-labels", "replan", "retrain", "ema", "reversals"])
+                                       "chunk-labels", "replan", "retrain", "reversals"])
     p.add_argument("--suite", default="libero_object", choices=list(OPENPI_STEPS))
     p.add_argument("--work", default="outputs/bench_libero")
     p.add_argument("--demos", type=int, default=50)
@@ -669,7 +675,7 @@ def main() -> None:
         update_key("libero_grasps.json", args.suite, grasps(args))
     elif args.what == "replan":
         update_key("libero.json", args.suite, replan(args))
-    elif args.what in ("retrain", "ema"):  # ema: the name this mode had when it only did that
+    elif args.what == "retrain":
         args.vision = "frozen" if args.vision == "both" else args.vision
         update_key("libero_retrain.json", args.suite, retrain(args))
     elif args.what == "teacher":
