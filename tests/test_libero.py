@@ -284,9 +284,9 @@ def test_the_drawer_expert_keeps_its_grip_on_the_bar_under_the_collections_noise
 
 
 @needs_libero
-def test_rotation_noise_turns_the_executed_hand_and_the_expert_turns_it_back():
-    """collect --rotation-noise on LIBERO: the executed rotation commands leave the expert's (its relabels differ there,
-    the corrections a student that drifts needs to see), the gripper stays the expert's, and the task is still done."""
+def test_rotation_noise_perturbs_the_executed_rotation_and_the_expert_still_solves_the_task():
+    """collect --rotation-noise on LIBERO: the executed rotation commands leave the expert's labels (the turned states
+    its relabels then correct), the gripper stays the expert's, and the task is still done."""
     from vla_distill.collect.collect import rollout
     from vla_distill.sim.libero.expert import LiberoExpert
     from vla_distill.sim.registry import get_simulator

@@ -96,7 +96,7 @@ WALL_IN = 0.008  # m further in where the bowl sits below what surrounds it: the
 # the bar's centre it clears the bowl and the plate's rim, and still the handle of the drawer above. Expert v2.6: 20
 # degrees and 8 mm, not 25 and 6: at 25 the bar slipped out of the fingers under the collection's DART noise and the
 # expert opened to go in again, 2.1-2.7 close-then-open gripper labels an episode in nearly every demonstration, labels
-# a student at the bar averages to neither (the v2.5 first student stopped there, holding, in 39 of 50); now 0.4-0.9,
+# a student at the bar averages to neither (the v2.5 first student stalled by the bar in 39 of 50); now 0.4-0.9,
 # as many solved, the noiseless expert unchanged (BENCHMARKS.md, "Expert v2.6")
 PITCH = np.radians(20)
 DRAWER_UP = 0.008  # m
