@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_distill import dagger_round, helps, onnx_speed, paired_with, per_task_table, rate, table, trained
-from bench_eval import annotated, dataset, eval_info, evaluated
+from bench_eval import annotated, dataset, eval_info, evaluated, has_outcomes
 
 from common import RESULTS, cli, update_result
 from vla_distill.config import recipe
@@ -173,7 +173,7 @@ def wrist(args) -> dict:
     ann = recollected(args, sub, ALOHA.collect["height"], ("top", "left_wrist", "right_wrist"))
     info, out = variant_student(args, sub, ann)
     out["vs_teacher"] = paired_with("the teacher", teacher_info(args), info)
-    if (work / "eval-student" / "eval_info.json").exists():
+    if has_outcomes(work / "eval-student"):
         out["vs_first_student"] = paired_with("the first student", eval_info(work / "eval-student"), info)
     else:  # its run is gone: the same held-out seeds, so its recorded rate reads beside this one, unpaired
         out["first_student_recorded"] = json.loads((RESULTS / "aloha.json").read_text()).get("student")

@@ -26,9 +26,42 @@ import numpy as np
 from common import RESULTS, cli, write_result
 from vla_distill.eval.stats import paired, wilson
 
+KEPT = RESULTS / "episodes"  # each benchmark evaluation's per-episode outcomes, kept where the work directory is not
+
+
+def kept_path(out: Path) -> Path:
+    """Where an evaluation's outcomes are kept: its work path, relative to outputs/, as one file name."""
+    parts = [p for p in Path(out).parts if p != Path(out).anchor]
+    if "outputs" in parts:
+        parts = parts[len(parts) - parts[::-1].index("outputs"):]
+    return KEPT / ("__".join(parts) + ".json")
+
+
+def keep_outcomes(out: Path, info: dict) -> None:
+    """The seeds and successes of every episode, the policy and the protocol (~10 KB for 500 episodes), kept with the
+    results: a later session on a fresh machine (outputs/ gone) still pairs a new evaluation against this one."""
+    slim = {"per_task": [{"task": t["task"], "task_group": t["task_group"], "pc_success": t["pc_success"],
+                          "n_episodes": t["n_episodes"], "pc_success_ci95": t["pc_success_ci95"],
+                          "metrics": {k: t["metrics"][k] for k in ("seeds", "successes")}} for t in info["per_task"]],
+            "overall": info["overall"], "policy": {k: info["policy"].get(k) for k in ("spec", "n_action_steps",
+                                                                                        "chunk")},
+            "eval": {k: v for k, v in info["eval"].items() if k != "seeds"}, "kept_from": str(out)}
+    path = kept_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(slim, separators=(",", ":")))
+
+
+def has_outcomes(out: Path) -> bool:
+    """The evaluation's episodes can be paired against: in its work directory, or kept (keep_outcomes)."""
+    return (Path(out) / "eval_info.json").exists() or kept_path(out).exists()
+
 
 def eval_info(path: Path) -> dict:
-    return json.loads((path / "eval_info.json").read_text())
+    """An evaluation's eval_info.json, or where its work directory is gone, the outcomes kept_path holds of it."""
+    own = Path(path) / "eval_info.json"
+    if own.exists() or not kept_path(path).exists():
+        return json.loads(own.read_text())
+    return json.loads(kept_path(path).read_text())
 
 
 def dataset(work: Path, tasks: str, demos: int, size: int, seed: int = 0, cameras: str = "corner2",
@@ -59,7 +92,10 @@ def evaluated(policy: str, tasks: str, out: Path, episodes: int, *extra: str) ->
     if not (out / "eval_info.json").exists():
         cli("eval", "--policy", policy, "--tasks", tasks, "--episodes", str(episodes), "--out", str(out), "--videos",
             "0", *extra)
-    return eval_info(out)
+    info = eval_info(out)
+    if not kept_path(out).exists():
+        keep_outcomes(out, info)
+    return info
 
 
 # ------------------------------------------------------------------------------------------------ suites

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from bench_distill import paired_with, rate, train_minutes
-from bench_eval import eval_info, evaluated
+from bench_eval import eval_info, evaluated, has_outcomes
 
 from common import DEMO_TASKS, RESULTS, cli, update_result, write_result
 
@@ -145,7 +145,7 @@ def against_run(other: Path, evals: dict, suffix: str, key: str, label: str, thi
     {key_<stage>: this minus other}, or other minus this; `label` names the side subtracted."""
     out = {}
     for stage in (n for n in evals if n != "expert"):
-        if (other / f"eval_{stage}{suffix}" / "eval_info.json").exists():
+        if has_outcomes(other / f"eval_{stage}{suffix}"):
             theirs = eval_info(other / f"eval_{stage}{suffix}")
             out[f"{key}_{stage}"] = (paired_with(label, theirs, evals[stage]) if this_minus_other
                                      else paired_with(label, evals[stage], theirs))

@@ -48,3 +48,45 @@ def test_update_key_keeps_the_key_s_other_entries_and_the_file_s_other_keys(tmp_
     common.update_key("r.json", "a", {"y": 5, "w": 6})
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["a"] == {"x": 1, "y": 5, "w": 6} and result["b"] == {"z": 3}
+
+
+def _bench_eval(results: Path, monkeypatch):
+    import sys
+
+    monkeypatch.syspath_prepend(str(COMMON.parent))
+    sys.modules.pop("bench_eval", None)
+    import bench_eval
+
+    monkeypatch.setattr(bench_eval, "KEPT", results / "episodes")
+    return bench_eval
+
+
+def test_an_evaluation_s_kept_outcomes_pair_as_its_eval_info_did_once_its_work_directory_is_gone(tmp_path,
+                                                                                                  monkeypatch):
+    """A later session may start on a fresh machine without outputs/: the pairing against an earlier evaluation
+    must still find every episode's seed and success."""
+    import shutil
+
+    from vla_distill.eval.stats import compare
+
+    bench_eval = _bench_eval(tmp_path, monkeypatch)
+    seeds = list(range(100, 120))
+
+    def info(successes):
+        return {"per_task": [{"task": "t", "task_group": "g", "pc_success": 100 * sum(successes) / 20, "n_episodes": 20,
+                              "pc_success_ci95": [0, 100], "metrics": {"seeds": seeds, "successes": successes,
+                                                                       "sum_rewards": [0.0] * 20}}],
+                "overall": {"pc_success": 0.0}, "policy": {"spec": "run", "n_action_steps": 5, "chunk": "queue"},
+                "eval": {"env": "libero", "seeds": {"t": seeds}}}
+
+    first, second = info([i % 3 != 0 for i in range(20)]), info([i % 4 != 0 for i in range(20)])
+    out = tmp_path / "outputs" / "bench" / "eval-student"
+    out.mkdir(parents=True)
+    (out / "eval_info.json").write_text(json.dumps(first))
+    bench_eval.keep_outcomes(out, first)
+    assert bench_eval.kept_path(out).parent == tmp_path / "episodes"
+    shutil.rmtree(out)
+    assert bench_eval.has_outcomes(out) and not bench_eval.has_outcomes(tmp_path / "outputs" / "bench" / "other")
+    kept = bench_eval.eval_info(out)
+    assert compare(kept, second) == compare(first, second)
+    assert "sum_rewards" not in kept["per_task"][0]["metrics"]  # only what pairing needs: ~10 KB for 500 episodes
