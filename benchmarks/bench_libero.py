@@ -14,7 +14,9 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
       beyond its interval (else the cheaper frozen one); a DAgger round
       driven by it, kept if its paired evaluation is ahead beyond its interval (--dagger-rounds N: up to N, each
       driven by the last kept student on new placements, its data merged into that student's); teacher and the kept
-      student on the same 500 standard episodes, paired -> results/libero.json[suite], written after every evaluation
+      student on the same 500 standard episodes, paired; every student also paired against the suite's reference
+      student where the repository ships one (students/<suite>/outcomes.json) -> results/libero.json[suite], written
+      after every evaluation
   python benchmarks/bench_libero.py phases --suite libero_goal
       the phase labeller against the expert's stages on the suite's collected demonstrations, per task
       -> results/libero_phases.json[suite] (the suite stage records the overall figure in libero.json)
@@ -107,6 +109,25 @@ def expert_tasks(suite_name: str) -> tuple[list[str], dict[str, str]]:
     return taken, refused
 
 
+def reference_info(suite_name: str) -> dict | None:
+    """The reference student the repository ships for the suite (students/<suite>/outcomes.json: every standard
+    episode's seed and outcome) in eval_info's shape, or None: a rebuild pairs against it though its run is gone."""
+    path = RESULTS.parent.parent / "students" / suite_name / "outcomes.json"
+    if not path.exists():
+        return None
+    episodes = json.loads(path.read_text())["episodes"]
+    wins = [ok for e in episodes.values() for ok in e["successes"]]
+    return {"per_task": [{"task": task, "metrics": {"seeds": e["seeds"], "successes": e["successes"]}}
+                         for task, e in episodes.items()],
+            "overall": {"pc_success": 100 * sum(wins) / len(wins)}}
+
+
+def vs_reference(suite_name: str, info: dict) -> dict:
+    """{"vs_reference_student": paired} where the suite has a reference student, else {}."""
+    ref = reference_info(suite_name)
+    return {"vs_reference_student": paired_with(f"students/{suite_name}", ref, info)} if ref else {}
+
+
 def suite_tasks(suite_name: str) -> tuple[str, dict[str, str]]:
     """The --tasks of the suite's stages (the suite's name when the expert takes every task) and the refused ones."""
     taken, refused = expert_tasks(suite_name)
@@ -164,7 +185,8 @@ def suite(args) -> dict:
         info = evaluated(str(run), tasks, out, args.episodes, *ENV)
         students[name] = (run, minutes, info, flags, out)
         result["vision"][name] = rate(info) | {"train_minutes": round(minutes, 1),
-                                               "vs_teacher": paired_with("the teacher", t_info, info)}
+                                               "vs_teacher": paired_with("the teacher", t_info, info),
+                                               **vs_reference(args.suite, info)}
         save(args, result)
     if args.vision == "both":
         choice = paired_with("the frozen encoder", students["frozen"][2], students["scratch"][2])
@@ -193,7 +215,7 @@ def suite(args) -> dict:
         gain = paired_with(f"{run.name}, the student that drove round {r}", info, d_info)
         keep = helps(gain)
         rounds.append({"round": r, "driver": run.name, "student": rate(d_info), "train_minutes": round(d_minutes, 1),
-                       "vs_driver": gain, "kept": keep})
+                       "vs_driver": gain, "kept": keep, **vs_reference(args.suite, d_info)})
         result |= {"dagger": rounds[0], "dagger_rounds": rounds}
         save(args, result)
         if not keep:  # the next round would be driven by the same student: the same rollouts again
@@ -253,7 +275,8 @@ def final_table(work: Path, suite_name: str, t_info: dict, s_info: dict, s_out: 
     rows = student_rows(work, suite_name, t_info, s_info, s_out)
     speed = onnx_speed(run, Path(json.loads((run / "train_config.json").read_text())["dataset"]),
                        work / f"bundle-{run.name}")  # named after its run: a later choice exports its own
-    return {"teacher": rate(t_info), **rows, "student_run": str(run), "train_minutes": round(minutes, 1),
+    return {"teacher": rate(t_info), **rows, **vs_reference(suite_name, s_info), "student_run": str(run),
+            "train_minutes": round(minutes, 1),
             "student_hz": round(speed["hz"], 1), "student_hz_load_avg": speed.get("load_avg_1m")}
 
 
@@ -316,6 +339,7 @@ def retrain(args) -> dict:
                   "work": str(work),
                   "vs_first_student": paired_with(first.name, eval_info(work / f"eval-{first.name}"), info),
                   "vs_teacher": paired_with("the teacher", eval_info(work / "eval-teacher"), info),
+                  **vs_reference(args.suite, info),
                   "per_task": {t["task"]: t["pc_success"] for t in info["per_task"]}, "command": this_command()}}
 
 
