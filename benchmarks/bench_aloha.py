@@ -25,8 +25,9 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
       -> results/aloha.json["scratch_vision"]
   python benchmarks/bench_aloha.py wrist [--steps 20000] [--episodes 100]
       the suite's first student's demonstrations recorded again (the same seeds and noise: the same actions)
-      with both wrist cameras beside the top one, the recipe's student on the three, paired against the teacher and,
-      where its evaluation is still in --work, the first student -> results/aloha.json["wrist_cameras"]
+      with both wrist cameras beside the top one, the recipe's student on the three, paired against the teacher, the
+      same frames' top camera alone (train --cameras) and, where its evaluation is kept, the first student
+      -> results/aloha.json["wrist_cameras"]
   python benchmarks/bench_aloha.py demos --demos 200 [--steps 20000] [--episodes 100]
       after `suite`: the recipe's student on --demos DART demonstrations per task (the first student's 50 are the
       first 50 of them: the same seeds), on the same held-out episodes, paired against the first student
@@ -51,6 +52,7 @@ from bench_eval import annotated, dataset, eval_info, evaluated, has_outcomes
 from common import RESULTS, cli, update_result
 from vla_distill.config import recipe
 from vla_distill.eval.stats import compare
+from vla_distill.types import camera_key
 
 ALOHA = recipe("aloha")
 TASKS = "transfer_cube,insertion"
@@ -173,6 +175,11 @@ def wrist(args) -> dict:
     ann = recollected(args, sub, ALOHA.collect["height"], ("top", "left_wrist", "right_wrist"))
     info, out = variant_student(args, sub, ann)
     out["vs_teacher"] = paired_with("the teacher", teacher_info(args), info)
+    # the control on the same frames: the top camera alone (train --cameras), so the pair isolates the wrists from a
+    # retraining's spread and from whatever changed in the code since the first student
+    top_info, top = variant_student(args, sub, ann, "--cameras", camera_key("top"), name="student-top")
+    out["top_only"] = top | {"vs_teacher": paired_with("the teacher", teacher_info(args), top_info)}
+    out["wrists_minus_top_only"] = paired_with("the top camera alone, same frames", top_info, info)
     if has_outcomes(work / "eval-student"):
         out["vs_first_student"] = paired_with("the first student", eval_info(work / "eval-student"), info)
     else:  # its run is gone: the same held-out seeds, so its recorded rate reads beside this one, unpaired
@@ -251,11 +258,11 @@ def variant(args, sub: Path, ann: Path, *flags: str) -> dict:
     return out | {"vs_first_student": paired_with("the first student", base, info)}
 
 
-def variant_student(args, sub: Path, ann: Path, *flags: str) -> tuple[dict, dict]:
-    """A student trained on `ann` with the recipe (and `flags`) into `sub`, evaluated on the held-out episodes ->
-    (its eval_info, its result entries)."""
-    run, minutes = trained(ann, sub / "student", args.steps, "--recipe", "aloha", *flags)
-    info = evaluated(str(run), TASKS, sub / "eval-student", args.episodes, *ENV)
+def variant_student(args, sub: Path, ann: Path, *flags: str, name: str = "student") -> tuple[dict, dict]:
+    """A student trained on `ann` with the recipe (and `flags`) into `sub`/`name`, evaluated on the held-out episodes
+    -> (its eval_info, its result entries)."""
+    run, minutes = trained(ann, sub / name, args.steps, "--recipe", "aloha", *flags)
+    info = evaluated(str(run), TASKS, sub / f"eval-{name}", args.episodes, *ENV)
     return info, {"student": rate(info), "per_task": per_task_rates(info), "train_minutes": round(minutes, 1),
                   "command": command()}
 
