@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,9 @@ def keep_outcomes(out: Path, info: dict) -> None:
             "eval": {k: v for k, v in info["eval"].items() if k != "seeds"}, "kept_from": str(out)}
     path = kept_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(slim, separators=(",", ":")))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(slim, separators=(",", ":")))
+    os.replace(tmp, path)  # whole or not at all: a half-written copy would stand in for the evaluation
 
 
 def has_outcomes(out: Path) -> bool:
@@ -93,8 +96,7 @@ def evaluated(policy: str, tasks: str, out: Path, episodes: int, *extra: str) ->
         cli("eval", "--policy", policy, "--tasks", tasks, "--episodes", str(episodes), "--out", str(out), "--videos",
             "0", *extra)
     info = eval_info(out)
-    if not kept_path(out).exists():
-        keep_outcomes(out, info)
+    keep_outcomes(out, info)  # every time: an evaluation run again into the same directory replaces its copy
     return info
 
 

@@ -90,3 +90,19 @@ def test_an_evaluation_s_kept_outcomes_pair_as_its_eval_info_did_once_its_work_d
     kept = bench_eval.eval_info(out)
     assert compare(kept, second) == compare(first, second)
     assert "sum_rewards" not in kept["per_task"][0]["metrics"]  # only what pairing needs: ~10 KB for 500 episodes
+
+
+def test_an_evaluation_run_again_into_the_same_directory_replaces_its_kept_outcomes(tmp_path, monkeypatch):
+    bench_eval = _bench_eval(tmp_path, monkeypatch)
+    out = tmp_path / "outputs" / "bench" / "eval-student"
+    out.mkdir(parents=True)
+    for successes in ([True, False], [False, True]):
+        info = {"per_task": [{"task": "t", "task_group": "g", "pc_success": 50.0, "n_episodes": 2,
+                              "pc_success_ci95": [0, 100], "metrics": {"seeds": [1, 2], "successes": successes}}],
+                "overall": {"pc_success": 50.0}, "policy": {"spec": "run"}, "eval": {"env": "aloha"}}
+        (out / "eval_info.json").write_text(json.dumps(info))
+        monkeypatch.setattr(bench_eval, "cli", lambda *a: None)  # the evaluation itself already ran
+        bench_eval.evaluated("run", "t", out, 2)
+        (out / "eval_info.json").unlink()
+        assert bench_eval.eval_info(out)["per_task"][0]["metrics"]["successes"] == successes
+    assert not list((tmp_path / "episodes").glob(".*.tmp")), "a temporary file was left behind"
