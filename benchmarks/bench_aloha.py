@@ -174,11 +174,12 @@ def wrist(args) -> dict:
     work, sub = Path(args.work), Path(args.work) / "wrist"
     ann = recollected(args, sub, ALOHA.collect["height"], ("top", "left_wrist", "right_wrist"))
     info, out = variant_student(args, sub, ann)
-    out["vs_teacher"] = paired_with("the teacher", teacher_info(args), info)
+    t_info = teacher_info(args)
+    out["vs_teacher"] = paired_with("the teacher", t_info, info)
     # the control on the same frames: the top camera alone (train --cameras), so the pair isolates the wrists from a
     # retraining's spread and from whatever changed in the code since the first student
     top_info, top = variant_student(args, sub, ann, "--cameras", camera_key("top"), name="student-top")
-    out["top_only"] = top | {"vs_teacher": paired_with("the teacher", teacher_info(args), top_info)}
+    out["top_only"] = top | {"vs_teacher": paired_with("the teacher", t_info, top_info)}
     out["wrists_minus_top_only"] = paired_with("the top camera alone, same frames", top_info, info)
     if has_outcomes(work / "eval-student"):
         out["vs_first_student"] = paired_with("the first student", eval_info(work / "eval-student"), info)

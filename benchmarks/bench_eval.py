@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from common import RESULTS, cli, write_result
+from vla_distill.data.format import write_json_atomic
 from vla_distill.eval.stats import paired, wilson
 
 KEPT = RESULTS / "episodes"  # each benchmark evaluation's per-episode outcomes, kept where the work directory is not
@@ -47,11 +47,7 @@ def keep_outcomes(out: Path, info: dict) -> None:
             "overall": info["overall"], "policy": {k: info["policy"].get(k) for k in ("spec", "n_action_steps",
                                                                                         "chunk")},
             "eval": {k: v for k, v in info["eval"].items() if k != "seeds"}, "kept_from": str(out)}
-    path = kept_path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(slim, separators=(",", ":")))
-    os.replace(tmp, path)  # whole or not at all: a half-written copy would stand in for the evaluation
+    write_json_atomic(kept_path(out), slim, indent=None)  # whole or not at all: a half copy would stand in for it
 
 
 def has_outcomes(out: Path) -> bool:
@@ -61,10 +57,8 @@ def has_outcomes(out: Path) -> bool:
 
 def eval_info(path: Path) -> dict:
     """An evaluation's eval_info.json, or where its work directory is gone, the outcomes kept_path holds of it."""
-    own = Path(path) / "eval_info.json"
-    if own.exists() or not kept_path(path).exists():
-        return json.loads(own.read_text())
-    return json.loads(kept_path(path).read_text())
+    own, kept = Path(path) / "eval_info.json", kept_path(path)
+    return json.loads((kept if kept.exists() and not own.exists() else own).read_text())
 
 
 def dataset(work: Path, tasks: str, demos: int, size: int, seed: int = 0, cameras: str = "corner2",

@@ -105,4 +105,4 @@ def test_an_evaluation_run_again_into_the_same_directory_replaces_its_kept_outco
         bench_eval.evaluated("run", "t", out, 2)
         (out / "eval_info.json").unlink()
         assert bench_eval.eval_info(out)["per_task"][0]["metrics"]["successes"] == successes
-    assert not list((tmp_path / "episodes").glob(".*.tmp")), "a temporary file was left behind"
+    assert not list((tmp_path / "episodes").glob("*.tmp")), "a temporary file was left behind"

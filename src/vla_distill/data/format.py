@@ -172,10 +172,10 @@ def removed_on_failure(path: Path) -> Iterator[Path]:
         raise
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
+def write_json_atomic(path: Path, obj: Any, indent: int | None = 4) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with removed_on_failure(path.with_name(path.name + ".tmp")) as tmp:
-        tmp.write_text(json.dumps(obj, indent=4, default=_json_default))
+        tmp.write_text(json.dumps(obj, indent=indent, default=_json_default))
     os.replace(tmp, path)
 
 
