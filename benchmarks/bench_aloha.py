@@ -28,6 +28,10 @@ Usage (every stage runs through the CLI as a user would; a rerun skips what is d
       with both wrist cameras beside the top one, the recipe's student on the three, paired against the teacher, the
       same frames' top camera alone (train --cameras) and, where its evaluation is kept, the first student
       -> results/aloha.json["wrist_cameras"]
+  python benchmarks/bench_aloha.py finetune [--tune-from 4] [--steps 20000] [--episodes 100]
+      after `wrist`: the same frames' top camera with the ImageNet trunk's stages after that stride fine-tuned (train
+      --vision-tune-from, at the recipe's tenth of the lr; ACT fine-tunes its ResNet) instead of frozen, paired
+      against the frozen top-only control and the teacher -> results/aloha.json["finetune"]["from<stride>"]
   python benchmarks/bench_aloha.py demos --demos 200 [--steps 20000] [--episodes 100]
       after `suite`: the recipe's student on --demos DART demonstrations per task (the first student's 50 are the
       first 50 of them: the same seeds), on the same held-out episodes, paired against the first student
@@ -188,6 +192,23 @@ def wrist(args) -> dict:
     return {"wrist_cameras": out}
 
 
+def finetune(args) -> dict:
+    """The wrist run's top-only control (frozen ImageNet trunk, 18.5%) with the trunk fine-tuned: the probe on its
+    frozen features places the cube to 0.9 cm, the student's head to 1.5 cm, a grasp needs about 1 (BENCHMARKS.md,
+    "Where the first student fails"); ACT fine-tunes its ImageNet ResNet end to end. Same frames, same recipe, same
+    held-out episodes: the pair isolates the trunk's training."""
+    sub, key = Path(args.work) / "wrist", f"from{args.tune_from}"
+    ann = recollected(args, sub, ALOHA.collect["height"], ("top", "left_wrist", "right_wrist"))
+    info, out = variant_student(args, sub, ann, "--cameras", camera_key("top"), "--vision-tune-from",
+                                str(args.tune_from), name=f"student-top-tune{args.tune_from}")
+    out["vs_teacher"] = paired_with("the teacher", teacher_info(args), info)
+    control = sub / "eval-student-top"
+    if not has_outcomes(control):
+        sys.exit(f"error: {control}: the frozen control's evaluation is missing; run `bench_aloha.py wrist` first")
+    out["vs_frozen_trunk"] = paired_with("the frozen trunk, same frames", eval_info(control), info)
+    return {"finetune": {key: out}}
+
+
 def demos(args) -> dict:
     """The first student learnt the demonstrations' paths more than where the cube is (BENCHMARKS.md, "ALOHA"): the
     same recipe on more placements of the objects. The suite's own 50 come first (collection seeds are drawn in
@@ -281,7 +302,7 @@ def realtime(bundle: Path, out: Path, episodes: int) -> dict:
             "tick_p99_ms_worst": round(float(max(ticks, default=np.nan)), 2), "hz": 50}
 
 
-VARIANTS = ("resolution", "demos", "act")  # modes whose result holds one entry per setting (size, count, K-loss)
+VARIANTS = ("resolution", "demos", "act", "finetune")  # modes holding one entry per setting (size, count, K, stride)
 
 
 def save(partial: dict) -> None:
@@ -293,8 +314,8 @@ def save(partial: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["teacher", "suite", "delta", "resolution", "scratch", "wrist", "demos", "chunks",
-                                    "dagger-labels", "act"])
+    p.add_argument("what", choices=["teacher", "suite", "delta", "resolution", "scratch", "wrist", "finetune", "demos",
+                                    "chunks", "dagger-labels", "act"])
     p.add_argument("--work", default="outputs/bench_aloha")
     p.add_argument("--demos", type=int, default=50)
     p.add_argument("--steps", type=int, default=ALOHA.train["steps"])
@@ -305,9 +326,12 @@ def main() -> None:
                    help="suite: 0 skips the DAgger round (it did not pass its paired test on expert v1's data or v2's)")
     p.add_argument("--horizon", type=int, default=100, help="act: the chunk's length K (ACT's: 100 steps, 2 s)")
     p.add_argument("--action-loss", default="l1", choices=["l1", "mse", "smooth_l1"], help="act: the action loss")
+    p.add_argument("--tune-from", type=int, default=4, choices=[1, 2, 4],
+                   help="finetune: the trunk's stages after this stride are fine-tuned (1: all of it, ~20x slower)")
     args = p.parse_args()
     stages = {"teacher": teacher, "suite": suite, "delta": delta, "resolution": resolution, "scratch": scratch,
-              "wrist": wrist, "demos": demos, "chunks": chunks, "dagger-labels": dagger_labels, "act": act}
+              "wrist": wrist, "finetune": finetune, "demos": demos, "chunks": chunks, "dagger-labels": dagger_labels,
+              "act": act}
     save(stages[args.what](args))
 
 

@@ -5,7 +5,9 @@ Usage: python benchmarks/bench_train.py [--presets tiny,small,base] [--cameras 2
 Each preset runs in its own process (peak memory is per process). Inputs are the MetaWorld default: two 128 px
 cameras, 4-d state, 4-d action, the three losses on. Training samples/s is the model step only (forward, backward,
 AdamW); the data path is measured by bench_dataloader.py. A preset may name its encoder, `tiny:efficientnet-lite0`:
-a frozen pretrained one trains as `train` runs it, on cached trunk features (inference still starts from pixels).
+a frozen pretrained one trains as `train` runs it, on cached trunk features (inference still starts from pixels);
+`tiny:efficientnet-lite0:tune4` fine-tunes that trunk's stages after stride 4 on cached stride-4 features (train
+--vision-tune-from 4; `tune1`: all of it, from pixels).
 Writes benchmarks/results/train.json.
 Targets for later (the deployment issue): tiny >= 300 Hz and base >= 25 Hz at batch 1 on 2 CPU cores.
 """
@@ -55,11 +57,13 @@ def one(preset: str, args) -> dict:
     device = torch.device(args.device)
     cams = tuple(f"observation.images.cam{i}" for i in range(args.cameras))
     torch.manual_seed(0)
-    name, _, kind = preset.partition(":")
-    vision = VisionConfig(**{**PRESETS[name]["vision"].__dict__, "kind": kind or PRESETS[name]["vision"].kind})
+    name, _, rest = preset.partition(":")
+    kind, _, mode = rest.partition(":")
+    vision = VisionConfig(**{**PRESETS[name]["vision"].__dict__, "kind": kind or PRESETS[name]["vision"].kind,
+                             "tune_from": int(mode.removeprefix("tune") or 0)})
     policy = StudentPolicy(preset_config(name, image_keys=cams, image_size=(args.size, args.size), tasks=("task",),
                                          vision=vision, horizon=args.horizon)).to(device)
-    cached = vision.pretrained
+    cached = vision.cacheable
     b, k = args.batch, args.horizon
 
     def batch(n: int, features: bool = False) -> dict:

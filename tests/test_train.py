@@ -18,6 +18,7 @@ import torch
 
 from conftest import popen_interruptible
 from vla_distill.data.dataset import RobotDataset
+from vla_distill.errors import ConfigError
 from vla_distill.models.checkpoint import load_pretrained
 from vla_distill.models.losses import LossConfig
 from vla_distill.train.config import TrainConfig
@@ -228,6 +229,40 @@ def test_pretrained_encoder_trains_on_cached_features_and_ships_its_weights(anno
     stamp = cache[0].stat().st_mtime_ns
     train(small(annotated, tmp_path / "again", vision="efficientnet-lite0", steps=2, save_every=2))
     assert cache[0].stat().st_mtime_ns == stamp  # the second run reads the first's cache
+
+
+def test_pretrained_trunk_fine_tuned_after_a_stride(annotated, tmp_path):
+    """--vision-tune-from 4: the trunk's stages after stride 4 train with the policy at --vision-lr-scale times the lr,
+    on cached stride-4 features of the frozen stages before; BatchNorm keeps ImageNet's statistics; the checkpoint
+    says so and runs from pixels. Without a pretrained trunk, or at a stride that is no stage's end, a one-line
+    configuration error."""
+    from vla_distill.models.efficientnet import weights_file
+
+    run = tmp_path / "ft"
+    train(small(annotated, run, vision="efficientnet-lite0", vision_tune_from=4, vision_lr_scale=0.1, horizon=3,
+                steps=4, save_every=4))
+    ds = RobotDataset(annotated)
+    cache = sorted((Path(os.environ["VLA_DISTILL_CACHE"]) / "frames").glob("*/*.efficientnet-lite0-s4.f16.npy"))
+    assert len(cache) == len(ds.camera_keys) and np.load(cache[0], mmap_mode="r").shape == (ds.num_frames, 24, 16, 16)
+    policy = load_pretrained(run)
+    assert policy.config.vision.tune_from == 4
+    state = torch.load(weights_file("efficientnet-lite0"), weights_only=True)
+    trunk = policy.encoder.trunk
+    torch.testing.assert_close(trunk.blocks[2].depthwise_conv.weight, state["_blocks.2._depthwise_conv.weight"])
+    moved = (trunk.blocks[3].depthwise_conv.weight - state["_blocks.3._depthwise_conv.weight"]).abs().max()
+    assert 0 < moved < 1e-3  # 4 steps at a tenth of small()'s lr
+    torch.testing.assert_close(trunk.blocks[3].bn1.running_mean, state["_blocks.3._bn1.running_mean"])
+    cam = sorted(ds.camera_keys)[0]
+    pixels = torch.from_numpy(ds.frames(cam, np.array([5]))).permute(0, 3, 1, 2).float() / 255
+    feats = torch.from_numpy(np.asarray(np.load(cache[0] if cache[0].name.startswith(cam + ".") else cache[1],
+                                                mmap_mode="r")[5:6], np.float32))
+    with torch.no_grad():  # pixels through the whole trunk = the cache through the tuned stages
+        torch.testing.assert_close(policy.eval().encoder.trunk(pixels), trunk.tuned(feats), atol=3e-2, rtol=1e-2)
+    with pytest.raises(ConfigError, match="vision.tune_from"):
+        train(small(annotated, tmp_path / "bad", vision="resnet", vision_tune_from=4, steps=2, save_every=2))
+    with pytest.raises(ConfigError, match="vision.tune_from"):
+        train(small(annotated, tmp_path / "bad8", vision="efficientnet-lite0", vision_tune_from=8, steps=2,
+                    save_every=2))
 
 
 def test_aux_state_is_learned_in_training_only(annotated, tmp_path):

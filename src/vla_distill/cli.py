@@ -384,9 +384,15 @@ def _train_args(t: argparse.ArgumentParser) -> None:
     _field(t, "--depth-keys", TrainConfig, "one depth image key per camera (RGB-D input)", type=_csv)
     _field(t, "--state-keys", TrainConfig, type=_csv)
     _field(t, "--vision", TrainConfig, "vision encoder (default: the preset's); efficientnet-lite0 is ImageNet-"
-           "pretrained and frozen, with a trained keypoint head", choices=["", *VISION_KINDS])
+           "pretrained and frozen (unless --vision-tune-from), with a trained keypoint head",
+           choices=["", *VISION_KINDS])
     t.add_argument("--no-feature-cache", dest="feature_cache", action="store_false", default=argparse.SUPPRESS,
                    help="run the frozen encoder on every sample (pixel augmentation on) instead of once per frame")
+    _field(t, "--vision-tune-from", TrainConfig, "fine-tune the pretrained trunk's stages after this stride (2 or 4 "
+           "of its 8; 1: all of it, no feature cache, ~20x slower a step on a CPU) instead of freezing it; the stages "
+           "up to it stay frozen and cached (default 0: all frozen)", type=int)
+    _field(t, "--vision-lr-scale", TrainConfig, "the fine-tuned stages' factor on --lr (lerobot's ACT gives its "
+           "backbone its own lr)", type=float)
     _field(t, "--feature-shift", TrainConfig, "random shift of cached features in training, in feature cells (8 px "
            "at stride 8): the cached path's augmentation", type=int)
     _field(t, "--aux-state", TrainConfig, "a numeric column the student learns to predict in training only, e.g. "

@@ -11,7 +11,9 @@ Shapes: (B, 3, H, W) in [0, 1] -> (B, C_f, H/s, W/s) with s = `stride` (8: C_f =
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 from pathlib import Path
 
 import torch
@@ -77,29 +79,63 @@ def blocks_to_stride(stride: int) -> list[tuple[int, int, int, int, int]]:
 
 
 class EfficientNetLiteTrunk(nn.Module):
-    """The stem and the blocks up to `stride`; frozen: BatchNorm always uses its ImageNet statistics."""
+    """The stem and the blocks up to `stride`, split at stride `cut`: the part up to `cut` is frozen (its output is
+    what a feature cache stores); the part after it is frozen too unless `tune_from` set `cut` below `stride`, and
+    then fine-tuned with the policy: its convolutions and BatchNorm's affine terms. BatchNorm's statistics stay
+    ImageNet's either way, as ACT's and DETR's frozen BatchNorm in their ImageNet ResNets: one task's batch statistics
+    are not ImageNet's, and at batch 1 in the control loop they would be noise.
 
-    def __init__(self, stride: int = 8):
+    Shapes: frozen (B, 3, H, W) -> (B, C_cut, H/cut, W/cut) (cut 1: the pixels themselves); tuned -> (B, C_f, H/s, W/s).
+    """
+
+    def __init__(self, stride: int = 8, tune_from: int = 0):
         super().__init__()
         self.conv_stem = SameConv(3, STEM_CHANNELS, 3, 2, bias=False)
         self.bn0 = nn.BatchNorm2d(STEM_CHANNELS, eps=BN_EPS)
-        self.blocks = nn.ModuleList(MBConv(*spec) for spec in blocks_to_stride(stride))
+        specs = blocks_to_stride(stride)
+        self.blocks = nn.ModuleList(MBConv(*spec) for spec in specs)
         self.out_channels = self.blocks[-1].project_conv.out_channels if len(self.blocks) else STEM_CHANNELS
-        self.stride = stride
+        self.stride, self.cut = stride, tune_from or stride
+        strides = list(itertools.accumulate((2, *(spec[3] for spec in specs)), operator.mul))  # each layer's output
+        if tune_from and tune_from not in {1, *strides} - {stride}:
+            raise ValueError(f"vision.tune_from: the trunk's stages end at strides {sorted({1, *strides} - {stride})} "
+                             f"below its stride {stride}, not {tune_from}")
+        self.n_frozen = sum(s <= self.cut for s in strides)  # the stem and every block whose output is at most cut
+        self.cut_channels = ([3, STEM_CHANNELS] + [b.project_conv.out_channels for b in self.blocks])[self.n_frozen]
         self.requires_grad_(False)
+        for layer in self._layers()[self.n_frozen:]:
+            layer.requires_grad_(True)
         # channels-last runs the depthwise and 1x1 convolutions faster on a CPU than NCHW
         self.to(memory_format=torch.channels_last)
 
+    def _layers(self) -> list[nn.Module]:
+        """The stem (its convolution and BatchNorm as one layer), then each block."""
+        return [nn.ModuleList([self.conv_stem, self.bn0]), *self.blocks]
+
+    def _run(self, x: torch.Tensor, first: int, last: int) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        for i in range(first, last):
+            if i == 0:
+                x = ((x - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)  # Lite's range: (pixel - 127) / 128
+                x = nn.functional.relu6(self.bn0(self.conv_stem(x)))
+            else:
+                x = self.blocks[i - 1](x)
+        return x.contiguous()
+
     def train(self, mode: bool = True) -> EfficientNetLiteTrunk:
-        return super().train(False)  # frozen: never batch statistics, whatever the policy's mode
+        return super().train(False)  # never batch statistics, whatever the policy's mode
+
+    def frozen(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, C_cut, H/cut, W/cut): the part a feature cache stores."""
+        return self._run(x, 0, self.n_frozen)
+
+    def tuned(self, f: torch.Tensor) -> torch.Tensor:
+        """The frozen part's output -> (B, C_f, H/s, W/s)."""
+        return self._run(f, self.n_frozen, 1 + len(self.blocks))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> (B, C_f, H/s, W/s)."""
-        x = ((x - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)  # Lite's range: (pixel - 127) / 128
-        x = nn.functional.relu6(self.bn0(self.conv_stem(x)))
-        for block in self.blocks:
-            x = block(x)
-        return x.contiguous()
+        return self.tuned(self.frozen(x))
 
 
 def weights_file(name: str) -> Path:

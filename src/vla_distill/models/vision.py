@@ -1,5 +1,6 @@
-"""Vision encoders in plain torch (torchvision cannot be installed here): two trained from scratch, and a frozen
-ImageNet-pretrained trunk with a trained spatial-softmax keypoint head.
+"""Vision encoders in plain torch (torchvision cannot be installed here): two trained from scratch, and an
+ImageNet-pretrained trunk (frozen, or fine-tuned at a lower learning rate) with a trained spatial-softmax keypoint
+head.
 
 Each maps (B, C, H, W) images to (B, N, d) tokens for the policy transformer: resnet and vit take images already
 normalized by the dataset's statistics and give N = grid² pooled tokens; efficientnet-lite0 takes [0, 1] pixels
@@ -39,17 +40,36 @@ class VisionConfig:
     keypoint_tokens: int = 4  # efficientnet-lite0: tokens per camera the keypoints are grouped into
     keypoint_features: int = 8  # efficientnet-lite0: attention-pooled feature channels per keypoint
     head_width: int = 32  # efficientnet-lite0: channels of the trained convolutions before the keypoints
+    # efficientnet-lite0: 0 = the pretrained trunk frozen; S = its stages after stride S fine-tuned with the policy,
+    # those up to S frozen (their output is what the feature cache holds); 1 = all of it fine-tuned, no cache
+    tune_from: int = 0
 
     def __post_init__(self):
         if self.kind not in VISION_KINDS:
             raise ValueError(f"vision.kind: {self.kind!r} is not one of {list(VISION_KINDS)}")
         if self.kind == "resnet" and len(self.widths) != len(self.blocks):
             raise ValueError("vision.widths and vision.blocks must have the same length")
+        if self.tune_from and not self.pretrained:
+            raise ValueError(f"vision.tune_from: only a pretrained trunk ({list(PRETRAINED)}) is fine-tuned; "
+                             f"{self.kind} is trained from scratch anyway")
+        if self.tune_from and (self.tune_from >= self.stride or self.tune_from & (self.tune_from - 1)):
+            raise ValueError(f"vision.tune_from: a stride below the trunk's {self.stride} where a stage ends "
+                             f"(1, 2, 4, ...), not {self.tune_from}")
 
     @property
     def pretrained(self) -> bool:
-        """A frozen pretrained trunk: it takes [0, 1] pixels, loads its weights once, and its features can be cached."""
+        """A pretrained trunk: it takes [0, 1] pixels and loads its weights once."""
         return self.kind in PRETRAINED
+
+    @property
+    def trainable(self) -> bool:
+        """Some of the pretrained trunk is fine-tuned."""
+        return self.tune_from > 0
+
+    @property
+    def cacheable(self) -> bool:
+        """A pretrained trunk with a frozen part: its output can be computed once per dataset frame."""
+        return self.pretrained and self.tune_from != 1
 
 
 def _norm(ch: int) -> nn.GroupNorm:
@@ -180,25 +200,26 @@ def _coordinates(h: int, w: int) -> torch.Tensor:
 
 
 class PretrainedKeypointEncoder(nn.Module):
-    """A frozen pretrained trunk and a trained keypoint head. Its input is [0, 1] pixels (the trunk has its own input
-    range); the trunk's output can be computed once per dataset frame and fed to `from_features` (the trainer's
-    feature cache)."""
+    """A pretrained trunk and a trained keypoint head. Its input is [0, 1] pixels (the trunk has its own input
+    range); the trunk's frozen part's output can be computed once per dataset frame and fed to `from_features` (the
+    trainer's feature cache)."""
 
     def __init__(self, out_dim: int, cfg: VisionConfig):
         super().__init__()
-        self.trunk = EfficientNetLiteTrunk(cfg.stride)
+        self.trunk = EfficientNetLiteTrunk(cfg.stride, cfg.tune_from)
         self.head = KeypointHead(self.trunk.out_channels, out_dim, cfg)
 
     def load_pretrained(self, name: str) -> None:
         load_pretrained(self.trunk, name)
 
     def feature_shape(self, image_size: tuple[int, int]) -> tuple[int, int, int]:
-        """(C_f, h, w) of the trunk's output for (H, W) images."""
-        h, w = (-(-n // self.trunk.stride) for n in image_size)
-        return self.trunk.out_channels, h, w
+        """(C_cut, h, w) of the trunk's frozen part's output (what the cache holds) for (H, W) images."""
+        h, w = (-(-n // self.trunk.cut) for n in image_size)
+        return self.trunk.cut_channels, h, w
 
     def from_features(self, f: torch.Tensor) -> torch.Tensor:
-        return self.head(f.to(self.head.proj.weight.dtype))
+        """The frozen part's (cached) output -> tokens."""
+        return self.head(self.trunk.tuned(f.to(self.head.proj.weight.dtype)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(x))

@@ -92,6 +92,10 @@ class TrainConfig(RunConfig):
     state_keys: tuple[str, ...] = (OBS_STATE,)
     vision: str = ""  # "" = the preset's encoder; resnet | vit | efficientnet-lite0
     feature_cache: bool = True  # a frozen pretrained encoder's features computed once per dataset frame
+    # the pretrained trunk's stages after this stride fine-tuned (VisionConfig.tune_from; 0 = all frozen), at
+    # vision_lr_scale times the lr (lerobot's ACT gives its backbone its own lr)
+    vision_tune_from: int = 0
+    vision_lr_scale: float = 0.1
     feature_shift: int = 0  # random shift of cached features during training, in feature cells (0 = none)
     aux_state: str = ""  # a state column predicted in training only, e.g. observation.environment_state ("" = none)
     gripper_from_phases: bool = False  # the gripper target is its median over each phase segment (train/targets.py)
@@ -110,6 +114,10 @@ class TrainConfig(RunConfig):
             raise ValueError(f"vision: {self.vision!r} is not one of {list(VISION_KINDS)}")
         if self.rollout_steps < 0:
             raise ValueError(f"rollout_steps: must be >= 0, got {self.rollout_steps}")
+        if not 0 < self.vision_lr_scale < INF:
+            raise ValueError(f"vision_lr_scale: must be a finite number > 0, got {self.vision_lr_scale}")
+        if self.vision_tune_from < 0:
+            raise ValueError(f"vision_tune_from: must be >= 0, got {self.vision_tune_from}")
         check_n_action_steps(self.n_action_steps, self.horizon)  # before any data is read, as the student checks it
 
     def _at_least_one(self) -> tuple[str, ...]:

@@ -27,11 +27,12 @@ BATCH = 8  # the trunk is fastest at small batches, whose activations stay in ca
 
 def cached_features(ds: RobotDataset, cameras: list[str], encoder: torch.nn.Module, kind: str,
                     cache_dir: Path | None = None) -> dict[str, np.ndarray]:
-    """{camera: (N, C_f, h, w) float16 memmap} of `encoder.trunk` over every frame of the dataset, N = its frames."""
+    """{camera: (N, C_cut, h, w) float16 memmap} of `encoder.trunk`'s frozen part (all of it unless some is
+    fine-tuned) over every frame of the dataset, N = its frames."""
     out = {}
     for cam in cameras:
         frames = FrameCache(ds, cam, cache_dir)
-        tag = f"{kind}-s{encoder.trunk.stride}"
+        tag = f"{kind}-s{encoder.trunk.cut}"  # the same ImageNet layers up to that stride, whatever follows
         path = frames.path.with_name(f"{cam}.{tag}.f16.npy")
         if not path.exists():
             _build(frames.frames, encoder.trunk, path, f"{cam} through {tag}")
@@ -43,14 +44,14 @@ def cached_features(ds: RobotDataset, cameras: list[str], encoder: torch.nn.Modu
 def _build(frames: np.ndarray, trunk: torch.nn.Module, path: Path, what: str) -> None:
     trunk = trunk.eval()
     device = next(trunk.parameters()).device
-    c, h, w = trunk(images_to_float(np.array(frames[:1]), device)).shape[1:]
+    c, h, w = trunk.frozen(images_to_float(np.array(frames[:1]), device)).shape[1:]
     tmp = disk_cache.tmp_path(path)
     disk_cache.make_room(path.parent, len(frames) * c * h * w * 2)
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(frames), c, h, w))
     with tqdm(total=len(frames), desc=f"features of {what}", unit="img", leave=False) as bar:
         for s in range(0, len(frames), BATCH):
             x = images_to_float(np.array(frames[s : s + BATCH]), device)
-            out[s : s + len(x)] = trunk(x).cpu().numpy().astype(np.float16)
+            out[s : s + len(x)] = trunk.frozen(x).cpu().numpy().astype(np.float16)
             bar.update(len(x))
     out.flush()
     del out

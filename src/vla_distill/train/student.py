@@ -75,7 +75,8 @@ def _train(cfg: TrainConfig, resume: bool) -> Path:
                        f"{len(val_eps)} val episodes, {len(views.train)} frames; target {target}; {dev.why}; "
                        f"{effective_batch(cfg, dev)}",
               find_unused=min(cfg.loss.phase_weight, cfg.loss.direction_weight) == 0
-              or bool(cfg.aux_state and cfg.loss.aux_state_weight == 0))
+              or bool(cfg.aux_state and cfg.loss.aux_state_weight == 0),
+              lr_scales=(("encoder.trunk.", cfg.vision_lr_scale),) if policy.config.vision.trainable else ())
     return fit(job, cfg, dev, resume)
 
 
@@ -133,12 +134,13 @@ def action_targets(ds: RobotDataset, cfg: TrainConfig, target: str) -> np.ndarra
 def build_views(ds: RobotDataset, cfg: TrainConfig, target: str, train_eps: list[int], val_eps: list[int],
                 policy: StudentPolicy, columns: dict[str, np.ndarray]) -> Views:
     """The training views (columns: target values replacing the dataset's, action_targets); a frozen pretrained
-    encoder's trunk features come from the feature cache instead of the pixels (cfg.feature_cache)."""
+    encoder's trunk features come from the feature cache instead of the pixels (cfg.feature_cache), of its frozen
+    part where the rest is fine-tuned."""
     if len(ds.features[target]["shape"]) == 2 and ds.features[target]["shape"][0] < cfg.horizon:
         raise ConfigError(f"the teacher answered {ds.features[target]['shape'][0]}-step chunks; --horizon "
                           f"{cfg.horizon} needs at least that many", field="horizon")
     cams, row_arrays = cameras(ds, cfg), None
-    if cfg.feature_cache and policy.config.vision.pretrained:
+    if cfg.feature_cache and policy.config.vision.cacheable:
         features = cached_features(ds, cams, policy.encoder, policy.config.vision.kind)
         row_arrays, cams = {feature_key(c): f for c, f in features.items()}, []
     keys = [*cams, *cfg.depth_keys, *cfg.state_keys, *([cfg.aux_state] if cfg.aux_state else []), target]
@@ -239,10 +241,8 @@ def build_policy(ds: RobotDataset, cfg: TrainConfig, targets: np.ndarray, train_
     h, w = ds.features[cams[0]]["shape"][:2]
     phase_names = read_phase_names(ds.root) or PHASES_4
     emb = task_embeddings(ds, text_encoder)
-    vision = PRESETS[cfg.preset]["vision"]
-    if cfg.vision:
-        vision = VisionConfig(**{**vision.__dict__, "kind": cfg.vision})
     try:
+        vision = student_vision(cfg)
         config = preset_config(
             cfg.preset, image_keys=tuple(cams), image_size=(h, w), depth_keys=tuple(cfg.depth_keys),
             state_keys=tuple(cfg.state_keys),
@@ -262,6 +262,15 @@ def build_policy(ds: RobotDataset, cfg: TrainConfig, targets: np.ndarray, train_
     policy.load_pretrained_vision()
     policy.set_normalization(normalization(ds, cfg, targets, train_eps, config.delta_dims), emb)
     return policy
+
+
+def student_vision(cfg: TrainConfig) -> VisionConfig:
+    """The preset's encoder, with --vision's kind and --vision-tune-from's fine-tuning."""
+    vision = PRESETS[cfg.preset]["vision"]
+    changes = {"kind": cfg.vision} if cfg.vision else {}
+    if cfg.vision_tune_from:
+        changes["tune_from"] = cfg.vision_tune_from
+    return VisionConfig(**{**vision.__dict__, **changes}) if changes else vision
 
 
 # ---------------------------------------------------------------- validation

@@ -133,7 +133,7 @@ def vita_views(ds: RobotDataset, cfg: VitaTrainConfig, policy: VitaPolicy, targe
     so its other cameras are not decoded at all."""
     e = policy.expert.config
     keys, rows = [*e.state_keys, *policy.config.vlm_image_keys], None
-    if cfg.stage == "align" and e.vision.pretrained:
+    if cfg.stage == "align" and e.vision.cacheable:  # a fine-tuned trunk's features are not the cache's (ImageNet's)
         features = cached_features(ds, list(e.image_keys), policy.expert.encoder, e.vision.kind)
         rows = {feature_key(c): f for c, f in features.items()}
     elif cfg.stage == "align":
