@@ -163,6 +163,25 @@ def test_a_standard_episode_places_the_fixtures_the_same_every_time(spatial_env)
     np.testing.assert_array_equal(fixtures[0], fixtures[1])
 
 
+def test_a_grasps_direction_does_not_turn_with_the_hand():
+    """Which of a grasp's two directions is taken is decided against the robot's home closing axis, not the hand's
+    now: under expert v2.6 ("the nearer of the two") a student's slow turn past the boundary flipped the target under
+    it, and Spatial's drawer rose turning (v2.7; BENCHMARKS.md, "LIBERO-Spatial rebuilt with rotation noise")."""
+    from vla_distill.sim.libero import expert as ex
+
+    s = np.zeros(len(libero_env.ENV_STATE_NAMES))
+    s[0:3], s[7:9] = [-0.2, 0.0, 1.2], [0.04, -0.04]  # the hand above, open
+    s[9:12], s[20:22], s[26] = [0.1, -0.1, 1.06], [-1.0, 0.0], 1.0  # room on the robot's side; no part
+    for category, yaw in (("akita_black_bowl", 0.0), ("alphabet_soup", 0.3), ("alphabet_soup", 1.4)):
+        s[12:16] = [0.0, 0.0, np.sin(yaw / 2), np.cos(yaw / 2)]  # the target turned about z
+        axes = []
+        for turn in np.linspace(-np.pi, np.pi, 9):
+            s[3:7] = ex._quat(ex._orientation(np.array([np.cos(turn), np.sin(turn), 0.0])))
+            axes.append(ex.grasp_of(category, ex.State.of(s)).axis)
+        np.testing.assert_allclose(axes, [axes[0]] * len(axes), atol=1e-9, err_msg=category)
+        assert np.dot(axes[0][:2], ex.HOME_AXIS) >= 0
+
+
 def test_a_bowl_in_a_drawer_is_gripped_further_in_than_one_in_the_open():
     """The outer finger of a rim grasp rested on a drawer's wall (Spatial task 4: 39/50 with it, 49/50 without)."""
     from vla_distill.sim.libero.expert import WALL_IN, State, grasp_of

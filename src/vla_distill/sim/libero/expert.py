@@ -78,6 +78,10 @@ ENCLOSED_DOWN = 0.015  # m off the grasp point (xy) a hand already down in a dra
 GRIP_OFF = 0.015  # m: close enough to the grasp point (xy) to close on it
 ALIGNED_AMONG = 0.03  # m: close enough to recentre in place, once the fingers are down beside the target
 TURNED = 0.12  # rad: the fingers across the grasp before they go down
+# the closing axis of the robot's home pose: which of a grasp's two directions is taken is decided against it, not
+# against the hand now, so a hand that turns slowly or back cannot flip the target under itself (expert v2.7;
+# BENCHMARKS.md, "LIBERO-Spatial rebuilt with rotation noise")
+HOME_AXIS = np.array([0.0, -1.0])
 HOVER = 0.06  # m above the grasp point, and above the target's top
 CLEARANCE = 0.025  # m between the carried target's bottom and the destination when it is let go
 DROP = 0.03  # m higher still where the goal is "in" a container
@@ -192,13 +196,13 @@ def grasp_of(category: str, st: State) -> Grasp:
         enclosed = st.clear_z > top
         # the rim there: a tilted bowl's dips
         point = _rim_point(lo, hi, r, st.target, side, RIM_IN + (WALL_IN if enclosed else 0.0)) - [0, 0, RIM_DEPTH]
-        axis = side if np.dot(side, current) >= 0 else -side  # either way across the wall: the nearer turn
+        axis = side if np.dot(side, HOME_AXIS) >= 0 else -side  # either way across the wall
         return Grasp(point, np.array([*axis, 0.0]), bottom, top, enclosed)
     vertical = int(np.argmax(np.abs(r[2])))
     sides = [k for k in range(3) if k != vertical]
     k = min(sides, key=lambda i: hi[i] - lo[i])
     axis = r[:2, k] / max(np.linalg.norm(r[:2, k]), 1e-9)
-    axis = axis if np.dot(axis, current) >= 0 else -axis  # the nearer of the two: at most a quarter turn
+    axis = axis if np.dot(axis, HOME_AXIS) >= 0 else -axis  # at most a quarter turn from home
     z = max(top - REACH, bottom + FLOOR)  # as deep as the hand allows, the fingertips off the floor
     return Grasp(np.array([center[0], center[1], z]), np.array([*axis, 0.0]), bottom, top)
 
