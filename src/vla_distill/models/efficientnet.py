@@ -78,6 +78,16 @@ def blocks_to_stride(stride: int) -> list[tuple[int, int, int, int, int]]:
     return out
 
 
+def layer_strides(stride: int) -> list[int]:
+    """The output stride of the stem, then of each block, of a trunk up to `stride`."""
+    return list(itertools.accumulate((2, *(spec[3] for spec in blocks_to_stride(stride))), operator.mul))
+
+
+def tune_points(stride: int) -> list[int]:
+    """Where a trunk up to `stride` may be split into frozen and fine-tuned parts: the input, or a stage's end."""
+    return sorted({1, *layer_strides(stride)} - {stride})
+
+
 class EfficientNetLiteTrunk(nn.Module):
     """The stem and the blocks up to `stride`, split at stride `cut`: the part up to `cut` is frozen (its output is
     what a feature cache stores); the part after it is frozen too unless `tune_from` set `cut` below `stride`, and
@@ -96,10 +106,10 @@ class EfficientNetLiteTrunk(nn.Module):
         self.blocks = nn.ModuleList(MBConv(*spec) for spec in specs)
         self.out_channels = self.blocks[-1].project_conv.out_channels if len(self.blocks) else STEM_CHANNELS
         self.stride, self.cut = stride, tune_from or stride
-        strides = list(itertools.accumulate((2, *(spec[3] for spec in specs)), operator.mul))  # each layer's output
-        if tune_from and tune_from not in {1, *strides} - {stride}:
-            raise ValueError(f"vision.tune_from: the trunk's stages end at strides {sorted({1, *strides} - {stride})} "
-                             f"below its stride {stride}, not {tune_from}")
+        strides = layer_strides(stride)
+        if tune_from and tune_from not in tune_points(stride):
+            raise ValueError(f"vision.tune_from: the trunk's stages end at strides {tune_points(stride)} below its "
+                             f"stride {stride}, not {tune_from}")
         self.n_frozen = sum(s <= self.cut for s in strides)  # the stem and every block whose output is at most cut
         self.cut_channels = ([3, STEM_CHANNELS] + [b.project_conv.out_channels for b in self.blocks])[self.n_frozen]
         self.requires_grad_(False)
@@ -113,6 +123,8 @@ class EfficientNetLiteTrunk(nn.Module):
         return [nn.ModuleList([self.conv_stem, self.bn0]), *self.blocks]
 
     def _run(self, x: torch.Tensor, first: int, last: int) -> torch.Tensor:
+        if first == last:  # a frozen trunk's tuned part: the cached features go to the head untouched, uncopied
+            return x
         x = x.contiguous(memory_format=torch.channels_last)
         for i in range(first, last):
             if i == 0:

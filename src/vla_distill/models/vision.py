@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vla_distill.models.efficientnet import EfficientNetLiteTrunk, load_pretrained
+from vla_distill.models.efficientnet import EfficientNetLiteTrunk, load_pretrained, tune_points
 
 VISION_KINDS = ("resnet", "vit", "efficientnet-lite0")
 PRETRAINED = ("efficientnet-lite0",)
@@ -52,9 +52,9 @@ class VisionConfig:
         if self.tune_from and not self.pretrained:
             raise ValueError(f"vision.tune_from: only a pretrained trunk ({list(PRETRAINED)}) is fine-tuned; "
                              f"{self.kind} is trained from scratch anyway")
-        if self.tune_from and (self.tune_from >= self.stride or self.tune_from & (self.tune_from - 1)):
-            raise ValueError(f"vision.tune_from: a stride below the trunk's {self.stride} where a stage ends "
-                             f"(1, 2, 4, ...), not {self.tune_from}")
+        if self.tune_from and self.tune_from not in tune_points(self.stride):
+            raise ValueError(f"vision.tune_from: the trunk's stages end at strides {tune_points(self.stride)} below "
+                             f"its stride {self.stride}, not {self.tune_from}")
 
     @property
     def pretrained(self) -> bool:
